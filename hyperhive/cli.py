@@ -1,0 +1,148 @@
+"""hyperhive: a hive of long-lived Claude Code agents. The admin CLI and the map of roles.
+
+Usage:
+  hyperhive serve [--help] [<serve-option>...]
+  hyperhive agent (serve | mcp)
+  hyperhive manager (serve | mcp)
+  hyperhive [options] list
+  hyperhive [options] status
+  hyperhive [options] send NAME BODY
+  hyperhive [options] inbox [--limit N]
+  hyperhive [options] spawn NAME
+  hyperhive [options] start NAME...
+  hyperhive [options] stop NAME... [--now]
+  hyperhive [options] restart NAME
+  hyperhive [options] rebuild NAME
+  hyperhive [options] kill NAME
+  hyperhive [options] destroy NAME [--purge]
+  hyperhive [options] pause NAME
+  hyperhive [options] resume NAME
+  hyperhive [options] pending
+  hyperhive [options] urls
+  hyperhive -h | --help | --version
+
+Roles:
+  serve           the core daemon, hive-c0re (`hyperhive serve --help` for its options)
+  agent serve     an agent's harness: the turn loop that drives claude (hive-ag3nt)
+  agent mcp       the agent's MCP server, spawned by claude on every turn
+  manager serve   the manager's harness (hive-m1nd)
+  manager mcp     the manager's MCP server
+
+Verbs (one request on the core's admin socket):
+  list            names of every agent
+  status          one row per agent: state, model, login, parent, status text
+  send            send BODY to NAME as the operator
+  inbox           messages to the operator, newest first
+  spawn           create and start an agent
+  start, stop     start or stop agents (stop waits for a running turn unless --now)
+  restart         stop then start an agent
+  rebuild         re-apply an agent's config and restart it
+  kill            kill an agent's harness at once
+  destroy         remove an agent; its state stays as a tombstone unless --purge
+  pause, resume   park an agent's turn loop (its messages wait) or let it run again
+  pending         approvals waiting for the operator
+  urls            the hive's addresses
+
+Options:
+  --socket PATH   the core's admin socket (env HIVE_HOST_SOCKET, else <state-dir>/run/host.sock)
+  --json          print the core's raw answer instead of a table
+  --limit N       how many messages [default: 20]
+  --now           do not wait for a running turn to finish
+  --purge         also delete the agent's state dir
+"""
+
+import json
+import sys
+
+from hyperhive import jsonline, settings, wire
+
+LONG = 180.0  # lifecycle verbs wait for a harness to stop (its turn may be finishing)
+
+
+def _table(rows, columns):
+    cells = [[str("" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _state(row):
+    if row["running"]:
+        return "paused" if row["paused"] else "running"
+    return "failed" if row["failed"] else "stopped"
+
+
+def _status_table(answer):
+    rows = [dict(r, state=_state(r), model=r.get("active_model"), status=r.get("status_text"),
+                 login="needed" if r.get("needs_login") else "") for r in answer["agent_statuses"]]
+    return _table(rows, ["name", "state", "model", "login", "parent", "status"]) if rows else "(no agents)"
+
+
+def _messages_table(answer):
+    rows = [dict(m, body=m["body"].replace("\n", " ")[:100]) for m in answer["messages"]]
+    return _table(rows, ["id", "sent_at", "from", "body"]) if rows else "(no messages)"
+
+
+def _approvals_table(answer):
+    return _table(answer["approvals"], ["id", "agent", "kind", "commit_ref", "requested_at", "description"]) \
+        if answer["approvals"] else "(no pending approvals)"
+
+
+def request_for(args):
+    """(verb, wire arguments, formatter, timeout) for parsed CLI arguments."""
+    name = args["NAME"][0] if args["NAME"] else None
+    if args["list"]:
+        return "list", {}, lambda a: "\n".join(a["agents"]) or "(no agents)", 30
+    if args["status"]:
+        return "agent_status", {}, _status_table, 30
+    if args["send"]:
+        return "send", {"to": name, "body": args["BODY"]}, lambda a: f"sent (message {a['id']})", 30
+    if args["inbox"]:
+        try:
+            limit = int(args["--limit"])
+        except ValueError:
+            raise wire.HiveError(f"--limit must be a number, got {args['--limit']!r}") from None
+        return "inbox", {"limit": limit}, _messages_table, 30
+    if args["pending"]:
+        return "pending", {}, _approvals_table, 30
+    if args["urls"]:
+        return "urls", {}, lambda a: "\n".join(f"{k}: {v or '-'}" for k, v in a["urls"].items()), 30
+    if args["start"]:
+        return "start", {"scope": {"agent_names": args["NAME"]}}, lambda a: "started", LONG
+    if args["stop"]:
+        return ("stop", {"scope": {"agent_names": args["NAME"]}, "graceful": not args["--now"]},
+                lambda a: "stopped", LONG)
+    if args["destroy"]:
+        return "destroy", {"name": name, "purge": args["--purge"]}, lambda a: "destroyed", LONG
+    if args["pause"] or args["resume"]:
+        return "set_paused", {"name": name, "paused": bool(args["pause"])}, \
+            lambda a: "paused" if args["pause"] else "resumed", 30
+    for verb in ("spawn", "restart", "rebuild", "kill"):
+        if args[verb]:
+            return verb, {"name": name}, lambda a, v=verb: f"{v}: done", LONG
+    raise AssertionError("docopt let through a command this CLI does not know")
+
+
+def main(argv):
+    from docopt import docopt
+
+    from hyperhive import __version__
+
+    args = docopt(__doc__, argv=argv, version=f"hyperhive {__version__}")
+    if args["serve"] or args["agent"] or args["manager"]:
+        # hyperhive.py routes roles before the CLI; only a mistyped one lands here
+        print(f"hyperhive: {' '.join(argv)!r} is not a role; see `hyperhive --help`", file=sys.stderr)
+        return 2
+    path = args["--socket"] or settings.default_host_socket()
+    try:
+        verb, wire_args, fmt, timeout = request_for(args)
+        answer = jsonline.call(path, verb, timeout=timeout, **wire_args)
+    except jsonline.Unreachable:
+        print(f"hive-c0re is not running at {path}", file=sys.stderr)
+        return 1
+    except wire.HiveError as e:
+        print(f"hyperhive: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2) if args["--json"] else fmt(answer))
+    return 0

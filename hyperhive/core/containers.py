@@ -1,0 +1,169 @@
+"""The container seam: the only module that starts, stops or inspects agents' homes.
+
+A backend turns a `Launch` (what to run for an agent, with which environment
+and paths) into a running harness and answers whether it still runs. This
+issue's backend is `process`: the harness as a plain child process with its
+own state dir. A pidfile (pid + kernel start time) lets a restarted core
+adopt harnesses that outlived it, so a core crash never kills a turn.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import time
+
+from hyperhive import wire
+
+log = logging.getLogger(__name__)
+
+
+class Launch:
+    """Everything a backend needs to run one agent's harness."""
+
+    def __init__(self, name, role, argv, env, state_dir, home_dir, log_path):
+        self.name, self.role, self.argv, self.env = name, role, argv, env
+        self.state_dir, self.home_dir, self.log_path = state_dir, home_dir, log_path
+
+
+def _start_time(pid):
+    """The kernel's start time of pid (clock ticks since boot), or None if gone/zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+class ProcessBackend:
+    """Each harness a child process in its own session, tracked by pidfile."""
+
+    name = "process"
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._children = {}  # name -> Popen, for harnesses this core started
+
+    @staticmethod
+    def _pidfile(launch_or_home):
+        return os.path.join(launch_or_home, "harness.pid")
+
+    def _read_pid(self, home):
+        try:
+            with open(self._pidfile(home)) as f:
+                pid, started = f.read().split()
+            return int(pid), int(started)
+        except (OSError, ValueError):
+            return None
+
+    def pid(self, home):
+        """The live harness pid for an agent home dir, or None."""
+        found = self._read_pid(home)
+        if found is None:
+            return None
+        pid, started = found
+        return pid if _start_time(pid) == started else None
+
+    def running(self, name, home):
+        child = self._children.get(name)
+        if child is not None and child.poll() is None:
+            return True
+        return self.pid(home) is not None
+
+    def exit_code(self, name):
+        """How the last child this core started for name ended, or None if unknown/running."""
+        child = self._children.get(name)
+        return None if child is None else child.poll()
+
+    def start(self, launch):
+        if self.running(launch.name, launch.home_dir):
+            raise wire.HiveError(f"agent {launch.name!r} is already running", "conflict")
+        os.makedirs(launch.state_dir, exist_ok=True)
+        logfile = open(launch.log_path, "ab")
+        try:
+            child = subprocess.Popen(launch.argv, cwd=launch.state_dir, env=launch.env,
+                                     stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
+                                     start_new_session=True, close_fds=True)
+        except OSError as e:
+            raise wire.HiveError(f"could not start the harness for {launch.name!r}: {e}", "unavailable") from None
+        finally:
+            logfile.close()
+        self._children[launch.name] = child
+        started = _start_time(child.pid)
+        tmp = self._pidfile(launch.home_dir) + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{child.pid} {started}\n")
+        os.replace(tmp, self._pidfile(launch.home_dir))
+        log.info("started %s (pid %d)", launch.name, child.pid)
+        return child.pid
+
+    def _wait_gone(self, name, home, timeout):
+        deadline = self.clock() + timeout
+        while self.running(name, home):
+            if self.clock() >= deadline:
+                return False
+            time.sleep(0.05)  # bounded poll of an external process; gevent-patched in the core
+        return True
+
+    def stop(self, name, home, graceful=True, timeout=None):
+        """SIGTERM, wait (longer when graceful: a turn may be finishing), then SIGKILL."""
+        pid = self._live_pid(name, home)
+        if pid is None:
+            return False
+        timeout = timeout if timeout is not None else (60.0 if graceful else 5.0)
+        self._signal(pid, signal.SIGTERM)
+        if not self._wait_gone(name, home, timeout):
+            log.warning("%s did not stop within %gs of SIGTERM; killing it", name, timeout)
+            self.kill(name, home)
+        self._forget(home)
+        return True
+
+    def kill(self, name, home):
+        pid = self._live_pid(name, home)
+        if pid is None:
+            return False
+        # the whole session: the harness and the claude it may be running
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            self._signal(pid, signal.SIGKILL)
+        self._wait_gone(name, home, 10.0)
+        self._forget(home)
+        return True
+
+    def _live_pid(self, name, home):
+        child = self._children.get(name)
+        if child is not None and child.poll() is None:
+            return child.pid
+        return self.pid(home)
+
+    @staticmethod
+    def _signal(pid, sig):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _forget(self, home):
+        try:
+            os.unlink(self._pidfile(home))
+        except FileNotFoundError:
+            pass
+
+
+BACKENDS = {"process": ProcessBackend}
+
+
+def pick(requested):
+    """The backend for `--backend` (auto: the best one this host can run)."""
+    if requested in ("auto", None):
+        return ProcessBackend()
+    if requested not in BACKENDS:
+        raise wire.HiveError(f"unknown backend {requested!r}; this build has: auto, {', '.join(BACKENDS)}")
+    return BACKENDS[requested]()

@@ -1,0 +1,159 @@
+"""hive-c0re, the core daemon: owns the database, the sockets and every agent's life.
+
+Usage:
+  hyperhive serve [--state-dir DIR] [--run-dir DIR] [--backend NAME] [--claude PATH]
+                  [--pass-env NAME]... [--log-level LEVEL]
+  hyperhive serve -h | --help
+
+Options:
+  --state-dir DIR     where the hive keeps its database, agents and config repos
+                      (env HIVE_STATE_DIR; as root /var/lib/hyperhive, else
+                      ~/.local/state/hyperhive)
+  --run-dir DIR       where the sockets live (default: <state-dir>/run)
+  --backend NAME      agent containers: auto, process [default: auto]
+  --claude PATH       the claude binary the harnesses run (env HIVE_CLAUDE_BIN, else claude)
+  --pass-env NAME     forward this environment variable to every harness (repeatable)
+  --log-level LEVEL   debug, info, warning or error [default: info]
+"""
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import sys
+
+import gevent
+from docopt import docopt
+from gevent.event import Event
+
+from hyperhive import jsonline, resources, settings, wire
+from hyperhive.core import containers
+from hyperhive.core.broker import Broker
+from hyperhive.core.events import Hub
+from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
+from hyperhive.core.surfaces import Surfaces
+from hyperhive.schema import open_core
+
+log = logging.getLogger("hive-c0re")
+WATCH_SECONDS = 2.0
+VACUUM_SECONDS = 3600.0
+
+
+class Sockets:
+    """The per-agent socket servers, opened and closed as agents come and go."""
+
+    def __init__(self, layout, surfaces):
+        self.layout, self.surfaces = layout, surfaces
+        self.servers = {}
+
+    def open(self, name, role):
+        if name in self.servers:
+            return
+        surface = "manager" if role == "manager" else "agent"
+        server = jsonline.Server(self.layout.socket(name), self.surfaces.dispatcher(surface, name),
+                                 mode=0o660, name=f"{name}.sock")
+        self.servers[name] = server.start()
+
+    def close(self, name):
+        server = self.servers.pop(name, None)
+        if server is not None:
+            server.stop()
+
+    def close_all(self):
+        for name in list(self.servers):
+            self.close(name)
+
+
+def lock_state_dir(layout):
+    """Hold an exclusive lock on the state dir for the daemon's life, or refuse."""
+    fd = os.open(layout.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise wire.HiveError(f"another hive-c0re (pid {holder}) is already serving {layout.state_dir}; "
+                             "stop it first or pick another --state-dir", "conflict") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def every(seconds, step, stopping):
+    """Run step every `seconds` until stopping is set; a failing step is logged, not fatal."""
+
+    def loop():
+        while not stopping.wait(seconds):
+            try:
+                step()
+            except Exception:
+                log.exception("%s failed; trying again in %gs", getattr(step, "__name__", step), seconds)
+
+    return gevent.spawn(loop)
+
+
+class Core:
+    """The daemon's parts wired together; `run()` serves until SIGTERM/SIGINT."""
+
+    def __init__(self, layout, backend, harness):
+        self.layout = layout
+        self.stopping = Event()
+        self.hub = Hub()
+        self.broker = Broker(self.hub)
+        self.surfaces = Surfaces(self.broker, None, self.hub)
+        self.sockets = Sockets(layout, self.surfaces)
+        self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets)
+        self.surfaces.lifecycle = self.lifecycle
+        self.host = None
+        self.loops = []
+
+    def start(self):
+        self.host = jsonline.Server(self.layout.host_socket, self.surfaces.dispatcher("host", wire.OPERATOR),
+                                    mode=0o660, name="host.sock").start()
+        self.lifecycle.boot()
+        self.loops = [every(WATCH_SECONDS, self.lifecycle.watch_step, self.stopping),
+                      every(VACUUM_SECONDS, self.broker.vacuum, self.stopping)]
+        log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
+                 self.lifecycle.backend.name, self.layout.run_dir)
+
+    def stop(self):
+        log.info("shutting down")
+        self.stopping.set()
+        if self.host is not None:
+            self.host.stop()
+        self.lifecycle.shutdown()
+        self.sockets.close_all()
+        gevent.killall(self.loops)
+
+
+def main(argv):
+    args = docopt(__doc__, argv=argv)
+    logging.basicConfig(level=args["--log-level"].upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    layout = Layout(args["--state-dir"] or settings.default_state_dir(), args["--run-dir"])
+    try:
+        layout.makedirs()
+        lock = lock_state_dir(layout)
+        backend = containers.pick(args["--backend"])
+        claude = args["--claude"] or os.environ.get("HIVE_CLAUDE_BIN") or "claude"
+        harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
+        open_core(layout.db_path)
+        core = Core(layout, backend, harness)
+        core.start()
+    except wire.HiveError as e:
+        print(f"hive-c0re: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"hive-c0re: cannot use {layout.state_dir}: {e}", file=sys.stderr)
+        return 1
+    # Handlers only set the flag; the main greenlet does the shutting down.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, core.stopping.set)
+    core.stopping.wait()
+    core.stop()
+    os.close(lock)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,291 @@
+"""Agents' lives: spawn, start, stop, restart, kill, destroy, pause, and their status rows.
+
+Owns the on-disk layout of every agent, the `agent` table, the transient
+state of an agent mid-operation (one operation per agent at a time), and the
+watch that notices a harness that died on its own. Container calls go
+through the backend handed in; sockets through the `sockets` seam.
+"""
+
+import logging
+import os
+import shutil
+import sys
+
+import gevent
+
+from hyperhive import wire
+from hyperhive.core.containers import Launch
+from hyperhive.schema import Agent, core_db, now_ms
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "hyperhive-model"
+DEFAULT_MODEL = "haiku"
+
+
+class Layout:
+    """Where everything of a hive lives on the host."""
+
+    def __init__(self, state_dir, run_dir=None):
+        self.state_dir = os.path.abspath(state_dir)
+        self.run_dir = os.path.abspath(run_dir or os.path.join(self.state_dir, "run"))
+        self.agents_dir = os.path.join(self.state_dir, "agents")
+        self.db_path = os.path.join(self.state_dir, "hive.db")
+        self.lock_path = os.path.join(self.state_dir, "hive.lock")
+        self.host_socket = os.path.join(self.run_dir, "host.sock")
+
+    def home(self, name):
+        """The agent's host-side directory: its state dir, log, pidfile, markers."""
+        return os.path.join(self.agents_dir, wire.check_name(name))
+
+    def state(self, name):
+        """The directory the harness owns (its cwd; /state inside a container)."""
+        return os.path.join(self.home(name), "state")
+
+    def socket(self, name):
+        if name == wire.MANAGER:
+            return os.path.join(self.run_dir, "manager.sock")
+        return os.path.join(self.run_dir, "agents", f"{wire.check_name(name)}.sock")
+
+    def log(self, name):
+        return os.path.join(self.home(name), "harness.log")
+
+    def pause_marker(self, name):
+        return os.path.join(self.home(name), "paused")
+
+    def makedirs(self):
+        for d in (self.state_dir, self.agents_dir, self.run_dir, os.path.join(self.run_dir, "agents")):
+            os.makedirs(d, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+
+
+class Harness:
+    """How to launch a harness: the entry file, the claude binary, the env to forward."""
+
+    def __init__(self, entry, claude="claude", pass_env=(), python=sys.executable):
+        self.entry, self.claude, self.pass_env, self.python = entry, claude, tuple(pass_env), python
+
+
+class Lifecycle:
+    def __init__(self, layout, backend, broker, hub, harness, sockets):
+        self.layout, self.backend, self.broker, self.hub = layout, backend, broker, hub
+        self.harness = harness
+        self.sockets = sockets  # open(name, role) / close(name)
+        self.transients = {}  # name -> what it is doing now
+        self._last_rows = {}
+
+    # -- queries -------------------------------------------------------------------
+
+    def names(self):
+        return [a.name for a in Agent.select().order_by(Agent.name)]
+
+    def get(self, name):
+        agent = Agent.get_or_none(Agent.name == name)
+        if agent is None:
+            raise wire.HiveError(f"there is no agent named {name!r}", "not_found")
+        return agent
+
+    def known(self, name):
+        return name == wire.OPERATOR or Agent.get_or_none(Agent.name == name) is not None
+
+    def tombstones(self):
+        """Agent dirs kept after a destroy without purge."""
+        if not os.path.isdir(self.layout.agents_dir):
+            return []
+        alive = set(self.names())
+        return sorted(d for d in os.listdir(self.layout.agents_dir)
+                      if d not in alive and wire.NAME_RE.match(d))
+
+    def running(self, name):
+        return self.backend.running(name, self.layout.home(name))
+
+    def active_model(self, name):
+        try:
+            with open(os.path.join(self.layout.state(name), MODEL_FILE)) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
+    def row(self, agent):
+        running = self.running(agent.name)
+        return {
+            "name": agent.name,
+            "running": running,
+            "failed": agent.desired == "running" and not running and agent.name not in self.transients,
+            "needs_update": False,
+            "needs_login": agent.needs_login,
+            "paused": agent.paused,
+            "parent": agent.parent,
+            "deployed_sha": None,
+            "active_model": self.active_model(agent.name),
+            "status_text": agent.status_text if running else None,
+            "status_set_at": wire.iso(agent.status_set_at) if running else None,
+            "url": None,
+            "pending_reminders": 0,
+        }
+
+    def rows(self):
+        return [self.row(a) for a in Agent.select().order_by(Agent.name)]
+
+    # -- the watch -------------------------------------------------------------------
+
+    def changed(self, name):
+        """Re-read one agent's row and tell subscribers if it differs."""
+        agent = Agent.get_or_none(Agent.name == name)
+        if agent is None:
+            if self._last_rows.pop(name, None) is not None:
+                self.hub.publish("container_removed", name=name)
+            return
+        row = self.row(agent)
+        if self._last_rows.get(name) != row:
+            self._last_rows[name] = row
+            self.hub.publish("container_state_changed", container=row)
+
+    def watch_step(self):
+        """One pass of the crash/change watch: publish every row that changed."""
+        for agent in Agent.select():
+            before = self._last_rows.get(agent.name)
+            self.changed(agent.name)
+            after = self._last_rows[agent.name]
+            if before and before["running"] and after["failed"]:
+                log.error("%s's harness died on its own; see %s", agent.name, self.layout.log(agent.name))
+
+    # -- operations ---------------------------------------------------------------------
+
+    def _busy(self, name, doing):
+        """Run an operation as the agent's one transient, refusing a second at once."""
+        if name in self.transients:
+            raise wire.HiveError(f"agent {name!r} is busy {self.transients[name]}; "
+                                 "try again once that finishes", "conflict")
+        return _Transient(self, name, doing)
+
+    def launch(self, agent):
+        name = agent.name
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")}
+        env.update({k: os.environ[k] for k in self.harness.pass_env if k in os.environ})
+        state = self.layout.state(name)
+        env.update({
+            "HIVE_NAME": name,
+            "HIVE_ROLE": agent.role,
+            "HIVE_SOCKET": self.layout.socket(name),
+            "HIVE_STATE_DIR": state,
+            "HIVE_PAUSE_FILE": self.layout.pause_marker(name),
+            "HIVE_CLAUDE_BIN": self.harness.claude,
+            "HOME": state,
+            "PYTHONUNBUFFERED": "1",
+        })
+        argv = [self.harness.python, self.harness.entry, agent.role, "serve"]
+        return Launch(name, agent.role, argv, env, state, self.layout.home(name), self.layout.log(name))
+
+    def _start(self, agent):
+        os.makedirs(self.layout.state(agent.name), exist_ok=True)
+        self.sockets.open(agent.name, agent.role)
+        if not self.running(agent.name):
+            self.backend.start(self.launch(agent))
+
+    def spawn(self, name, parent=wire.OPERATOR, role="agent"):
+        if role == "agent":
+            wire.check_agent_name(name)
+        if Agent.get_or_none(Agent.name == name) is not None:
+            raise wire.HiveError(f"an agent named {name!r} already exists", "conflict")
+        with self._busy(name, "spawning"):
+            revived = os.path.isdir(self.layout.home(name))
+            with core_db.atomic():
+                agent = Agent.create(name=name, role=role, parent=parent, desired="running",
+                                     paused=os.path.exists(self.layout.pause_marker(name)))
+            self.broker.hold(name, agent.paused)
+            self._start(agent)
+            if revived:
+                self.hub.publish("tombstones_changed", tombstones=self.tombstones())
+            log.info("%s %s (asked by %s)", "revived" if revived else "spawned", name, parent)
+
+    def ensure_manager(self):
+        if Agent.get_or_none(Agent.name == wire.MANAGER) is None:
+            self.spawn(wire.MANAGER, parent="core", role="manager")
+
+    def boot(self):
+        """At core start: open every socket, adopt or restart every agent meant to run."""
+        for agent in Agent.select():
+            self.broker.hold(agent.name, agent.paused)
+            self.sockets.open(agent.name, agent.role)
+            if self.running(agent.name):
+                log.info("adopted %s's running harness", agent.name)
+            elif agent.desired == "running":
+                try:
+                    self._start(agent)
+                except wire.HiveError as e:
+                    log.error("could not start %s at boot: %s", agent.name, e)
+        self.ensure_manager()
+        self.watch_step()
+
+    def start(self, name):
+        agent = self.get(name)
+        with self._busy(name, "starting"):
+            Agent.update(desired="running").where(Agent.name == name).execute()
+            self._start(agent)
+
+    def stop(self, name, graceful=True):
+        agent = self.get(name)
+        with self._busy(name, "stopping"):
+            Agent.update(desired="stopped").where(Agent.name == name).execute()
+            self.backend.stop(name, self.layout.home(name), graceful=graceful)
+            agent.desired = "stopped"
+
+    def restart(self, name, doing="restarting"):
+        agent = self.get(name)
+        with self._busy(name, doing):
+            self.backend.stop(name, self.layout.home(name), graceful=True)
+            Agent.update(desired="running").where(Agent.name == name).execute()
+            self._start(agent)
+
+    def kill(self, name):
+        self.get(name)
+        with self._busy(name, "being killed"):
+            # desired stays as it was: a killed agent that was meant to run shows failed
+            self.backend.kill(name, self.layout.home(name))
+
+    def destroy(self, name, purge=False):
+        if name == wire.MANAGER:
+            raise wire.HiveError("the manager is part of the hive and cannot be destroyed", "forbidden")
+        self.get(name)
+        with self._busy(name, "being destroyed"):
+            self.backend.kill(name, self.layout.home(name))
+            self.sockets.close(name)
+            with core_db.atomic():
+                Agent.delete().where(Agent.name == name).execute()
+            if purge:
+                shutil.rmtree(self.layout.home(name), ignore_errors=False)
+            self.broker.hold(name, False)
+        self.hub.publish("tombstones_changed", tombstones=self.tombstones())
+        log.info("destroyed %s%s", name, " and purged its state" if purge else "; its state is kept")
+
+    def set_paused(self, name, paused):
+        self.get(name)
+        marker = self.layout.pause_marker(name)
+        if paused:
+            with open(marker, "w") as f:
+                f.write(f"{now_ms()}\n")
+        elif os.path.exists(marker):
+            os.unlink(marker)
+        Agent.update(paused=paused).where(Agent.name == name).execute()
+        self.broker.hold(name, paused)
+        self.changed(name)
+
+    def shutdown(self, graceful=True):
+        """At core stop: stop every harness of ours (their desired state is kept)."""
+        greenlets = [gevent.spawn(self.backend.stop, a.name, self.layout.home(a.name), graceful, 10.0)
+                     for a in Agent.select()]
+        gevent.joinall(greenlets, raise_error=False)
+
+
+class _Transient:
+    def __init__(self, lifecycle, name, doing):
+        self.lifecycle, self.name, self.doing = lifecycle, name, doing
+
+    def __enter__(self):
+        self.lifecycle.transients[self.name] = self.doing
+        self.lifecycle.hub.publish("transient_set", name=self.name, transient=self.doing)
+
+    def __exit__(self, *exc):
+        self.lifecycle.transients.pop(self.name, None)
+        self.lifecycle.hub.publish("transient_cleared", name=self.name)
+        self.lifecycle.changed(self.name)

@@ -1,0 +1,152 @@
+"""The three socket surfaces: which verbs each answers, and as whom.
+
+Identity is the socket: the host socket acts as the operator, an agent's
+socket as that agent, the manager's socket as the manager. A handler gets
+the caller's name from the socket it was built for, never from the request,
+so no request can speak for someone else.
+"""
+
+import logging
+
+from gevent.queue import Empty
+
+from hyperhive import resources, wire
+from hyperhive.core.events import CLOSED
+from hyperhive.schema import Approval
+
+log = logging.getLogger(__name__)
+
+
+class Surfaces:
+    def __init__(self, broker, lifecycle, hub, urls=None):
+        self.broker, self.lifecycle, self.hub = broker, lifecycle, hub
+        self.urls = urls or {"domain": None, "home": None, "forge": None}
+
+    def dispatcher(self, surface, caller):
+        """A `dispatch(obj)` for jsonline.Server, bound to one surface and caller."""
+
+        def dispatch(obj):
+            verb, args = wire.parse_request(obj, surface)
+            handler = getattr(self, f"do_{verb}")
+            return handler(caller, **args)
+
+        return dispatch
+
+    # -- messages ---------------------------------------------------------------------
+
+    def do_send(self, caller, to, body):
+        if to == caller:
+            raise wire.HiveError("you cannot send a message to yourself; use a reminder for a note to self")
+        if not self.lifecycle.known(to):
+            raise wire.HiveError(f"there is no agent named {to!r}; `list` shows who is in the hive", "not_found")
+        return wire.ok(id=self.broker.send(caller, to, body))
+
+    def do_operator_msg(self, caller, body):
+        # Relayed by the agent's own web page: it can only ever reach this agent.
+        return wire.ok(id=self.broker.send(wire.OPERATOR, caller, body))
+
+    def do_recv(self, caller, wait_seconds, max):
+        messages = self.broker.recv(caller, wait_seconds, max)
+        return wire.ok(messages=messages, unread=self.broker.pending_count(caller))
+
+    def do_ack_turn(self, caller):
+        return wire.ok(acked=self.broker.ack_turn(caller))
+
+    def do_requeue_inflight(self, caller):
+        return wire.ok(requeued=self.broker.requeue_inflight(caller))
+
+    def do_recent(self, caller, limit):
+        return wire.ok(messages=self.broker.recent(caller, limit))
+
+    def do_inbox(self, caller, limit):
+        return wire.ok(messages=self.broker.inbox(caller, limit))
+
+    def do_whoami(self, caller):
+        role = "manager" if caller == wire.MANAGER else "agent"
+        return wire.ok(name=caller, role=role, hyperhive_rev=resources.revision())
+
+    # -- the hive ---------------------------------------------------------------------
+
+    def do_list(self, caller):
+        return wire.ok(agents=self.lifecycle.names())
+
+    def do_agent_status(self, caller):
+        return wire.ok(agent_statuses=self.lifecycle.rows())
+
+    def do_urls(self, caller):
+        return wire.ok(urls=dict(self.urls))
+
+    def do_pending(self, caller):
+        rows = Approval.select().where(Approval.status == "pending").order_by(Approval.id)
+        return wire.ok(approvals=[_approval_row(a) for a in rows])
+
+    def do_subscribe_agent_status(self, caller):
+        queue = self.hub.subscribe()
+
+        def frames():
+            try:
+                yield wire.ok()
+                while True:
+                    try:
+                        event = queue.get(timeout=60)
+                    except Empty:
+                        continue
+                    if event is CLOSED:
+                        return
+                    if event["kind"] == "container_state_changed":
+                        yield wire.ok(agent_statuses=[event["container"]])
+            finally:
+                self.hub.unsubscribe(queue)
+
+        return frames()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def do_spawn(self, caller, name):
+        self.lifecycle.spawn(name, parent=caller)
+        return wire.ok()
+
+    def do_start(self, caller, scope):
+        return self._each(scope, self.lifecycle.start)
+
+    def do_stop(self, caller, scope, graceful):
+        return self._each(scope, lambda name: self.lifecycle.stop(name, graceful=graceful))
+
+    def _each(self, names, action):
+        for name in names:
+            self.lifecycle.get(name)  # refuse the whole scope before touching any agent
+        failures = []
+        for name in names:
+            try:
+                action(name)
+            except wire.HiveError as e:
+                failures.append(f"{name}: {e}")
+        if failures:
+            raise wire.HiveError("; ".join(failures), "conflict")
+        return wire.ok()
+
+    def do_restart(self, caller, name):
+        self.lifecycle.restart(name)
+        return wire.ok()
+
+    def do_rebuild(self, caller, name):
+        self.lifecycle.restart(name, doing="rebuilding")
+        return wire.ok()
+
+    def do_kill(self, caller, name):
+        self.lifecycle.kill(name)
+        return wire.ok()
+
+    def do_destroy(self, caller, name, purge):
+        self.lifecycle.destroy(name, purge=purge)
+        return wire.ok()
+
+    def do_set_paused(self, caller, name, paused):
+        self.lifecycle.set_paused(name, paused)
+        return wire.ok()
+
+
+def _approval_row(a):
+    return {"id": a.id, "agent": a.agent, "kind": a.kind, "commit_ref": a.commit_ref,
+            "fetched_sha": a.fetched_sha, "requested_at": wire.iso(a.requested_at), "status": a.status,
+            "resolved_at": wire.iso(a.resolved_at), "note": a.note, "description": a.description}

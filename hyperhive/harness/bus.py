@@ -1,0 +1,121 @@
+"""The agent's live event bus: every LiveEvent numbered, kept, and fanned out.
+
+Owns the `seq` counter (monotonic across restarts: it continues from the
+history file), the history in the agent's sqlite (capped to the newest
+HISTORY_CAP rows and pruned to 7 days), the turn state with its since-time,
+the token usage badges, and the persisted model choice.
+"""
+
+import json
+import logging
+import os
+import time
+
+from hyperhive.schema import Event, agent_db, now_ms
+
+log = logging.getLogger(__name__)
+
+HISTORY_CAP = 2000
+KEEP_MS = 7 * 24 * 3600 * 1000
+KINDS = frozenset({"turn_start", "stream", "note", "turn_end", "status_changed", "model_changed",
+                   "token_usage_changed", "turn_state_changed"})
+TURN_STATES = ("idle", "thinking", "compacting", "paused")
+MODEL_FILE = "hyperhive-model"
+DEFAULT_MODEL = "haiku"
+
+
+class Bus:
+    def __init__(self, state_dir, clock=time.time):
+        self.state_dir = state_dir
+        self.clock = clock
+        last = Event.select(Event.seq).order_by(Event.seq.desc()).first()
+        self.seq = last.seq if last else 0
+        self.turn_state = "idle"
+        self.turn_state_since = int(clock())
+        self.usage = {"ctx": None, "cost": None}
+        self._subscribers = set()
+        self._pending_ctx = None
+
+    # -- events ---------------------------------------------------------------------
+
+    def emit(self, kind, **data):
+        assert kind in KINDS, kind
+        self.seq += 1
+        event = {"seq": self.seq, "kind": kind, "at": int(self.clock() * 1000), **data}
+        with agent_db.atomic():
+            Event.create(seq=self.seq, at=event["at"], kind=kind, data=json.dumps(event))
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("a live-event subscriber failed; dropping it")
+                self._subscribers.discard(callback)
+        return event
+
+    def subscribe(self, callback):
+        self._subscribers.add(callback)
+
+    def unsubscribe(self, callback):
+        self._subscribers.discard(callback)
+
+    def history(self, limit=200, before=None):
+        """The newest `limit` events (below seq `before`), oldest first."""
+        query = Event.select().order_by(Event.seq.desc()).limit(limit)
+        if before is not None:
+            query = query.where(Event.seq < before)
+        return [json.loads(e.data) for e in reversed(list(query))]
+
+    def prune(self):
+        """Keep the newest HISTORY_CAP events, none older than 7 days."""
+        cutoff = now_ms() - KEEP_MS
+        with agent_db.atomic():
+            removed = Event.delete().where(Event.at < cutoff).execute()
+            floor = self.seq - HISTORY_CAP
+            removed += Event.delete().where(Event.seq <= floor).execute()
+        return removed
+
+    # -- turn state ------------------------------------------------------------------
+
+    def set_turn_state(self, state):
+        assert state in TURN_STATES, state
+        if state != self.turn_state:
+            self.turn_state = state
+            self.turn_state_since = int(self.clock())
+            self.emit("turn_state_changed", state=state, since_unix=self.turn_state_since)
+
+    def note(self, text):
+        return self.emit("note", text=text)
+
+    # -- claude's stdout -----------------------------------------------------------------
+
+    def observe(self, line):
+        """Account for one stream-json object: ctx from each inference, cost from the result."""
+        kind = line.get("type")
+        if kind == "assistant":
+            usage = (line.get("message") or {}).get("usage") or {}
+            if usage:
+                self._pending_ctx = sum(int(usage.get(k) or 0) for k in (
+                    "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+        elif kind == "result":
+            usage = line.get("usage") or {}
+            cost = {k: int(usage.get(k) or 0) for k in (
+                "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")}
+            cost["total"] = sum(cost.values())
+            self.usage = {"ctx": self._pending_ctx, "cost": cost}
+            self.emit("token_usage_changed", ctx=self._pending_ctx, cost=cost)
+
+    # -- model -----------------------------------------------------------------------
+
+    def model(self):
+        try:
+            with open(os.path.join(self.state_dir, MODEL_FILE)) as f:
+                return f.read().strip() or DEFAULT_MODEL
+        except FileNotFoundError:
+            return DEFAULT_MODEL
+
+    def set_model(self, model):
+        path = os.path.join(self.state_dir, MODEL_FILE)
+        with open(path + ".tmp", "w") as f:
+            f.write(model + "\n")
+        os.replace(path + ".tmp", path)
+        self.emit("model_changed", model=model)

@@ -1,0 +1,194 @@
+"""Running `claude` for one turn: the command line, the files it reads, the stdout pump.
+
+Owns the exact invocation (the facts of the real CLI are in DESIGN.md: the
+variadic flags swallow a following prompt, so `--allowedTools=a,b` and `--`
+before the prompt), the MCP config and settings files written for it, and
+the classification of how a turn ended. Every stdout line goes to the bus
+as it arrives; stderr lines become notes.
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import gevent
+
+from hyperhive import resources
+from hyperhive.harness import mcp
+
+log = logging.getLogger(__name__)
+
+# Claude Code's own tools an agent may use in its state dir.
+BUILTIN_TOOLS = ("Bash", "Edit", "Glob", "Grep", "MultiEdit", "NotebookEdit", "Read", "Task",
+                 "TodoWrite", "WebFetch", "WebSearch", "Write")
+TOO_LONG_MARKERS = ("prompt is too long", "prompt too long", "context length", "context window")
+
+
+class Outcome:
+    """How a turn ended: kind is ok | prompt_too_long | failed | cancelled."""
+
+    def __init__(self, kind, reason="", result=None):
+        self.kind, self.reason, self.result = kind, reason, result
+
+    @property
+    def ok(self):
+        return self.kind == "ok"
+
+    def __repr__(self):
+        return f"Outcome({self.kind!r}, {self.reason!r})"
+
+
+def load_extra_mcp(path):
+    """Extra MCP servers (`{key: {command, args, env, allowedTools}}`), or {} with a logged reason."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            extra = json.load(f)
+        if not isinstance(extra, dict):
+            raise ValueError("the top level must be an object of server entries")
+        for key, entry in extra.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("command"), str):
+                raise ValueError(f"server {key!r} needs a \"command\" string")
+            if key == "hyperhive":
+                raise ValueError("the name 'hyperhive' is taken by the hive's own server")
+        return extra
+    except (OSError, ValueError) as e:
+        log.error("ignoring extra MCP servers in %s: %s", path, e)
+        return {}
+
+
+class Invocation:
+    """The files and flags every turn of this agent shares."""
+
+    def __init__(self, claude, role, name, state_dir, socket, extra_mcp=None, python=sys.executable):
+        self.claude, self.role, self.name, self.state_dir = claude, role, name, state_dir
+        self.socket, self.python = socket, python
+        self.extra = extra_mcp or {}
+        self.dir = os.path.join(state_dir, ".hyperhive")
+        os.makedirs(self.dir, exist_ok=True)
+        self.mcp_config = os.path.join(self.dir, "mcp.json")
+        self.settings = os.path.join(self.dir, "claude-settings.json")
+        self._write(self.mcp_config, json.dumps({"mcpServers": self.servers()}, indent=2))
+        self._write(self.settings, resources.text("hyperhive/prompts/claude-settings.json"))
+        prompt = resources.text(f"hyperhive/prompts/{'manager' if role == 'manager' else 'agent'}.md")
+        self.system_prompt = prompt.replace("{name}", name)
+
+    @staticmethod
+    def _write(path, text):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+    def servers(self):
+        ours = {"type": "stdio", "command": self.python, "args": [resources.entry(), self.role, "mcp"],
+                "env": {"HIVE_SOCKET": self.socket}}
+        extra = {key: {"type": "stdio", "command": e["command"], "args": list(e.get("args") or []),
+                       "env": dict(e.get("env") or {})} for key, e in self.extra.items()}
+        return {"hyperhive": ours, **extra}
+
+    def allowed_tools(self):
+        tools = list(BUILTIN_TOOLS) + mcp.allowed_tools(self.role)
+        for key, entry in self.extra.items():
+            patterns = entry.get("allowedTools") or []
+            tools += [f"mcp__{key}__{p}" for p in patterns] if patterns else [f"mcp__{key}"]
+        return tools
+
+    def argv(self, model, prompt, cont):
+        argv = [self.claude, "--print", "--output-format", "stream-json", "--verbose", "--model", model,
+                "--mcp-config", self.mcp_config, f"--allowedTools={','.join(self.allowed_tools())}",
+                "--settings", self.settings, "--append-system-prompt", self.system_prompt]
+        if cont:
+            argv.append("--continue")
+        return argv + ["--", prompt]
+
+    def env(self):
+        env = dict(os.environ)
+        env.update({
+            # without it the first request may go out before the MCP tools are connected
+            "MCP_CONNECTION_NONBLOCKING": "0",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+        })
+        return env
+
+
+class Run:
+    """One running claude process; `wait()` pumps it to the end and classifies the outcome."""
+
+    def __init__(self, invocation, bus, model, prompt, cont):
+        self.bus = bus
+        self.cancelled = False
+        self.result = None
+        self.too_long = False
+        argv = invocation.argv(model, prompt, cont)
+        log.info("turn: %s … (%d chars of prompt, continue=%s)", invocation.claude, len(prompt), cont)
+        try:
+            self.proc = subprocess.Popen(argv, cwd=invocation.state_dir, env=invocation.env(),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+        except OSError as e:
+            self.proc = None
+            self.spawn_error = f"could not run {invocation.claude}: {e.strerror or e}"
+
+    def cancel(self):
+        """Stop the turn: SIGINT first (claude exits cleanly on it), then SIGKILL."""
+        self.cancelled = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def _pump_stderr(self):
+        for raw in self.proc.stderr:
+            text = raw.decode(errors="replace").rstrip()
+            if text:
+                if any(m in text.lower() for m in TOO_LONG_MARKERS):
+                    self.too_long = True
+                self.bus.emit("note", text=text, stream="stderr")
+
+    def _pump_stdout(self):
+        for raw in self.proc.stdout:
+            text = raw.decode(errors="replace").strip()
+            if not text:
+                continue
+            try:
+                line = json.loads(text)
+            except ValueError:
+                self.bus.emit("note", text=text, stream="stdout")
+                continue
+            if not isinstance(line, dict):
+                self.bus.emit("note", text=text, stream="stdout")
+                continue
+            self.bus.emit("stream", line=line)
+            self.bus.observe(line)
+            if line.get("type") == "result":
+                self.result = line
+
+    def wait(self):
+        if self.proc is None:
+            return Outcome("failed", self.spawn_error)
+        err = gevent.spawn(self._pump_stderr)
+        self._pump_stdout()
+        code = self.proc.wait()
+        err.join()
+        return self.classify(code)
+
+    def classify(self, code):
+        result = self.result or {}
+        text = str(result.get("result") or "")
+        if self.cancelled:
+            return Outcome("cancelled", "the turn was cancelled", result)
+        if self.too_long or any(m in text.lower() for m in TOO_LONG_MARKERS):
+            return Outcome("prompt_too_long", text or "the prompt is too long", result)
+        if code == 0 and result and not result.get("is_error"):
+            return Outcome("ok", "", result)
+        if result:
+            why = text or result.get("subtype") or "an error"
+            return Outcome("failed", f"claude ended the turn with {why} (exit {code})", result)
+        return Outcome("failed", f"claude exited with code {code} without a result line", result)

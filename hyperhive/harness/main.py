@@ -1,0 +1,115 @@
+"""hive-ag3nt / hive-m1nd, the harness: one agent's turn loop and live event bus.
+
+Usage:
+  hyperhive agent serve [--socket PATH] [--state-dir DIR] [--name NAME] [--claude PATH]
+  hyperhive manager serve [--socket PATH] [--state-dir DIR] [--claude PATH]
+  hyperhive (agent | manager) serve -h | --help
+
+Options:
+  --socket PATH     this agent's socket on the core (env HIVE_SOCKET)
+  --state-dir DIR   the agent's own durable directory, claude's cwd (env HIVE_STATE_DIR)
+  --name NAME       the agent's name, for its prompt and logs (env HIVE_NAME)
+  --claude PATH     the claude binary (env HIVE_CLAUDE_BIN, else claude)
+
+Other environment: HIVE_PAUSE_FILE (the core's pause marker for this agent),
+HIVE_EXTRA_MCP (extra MCP servers JSON, else /etc/hyperhive/extra-mcp.json).
+"""
+
+import logging
+import os
+import signal
+import sys
+
+import gevent
+import gevent.event
+from docopt import docopt
+
+from hyperhive import wire
+from hyperhive.harness import turnloop
+from hyperhive.harness.bus import Bus
+from hyperhive.harness.claude import Invocation, Run, load_extra_mcp
+from hyperhive.schema import open_agent
+
+log = logging.getLogger("harness")
+EVENTS_DB = "hyperhive-events.sqlite"
+EXTRA_MCP_DEFAULT = "/etc/hyperhive/extra-mcp.json"
+PRUNE_SECONDS = 3600.0
+
+
+class Harness:
+    """The harness's parts; `run()` loops until SIGTERM, finishing a running turn first."""
+
+    def __init__(self, role, name, socket, state_dir, claude, pause_file=None, extra_mcp_path=None):
+        self.role, self.name = role, name
+        open_agent(os.path.join(state_dir, EVENTS_DB))
+        self.bus = Bus(state_dir)
+        if not os.path.exists(os.path.join(state_dir, "hyperhive-model")):
+            self.bus.set_model(self.bus.model())  # persist the default so the core reports it
+        self.invocation = Invocation(claude, role, name, state_dir, socket, load_extra_mcp(extra_mcp_path))
+        self.client = turnloop.CoreClient(socket, sleep=gevent.sleep, notify=self.bus.note)
+        self.current = None
+        self.loop = turnloop.TurnLoop(self.client, self.bus, self.run_claude, self.compact,
+                                      paused=turnloop.pause_marker(pause_file), sleep=gevent.sleep)
+
+    def run_claude(self, prompt, cont):
+        self.current = Run(self.invocation, self.bus, self.bus.model(), prompt, cont)
+        try:
+            return self.current.wait()
+        finally:
+            self.current = None
+
+    def compact(self):
+        return self.run_claude("/compact", True)
+
+    def serve(self):
+        stopping = gevent.event.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, stopping.set)
+        worker = gevent.spawn(self.loop.run)
+        pruner = gevent.spawn(self._prune_loop, stopping)
+        log.info("%s %s serving (state %s)", self.role, self.name, self.invocation.state_dir)
+        gevent.wait([stopping, worker], count=1)
+        if worker.dead and not stopping.is_set():
+            worker.get()  # the loop died on its own: raise its error
+        self.loop.stopping = True
+        if self.loop.in_turn:
+            log.info("stopping after the running turn ends")
+            worker.join()
+        worker.kill()
+        pruner.kill()
+        log.info("stopped")
+
+    def _prune_loop(self, stopping):
+        while not stopping.wait(PRUNE_SECONDS):
+            try:
+                self.bus.prune()
+            except Exception:
+                log.exception("pruning the event history failed")
+
+
+def main(argv):
+    args = docopt(__doc__, argv=argv)
+    role = "manager" if args["manager"] else "agent"
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    socket = args["--socket"] or os.environ.get("HIVE_SOCKET")
+    state_dir = args["--state-dir"] or os.environ.get("HIVE_STATE_DIR")
+    name = wire.MANAGER if role == "manager" else (args["--name"] or os.environ.get("HIVE_NAME"))
+    claude = args["--claude"] or os.environ.get("HIVE_CLAUDE_BIN") or "claude"
+    missing = [what for what, value in (("--socket or HIVE_SOCKET", socket),
+                                        ("--state-dir or HIVE_STATE_DIR", state_dir),
+                                        ("--name or HIVE_NAME", name)) if not value]
+    if missing:
+        print(f"hive-ag3nt: missing {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        wire.check_name(name)
+        os.makedirs(state_dir, exist_ok=True)
+        harness = Harness(role, name, socket, state_dir, claude,
+                          pause_file=os.environ.get("HIVE_PAUSE_FILE"),
+                          extra_mcp_path=os.environ.get("HIVE_EXTRA_MCP") or EXTRA_MCP_DEFAULT)
+    except (wire.HiveError, OSError) as e:
+        print(f"hive-ag3nt: {e}", file=sys.stderr)
+        return 1
+    harness.serve()
+    return 0

@@ -1,0 +1,141 @@
+"""The turn loop: wait for a message, wake claude with it, ack only a turn that ended well.
+
+Owns the order of a harness's life (boot → requeue_inflight → loop on recv
+→ turn → ack), the wake prompt, the compact-and-retry-once rule, the pause
+marker, and the core client that retries with backoff when the core is
+down. Every wait goes through `sleep`, so tests step the loop without
+sleeping for real.
+"""
+
+import logging
+import os
+import time
+
+from hyperhive import jsonline, wire
+from hyperhive.harness.claude import Outcome
+
+log = logging.getLogger(__name__)
+
+REDELIVERED = "[redelivered after harness restart — may already be handled]"
+RECV_WAIT = 180
+
+
+class CoreClient:
+    """Requests to the core on this agent's socket, retried with backoff while it is down."""
+
+    def __init__(self, socket, sleep=time.sleep, notify=None, backoff=(0.5, 30.0)):
+        self.socket, self.sleep = socket, sleep
+        self.notify = notify or (lambda text: None)
+        self.backoff = backoff
+
+    def call(self, verb, timeout=30.0, **args):
+        delay = self.backoff[0]
+        down_since = None
+        while True:
+            try:
+                answer = jsonline.call(self.socket, verb, timeout=timeout, **args)
+            except jsonline.Unreachable as e:
+                if down_since is None:
+                    down_since = time.monotonic()
+                text = f"core unreachable ({e}); retrying {verb} in {delay:g}s"
+                log.warning(text)
+                self.notify(text)
+                self.sleep(delay)
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            if down_since is not None:
+                text = f"core reachable again after {time.monotonic() - down_since:.1f}s"
+                log.info(text)
+                self.notify(text)
+            return answer
+
+
+def wake_prompt(messages, unread):
+    """What claude is told when messages wake it."""
+    parts = []
+    for m in messages:
+        banner = f"{REDELIVERED}\n" if m.get("redelivered") else ""
+        parts.append(f"{banner}from: {m['from']}\n\n{m['body']}")
+    text = "\n\n---\n\n".join(parts)
+    if unread:
+        text += (f"\n\n({unread} more unread message{'s' if unread != 1 else ''} waiting; "
+                 f"call recv with max: {min(unread, wire.RECV_MAX_BATCH)} to read them)")
+    return text
+
+
+class TurnLoop:
+    """One agent's loop. `runner(prompt, cont) -> Outcome` runs claude; `compact()` compacts."""
+
+    def __init__(self, client, bus, runner, compact, paused=lambda: False, sleep=time.sleep, batch=1):
+        self.client, self.bus, self.runner, self.compact = client, bus, runner, compact
+        self.paused, self.sleep, self.batch = paused, sleep, batch
+        self.stopping = False
+        self.in_turn = False
+        self.new_session = False
+        self.session_started = False  # set once claude has a conversation to --continue
+
+    def boot(self):
+        requeued = self.client.call("requeue_inflight")["requeued"]
+        if requeued:
+            self.bus.note(f"{requeued} message(s) were in flight when the harness last stopped; "
+                          "they come again, flagged redelivered")
+        return requeued
+
+    def step(self):
+        """Wait for messages (up to RECV_WAIT) and run one turn if any came. Returns the Outcome or None."""
+        if self.paused():
+            self.bus.set_turn_state("paused")
+            self.sleep(1.0)
+            return None
+        if self.bus.turn_state == "paused":
+            self.bus.set_turn_state("idle")
+        answer = self.client.call("recv", timeout=RECV_WAIT + 30, wait_seconds=RECV_WAIT, max=self.batch)
+        messages = answer["messages"]
+        if not messages or self.stopping:
+            return None  # popped during shutdown: left unacked, requeued at next boot
+        return self.turn(messages, answer.get("unread", 0))
+
+    def turn(self, messages, unread):
+        prompt = wake_prompt(messages, unread)
+        first = messages[0]
+        self.bus.emit("turn_start", **{"from": first["from"], "body": first["body"], "unread": unread,
+                                       "redelivered": any(m.get("redelivered") for m in messages),
+                                       "ids": [m["id"] for m in messages]})
+        self.in_turn = True
+        self.bus.set_turn_state("thinking")
+        try:
+            outcome = self._run(prompt)
+        finally:
+            self.in_turn = False
+            self.bus.set_turn_state("idle")
+        if outcome.ok:
+            self.client.call("ack_turn")
+            self.session_started = True
+        else:
+            log.warning("turn failed (%s); its messages stay unacked", outcome.reason)
+        self.bus.emit("turn_end", ok=outcome.ok, note=outcome.reason or None, outcome=outcome.kind)
+        return outcome
+
+    def _run(self, prompt):
+        cont = self.session_started and not self.new_session
+        self.new_session = False
+        outcome = self.runner(prompt, cont)
+        if outcome.kind == "prompt_too_long":
+            self.bus.note("the prompt is too long; compacting the conversation and retrying once")
+            self.bus.set_turn_state("compacting")
+            compacted = self.compact()
+            self.bus.set_turn_state("thinking")
+            if not compacted.ok:
+                return Outcome("failed", f"compaction failed: {compacted.reason}")
+            outcome = self.runner(prompt, True)
+        return outcome
+
+    def run(self):
+        self.boot()
+        while not self.stopping:
+            self.step()
+
+
+def pause_marker(path):
+    """A `paused()` for the loop: the core's marker file exists."""
+    return (lambda: bool(path) and os.path.exists(path))

@@ -1,0 +1,201 @@
+"""JSON lines over unix stream sockets: the one client and the one server.
+
+The client is stdlib only (the CLI and the MCP server must start fast); the
+server is gevent's StreamServer, imported only by serving roles. One request
+per connection: read one line, answer one line (or a stream of lines for a
+streaming verb), close. A bad frame gets the one error shape and the server
+keeps serving everyone else.
+"""
+
+import errno
+import logging
+import os
+import socket
+import stat
+
+from hyperhive import wire
+
+log = logging.getLogger(__name__)
+READ_TIMEOUT = 30.0  # a client that connects and says nothing is dropped after this
+
+
+class Unreachable(wire.HiveError):
+    """Nobody is listening at the socket path (down, or never started)."""
+
+    def __init__(self, path, why):
+        super().__init__(f"nothing is serving at {path} ({why})", "unavailable")
+        self.path = path
+
+
+# -- client ----------------------------------------------------------------------
+
+def connect(path, timeout):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except FileNotFoundError:
+        sock.close()
+        raise Unreachable(path, "no socket file") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise Unreachable(path, "connection refused") from None
+    except OSError as e:
+        sock.close()
+        raise Unreachable(path, e.strerror or str(e)) from None
+    return sock
+
+
+def _read_line(reader, path):
+    line = reader.readline(wire.MAX_LINE + 1)
+    if not line:
+        raise Unreachable(path, "the server closed the connection without answering")
+    if not line.endswith(b"\n"):
+        raise wire.HiveError(f"the answer from {path} was cut off", "unavailable")
+    return wire.decode(line)
+
+
+def call(path, verb, timeout=30.0, **args):
+    """Send one request and return the ok response (a dict) or raise HiveError."""
+    sock = connect(path, timeout)
+    try:
+        sock.sendall(wire.request(verb, **args))
+        with sock.makefile("rb") as reader:
+            return wire.result(_read_line(reader, path))
+    except socket.timeout:
+        raise wire.HiveError(f"{path} did not answer {verb!r} within {timeout:g}s", "unavailable") from None
+    except (BrokenPipeError, ConnectionResetError) as e:
+        raise Unreachable(path, e.strerror) from None
+    finally:
+        sock.close()
+
+
+def stream(path, verb, **args):
+    """Yield every response line of a streaming verb until the server closes."""
+    sock = connect(path, None)
+    try:
+        sock.sendall(wire.request(verb, **args))
+        with sock.makefile("rb") as reader:
+            wire.result(_read_line(reader, path))  # the ack
+            while True:
+                line = reader.readline(wire.MAX_LINE + 1)
+                if not line:
+                    return
+                yield wire.result(wire.decode(line))
+    finally:
+        sock.close()
+
+
+# -- server ----------------------------------------------------------------------
+
+def bind(path, mode):
+    """Bind a listening unix socket at path, replacing a stale one.
+
+    A socket file nobody answers on is left from a crashed run and is
+    replaced; one that answers belongs to a live server and is refused.
+    """
+    path = str(path)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise wire.HiveError(f"{path} exists and is not a socket; move it away", "conflict")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError as e:
+            if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise
+            os.unlink(path)
+            log.info("replaced stale socket %s", path)
+        else:
+            raise wire.HiveError(f"another server is already listening at {path}", "conflict")
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # umask makes the file never wider than mode, even before the chmod lands
+    old = os.umask(0o777 & ~mode)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    listener.listen(128)
+    return listener
+
+
+class Server:
+    """Serve one socket surface: `dispatch(obj) -> dict | iterator of dicts`.
+
+    dispatch raises HiveError for a request it refuses; anything else it
+    raises is logged with its traceback and answered as an internal error.
+    """
+
+    def __init__(self, path, dispatch, mode=0o660, name=None):
+        from gevent.server import StreamServer
+
+        self.path = str(path)
+        self.name = name or os.path.basename(self.path)
+        self.dispatch = dispatch
+        self.listener = bind(self.path, mode)
+        self.server = StreamServer(self.listener, self._handle)
+
+    def start(self):
+        self.server.start()
+        return self
+
+    def stop(self, timeout=1.0):
+        self.server.stop(timeout=timeout)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def _handle(self, sock, _address):
+        sock.settimeout(READ_TIMEOUT)
+        try:
+            with sock.makefile("rb") as reader:
+                answer = self._answer(reader)
+            sock.settimeout(None)
+            if isinstance(answer, dict):
+                sock.sendall(wire.encode(answer))
+            else:
+                self._stream(sock, answer)
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            pass  # the client went away; nothing to tell it
+        finally:
+            sock.close()
+
+    @staticmethod
+    def _stream(sock, frames):
+        """Write a streaming answer until the client hangs up.
+
+        A quiet stream would never notice a dead client by writing, so a
+        watcher reads the socket and ends the stream at EOF.
+        """
+        import gevent
+
+        me = gevent.getcurrent()
+        watcher = gevent.spawn(lambda: sock.recv(1) or me.kill(block=False))
+        try:
+            for frame in frames:
+                sock.sendall(wire.encode(frame))
+        finally:
+            watcher.kill(block=False)
+            frames.close()
+
+    def _answer(self, reader):
+        try:
+            line = reader.readline(wire.MAX_LINE + 1)
+        except socket.timeout:
+            return wire.error(f"no request line arrived within {READ_TIMEOUT:g}s", "bad_frame")
+        try:
+            if len(line) > wire.MAX_LINE:
+                raise wire.HiveError(f"the request line is over {wire.MAX_LINE} bytes (1 MiB); send less", "bad_frame")
+            if not line.endswith(b"\n"):
+                raise wire.HiveError("the request was cut off before its newline; send one JSON object and a newline",
+                                     "bad_frame")
+            return self.dispatch(wire.decode(line))
+        except wire.HiveError as e:
+            return wire.error_of(e)
+        except Exception:
+            log.exception("%s: request failed", self.name)
+            return wire.error("the server failed on this request; its log has the details", "internal")

@@ -1,0 +1,141 @@
+"""Every table of hyperhive, and the migrations that bring a file up to date.
+
+Two databases, two proxies, each initialized by the role that owns the file:
+`core_db` (the core's hive.db: agents, messages, approvals) and `agent_db`
+(one per harness: its live-event history). Migrations are idempotent: each
+step checks what is there before it changes anything, so running them on
+every start is safe.
+"""
+
+import time
+
+import peewee as pw
+
+core_db = pw.DatabaseProxy()
+agent_db = pw.DatabaseProxy()
+
+PRAGMAS = {
+    "journal_mode": "wal",
+    # NORMAL loses nothing on a crash of the process (kill -9); only an OS
+    # crash can roll back the last transactions, and we want the speed.
+    "synchronous": "normal",
+    "busy_timeout": 5000,
+    "foreign_keys": 1,
+}
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+class CoreModel(pw.Model):
+    class Meta:
+        database = core_db
+        legacy_table_names = False
+
+
+class Agent(CoreModel):
+    """An agent the hive knows. The manager is a row too, named 'manager'."""
+
+    name = pw.CharField(primary_key=True)
+    role = pw.CharField(default="agent")  # agent | manager
+    parent = pw.CharField(default="operator")  # who asked for it
+    created_at = pw.BigIntegerField(default=now_ms)
+    desired = pw.CharField(default="running")  # running | stopped: what the operator last asked
+    paused = pw.BooleanField(default=False)
+    needs_login = pw.BooleanField(default=False)
+    status_text = pw.TextField(null=True)
+    status_set_at = pw.BigIntegerField(null=True)
+
+
+class Message(CoreModel):
+    """One message. Times are unix milliseconds; NULL means 'not yet'."""
+
+    sender = pw.CharField()
+    recipient = pw.CharField()
+    body = pw.TextField()
+    sent_at = pw.BigIntegerField(default=now_ms)
+    delivered_at = pw.BigIntegerField(null=True)
+    acked_at = pw.BigIntegerField(null=True)
+    redelivered = pw.BooleanField(default=False)
+    file_refs = pw.TextField(default="[]")  # JSON list
+
+
+class Approval(CoreModel):
+    agent = pw.CharField()
+    kind = pw.CharField()  # apply_commit | spawn | init_config | update_meta_inputs
+    commit_ref = pw.CharField(null=True)
+    fetched_sha = pw.CharField(null=True)
+    requested_at = pw.BigIntegerField(default=now_ms)
+    status = pw.CharField(default="pending")
+    resolved_at = pw.BigIntegerField(null=True)
+    note = pw.TextField(null=True)
+    description = pw.TextField(default="")
+    diff = pw.TextField(default="")
+
+
+class Meta(CoreModel):
+    """Key/value facts about the file itself (schema version)."""
+
+    key = pw.CharField(primary_key=True)
+    value = pw.TextField()
+
+
+CORE_TABLES = (Agent, Message, Approval, Meta)
+
+# The pop query reads only undelivered rows of one recipient; a partial index
+# keeps it O(queue) however large the acked history grows.
+CORE_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS message_undelivered ON message (recipient, id) WHERE delivered_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS message_inflight ON message (recipient, id) "
+    "WHERE delivered_at IS NOT NULL AND acked_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS message_acked_at ON message (acked_at) WHERE acked_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS message_recipient_sent ON message (recipient, id)",
+    "CREATE INDEX IF NOT EXISTS message_sender ON message (sender, id)",
+    "CREATE INDEX IF NOT EXISTS approval_status ON approval (status, id)",
+)
+
+
+class AgentModel(pw.Model):
+    class Meta:
+        database = agent_db
+        legacy_table_names = False
+
+
+class Event(AgentModel):
+    """One LiveEvent of the harness, kept for the page's history backfill."""
+
+    seq = pw.BigIntegerField(primary_key=True)
+    at = pw.BigIntegerField(default=now_ms)
+    kind = pw.CharField()
+    data = pw.TextField()  # JSON of the whole event
+
+
+AGENT_TABLES = (Event,)
+AGENT_INDEXES = ("CREATE INDEX IF NOT EXISTS event_at ON event (at)",)
+
+SCHEMA_VERSION = 1
+
+
+def open_db(proxy, path, tables, indexes):
+    """Open (creating if needed) a sqlite file, bind it to proxy, migrate it."""
+    # One connection shared by every greenlet: gevent makes threading.local
+    # greenlet-local, which would open a connection per request.
+    db = pw.SqliteDatabase(str(path), pragmas=PRAGMAS, check_same_thread=False, thread_safe=False)
+    proxy.initialize(db)
+    db.connect(reuse_if_open=True)
+    with db.atomic():
+        db.create_tables(tables, safe=True)
+        for stmt in indexes:
+            db.execute_sql(stmt)
+    return db
+
+
+def open_core(path):
+    db = open_db(core_db, path, CORE_TABLES, CORE_INDEXES)
+    Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_replace().execute()
+    return db
+
+
+def open_agent(path):
+    return open_db(agent_db, path, AGENT_TABLES, AGENT_INDEXES)

@@ -1,0 +1,34 @@
+"""The options of `serve`: one table (flag, default, help) and the computed defaults.
+
+The core's docopt usage and README's option list must both carry every row
+of this table; a test holds them to it, so the docs cannot drift from what
+the daemon accepts.
+"""
+
+import os
+
+
+def default_state_dir():
+    if os.environ.get("HIVE_STATE_DIR"):
+        return os.environ["HIVE_STATE_DIR"]
+    if os.geteuid() == 0:
+        return "/var/lib/hyperhive"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "hyperhive")
+
+
+def default_host_socket():
+    return os.environ.get("HIVE_HOST_SOCKET") or os.path.join(default_state_dir(), "run", "host.sock")
+
+
+# (option as docopt writes it, default or None, help)
+SERVE_OPTIONS = (
+    ("--state-dir DIR", "env HIVE_STATE_DIR; as root /var/lib/hyperhive, else ~/.local/state/hyperhive",
+     "where the hive keeps its database, agents and config repos"),
+    ("--run-dir DIR", "<state-dir>/run", "where the sockets live"),
+    ("--backend NAME", "auto", "agent containers: auto, process"),
+    ("--claude PATH", "env HIVE_CLAUDE_BIN, else claude", "the claude binary the harnesses run"),
+    ("--pass-env NAME", None, "forward this environment variable to every harness (repeatable)"),
+    ("--log-level LEVEL", "info", "debug, info, warning or error"),
+)
+

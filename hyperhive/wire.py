@@ -1,0 +1,262 @@
+"""The wire contract shared by core, harness, MCP server and CLI.
+
+Owns the verbs of the three socket surfaces (host, agent, manager), their
+argument shapes, the error vocabulary, the response shapes and the JSON-line
+framing. Standard library only, and imports nothing of ours: it is the leaf
+every other side stands on, so core and harness never need each other.
+"""
+
+import json
+import re
+import time
+
+VERSION = 1
+MAX_LINE = 1024 * 1024  # a request line longer than this is refused, not read on
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+MANAGER = "manager"
+OPERATOR = "operator"
+# Principals that are not agents; no agent may take one of these names.
+RESERVED_NAMES = frozenset({MANAGER, OPERATOR, "core", "hive", "system", "ttl-watchdog"})
+RECV_MAX_WAIT = 180
+RECV_MAX_BATCH = 32
+MAX_BODY = 512 * 1024
+
+# Error vocabulary: code -> HTTP status, one table for every surface.
+ERROR_STATUS = {
+    "bad_frame": 400,      # not JSON, not an object, too long, truncated
+    "unknown_verb": 400,
+    "bad_argument": 400,   # missing, mistyped or out-of-range argument
+    "not_found": 404,
+    "forbidden": 403,
+    "conflict": 409,       # the thing exists / is mid-transition / already done
+    "unavailable": 503,    # a peer (core, container, process) is down
+    "internal": 500,
+}
+
+
+class HiveError(Exception):
+    """An error a person can act on; `str(e)` is the sentence shown to them."""
+
+    def __init__(self, message, code="bad_argument"):
+        assert code in ERROR_STATUS, code
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def status(self):
+        return ERROR_STATUS[self.code]
+
+
+# -- names ------------------------------------------------------------------
+
+def check_name(name, what="agent name"):
+    """Validate an agent name where it enters; returns it unchanged."""
+    if not isinstance(name, str):
+        raise HiveError(f"{what} must be a string, got {_type_name(name)}")
+    if not NAME_RE.match(name):
+        shown = name if len(name) <= 40 else name[:40] + "…"
+        raise HiveError(
+            f"{what} {shown!r} is not valid: use 1-31 characters, a lowercase "
+            "letter first, then lowercase letters, digits or '-'")
+    return name
+
+
+def check_agent_name(name):
+    """A name a new agent may take: valid and not one of the principals."""
+    check_name(name)
+    if name in RESERVED_NAMES:
+        raise HiveError(f"{name!r} is reserved for the hive itself; pick another agent name")
+    return name
+
+
+# -- argument shapes -----------------------------------------------------------
+
+class Arg:
+    """One argument of a verb: its kind, whether required, and its default."""
+
+    __slots__ = ("name", "kind", "required", "default", "lo", "hi")
+
+    def __init__(self, name, kind, required=True, default=None, lo=None, hi=None):
+        self.name, self.kind, self.required = name, kind, required
+        self.default, self.lo, self.hi = default, lo, hi
+
+
+def _type_name(value):
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _coerce(verb, arg, value):
+    where = f"{verb}: {arg.name!r}"
+    if arg.kind == "str" or arg.kind == "text":
+        if not isinstance(value, str):
+            raise HiveError(f"{where} must be a string, got {_type_name(value)}")
+        if arg.kind == "text":
+            if not value.strip():
+                raise HiveError(f"{where} must not be empty")
+            if len(value) > MAX_BODY:
+                raise HiveError(f"{where} is {len(value)} characters; the limit is {MAX_BODY}")
+        return value
+    if arg.kind == "name":
+        return check_name(value, f"{where}:")
+    if arg.kind == "bool":
+        if not isinstance(value, bool):
+            raise HiveError(f"{where} must be true or false, got {_type_name(value)}")
+        return value
+    if arg.kind in ("int", "clamp"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise HiveError(f"{where} must be a number, got {_type_name(value)}")
+        value = int(value)
+        if arg.kind == "clamp":  # documented as clamped, never refused
+            return max(arg.lo, min(arg.hi, value))
+        if (arg.lo is not None and value < arg.lo) or (arg.hi is not None and value > arg.hi):
+            raise HiveError(f"{where} must be between {arg.lo} and {arg.hi}, got {value}")
+        return value
+    if arg.kind == "scope":
+        if not isinstance(value, dict) or not isinstance(value.get("agent_names"), list):
+            raise HiveError(f"{where} must be an object like {{\"agent_names\": [\"alice\"]}}")
+        names = value["agent_names"]
+        if not names:
+            raise HiveError(f"{where} names no agents; an empty scope is never 'everything'")
+        return [check_name(n, f"{where}: agent name") for n in names]
+    raise AssertionError(arg.kind)
+
+
+# -- verbs -----------------------------------------------------------------------
+# verb -> (args, one-line help). Surfaces list which verbs they answer.
+
+_NAME = Arg("name", "name")
+_WAIT = Arg("wait_seconds", "clamp", False, 0, 0, RECV_MAX_WAIT)
+_MAX = Arg("max", "clamp", False, 1, 1, RECV_MAX_BATCH)
+
+VERBS = {
+    # host (operator) verbs
+    "list": ((), "names of every agent"),
+    "agent_status": ((), "one status row per agent"),
+    "subscribe_agent_status": ((), "stream a status row whenever an agent changes"),
+    "urls": ((), "the hive's public addresses"),
+    "pending": ((), "approvals waiting for the operator"),
+    "start": ((Arg("scope", "scope"),), "start the agents named in scope"),
+    "stop": ((Arg("scope", "scope"), Arg("graceful", "bool", False, True)),
+             "stop the agents named in scope"),
+    "restart": ((_NAME,), "stop then start an agent"),
+    "rebuild": ((_NAME,), "re-apply an agent's config and restart it"),
+    "kill": ((_NAME,), "kill an agent's harness at once"),
+    "set_paused": ((_NAME, Arg("paused", "bool")), "park or resume an agent's turn loop"),
+    "spawn": ((_NAME,), "create and start a new agent"),
+    "destroy": ((_NAME, Arg("purge", "bool", False, False)),
+                "remove an agent; its state stays as a tombstone unless purge"),
+    "inbox": ((Arg("limit", "int", False, 20, 1, 1000),),
+              "messages addressed to the operator, newest first"),
+    # shared by host and agent surfaces
+    "send": ((Arg("to", "name"), Arg("body", "text")), "send a message"),
+    # agent verbs
+    "recv": ((_WAIT, _MAX), "pop messages addressed to you"),
+    "ack_turn": ((), "mark every message popped since the last ack as handled"),
+    "requeue_inflight": ((), "put popped-but-unacked messages back, flagged redelivered"),
+    "recent": ((Arg("limit", "int", False, 20, 1, 200),),
+               "recent messages to or from you, newest first"),
+    "operator_msg": ((Arg("body", "text"),), "a message from the operator via your web page"),
+    "whoami": ((), "your name, role and the hyperhive revision"),
+}
+
+HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending",
+              "start", "stop", "restart", "rebuild", "kill", "set_paused", "spawn",
+              "destroy", "send", "inbox")
+AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent",
+               "operator_msg", "whoami")
+MANAGER_VERBS = AGENT_VERBS + ("agent_status",)
+SURFACES = {"host": HOST_VERBS, "agent": AGENT_VERBS, "manager": MANAGER_VERBS}
+STREAMING_VERBS = frozenset({"subscribe_agent_status"})
+
+
+def parse_request(obj, surface):
+    """Check a decoded request against a surface; returns (verb, args dict)."""
+    if not isinstance(obj, dict):
+        raise HiveError(f"a request must be a JSON object, got {_type_name(obj)}", "bad_frame")
+    verb = obj.get("cmd")
+    if not isinstance(verb, str):
+        raise HiveError("a request needs a \"cmd\" string naming the verb", "bad_frame")
+    allowed = SURFACES[surface]
+    if verb not in allowed:
+        shown = verb if len(verb) <= 40 else verb[:40] + "…"
+        raise HiveError(f"unknown verb {shown!r} on the {surface} socket; known: {', '.join(sorted(allowed))}",
+                        "unknown_verb")
+    args = {}
+    for arg in VERBS[verb][0]:
+        if arg.name in obj and obj[arg.name] is not None:
+            args[arg.name] = _coerce(verb, arg, obj[arg.name])
+        elif arg.required:
+            raise HiveError(f"{verb}: missing argument {arg.name!r}")
+        else:
+            args[arg.name] = arg.default
+    return verb, args
+
+
+# -- payload shapes -----------------------------------------------------------------
+# Field order of the rows answered on the wire; tests and clients check against these.
+
+MESSAGE_FIELDS = ("id", "from", "body", "sent_at", "redelivered", "file_refs")
+# inbox/recent rows also say who a message went to
+LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at")
+STATUS_FIELDS = ("name", "running", "failed", "needs_update", "needs_login", "paused",
+                 "parent", "deployed_sha", "active_model", "status_text", "status_set_at",
+                 "url", "pending_reminders")
+APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at",
+                   "status", "resolved_at", "note", "description")
+
+
+def iso(ms):
+    """Unix milliseconds as RFC 3339 UTC (the wire's one time format), or None."""
+    if ms is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+# -- framing ----------------------------------------------------------------------
+
+def encode(obj):
+    """One JSON object as one compact line (bytes, newline-terminated)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def request(verb, **args):
+    return encode({"cmd": verb, **args})
+
+
+def ok(**payload):
+    return {"version": VERSION, "ok": True, **payload}
+
+
+def error(message, code="bad_argument"):
+    return {"version": VERSION, "ok": False, "error": message, "code": code}
+
+
+def error_of(exc):
+    return error(str(exc), exc.code)
+
+
+def decode(line):
+    """Parse one request/response line (bytes or str) into a dict, or raise HiveError."""
+    if len(line) > MAX_LINE:
+        raise HiveError(f"the line is {len(line)} bytes; the limit is {MAX_LINE} (1 MiB)", "bad_frame")
+    if isinstance(line, bytes):
+        try:
+            line = line.decode()
+        except UnicodeDecodeError as e:
+            raise HiveError(f"the line is not UTF-8 ({e.reason} at byte {e.start})", "bad_frame") from None
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as e:
+        raise HiveError(f"the line is not valid JSON: {e}", "bad_frame") from None
+    if not isinstance(obj, dict):
+        raise HiveError(f"a frame must be a JSON object, got {_type_name(obj)}", "bad_frame")
+    return obj
+
+
+def result(response):
+    """Return a response's payload, raising HiveError for an error response."""
+    if not response.get("ok"):
+        raise HiveError(str(response.get("error") or "the server answered an error without a sentence"),
+                        response.get("code") if response.get("code") in ERROR_STATUS else "internal")
+    return response
