@@ -8,14 +8,12 @@ keeps serving everyone else.
 """
 
 import errno
-import logging
 import os
 import socket
 import stat
 
 from hyperhive import wire
 
-log = logging.getLogger(__name__)
 READ_TIMEOUT = 30.0  # a client that connects and says nothing is dropped after this
 
 
@@ -70,20 +68,32 @@ def call(path, verb, timeout=30.0, **args):
         sock.close()
 
 
-def stream(path, verb, **args):
-    """Yield every response line of a streaming verb until the server closes."""
-    sock = connect(path, None)
+def stream(path, verb, timeout=None, **args):
+    """Subscribe: returns once the server acked, then iterate for each later frame.
+
+    `timeout` bounds each wait for a frame (None: wait as long as it takes).
+    """
+    sock = connect(path, timeout)
     try:
         sock.sendall(wire.request(verb, **args))
-        with sock.makefile("rb") as reader:
-            wire.result(_read_line(reader, path))  # the ack
+        reader = sock.makefile("rb")
+        wire.result(_read_line(reader, path))  # the ack: subscribed from here on
+    except BaseException:
+        sock.close()
+        raise
+
+    def frames():
+        try:
             while True:
                 line = reader.readline(wire.MAX_LINE + 1)
                 if not line:
                     return
                 yield wire.result(wire.decode(line))
-    finally:
-        sock.close()
+        finally:
+            reader.close()
+            sock.close()
+
+    return frames()
 
 
 # -- server ----------------------------------------------------------------------
@@ -105,7 +115,9 @@ def bind(path, mode):
             if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                 raise
             os.unlink(path)
-            log.info("replaced stale socket %s", path)
+            import logging  # server side only: the CLI and MCP server never pay for it
+
+            logging.getLogger(__name__).info("replaced stale socket %s", path)
         else:
             raise wire.HiveError(f"another server is already listening at {path}", "conflict")
         finally:
@@ -123,10 +135,13 @@ def bind(path, mode):
 
 
 class Server:
-    """Serve one socket surface: `dispatch(obj) -> dict | iterator of dicts`.
+    """Serve one socket surface: `dispatch(obj, gone) -> dict | iterator of dicts`.
 
-    dispatch raises HiveError for a request it refuses; anything else it
-    raises is logged with its traceback and answered as an internal error.
+    `gone` is an Event set when the client hangs up before its answer is
+    written; a long-poll waits on it so that a dead client never takes a
+    message it cannot receive. dispatch raises HiveError for a request it
+    refuses; anything else it raises is logged and answered as an internal
+    error.
     """
 
     def __init__(self, path, dispatch, mode=0o660, name=None):
@@ -150,52 +165,66 @@ class Server:
             pass
 
     def _handle(self, sock, _address):
+        import gevent
+        from gevent.event import Event
+
+        gone = Event()
+        watcher = None
         sock.settimeout(READ_TIMEOUT)
         try:
             with sock.makefile("rb") as reader:
-                answer = self._answer(reader)
+                line = self._read(reader)
             sock.settimeout(None)
+            # A client sends one line, then only waits: any later read that
+            # returns is its hang-up.
+            watcher = gevent.spawn(lambda: sock.recv(1) or None)
+            watcher.link(lambda _: gone.set())
+            answer = self._answer(line, gone)
             if isinstance(answer, dict):
                 sock.sendall(wire.encode(answer))
             else:
-                self._stream(sock, answer)
+                self._stream(sock, answer, gone)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             pass  # the client went away; nothing to tell it
         finally:
+            if watcher is not None:
+                watcher.kill(block=False)
             sock.close()
 
     @staticmethod
-    def _stream(sock, frames):
-        """Write a streaming answer until the client hangs up.
-
-        A quiet stream would never notice a dead client by writing, so a
-        watcher reads the socket and ends the stream at EOF.
-        """
+    def _stream(sock, frames, gone):
+        """Write a streaming answer until the client hangs up."""
         import gevent
 
         me = gevent.getcurrent()
-        watcher = gevent.spawn(lambda: sock.recv(1) or me.kill(block=False))
+        gone.rawlink(lambda _: me.kill(block=False))
         try:
             for frame in frames:
                 sock.sendall(wire.encode(frame))
         finally:
-            watcher.kill(block=False)
             frames.close()
 
-    def _answer(self, reader):
+    @staticmethod
+    def _read(reader):
         try:
-            line = reader.readline(wire.MAX_LINE + 1)
+            return reader.readline(wire.MAX_LINE + 1)
         except socket.timeout:
-            return wire.error(f"no request line arrived within {READ_TIMEOUT:g}s", "bad_frame")
+            return None
+
+    def _answer(self, line, gone):
         try:
+            if line is None:
+                raise wire.HiveError(f"no request line arrived within {READ_TIMEOUT:g}s", "bad_frame")
             if len(line) > wire.MAX_LINE:
                 raise wire.HiveError(f"the request line is over {wire.MAX_LINE} bytes (1 MiB); send less", "bad_frame")
             if not line.endswith(b"\n"):
                 raise wire.HiveError("the request was cut off before its newline; send one JSON object and a newline",
                                      "bad_frame")
-            return self.dispatch(wire.decode(line))
+            return self.dispatch(wire.decode(line), gone)
         except wire.HiveError as e:
             return wire.error_of(e)
         except Exception:
-            log.exception("%s: request failed", self.name)
+            import logging
+
+            logging.getLogger(__name__).exception("%s: request failed", self.name)
             return wire.error("the server failed on this request; its log has the details", "internal")

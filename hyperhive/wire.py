@@ -12,11 +12,13 @@ import time
 
 VERSION = 1
 MAX_LINE = 1024 * 1024  # a request line longer than this is refused, not read on
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")  # always fullmatch: "$" would let a trailing "\n" in
 MANAGER = "manager"
 OPERATOR = "operator"
 # Principals that are not agents; no agent may take one of these names.
 RESERVED_NAMES = frozenset({MANAGER, OPERATOR, "core", "hive", "system", "ttl-watchdog"})
+# Shown above a message popped before a harness restart and popped again.
+REDELIVERED_BANNER = "[redelivered after harness restart — may already be handled]"
 RECV_MAX_WAIT = 180
 RECV_MAX_BATCH = 32
 MAX_BODY = 512 * 1024
@@ -53,7 +55,7 @@ def check_name(name, what="agent name"):
     """Validate an agent name where it enters; returns it unchanged."""
     if not isinstance(name, str):
         raise HiveError(f"{what} must be a string, got {_type_name(name)}")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         shown = name if len(name) <= 40 else name[:40] + "…"
         raise HiveError(
             f"{what} {shown!r} is not valid: use 1-31 characters, a lowercase "
@@ -204,6 +206,12 @@ STATUS_FIELDS = ("name", "running", "failed", "needs_update", "needs_login", "pa
                  "url", "pending_reminders")
 APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at",
                    "status", "resolved_at", "note", "description")
+
+
+def format_message(message):
+    """A delivered message as the model reads it (wake prompt and recv tool alike)."""
+    text = f"from: {message.get('from')}\n\n{message.get('body')}"
+    return f"{REDELIVERED_BANNER}\n{text}" if message.get("redelivered") else text
 
 
 def iso(ms):

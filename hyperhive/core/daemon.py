@@ -33,11 +33,12 @@ from hyperhive.core.broker import Broker
 from hyperhive.core.events import Hub
 from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
 from hyperhive.core.surfaces import Surfaces
-from hyperhive.schema import open_core
+from hyperhive.schema import checkpoint, open_core
 
 log = logging.getLogger("hive-c0re")
 WATCH_SECONDS = 2.0
 VACUUM_SECONDS = 3600.0
+CHECKPOINT_SECONDS = 1.0
 
 
 class Sockets:
@@ -115,9 +116,14 @@ class Core:
                                     mode=0o660, name="host.sock").start()
         self.lifecycle.boot()
         self.loops = [every(WATCH_SECONDS, self.lifecycle.watch_step, self.stopping),
-                      every(VACUUM_SECONDS, self.broker.vacuum, self.stopping)]
+                      every(VACUUM_SECONDS, self.broker.vacuum, self.stopping),
+                      every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping)]
         log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
                  self.lifecycle.backend.name, self.layout.run_dir)
+
+    def checkpoint(self):
+        """Fold the WAL into the db file in a worker thread, off every request's path."""
+        gevent.get_hub().threadpool.apply(checkpoint, (self.layout.db_path,))
 
     def stop(self):
         log.info("shutting down")
@@ -140,7 +146,7 @@ def main(argv):
         backend = containers.pick(args["--backend"])
         claude = args["--claude"] or os.environ.get("HIVE_CLAUDE_BIN") or "claude"
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
-        open_core(layout.db_path)
+        open_core(layout.db_path, background_checkpoint=True)
         core = Core(layout, backend, harness)
         core.start()
     except wire.HiveError as e:

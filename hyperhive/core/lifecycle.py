@@ -71,6 +71,7 @@ class Lifecycle:
         self.harness = harness
         self.sockets = sockets  # open(name, role) / close(name)
         self.transients = {}  # name -> what it is doing now
+        self._names = None  # every send asks `known`; the set is kept in memory
         self._last_rows = {}
 
     # -- queries -------------------------------------------------------------------
@@ -85,7 +86,9 @@ class Lifecycle:
         return agent
 
     def known(self, name):
-        return name == wire.OPERATOR or Agent.get_or_none(Agent.name == name) is not None
+        if self._names is None:
+            self._names = set(self.names())
+        return name == wire.OPERATOR or name in self._names
 
     def tombstones(self):
         """Agent dirs kept after a destroy without purge."""
@@ -93,7 +96,7 @@ class Lifecycle:
             return []
         alive = set(self.names())
         return sorted(d for d in os.listdir(self.layout.agents_dir)
-                      if d not in alive and wire.NAME_RE.match(d))
+                      if d not in alive and wire.NAME_RE.fullmatch(d))
 
     def running(self, name):
         return self.backend.running(name, self.layout.home(name))
@@ -128,9 +131,9 @@ class Lifecycle:
 
     # -- the watch -------------------------------------------------------------------
 
-    def changed(self, name):
+    def changed(self, name, agent=None):
         """Re-read one agent's row and tell subscribers if it differs."""
-        agent = Agent.get_or_none(Agent.name == name)
+        agent = agent or Agent.get_or_none(Agent.name == name)
         if agent is None:
             if self._last_rows.pop(name, None) is not None:
                 self.hub.publish("container_removed", name=name)
@@ -142,10 +145,11 @@ class Lifecycle:
 
     def watch_step(self):
         """One pass of the crash/change watch: publish every row that changed."""
-        for agent in Agent.select():
+        for agent in list(Agent.select()):
             before = self._last_rows.get(agent.name)
-            self.changed(agent.name)
+            self.changed(agent.name, agent)
             after = self._last_rows[agent.name]
+            gevent.sleep(0)  # a hive of many agents must not stall every socket for the whole pass
             if before and before["running"] and after["failed"]:
                 log.error("%s's harness died on its own; see %s", agent.name, self.layout.log(agent.name))
 
@@ -192,6 +196,7 @@ class Lifecycle:
             with core_db.atomic():
                 agent = Agent.create(name=name, role=role, parent=parent, desired="running",
                                      paused=os.path.exists(self.layout.pause_marker(name)))
+            self._names = None
             self.broker.hold(name, agent.paused)
             self._start(agent)
             if revived:
@@ -252,6 +257,7 @@ class Lifecycle:
             self.sockets.close(name)
             with core_db.atomic():
                 Agent.delete().where(Agent.name == name).execute()
+            self._names = None
             if purge:
                 shutil.rmtree(self.layout.home(name), ignore_errors=False)
             self.broker.hold(name, False)

@@ -25,10 +25,11 @@ class Surfaces:
     def dispatcher(self, surface, caller):
         """A `dispatch(obj)` for jsonline.Server, bound to one surface and caller."""
 
-        def dispatch(obj):
+        def dispatch(obj, gone=None):
             verb, args = wire.parse_request(obj, surface)
-            handler = getattr(self, f"do_{verb}")
-            return handler(caller, **args)
+            if verb == "recv":
+                args["gone"] = gone
+            return getattr(self, f"do_{verb}")(caller, **args)
 
         return dispatch
 
@@ -45,9 +46,9 @@ class Surfaces:
         # Relayed by the agent's own web page: it can only ever reach this agent.
         return wire.ok(id=self.broker.send(wire.OPERATOR, caller, body))
 
-    def do_recv(self, caller, wait_seconds, max):
-        messages = self.broker.recv(caller, wait_seconds, max)
-        return wire.ok(messages=messages, unread=self.broker.pending_count(caller))
+    def do_recv(self, caller, wait_seconds, max, gone=None):
+        messages, unread = self.broker.recv(caller, wait_seconds, max, gone)
+        return wire.ok(messages=messages, unread=unread)
 
     def do_ack_turn(self, caller):
         return wire.ok(acked=self.broker.ack_turn(caller))

@@ -16,7 +16,6 @@ from hyperhive.harness.claude import Outcome
 
 log = logging.getLogger(__name__)
 
-REDELIVERED = "[redelivered after harness restart — may already be handled]"
 RECV_WAIT = 180
 
 
@@ -52,11 +51,7 @@ class CoreClient:
 
 def wake_prompt(messages, unread):
     """What claude is told when messages wake it."""
-    parts = []
-    for m in messages:
-        banner = f"{REDELIVERED}\n" if m.get("redelivered") else ""
-        parts.append(f"{banner}from: {m['from']}\n\n{m['body']}")
-    text = "\n\n---\n\n".join(parts)
+    text = "\n\n---\n\n".join(map(wire.format_message, messages))
     if unread:
         text += (f"\n\n({unread} more unread message{'s' if unread != 1 else ''} waiting; "
                  f"call recv with max: {min(unread, wire.RECV_MAX_BATCH)} to read them)")

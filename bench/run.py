@@ -1,0 +1,109 @@
+"""Run hyperhive's benchmarks and print one table: each figure beside a baseline measured in the same run.
+
+Benchmarks (targets from the issue):
+  wake     operator `send` on host.sock -> an agent's parked long-poll `recv`
+           answers, on a real core daemon with 50 idle pollers; baseline: a bare
+           gevent queue server with as many pollers. Target: <= 1.5x, p99 <= 5 ms.
+  broker   Broker.send x N then Broker.pop(r, 1) x N over sqlite, in process;
+           baseline: raw sqlite3, same schema and pragmas. Target: >= 0.5x.
+  mcp      `hyperhive.pyz agent mcp` from spawn to its `initialize` answer;
+           baseline: `python -c pass`. Target: <= 2.5x.
+  cli      `hyperhive.pyz --socket host.sock list` to exit, against the core;
+           baseline: `python -c pass`. Target: <= 3x.
+
+Everything runs on unix sockets in a temp dir that is removed afterwards;
+every child process is stopped, also on Ctrl-C. Exit status: 0 when every
+benchmark ran, 1 when one failed to run, 2 with --strict and a missed target.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import bench_broker  # noqa: E402
+import bench_coldstart  # noqa: E402
+import bench_wake  # noqa: E402
+from common import Children, Core, ensure_pyz, on_sigterm_raise, rmtree, table  # noqa: E402
+
+ALL = ("wake", "broker", "mcp", "cli")
+# (wake rounds, broker messages, cold-start runs): --quick keeps the whole run well under a minute
+SIZES = {"full": (2000, 5000, 21), "quick": (200, 500, 5)}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer iterations (CI smoke; < 60 s in all)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
+    p.add_argument("--only", metavar="NAMES", default=",".join(ALL),
+                   help=f"comma-separated subset of: {', '.join(ALL)} (default: all)")
+    p.add_argument("--agents", type=int, default=50, metavar="N", help="idle long-pollers for wake (default 50)")
+    p.add_argument("--pyz", metavar="PATH", help="benchmark this pyz as it is (default: the checkout's, built if missing, rebuilt into the temp dir if stale)")
+    p.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
+    args = p.parse_args(argv)
+    args.only = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = set(args.only) - set(ALL)
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; known: {', '.join(ALL)}")
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    on_sigterm_raise()
+    rounds, messages, runs = SIZES["quick" if args.quick else "full"]
+    tmp = tempfile.mkdtemp(prefix="hyperhive-bench-")
+    rows, failures = [], []
+    started = time.monotonic()
+
+    def attempt(name, fn):
+        print(f"· {name} …", file=sys.stderr, flush=True)
+        try:
+            rows.extend(fn())
+        except Exception as e:  # one broken benchmark must not hide the others' figures
+            failures.append(f"{name}: {e}")
+            traceback.print_exc()
+
+    try:
+        pyz, note = ensure_pyz(tmp, args.pyz)
+        if note:
+            print(f"· {note}", file=sys.stderr)
+        if "broker" in args.only:
+            attempt("broker", lambda: bench_broker.run(tmp, messages))
+        if "mcp" in args.only:
+            attempt("mcp", lambda: bench_coldstart.run_mcp(pyz, tmp, runs))
+        if "wake" in args.only or "cli" in args.only:
+            print(f"· starting a core with {args.agents} agents …", file=sys.stderr, flush=True)
+            with Core(tmp, args.agents) as core:
+                if "wake" in args.only:
+                    attempt("wake", lambda: bench_wake.run(core, tmp, rounds))
+                if "cli" in args.only:
+                    attempt("cli", lambda: bench_coldstart.run_cli(pyz, core.host, runs))
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping children", file=sys.stderr)
+        return 130
+    finally:
+        Children.stop_all()
+        rmtree(tmp)
+
+    print(table(rows))
+    for failure in failures:
+        print(f"FAILED {failure}")
+    print(f"({'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"mode": "quick" if args.quick else "full", "rows": [r.as_dict() for r in rows],
+                       "failures": failures}, f, indent=2)
+    if failures:
+        return 1
+    return 2 if args.strict and not all(r.met for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

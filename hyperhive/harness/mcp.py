@@ -1,0 +1,312 @@
+"""The MCP stdio server that claude spawns on every turn.
+
+Owns the tool table the model sees (mcp__hyperhive__send, ...) and turns each
+tool call into one request on the container's hive socket.
+
+Usage:
+  hyperhive agent mcp [--socket PATH]
+  hyperhive manager mcp [--socket PATH]
+
+Options:
+  --socket PATH  The container's hive socket (default: $HIVE_SOCKET).
+"""
+
+# claude starts this process on every turn, so it imports only the stdlib,
+# the wire leaf and the stdlib-only socket client: no gevent, bottle or peewee.
+import json
+import os
+import signal
+import sys
+import threading
+
+from docopt import DocoptExit, docopt
+
+from hyperhive import __version__, jsonline, wire
+
+SERVER_NAME = "hyperhive"
+SERVER_VERSION = __version__
+# Newest first: a client asking for one we do not know gets our newest.
+PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+ROLES = ("agent", "manager")
+CALL_TIMEOUT = 30.0  # seconds the core gets to answer a tool's request
+
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
+    -32700, -32600, -32601, -32602, -32603)
+
+
+# -- the tool table ---------------------------------------------------------------
+
+class Tool:
+    """One tool: what the model sees, the wire verb it becomes, how its answer reads."""
+
+    __slots__ = ("name", "description", "input_schema", "verb", "format", "roles", "timeout")
+
+    def __init__(self, name, description, input_schema, verb, format, roles=ROLES,
+                 timeout=lambda args: CALL_TIMEOUT):
+        self.name, self.description, self.input_schema = name, description, input_schema
+        self.verb, self.format, self.roles, self.timeout = verb, format, roles, timeout
+
+    def listing(self):
+        return {"name": self.name, "description": self.description, "inputSchema": self.input_schema}
+
+
+def _schema(properties=None, required=()):
+    return {"type": "object", "properties": properties or {}, "required": list(required),
+            "additionalProperties": False}
+
+
+def _format_sent(answer, args):
+    return f"sent to {args['to']} (message id {answer.get('id')})"
+
+
+def _format_recv(answer, args):
+    messages = answer.get("messages") or []
+    if not messages:
+        return "(empty)"
+    if len(messages) == 1:
+        return wire.format_message(messages[0])
+    return f"popped {len(messages)} messages\n\n" + "\n---\n".join(map(wire.format_message, messages))
+
+
+def _format_whoami(answer, args):
+    return "\n".join(f"{key}: {answer.get(key)}" for key in ("name", "role", "hyperhive_rev"))
+
+
+TOOLS = (
+    Tool(
+        "send",
+        "Send a message to another agent by name, to `manager`, or to `operator` (the human "
+        "running the hive). It is delivered to their inbox and they see it on their next turn; "
+        "any answer arrives later in your own inbox as a new message, not as the result of this "
+        "call. Returns the message id.",
+        _schema({
+            "to": {"type": "string", "minLength": 1,
+                   "description": "Recipient: an agent's name, `manager`, or `operator`."},
+            "body": {"type": "string", "minLength": 1,
+                     "description": "The message text (markdown is fine)."},
+        }, required=("to", "body")),
+        "send", _format_sent),
+    Tool(
+        "recv",
+        "Pop messages from your inbox. The harness already hands you the message that woke you "
+        "and says how many more are unread, so use this mid-turn: to read those unread messages "
+        "(up to `max` at once) or to wait up to `wait_seconds` for a reply you expect. Answers "
+        "\"(empty)\" when nothing is waiting. A message marked redelivered was popped before a "
+        "harness restart and may already be handled.",
+        _schema({
+            "max": {"type": "integer", "minimum": 1, "maximum": wire.RECV_MAX_BATCH, "default": 1,
+                    "description": "Most messages to pop in this call."},
+            "wait_seconds": {"type": "integer", "minimum": 0, "maximum": wire.RECV_MAX_WAIT,
+                             "default": 0,
+                             "description": "How long to wait for the first message; 0 returns at once."},
+        }),
+        "recv", _format_recv,
+        # the core may hold the call for wait_seconds before it answers
+        timeout=lambda args: args["wait_seconds"] + CALL_TIMEOUT),
+    Tool(
+        "whoami",
+        "Your own agent name, your role (agent or manager) and the hyperhive revision the hive runs.",
+        _schema(),
+        "whoami", _format_whoami),
+)
+
+
+def tools_for(role):
+    """The tools of one role, by name, in table order."""
+    return {tool.name: tool for tool in TOOLS if role in tool.roles}
+
+
+def allowed_tools(role):
+    """The names to grant claude with --allowedTools for this role's MCP server."""
+    return [f"mcp__{SERVER_NAME}__{name}" for name in tools_for(role)]
+
+
+# -- argument checking --------------------------------------------------------------
+
+class RpcError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def _check_value(where, prop, value):
+    kind = prop["type"]
+    if kind == "string":
+        if not isinstance(value, str):
+            raise RpcError(INVALID_PARAMS, f"{where} must be a string")
+        if len(value) < prop.get("minLength", 0):
+            raise RpcError(INVALID_PARAMS, f"{where} must not be empty")
+        return value
+    if kind == "integer":
+        # JSON has one number type: 3.0 is an integer, true is not
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RpcError(INVALID_PARAMS, f"{where} must be an integer")
+        lo, hi = prop.get("minimum"), prop.get("maximum")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise RpcError(INVALID_PARAMS, f"{where} must be between {lo} and {hi}, got {value}")
+        return value
+    raise AssertionError(f"the tool table uses an unchecked type {kind!r}")
+
+
+def check_arguments(tool, args):
+    """Validate a call's arguments against the tool's schema; returns them with defaults filled in."""
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise RpcError(INVALID_PARAMS, f"{tool.name}: arguments must be an object")
+    props = tool.input_schema["properties"]
+    unknown = sorted(set(args) - set(props))
+    if unknown:
+        takes = ", ".join(props) or "no arguments"
+        raise RpcError(INVALID_PARAMS, f"{tool.name}: unknown argument {', '.join(map(repr, unknown))}; "
+                                       f"it takes {takes}")
+    for key in tool.input_schema["required"]:
+        if key not in args:
+            raise RpcError(INVALID_PARAMS, f"{tool.name}: missing required argument {key!r}")
+    checked = {}
+    for key, prop in props.items():
+        if key in args:
+            checked[key] = _check_value(f"{tool.name}: {key!r}", prop, args[key])
+        elif "default" in prop:
+            checked[key] = prop["default"]
+    return checked
+
+
+# -- the JSON-RPC server ----------------------------------------------------------------
+
+class Server:
+    """Newline-delimited JSON-RPC 2.0: request lines in, one answer line per request out."""
+
+    def __init__(self, role, socket_path, out_fd):
+        self.role, self.socket_path, self.out_fd = role, socket_path, out_fd
+        self.tools = tools_for(role)
+        self.write_lock = threading.Lock()
+        self.calls = []
+        self.methods = {"initialize": self.initialize, "ping": lambda params: {},
+                        "tools/list": self.list_tools, "tools/call": self.call_tool}
+
+    def serve(self, lines):
+        for line in lines:
+            if line.strip():
+                self.handle(line)
+        # a client may write its last requests and close stdin at once: answer them
+        for call in self.calls:
+            call.join()
+
+    def handle(self, line):
+        try:
+            msg = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            return self.send(None, error=RpcError(PARSE_ERROR, f"the line is not JSON: {e}"))
+        if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
+            msg_id = msg.get("id") if isinstance(msg, dict) else None
+            return self.send(_valid_id(msg_id), error=RpcError(
+                INVALID_REQUEST, "expected one JSON-RPC 2.0 object per line"))
+        if "method" not in msg and ("result" in msg or "error" in msg):
+            return  # an answer to a request we never make
+        if "id" not in msg:
+            return  # a notification: none of them needs anything from us
+        msg_id, method, params = msg["id"], msg.get("method"), msg.get("params", {})
+        if _valid_id(msg_id) is None or not isinstance(method, str):
+            return self.send(_valid_id(msg_id), error=RpcError(
+                INVALID_REQUEST, "a request needs a string or integer id and a method name"))
+        handler = self.methods.get(method)
+        if handler is None:
+            return self.send(msg_id, error=RpcError(METHOD_NOT_FOUND, f"no method {method!r}"))
+        if method == "tools/call":
+            # a recv may wait minutes; pings and other calls must not queue behind it
+            call = threading.Thread(target=self.answer, args=(msg_id, handler, params), daemon=True)
+            self.calls = [c for c in self.calls if c.is_alive()] + [call]
+            call.start()
+        else:
+            self.answer(msg_id, handler, params)
+
+    def answer(self, msg_id, handler, params):
+        try:
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise RpcError(INVALID_PARAMS, "params must be an object")
+            self.send(msg_id, result=handler(params))
+        except RpcError as e:
+            self.send(msg_id, error=e)
+        except Exception as e:  # a bug here must not take the whole turn's tools down
+            print(f"hyperhive mcp: request {msg_id} failed: {e!r}", file=sys.stderr)
+            self.send(msg_id, error=RpcError(INTERNAL_ERROR, f"the hyperhive MCP server failed: {e}"))
+
+    def send(self, msg_id, result=None, error=None):
+        reply = {"jsonrpc": "2.0", "id": msg_id}
+        if error is not None:
+            reply["error"] = {"code": error.code, "message": str(error)}
+        else:
+            reply["result"] = result
+        data = json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        with self.write_lock:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.out_fd, view):]
+            except OSError:
+                pass  # the client is gone; stdin's EOF ends us
+
+    # -- methods --
+
+    def initialize(self, params):
+        asked = params.get("protocolVersion")
+        return {
+            "protocolVersion": asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0],
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": {"name": SERVER_NAME, "version": SERVER_VERSION},
+        }
+
+    def list_tools(self, params):
+        return {"tools": [tool.listing() for tool in self.tools.values()]}
+
+    def call_tool(self, params):
+        name = params.get("name")
+        tool = self.tools.get(name) if isinstance(name, str) else None
+        if tool is None:
+            raise RpcError(INVALID_PARAMS, f"unknown tool {name!r}; this server has {', '.join(self.tools)}")
+        args = check_arguments(tool, params.get("arguments"))
+        try:
+            answer = jsonline.call(self.socket_path, tool.verb, timeout=tool.timeout(args), **args)
+        except wire.HiveError as e:
+            # the model reads this sentence and can act on it, so it is a result, not a protocol error
+            return {"content": [{"type": "text", "text": str(e)}], "isError": True}
+        return {"content": [{"type": "text", "text": tool.format(answer, args)}], "isError": False}
+
+
+def _valid_id(msg_id):
+    return msg_id if isinstance(msg_id, (str, int)) and not isinstance(msg_id, bool) else None
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv):
+    try:
+        args = docopt(__doc__, argv=argv)
+    except DocoptExit as e:
+        print(e, file=sys.stderr)
+        return 2
+    role = "manager" if args["manager"] else "agent"
+    socket_path = args["--socket"] or os.environ.get("HIVE_SOCKET")
+    if not socket_path:
+        print("hyperhive mcp: no hive socket; pass --socket PATH or set HIVE_SOCKET", file=sys.stderr)
+        return 2
+    out_fd = sys.stdout.fileno()
+    # stdout carries the protocol; a stray print anywhere must not corrupt it
+    sys.stdout = sys.stderr
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        Server(role, socket_path, out_fd).serve(sys.stdin.buffer)
+    except KeyboardInterrupt:
+        pass  # claude sends SIGINT when its turn ends: a normal exit
+    finally:
+        # a late SIGINT during interpreter shutdown must not print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return 0

@@ -1,0 +1,147 @@
+"""Shared fixtures: a real core daemon in a temp dir, and waiting on conditions with deadlines."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from hyperhive import jsonline  # noqa: E402
+
+PYTHON = sys.executable
+ENTRY = os.path.join(ROOT, "hyperhive.py")
+FAKE_CLAUDE = os.path.join(ROOT, "tests", "fakeclaude.py")
+
+
+def wait_until(predicate, timeout=15.0, what="the condition"):
+    """Poll predicate until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+class Hive:
+    """A real `hyperhive serve` process on a temp state dir."""
+
+    def __init__(self, state_dir, claude=FAKE_CLAUDE, entry=ENTRY, env=None, extra_args=()):
+        self.state_dir = str(state_dir)
+        self.run_dir = os.path.join(self.state_dir, "run")
+        self.host_sock = os.path.join(self.run_dir, "host.sock")
+        self.claude, self.entry = claude, entry
+        self.env = dict(os.environ, **(env or {}))
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.log_path = os.path.join(os.path.dirname(self.state_dir), os.path.basename(self.state_dir) + ".log")
+
+    def start(self, wait=True):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PYTHON, self.entry, "serve", "--state-dir", self.state_dir,
+                                      "--backend", "process", "--claude", self.claude, *self.extra_args],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if wait:
+            wait_until(self._ready, 20, f"the core to answer on {self.host_sock} (log: {self.log_path})")
+        return self
+
+    def _ready(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the core exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            return "manager" in self.call("list")["agents"]
+        except jsonline.Unreachable:
+            return False
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def call(self, verb, timeout=120, **args):
+        return jsonline.call(self.host_sock, verb, timeout=timeout, **args)
+
+    def sock(self, name):
+        if name == "manager":
+            return os.path.join(self.run_dir, "manager.sock")
+        return os.path.join(self.run_dir, "agents", f"{name}.sock")
+
+    def agent_call(self, name, verb, timeout=60, **args):
+        return jsonline.call(self.sock(name), verb, timeout=timeout, **args)
+
+    def raw(self, path, data):
+        """Send raw bytes on a socket and return the first answer line, decoded."""
+        import socket
+
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(path)
+        try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before reading an oversized line to the end
+        line = s.makefile("rb").readline()
+        s.close()
+        return json.loads(line)
+
+    def home(self, name):
+        return os.path.join(self.state_dir, "agents", name)
+
+    def harness_pid(self, name):
+        try:
+            with open(os.path.join(self.home(name), "harness.pid")) as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError):
+            return None
+
+    def row(self, name):
+        rows = {r["name"]: r for r in self.call("agent_status")["agent_statuses"]}
+        return rows.get(name)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        return self.proc.returncode
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+def kill_harnesses(state_dir):
+    """Kill every harness a test left behind (the core adopts, so a kill -9'd core leaves them)."""
+    agents = os.path.join(state_dir, "agents")
+    if not os.path.isdir(agents):
+        return
+    for name in os.listdir(agents):
+        try:
+            with open(os.path.join(agents, name, "harness.pid")) as f:
+                pid = int(f.read().split()[0])
+            os.killpg(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.fixture
+def hive(tmp_path):
+    """A started hive with the fake claude; stopped (and every harness killed) afterwards."""
+    h = Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "test-key"},
+             extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
+    h.start()
+    yield h
+    try:
+        h.stop()
+    finally:
+        kill_harnesses(h.state_dir)

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""A fake `claude` CLI for the fast test tiers; standard library only.
+
+Owns: enough of the real CLI's behaviour for the harness to drive it like
+the real one -- the same invocation, the MCP handshake with the servers in
+--mcp-config, stream-json on stdout, SIGINT to the MCP server on exit -- with
+the "model" replaced by directives read from the prompt, one per line:
+
+  FAKE: send <to> <body...>      call mcp__hyperhive__send {to, body: the rest of the line}
+  FAKE: recv [max [wait]]        call mcp__hyperhive__recv
+  FAKE: whoami                   call mcp__hyperhive__whoami
+  FAKE: call <tool> [json]       call mcp__hyperhive__<tool> with these arguments
+  FAKE: say <text...>            the final reply text (default: a summary)
+  FAKE: sleep <seconds>          sleep, so a test can kill a turn midway
+  FAKE: stderr <text...>         write a line to stderr
+  FAKE: fail                     error result, exit 1
+  FAKE: too-long                 "prompt is too long" result, exit 1 -- unless a
+                                 /compact ran since (its marker is consumed)
+
+Lines without "FAKE:" are ignored; an unknown directive fails the turn. The
+prompt "/compact" succeeds and leaves the compacted marker. `claude auth
+status` answers from ANTHROPIC_API_KEY. Per-cwd state lives in ./.fakeclaude/:
+calls.jsonl (one line per invocation, written before acting), session (the
+session id --continue reuses), compacted (the marker), mcp-stderr.log.
+"""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+VERSION = "2.1.0 (Claude Code, fake)"
+SERVER = "hyperhive"
+MCP_TIMEOUT = 300.0  # a recv may long-poll for 180s
+BUILTIN_TOOLS = ["Bash", "Edit", "Glob", "Grep", "Read", "Write"]
+# flags taking one value / every value up to the next flag (the real CLI's
+# variadic flags swallow a following prompt; the harness must write `--`)
+VALUE_FLAGS = {"--model", "--output-format", "--input-format", "--settings", "--append-system-prompt",
+               "--system-prompt", "--permission-mode", "--resume", "-r", "--session-id",
+               "--max-turns", "--fallback-model", "--permission-prompt-tool", "--setting-sources",
+               "--agents", "--max-budget-usd"}
+VARIADIC_FLAGS = {"--mcp-config", "--allowedTools", "--allowed-tools", "--disallowedTools",
+                  "--disallowed-tools", "--add-dir", "--tools", "--betas"}
+ALIASES = {"-p": "--print", "-c": "--continue", "--allowed-tools": "--allowedTools"}
+LOGGED_ENV = ("MCP_CONNECTION_NONBLOCKING", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+              "ANTHROPIC_BASE_URL")
+
+
+def too_long_result(session_id):
+    """What the real CLI prints when the prompt does not fit the context window."""
+    # Another engineer is measuring the real CLI; change only this function.
+    return {"type": "result", "subtype": "success", "is_error": True, "duration_ms": 0,
+            "num_turns": 1, "result": "Prompt is too long", "session_id": session_id,
+            "total_cost_usd": 0, "usage": _usage(0, 0, 0, 0)}, 1
+
+
+class Fail(Exception):
+    """The turn ends with an error result and exit status 1."""
+
+
+class Interrupted(Exception):
+    pass
+
+
+# -- argv --------------------------------------------------------------------------------
+
+def parse_argv(argv):
+    opts, positional, i = {}, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            positional.extend(argv[i:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+            continue
+        name, eq, value = arg.partition("=")
+        name = ALIASES.get(name, name)
+        if name in VARIADIC_FLAGS:
+            values = [value] if eq else []
+            while not eq and i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            opts.setdefault(name, []).extend(values)
+        elif name in VALUE_FLAGS:
+            if not eq:
+                if i >= len(argv):
+                    sys.exit(f"error: option '{name}' argument missing")
+                value, i = argv[i], i + 1
+            opts[name] = value
+        else:
+            opts[name] = value if eq else True  # unknown flags take no value
+    return opts, positional
+
+
+def allowed(tool, grants):
+    """Whether --allowedTools grants a tool: its name, its server, or a trailing-* pattern."""
+    for grant in (g.strip() for entry in grants for g in entry.replace(" ", ",").split(",")):
+        if grant and (grant == tool or tool.startswith(grant + "__")
+                      or (grant.endswith("*") and tool.startswith(grant[:-1]))):
+            return True
+    return False
+
+
+# -- MCP client -----------------------------------------------------------------------------
+
+class McpServer:
+    def __init__(self, entry, stderr):
+        env = dict(os.environ, **{k: str(v) for k, v in (entry.get("env") or {}).items()})
+        self.proc = subprocess.Popen([entry["command"], *entry.get("args", [])], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
+        self.replies, self.next_id = queue.Queue(), 0
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and "id" in msg and "method" not in msg:
+                self.replies.put(msg)
+        self.replies.put(None)
+
+    def notify(self, method, params=None):
+        self._write({"jsonrpc": "2.0", "method": method, **({"params": params} if params else {})})
+
+    def request(self, method, params, timeout=MCP_TIMEOUT):
+        """The reply's result, or raise Fail with the JSON-RPC error as the real CLI words it."""
+        self.next_id += 1
+        self._write({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = self.replies.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise Fail(f"MCP server {SERVER!r} did not answer {method} within {timeout:g}s") from None
+            if reply is None:
+                raise Fail(f"MCP server {SERVER!r} closed its connection")
+            if reply.get("id") == self.next_id:
+                if "error" in reply:
+                    raise Fail(f"MCP error {reply['error'].get('code')}: {reply['error'].get('message')}")
+                return reply["result"]
+
+    def _write(self, msg):
+        try:
+            self.proc.stdin.write(json.dumps(msg).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError:
+            raise Fail(f"MCP server {SERVER!r} closed its connection") from None
+
+    def close(self):
+        """Like the real CLI: SIGINT, then wait for it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def read_mcp_config(values):
+    servers = {}
+    for value in values:
+        text = value if value.lstrip().startswith("{") else Path(value).read_text()
+        servers.update(json.loads(text).get("mcpServers", {}))
+    return servers
+
+
+# -- one turn ---------------------------------------------------------------------------------
+
+def _usage(inp, out, cache_read, cache_create):
+    return {"input_tokens": inp, "output_tokens": out, "cache_read_input_tokens": cache_read,
+            "cache_creation_input_tokens": cache_create}
+
+
+class Turn:
+    def __init__(self, opts, prompt, state):
+        self.opts, self.prompt, self.state = opts, prompt, state
+        self.model = opts.get("--model", "claude-fake")
+        self.fmt = opts.get("--output-format", "text")
+        self.grants = opts.get("--allowedTools", [])
+        self.started = time.monotonic()
+        self.session_id = self._session()
+        self.mcp, self.tools, self.calls, self.denials = None, [], 0, []
+        self.reply = None
+
+    def _session(self):
+        path = self.state / "session"
+        if self.opts.get("--continue") and path.exists():
+            return path.read_text().strip()
+        session_id = str(uuid.uuid4())
+        path.write_text(session_id)
+        return session_id
+
+    def emit(self, obj):
+        if self.fmt == "stream-json":
+            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.flush()
+
+    def log_call(self, argv):
+        record = {"time": time.time(), "pid": os.getpid(), "cwd": os.getcwd(), "argv": argv,
+                  "prompt": self.prompt, "model": self.opts.get("--model"),
+                  "continue": bool(self.opts.get("--continue")), "session_id": self.session_id,
+                  "allowed_tools": self.grants, "mcp_config": self.opts.get("--mcp-config", []),
+                  "settings": self.opts.get("--settings"),
+                  "append_system_prompt": self.opts.get("--append-system-prompt"),
+                  "env": {k: v for k, v in os.environ.items() if k.startswith("HIVE_") or k in LOGGED_ENV}}
+        with open(self.state / "calls.jsonl", "a") as log:
+            log.write(json.dumps(record) + "\n")
+
+    def connect(self, servers):
+        status = "failed"
+        entry = servers.get(SERVER)
+        if entry:
+            try:
+                with open(self.state / "mcp-stderr.log", "ab") as stderr:
+                    self.mcp = McpServer(entry, stderr)
+                self.mcp.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                                "clientInfo": {"name": "claude-code", "version": VERSION}},
+                                 timeout=30)
+                self.mcp.notify("notifications/initialized")
+                listed = self.mcp.request("tools/list", {}, timeout=30)["tools"]
+                self.tools = [f"mcp__{SERVER}__{t['name']}" for t in listed]
+                status = "connected"
+            except (OSError, Fail, KeyError, TypeError) as e:
+                print(f"fakeclaude: MCP server {SERVER!r} failed to start: {e}", file=sys.stderr)
+        servers = [{"name": SERVER, "status": status}] if entry else []
+        self.emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": self.session_id,
+                   "tools": BUILTIN_TOOLS + self.tools, "mcp_servers": servers, "model": self.model,
+                   "permissionMode": self.opts.get("--permission-mode", "default"),
+                   "apiKeySource": "ANTHROPIC_API_KEY" if os.environ.get("ANTHROPIC_API_KEY") else "none",
+                   "claude_code_version": VERSION.split()[0], "uuid": str(uuid.uuid4())})
+
+    def assistant(self, content, stop_reason):
+        self.emit({"type": "assistant", "message": {
+            "id": f"msg_fake_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant",
+            "model": self.model, "content": content, "stop_reason": stop_reason,
+            "usage": _usage(len(self.prompt) // 4 + 10, 10, 0, 0)},
+            "parent_tool_use_id": None, "session_id": self.session_id})
+
+    def use_tool(self, name, arguments):
+        full = f"mcp__{SERVER}__{name}"
+        self.calls += 1
+        use_id = f"toolu_fake_{self.calls:02d}{uuid.uuid4().hex[:12]}"
+        self.assistant([{"type": "tool_use", "id": use_id, "name": full, "input": arguments}], "tool_use")
+        # errors the CLI itself raises are plain strings, as the real one prints them
+        if full not in self.tools:
+            content, is_error = f"<tool_use_error>Error: No such tool available: {full}</tool_use_error>", True
+        elif not allowed(full, self.grants):
+            content, is_error = (f"Claude requested permissions to use {full}, "
+                                 "but you haven't granted it yet."), True
+            self.denials.append({"tool_name": full, "tool_use_id": use_id, "tool_input": arguments})
+        else:
+            try:
+                result = self.mcp.request("tools/call", {"name": name, "arguments": arguments})
+                content, is_error = result.get("content", []), bool(result.get("isError"))
+            except Fail as e:
+                content, is_error = str(e), True
+        self.emit({"type": "user", "message": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": use_id, "content": content, "is_error": is_error}]},
+            "parent_tool_use_id": None, "session_id": self.session_id})
+
+    def run(self):
+        """Act on the prompt; returns (result line, exit status)."""
+        if self.prompt.strip() == "/compact":
+            (self.state / "compacted").write_text(self.session_id)
+            self.emit({"type": "system", "subtype": "compact_boundary", "session_id": self.session_id,
+                       "compact_metadata": {"trigger": "manual", "pre_tokens": 1000}})
+            return self.result(""), 0
+        try:
+            for line in self.prompt.splitlines():
+                line = line.strip()
+                if line.startswith("FAKE:"):
+                    outcome = self.directive(line[len("FAKE:"):])
+                    if outcome is not None:
+                        return outcome
+        except (Fail, ValueError) as e:  # ValueError: a directive's malformed number or JSON
+            return self.result(str(e), "error_during_execution"), 1
+        text = self.reply if self.reply is not None else f"fake reply after {self.calls} tool call(s)"
+        self.assistant([{"type": "text", "text": text}], "end_turn")
+        return self.result(text), 0
+
+    def directive(self, text):
+        verb, _, rest = text.strip().partition(" ")
+        rest = rest.strip()
+        words = rest.split()
+        if verb == "send" and len(words) >= 2:
+            to, _, body = rest.partition(" ")
+            self.use_tool("send", {"to": to, "body": body.strip()})
+        elif verb == "recv" and len(words) <= 2:
+            self.use_tool("recv", dict(zip(("max", "wait_seconds"), map(int, words))))
+        elif verb == "whoami" and not words:
+            self.use_tool("whoami", {})
+        elif verb == "call" and words:
+            name, _, arguments = rest.partition(" ")
+            self.use_tool(name, json.loads(arguments or "{}"))
+        elif verb == "say":
+            self.reply = rest
+        elif verb == "sleep" and len(words) == 1:
+            time.sleep(float(words[0]))
+        elif verb == "stderr":
+            print(rest, file=sys.stderr, flush=True)
+        elif verb == "fail":
+            raise Fail("fake failure requested by the prompt")
+        elif verb == "too-long":
+            marker = self.state / "compacted"
+            if not marker.exists():
+                return too_long_result(self.session_id)
+            marker.unlink()  # compaction buys room for one retry, as a real context refills
+        else:
+            raise Fail(f"fakeclaude: unknown directive {text.strip()!r}")
+        return None
+
+    def result(self, text, subtype="success"):
+        is_error = subtype != "success"
+        return {"type": "result", "subtype": subtype, "is_error": is_error,
+                "duration_ms": int((time.monotonic() - self.started) * 1000), "duration_api_ms": 0,
+                "num_turns": self.calls + 1, "result": text, "session_id": self.session_id,
+                "total_cost_usd": 0, "permission_denials": self.denials,
+                "usage": _usage(len(self.prompt) // 4 + 10, 10 * (self.calls + 1),
+                                1000 if self.opts.get("--continue") else 0,
+                                len(self.opts.get("--append-system-prompt") or "") // 4),
+                "uuid": str(uuid.uuid4())}
+
+    def close(self):
+        if self.mcp:
+            self.mcp.close()
+
+
+# -- entry points ---------------------------------------------------------------------------------
+
+def auth_status():
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        print(json.dumps({"loggedIn": True, "authMethod": "api_key", "apiProvider": "firstParty"}))
+        return 0
+    print(json.dumps({"loggedIn": False, "authMethod": "none", "apiProvider": "firstParty"}))
+    return 1
+
+
+def _interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def main(argv):
+    opts, positional = parse_argv(argv)
+    if positional[:2] == ["auth", "status"]:
+        return auth_status()
+    if opts.get("--version") or opts.get("-v"):
+        print(VERSION)
+        return 0
+    if not opts.get("--print"):
+        print("fakeclaude: only --print mode is faked", file=sys.stderr)
+        return 2
+    fmt = opts.get("--output-format", "text")
+    if fmt == "stream-json" and not opts.get("--verbose"):
+        print("Error: When using --print, --output-format=stream-json requires --verbose", file=sys.stderr)
+        return 1
+    prompt = " ".join(positional) if positional else ("" if sys.stdin.isatty() else sys.stdin.read())
+    if not prompt.strip():
+        print("Error: Input must be provided either through stdin or as a prompt argument "
+              "when using --print", file=sys.stderr)
+        return 1
+    try:
+        servers = read_mcp_config(opts.get("--mcp-config", []))
+    except (OSError, ValueError, AttributeError) as e:
+        print(f"Error: Invalid MCP configuration: {e}", file=sys.stderr)
+        return 1
+    state = Path.cwd() / ".fakeclaude"
+    state.mkdir(exist_ok=True)
+    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
+    turn = Turn(opts, prompt, state)
+    turn.log_call(argv)
+    try:
+        turn.connect(servers)
+        result, status = turn.run()
+    except Interrupted as e:
+        return 128 + e.args[0]
+    finally:
+        turn.close()
+    if fmt == "stream-json":
+        turn.emit(result)
+    elif fmt == "json":
+        print(json.dumps(result))
+    else:
+        print(result["result"])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

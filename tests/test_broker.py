@@ -1,0 +1,196 @@
+"""The broker's lease rules, one test each, on a real sqlite file."""
+
+import gevent
+import pytest
+from gevent.event import Event
+
+from hyperhive.core.broker import VACUUM_AGE_MS, Broker
+from hyperhive.schema import Message, core_db, open_core
+
+
+class RecordingHub:
+    def __init__(self):
+        self.events = []
+
+    def publish(self, kind, **data):
+        self.events.append((kind, data))
+
+
+class Clock:
+    def __init__(self, t=1_700_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture
+def broker(tmp_path):
+    db = open_core(tmp_path / "hive.db")
+    b = Broker(RecordingHub(), clock=Clock())
+    yield b
+    db.close()
+
+
+def bodies(rows):
+    return [r["body"] for r in rows]
+
+
+def test_fifo_per_recipient(broker):
+    for i in range(5):
+        broker.send("operator", "a", f"m{i}")
+    broker.send("operator", "b", "other")
+    assert bodies(broker.pop("a", 2)) == ["m0", "m1"]
+    assert bodies(broker.pop("a", 10)) == ["m2", "m3", "m4"]
+    assert bodies(broker.pop("b", 10)) == ["other"]
+
+
+def test_pop_stamps_delivered_and_is_not_repeated(broker):
+    broker.send("operator", "a", "once")
+    assert bodies(broker.pop("a", 1)) == ["once"]
+    assert broker.pop("a", 1) == []
+    assert Message.get().delivered_at is not None and Message.get().acked_at is None
+
+
+def test_delivered_row_shape(broker):
+    broker.send("b", "a", "hi")
+    [row] = broker.pop("a", 1)
+    assert list(row) == ["id", "from", "body", "sent_at", "redelivered", "file_refs"]
+    assert row["from"] == "b" and row["redelivered"] is False and row["file_refs"] == []
+    assert row["sent_at"].endswith("Z")
+
+
+def recv(broker, *args):
+    return bodies(broker.recv(*args)[0])
+
+
+def test_long_poll_returns_on_send(broker):
+    waiter = gevent.spawn(recv, broker, "a", 30, 5)
+    gevent.sleep(0)  # let the waiter park on its wakeup
+    assert not waiter.ready()
+    broker.send("operator", "a", "wake")
+    assert waiter.get(timeout=5) == ["wake"]
+
+
+def test_long_poll_times_out_empty(broker):
+    assert broker.recv("a", 0.05, 1) == ([], 0)
+
+
+def test_long_poll_drains_up_to_max_after_first_and_counts_the_rest(broker):
+    for i in range(4):
+        broker.send("operator", "a", f"m{i}")
+    messages, unread = broker.recv("a", 30, 3)
+    assert bodies(messages) == ["m0", "m1", "m2"] and unread == 1
+
+
+def test_a_poller_that_hung_up_takes_nothing(broker):
+    gone = Event()
+    dead = gevent.spawn(broker.recv, "a", 30, 1, gone)
+    live = gevent.spawn(recv, broker, "a", 30, 1)
+    gevent.sleep(0)
+    gone.set()  # the dead poller's client closed its socket
+    gevent.sleep(0)
+    broker.send("operator", "a", "for the live one")
+    assert dead.get(timeout=5) == ([], 0)
+    assert live.get(timeout=5) == ["for the live one"]
+
+
+def test_ack_stamps_only_popped_rows(broker):
+    broker.send("operator", "a", "one")
+    broker.pop("a", 1)
+    broker.send("operator", "a", "two")  # not popped yet
+    assert broker.ack_turn("a") == 1
+    assert {m.body: m.acked_at is not None for m in Message.select()} == {"one": True, "two": False}
+
+
+def test_ack_is_per_recipient(broker):
+    broker.send("operator", "a", "for a")
+    broker.send("operator", "b", "for b")
+    broker.pop("a", 1)
+    broker.pop("b", 1)
+    assert broker.ack_turn("a") == 1
+    assert Message.get(Message.body == "for b").acked_at is None
+
+
+def test_requeue_puts_unacked_back_flagged_and_in_order(broker):
+    for i in range(3):
+        broker.send("operator", "a", f"m{i}")
+    broker.pop("a", 3)
+    assert broker.requeue_inflight("a") == 3
+    rows = broker.pop("a", 10)
+    assert bodies(rows) == ["m0", "m1", "m2"]
+    assert all(r["redelivered"] for r in rows)
+
+
+def test_requeue_leaves_acked_rows_alone(broker):
+    broker.send("operator", "a", "done")
+    broker.pop("a", 1)
+    broker.ack_turn("a")
+    assert broker.requeue_inflight("a") == 0
+    assert broker.pop("a", 1) == []
+
+
+def test_redelivered_flag_is_persisted(broker, tmp_path):
+    broker.send("operator", "a", "x")
+    broker.pop("a", 1)
+    broker.requeue_inflight("a")
+    core_db.close()
+    open_core(tmp_path / "hive.db")  # as after a core restart
+    [row] = Broker(RecordingHub()).pop("a", 1)
+    assert row["redelivered"] is True
+
+
+def test_requeue_wakes_a_long_poll(broker):
+    broker.send("operator", "a", "x")
+    broker.pop("a", 1)
+    waiter = gevent.spawn(recv, broker, "a", 30, 1)
+    gevent.sleep(0)
+    broker.requeue_inflight("a")
+    assert waiter.get(timeout=5) == ["x"]
+
+
+def test_vacuum_removes_only_old_acked_rows(broker):
+    clock = broker.clock
+    broker.send("operator", "a", "old acked")
+    broker.pop("a", 1)
+    broker.ack_turn("a")
+    broker.send("operator", "a", "old unacked popped")
+    broker.pop("a", 1)
+    broker.send("operator", "a", "old queued")
+    clock.t += VACUUM_AGE_MS / 1000 + 60
+    broker.send("operator", "a", "new")
+    broker.pop("a", 1)
+    broker.ack_turn("a")
+    assert broker.vacuum() == 1
+    assert sorted(m.body for m in Message.select()) == ["new", "old queued", "old unacked popped"]
+
+
+def test_messages_to_the_operator_are_handled_on_arrival(broker):
+    broker.send("a", "operator", "report")
+    m = Message.get()
+    assert m.delivered_at is not None and m.acked_at is not None
+    assert bodies(broker.inbox("operator", 10)) == ["report"]
+
+
+def test_inbox_is_newest_first(broker):
+    for i in range(3):
+        broker.send("a", "operator", f"r{i}")
+    assert bodies(broker.inbox("operator", 2)) == ["r2", "r1"]
+
+
+def test_held_recipient_gets_nothing_until_released(broker):
+    broker.send("operator", "a", "wait")
+    broker.hold("a", True)
+    assert broker.pop("a", 1) == []
+    waiter = gevent.spawn(recv, broker, "a", 30, 1)
+    gevent.sleep(0)
+    broker.hold("a", False)
+    assert waiter.get(timeout=5) == ["wait"]
+
+
+def test_events_are_published(broker):
+    broker.send("operator", "a", "x")
+    broker.pop("a", 1)
+    kinds = [k for k, _ in broker.hub.events]
+    assert kinds == ["sent", "delivered"]
+    assert broker.hub.events[0][1]["message"]["to"] == "a"

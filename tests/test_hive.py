@@ -1,0 +1,343 @@
+"""Real processes: a core, its manager and agents on the process backend, with the fake claude.
+
+Every harness here is a real `hyperhive.py agent serve` child that runs
+tests/fakeclaude.py, which speaks MCP over stdio to our real MCP server,
+which speaks to the core over the agent's real unix socket.
+"""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+
+import pytest
+
+from conftest import ENTRY, PYTHON, Hive, kill_harnesses, wait_until
+from hyperhive import jsonline, wire
+
+
+def calls(hive, name):
+    path = os.path.join(hive.home(name), "state", ".fakeclaude", "calls.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def db_rows(hive, sql, *params):
+    con = sqlite3.connect(f"file:{hive.state_dir}/hive.db?mode=ro", uri=True)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
+def inbox_bodies(hive):
+    return [m["body"] for m in hive.call("inbox", limit=50)["messages"]]
+
+
+def spawn(hive, *names):
+    for name in names:
+        hive.call("spawn", name=name)
+    wait_until(lambda: all((hive.row(n) or {}).get("active_model") for n in names), 20,
+               f"{names} to boot and persist their model")
+
+
+# -- the daemon ---------------------------------------------------------------------
+
+def test_host_socket_mode_and_manager_ensured(hive):
+    assert stat.S_IMODE(os.stat(hive.host_sock).st_mode) == 0o660
+    assert hive.call("list")["agents"] == ["manager"]
+    wait_until(lambda: hive.row("manager")["running"] and hive.row("manager")["active_model"], 20,
+               "the manager harness to run")
+    row = hive.row("manager")
+    assert list(row) == list(wire.STATUS_FIELDS)
+    assert row["active_model"] == "haiku" and row["parent"] == "core" and row["pending_reminders"] == 0
+
+
+def test_second_daemon_on_the_same_state_dir_is_refused(hive):
+    second = subprocess.run([PYTHON, ENTRY, "serve", "--state-dir", hive.state_dir, "--backend", "process"],
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert "already serving" in second.stderr and "Traceback" not in second.stderr
+    assert hive.call("list")["ok"]
+
+
+def test_stale_socket_is_replaced_and_sigterm_is_clean(tmp_path):
+    h = Hive(tmp_path / "state")
+    os.makedirs(h.run_dir)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(h.host_sock)  # bound, never listening: what a crashed run leaves
+    stale.close()
+    h.start()
+    try:
+        wait_until(lambda: h.harness_pid("manager"), 20, "the manager's pidfile")
+        manager_pid = h.harness_pid("manager")
+        assert h.stop() == 0
+        assert "Traceback" not in h.log()
+        assert not os.path.exists(h.host_sock)
+        wait_until(lambda: not os.path.exists(f"/proc/{manager_pid}") or
+                   open(f"/proc/{manager_pid}/stat").read().split(")")[1].split()[0] == "Z",
+                   10, "the manager harness to be stopped with the core")
+    finally:
+        kill_harnesses(h.state_dir)
+
+
+def test_bad_frames_get_one_error_shape_and_the_server_keeps_serving(hive):
+    spawn(hive, "a")
+    hive.call("set_paused", name="a", paused=True)  # keep a's queue for this test's own long-poll
+    poller = jsonline.call  # a long-poll held open across all the bad frames
+    import threading
+
+    got = {}
+    t = threading.Thread(target=lambda: got.update(poller(hive.sock("a"), "recent", limit=1)))
+    t.start()
+    cases = [
+        (b"not json\n", "not valid JSON"),
+        (b'{"cmd":"list"', "cut off"),
+        (b'{"cmd":"frobnicate"}\n', "unknown verb"),
+        (b'{"cmd":"send","to":7,"body":"x"}\n', "must be a string"),
+        (b'{"cmd":"send","to":"a"}\n', "missing argument"),
+        (b'{"cmd":"spawn","name":"../../etc"}\n', "not valid"),
+        (b'{"cmd":"stop","scope":{"agent_names":[]}}\n', "never 'everything'"),
+        (b"[" * 5000 + b"\n", "not valid JSON"),
+        (b'{"cmd":"list","pad":"' + b"x" * (wire.MAX_LINE + 10) + b'"}\n', "1 MiB"),
+    ]
+    for data, fragment in cases:
+        answer = hive.raw(hive.host_sock, data)
+        assert answer["version"] == 1 and answer["ok"] is False, data[:40]
+        assert fragment in answer["error"], (data[:40], answer)
+    answer = hive.raw(hive.sock("a"), b'{"cmd":"spawn","name":"x"}\n')
+    assert answer["code"] == "unknown_verb" and "agent socket" in answer["error"]
+    t.join(10)
+    assert got["ok"] and hive.call("list")["ok"]
+
+
+def test_urls_and_pending_answer_real_shapes(hive):
+    assert hive.call("urls")["urls"] == {"domain": None, "home": None, "forge": None}
+    assert hive.call("pending")["approvals"] == []
+
+
+# -- lifecycle ----------------------------------------------------------------------
+
+def test_spawn_validates_names(hive):
+    for bad, fragment in (("Alice", "not valid"), ("manager", "reserved"), ("operator", "reserved"),
+                          ("a" * 40, "not valid")):
+        with pytest.raises(wire.HiveError, match=fragment):
+            hive.call("spawn", name=bad)
+    spawn(hive, "a")
+    with pytest.raises(wire.HiveError, match="already exists"):
+        hive.call("spawn", name="a")
+
+
+def test_lifecycle_rows_are_truthful(hive):
+    spawn(hive, "a")
+    row = hive.row("a")
+    assert row["running"] and not row["failed"] and row["parent"] == "operator"
+    pid = hive.harness_pid("a")
+    hive.call("stop", scope={"agent_names": ["a"]}, graceful=True)
+    row = hive.row("a")
+    assert not row["running"] and not row["failed"]
+    assert not os.path.exists(f"/proc/{pid}/cmdline") or not open(f"/proc/{pid}/cmdline").read()
+    hive.call("start", scope={"agent_names": ["a"]})
+    assert hive.row("a")["running"]
+    first = hive.harness_pid("a")
+    hive.call("restart", name="a")
+    assert hive.row("a")["running"] and hive.harness_pid("a") != first
+    hive.call("kill", name="a")
+    row = hive.row("a")
+    assert not row["running"] and row["failed"]  # meant to run, but not running
+    hive.call("start", scope={"agent_names": ["a"]})
+    assert hive.row("a")["running"]
+
+
+def test_scope_naming_an_unknown_agent_touches_nothing(hive):
+    spawn(hive, "a")
+    with pytest.raises(wire.HiveError, match="no agent named 'ghost'"):
+        hive.call("stop", scope={"agent_names": ["a", "ghost"]})
+    assert hive.row("a")["running"]
+
+
+def test_destroy_keeps_a_tombstone_and_purge_removes_it(hive):
+    spawn(hive, "a", "b")
+    hive.call("destroy", name="a")
+    assert "a" not in hive.call("list")["agents"]
+    assert os.path.isdir(hive.home("a"))
+    with pytest.raises(wire.HiveError, match="no agent named 'a'"):
+        hive.call("send", to="a", body="hello?")
+    hive.call("destroy", name="b", purge=True)
+    assert not os.path.exists(hive.home("b"))
+    assert not os.path.exists(hive.sock("b"))
+    with pytest.raises(wire.HiveError, match="cannot be destroyed"):
+        hive.call("destroy", name="manager")
+
+
+def test_pause_parks_the_loop_and_is_idempotent(hive):
+    spawn(hive, "a")
+    hive.call("set_paused", name="a", paused=True)
+    hive.call("set_paused", name="a", paused=True)
+    assert hive.row("a")["paused"]
+    hive.call("send", to="a", body="FAKE: send operator handled-after-resume")
+    hive.call("set_paused", name="a", paused=False)
+    hive.call("set_paused", name="a", paused=False)
+    assert not hive.row("a")["paused"]
+    wait_until(lambda: "handled-after-resume" in inbox_bodies(hive), 20, "a to handle the message after resume")
+
+
+def test_pause_holds_messages(hive):
+    spawn(hive, "a")
+    hive.call("set_paused", name="a", paused=True)
+    mid = hive.call("send", to="a", body="FAKE: send operator should-wait")["id"]
+    # the core holds a paused agent's queue: its own recv gets nothing
+    assert hive.agent_call("a", "recv", wait_seconds=0)["messages"] == []
+    assert db_rows(hive, "select delivered_at from message where id=?", mid) == [(None,)]
+    assert calls(hive, "a") == []
+
+
+def test_pass_env_and_claude_path_reach_the_harness(hive):
+    spawn(hive, "a")
+    pid = hive.harness_pid("a")
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    assert env[b"ANTHROPIC_API_KEY"] == b"test-key"
+    assert env[b"HIVE_CLAUDE_BIN"].decode().endswith("fakeclaude.py")
+    assert env[b"HIVE_NAME"] == b"a" and env[b"HIVE_SOCKET"].decode() == hive.sock("a")
+
+
+# -- turns ------------------------------------------------------------------------
+
+def test_operator_to_a_to_b_to_operator(hive):
+    spawn(hive, "a", "b")
+    hive.call("send", to="a", body="FAKE: send b FAKE: send operator pong from b")
+    wait_until(lambda: "pong from b" in inbox_bodies(hive), 30, "b's answer in the operator's inbox")
+    [a_call] = calls(hive, "a")
+    assert a_call["prompt"].startswith("from: operator\n\n")
+    assert a_call["model"] == "haiku" and a_call["continue"] is False
+    assert "mcp__hyperhive__send" in ",".join(a_call["allowed_tools"]).split(",")
+    assert a_call["env"]["MCP_CONNECTION_NONBLOCKING"] == "0"
+    [b_call] = calls(hive, "b")
+    assert b_call["prompt"].startswith("from: a\n\n")
+    msg = [m for m in hive.call("inbox")["messages"] if m["body"] == "pong from b"][0]
+    assert msg["from"] == "b"
+    # both turns ended well, so every message is acked
+    wait_until(lambda: db_rows(hive, "select count(*) from message where acked_at is null") == [(0,)], 10,
+               "every message to be acked")
+
+
+def test_second_turn_continues_the_session(hive):
+    spawn(hive, "a")
+    hive.call("send", to="a", body="FAKE: send operator one")
+    wait_until(lambda: "one" in inbox_bodies(hive), 20, "the first turn")
+    hive.call("send", to="a", body="FAKE: send operator two")
+    wait_until(lambda: "two" in inbox_bodies(hive), 20, "the second turn")
+    assert [c["continue"] for c in calls(hive, "a")] == [False, True]
+
+
+def test_failed_turn_is_not_acked_and_is_redelivered_after_restart(hive):
+    spawn(hive, "a")
+    mid = hive.call("send", to="a", body="FAKE: fail")["id"]
+    wait_until(lambda: len(calls(hive, "a")) == 1, 20, "the failing turn")
+    wait_until(lambda: db_rows(hive, "select delivered_at is not null, acked_at from message where id=?", mid)
+               == [(1, None)], 10, "the message to be delivered and left unacked")
+    hive.call("restart", name="a")
+    wait_until(lambda: len(calls(hive, "a")) == 2, 20, "the redelivered turn")
+    prompt = calls(hive, "a")[1]["prompt"]
+    assert prompt.startswith("[redelivered after harness restart — may already be handled]\nfrom: operator")
+    assert db_rows(hive, "select redelivered from message where id=?", mid) == [(1,)]
+
+
+def test_kill_mid_turn_redelivers_with_the_banner(hive):
+    spawn(hive, "a")
+    hive.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator survived")
+    wait_until(lambda: len(calls(hive, "a")) == 1, 20, "the slow turn to start")
+    os.killpg(hive.harness_pid("a"), signal.SIGKILL)
+    wait_until(lambda: hive.row("a")["failed"], 10, "the core to see the harness gone")
+    hive.call("start", scope={"agent_names": ["a"]})
+    # the second attempt sleeps too; the banner is in its prompt
+    wait_until(lambda: len(calls(hive, "a")) == 2, 20, "the redelivered turn")
+    assert calls(hive, "a")[1]["prompt"].startswith("[redelivered after harness restart")
+
+
+def test_prompt_too_long_compacts_and_retries_once(hive):
+    spawn(hive, "a")
+    hive.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")
+    wait_until(lambda: "fits-now" in inbox_bodies(hive), 20, "the retried turn")
+    prompts = [c["prompt"] for c in calls(hive, "a")]
+    assert prompts[1] == "/compact" and len(prompts) == 3
+    assert calls(hive, "a")[2]["continue"] is True
+
+
+def test_stderr_and_stream_lines_reach_the_event_history(hive):
+    spawn(hive, "a")
+    hive.call("send", to="a", body="FAKE: stderr something odd\nFAKE: send operator done")
+    wait_until(lambda: "done" in inbox_bodies(hive), 20, "the turn")
+    db = os.path.join(hive.home("a"), "state", "hyperhive-events.sqlite")
+
+    def kinds():
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return [json.loads(d) for (d,) in con.execute("select data from event order by seq")]
+        finally:
+            con.close()
+
+    events = wait_until(lambda: [e for e in kinds() if e["kind"] == "turn_end"] and kinds(), 10, "turn_end")
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    names = [e["kind"] for e in events]
+    for kind in ("turn_start", "stream", "note", "turn_end", "turn_state_changed", "token_usage_changed"):
+        assert kind in names, kind
+    assert any(e["kind"] == "note" and e["text"] == "something odd" for e in events)
+    assert [e for e in events if e["kind"] == "turn_end"][-1]["ok"] is True
+
+
+# -- crashes of the core ------------------------------------------------------------
+
+def test_answered_sends_survive_kill_9_of_the_core(tmp_path):
+    h = Hive(tmp_path / "state")
+    h.start()
+    try:
+        h.call("spawn", name="a")
+        h.call("set_paused", name="a", paused=True)  # nobody consumes: we count rows
+        ids = [h.call("send", to="a", body=f"m{i}")["id"] for i in range(50)]
+        h.kill9()
+        rows = db_rows(h, "select id from message where recipient='a' order by id")
+        assert [r[0] for r in rows] == ids
+    finally:
+        kill_harnesses(h.state_dir)
+
+
+def test_harnesses_outlive_a_core_crash_and_reconnect(tmp_path):
+    h = Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "k"})
+    h.start()
+    try:
+        h.call("spawn", name="a")
+        wait_until(lambda: h.row("a")["active_model"], 20, "a to boot")
+        pid = h.harness_pid("a")
+        h.kill9()
+        wait_until(lambda: "core unreachable" in open(os.path.join(h.home("a"), "harness.log")).read(), 30,
+                   "the harness to notice the core is gone and say so")
+        h.start()
+        assert h.harness_pid("a") == pid  # adopted, not restarted
+        assert "adopted a's running harness" in h.log()
+        h.call("send", to="a", body="FAKE: send operator after-crash")
+        wait_until(lambda: "after-crash" in inbox_bodies(h), 60, "the harness to reconnect and take the turn")
+    finally:
+        h.stop()
+        kill_harnesses(h.state_dir)
+
+
+def test_subscribe_agent_status_streams_changes(hive):
+    frames = jsonline.stream(hive.host_sock, "subscribe_agent_status", timeout=30)
+    spawn(hive, "a")
+    hive.call("set_paused", name="a", paused=True)
+    seen = []
+    for frame in frames:
+        seen.extend(frame["agent_statuses"])
+        if any(r["name"] == "a" and r["paused"] for r in seen):
+            break
+    frames.close()
+    assert all(list(r) == list(wire.STATUS_FIELDS) for r in seen)
+    assert any(r["name"] == "a" and r["running"] for r in seen)

@@ -1,0 +1,375 @@
+"""The MCP stdio server as a real child process, against a fake core socket."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from fakecore import MCP_CMD, REPO, WAIT, FakeCore, McpClient, ok, refuse, remove_tree, short_tmpdir
+from hyperhive.harness import mcp
+
+SUPPORTED = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
+
+
+@pytest.fixture
+def sockdir():
+    path = short_tmpdir()
+    yield path
+    remove_tree(path)
+
+
+@pytest.fixture
+def core(sockdir):
+    fake = FakeCore(sockdir / "hive.sock")
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def server(core):
+    client = McpClient(core.path)
+    client.initialize()
+    yield client
+    client.kill()
+
+
+def text_of(reply):
+    result = reply["result"]
+    assert [c["type"] for c in result["content"]] == ["text"]
+    return result["content"][0]["text"]
+
+
+# -- initialize ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_initialize_answers_a_supported_version(core, version):
+    client = McpClient(core.path)
+    try:
+        result = client.initialize(version)["result"]
+        assert result == {
+            "protocolVersion": version,
+            "capabilities": {"tools": {"listChanged": False}},
+            "serverInfo": {"name": "hyperhive", "version": mcp.SERVER_VERSION},
+        }
+    finally:
+        client.kill()
+
+
+@pytest.mark.parametrize("version", ["1999-01-01", None, 7])
+def test_initialize_answers_our_newest_for_an_unknown_version(core, version):
+    client = McpClient(core.path)
+    try:
+        assert client.initialize(version)["result"]["protocolVersion"] == "2025-11-25"
+    finally:
+        client.kill()
+
+
+def test_ping(server):
+    assert server.request("ping")["result"] == {}
+
+
+def test_notifications_and_answers_get_no_answer(server):
+    server.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 9}})
+    server.send({"jsonrpc": "2.0", "method": "notifications/whatever"})
+    server.send({"jsonrpc": "2.0", "id": 99, "result": {}})  # an answer to nothing we asked
+    # the next line out is the ping's answer: nothing was said about the notifications
+    assert server.request("ping")["result"] == {}
+
+
+# -- tools/list -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("role", ["agent", "manager"])
+def test_tools_list_shapes(core, role):
+    client = McpClient(core.path, role=role)
+    try:
+        client.initialize()
+        tools = client.request("tools/list")["result"]["tools"]
+    finally:
+        client.kill()
+    assert [t["name"] for t in tools] == ["send", "recv", "whoami"]
+    for tool in tools:
+        assert set(tool) == {"name", "description", "inputSchema"}
+        assert len(tool["description"]) > 40
+        schema = tool["inputSchema"]
+        assert schema["type"] == "object"
+        assert schema["additionalProperties"] is False
+        assert set(schema["required"]) <= set(schema["properties"])
+        for prop in schema["properties"].values():
+            assert prop["type"] in ("string", "integer") and prop["description"]
+    by_name = {t["name"]: t["inputSchema"] for t in tools}
+    assert by_name["send"]["required"] == ["to", "body"]
+    recv = by_name["recv"]["properties"]
+    assert (recv["max"]["minimum"], recv["max"]["maximum"], recv["max"]["default"]) == (1, 32, 1)
+    assert (recv["wait_seconds"]["minimum"], recv["wait_seconds"]["maximum"]) == (0, 180)
+    assert by_name["whoami"]["properties"] == {}
+    assert "operator" in tools[0]["description"] and "manager" in tools[0]["description"]
+
+
+def test_allowed_tools_names_every_tool_of_the_role():
+    for role in ("agent", "manager"):
+        assert mcp.allowed_tools(role) == ["mcp__hyperhive__send", "mcp__hyperhive__recv",
+                                           "mcp__hyperhive__whoami"]
+    assert mcp.allowed_tools("nobody") == []
+
+
+# -- tools/call ---------------------------------------------------------------------------
+
+def test_send(server, core):
+    core.answers["send"] = ok(id=42)
+    reply = server.call("send", {"to": "bob", "body": "hello, bob"})
+    assert core.raw == [b'{"cmd":"send","to":"bob","body":"hello, bob"}\n']
+    assert reply["result"]["isError"] is False
+    assert text_of(reply) == "sent to bob (message id 42)"
+
+
+def test_recv_defaults_and_empty(server, core):
+    reply = server.call("recv", {})
+    assert core.requests == [{"cmd": "recv", "max": 1, "wait_seconds": 0}]
+    assert text_of(reply) == "(empty)"
+    server.call("recv")  # arguments may be left out when nothing is required
+    assert core.requests[-1] == {"cmd": "recv", "max": 1, "wait_seconds": 0}
+
+
+def message(id, sender, body, redelivered=False):
+    return {"id": id, "from": sender, "body": body, "sent_at": "2025-01-01T00:00:00Z",
+            "redelivered": redelivered, "file_refs": []}
+
+
+def test_recv_one_message(server, core):
+    core.answers["recv"] = ok(messages=[message(3, "bob", "line one\nline two")])
+    reply = server.call("recv", {"max": 5, "wait_seconds": 2})
+    assert core.requests == [{"cmd": "recv", "max": 5, "wait_seconds": 2}]
+    assert text_of(reply) == "from: bob\n\nline one\nline two"
+
+
+def test_recv_redelivered_banner(server, core):
+    core.answers["recv"] = ok(messages=[message(3, "operator", "hi", redelivered=True)])
+    assert text_of(server.call("recv")) == (
+        "[redelivered after harness restart — may already be handled]\nfrom: operator\n\nhi")
+
+
+def test_recv_several_messages(server, core):
+    core.answers["recv"] = ok(messages=[message(1, "bob", "one"), message(2, "manager", "two", True),
+                                        message(3, "operator", "three")])
+    assert text_of(server.call("recv", {"max": 32})) == (
+        "popped 3 messages\n\n"
+        "from: bob\n\none\n---\n"
+        "[redelivered after harness restart — may already be handled]\nfrom: manager\n\ntwo\n---\n"
+        "from: operator\n\nthree")
+
+
+def test_whoami(server, core):
+    core.answers["whoami"] = ok(name="alice", role="agent", hyperhive_rev="abcdef012345", pronouns="she")
+    reply = server.call("whoami", {})
+    assert core.requests == [{"cmd": "whoami"}]
+    assert text_of(reply) == "name: alice\nrole: agent\nhyperhive_rev: abcdef012345"
+
+
+def test_manager_role_speaks_the_same_tools(core):
+    client = McpClient(core.path, role="manager")
+    try:
+        client.initialize()
+        assert text_of(client.call("whoami")).startswith("name: alice")
+    finally:
+        client.kill()
+
+
+def test_core_refusal_is_a_tool_error_with_the_sentence(server, core):
+    sentence = "there is no agent named 'bobb'; known: alice, bob"
+    core.answers["send"] = refuse(sentence, "not_found")
+    reply = server.call("send", {"to": "bobb", "body": "hi"})
+    assert "error" not in reply
+    assert reply["result"]["isError"] is True
+    assert text_of(reply) == sentence
+
+
+def test_core_down_is_a_tool_error_naming_the_socket(sockdir):
+    path = sockdir / "nobody-home.sock"
+    client = McpClient(path)
+    try:
+        client.initialize()
+        reply = client.call("whoami")
+        assert reply["result"]["isError"] is True
+        assert str(path) in text_of(reply)
+        assert client.request("ping")["result"] == {}  # and it keeps serving
+    finally:
+        client.kill()
+
+
+def test_socket_flag_wins_over_the_environment(core, sockdir):
+    client = McpClient(sockdir / "wrong.sock", extra_args=["--socket", core.path])
+    try:
+        client.initialize()
+        assert client.call("whoami")["result"]["isError"] is False
+    finally:
+        client.kill()
+
+
+def test_recv_is_answered_concurrently_with_other_requests(server, core):
+    release = threading.Event()
+
+    def slow_recv(request):
+        release.wait(WAIT)
+        return ok(messages=[message(1, "bob", "late")])
+
+    core.answers["recv"] = slow_recv
+    server.send({"jsonrpc": "2.0", "id": "slow", "method": "tools/call",
+                 "params": {"name": "recv", "arguments": {"wait_seconds": 60}}})
+    core.wait_requests(1)
+    server.send({"jsonrpc": "2.0", "id": "fast", "method": "ping"})
+    assert server.read() == {"jsonrpc": "2.0", "id": "fast", "result": {}}
+    release.set()
+    reply = server.read()
+    assert reply["id"] == "slow" and text_of(reply) == "from: bob\n\nlate"
+
+
+def test_recv_socket_timeout_covers_the_wait(monkeypatch):
+    seen = []
+    monkeypatch.setattr(mcp.jsonline, "call", lambda path, verb, timeout, **args: seen.append(
+        (path, verb, timeout, args)) or ok(messages=[]))
+    read_fd, write_fd = os.pipe()
+    try:
+        srv = mcp.Server("agent", "/x.sock", write_fd)
+        srv.serve([json.dumps({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": p}).encode()
+                   for n, p in enumerate([{"name": "recv", "arguments": {"wait_seconds": 120}},
+                                          {"name": "whoami"}])])
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
+    assert sorted(seen, key=lambda s: s[1]) == [
+        ("/x.sock", "recv", 150.0, {"max": 1, "wait_seconds": 120}),
+        ("/x.sock", "whoami", 30.0, {})]
+
+
+# -- protocol errors ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, arguments, complaint", [
+    ("nope", {}, "unknown tool 'nope'"),
+    (None, {}, "unknown tool None"),
+    ("send", {"to": "bob"}, "missing required argument 'body'"),
+    ("send", {"to": "bob", "body": 5}, "'body' must be a string"),
+    ("send", {"to": "bob", "body": ""}, "'body' must not be empty"),
+    ("send", {"to": "bob", "body": "x", "cc": "eve"}, "unknown argument 'cc'"),
+    ("send", ["bob", "x"], "arguments must be an object"),
+    ("recv", {"max": 0}, "'max' must be between 1 and 32, got 0"),
+    ("recv", {"max": 33}, "'max' must be between 1 and 32, got 33"),
+    ("recv", {"max": "3"}, "'max' must be an integer"),
+    ("recv", {"max": True}, "'max' must be an integer"),
+    ("recv", {"max": 1.5}, "'max' must be an integer"),
+    ("recv", {"wait_seconds": 181}, "'wait_seconds' must be between 0 and 180"),
+    ("whoami", {"name": "x"}, "unknown argument 'name'"),
+])
+def test_bad_calls_are_invalid_params(server, core, name, arguments, complaint):
+    reply = server.call(name, arguments)
+    assert reply["error"]["code"] == -32602
+    assert complaint in reply["error"]["message"]
+    assert core.requests == []
+
+
+def test_integral_float_counts_as_an_integer(server, core):
+    server.call("recv", {"max": 4.0})
+    assert core.raw == [b'{"cmd":"recv","max":4,"wait_seconds":0}\n']
+
+
+def test_malformed_json_line_then_keeps_working(server):
+    server.send_raw(b'{"jsonrpc": "2.0", "id": 1, "method": \n')
+    reply = server.read()
+    assert reply["id"] is None and reply["error"]["code"] == -32700
+    server.send_raw(b"\xff\xfe not utf-8\n")
+    assert server.read()["error"]["code"] == -32700
+    server.send_raw(b"\n   \n")  # blank lines are nobody's request
+    assert server.request("ping")["result"] == {}
+
+
+@pytest.mark.parametrize("line, expected_id", [
+    (b'[1, 2]', None),
+    (b'"hello"', None),
+    (b'{"id": 4, "method": "ping"}', 4),  # no "jsonrpc": "2.0"
+    (b'{"jsonrpc": "2.0", "id": 5, "method": 6}', 5),
+    (b'{"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"}', None),
+    (b'{"jsonrpc": "2.0", "id": 8}', 8),
+])
+def test_invalid_requests(server, line, expected_id):
+    server.send_raw(line + b"\n")
+    reply = server.read()
+    assert reply["id"] == expected_id and reply["error"]["code"] == -32600
+    assert server.request("ping")["result"] == {}
+
+
+def test_unknown_method(server):
+    reply = server.request("resources/list")
+    assert reply["error"]["code"] == -32601 and "resources/list" in reply["error"]["message"]
+
+
+def test_params_must_be_an_object(server):
+    server.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": [1]})
+    assert server.read()["error"]["code"] == -32602
+
+
+# -- lifecycle -----------------------------------------------------------------------------------
+
+def test_eof_exits_zero_after_answering(server, core):
+    server.send({"jsonrpc": "2.0", "id": "last", "method": "tools/call", "params": {"name": "whoami"}})
+    server.close_stdin()
+    assert server.wait() == 0
+    assert json.loads(server.stdout.rest())["id"] == "last"
+    assert server.stderr.rest() == b""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_exits_zero_quietly(server, signum):
+    server.proc.send_signal(signum)
+    assert server.wait() == 0
+    assert server.stderr.rest() == b""
+
+
+def test_sigint_during_a_long_recv(server, core):
+    release = threading.Event()
+    core.answers["recv"] = lambda request: release.wait(WAIT) and ok(messages=[])
+    server.send({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                 "params": {"name": "recv", "arguments": {"wait_seconds": 180}}})
+    core.wait_requests(1)
+    server.proc.send_signal(signal.SIGINT)
+    try:
+        assert server.wait() == 0
+        assert server.stderr.rest() == b""
+    finally:
+        release.set()
+
+
+def test_no_socket_is_a_usage_error(sockdir):
+    client = McpClient(None)
+    try:
+        assert client.wait() == 2
+        assert b"HIVE_SOCKET" in client.stderr.rest()
+    finally:
+        client.kill()
+
+
+def test_bad_argv_is_a_usage_error(core):
+    client = McpClient(core.path, extra_args=["--bogus"])
+    try:
+        assert client.wait() == 2
+        assert b"Usage:" in client.stderr.rest()
+    finally:
+        client.kill()
+
+
+def test_cold_start_imports_only_the_light_modules():
+    # a whole run (start, serve, EOF), then the list of every module it loaded
+    probe = ("import json, sys; from hyperhive.harness import mcp; "
+             "rc = mcp.main(['agent', 'mcp', '--socket', '/nowhere.sock']); "
+             "print(json.dumps(sorted(sys.modules)), file=sys.stderr); sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=REPO, stdin=subprocess.DEVNULL,
+                         capture_output=True, check=True, timeout=WAIT)
+    loaded = json.loads(run.stderr)
+    ours = {m for m in loaded if m.split(".")[0] == "hyperhive"}
+    assert ours == {"hyperhive", "hyperhive.wire", "hyperhive.jsonline", "hyperhive.harness",
+                    "hyperhive.harness.mcp"}
+    third_party = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names) - {"hyperhive"}
+    # site may load setuptools' distutils hack from a .pth file: the venv's doing, not ours
+    assert third_party - {"_distutils_hack", "__main__"} == {"docopt"}

@@ -1,0 +1,108 @@
+"""The wire contract: names, argument shapes, framing, and the error vocabulary."""
+
+import json
+
+import pytest
+
+from hyperhive import wire
+
+
+@pytest.mark.parametrize("name", ["a", "alice", "a-1", "x" * 31, "b2b"])
+def test_valid_names(name):
+    assert wire.check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "A", "1abc", "-a", "a_b", "a.b", "../etc", "a/b", "x" * 32,
+                                  "alice\n", " alice", "ä"])
+def test_invalid_names_are_refused_by_name(name):
+    with pytest.raises(wire.HiveError) as e:
+        wire.check_name(name)
+    assert "not valid" in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["manager", "operator", "core"])
+def test_reserved_names_cannot_be_agents(name):
+    with pytest.raises(wire.HiveError, match="reserved"):
+        wire.check_agent_name(name)
+
+
+def test_parse_known_verb_with_defaults():
+    assert wire.parse_request({"cmd": "inbox"}, "host") == ("inbox", {"limit": 20})
+    assert wire.parse_request({"cmd": "destroy", "name": "a"}, "host") == ("destroy", {"name": "a", "purge": False})
+
+
+def test_unknown_keys_are_ignored():
+    assert wire.parse_request({"cmd": "list", "extra": [1, 2]}, "host") == ("list", {})
+
+
+def test_unknown_verb_names_the_surface():
+    with pytest.raises(wire.HiveError) as e:
+        wire.parse_request({"cmd": "spawn", "name": "a"}, "agent")
+    assert e.value.code == "unknown_verb" and "agent socket" in str(e.value)
+
+
+@pytest.mark.parametrize("obj, fragment", [
+    ({"cmd": "send", "to": "a"}, "missing argument 'body'"),
+    ({"cmd": "send", "to": 3, "body": "x"}, "must be a string"),
+    ({"cmd": "send", "to": "a", "body": "  "}, "must not be empty"),
+    ({"cmd": "set_paused", "name": "a", "paused": "yes"}, "true or false"),
+    ({"cmd": "inbox", "limit": "ten"}, "must be a number"),
+    ({"cmd": "inbox", "limit": 0}, "between 1 and 1000"),
+    ({"cmd": "start", "scope": {"agent_names": []}}, "never 'everything'"),
+    ({"cmd": "start", "scope": ["a"]}, "agent_names"),
+    ({"cmd": "start", "scope": {"agent_names": ["../x"]}}, "not valid"),
+    ({"cmd": 5}, "\"cmd\" string"),
+])
+def test_bad_arguments_get_a_sentence(obj, fragment):
+    with pytest.raises(wire.HiveError) as e:
+        wire.parse_request(obj, "host")
+    assert fragment in str(e.value)
+
+
+def test_recv_limits_are_clamped_not_refused():
+    assert wire.parse_request({"cmd": "recv", "wait_seconds": 9999, "max": 500}, "agent") == \
+        ("recv", {"wait_seconds": 180, "max": 32})
+    assert wire.parse_request({"cmd": "recv", "wait_seconds": -5, "max": 0}, "agent") == \
+        ("recv", {"wait_seconds": 0, "max": 1})
+
+
+def test_body_size_limit():
+    with pytest.raises(wire.HiveError, match="limit"):
+        wire.parse_request({"cmd": "send", "to": "a", "body": "x" * (wire.MAX_BODY + 1)}, "host")
+
+
+def test_framing_is_compact_and_byte_compatible():
+    assert wire.request("list") == b'{"cmd":"list"}\n'
+    assert wire.encode(wire.ok()) == b'{"version":1,"ok":true}\n'
+    assert wire.encode(wire.ok(agents=["a"])) == b'{"version":1,"ok":true,"agents":["a"]}\n'
+
+
+@pytest.mark.parametrize("line, fragment", [
+    (b"not json\n", "not valid JSON"),
+    (b"[1,2]\n", "JSON object"),
+    (b"\xff\xfe\n", "not UTF-8"),
+    (b"[" * 100000 + b"\n", "not valid JSON"),
+    (b"x" * (wire.MAX_LINE + 1), "1 MiB"),
+])
+def test_decode_errors(line, fragment):
+    with pytest.raises(wire.HiveError) as e:
+        wire.decode(line)
+    assert e.value.code == "bad_frame" and fragment in str(e.value)
+
+
+def test_result_raises_the_servers_sentence():
+    with pytest.raises(wire.HiveError) as e:
+        wire.result(json.loads(wire.encode(wire.error("no such agent", "not_found"))))
+    assert str(e.value) == "no such agent" and e.value.code == "not_found" and e.value.status == 404
+
+
+def test_every_surface_verb_has_a_shape():
+    for surface, verbs in wire.SURFACES.items():
+        for verb in verbs:
+            assert verb in wire.VERBS, (surface, verb)
+
+
+def test_iso_times_are_rfc3339_utc():
+    assert wire.iso(0) == "1970-01-01T00:00:00.000Z"
+    assert wire.iso(1700000000123) == "2023-11-14T22:13:20.123Z"
+    assert wire.iso(None) is None
