@@ -38,9 +38,8 @@ def main():
         from gevent import monkey
 
         monkey.patch_all()
-    import importlib
-
-    sys.exit(importlib.import_module(module).main(args))
+    __import__(module)
+    sys.exit(sys.modules[module].main(args))
 
 
 if __name__ == "__main__":

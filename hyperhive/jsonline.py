@@ -175,10 +175,12 @@ class Server:
             with sock.makefile("rb") as reader:
                 line = self._read(reader)
             sock.settimeout(None)
-            # A client sends one line, then only waits: any later read that
-            # returns is its hang-up.
-            watcher = gevent.spawn(lambda: sock.recv(1) or None)
-            watcher.link(lambda _: gone.set())
+            if line and any(f'"{verb}"'.encode() in line for verb in wire.WAITING_VERBS):
+                # A client sends one line, then only waits: any later read
+                # that returns is its hang-up. (A false positive only costs a
+                # greenlet, so a substring test is enough.)
+                watcher = gevent.spawn(lambda: sock.recv(1) or None)
+                watcher.link(lambda _: gone.set())
             answer = self._answer(line, gone)
             if isinstance(answer, dict):
                 sock.sendall(wire.encode(answer))

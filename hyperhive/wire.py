@@ -170,6 +170,8 @@ AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent",
 MANAGER_VERBS = AGENT_VERBS + ("agent_status",)
 SURFACES = {"host": HOST_VERBS, "agent": AGENT_VERBS, "manager": MANAGER_VERBS}
 STREAMING_VERBS = frozenset({"subscribe_agent_status"})
+# Verbs that may wait on the server: their connections are watched for a hang-up.
+WAITING_VERBS = STREAMING_VERBS | {"recv"}
 
 
 def parse_request(obj, surface):

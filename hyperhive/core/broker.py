@@ -59,8 +59,8 @@ class Broker:
         # message to the operator is delivered and handled once it is stored.
         done = now if recipient == wire.OPERATOR else None
         refs = json.dumps(list(file_refs))
-        with core_db.atomic():
-            mid = core_db.execute_sql(_INSERT, (sender, recipient, body, now, done, done, refs)).lastrowid
+        # one statement is its own transaction: committed when execute returns
+        mid = core_db.execute_sql(_INSERT, (sender, recipient, body, now, done, done, refs)).lastrowid
         self.hub.publish("sent", message={
             "id": mid, "from": sender, "body": body, "sent_at": iso(now), "redelivered": False,
             "file_refs": list(file_refs), "to": recipient, "delivered_at": iso(done), "acked_at": iso(done)})
@@ -79,8 +79,7 @@ class Broker:
         """Stamp and return up to `limit` undelivered messages, oldest first."""
         if recipient in self._held:
             return []
-        with core_db.atomic():
-            rows = core_db.execute_sql(_POP, (self._now(), recipient, limit)).fetchall()
+        rows = core_db.execute_sql(_POP, (self._now(), recipient, limit)).fetchall()
         if not rows:
             return []
         rows.sort()  # RETURNING does not promise an order
@@ -101,7 +100,8 @@ class Broker:
             rows = self.pop(recipient, limit)
             left = deadline - time.monotonic()
             if rows or left <= 0:
-                return rows, self.pending_count(recipient)
+                # fewer than asked means the queue is empty: no need to count
+                return rows, self.pending_count(recipient) if len(rows) == limit else 0
             event = self._wakeups.setdefault(recipient, Event())
             if gone is None:
                 event.wait(timeout=left)

@@ -1,0 +1,165 @@
+"""The admin CLI as the operator runs it: a real subprocess against a real core daemon.
+
+Every test runs `python hyperhive.py --socket <host.sock> VERB ...` and checks
+what a person sees: the tables and their columns, the `--json` answers,
+the lifecycle verbs really changing the agent (read back over the socket),
+and the failures: one plain sentence on stderr, exit 1, never a traceback,
+and exactly `hive-c0re is not running at <path>` when nobody serves the socket.
+"""
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+
+from conftest import ENTRY, PYTHON, wait_until
+from fakecore import remove_tree, short_tmpdir
+from hyperhive import wire
+
+
+def cli(socket_path, *args, timeout=120):
+    return subprocess.run([PYTHON, ENTRY, "--socket", socket_path, *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def ok_out(hive, *args):
+    """Run a verb that must succeed; its stdout."""
+    done = cli(hive.host_sock, *args)
+    assert done.returncode == 0 and done.stderr == "", (args, done.returncode, done.stderr)
+    return done.stdout
+
+
+def refused(hive, *args):
+    """Run a verb that must fail; its one stderr line."""
+    done = cli(hive.host_sock, *args)
+    assert done.returncode == 1, (args, done.returncode, done.stdout, done.stderr)
+    assert done.stdout == "" and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def header(table):
+    return table.splitlines()[0].split()
+
+
+def rows(table):
+    return [line.split() for line in table.splitlines()[1:]]
+
+
+def manager_ready(hive):
+    wait_until(lambda: (hive.row("manager") or {}).get("running") and hive.row("manager")["active_model"],
+               20, "the manager harness to run and persist its model")
+
+
+# -- reading ----------------------------------------------------------------------
+
+def test_list_names_every_agent(hive):
+    assert ok_out(hive, "list") == "manager\n"
+
+
+def test_status_table_and_json(hive):
+    manager_ready(hive)
+    table = ok_out(hive, "status")
+    assert header(table) == ["NAME", "STATE", "MODEL", "LOGIN", "PARENT", "STATUS"]
+    [manager] = [r for r in rows(table) if r[0] == "manager"]
+    assert manager == ["manager", "running", "haiku", "core"]  # no login needed, no status text
+
+    answer = json.loads(ok_out(hive, "--json", "status"))
+    assert answer["ok"] is True and answer["version"] == 1
+    [row] = answer["agent_statuses"]
+    assert list(row) == list(wire.STATUS_FIELDS)
+    assert row["name"] == "manager" and row["running"] is True
+
+
+def test_send_says_the_message_id_and_the_core_has_it(hive):
+    out = ok_out(hive, "send", "manager", "hi")
+    match = re.fullmatch(r"sent \(message (\d+)\)\n", out)
+    assert match, out
+    con = sqlite3.connect(f"file:{hive.state_dir}/hive.db?mode=ro", uri=True)
+    try:
+        row = con.execute("select sender, recipient, body from message where id=?",
+                          (int(match.group(1)),)).fetchone()
+    finally:
+        con.close()
+    assert row == ("operator", "manager", "hi")
+    second = ok_out(hive, "send", "manager", "hi again")
+    assert second == f"sent (message {int(match.group(1)) + 1})\n"
+
+
+def test_inbox_table_and_json(hive):
+    assert ok_out(hive, "inbox") == "(no messages)\n"
+    ok_out(hive, "send", "manager", "FAKE: send operator first-reply")
+    wait_until(lambda: hive.call("inbox")["messages"], 30, "the manager's first reply")
+    ok_out(hive, "send", "manager", "FAKE: send operator second-reply")
+    wait_until(lambda: len(hive.call("inbox")["messages"]) == 2, 30, "the manager's second reply")
+
+    table = ok_out(hive, "inbox")
+    assert header(table) == ["ID", "SENT_AT", "FROM", "BODY"]
+    assert [(r[2], r[3]) for r in rows(table)] == [("manager", "second-reply"), ("manager", "first-reply")]
+
+    answer = json.loads(ok_out(hive, "--json", "inbox", "--limit", "1"))
+    [newest] = answer["messages"]
+    assert newest["from"] == "manager" and newest["body"] == "second-reply" and newest["to"] == "operator"
+
+
+def test_pending_and_urls(hive):
+    assert ok_out(hive, "pending") == "(no pending approvals)\n"
+    assert ok_out(hive, "urls") == "domain: -\nhome: -\nforge: -\n"
+
+
+# -- lifecycle ----------------------------------------------------------------------
+
+def test_spawn_pause_resume_stop_start_destroy(hive):
+    assert ok_out(hive, "spawn", "x") == "spawn: done\n"
+    assert ok_out(hive, "list") == "manager\nx\n"
+    assert hive.row("x")["running"]
+
+    assert ok_out(hive, "pause", "x") == "paused\n"
+    assert hive.row("x")["paused"]
+    assert ["x", "paused"] == [r for r in rows(ok_out(hive, "status")) if r[0] == "x"][0][:2]
+    assert ok_out(hive, "resume", "x") == "resumed\n"
+    assert not hive.row("x")["paused"]
+
+    assert ok_out(hive, "stop", "x") == "stopped\n"
+    row = hive.row("x")
+    assert not row["running"] and not row["failed"]
+    assert ["x", "stopped"] == [r for r in rows(ok_out(hive, "status")) if r[0] == "x"][0][:2]
+    assert ok_out(hive, "start", "x") == "started\n"
+    assert hive.row("x")["running"]
+
+    assert ok_out(hive, "destroy", "x", "--purge") == "destroyed\n"
+    assert ok_out(hive, "list") == "manager\n"
+    assert not os.path.exists(hive.home("x"))
+
+
+# -- failures -----------------------------------------------------------------------
+
+def test_a_bad_name_is_one_sentence_on_stderr(hive):
+    line = refused(hive, "spawn", "Bad")
+    assert line.startswith("hyperhive: ") and "'Bad' is not valid" in line
+    assert "no agent named 'ghost'" in refused(hive, "pause", "ghost")
+    assert "reserved" in refused(hive, "spawn", "operator")
+    assert "--limit must be a number" in refused(hive, "inbox", "--limit", "lots")
+    assert ok_out(hive, "list") == "manager\n"  # nothing was created
+
+
+def test_a_down_daemon_is_one_exact_sentence(tmp_path):
+    missing = str(tmp_path / "nope" / "host.sock")
+    done = cli(missing, "list", timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", f"hive-c0re is not running at {missing}\n")
+
+
+def test_a_stale_socket_of_a_dead_daemon_is_the_same_sentence():
+    tmp = short_tmpdir()
+    try:
+        path = str(tmp / "host.sock")
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(path)  # bound, never listening: what a crashed core leaves
+        stale.close()
+        done = cli(path, "status", timeout=30)
+        assert (done.returncode, done.stdout, done.stderr) == (1, "", f"hive-c0re is not running at {path}\n")
+    finally:
+        remove_tree(tmp)
