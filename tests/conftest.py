@@ -76,8 +76,8 @@ class Hive:
             return os.path.join(self.run_dir, "manager.sock")
         return os.path.join(self.run_dir, "agents", f"{name}.sock")
 
-    def agent_call(self, name, verb, timeout=60, **args):
-        return jsonline.call(self.sock(name), verb, timeout=timeout, **args)
+    def agent_call(self, agent, verb, timeout=60, **args):
+        return jsonline.call(self.sock(agent), verb, timeout=timeout, **args)
 
     def raw(self, path, data):
         """Send raw bytes on a socket and return the first answer line, decoded."""

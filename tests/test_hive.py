@@ -341,3 +341,68 @@ def test_subscribe_agent_status_streams_changes(hive):
     frames.close()
     assert all(list(r) == list(wire.STATUS_FIELDS) for r in seen)
     assert any(r["name"] == "a" and r["running"] for r in seen)
+
+
+# -- stopping mid-turn ----------------------------------------------------------------
+
+def test_graceful_stop_lets_the_running_turn_finish_and_ack(hive):
+    spawn(hive, "a")
+    mid = hive.call("send", to="a", body="FAKE: sleep 2\nFAKE: send operator finished-before-stop")["id"]
+    wait_until(lambda: len(calls(hive, "a")) == 1, 20, "the turn to start")
+    hive.call("stop", scope={"agent_names": ["a"]}, graceful=True)
+    assert "finished-before-stop" in inbox_bodies(hive)
+    assert db_rows(hive, "select acked_at is not null from message where id=?", mid) == [(1,)]
+    assert not hive.row("a")["running"]
+
+
+def test_stop_now_cuts_the_turn_and_leaves_it_for_redelivery(hive):
+    spawn(hive, "a")
+    mid = hive.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator never")["id"]
+    wait_until(lambda: len(calls(hive, "a")) == 1, 20, "the turn to start")
+    hive.call("stop", scope={"agent_names": ["a"]}, graceful=False)
+    assert not hive.row("a")["running"]
+    assert db_rows(hive, "select delivered_at is not null, acked_at from message where id=?", mid) == [(1, None)]
+    assert "never" not in inbox_bodies(hive)
+
+
+# -- the DESIGN table's frames, byte for byte ------------------------------------------
+
+@pytest.mark.parametrize("frame, key", [
+    (b'{"cmd":"list"}\n', "agents"),
+    (b'{"cmd":"agent_status"}\n', "agent_statuses"),
+    (b'{"cmd":"urls"}\n', "urls"),
+    (b'{"cmd":"pending"}\n', "approvals"),
+    (b'{"cmd":"inbox","limit":5}\n', "messages"),
+    (b'{"cmd":"send","to":"manager","body":"hello"}\n', "id"),
+    (b'{"cmd":"set_paused","name":"manager","paused":false}\n', None),
+    (b'{"cmd":"start","scope":{"agent_names":["manager"]}}\n', None),
+])
+def test_design_frames_are_answered(hive, frame, key):
+    answer = hive.raw(hive.host_sock, frame)
+    assert answer["version"] == 1 and answer["ok"] is True, answer
+    if key:
+        assert key in answer
+
+
+# -- the agent surface ------------------------------------------------------------------
+
+def test_agent_socket_verbs_and_identity(hive):
+    spawn(hive, "a", "b")
+    hive.call("set_paused", name="b", paused=True)
+    assert hive.agent_call("a", "whoami") == {"version": 1, "ok": True, "name": "a", "role": "agent",
+                                              "hyperhive_rev": hive.agent_call("a", "whoami")["hyperhive_rev"]}
+    assert hive.agent_call("manager", "whoami")["role"] == "manager"
+    # a request cannot say who sent it: the socket does
+    mid = hive.agent_call("a", "send", to="b", body="hi b", **{"from": "operator", "sender": "manager"})["id"]
+    assert db_rows(hive, "select sender, recipient from message where id=?", mid) == [("a", "b")]
+    with pytest.raises(wire.HiveError, match="yourself"):
+        hive.agent_call("a", "send", to="a", body="me")
+    with pytest.raises(wire.HiveError, match="unknown verb 'spawn'"):
+        hive.agent_call("a", "spawn", name="c")
+    # operator_msg from a's own page reaches only a
+    hive.call("set_paused", name="a", paused=True)
+    oid = hive.agent_call("a", "operator_msg", body="from your page")["id"]
+    assert db_rows(hive, "select sender, recipient from message where id=?", oid) == [("operator", "a")]
+    recent = hive.agent_call("a", "recent", limit=10)["messages"]
+    assert [m["body"] for m in recent] == ["from your page", "hi b"]
+    assert hive.agent_call("manager", "agent_status")["agent_statuses"]

@@ -110,12 +110,21 @@ class ProcessBackend:
         return True
 
     def stop(self, name, home, graceful=True, timeout=None):
-        """SIGTERM, wait (longer when graceful: a turn may be finishing), then SIGKILL."""
+        """Stop a harness; SIGKILL whatever is left at the deadline.
+
+        Graceful: SIGTERM to the harness alone, which finishes its running
+        turn (and acks it) before it exits. Not graceful: SIGTERM to the whole
+        session, so claude dies with it and the turn's messages stay unacked
+        for redelivery.
+        """
         pid = self._live_pid(name, home)
         if pid is None:
             return False
         timeout = timeout if timeout is not None else (60.0 if graceful else 5.0)
-        self._signal(pid, signal.SIGTERM)
+        if graceful:
+            self._signal(pid, signal.SIGTERM)
+        else:
+            self._signal_group(pid, signal.SIGTERM)
         if not self._wait_gone(name, home, timeout):
             log.warning("%s did not stop within %gs of SIGTERM; killing it", name, timeout)
             self.kill(name, home)
@@ -126,13 +135,7 @@ class ProcessBackend:
         pid = self._live_pid(name, home)
         if pid is None:
             return False
-        # the whole session: the harness and the claude it may be running
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            self._signal(pid, signal.SIGKILL)
+        self._signal_group(pid, signal.SIGKILL)
         self._wait_gone(name, home, 10.0)
         self._forget(home)
         return True
@@ -142,6 +145,15 @@ class ProcessBackend:
         if child is not None and child.poll() is None:
             return child.pid
         return self.pid(home)
+
+    def _signal_group(self, pid, sig):
+        """Signal the harness's whole session: itself and the claude it may be running."""
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            self._signal(pid, sig)
 
     @staticmethod
     def _signal(pid, sig):

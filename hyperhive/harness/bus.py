@@ -16,6 +16,7 @@ from hyperhive.schema import Event, agent_db, now_ms
 log = logging.getLogger(__name__)
 
 HISTORY_CAP = 2000
+PRUNE_EVERY = 100  # events between prunes: the table never holds more than CAP + this
 KEEP_MS = 7 * 24 * 3600 * 1000
 KINDS = frozenset({"turn_start", "stream", "note", "turn_end", "status_changed", "model_changed",
                    "token_usage_changed", "turn_state_changed"})
@@ -44,6 +45,8 @@ class Bus:
         event = {"seq": self.seq, "kind": kind, "at": int(self.clock() * 1000), **data}
         with agent_db.atomic():
             Event.create(seq=self.seq, at=event["at"], kind=kind, data=json.dumps(event))
+        if self.seq % PRUNE_EVERY == 0:
+            self.prune()
         for callback in list(self._subscribers):
             try:
                 callback(event)
