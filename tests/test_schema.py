@@ -1,0 +1,49 @@
+"""The databases: WAL mode, the partial index the pop uses, idempotent migrations."""
+
+import sqlite3
+
+from hyperhive import schema
+
+
+def test_core_db_is_wal_with_the_undelivered_partial_index(tmp_path):
+    path = tmp_path / "hive.db"
+    schema.open_core(path).close()
+    con = sqlite3.connect(path)
+    assert con.execute("pragma journal_mode").fetchone() == ("wal",)
+    (sql,) = con.execute("select sql from sqlite_master where name='message_undelivered'").fetchone()
+    assert "WHERE delivered_at IS NULL" in sql
+    from hyperhive.core import broker
+
+    for sql, params in ((broker._POP, (0, "a", 1)), (broker._UNREAD, ("a",))):
+        plan = " ".join(r[-1] for r in con.execute("explain query plan " + sql, params))
+        assert "message_undelivered" in plan, plan
+
+
+def test_migrations_are_idempotent_and_keep_rows(tmp_path):
+    path = tmp_path / "hive.db"
+    db = schema.open_core(path)
+    schema.Message.create(sender="operator", recipient="a", body="kept")
+    db.close()
+    for _ in range(2):
+        schema.open_core(path).close()
+    con = sqlite3.connect(path)
+    assert con.execute("select body from message").fetchall() == [("kept",)]
+    assert con.execute("select value from meta where key='schema_version'").fetchone() == (str(schema.SCHEMA_VERSION),)
+
+
+def test_background_checkpoint_folds_the_wal(tmp_path):
+    path = tmp_path / "hive.db"
+    db = schema.open_core(path, background_checkpoint=True)
+    assert db.execute_sql("pragma wal_autocheckpoint").fetchone() == (0,)
+    for i in range(200):
+        schema.Message.create(sender="operator", recipient="a", body=f"m{i}")
+    busy, log_pages, checkpointed = schema.checkpoint(path)
+    assert busy == 0 and log_pages > 0 and checkpointed == log_pages
+    db.close()
+
+
+def test_agent_db_holds_events(tmp_path):
+    db = schema.open_agent(tmp_path / "events.sqlite")
+    schema.Event.create(seq=1, kind="note", data="{}")
+    assert schema.Event.select().count() == 1
+    db.close()
