@@ -1,10 +1,7 @@
-"""The container seam: the only module that starts, stops or inspects agents' homes.
+"""The `process` backend: each harness a plain child process with its own state dir.
 
-A backend turns a `Launch` (what to run for an agent, with which environment
-and paths) into a running harness and answers whether it still runs. This
-issue's backend is `process`: the harness as a plain child process with its
-own state dir. A pidfile (pid + kernel start time) lets a restarted core
-adopt harnesses that outlived it, so a core crash never kills a turn.
+A pidfile (pid + kernel start time) lets a restarted core adopt harnesses
+that outlived it, so a core crash never kills a turn.
 """
 
 import logging
@@ -16,14 +13,6 @@ import time
 from hyperhive import wire
 
 log = logging.getLogger(__name__)
-
-
-class Launch:
-    """Everything a backend needs to run one agent's harness."""
-
-    def __init__(self, name, role, argv, env, state_dir, home_dir, log_path):
-        self.name, self.role, self.argv, self.env = name, role, argv, env
-        self.state_dir, self.home_dir, self.log_path = state_dir, home_dir, log_path
 
 
 def _start_time(pid):
@@ -167,15 +156,3 @@ class ProcessBackend:
             os.unlink(self._pidfile(home))
         except FileNotFoundError:
             pass
-
-
-BACKENDS = {"process": ProcessBackend}
-
-
-def pick(requested):
-    """The backend for `--backend` (auto: the best one this host can run)."""
-    if requested in ("auto", None):
-        return ProcessBackend()
-    if requested not in BACKENDS:
-        raise wire.HiveError(f"unknown backend {requested!r}; this build has: auto, {', '.join(BACKENDS)}")
-    return BACKENDS[requested]()
