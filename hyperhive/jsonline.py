@@ -38,6 +38,10 @@ def connect(path, timeout):
     except ConnectionRefusedError:
         sock.close()
         raise Unreachable(path, "connection refused") from None
+    except PermissionError:
+        sock.close()
+        raise wire.HiveError(f"permission denied on {path}; the admin socket is for root and the admin group",
+                             "forbidden") from None
     except OSError as e:
         sock.close()
         raise Unreachable(path, e.strerror or str(e)) from None

@@ -69,16 +69,13 @@ def test_seq_is_monotonic_and_continues_after_reopening_the_file(tmp_path):
         agent_db.close()
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: Bus.__init__ takes seq from the newest stored event, so "
-                   "after prune() removed every event (an agent idle or paused for 7 days) a restarted "
-                   "harness numbers its events from 1 again; seq is no longer monotonic across restarts "
-                   "and a client resuming from its last seen seq misses every new event")
 def test_seq_stays_monotonic_after_prune_removed_everything_and_a_restart(tmp_path):
     b = open_bus(tmp_path)
     for i in range(3):
         b.note(f"n{i}")
     Event.update(at=now_ms() - 8 * DAY_MS).execute()  # a week of silence
-    assert b.prune() == 3
+    assert b.prune() == 2
+    assert [e["seq"] for e in b.history()] == [3]  # only the high-water mark is kept
     agent_db.close()
     again = open_bus(tmp_path)
     try:

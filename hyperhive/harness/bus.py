@@ -11,7 +11,7 @@ import logging
 import os
 import time
 
-from hyperhive.schema import Event, agent_db, now_ms
+from hyperhive.schema import Event, agent_db
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,10 @@ class Bus:
 
     def prune(self):
         """Keep the newest HISTORY_CAP events, none older than 7 days."""
-        cutoff = now_ms() - KEEP_MS
+        cutoff = int(self.clock() * 1000) - KEEP_MS
         with agent_db.atomic():
-            removed = Event.delete().where(Event.at < cutoff).execute()
+            # the newest row always stays: it is where seq resumes after a restart
+            removed = Event.delete().where((Event.at < cutoff) & (Event.seq < self.seq)).execute()
             floor = self.seq - HISTORY_CAP
             removed += Event.delete().where(Event.seq <= floor).execute()
         return removed

@@ -184,13 +184,13 @@ class Run:
         text = str(result.get("result") or "")
         if self.cancelled:
             return Outcome("cancelled", "the turn was cancelled", result)
+        if code == 0 and result and not result.get("is_error"):
+            return Outcome("ok", "", result)  # whatever stderr said on the way
         # The CLI says so in terminal_reason (its subtype stays "success");
         # older ones only in the text, so both are read.
         if (result.get("terminal_reason") == "prompt_too_long" or self.too_long
                 or (result.get("is_error") and any(m in text.lower() for m in TOO_LONG_MARKERS))):
             return Outcome("prompt_too_long", text or "the prompt is too long", result)
-        if code == 0 and result and not result.get("is_error"):
-            return Outcome("ok", "", result)
         if result:
             why = text or result.get("subtype") or "an error"
             return Outcome("failed", f"claude ended the turn with {why} (exit {code})", result)

@@ -90,6 +90,7 @@ class Harness:
 def main(argv):
     args = docopt(__doc__, argv=argv)
     role = "manager" if args["manager"] else "agent"
+    me = "hive-m1nd" if role == "manager" else "hive-ag3nt"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     socket = args["--socket"] or os.environ.get("HIVE_SOCKET")
@@ -100,7 +101,7 @@ def main(argv):
                                         ("--state-dir or HIVE_STATE_DIR", state_dir),
                                         ("--name or HIVE_NAME", name)) if not value]
     if missing:
-        print(f"hive-ag3nt: missing {', '.join(missing)}", file=sys.stderr)
+        print(f"{me}: missing {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
         wire.check_name(name)
@@ -109,7 +110,7 @@ def main(argv):
                           pause_file=os.environ.get("HIVE_PAUSE_FILE"),
                           extra_mcp_path=os.environ.get("HIVE_EXTRA_MCP") or EXTRA_MCP_DEFAULT)
     except (wire.HiveError, OSError) as e:
-        print(f"hive-ag3nt: {e}", file=sys.stderr)
+        print(f"{me}: {e}", file=sys.stderr)
         return 1
     harness.serve()
     return 0
