@@ -18,6 +18,11 @@ Usage:
   hyperhive [options] pause NAME
   hyperhive [options] resume NAME
   hyperhive [options] pending
+  hyperhive [options] approve ID
+  hyperhive [options] deny ID [--reason TEXT]
+  hyperhive [options] request-spawn NAME
+  hyperhive [options] tombstones
+  hyperhive [options] purge NAME
   hyperhive [options] urls
   hyperhive -h | --help | --version
 
@@ -41,6 +46,10 @@ Verbs (one request on the core's admin socket):
   destroy         remove an agent; its state stays as a tombstone unless --purge
   pause, resume   park an agent's turn loop (its messages wait) or let it run again
   pending         approvals waiting for the operator
+  approve, deny   decide an approval (deny tells the manager --reason)
+  request-spawn   queue an approval to create and start NAME from its config
+  tombstones      agents destroyed without --purge, whose state is kept
+  purge           delete a tombstone's state and config for good
   urls            the hive's addresses
 
 Options:
@@ -49,6 +58,7 @@ Options:
   --limit N       how many messages [default: 20]
   --now           do not wait for a running turn to finish
   --purge         also delete the agent's state dir
+  --reason TEXT   why an approval is denied [default: ]
 """
 
 import json
@@ -106,6 +116,22 @@ def request_for(args):
         return "inbox", {"limit": limit}, _messages_table, 30
     if args["pending"]:
         return "pending", {}, _approvals_table, 30
+    if args["approve"] or args["deny"]:
+        try:
+            approval_id = int(args["ID"])
+        except ValueError:
+            raise wire.HiveError(f"an approval id is a number, got {args['ID']!r}") from None
+        if args["approve"]:
+            return "approve", {"id": approval_id}, lambda a: f"approval {approval_id}: {a['approval']['status']}" + \
+                (f" ({a['approval']['note']})" if a["approval"]["note"] else ""), LONG
+        return "deny", {"id": approval_id, "reason": args["--reason"]}, \
+            lambda a: f"approval {approval_id}: denied", 30
+    if args["request-spawn"]:
+        return "request_spawn", {"name": name}, lambda a: f"queued approval {a['id']}", 30
+    if args["tombstones"]:
+        return "tombstones", {}, lambda a: "\n".join(a["tombstones"]) or "(no tombstones)", 30
+    if args["purge"]:
+        return "purge_tombstone", {"name": name}, lambda a: f"purged {name}", 30
     if args["urls"]:
         return "urls", {}, lambda a: "\n".join(f"{k}: {v or '-'}" for k, v in a["urls"].items()), 30
     if args["start"]:

@@ -47,6 +47,7 @@ class Agent(CoreModel):
     needs_login = pw.BooleanField(default=False)
     status_text = pw.TextField(null=True)
     status_set_at = pw.BigIntegerField(null=True)
+    running_sha = pw.CharField(null=True)  # the applied config commit its harness was started with
 
 
 class Message(CoreModel):
@@ -116,6 +117,17 @@ AGENT_INDEXES = ("CREATE INDEX IF NOT EXISTS event_at ON event (at)",)
 SCHEMA_VERSION = 1
 
 
+def add_missing_columns(db, model):
+    """The idempotent migration of a table: add every model column the file lacks (all nullable)."""
+    have = {c.name for c in db.get_columns(model._meta.table_name)}
+    for field in model._meta.sorted_fields:
+        if field.column_name not in have:
+            assert field.null or field.default is not None, f"{field.name} needs null=True or a default to be added"
+            db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ADD COLUMN '
+                           f'"{field.column_name}" {field.field_type}'
+                           + ("" if field.null else f" DEFAULT {field.db_value(field.default)!r}"))
+
+
 def open_db(proxy, path, tables, indexes, pragmas=None):
     """Open (creating if needed) a sqlite file, bind it to proxy, migrate it."""
     # One connection shared by every greenlet: gevent makes threading.local
@@ -126,6 +138,8 @@ def open_db(proxy, path, tables, indexes, pragmas=None):
     db.connect(reuse_if_open=True)
     with db.atomic():
         db.create_tables(tables, safe=True)
+        for model in tables:
+            add_missing_columns(db, model)
         for stmt in indexes:
             db.execute_sql(stmt)
     return db

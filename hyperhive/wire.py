@@ -160,14 +160,35 @@ VERBS = {
                "recent messages to or from you, newest first"),
     "operator_msg": ((Arg("body", "text"),), "a message from the operator via your web page"),
     "whoami": ((), "your name, role and the hyperhive revision"),
+    # config as code
+    "approve": ((Arg("id", "int", True, None, 1),), "approve a pending approval"),
+    "deny": ((Arg("id", "int", True, None, 1), Arg("reason", "str", False, "")),
+             "deny a pending approval, with a reason"),
+    "request_spawn": ((_NAME, Arg("description", "str", False, "")),
+                      "queue an approval to create and start an agent"),
+    "request_apply_commit": ((Arg("agent", "name"), Arg("commit_ref", "str"), Arg("description", "str", False, "")),
+                             "queue an approval to deploy a commit of an agent's proposed config"),
+    "request_init_config": ((_NAME, Arg("description", "str", False, "")),
+                            "queue an approval to seed a new agent's config repos from the template"),
+    "update": ((Arg("description", "str", False, ""),), "queue an approval to update the meta flake's inputs"),
+    "tombstones": ((), "agents destroyed without purge, whose state is kept"),
+    "purge_tombstone": ((_NAME,), "delete a tombstone's state and config for good"),
+}
+
+# Where a surface takes a verb with other arguments than the table's: the
+# manager names one agent where the operator names a scope.
+SURFACE_ARGS = {
+    ("manager", "start"): (_NAME,),
+    ("manager", "stop"): (_NAME, Arg("graceful", "bool", False, True)),
 }
 
 HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending",
               "start", "stop", "restart", "rebuild", "kill", "set_paused", "spawn",
-              "destroy", "send", "inbox")
+              "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone")
 AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent",
                "operator_msg", "whoami")
-MANAGER_VERBS = AGENT_VERBS + ("agent_status",)
+MANAGER_VERBS = AGENT_VERBS + ("agent_status", "request_apply_commit", "request_init_config",
+                               "request_spawn", "start", "stop", "restart", "rebuild", "kill", "update")
 SURFACES = {"host": HOST_VERBS, "agent": AGENT_VERBS, "manager": MANAGER_VERBS}
 STREAMING_VERBS = frozenset({"subscribe_agent_status"})
 # Verbs that may wait on the server: their connections are watched for a hang-up.
@@ -187,7 +208,7 @@ def parse_request(obj, surface):
         raise HiveError(f"unknown verb {shown!r} on the {surface} socket; known: {', '.join(sorted(allowed))}",
                         "unknown_verb")
     args = {}
-    for arg in VERBS[verb][0]:
+    for arg in SURFACE_ARGS.get((surface, verb), VERBS[verb][0]):
         if arg.name in obj and obj[arg.name] is not None:
             args[arg.name] = _coerce(verb, arg, obj[arg.name])
         elif arg.required:

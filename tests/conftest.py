@@ -68,7 +68,7 @@ class Hive:
         with open(self.log_path, errors="replace") as f:
             return f.read()
 
-    def call(self, verb, timeout=120, **args):
+    def call(self, verb, /, timeout=120, **args):
         return jsonline.call(self.host_sock, verb, timeout=timeout, **args)
 
     def sock(self, name):
@@ -76,8 +76,8 @@ class Hive:
             return os.path.join(self.run_dir, "manager.sock")
         return os.path.join(self.run_dir, "agents", f"{name}.sock")
 
-    def agent_call(self, agent, verb, timeout=60, **args):
-        return jsonline.call(self.sock(agent), verb, timeout=timeout, **args)
+    def agent_call(self, who, verb, /, timeout=60, **args):
+        return jsonline.call(self.sock(who), verb, timeout=timeout, **args)
 
     def raw(self, path, data):
         """Send raw bytes on a socket and return the first answer line, decoded."""
@@ -94,6 +94,9 @@ class Hive:
         line = s.makefile("rb").readline()
         s.close()
         return json.loads(line)
+
+    def log_of(self, name):
+        return os.path.join(self.home(name), "harness.log")
 
     def home(self, name):
         return os.path.join(self.state_dir, "agents", name)

@@ -2,9 +2,7 @@
 
 import json
 import logging
-import os
 
-from conftest import Hive, kill_harnesses, wait_until
 from hyperhive.harness.claude import Invocation, load_extra_mcp
 
 EXTRA = {
@@ -53,21 +51,3 @@ def test_extras_are_merged_into_config_and_grants(tmp_path):
     assert "mcp__matrix__send_message" in tools and "mcp__matrix__read_*" in tools
     assert "mcp__notes" in tools  # no allowedTools: the whole server
     assert "mcp__hyperhive__send" in tools
-
-
-def test_a_running_harness_passes_extras_to_claude(tmp_path):
-    extra = write(tmp_path, {"notes": {"command": "notes-mcp", "allowedTools": ["add"]}})
-    h = Hive(tmp_path / "state", env={"HIVE_EXTRA_MCP": extra}, extra_args=["--pass-env", "HIVE_EXTRA_MCP"])
-    h.start()
-    try:
-        h.call("spawn", name="a")
-        h.call("send", to="a", body="FAKE: send operator extras-seen")
-        wait_until(lambda: "extras-seen" in [m["body"] for m in h.call("inbox")["messages"]], 30, "the turn")
-        with open(os.path.join(h.home("a"), "state", ".fakeclaude", "calls.jsonl")) as f:
-            call = json.loads(f.readline())
-        assert "mcp__notes__add" in ",".join(call["allowed_tools"]).split(",")
-        with open(call["mcp_config"][0] if isinstance(call["mcp_config"], list) else call["mcp_config"]) as f:
-            assert "notes" in json.load(f)["mcpServers"]
-    finally:
-        h.stop()
-        kill_harnesses(h.state_dir)

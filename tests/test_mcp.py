@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from fakecore import MCP_CMD, REPO, WAIT, FakeCore, McpClient, ok, refuse, remove_tree, short_tmpdir
+from hyperhive import wire
 from hyperhive.harness import mcp
 
 SUPPORTED = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
@@ -90,7 +91,9 @@ def test_tools_list_shapes(core, role):
         tools = client.request("tools/list")["result"]["tools"]
     finally:
         client.kill()
-    assert [t["name"] for t in tools] == ["send", "recv", "whoami"]
+    names = [t["name"] for t in tools]
+    assert names[:3] == ["send", "recv", "whoami"]
+    assert names[3:] == ([] if role == "agent" else MANAGER_TOOLS)
     for tool in tools:
         assert set(tool) == {"name", "description", "inputSchema"}
         assert len(tool["description"]) > 40
@@ -109,11 +112,40 @@ def test_tools_list_shapes(core, role):
     assert "operator" in tools[0]["description"] and "manager" in tools[0]["description"]
 
 
+MANAGER_TOOLS = ["request_apply_commit", "request_init_config", "request_spawn", "update", "agent_status",
+                 "start", "stop", "restart", "rebuild", "kill"]
+
+
 def test_allowed_tools_names_every_tool_of_the_role():
-    for role in ("agent", "manager"):
-        assert mcp.allowed_tools(role) == ["mcp__hyperhive__send", "mcp__hyperhive__recv",
-                                           "mcp__hyperhive__whoami"]
+    common = ["mcp__hyperhive__send", "mcp__hyperhive__recv", "mcp__hyperhive__whoami"]
+    assert mcp.allowed_tools("agent") == common
+    assert mcp.allowed_tools("manager") == common + [f"mcp__hyperhive__{t}" for t in MANAGER_TOOLS]
     assert mcp.allowed_tools("nobody") == []
+
+
+def test_manager_tools_map_to_manager_verbs_with_their_arguments(core):
+    core.answers["request_apply_commit"] = ok(id=7)
+    core.answers["stop"] = ok()
+    core.answers["agent_status"] = ok(agent_statuses=[{
+        "name": "a", "running": True, "failed": False, "needs_update": True, "needs_login": False,
+        "paused": False, "parent": "operator", "deployed_sha": "abcdef012345", "active_model": "sonnet",
+        "status_text": "busy", "status_set_at": None, "url": None, "pending_reminders": 0}])
+    client = McpClient(core.path, role="manager")
+    try:
+        client.initialize()
+        answer = text_of(client.call("request_apply_commit",
+                                     {"agent": "a", "commit_ref": "abcdef0", "description": "why"}))
+        assert "approval 7" in answer and "[helper event]" in answer
+        assert text_of(client.call("stop", {"name": "a"})) == "stop: a done"
+        status = text_of(client.call("agent_status"))
+        assert status == "a: running, model sonnet, config abcdef012345, needs update, status: busy"
+    finally:
+        client.kill()
+    sent = [(r["cmd"], {k: v for k, v in r.items() if k != "cmd"}) for r in core.requests]
+    assert ("request_apply_commit", {"agent": "a", "commit_ref": "abcdef0", "description": "why"}) in sent
+    assert ("stop", {"name": "a"}) in sent
+    for wire_verb in MANAGER_TOOLS:
+        assert wire_verb in wire.MANAGER_VERBS
 
 
 # -- tools/call ---------------------------------------------------------------------------

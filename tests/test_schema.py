@@ -47,3 +47,18 @@ def test_agent_db_holds_events(tmp_path):
     schema.Event.create(seq=1, kind="note", data="{}")
     assert schema.Event.select().count() == 1
     db.close()
+
+
+def test_an_older_file_gains_new_columns(tmp_path):
+    path = tmp_path / "hive.db"
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "agent" ("name" VARCHAR(255) NOT NULL PRIMARY KEY, "role" VARCHAR(255) NOT NULL, '
+                '"parent" VARCHAR(255) NOT NULL, "created_at" BIGINT NOT NULL, "desired" VARCHAR(255) NOT NULL, '
+                '"paused" INTEGER NOT NULL, "needs_login" INTEGER NOT NULL)')
+    con.execute("insert into agent values ('a', 'agent', 'operator', 0, 'running', 0, 0)")
+    con.commit()
+    con.close()
+    schema.open_core(path).close()
+    schema.open_core(path).close()
+    agent = schema.Agent.get(schema.Agent.name == "a")
+    assert agent.running_sha is None and agent.status_text is None

@@ -29,14 +29,16 @@ from gevent.event import Event
 
 from hyperhive import jsonline, resources, settings, wire
 from hyperhive.core import containers
+from hyperhive.core.approvals import Approvals
 from hyperhive.core.broker import Broker
+from hyperhive.core.gitrepos import Repos
 from hyperhive.core.events import Hub
 from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
 from hyperhive.core.surfaces import Surfaces
 from hyperhive.schema import checkpoint, open_core
 
 log = logging.getLogger("hive-c0re")
-WATCH_SECONDS = 2.0
+WATCH_SECONDS = 2.0  # also the crash watch: a harness that died is seen within this
 VACUUM_SECONDS = 3600.0
 CHECKPOINT_SECONDS = 1.0
 
@@ -106,14 +108,17 @@ class Core:
         self.broker = Broker(self.hub)
         self.surfaces = Surfaces(self.broker, None, self.hub)
         self.sockets = Sockets(layout, self.surfaces)
-        self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets)
-        self.surfaces.lifecycle = self.lifecycle
+        self.repos = Repos(layout.config_dir)
+        self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos)
+        self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub)
+        self.surfaces.lifecycle, self.surfaces.approvals = self.lifecycle, self.approvals
         self.host = None
         self.loops = []
 
     def start(self):
         self.host = jsonline.Server(self.layout.host_socket, self.surfaces.dispatcher("host", wire.OPERATOR),
                                     mode=0o660, name="host.sock").start()
+        self.approvals.sweep_unfinished()
         self.lifecycle.boot()
         self.loops = [every(WATCH_SECONDS, self.lifecycle.watch_step, self.stopping),
                       every(VACUUM_SECONDS, self.broker.vacuum, self.stopping),
@@ -139,6 +144,7 @@ def main(argv):
     args = docopt(__doc__, argv=argv)
     logging.basicConfig(level=args["--log-level"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every command it starts
     layout = Layout(args["--state-dir"] or settings.default_state_dir(), args["--run-dir"])
     try:
         layout.makedirs()
@@ -148,6 +154,10 @@ def main(argv):
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
         open_core(layout.db_path, background_checkpoint=True)
         core = Core(layout, backend, harness)
+        # Handlers only set the flag, and go in before anything serves: the
+        # host socket answers while boot is still starting agents.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, core.stopping.set)
         core.start()
     except wire.HiveError as e:
         print(f"hive-c0re: {e}", file=sys.stderr)
@@ -155,9 +165,6 @@ def main(argv):
     except OSError as e:
         print(f"hive-c0re: cannot use {layout.state_dir}: {e}", file=sys.stderr)
         return 1
-    # Handlers only set the flag; the main greenlet does the shutting down.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(sig, core.stopping.set)
     core.stopping.wait()
     core.stop()
     os.close(lock)

@@ -6,8 +6,10 @@ watch that notices a harness that died on its own. Container calls go
 through the backend handed in; sockets through the `sockets` seam.
 """
 
+import json
 import logging
 import os
+import re
 import shutil
 import sys
 
@@ -22,6 +24,31 @@ MODEL_FILE = "hyperhive-model"
 DEFAULT_MODEL = "haiku"
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_config(name, config):
+    """hive.json as the non-Nix backends read it: {model, env, extra_mcp, packages_note}."""
+    where = f"{name}'s hive.json"
+    if not isinstance(config, dict):
+        raise wire.HiveError(f"{where} must be a JSON object")
+    model = config.get("model")
+    if model is not None and (not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9._\[\]-]{1,64}", model)):
+        raise wire.HiveError(f"{where}: \"model\" must be a model name like \"sonnet\", got {model!r}")
+    env = config.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and ENV_NAME.fullmatch(k) and isinstance(v, str)
+                                            for k, v in env.items()):
+        raise wire.HiveError(f"{where}: \"env\" must map variable names to strings")
+    if any(k.startswith("HIVE_") or k in ("HOME", "PATH") for k in env):
+        raise wire.HiveError(f"{where}: \"env\" may not set HOME, PATH or HIVE_* (the hive sets those)")
+    extra = config.get("extra_mcp") or {}
+    if not isinstance(extra, dict) or not all(isinstance(e, dict) and isinstance(e.get("command"), str)
+                                              for e in extra.values()) or "hyperhive" in extra:
+        raise wire.HiveError(f"{where}: \"extra_mcp\" must map server names (not \"hyperhive\") to "
+                             "{command, args, env, allowedTools}")
+    return config
+
+
 class Layout:
     """Where everything of a hive lives on the host."""
 
@@ -32,6 +59,7 @@ class Layout:
         self.db_path = os.path.join(self.state_dir, "hive.db")
         self.lock_path = os.path.join(self.state_dir, "hive.lock")
         self.host_socket = os.path.join(self.run_dir, "host.sock")
+        self.config_dir = os.path.join(self.state_dir, "config")
 
     def home(self, name):
         """The agent's host-side directory: its state dir, log, pidfile, markers."""
@@ -66,9 +94,10 @@ class Harness:
 
 
 class Lifecycle:
-    def __init__(self, layout, backend, broker, hub, harness, sockets):
+    def __init__(self, layout, backend, broker, hub, harness, sockets, repos):
         self.layout, self.backend, self.broker, self.hub = layout, backend, broker, hub
         self.harness = harness
+        self.repos = repos  # the git module: each agent's proposed and applied config
         self.sockets = sockets  # open(name, role) / close(name)
         self.transients = {}  # name -> what it is doing now
         self._names = None  # every send asks `known`; the set is kept in memory
@@ -110,15 +139,16 @@ class Lifecycle:
 
     def row(self, agent):
         running = self.running(agent.name)
+        applied = self.repos.deployed_sha(agent.name)
         return {
             "name": agent.name,
             "running": running,
             "failed": agent.desired == "running" and not running and agent.name not in self.transients,
-            "needs_update": False,
+            "needs_update": bool(applied and agent.running_sha and applied != agent.running_sha),
             "needs_login": agent.needs_login,
             "paused": agent.paused,
             "parent": agent.parent,
-            "deployed_sha": None,
+            "deployed_sha": (agent.running_sha or applied or "")[:12] or None,
             "active_model": self.active_model(agent.name),
             "status_text": agent.status_text if running else None,
             "status_set_at": wire.iso(agent.status_set_at) if running else None,
@@ -152,6 +182,9 @@ class Lifecycle:
             gevent.sleep(0)  # a hive of many agents must not stall every socket for the whole pass
             if before and before["running"] and after["failed"]:
                 log.error("%s's harness died on its own; see %s", agent.name, self.layout.log(agent.name))
+                self.broker.send("core", wire.MANAGER,
+                                 f"[helper event] container_crash: {agent.name}'s harness stopped without an "
+                                 "operator action; its journal has the reason. `start` it once that is fixed.")
 
     # -- operations ---------------------------------------------------------------------
 
@@ -162,11 +195,33 @@ class Lifecycle:
                                  "try again once that finishes", "conflict")
         return _Transient(self, name, doing)
 
-    def launch(self, agent):
+    def config(self, name, rev="main"):
+        """The agent's hive.json at a commit of its applied repo ({} when it has none)."""
+        if not self.repos.exists(name):
+            return {}
+        try:
+            text = self.repos.read(name, "hive.json", rev=rev)
+        except wire.HiveError as e:
+            if e.code == "not_found":
+                return {}
+            raise
+        try:
+            config = json.loads(text)
+        except ValueError as e:
+            raise wire.HiveError(f"{name}'s hive.json at {rev[:12]} is not valid JSON: {e}") from None
+        return check_config(name, config)
+
+    def launch(self, agent, config):
         name = agent.name
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")}
         env.update({k: os.environ[k] for k in self.harness.pass_env if k in os.environ})
+        env.update(config.get("env") or {})
         state = self.layout.state(name)
+        extra = os.path.join(self.layout.home(name), "extra-mcp.json")
+        with open(extra + ".tmp", "w") as f:
+            json.dump(config.get("extra_mcp") or {}, f, indent=2)
+        os.replace(extra + ".tmp", extra)
+        configs = self.repos.root if agent.role == "manager" else self.repos.proposed(name)
         env.update({
             "HIVE_NAME": name,
             "HIVE_ROLE": agent.role,
@@ -174,17 +229,31 @@ class Lifecycle:
             "HIVE_STATE_DIR": state,
             "HIVE_PAUSE_FILE": self.layout.pause_marker(name),
             "HIVE_CLAUDE_BIN": self.harness.claude,
+            "HIVE_EXTRA_MCP": extra,
+            "HIVE_CONFIG_DIR": configs,
             "HOME": state,
             "PYTHONUNBUFFERED": "1",
         })
         argv = [self.harness.python, self.harness.entry, agent.role, "serve"]
-        return Launch(name, agent.role, argv, env, state, self.layout.home(name), self.layout.log(name))
+        launch = Launch(name, agent.role, argv, env, state, self.layout.home(name), self.layout.log(name))
+        launch.config_dir = configs
+        return launch
 
-    def _start(self, agent):
-        os.makedirs(self.layout.state(agent.name), exist_ok=True)
-        self.sockets.open(agent.name, agent.role)
-        if not self.running(agent.name):
-            self.backend.start(self.launch(agent))
+    def _start(self, agent, rev="main", apply_model=False):
+        name = agent.name
+        os.makedirs(self.layout.state(name), exist_ok=True)
+        self.sockets.open(name, agent.role)
+        if self.running(name):
+            return
+        config = self.config(name, rev)
+        model_file = os.path.join(self.layout.state(name), MODEL_FILE)
+        if config.get("model") and (apply_model or not os.path.exists(model_file)):
+            with open(model_file + ".tmp", "w") as f:
+                f.write(config["model"] + "\n")
+            os.replace(model_file + ".tmp", model_file)
+        self.backend.start(self.launch(agent, config))
+        sha = self.repos.deployed_sha(name) if rev == "main" else rev
+        Agent.update(running_sha=sha).where(Agent.name == name).execute()
 
     def spawn(self, name, parent=wire.OPERATOR, role="agent"):
         if role == "agent":
@@ -193,6 +262,7 @@ class Lifecycle:
             raise wire.HiveError(f"an agent named {name!r} already exists", "conflict")
         with self._busy(name, "spawning"):
             revived = os.path.isdir(self.layout.home(name))
+            self.repos.init_agent(name)  # idempotent: a reviewed config is kept
             with core_db.atomic():
                 agent = Agent.create(name=name, role=role, parent=parent, desired="running",
                                      paused=os.path.exists(self.layout.pause_marker(name)))
@@ -214,6 +284,14 @@ class Lifecycle:
             self.sockets.open(agent.name, agent.role)
             if self.running(agent.name):
                 log.info("adopted %s's running harness", agent.name)
+                applied = self.repos.deployed_sha(agent.name)
+                if applied and agent.running_sha and applied != agent.running_sha:
+                    log.info("%s runs %s but %s is deployed; rebuilding", agent.name,
+                             agent.running_sha[:12], applied[:12])
+                    try:
+                        self.rebuild(agent.name)
+                    except wire.HiveError as e:
+                        log.error("auto-update of %s failed: %s", agent.name, e)
             elif agent.desired == "running":
                 try:
                     self._start(agent)
@@ -235,12 +313,42 @@ class Lifecycle:
             self.backend.stop(name, self.layout.home(name), graceful=graceful)
             agent.desired = "stopped"
 
-    def restart(self, name, doing="restarting"):
+    def restart(self, name):
         agent = self.get(name)
-        with self._busy(name, doing):
+        with self._busy(name, "restarting"):
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             self._start(agent)
+
+    def rebuild(self, name, sha=None, deploy=None):
+        """Apply a config commit (default: the applied main) and restart on it.
+
+        With `deploy`, the applied repo's main moves only after the new
+        config is running; if it cannot start, the agent is brought back
+        on the config it had and the error is raised.
+        """
+        agent = self.get(name)
+        rev = sha or "main"
+        with self._busy(name, "rebuilding"):
+            build = getattr(self.backend, "build", None)
+            if build is not None:
+                build(name, self.layout.home(name))
+            self.backend.stop(name, self.layout.home(name), graceful=True)
+            Agent.update(desired="running").where(Agent.name == name).execute()
+            try:
+                self._start(agent, rev=rev, apply_model=True)
+            except wire.HiveError as e:
+                log.error("%s did not start on %s: %s; bringing it back on its deployed config", name, rev, e)
+                self._start(agent)
+                raise
+            if deploy is not None:
+                deploy()
+
+    def update_meta(self):
+        meta = getattr(self.backend, "meta", None)
+        if meta is None:
+            raise wire.HiveError(f"the {self.backend.name} backend has no meta flake", "conflict")
+        self.backend.update_meta()
 
     def kill(self, name):
         self.get(name)
@@ -260,9 +368,18 @@ class Lifecycle:
             self._names = None
             if purge:
                 shutil.rmtree(self.layout.home(name), ignore_errors=False)
+                self.repos.purge(name)
             self.broker.hold(name, False)
         self.hub.publish("tombstones_changed", tombstones=self.tombstones())
         log.info("destroyed %s%s", name, " and purged its state" if purge else "; its state is kept")
+
+    def purge_tombstone(self, name):
+        wire.check_name(name)
+        if name not in self.tombstones():
+            raise wire.HiveError(f"there is no tombstone named {name!r}", "not_found")
+        shutil.rmtree(self.layout.home(name))
+        self.repos.purge(name)
+        self.hub.publish("tombstones_changed", tombstones=self.tombstones())
 
     def set_paused(self, name, paused):
         self.get(name)

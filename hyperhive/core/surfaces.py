@@ -12,14 +12,13 @@ from gevent.queue import Empty
 
 from hyperhive import resources, wire
 from hyperhive.core.events import CLOSED
-from hyperhive.schema import Approval
 
 log = logging.getLogger(__name__)
 
 
 class Surfaces:
-    def __init__(self, broker, lifecycle, hub, urls=None):
-        self.broker, self.lifecycle, self.hub = broker, lifecycle, hub
+    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None):
+        self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
         self.urls = urls or {"domain": None, "home": None, "forge": None}
 
     def dispatcher(self, surface, caller):
@@ -78,8 +77,7 @@ class Surfaces:
         return wire.ok(urls=dict(self.urls))
 
     def do_pending(self, caller):
-        rows = Approval.select().where(Approval.status == "pending").order_by(Approval.id)
-        return wire.ok(approvals=[_approval_row(a) for a in rows])
+        return wire.ok(approvals=self.approvals.pending())
 
     def do_subscribe_agent_status(self, caller):
         queue = self.hub.subscribe()
@@ -107,11 +105,13 @@ class Surfaces:
         self.lifecycle.spawn(name, parent=caller)
         return wire.ok()
 
-    def do_start(self, caller, scope):
-        return self._each(scope, self.lifecycle.start)
+    def do_start(self, caller, scope=None, name=None):
+        return self._each(scope or [name], self.lifecycle.start)
 
-    def do_stop(self, caller, scope, graceful):
-        return self._each(scope, lambda name: self.lifecycle.stop(name, graceful=graceful))
+    def do_stop(self, caller, graceful, scope=None, name=None):
+        if caller == wire.MANAGER and name == wire.MANAGER:
+            raise wire.HiveError("the manager cannot stop itself; ask the operator", "forbidden")
+        return self._each(scope or [name], lambda n: self.lifecycle.stop(n, graceful=graceful))
 
     def _each(self, names, action):
         for name in names:
@@ -131,10 +131,12 @@ class Surfaces:
         return wire.ok()
 
     def do_rebuild(self, caller, name):
-        self.lifecycle.restart(name, doing="rebuilding")
+        self.lifecycle.rebuild(name)
         return wire.ok()
 
     def do_kill(self, caller, name):
+        if caller == wire.MANAGER and name == wire.MANAGER:
+            raise wire.HiveError("the manager cannot kill itself; ask the operator", "forbidden")
         self.lifecycle.kill(name)
         return wire.ok()
 
@@ -146,8 +148,31 @@ class Surfaces:
         self.lifecycle.set_paused(name, paused)
         return wire.ok()
 
+    def do_tombstones(self, caller):
+        return wire.ok(tombstones=self.lifecycle.tombstones())
 
-def _approval_row(a):
-    return {"id": a.id, "agent": a.agent, "kind": a.kind, "commit_ref": a.commit_ref,
-            "fetched_sha": a.fetched_sha, "requested_at": wire.iso(a.requested_at), "status": a.status,
-            "resolved_at": wire.iso(a.resolved_at), "note": a.note, "description": a.description}
+    def do_purge_tombstone(self, caller, name):
+        self.lifecycle.purge_tombstone(name)
+        return wire.ok()
+
+    # -- config as code ---------------------------------------------------------------------
+
+    def do_approve(self, caller, id):
+        return wire.ok(approval=self.approvals.approve(id))
+
+    def do_deny(self, caller, id, reason):
+        return wire.ok(approval=self.approvals.deny(id, reason))
+
+    def do_request_spawn(self, caller, name, description):
+        return wire.ok(id=self.approvals.request_spawn(name, description))
+
+    def do_request_init_config(self, caller, name, description):
+        return wire.ok(id=self.approvals.request_init_config(name, description))
+
+    def do_request_apply_commit(self, caller, agent, commit_ref, description):
+        return wire.ok(id=self.approvals.request_apply_commit(agent, commit_ref, description))
+
+    def do_update(self, caller, description):
+        return wire.ok(id=self.approvals.request_update(description))
+
+

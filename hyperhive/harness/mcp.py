@@ -111,6 +111,79 @@ TOOLS = (
 )
 
 
+def _format_id(what):
+    return lambda answer, args: f"{what} (approval {answer.get('id')}); the operator decides. " \
+        "The outcome arrives in your inbox as a [helper event]."
+
+
+def _format_done(verb):
+    return lambda answer, args: f"{verb}: {args['name']} done"
+
+
+def _format_statuses(answer, args):
+    rows = answer.get("agent_statuses") or []
+    if not rows:
+        return "(no agents)"
+    lines = []
+    for r in rows:
+        state = ("paused" if r["paused"] else "running") if r["running"] else ("failed" if r["failed"] else "stopped")
+        extra = [f"model {r['active_model']}" if r.get("active_model") else None,
+                 f"config {r['deployed_sha']}" if r.get("deployed_sha") else None,
+                 "needs update" if r.get("needs_update") else None,
+                 "needs login" if r.get("needs_login") else None,
+                 f"status: {r['status_text']}" if r.get("status_text") else None]
+        lines.append(f"{r['name']}: {state}" + "".join(f", {e}" for e in extra if e))
+    return "\n".join(lines)
+
+
+_AGENT_NAME = {"type": "string", "minLength": 1, "description": "The agent's name."}
+_WHY = {"type": "string", "description": "What this changes and why, for the operator who decides."}
+MANAGER = ("manager",)
+
+TOOLS += (
+    Tool(
+        "request_apply_commit",
+        "Ask the operator to deploy a change to an agent's config. First edit the agent's config repo "
+        "(its directory under $HIVE_CONFIG_DIR/<agent>/proposed: agent.nix, and hive.json with model, env, "
+        "extra_mcp), `git commit` it there, then call this with the commit's sha (7-40 hex chars; never a "
+        "branch or tag name). The operator sees your description and the diff; if approved, the hive rebuilds "
+        "the agent on that commit.",
+        _schema({"agent": _AGENT_NAME,
+                 "commit_ref": {"type": "string", "minLength": 7, "maxLength": 40,
+                                "description": "The commit's sha in the agent's proposed repo."},
+                 "description": _WHY}, required=("agent", "commit_ref", "description")),
+        "request_apply_commit", _format_id("queued"), roles=MANAGER),
+    Tool(
+        "request_init_config",
+        "Step 1 of adding an agent: ask the operator to create its config repos from the template. "
+        "Once approved, edit its config if needed, then request_spawn.",
+        _schema({"name": _AGENT_NAME, "description": _WHY}, required=("name", "description")),
+        "request_init_config", _format_id("queued"), roles=MANAGER),
+    Tool(
+        "request_spawn",
+        "Step 2 of adding an agent: ask the operator to create and start it from its config "
+        "(after request_init_config was approved).",
+        _schema({"name": _AGENT_NAME, "description": _WHY}, required=("name", "description")),
+        "request_spawn", _format_id("queued"), roles=MANAGER),
+    Tool(
+        "update",
+        "Ask the operator to update the pinned inputs of the hive's meta flake (nixos backend only).",
+        _schema({"description": _WHY}, required=("description",)),
+        "update", _format_id("queued"), roles=MANAGER),
+    Tool("agent_status", "Every agent's state: running/paused/stopped/failed, model, deployed config, status text.",
+         _schema(), "agent_status", _format_statuses, roles=MANAGER),
+) + tuple(
+    Tool(verb, text, _schema({"name": _AGENT_NAME}, required=("name",)), verb, _format_done(verb), roles=MANAGER,
+         timeout=lambda args: 180.0)
+    for verb, text in (
+        ("start", "Start a stopped or crashed agent on its deployed config."),
+        ("stop", "Stop an agent after its running turn ends (not yourself); its messages wait for it."),
+        ("restart", "Stop then start an agent on its deployed config, e.g. when it is stuck."),
+        ("rebuild", "Re-apply an agent's deployed config and restart it."),
+        ("kill", "Kill an agent's harness at once, cutting its turn; prefer stop or restart."),
+    ))
+
+
 def tools_for(role):
     """The tools of one role, by name, in table order."""
     return {tool.name: tool for tool in TOOLS if role in tool.roles}

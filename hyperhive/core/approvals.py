@@ -1,0 +1,155 @@
+"""Config as code: the approval queue and what approving or denying does.
+
+Owns the `approval` rows (kinds apply_commit, init_config, spawn,
+update_meta_inputs), the walk of an apply_commit through its tags in the
+applied repo (proposal → approved → building → deployed | failed, or
+denied), and the helper events that tell the manager every outcome. Git goes
+through `repos` (the git module), containers through `lifecycle`.
+"""
+
+import logging
+
+from hyperhive import wire
+from hyperhive.schema import Agent, Approval, core_db, now_ms
+
+log = logging.getLogger(__name__)
+KINDS = ("apply_commit", "init_config", "spawn", "update_meta_inputs")
+QUEUING = "queuing"  # internal: never on the wire, swept at boot
+
+
+def row(a):
+    return {"id": a.id, "agent": a.agent, "kind": a.kind, "commit_ref": a.commit_ref,
+            "fetched_sha": a.fetched_sha, "requested_at": wire.iso(a.requested_at), "status": a.status,
+            "resolved_at": wire.iso(a.resolved_at), "note": a.note, "description": a.description}
+
+
+class Approvals:
+    def __init__(self, repos, lifecycle, broker, hub):
+        self.repos, self.lifecycle, self.broker, self.hub = repos, lifecycle, broker, hub
+
+    # -- queries -----------------------------------------------------------------------
+
+    def pending(self):
+        return [row(a) for a in Approval.select().where(Approval.status == "pending").order_by(Approval.id)]
+
+    def get(self, approval_id):
+        a = Approval.get_or_none((Approval.id == approval_id) & (Approval.status != QUEUING))
+        if a is None:
+            raise wire.HiveError(f"there is no approval {approval_id}", "not_found")
+        return a
+
+    def diff(self, approval_id):
+        return self.get(approval_id).diff
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _queue(self, agent, kind, description, status="pending", **fields):
+        dup = Approval.get_or_none((Approval.agent == agent) & (Approval.kind == kind)
+                                   & (Approval.status == "pending") & (kind != "apply_commit"))
+        if dup is not None:
+            raise wire.HiveError(f"approval {dup.id} already asks for {kind} of {agent!r}", "conflict")
+        with core_db.atomic():
+            a = Approval.create(agent=agent, kind=kind, description=description, status=status, **fields)
+        return a
+
+    def sweep_unfinished(self):
+        """At boot: drop rows a crash left half-queued (their proposal was never pinned)."""
+        removed = Approval.delete().where(Approval.status == QUEUING).execute()
+        if removed:
+            log.warning("dropped %d approval request(s) a crash left half-queued", removed)
+        return removed
+
+    def _added(self, a):
+        self.hub.publish("approval_added", approval=dict(row(a), diff=a.diff))
+        log.info("approval %d queued: %s %s", a.id, a.kind, a.agent)
+        return a.id
+
+    def request_apply_commit(self, agent, commit_ref, description):
+        self.lifecycle.get(agent)
+        ref = self.repos.check_commit_ref(commit_ref)
+        self.repos.resolve(agent, ref)  # refuse an unknown sha before a row exists
+        # The id names the proposal tag, so the row exists first, but stays
+        # out of `pending` until its commit is pinned and its diff is known.
+        a = self._queue(agent, "apply_commit", description, status=QUEUING, commit_ref=ref)
+        try:
+            sha = self.repos.pin_proposal(agent, a.id, ref)
+            diff = self.repos.diff(agent, sha)
+        except wire.HiveError:
+            Approval.delete().where(Approval.id == a.id).execute()
+            raise
+        Approval.update(fetched_sha=sha, diff=diff, status="pending").where(Approval.id == a.id).execute()
+        return self._added(Approval.get_by_id(a.id))
+
+    def request_init_config(self, name, description):
+        wire.check_agent_name(name)
+        if self.repos.exists(name):
+            raise wire.HiveError(f"{name!r} already has config repos; edit them and request_apply_commit", "conflict")
+        return self._added(self._queue(name, "init_config", description))
+
+    def request_spawn(self, name, description):
+        wire.check_agent_name(name)
+        if Agent.get_or_none(Agent.name == name) is not None:
+            raise wire.HiveError(f"an agent named {name!r} already exists", "conflict")
+        if not self.repos.exists(name):
+            raise wire.HiveError(f"{name!r} has no config yet; request_init_config first, then request_spawn",
+                                 "conflict")
+        return self._added(self._queue(name, "spawn", description))
+
+    def request_update(self, description):
+        if not getattr(self.lifecycle.backend, "meta", None):
+            raise wire.HiveError(f"the {self.lifecycle.backend.name} backend has no meta flake to update; "
+                                 "its agents read their config at each start", "conflict")
+        return self._added(self._queue("manager", "update_meta_inputs", description))
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def _pending(self, approval_id):
+        a = self.get(approval_id)
+        if a.status != "pending":
+            raise wire.HiveError(f"approval {a.id} is already {a.status}", "conflict")
+        if a.agent in self.lifecycle.transients:
+            raise wire.HiveError(f"agent {a.agent!r} is busy {self.lifecycle.transients[a.agent]}; "
+                                 "decide once that finishes", "conflict")
+        return a
+
+    def _resolve(self, a, status, note=None):
+        with core_db.atomic():
+            Approval.update(status=status, note=note, resolved_at=now_ms()).where(Approval.id == a.id).execute()
+        a = Approval.get_by_id(a.id)
+        self.hub.publish("approval_resolved", approval=row(a))
+        what = f"approval {a.id} ({a.kind} of {a.agent}"
+        what += f", commit {a.fetched_sha[:12]})" if a.fetched_sha else ")"
+        text = {"approved": f"{what} was approved and applied.",
+                "denied": f"{what} was denied by the operator" + (f": {note}" if note else "."),
+                "failed": f"{what} was approved but failed: {note}"}[status]
+        self.broker.send("core", wire.MANAGER, f"[helper event] {text}")
+        log.info("%s", text)
+        return row(a)
+
+    def approve(self, approval_id):
+        a = self._pending(approval_id)
+        try:
+            if a.kind == "apply_commit":
+                self._apply(a)
+            elif a.kind == "init_config":
+                self.repos.init_agent(a.agent)
+            elif a.kind == "spawn":
+                self.lifecycle.spawn(a.agent, parent=wire.MANAGER)
+            else:
+                self.lifecycle.update_meta()
+        except wire.HiveError as e:
+            if a.kind == "apply_commit":
+                self.repos.tag(a.agent, "failed", a.id, a.fetched_sha, message=str(e))
+            return self._resolve(a, "failed", str(e))
+        return self._resolve(a, "approved")
+
+    def _apply(self, a):
+        self.repos.tag(a.agent, "approved", a.id, a.fetched_sha)
+        self.repos.tag(a.agent, "building", a.id, a.fetched_sha)
+        self.lifecycle.rebuild(a.agent, a.fetched_sha, deploy=lambda: self.repos.deploy(a.agent, a.id, a.fetched_sha))
+
+    def deny(self, approval_id, reason):
+        a = self._pending(approval_id)
+        if a.kind == "apply_commit":
+            self.repos.tag(a.agent, "denied", a.id, a.fetched_sha, message=reason or "denied by the operator")
+        return self._resolve(a, "denied", reason or None)

@@ -1,0 +1,284 @@
+"""Every agent's config repos, and the only module in hyperhive that runs git.
+
+Owns `<root>/<name>/proposed` (the manager commits there) and
+`<root>/<name>/applied` (core only), the tag trail of the approval flow
+(proposal/ → approved/ → building/ → deployed/ | failed/ | denied/, all
+`<kind>/<approval id>`), and the rule that applied `main` only ever
+fast-forwards, and only together with a `deployed/<id>` tag. Every git call goes
+through `sh` with a fixed identity and none of the user's git config; a failed
+call becomes a `wire.HiveError` naming what was attempted and git's own words.
+"""
+
+import os
+import sys
+import re
+import shutil
+
+import sh
+
+from hyperhive import resources, wire
+
+IDENTITY = ("hive-c0re", "hive-c0re@localhost")
+KINDS = ("proposal", "approved", "building", "deployed", "failed", "denied")
+TEMPLATES = ("agent.nix", "hive.json")
+SHA_RE = re.compile(r"[0-9a-fA-F]{7,40}")
+TAG_RE = re.compile(rf"(?:{'|'.join(KINDS)})/[0-9]+")
+# Where proposed's branches land in applied; `+` because the manager may rewrite them.
+FETCH_SPEC = "+refs/heads/*:refs/remotes/proposal-src/*"
+# Command-line config outranks the repo's own .git/config, which in proposed the
+# manager can write: never run its hooks or an fsmonitor command as core.
+SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+
+
+def _env():
+    # Inherited GIT_* (GIT_DIR, GIT_INDEX_FILE from a hook, a user's GIT_AUTHOR_*)
+    # would redirect or re-sign our calls, so start from an environment without them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0",
+               GIT_AUTHOR_NAME=IDENTITY[0], GIT_AUTHOR_EMAIL=IDENTITY[1],
+               GIT_COMMITTER_NAME=IDENTITY[0], GIT_COMMITTER_EMAIL=IDENTITY[1])
+    return env
+
+
+def _tail(stderr, lines=3):
+    """git's reason in a line: its last fatal:/error: lines, else the last lines (hints bury the cause)."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else str(stderr or "")
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    key = [line for line in kept if line.startswith(("fatal:", "error:"))]
+    return " / ".join((key or kept)[-lines:]) or "git gave no reason"
+
+
+def _git(repo, *args, doing, code="internal", **opts):
+    """Run `git -C repo args`; returns stdout text (or the command with `_return_cmd`)."""
+    try:
+        git = sh.Command("git")
+    except sh.CommandNotFound:
+        raise wire.HiveError(f"could not {doing}: git is not installed (not on PATH)", "unavailable") from None
+
+    def run():
+        # sh gives commands a TTY by default: git would start a pager and colour its output.
+        return git("-C", repo, *SAFE_CONFIG, *args, _env=_env(), _tty_out=False,
+                   _decode_errors="replace", **opts)
+
+    try:
+        return off_the_hub(run)
+    except sh.ErrorReturnCode as e:
+        raise wire.HiveError(f"could not {doing}: {_tail(e.stderr)}", code) from None
+
+
+def off_the_hub(fn):
+    """Run fn in gevent's thread pool when called from the hub's thread, so the
+    sockets keep serving while git works; directly anywhere else."""
+    import threading
+
+    gevent = sys.modules.get("gevent")
+    if gevent is None or threading.current_thread() is not threading.main_thread():
+        return fn()
+    return gevent.get_hub().threadpool.apply(fn)
+
+
+def _verify(repo, rev, doing):
+    """The full sha `rev` names in repo, or None (`--verify -q` exits 1 for 'no such object')."""
+    out = _git(repo, "rev-parse", "--verify", "-q", "--end-of-options", rev, doing=doing, _ok_code=[0, 1])
+    return out.strip() or None
+
+
+def _is_repo(path):
+    return os.path.isdir(os.path.join(path, ".git"))
+
+
+def _tag_name(kind, approval_id):
+    if kind not in KINDS:
+        raise wire.HiveError(f"tag kind {kind!r} is not one of {', '.join(KINDS)}")
+    if isinstance(approval_id, bool) or not (
+            (isinstance(approval_id, int) and approval_id >= 0)
+            or (isinstance(approval_id, str) and re.fullmatch(r"[0-9]+", approval_id))):
+        raise wire.HiveError(f"approval id {approval_id!r} must be a whole number of 0 or more")
+    return f"{kind}/{int(approval_id)}"
+
+
+class Repos:
+    """The config repos of every agent under one root directory."""
+
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+
+    def proposed(self, name):
+        return os.path.join(self.root, wire.check_name(name), "proposed")
+
+    def applied(self, name):
+        return os.path.join(self.root, wire.check_name(name), "applied")
+
+    def exists(self, name):
+        return _is_repo(self.proposed(name)) and _is_repo(self.applied(name))
+
+    def _need(self, name, which="applied"):
+        path = self.proposed(name) if which == "proposed" else self.applied(name)
+        if not _is_repo(path):
+            raise wire.HiveError(f"agent {name!r} has no {which} config repo; was its config initialised?",
+                                 "not_found")
+        return path
+
+    def _commit_in(self, name, repo, ref, which="applied"):
+        """check_commit_ref, then the full sha of that commit in repo, or not_found."""
+        sha = _verify(repo, f"{self.check_commit_ref(ref)}^{{commit}}", f"look up {ref} in {name}'s {which} repo")
+        if not sha:
+            raise wire.HiveError(f"{ref} is not a commit in {name}'s {which} config repo (unknown, ambiguous "
+                                 "or not a commit)", "not_found")
+        return sha
+
+    # -- setting up --------------------------------------------------------------
+
+    def init_agent(self, name, files=None):
+        """Create both repos if missing (existing ones are left alone); returns applied main's sha."""
+        proposed, applied = self.proposed(name), self.applied(name)
+        if files is None:
+            files = {f: resources.text(f"hyperhive/templates/{f}").replace("{name}", name) for f in TEMPLATES}
+        if not _is_repo(proposed):
+            self._build(name, proposed, lambda tmp: self._seed_proposed(name, tmp, files))
+        if not _is_repo(applied):
+            self._build(name, applied, lambda tmp: self._seed_applied(name, tmp, proposed))
+        return self.deployed_sha(name)
+
+    @staticmethod
+    def _build(name, path, fill):
+        # Built aside and renamed into place, so a crash never leaves a half-made repo
+        # that a later init would mistake for a finished one.
+        if os.path.exists(path):
+            raise wire.HiveError(f"{path} exists but is not a git repo; move it away and try again", "conflict")
+        tmp = path + ".new"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        try:
+            fill(tmp)
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _seed_proposed(name, repo, files):
+        _git(repo, "init", "-q", "-b", "main", doing=f"create {name}'s proposed config repo")
+        for rel, text in files.items():
+            parts = os.path.normpath(rel).split(os.sep)
+            if os.path.isabs(rel) or ".." in parts:
+                raise wire.HiveError(f"config file path {rel!r} must stay inside the repo")
+            target = os.path.join(repo, *parts)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w") as f:
+                f.write(text)
+        _git(repo, "add", "-A", doing=f"stage {name}'s initial config")
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"initial config for {name}",
+             doing=f"commit {name}'s initial config")
+
+    @staticmethod
+    def _seed_applied(name, repo, proposed):
+        _git(repo, "init", "-q", "-b", "main", doing=f"create {name}'s applied config repo")
+        _git(repo, "fetch", "-q", "--no-tags", proposed, FETCH_SPEC, doing=f"fetch {name}'s proposed config")
+        sha = _verify(repo, "refs/remotes/proposal-src/main^{commit}", f"find {name}'s proposed main")
+        if not sha:
+            raise wire.HiveError(f"{name}'s proposed config repo has no main branch to start from", "not_found")
+        _git(repo, "tag", "deployed/0", sha, doing=f"tag {name}'s initial config deployed/0")
+        _git(repo, "merge", "-q", "--ff-only", sha, doing=f"check out {name}'s initial config")
+
+    def purge(self, name):
+        """Remove both repos (and anything else of this agent under the root)."""
+        shutil.rmtree(os.path.join(self.root, wire.check_name(name)), ignore_errors=True)
+
+    # -- proposals ---------------------------------------------------------------
+
+    @staticmethod
+    def check_commit_ref(ref):
+        """A commit sha as given by the manager: 7-40 hex characters, returned lowercased."""
+        if not isinstance(ref, str) or not SHA_RE.fullmatch(ref):
+            shown = repr(ref) if not isinstance(ref, str) or len(ref) <= 50 else repr(ref[:50] + "…")
+            raise wire.HiveError(f"commit_ref {shown} must be a commit sha (7 to 40 hex characters, as "
+                                 "`git rev-parse HEAD` prints), never a branch or tag name")
+        return ref.lower()
+
+    def resolve(self, name, ref):
+        """The full sha of the commit `ref` names in the proposed repo."""
+        return self._commit_in(name, self._need(name, "proposed"), ref, "proposed")
+
+    def pin_proposal(self, name, approval_id, ref):
+        """Copy the manager's commit into applied and pin it as proposal/<id>; returns its sha."""
+        sha = self.resolve(name, ref)
+        applied = self._need(name)
+        # A bare sha is no refspec (fetch wants a remote ref name), so bring over every
+        # branch; --no-tags, or tags the manager made would arrive in applied as if ours.
+        _git(applied, "fetch", "-q", "--no-tags", self.proposed(name), FETCH_SPEC,
+             doing=f"fetch {name}'s proposed config into the applied repo")
+        if not _verify(applied, f"{sha}^{{commit}}", f"look up {sha[:12]} in {name}'s applied repo"):
+            raise wire.HiveError(f"commit {sha[:12]} is on no branch of {name}'s proposed repo; commit it on "
+                                 "a branch (e.g. main) and ask again", "not_found")
+        self.tag(name, "proposal", approval_id, sha)
+        return sha
+
+    def diff(self, name, sha):
+        """Unified diff from what is deployed (applied main) to sha."""
+        applied = self._need(name)
+        sha = self._commit_in(name, applied, sha)
+        return _git(applied, "diff", "--no-color", "--no-ext-diff", "--no-textconv", "refs/heads/main", sha, "--",
+                    doing=f"diff {name}'s deployed config against {sha[:12]}")
+
+    # -- the tag trail -------------------------------------------------------------
+
+    def tag(self, name, kind, approval_id, sha, message=None):
+        """Tag <kind>/<id> at sha in applied, annotated with message when given."""
+        applied = self._need(name)
+        ref = _tag_name(kind, approval_id)
+        sha = self._commit_in(name, applied, sha)
+        existing = _verify(applied, f"refs/tags/{ref}^{{commit}}", f"look up tag {ref} of {name}")
+        if existing == sha:
+            return  # already there: a retry after a crash between tagging and recording it
+        if existing:
+            raise wire.HiveError(f"{name}'s tag {ref} already marks {existing[:12]}, not {sha[:12]}", "conflict")
+        # verbatim: an error's lines starting with '#' would otherwise be stripped as comments
+        note = ("-a", "--cleanup=verbatim", "-m", str(message)) if message is not None else ()
+        _git(applied, "tag", *note, ref, sha, doing=f"tag {name}'s config {ref}")
+
+    def tags(self, name):
+        out = _git(self._need(name), "tag", "-l", doing=f"list {name}'s config tags")
+        return sorted(out.split())
+
+    def tag_message(self, name, tag):
+        """The annotation of an applied tag ('' for a plain one)."""
+        applied = self._need(name)
+        if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
+            raise wire.HiveError(f"{tag!r} is not a config tag name like deployed/3")
+        out = _git(applied, "for-each-ref", "--format=%(objecttype)%00%(contents)", f"refs/tags/{tag}",
+                   doing=f"read {name}'s tag {tag}")
+        if not out:
+            raise wire.HiveError(f"{name} has no config tag {tag}", "not_found")
+        kind, _, text = out.partition("\0")
+        return text.rstrip("\n") if kind == "tag" else ""
+
+    def deploy(self, name, approval_id, sha):
+        """Tag deployed/<id> and fast-forward applied main to sha: the one way main moves."""
+        applied = self._need(name)
+        sha = self._commit_in(name, applied, sha)
+        ancestor = _git(applied, "merge-base", "--is-ancestor", "refs/heads/main", sha, _ok_code=[0, 1],
+                        _return_cmd=True, doing=f"compare {sha[:12]} with {name}'s deployed config")
+        if ancestor.exit_code != 0:
+            raise wire.HiveError(f"{sha[:12]} does not build on {name}'s deployed config "
+                                 f"({self.deployed_sha(name)[:12]}); refusing a non-fast-forward deploy",
+                                 "conflict")
+        self.tag(name, "deployed", approval_id, sha)
+        _git(applied, "merge", "-q", "--ff-only", sha, doing=f"fast-forward {name}'s applied main to {sha[:12]}")
+
+    def deployed_sha(self, name):
+        applied = self.applied(name)
+        if not _is_repo(applied):
+            return None
+        return _verify(applied, "refs/heads/main", f"read {name}'s deployed config")
+
+    def read(self, name, path, rev="main", repo="applied"):
+        """A file's text at rev in the applied (or proposed) repo."""
+        if repo not in ("applied", "proposed"):
+            raise wire.HiveError(f"repo must be 'applied' or 'proposed', got {repo!r}")
+        where = self._need(name, repo)
+        if not isinstance(rev, str) or not rev or rev.startswith("-") or not isinstance(path, str) or not path:
+            raise wire.HiveError(f"cannot read {path!r} at {rev!r}: give a file path and a revision")
+        # cat-file, not show: a directory must be 'not found', not a tree listing
+        return _git(where, "cat-file", "blob", f"{rev}:{path}", code="not_found",
+                    doing=f"read {path} at {rev} in {name}'s {repo} config repo")

@@ -1,0 +1,19 @@
+# NixOS module for hyperhive agent "{name}".
+# The manager edits this file in the agent's proposed repo and asks for the
+# commit to be applied; nothing changes until the operator approves it.
+{ pkgs, ... }:
+{
+  hyperhive.model = "haiku";
+
+  # Packages on the agent's PATH.
+  environment.systemPackages = with pkgs; [ ];
+
+  # Extra MCP servers for claude. allowedTools patterns are granted as
+  # mcp__<key>__<pattern>; leave the list empty to grant the whole server.
+  # hyperhive.extraMcpServers.notes = {
+  #   command = "${pkgs.nodejs}/bin/npx";
+  #   args = [ "-y" "some-notes-mcp-server" ];
+  #   env = { NOTES_DIR = "/state/notes"; };
+  #   allowedTools = [ "read_*" "search" ];
+  # };
+}
