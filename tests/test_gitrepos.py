@@ -240,3 +240,12 @@ def test_bad_names_are_refused(tmp_path, name):
     refused("bad_argument", repos.read, name, "agent.nix")
     refused("bad_argument", repos.pin_proposal, name, 1, "abcdef0")
     assert not os.path.exists(tmp_path / "repos") and not os.path.exists(tmp_path / "x")
+
+
+def test_deployed_sha_is_read_without_git_even_when_refs_are_packed(tmp_path, monkeypatch):
+    repos = Repos(str(tmp_path / "config"))
+    sha = repos.init_agent("packed")
+    subprocess.run(["git", "-C", repos.applied("packed"), "pack-refs", "--all"], check=True)
+    assert not os.path.exists(os.path.join(repos.applied("packed"), ".git", "refs", "heads", "main"))
+    monkeypatch.setenv("PATH", "/nonexistent")  # no git to fork
+    assert repos.deployed_sha("packed") == sha

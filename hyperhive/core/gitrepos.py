@@ -267,9 +267,25 @@ class Repos:
         _git(applied, "merge", "-q", "--ff-only", sha, doing=f"fast-forward {name}'s applied main to {sha[:12]}")
 
     def deployed_sha(self, name):
+        """applied main's sha. Every status row asks, so the ref is read from
+        the repo's files (loose ref, then packed-refs) instead of forking git."""
         applied = self.applied(name)
         if not _is_repo(applied):
             return None
+        git_dir = os.path.join(applied, ".git")
+        try:
+            with open(os.path.join(git_dir, "refs", "heads", "main")) as f:
+                return f.read().strip() or None
+        except FileNotFoundError:
+            pass
+        try:
+            with open(os.path.join(git_dir, "packed-refs")) as f:
+                for line in f:
+                    sha, _, ref = line.strip().partition(" ")
+                    if ref == "refs/heads/main":
+                        return sha
+        except FileNotFoundError:
+            pass
         return _verify(applied, "refs/heads/main", f"read {name}'s deployed config")
 
     def read(self, name, path, rev="main", repo="applied"):
