@@ -235,7 +235,7 @@ class Core:
         self.proc = None
 
     def socket(self, name):
-        return os.path.join(self.state, "run", "agents", f"{name}.sock")
+        return os.path.join(self.state, "run", "agents", name, "agent.sock")
 
     def __enter__(self):
         with open(self.log, "ab") as log:

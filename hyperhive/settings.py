@@ -26,7 +26,7 @@ SERVE_OPTIONS = (
     ("--state-dir DIR", "env HIVE_STATE_DIR; as root /var/lib/hyperhive, else ~/.local/state/hyperhive",
      "where the hive keeps its database, agents and config repos"),
     ("--run-dir DIR", "<state-dir>/run", "where the sockets live"),
-    ("--backend NAME", "auto", "agent containers: auto, process"),
+    ("--backend NAME", "auto", "agent containers: auto, nixos, bwrap, process"),
     ("--claude PATH", "env HIVE_CLAUDE_BIN, else claude", "the claude binary the harnesses run"),
     ("--pass-env NAME", None, "forward this environment variable to every harness (repeatable)"),
     ("--log-level LEVEL", "info", "debug, info, warning or error"),

@@ -73,8 +73,8 @@ class Hive:
 
     def sock(self, name):
         if name == "manager":
-            return os.path.join(self.run_dir, "manager.sock")
-        return os.path.join(self.run_dir, "agents", f"{name}.sock")
+            return os.path.join(self.run_dir, "manager", "manager.sock")
+        return os.path.join(self.run_dir, "agents", name, "agent.sock")
 
     def agent_call(self, who, verb, /, timeout=60, **args):
         return jsonline.call(self.sock(who), verb, timeout=timeout, **args)

@@ -24,11 +24,11 @@ def git(repo, *args):
 
 
 def proposed(hive, name):
-    return os.path.join(hive.state_dir, "config", name, "proposed")
+    return os.path.join(hive.state_dir, "config", "proposed", name)
 
 
 def applied(hive, name):
-    return os.path.join(hive.state_dir, "config", name, "applied")
+    return os.path.join(hive.state_dir, "config", "applied", name)
 
 
 def commit_config(hive, name, change, message="change config"):

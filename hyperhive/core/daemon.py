@@ -10,7 +10,7 @@ Options:
                       (env HIVE_STATE_DIR; as root /var/lib/hyperhive, else
                       ~/.local/state/hyperhive)
   --run-dir DIR       where the sockets live (default: <state-dir>/run)
-  --backend NAME      agent containers: auto, process [default: auto]
+  --backend NAME      agent containers: auto, nixos, bwrap, process [default: auto]
   --claude PATH       the claude binary the harnesses run (env HIVE_CLAUDE_BIN, else claude)
   --pass-env NAME     forward this environment variable to every harness (repeatable)
   --log-level LEVEL   debug, info, warning or error [default: info]
@@ -54,6 +54,7 @@ class Sockets:
         if name in self.servers:
             return
         surface = "manager" if role == "manager" else "agent"
+        os.makedirs(os.path.dirname(self.layout.socket(name)), mode=0o750, exist_ok=True)
         server = jsonline.Server(self.layout.socket(name), self.surfaces.dispatcher(surface, name),
                                  mode=0o660, name=f"{name}.sock")
         self.servers[name] = server.start()

@@ -102,12 +102,14 @@ class Repos:
 
     def __init__(self, root):
         self.root = os.path.abspath(root)
+        # Separate roots: the manager gets all of proposed/ and none of applied/.
+        self.proposed_root = os.path.join(self.root, "proposed")
 
     def proposed(self, name):
-        return os.path.join(self.root, wire.check_name(name), "proposed")
+        return os.path.join(self.proposed_root, wire.check_name(name))
 
     def applied(self, name):
-        return os.path.join(self.root, wire.check_name(name), "applied")
+        return os.path.join(self.root, "applied", wire.check_name(name))
 
     def exists(self, name):
         return _is_repo(self.proposed(name)) and _is_repo(self.applied(name))
@@ -182,8 +184,9 @@ class Repos:
         _git(repo, "merge", "-q", "--ff-only", sha, doing=f"check out {name}'s initial config")
 
     def purge(self, name):
-        """Remove both repos (and anything else of this agent under the root)."""
-        shutil.rmtree(os.path.join(self.root, wire.check_name(name)), ignore_errors=True)
+        """Remove both repos."""
+        shutil.rmtree(self.proposed(name), ignore_errors=True)
+        shutil.rmtree(self.applied(name), ignore_errors=True)
 
     # -- proposals ---------------------------------------------------------------
 

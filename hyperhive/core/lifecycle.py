@@ -70,9 +70,12 @@ class Layout:
         return os.path.join(self.home(name), "state")
 
     def socket(self, name):
+        # A directory of its own per socket: a sandbox binds the directory, so
+        # the socket a restarted core binds anew shows up inside (a bound file
+        # would pin the dead socket's inode).
         if name == wire.MANAGER:
-            return os.path.join(self.run_dir, "manager.sock")
-        return os.path.join(self.run_dir, "agents", f"{wire.check_name(name)}.sock")
+            return os.path.join(self.run_dir, "manager", "manager.sock")
+        return os.path.join(self.run_dir, "agents", wire.check_name(name), "agent.sock")
 
     def log(self, name):
         return os.path.join(self.home(name), "harness.log")
@@ -221,7 +224,7 @@ class Lifecycle:
         with open(extra + ".tmp", "w") as f:
             json.dump(config.get("extra_mcp") or {}, f, indent=2)
         os.replace(extra + ".tmp", extra)
-        configs = self.repos.root if agent.role == "manager" else self.repos.proposed(name)
+        configs = self.repos.proposed_root if agent.role == "manager" else self.repos.proposed(name)
         env.update({
             "HIVE_NAME": name,
             "HIVE_ROLE": agent.role,
@@ -237,6 +240,7 @@ class Lifecycle:
         argv = [self.harness.python, self.harness.entry, agent.role, "serve"]
         launch = Launch(name, agent.role, argv, env, state, self.layout.home(name), self.layout.log(name))
         launch.config_dir = configs
+        launch.hidden_dirs = [self.layout.state_dir, self.layout.run_dir]
         return launch
 
     def _start(self, agent, rev="main", apply_model=False):
@@ -363,6 +367,7 @@ class Lifecycle:
         with self._busy(name, "being destroyed"):
             self.backend.kill(name, self.layout.home(name))
             self.sockets.close(name)
+            shutil.rmtree(os.path.dirname(self.layout.socket(name)), ignore_errors=True)
             with core_db.atomic():
                 Agent.delete().where(Agent.name == name).execute()
             self._names = None

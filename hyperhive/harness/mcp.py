@@ -144,7 +144,7 @@ TOOLS += (
     Tool(
         "request_apply_commit",
         "Ask the operator to deploy a change to an agent's config. First edit the agent's config repo "
-        "(its directory under $HIVE_CONFIG_DIR/<agent>/proposed: agent.nix, and hive.json with model, env, "
+        "(the git repo $HIVE_CONFIG_DIR/<agent>: agent.nix, and hive.json with model, env, "
         "extra_mcp), `git commit` it there, then call this with the commit's sha (7-40 hex chars; never a "
         "branch or tag name). The operator sees your description and the diff; if approved, the hive rebuilds "
         "the agent on that commit.",

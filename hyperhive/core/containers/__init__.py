@@ -6,8 +6,13 @@ backend lives in its own module here; nothing else in hyperhive runs a
 container command.
 """
 
+import logging
+
 from hyperhive import wire
+from hyperhive.core.containers.bwrap import BwrapBackend
 from hyperhive.core.containers.process import ProcessBackend
+
+log = logging.getLogger(__name__)
 
 
 class Launch:
@@ -18,13 +23,21 @@ class Launch:
         self.state_dir, self.home_dir, self.log_path = state_dir, home_dir, log_path
 
 
-BACKENDS = {"process": ProcessBackend}
+BACKENDS = {"bwrap": BwrapBackend, "process": ProcessBackend}
 
 
 def pick(requested):
     """The backend for `--backend` (auto: the best one this host can run)."""
     if requested in ("auto", None):
+        ok, why = BwrapBackend.works()
+        if ok:
+            return BwrapBackend()
+        log.warning("agents run unsandboxed on the process backend: %s", why)
         return ProcessBackend()
     if requested not in BACKENDS:
         raise wire.HiveError(f"unknown backend {requested!r}; this build has: auto, {', '.join(BACKENDS)}")
+    if requested == "bwrap":
+        ok, why = BwrapBackend.works()
+        if not ok:
+            raise wire.HiveError(f"--backend bwrap cannot run here: {why}", "unavailable")
     return BACKENDS[requested]()

@@ -1,0 +1,589 @@
+"""The bwrap backend: harnesses in a bubblewrap sandbox, proven from inside the sandbox.
+
+A real core daemon runs with the bwrap backend (registered by a test-only
+start script, so these tests do not depend on `containers.BACKENDS` listing
+it). Agents named probe* run a small Python probe instead of the harness: it
+tries what an agent must and must not be able to do, writes what happened to
+its own state dir, then keeps reporting whether its pause marker exists and
+whether its socket answers, until SIGTERM. Other agents run the real harness
+with the fake claude.
+
+Skipped, with the reason, where bwrap cannot make a sandbox; HIVE_REQUIRE_BWRAP=1
+turns that into a failure (CI on a host that must have it).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FAKE_CLAUDE, PYTHON, ROOT, Hive, kill_harnesses, wait_until
+from hyperhive import wire
+from hyperhive.core.containers import Launch
+from hyperhive.core.containers.bwrap import (INIT, NAMESPACES, BwrapBackend, descendants, inside,
+                                             sandbox_argv)
+from hyperhive.core.lifecycle import Layout
+
+WORKS, WHY = BwrapBackend.works()
+
+# The core, with the bwrap backend registered and probe* agents running PROBE.
+DAEMON = r"""
+import importlib.util, os, sys
+sys.path.insert(0, %(root)r)
+# gevent patched as hyperhive.py patches the core
+spec = importlib.util.spec_from_file_location("hyperhive_entry", os.path.join(%(root)r, "hyperhive.py"))
+entry = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(entry)
+profile = entry.resolve("hyperhive.py", ["serve"])[1]
+from gevent import monkey
+monkey.patch_all(**(getattr(entry, "PATCHES", {}).get(profile, {}) if isinstance(profile, str) else {}))
+from hyperhive.core import containers, lifecycle
+from hyperhive.core.containers.bwrap import BwrapBackend
+containers.BACKENDS["bwrap"] = BwrapBackend
+probes = os.environ.get("HIVE_TEST_PROBES", "").split(",")
+_launch = lifecycle.Lifecycle.launch
+def launch(self, agent, *args, **kwargs):
+    l = _launch(self, agent, *args, **kwargs)
+    if agent.name.startswith("probe") or agent.name in probes:
+        l.argv = [l.argv[0], "-c", os.environ["HIVE_TEST_PROBE"]]
+    return l
+lifecycle.Lifecycle.launch = launch
+from hyperhive.core import daemon
+sys.exit(daemon.main(sys.argv[1:]))
+""" % {"root": ROOT}
+
+# Runs inside the sandbox as an agent's "harness". Paths follow the core's Layout.
+PROBE = r"""
+import json, os, signal, socket, subprocess, sys, time
+state = os.environ["HIVE_STATE_DIR"]
+me = os.environ["HIVE_NAME"]
+root = os.path.dirname(os.path.dirname(os.path.dirname(state)))
+run = os.path.join(root, "run")
+config = os.environ.get("HIVE_CONFIG_DIR", "")
+
+def put(name, value):
+    tmp = os.path.join(state, name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, os.path.join(state, name))
+
+def attempt(fn):
+    try:
+        return {"ok": True, "value": fn()}
+    except Exception as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read().decode(errors="replace")[:100]
+
+def write(path):
+    with open(path, "w") as f:
+        f.write("x")
+    return "written"
+
+def connect(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+    finally:
+        s.close()
+    return "connected"
+
+def whoami():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    try:
+        s.connect(os.environ["HIVE_SOCKET"])
+        s.sendall(b'{"cmd":"whoami"}\n')
+        return json.loads(s.makefile("rb").readline())
+    finally:
+        s.close()
+
+def same_core_pattern():
+    path = "/proc/sys/kernel/core_pattern"
+    value = read(path)
+    with open(path, "w") as f:
+        f.write(value)  # the value it already has: harmless should the write ever go through
+    return "written"
+
+def beside_the_interpreter():
+    path = os.path.join(os.path.dirname(sys.executable), ".bwrap-probe-leak")
+    try:
+        return write(path)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+caps = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+results = {
+    "pid": os.getpid(), "uid": os.getuid(), "cap_eff": caps, "hostname": socket.gethostname(),
+    "other_secret": attempt(lambda: read(os.path.join(root, "agents", "other", "state", "secret.txt"))),
+    "hive_db": attempt(lambda: read(os.path.join(root, "hive.db"))),
+    "state_root": attempt(lambda: sorted(os.listdir(root))),
+    "agents": attempt(lambda: sorted(os.listdir(os.path.join(root, "agents")))),
+    "run": attempt(lambda: sorted(os.listdir(run))),
+    "run_agents": attempt(lambda: sorted(os.listdir(os.path.join(run, "agents")))),
+    "host_sock": attempt(lambda: connect(os.path.join(run, "host.sock"))),
+    "manager_sock": attempt(lambda: connect(os.path.join(run, "manager", "manager.sock"))),
+    "b_sock": attempt(lambda: connect(os.path.join(run, "agents", "b", "agent.sock"))),
+    "config_env": config,
+    "config_read": attempt(lambda: sorted(os.listdir(f"/agents/{me}/config"))),
+    "config_env_read": attempt(lambda: sorted(os.listdir(config))),
+    "config_write": attempt(lambda: write(f"/agents/{me}/config/new.txt")),
+    "config_env_write": attempt(lambda: write(os.path.join(config, "new.txt"))),
+    "own_applied": attempt(lambda: sorted(os.listdir(os.path.join(root, "config", "applied", me)))),
+    "b_config": attempt(lambda: sorted(os.listdir(os.path.join(root, "config", "proposed", "b")))),
+    "state_write": attempt(lambda: write(os.path.join(state, "written.txt"))),
+    "tmp_write": attempt(lambda: write("/tmp/written.txt")),
+    "root_write": attempt(lambda: write("/written.txt")),
+    "host_write": attempt(beside_the_interpreter),
+    "core_pattern": attempt(same_core_pattern),
+    "whoami": attempt(whoami),
+}
+if os.environ.get("HIVE_ROLE") == "manager":  # its config dir is every agent's proposed repo
+    applied_root = os.path.join(os.path.dirname(config), "applied")
+    results["repos"] = {name: {"proposed": attempt(lambda: write(os.path.join(config, name, ".probe"))),
+                               "applied": attempt(lambda: write(os.path.join(applied_root, name, ".probe")))}
+                        for name in sorted(os.listdir(config)) if os.path.isdir(os.path.join(config, name))}
+children = [subprocess.Popen(["sleep", "600"]),
+            subprocess.Popen(["sleep", "601"], start_new_session=True)]  # left the session
+results["children"] = [c.pid for c in children]
+
+def on_term(*_):
+    put("got-sigterm", {"at": time.time()})
+    os._exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+put("probe.json", results)
+n = 0
+while True:
+    n += 1
+    answer = attempt(whoami)
+    put("status.json", {"n": n, "paused": os.path.exists(os.environ["HIVE_PAUSE_FILE"]),
+                        "whoami": answer["ok"] and answer["value"].get("ok") is True})
+    time.sleep(0.1)
+"""
+
+
+@pytest.fixture
+def bwrap():
+    if not WORKS:
+        if os.environ.get("HIVE_REQUIRE_BWRAP") == "1":
+            pytest.fail(f"HIVE_REQUIRE_BWRAP=1, but {WHY}")
+        pytest.skip(WHY)
+
+
+class BwrapHive(Hive):
+    """A real core on the bwrap backend; probe* agents run PROBE."""
+
+    def __init__(self, state_dir, probes=(), claude=FAKE_CLAUDE, env=None):
+        env = dict({"ANTHROPIC_API_KEY": "test-key"}, **(env or {}))
+        passed = [arg for name in env for arg in ("--pass-env", name)]
+        env.update(HIVE_TEST_PROBE=PROBE, HIVE_TEST_PROBES=",".join(probes))
+        super().__init__(state_dir, claude=claude, env=env, extra_args=passed)
+
+    def start(self, wait=True):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([PYTHON, "-c", DAEMON, "serve", "--state-dir", self.state_dir,
+                                      "--backend", "bwrap", "--claude", self.claude, *self.extra_args],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        if wait:
+            wait_until(self._ready, 30, f"the core to answer on {self.host_sock} (log: {self.log_path})")
+        return self
+
+    def state_file(self, name, file):
+        try:
+            with open(os.path.join(self.home(name), "state", file)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def harness_log(self, name):
+        try:
+            with open(os.path.join(self.home(name), "harness.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait(self, name, predicate, timeout, what):
+        """wait_until, and on a timeout show the agent's harness.log as it is then."""
+        try:
+            return wait_until(predicate, timeout, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{name}'s harness.log:\n{self.harness_log(name)[-4000:]}") from None
+
+    def probe(self, name="probe"):
+        """Spawn a probe agent and return what it found."""
+        self.call("spawn", name=name)
+        return self.wait(name, lambda: self.state_file(name, "probe.json"), 30, f"{name}'s report")
+
+
+def other_secret(tmp_path):
+    secret = tmp_path / "state" / "agents" / "other" / "state" / "secret.txt"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("other's secret\n")
+
+
+@pytest.fixture
+def bhive(bwrap, tmp_path):
+    other_secret(tmp_path)
+    h = BwrapHive(tmp_path / "state")
+    try:
+        yield h.start()
+    finally:
+        shut_down(h)
+
+
+def shut_down(hive):
+    """Stop the core (kill it if it will not stop) and every sandbox it left."""
+    try:
+        hive.stop()
+    except subprocess.TimeoutExpired:
+        hive.kill9()
+        raise
+    finally:
+        kill_harnesses(hive.state_dir)
+
+
+def alive(pid):
+    """Whether pid is a live (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def sandbox_procs(hive, name):
+    """Host pids of the sandbox's outer bwrap and of everything below it."""
+    pid = hive.harness_pid(name)
+    return [pid, *descendants(pid)]
+
+
+# -- the command line (no bwrap needed) -------------------------------------------------
+
+def example_launch(tmp_path, name="a", run_dir=None, config=True):
+    layout = Layout(str(tmp_path / "state"), run_dir)
+    env = {"PATH": os.environ.get("PATH", ""), "HIVE_NAME": name, "HIVE_SOCKET": layout.socket(name),
+           "HIVE_STATE_DIR": layout.state(name), "HIVE_PAUSE_FILE": layout.pause_marker(name),
+           "HOME": layout.state(name)}
+    launch = Launch(name, "agent", [PYTHON, os.path.join(ROOT, "hyperhive.py"), "agent", "serve"], env,
+                    layout.state(name), layout.home(name), layout.log(name))
+    if config:  # as the core's Repos lay them out: <state>/config/proposed/<name>
+        launch.config_dir = os.path.join(layout.state_dir, "config", "proposed", name)
+    return layout, launch
+
+
+def test_argv_masks_the_hive_before_binding_the_agents_own_parts(tmp_path):
+    layout, launch = example_launch(tmp_path)
+    argv = sandbox_argv(launch, "/usr/bin/bwrap")
+    pairs = {(a, b, c) for a, b, c in zip(argv, argv[1:], argv[2:])}
+
+    def at(*words):
+        for i in range(len(argv)):
+            if tuple(argv[i:i + len(words)]) == words:
+                return i
+        raise AssertionError(f"{words} not in {argv}")
+
+    assert argv[0] == "/usr/bin/bwrap" and argv[-4:] == launch.argv
+    assert argv[-10:-4] == ["--", sys.executable, "-I", "-S", "-c", INIT]  # INIT runs the harness as pid 2
+    for flag in NAMESPACES:
+        assert flag in argv
+    assert at("--cap-drop", "ALL") < argv.index("--")
+    assert "--as-pid-1" in argv
+    for absent in ("--die-with-parent", "--new-session", "--unshare-net", "--unshare-all", "--share-net"):
+        assert absent not in argv
+    mask = at("--tmpfs", layout.state_dir)
+    home = layout.home("a")
+    assert mask < at("--ro-bind", home, home) < at("--bind", layout.state("a"), layout.state("a"))
+    sock_dir = os.path.dirname(layout.socket("a"))  # its own directory: a restarted core's socket shows up
+    assert ("--ro-bind", sock_dir, sock_dir) in pairs
+    assert ("--tmpfs", layout.run_dir) not in pairs  # inside the masked state dir already
+    config = launch.config_dir
+    assert mask < at("--ro-bind", config, config) < at("--ro-bind", config, "/agents/a/config")
+    assert at("--tmpfs", "/tmp") < mask and ("--tmpfs", "/run") in {p[:2] for p in pairs}
+    assert argv[at("--remount-ro", "/") + 2] == "--"
+    assert argv.index("--") == len(argv) - 10
+    assert argv[at("--chdir") + 1] == layout.state("a")
+    assert ("--ro-bind", "/", "/") not in pairs  # the root stays bwrap's, for /agents/<name>/config
+
+
+def test_argv_hides_a_run_dir_outside_the_state_dir_and_keeps_programs_inside_masks(tmp_path):
+    run = str(tmp_path / "elsewhere" / "run")
+    layout, launch = example_launch(tmp_path, run_dir=run, config=False)
+    venv = os.path.join(layout.state_dir, "venv")  # an interpreter under the state dir
+    os.makedirs(os.path.join(venv, "bin"))
+    open(os.path.join(venv, "pyvenv.cfg"), "w").close()
+    checkout = str(tmp_path)  # a checkout under /tmp that holds the state dir
+    open(os.path.join(checkout, "hyperhive.py"), "w").close()
+    launch.argv = [os.path.join(venv, "bin", "python"), os.path.join(checkout, "hyperhive.py"), "agent", "serve"]
+    argv = sandbox_argv(launch)
+    joined = [" ".join(argv[i:i + 3]) for i in range(len(argv))]
+    run_mask = joined.index(f"--tmpfs {run} --ro-bind")
+    state_mask = joined.index(f"--tmpfs {layout.state_dir} --tmpfs")
+    checkout_bind = joined.index(f"--ro-bind {checkout} {checkout}")
+    venv_bind = joined.index(f"--ro-bind {venv} {venv}")
+    assert checkout_bind < state_mask < run_mask < venv_bind  # the checkout's state dir is masked again
+    assert "/agents/a/config" not in argv
+    with pytest.raises(wire.HiveError, match="whole host"):
+        launch.hidden_dirs = ["/"]
+        sandbox_argv(launch)
+
+
+def test_argv_gives_the_manager_the_proposed_repos_writable_and_the_applied_ones_not(tmp_path):
+    layout, launch = example_launch(tmp_path, name="manager")
+    launch.role = "manager"
+    root = launch.config_dir = os.path.join(layout.state_dir, "config", "proposed")
+    applied_root = os.path.join(layout.state_dir, "config", "applied")
+    for name in ("manager", "a"):
+        os.makedirs(os.path.join(root, name))
+        os.makedirs(os.path.join(applied_root, name))
+    argv = sandbox_argv(launch)
+    joined = [" ".join(argv[i:i + 3]) for i in range(len(argv))]
+    rw = joined.index(f"--bind {root} {root}")
+    mask = [i for i in range(len(argv) - 1) if argv[i:i + 2] == ["--tmpfs", layout.state_dir]][0]
+    assert mask < rw  # the applied repos stay under the mask: never bound back
+    assert not [a for a in argv if a.startswith(applied_root)]
+    assert f"--ro-bind {root} /agents/manager/config" in joined
+    sock_dir = os.path.dirname(layout.socket("manager"))
+    assert f"--ro-bind {sock_dir} {sock_dir}" in joined
+
+
+def test_works_says_why_not():
+    ok, why = BwrapBackend.works(bwrap="/nonexistent/bwrap")
+    assert not ok and "/nonexistent/bwrap" in why
+
+
+def test_works_here(bwrap):
+    ok, what = BwrapBackend.works()
+    assert ok and "bubblewrap" in what, what
+
+
+# -- a probe inside the sandbox ----------------------------------------------------------
+
+def test_inside_the_sandbox_only_the_agents_own_parts_of_the_hive_exist(bhive):
+    bhive.call("spawn", name="b")  # a real harness: its socket must stay out of probe's sight
+    wait_until(lambda: (bhive.row("b") or {}).get("active_model"), 30, "b to boot")
+    found = bhive.probe()
+
+    def denied(key):
+        assert not found[key]["ok"], (key, found[key])
+        return found[key]["error"]
+
+    assert "FileNotFoundError" in denied("other_secret")
+    assert "FileNotFoundError" in denied("hive_db")
+    # mount points only: no hive.db, no lock, no other agent's home, config or socket
+    assert found["state_root"]["value"] == ["agents", "config", "run"]
+    assert found["agents"]["value"] == ["probe"]
+    assert found["run"]["value"] == ["agents"]
+    assert found["run_agents"]["value"] == ["probe"]
+    for key in ("host_sock", "manager_sock", "b_sock", "b_config", "own_applied"):
+        assert "FileNotFoundError" in denied(key), key
+    # its own proposed config: readable at $HIVE_CONFIG_DIR and /agents/probe/config, never writable
+    assert found["config_env"] == os.path.join(bhive.state_dir, "config", "proposed", "probe")
+    assert "hive.json" in found["config_read"]["value"], found["config_read"]
+    assert found["config_env_read"] == found["config_read"]
+    for key in ("config_write", "config_env_write", "root_write", "host_write", "core_pattern"):
+        assert "Read-only file system" in denied(key), key
+    assert found["state_write"]["ok"] and found["tmp_write"]["ok"]
+    assert found["whoami"]["ok"] and found["whoami"]["value"]["name"] == "probe", found["whoami"]
+    assert found["cap_eff"] == "0000000000000000" and found["hostname"] == "h-probe"
+    assert found["pid"] == 2  # its own pid namespace, under INIT
+    # the harness's writes land in the real state dir; /tmp was its own
+    assert open(os.path.join(bhive.home("probe"), "state", "written.txt")).read() == "x"
+    assert not os.path.exists("/tmp/written.txt") and not os.path.exists("/written.txt")
+    assert os.path.exists(os.path.join(bhive.home("other"), "state", "secret.txt"))
+
+
+def test_the_manager_commits_to_proposed_repos_but_cannot_touch_applied_ones(bwrap, tmp_path):
+    h = BwrapHive(tmp_path / "state", probes=["manager"])
+    try:
+        h.start()
+        found = h.wait("manager", lambda: h.state_file("manager", "probe.json"), 30, "the manager probe's report")
+        assert found["whoami"]["value"]["name"] == "manager" and found["whoami"]["value"]["role"] == "manager"
+        assert found["config_env"] == os.path.join(h.state_dir, "config", "proposed")
+        repos = found["repos"]
+        assert list(repos) == ["manager"]  # the only agent when the hive booted
+        assert repos["manager"]["proposed"] == {"ok": True, "value": "written"}
+        assert not repos["manager"]["applied"]["ok"]  # the applied repos are not even visible
+        assert "FileNotFoundError" in found["hive_db"]["error"]
+        assert found["config_env_write"]["ok"]  # the root of the repos itself is the manager's to write
+    finally:
+        shut_down(h)
+
+
+def test_the_pause_marker_comes_and_goes_inside(bhive):
+    bhive.probe()
+    status = lambda: bhive.state_file("probe", "status.json") or {}  # noqa: E731
+    wait_until(lambda: status().get("whoami") and status()["paused"] is False, 10, "a first report")
+    bhive.call("set_paused", name="probe", paused=True)
+    wait_until(lambda: status()["paused"] is True, 10, "the probe to see the marker appear")
+    bhive.call("set_paused", name="probe", paused=False)
+    wait_until(lambda: status()["paused"] is False, 10, "the probe to see it gone")
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+def test_graceful_stop_sends_sigterm_to_the_harness_and_the_sandbox_goes(bhive):
+    bhive.probe()
+    procs = sandbox_procs(bhive, "probe")
+    assert len(inside(procs[0])) == 4  # INIT, the probe and its two sleeps
+    bhive.call("stop", scope={"agent_names": ["probe"]}, graceful=True)
+    assert bhive.state_file("probe", "got-sigterm"), bhive.harness_log("probe")
+    assert not bhive.row("probe")["running"]
+    wait_until(lambda: not any(alive(p) for p in procs), 10, f"every process of the sandbox {procs} to end")
+
+
+def test_stop_now_terms_everything_inside(bhive):
+    bhive.probe()
+    procs = sandbox_procs(bhive, "probe")
+    bhive.call("stop", scope={"agent_names": ["probe"]}, graceful=False)
+    assert bhive.state_file("probe", "got-sigterm")
+    wait_until(lambda: not any(alive(p) for p in procs), 10, f"every process of the sandbox {procs} to end")
+
+
+def test_kill_leaves_no_process_behind(bhive):
+    bhive.probe()
+    procs = sandbox_procs(bhive, "probe")
+    assert len(procs) == 5  # bwrap, INIT (pid 1 inside), the probe, two sleeps (one in its own session)
+    bhive.call("kill", name="probe")
+    assert bhive.state_file("probe", "got-sigterm") is None  # SIGKILL: no handler ran
+    wait_until(lambda: not any(alive(p) for p in procs), 10, f"every process of the sandbox {procs} to end")
+    assert bhive.row("probe")["failed"]
+    bhive.call("start", scope={"agent_names": ["probe"]})  # and it comes back in a fresh sandbox
+    wait_until(lambda: bhive.harness_pid("probe") not in (None, procs[0]), 10, "a new sandbox")
+
+
+def test_a_restarted_core_adopts_the_sandbox(bhive):
+    bhive.probe()
+    pid = bhive.harness_pid("probe")
+    home = bhive.home("probe")
+    bhive.kill9()
+    assert alive(pid) and BwrapBackend().pid(home) == pid and BwrapBackend().running("probe", home)
+    bhive.start()
+    assert bhive.harness_pid("probe") == pid and bhive.row("probe")["running"]
+    assert "adopted probe's running harness" in bhive.log()
+    # the new core is not bwrap's parent: stopping still reaches the harness inside
+    bhive.call("stop", scope={"agent_names": ["probe"]}, graceful=True)
+    assert bhive.state_file("probe", "got-sigterm")
+    wait_until(lambda: not alive(pid), 10, "the adopted sandbox to end")
+
+
+@pytest.mark.xfail(os.path.basename(os.path.dirname(Layout("/s").socket("probe"))) != "probe", strict=True,
+                   reason="a socket is bound into the sandbox as a file, and a core restarted after a crash "
+                          "binds a new socket (a new inode) at that path: the sandbox keeps the dead one. "
+                          "Fixed by giving each agent a socket directory of its own (bound instead).")
+def test_the_socket_answers_again_after_a_core_restart(bhive):
+    bhive.probe()
+    status = lambda: bhive.state_file("probe", "status.json") or {}  # noqa: E731
+    wait_until(lambda: status().get("whoami"), 10, "the probe's socket to answer")
+    bhive.kill9()
+    wait_until(lambda: status().get("whoami") is False, 10, "the probe to notice the core gone")
+    bhive.start()
+    wait_until(lambda: status().get("whoami"), 10, "the probe's socket to answer the restarted core")
+
+
+# -- direct use of the backend ------------------------------------------------------------
+
+def direct_launch(tmp_path, script):
+    """A Launch for a script under /tmp (masked with the host's /tmp, so bound back)."""
+    layout, launch = example_launch(tmp_path, config=False)
+    layout.makedirs()
+    os.makedirs(os.path.dirname(layout.socket("a")), exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(layout.socket("a"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "script.py").write_text(script)
+    launch.argv = [PYTHON, str(bin_dir / "script.py")]
+    return layout, launch, listener
+
+
+@pytest.mark.parametrize("script, code", [
+    ("import os; open('ran', 'w').close(); os._exit(3)", 3),
+    ("import os, signal; open('ran', 'w').close(); os.kill(os.getpid(), signal.SIGTERM)", -signal.SIGTERM),
+])
+def test_exit_codes_read_as_the_process_backend_reports_them(bwrap, tmp_path, script, code):
+    layout, launch, listener = direct_launch(tmp_path, script)
+    backend = BwrapBackend()
+    with listener:
+        backend.start(launch)
+        wait_until(lambda: not backend.running("a", layout.home("a")), 10, "the script to end")
+    assert os.path.exists(os.path.join(layout.state("a"), "ran")), open(layout.log("a")).read()
+    assert backend.exit_code("a") == code
+
+
+def test_a_missing_socket_is_refused_before_bwrap_runs(bwrap, tmp_path):
+    layout, launch = example_launch(tmp_path, config=False)
+    with pytest.raises(wire.HiveError, match="socket .* does not exist"):
+        BwrapBackend().start(launch)
+    assert not os.path.exists(os.path.join(layout.home("a"), "harness.pid"))
+
+
+# -- the real harness ----------------------------------------------------------------------
+
+def test_a_real_turn_inside_the_sandbox_and_a_graceful_stop_lets_it_finish(bhive):
+    bhive.call("spawn", name="a")
+    bhive.wait("a", lambda: (bhive.row("a") or {}).get("active_model"), 30, "a to boot")
+    pid = bhive.harness_pid("a")
+    assert open(f"/proc/{pid}/comm").read().strip() == "bwrap"
+    wait_until(lambda: inside(pid), 10, "the sandbox's INIT and harness")  # the model file is the core's: may be early
+    bhive.call("send", to="a", body="FAKE: send operator hi from the sandbox")
+    inbox = lambda: [m["body"] for m in bhive.call("inbox", limit=50)["messages"]]  # noqa: E731
+    bhive.wait("a", lambda: "hi from the sandbox" in inbox(), 30, "a's turn")
+    calls_path = os.path.join(bhive.home("a"), "state", ".fakeclaude", "calls.jsonl")
+    assert os.path.exists(calls_path)  # claude ran with cwd = the state dir, written through the bind
+    bhive.call("send", to="a", body="FAKE: sleep 2\nFAKE: send operator finished-before-stop")
+    wait_until(lambda: len(open(calls_path).readlines()) == 2, 20, "the second turn to start")
+    bhive.call("stop", scope={"agent_names": ["a"]}, graceful=True)
+    assert "finished-before-stop" in inbox()
+    assert not bhive.row("a")["running"] and not alive(pid)
+
+
+CLAUDE = os.environ.get("HIVE_TEST_CLAUDE") or os.path.join(ROOT, "tests", "node", "node_modules", ".bin", "claude")
+
+
+def test_the_real_claude_cli_runs_a_turn_inside_the_sandbox(bwrap, tmp_path):
+    """node, claude's writes to its HOME (the state dir), MCP over stdio, the mock API over loopback."""
+    if not os.path.exists(CLAUDE):
+        if os.environ.get("HIVE_REQUIRE_CLAUDE") == "1":
+            pytest.fail(f"HIVE_REQUIRE_CLAUDE=1 but there is no claude at {CLAUDE}")
+        pytest.skip("no Claude Code CLI: set HIVE_TEST_CLAUDE or run `npm ci --prefix tests/node`")
+    from mockapi import MockAnthropic, last_user_text, text, tool_results, tool_use
+
+    def brain(request):
+        if tool_results(request):
+            return text("done")
+        if "ping" in last_user_text(request):
+            return tool_use("mcp__hyperhive__send", {"to": "operator", "body": "pong from the sandbox"})
+        return text("nothing to do")
+
+    mock = MockAnthropic(brain)
+    url = mock.start()
+    h = BwrapHive(tmp_path / "state", claude=CLAUDE,
+                  env={"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-ant-test-not-a-real-key"})
+    try:
+        h.start()
+        h.call("spawn", name="a")
+        h.call("send", to="a", body="ping")
+        inbox = lambda: [(m["from"], m["body"]) for m in h.call("inbox", limit=50)["messages"]]  # noqa: E731
+        h.wait("a", lambda: ("a", "pong from the sandbox") in inbox(), 90, "a's answer")
+        assert os.path.isdir(os.path.join(h.home("a"), "state", ".claude"))  # claude's HOME is the state dir
+        assert open(f"/proc/{h.harness_pid('a')}/comm").read().strip() == "bwrap"
+    finally:
+        try:
+            shut_down(h)
+        finally:
+            mock.stop()
+    assert mock.unknown == [] and mock.brain_errors == []
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
