@@ -36,20 +36,21 @@ def wait_until(predicate, timeout=15.0, what="the condition"):
 class Hive:
     """A real `hyperhive serve` process on a temp state dir."""
 
-    def __init__(self, state_dir, claude=FAKE_CLAUDE, entry=ENTRY, env=None, extra_args=()):
+    def __init__(self, state_dir, claude=FAKE_CLAUDE, entry=ENTRY, env=None, extra_args=(), backend="process"):
         self.state_dir = str(state_dir)
         self.run_dir = os.path.join(self.state_dir, "run")
         self.host_sock = os.path.join(self.run_dir, "host.sock")
         self.claude, self.entry = claude, entry
         self.env = dict(os.environ, **(env or {}))
         self.extra_args = list(extra_args)
+        self.backend = backend
         self.proc = None
         self.log_path = os.path.join(os.path.dirname(self.state_dir), os.path.basename(self.state_dir) + ".log")
 
     def start(self, wait=True):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([PYTHON, self.entry, "serve", "--state-dir", self.state_dir,
-                                      "--backend", "process", "--claude", self.claude, *self.extra_args],
+                                      "--backend", self.backend, "--claude", self.claude, *self.extra_args],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:

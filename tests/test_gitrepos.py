@@ -249,3 +249,24 @@ def test_deployed_sha_is_read_without_git_even_when_refs_are_packed(tmp_path, mo
     assert not os.path.exists(os.path.join(repos.applied("packed"), ".git", "refs", "heads", "main"))
     monkeypatch.setenv("PATH", "/nonexistent")  # no git to fork
     assert repos.deployed_sha("packed") == sha
+
+
+def test_work_tree_commits_only_changes_and_restores_files(tmp_path):
+    from hyperhive.core.gitrepos import WorkTree
+
+    tree, path = WorkTree(), str(tmp_path / "meta")
+    tree.init(path)
+    tree.init(path)  # idempotent
+    with open(os.path.join(path, "flake.lock"), "w") as f:
+        f.write("v1\n")
+    first = tree.commit_all(path, "lock v1")
+    assert first and tree.commit_all(path, "nothing new") is None
+    with open(os.path.join(path, "flake.lock"), "w") as f:
+        f.write("v2 (a failed build)\n")
+    tree.restore(path, "flake.lock")
+    assert open(os.path.join(path, "flake.lock")).read() == "v1\n"
+    os.unlink(os.path.join(path, "flake.lock"))
+    second = tree.commit_all(path, "deletions count")
+    assert second and second != first
+    log = subprocess.run(["git", "-C", path, "log", "--format=%an %s"], capture_output=True, text=True).stdout
+    assert log.splitlines() == ["hive-c0re deletions count", "hive-c0re lock v1"]

@@ -121,7 +121,9 @@ class Core:
                                     mode=0o660, name="host.sock").start()
         self.approvals.sweep_unfinished()
         self.lifecycle.boot()
-        self.loops = [every(WATCH_SECONDS, self.lifecycle.watch_step, self.stopping),
+        # nixos asks `nixos-container status` per agent: it watches every 10 s
+        watch = getattr(self.lifecycle.backend, "watch_seconds", WATCH_SECONDS)
+        self.loops = [every(watch, self.lifecycle.watch_step, self.stopping),
                       every(VACUUM_SECONDS, self.broker.vacuum, self.stopping),
                       every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping)]
         log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
@@ -150,7 +152,7 @@ def main(argv):
     try:
         layout.makedirs()
         lock = lock_state_dir(layout)
-        backend = containers.pick(args["--backend"])
+        backend = containers.pick(args["--backend"], layout.state_dir)
         claude = args["--claude"] or os.environ.get("HIVE_CLAUDE_BIN") or "claude"
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
         open_core(layout.db_path, background_checkpoint=True)

@@ -301,3 +301,27 @@ class Repos:
         # cat-file, not show: a directory must be 'not found', not a tree listing
         return _git(where, "cat-file", "blob", f"{rev}:{path}", code="not_found",
                     doing=f"read {path} at {rev} in {name}'s {repo} config repo")
+
+
+class WorkTree:
+    """Plain commits in a repo the core owns whole (the meta flake): what MetaFlake needs."""
+
+    def init(self, path):
+        """Make path a git repo on main; a repo already there is left alone."""
+        os.makedirs(path, exist_ok=True)
+        if not _is_repo(path):
+            _git(path, "init", "-q", "-b", "main", doing=f"create a git repo at {path}")
+
+    def commit_all(self, path, message):
+        """Stage everything (deletions too) and commit; None when nothing changed, else the sha."""
+        _git(path, "add", "-A", doing=f"stage the changes in {path}")
+        staged = _git(path, "diff", "--cached", "--quiet", doing=f"look for changes in {path}",
+                      _ok_code=[0, 1], _return_cmd=True)
+        if staged.exit_code == 0:
+            return None
+        _git(path, "commit", "-q", "--no-verify", "-m", message, doing=f"commit in {path}")
+        return _verify(path, "HEAD", f"read {path}'s HEAD")
+
+    def restore(self, path, relpath):
+        """Put one file back to HEAD, in the index and the working tree."""
+        _git(path, "checkout", "HEAD", "--", relpath, doing=f"restore {relpath} in {path}")

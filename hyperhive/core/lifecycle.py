@@ -14,6 +14,7 @@ import shutil
 import sys
 
 import gevent
+from gevent.lock import RLock
 
 from hyperhive import wire
 from hyperhive.core.containers import Launch
@@ -104,6 +105,9 @@ class Lifecycle:
         self.sockets = sockets  # open(name, role) / close(name)
         self.transients = {}  # name -> what it is doing now
         self._names = None  # every send asks `known`; the set is kept in memory
+        # Under nixos every create, build, destroy and sync goes through the one
+        # meta flake, which takes one operation at a time: queue them here.
+        self._meta_lock = RLock()
         self._last_rows = {}
 
     # -- queries -------------------------------------------------------------------
@@ -250,14 +254,27 @@ class Lifecycle:
         if self.running(name):
             return
         config = self.config(name, rev)
+        self._sync_meta(include=name)
         model_file = os.path.join(self.layout.state(name), MODEL_FILE)
         if config.get("model") and (apply_model or not os.path.exists(model_file)):
             with open(model_file + ".tmp", "w") as f:
                 f.write(config["model"] + "\n")
             os.replace(model_file + ".tmp", model_file)
-        self.backend.start(self.launch(agent, config))
+        with self._meta_lock:
+            self.backend.start(self.launch(agent, config))
         sha = self.repos.deployed_sha(name) if rev == "main" else rev
         Agent.update(running_sha=sha).where(Agent.name == name).execute()
+
+    def _sync_meta(self, include=None, exclude=None):
+        """Under nixos, the meta flake pins every agent's applied repo: add or drop one."""
+        meta = getattr(self.backend, "meta", None)
+        if meta is None:
+            return
+        with self._meta_lock:
+            if include in meta.agents() and exclude is None:
+                return
+            names = (set(self.names()) | {include}) - {exclude, None}
+            meta.sync({n: self.repos.applied(n) for n in sorted(names) if self.repos.exists(n)})
 
     def spawn(self, name, parent=wire.OPERATOR, role="agent"):
         if role == "agent":
@@ -298,7 +315,9 @@ class Lifecycle:
                         log.error("auto-update of %s failed: %s", agent.name, e)
             elif agent.desired == "running":
                 try:
-                    self._start(agent)
+                    # a transient like any other: the host socket already serves
+                    with self._busy(agent.name, "starting"):
+                        self._start(agent)
                 except wire.HiveError as e:
                     log.error("could not start %s at boot: %s", agent.name, e)
         self.ensure_manager()
@@ -335,8 +354,9 @@ class Lifecycle:
         rev = sha or "main"
         with self._busy(name, "rebuilding"):
             build = getattr(self.backend, "build", None)
-            if build is not None:
-                build(name, self.layout.home(name))
+            if build is not None:  # nixos: the container is rebuilt from the meta flake at that commit
+                with self._meta_lock:
+                    build(name, rev=sha)
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             try:
@@ -352,7 +372,8 @@ class Lifecycle:
         meta = getattr(self.backend, "meta", None)
         if meta is None:
             raise wire.HiveError(f"the {self.backend.name} backend has no meta flake", "conflict")
-        self.backend.update_meta()
+        with self._meta_lock:
+            self.backend.update_all()
 
     def kill(self, name):
         self.get(name)
@@ -366,11 +387,16 @@ class Lifecycle:
         self.get(name)
         with self._busy(name, "being destroyed"):
             self.backend.kill(name, self.layout.home(name))
+            remove = getattr(self.backend, "destroy", None)
+            if remove is not None:  # nixos: the container itself goes
+                with self._meta_lock:
+                    remove(name)
             self.sockets.close(name)
             shutil.rmtree(os.path.dirname(self.layout.socket(name)), ignore_errors=True)
             with core_db.atomic():
                 Agent.delete().where(Agent.name == name).execute()
             self._names = None
+            self._sync_meta(exclude=name)
             if purge:
                 shutil.rmtree(self.layout.home(name), ignore_errors=False)
                 self.repos.purge(name)

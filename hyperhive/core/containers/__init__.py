@@ -7,9 +7,12 @@ container command.
 """
 
 import logging
+import os
+import shutil
 
 from hyperhive import wire
 from hyperhive.core.containers.bwrap import BwrapBackend
+from hyperhive.core.containers.nixos import NixosBackend
 from hyperhive.core.containers.process import ProcessBackend
 
 log = logging.getLogger(__name__)
@@ -23,11 +26,21 @@ class Launch:
         self.state_dir, self.home_dir, self.log_path = state_dir, home_dir, log_path
 
 
-BACKENDS = {"bwrap": BwrapBackend, "process": ProcessBackend}
+BACKENDS = {"nixos": NixosBackend, "bwrap": BwrapBackend, "process": ProcessBackend}
 
 
-def pick(requested):
+def _nixos(state_dir):
+    from hyperhive.core.gitrepos import WorkTree
+
+    # HIVE_NIXOS_CONF_DIR: where nixos-container keeps h-<name>.conf, if not the NixOS default
+    conf_dir = os.environ.get("HIVE_NIXOS_CONF_DIR") or "/etc/nixos-containers"
+    return NixosBackend.at(state_dir, WorkTree(), conf_dir=conf_dir)
+
+
+def pick(requested, state_dir):
     """The backend for `--backend` (auto: the best one this host can run)."""
+    if requested == "nixos" or (requested in ("auto", None) and shutil.which("nixos-container")):
+        return _nixos(state_dir)
     if requested in ("auto", None):
         ok, why = BwrapBackend.works()
         if ok:

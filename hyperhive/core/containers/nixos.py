@@ -1,0 +1,364 @@
+"""The `nixos` backend: each agent a NixOS container `h-<name>` built from the meta flake.
+
+Owns every `nixos-container` and `journalctl` call, and the one line of each
+container's `<conf_dir>/h-<name>.conf` that carries its bind mounts. The
+harness inside is started by the container's own systemd (the nix
+templates), so a `Launch`'s argv and env are not used here: only its name
+and host paths, which become bind mounts at fixed places inside.
+
+Every command goes through `run` (sh); a failure comes back as a
+`HiveError` sentence naming what was attempted and the tail of its stderr.
+"""
+
+import logging
+import os
+import re
+import time
+
+import sh
+
+from hyperhive import wire
+from hyperhive.core.metaflake import MetaFlake
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = "/etc/nixos-containers"  # nixos-container's configurationDirectory (fixed at its build)
+# Where the host paths appear inside a container; the nix templates point the harness here.
+# The socket's own directory is bound (not the file: that pins the inode of a
+# socket a restarted core replaces), so the socket is /run/hyperhive/<its name>.
+SOCKET_DIR_IN = "/run/hyperhive"
+STATE_IN = "/state"
+CONFIG_IN = "/agents/{name}/config"
+MAX_CONTAINER_NAME = 11  # nixos-container create refuses longer names (its ve-<name> interface)
+# A bind path goes through systemd's EnvironmentFile, an unquoted shell expansion (word
+# splitting) and nspawn's SRC:DST syntax; these characters survive all three untouched.
+SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
+STDERR_TAIL = 1500
+
+HINTS = {
+    "nixos-container": "the nixos backend needs a NixOS host with containers enabled "
+                       "(or run serve with --backend bwrap or --backend process)",
+    "nix": "the meta flake needs Nix 2.19 or later with flakes enabled",
+    "journalctl": "reading a container's log needs systemd's journalctl",
+}
+
+
+class CommandFailed(wire.HiveError):
+    """A command that ran and failed (or never ran); keeps its output for callers that look closer."""
+
+    def __init__(self, message, code="unavailable", stdout="", stderr="", timed_out=False):
+        super().__init__(message, code)
+        self.stdout, self.stderr, self.timed_out = stdout, stderr, timed_out
+
+
+def _tail(text):
+    text = text.strip()
+    if len(text) > STDERR_TAIL:
+        text = "…" + text[-STDERR_TAIL:]
+    return text
+
+
+def run(*argv, cwd=None, timeout=None):
+    """Run one command through sh and return its stdout, or raise CommandFailed.
+
+    Started in the background and polled with time.sleep, never a blocking
+    wait: in the gevent-patched core that sleep yields, so a minutes-long nix
+    build does not freeze every socket, and the timeout works (sh's own
+    `_timeout` and foreground wait block the hub and never fire there).
+    """
+    shown = " ".join(argv)
+    try:
+        command = sh.Command(argv[0])
+    except sh.CommandNotFound:
+        raise CommandFailed(f"`{argv[0]}` is not on PATH, so `{shown}` could not run; "
+                            f"{HINTS.get(argv[0], 'install it')}") from None
+    try:
+        proc = command(*argv[1:], _cwd=cwd, _bg=True, _bg_exc=False, _tty_out=False,
+                       _encoding="utf-8", _decode_errors="replace")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.002
+        while proc.is_alive():
+            if deadline is not None and time.monotonic() >= deadline:
+                proc.kill()
+                try:
+                    proc.wait()
+                except sh.ErrorReturnCode:
+                    pass
+                raise CommandFailed(f"`{shown}` did not finish within {timeout:g}s", timed_out=True)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+        proc.wait()
+        return str(proc)
+    except sh.ErrorReturnCode as e:
+        out = e.stdout.decode(errors="replace")
+        err = e.stderr.decode(errors="replace")
+        said = _tail(err or out) or "it printed nothing"
+        raise CommandFailed(f"`{shown}` failed (exit {e.exit_code}): {said}", stdout=out, stderr=err) from None
+
+
+def nix(*args, cwd=None):
+    """The `nix` callable MetaFlake takes."""
+    return run("nix", *args, cwd=cwd)
+
+
+def container(name):
+    return "h-" + wire.check_name(name)
+
+
+class NixosBackend:
+    """NixOS containers via `nixos-container`; builds always go through the meta flake's two phases."""
+
+    name = "nixos"
+    watch_seconds = 10.0  # each status check forks nixos-container: the crash watch runs slower
+
+    def __init__(self, meta, run=run, conf_dir=CONF_DIR, host_network=True, stop_timeout=90.0):
+        self.meta, self.run, self.conf_dir = meta, run, conf_dir
+        # Host network: the harness must reach the Claude API and the core must reach its web UI;
+        # nixos-container's default private veth has neither without host NAT set up.
+        self.host_network = host_network
+        self.stop_timeout = stop_timeout
+
+    @classmethod
+    def at(cls, state_dir, git, **kwargs):
+        """The backend over the meta flake at `<state_dir>/meta` (how `serve` wires it up)."""
+        return cls(MetaFlake(os.path.join(state_dir, "meta"), nix, git), **kwargs)
+
+    def _nc(self, *args, timeout=None):
+        return self.run("nixos-container", *args, timeout=timeout)
+
+    def _conf(self, name):
+        return os.path.join(self.conf_dir, container(name) + ".conf")
+
+    def _flake(self, name):
+        return f"{self.meta.path}#{name}"
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def exists(self, name):
+        """Whether h-<name> exists: its conf file is how nixos-container itself decides."""
+        return os.path.exists(self._conf(name))
+
+    def running(self, name, home=None):
+        if not self.exists(name):
+            return False
+        return self._nc("status", container(name)).strip() == "up"
+
+    def names(self):
+        """Agents that have a container, from `nixos-container list` (other containers ignored)."""
+        return sorted(line[2:] for line in self._nc("list").split()
+                      if line.startswith("h-") and wire.NAME_RE.fullmatch(line[2:]))
+
+    def pid(self, home):
+        return None  # the harness runs in the container's pid namespace; no host pid to offer
+
+    def exit_code(self, name):
+        return None  # systemd inside the container restarts the harness; no exit code reaches us
+
+    def journal(self, name, lines=200):
+        """The last `lines` of the container's journal; of its host unit while it is down."""
+        if not isinstance(lines, int) or not 1 <= lines <= 10000:
+            raise wire.HiveError("lines must be a whole number from 1 to 10000")
+        c = container(name)
+        if self.running(name):
+            return self.run("journalctl", "-M", c, "-n", str(lines), "--no-pager")
+        # a stopped machine has no journal to open with -M; the unit's log says why it stopped
+        return self.run("journalctl", "-u", f"container@{c}.service", "-n", str(lines), "--no-pager")
+
+    # -- start / stop ------------------------------------------------------------------------
+
+    def _binds(self, launch):
+        """The nspawn flags binding this agent's socket, state and (read-only) config in, checked."""
+        socket = launch.env.get("HIVE_SOCKET")
+        sock_dir = os.path.dirname(socket) if socket else None
+        config = getattr(launch, "config_dir", None)
+        wanted = [("--bind", sock_dir, SOCKET_DIR_IN), ("--bind", launch.state_dir, STATE_IN)]
+        if config:
+            # read-only: config edits only ever flow through the manager and the approval queue
+            wanted.append(("--bind-ro", config, CONFIG_IN.format(name=launch.name)))
+        flags = []
+        for flag, src, dst in wanted:
+            if not src or not SAFE_PATH.fullmatch(src):
+                raise wire.HiveError(f"cannot bind {src!r} into {container(launch.name)} at {dst}: a bind path "
+                                     "must be absolute and use only letters, digits and . _ / @ + -")
+            if src != sock_dir:
+                os.makedirs(src, exist_ok=True)  # a missing source dir would make the container not boot
+            elif not os.path.exists(socket):
+                raise wire.HiveError(f"{launch.name!r}'s socket {socket} does not exist; open it before starting",
+                                     "unavailable")
+            flags.append(f"{flag}={src}:{dst}")
+        return flags
+
+    def _write_conf(self, name, flags):
+        """Set EXTRA_NSPAWN_FLAGS (and PRIVATE_NETWORK) in the container's conf, keeping its other lines.
+
+        container@.service reads this file as its EnvironmentFile at every
+        start and appends $EXTRA_NSPAWN_FLAGS to systemd-nspawn's command
+        line, so this is where an imperative container's bind mounts live.
+        Rewritten at every start, so a restart picks up a changed layout.
+        """
+        path = self._conf(name)
+        with open(path) as f:
+            lines = [ln for ln in f.read().splitlines()
+                     if not ln.startswith("EXTRA_NSPAWN_FLAGS=")
+                     and not (self.host_network and ln.startswith("PRIVATE_NETWORK="))]
+        if self.host_network:
+            lines.append("PRIVATE_NETWORK=0")
+        lines.append(f'EXTRA_NSPAWN_FLAGS="{" ".join(flags)}"')
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+
+    def _create(self, name):
+        c = container(name)
+        if len(c) > MAX_CONTAINER_NAME:
+            raise wire.HiveError(f"agent name {name!r} is too long for the nixos backend: nixos-container "
+                                 f"refuses container names over {MAX_CONTAINER_NAME} characters, and "
+                                 f"{c!r} has {len(c)}; use at most {MAX_CONTAINER_NAME - 2}")
+        self.meta.prepare(name)
+        try:
+            self._nc("create", c, "--flake", self._flake(name))
+        except wire.HiveError as e:
+            self.meta.abort(name)
+            # a create whose build failed leaves its conf behind; without this the next try says "exists"
+            try:
+                self._nc("destroy", c)
+            except wire.HiveError as cleanup:
+                log.error("could not clean up after the failed create of %s: %s", c, cleanup)
+            raise wire.HiveError(f"could not create container {c}; nothing was kept. {e}", e.code) from None
+        self.meta.finalize(name, f"create {c}")
+
+    def start(self, launch):
+        name = launch.name
+        c = container(name)
+        if self.running(name):
+            raise wire.HiveError(f"container {c} is already running", "conflict")
+        flags = self._binds(launch)
+        if not self.exists(name):
+            self._create(name)
+        self._write_conf(name, flags)
+        try:
+            self._nc("start", c)
+        except wire.HiveError as e:
+            raise wire.HiveError(f"could not start container {c}. {e}", e.code) from None
+        log.info("started %s", c)
+
+    def stop(self, name, home=None, graceful=True, timeout=None):
+        """Stop h-<name>; returns False if it was not running.
+
+        Graceful: `nixos-container stop` (systemctl stop container@): the
+        container shuts down, so its systemd sends the harness SIGTERM and it
+        finishes its turn within the unit's stop timeout; if the whole stop
+        outlasts `timeout` it is terminated. Not graceful: `nixos-container
+        terminate` (machinectl terminate): everything in it dies now, and the
+        cut turn's messages stay unacked for redelivery.
+        """
+        if not self.running(name):
+            return False
+        c = container(name)
+        if not graceful:
+            self._terminate(c)
+            return True
+        try:
+            self._nc("stop", c, timeout=timeout or self.stop_timeout)
+        except CommandFailed as e:
+            if not e.timed_out:
+                raise wire.HiveError(f"could not stop container {c}. {e}", e.code) from None
+            log.warning("%s did not stop within %gs; terminating it", c, timeout or self.stop_timeout)
+            self._terminate(c)
+        return True
+
+    def kill(self, name, home=None):
+        """`nixos-container terminate`: kill everything in h-<name> now; False if it was not running."""
+        if not self.running(name):
+            return False
+        self._terminate(container(name))
+        return True
+
+    def _terminate(self, c):
+        try:
+            self._nc("terminate", c)  # returns once the container's leader process has exited
+        except wire.HiveError as e:
+            raise wire.HiveError(f"could not terminate container {c}. {e}", e.code) from None
+
+    def destroy(self, name):
+        """Remove h-<name> (its root, profile and conf; never the bound state). False if it did not exist."""
+        c = container(name)
+        if not self.exists(name):
+            return False
+        try:
+            self._nc("destroy", c)
+        except wire.HiveError as e:
+            raise wire.HiveError(f"could not destroy container {c}. {e}", e.code) from None
+        return True
+
+    # -- builds ------------------------------------------------------------------------------
+
+    def _update(self, name):
+        self._nc("update", container(name), "--flake", self._flake(name))
+
+    def _restore(self, name, why):
+        """After an abort: rebuild h-<name> from the restored lock, because `why` may have moved it.
+
+        nixos-container update switches the container's profile before it
+        reloads the running container, so a failed reload (or a rollback of
+        an update-all) leaves it on the new system unless rebuilt; the old
+        system is still in the store, so this is a cache hit.
+        """
+        try:
+            self._update(name)
+            return ""
+        except wire.HiveError as e:
+            log.error("could not put %s back on its previous system after %s: %s", container(name), why, e)
+            return f" Putting it back on its previous system failed too: {e}"
+
+    def build(self, name, rev=None):
+        """Rebuild h-<name> from its applied repo (at `rev`, or HEAD): prepare → update → finalize.
+
+        On failure the lock goes back byte for byte and the container keeps
+        (or is put back on) its previous system.
+        """
+        c = container(name)
+        if not self.exists(name):
+            raise wire.HiveError(f"there is no container {c} to rebuild; start the agent first", "not_found")
+        self.meta.prepare(name, rev)
+        try:
+            self._update(name)
+        except CommandFailed as e:
+            self.meta.abort(name)
+            moved = "failed to reload container" in e.stderr
+            extra = self._restore(name, "a failed reload") if moved else ""
+            raise wire.HiveError(f"rebuilding container {c} failed; it keeps its previous configuration and "
+                                 f"the meta flake its previous lock. {e}{extra}", e.code) from None
+        try:
+            self.meta.finalize(name, f"rebuild {c}" + (f" at {rev[:12]}" if rev else ""))
+        except wire.HiveError as e:
+            raise wire.HiveError(f"{c} was rebuilt but the meta flake could not record it, so it was put "
+                                 f"back. {e}{self._restore(name, 'a failed commit')}", e.code) from None
+        log.info("rebuilt %s", c)
+
+    def update_all(self):
+        """The `update` approval: move every meta flake input, rebuild every container, all or nothing."""
+        names = [n for n in sorted(self.meta.agents()) if self.exists(n)]
+        self.meta.prepare_all()
+        done = []
+        for name in names:
+            try:
+                self._update(name)
+            except CommandFailed as e:
+                self.meta.abort(None)
+                if "failed to reload container" in e.stderr:
+                    done.append(name)
+                extra = "".join(self._restore(n, "an aborted update") for n in done)
+                raise wire.HiveError(f"updating the meta flake's inputs failed at {container(name)}, so every "
+                                     f"container and the lock were left as before. {e}{extra}", e.code) from None
+            done.append(name)
+        try:
+            self.meta.finalize(None, "update inputs")
+        except wire.HiveError as e:
+            extra = "".join(self._restore(n, "a failed commit") for n in done)
+            raise wire.HiveError(f"the containers were updated but the meta flake could not record it, so "
+                                 f"they were put back. {e}{extra}", e.code) from None
+        log.info("updated every meta flake input and rebuilt %s", ", ".join(names) or "nothing")
+        return names

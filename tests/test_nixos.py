@@ -1,0 +1,614 @@
+"""The nixos backend and the meta flake, against recording fakes of nixos-container, nix and journalctl.
+
+The fakes (tests/fakebin) check their arguments against the real CLIs'
+grammar and keep container state in a JSON file, so these tests see the exact
+command lines and what a container would have been built from. One test runs
+the generated flake through the real nix when it is installed.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from hyperhive import wire
+from hyperhive.core import metaflake
+from hyperhive.core.containers import Launch, nixos
+from hyperhive.core.gitrepos import WorkTree
+from hyperhive.core.metaflake import MetaFlake
+
+FAKEBIN = os.path.join(ROOT, "tests", "fakebin")
+
+
+class PlainGit:
+    """Plain git for the test's own stand-in config repos (the meta flake uses the real WorkTree)."""
+
+    @staticmethod
+    def _git(path, *args):
+        return subprocess.run(["git", "-C", path, *args], check=True, capture_output=True, text=True).stdout
+
+    def init(self, path):
+        self._git(path, "init", "-q", "-b", "main")
+
+    def commit_all(self, path, message):
+        self._git(path, "add", "-A")
+        if subprocess.run(["git", "-C", path, "diff", "--cached", "--quiet"]).returncode == 0:
+            return None
+        self._git(path, "commit", "-q", "-m", message)
+        return self._git(path, "rev-parse", "HEAD").strip()
+
+    def restore(self, path, relpath):
+        self._git(path, "checkout", "HEAD", "--", relpath)
+
+
+class Hive:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.log_path = tmp / "calls.jsonl"
+        self.state_path = tmp / "fake-state.json"
+        self.conf_dir = tmp / "nixos-containers"
+        self.meta = MetaFlake(str(tmp / "meta"), nixos.nix, WorkTree(), system="x86_64-linux")
+        self.backend = nixos.NixosBackend(self.meta, conf_dir=str(self.conf_dir))
+
+    # applied config repos
+    def applied(self, name):
+        return str(self.tmp / "agents" / name / "applied")
+
+    def commit(self, name, text):
+        path = self.applied(name)
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            PlainGit().init(path)
+        with open(os.path.join(path, "agent.nix"), "w") as f:
+            f.write(text)
+        return PlainGit().commit_all(path, f"config: {text.strip()}")
+
+    def sync(self, *names):
+        return self.meta.sync({n: self.applied(n) for n in names})
+
+    def launch(self, name, config=True):
+        home = self.tmp / "agents" / name
+        run = self.tmp / "run" / "agents" / name
+        run.mkdir(parents=True, exist_ok=True)
+        sock = run / "agent.sock"
+        sock.touch()
+        launch = Launch(name, "agent", ["unused"], {"HIVE_SOCKET": str(sock)}, str(home / "state"),
+                        str(home), str(home / "harness.log"))
+        if config:
+            launch.config_dir = str(home / "proposed")
+        return launch
+
+    def up(self, *names):
+        for n in names:
+            self.commit(n, f"# {n} v1\n")
+        self.sync(*names)
+        for n in names:
+            self.backend.start(self.launch(n))
+        self.clear()
+
+    # what the fakes saw
+    def calls(self):
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text().splitlines()]
+
+    def clear(self):
+        if self.log_path.exists():
+            self.log_path.unlink()
+
+    def box(self, name):
+        return json.loads(self.state_path.read_text())["containers"][f"h-{name}"]
+
+    def lock_bytes(self):
+        return (self.tmp / "meta" / "flake.lock").read_bytes()
+
+    def git(self, *args):
+        return PlainGit._git(str(self.tmp / "meta"), *args)
+
+    def clean(self):
+        return self.git("status", "--porcelain") == ""
+
+
+@pytest.fixture
+def hive(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", os.pathsep.join([FAKEBIN, os.path.dirname(sys.executable), os.environ["PATH"]]))
+    monkeypatch.setenv("HIVE_FAKE_LOG", str(tmp_path / "calls.jsonl"))
+    monkeypatch.setenv("HIVE_FAKE_STATE", str(tmp_path / "fake-state.json"))
+    monkeypatch.setenv("HIVE_FAKE_CONF_DIR", str(tmp_path / "nixos-containers"))
+    monkeypatch.delenv("HIVE_FAKE_FAIL", raising=False)
+    for var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        monkeypatch.setenv(var, "hive test")
+    for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(var, "hive@test.invalid")
+    return Hive(tmp_path)
+
+
+def fail(monkeypatch, what):
+    monkeypatch.setenv("HIVE_FAKE_FAIL", what)
+
+
+# -- the meta flake --------------------------------------------------------------------------
+
+def test_sync_writes_one_input_per_agent_locks_and_commits(hive):
+    sha_a = hive.commit("a", "# a v1\n")
+    hive.commit("b", "# b v1\n")
+    assert hive.sync("a", "b") is True
+    text = (hive.tmp / "meta" / "flake.nix").read_text()
+    assert f'"agent-a" = {{ url = "git+file://{hive.applied("a")}"; flake = false; }};' in text
+    assert '"b" = nixpkgs.lib.nixosSystem' in text and '"${inputs."agent-b"}/agent.nix"' in text
+    assert hive.meta.locked_revs()["agent-a"] == sha_a
+    assert hive.git("log", "--format=%s").splitlines() == ["lock new inputs", "sync agents: a, b"]
+    assert hive.clean()
+    assert hive.sync("a", "b") is False  # nothing changed: no commit, no nix call
+    assert hive.git("log", "--format=%s").count("\n") == 2
+    assert hive.sync("a") is True and "agent-b" not in hive.meta.locked_revs()
+    assert hive.calls() == [["nix", "flake", "lock"]] * 2
+
+
+def test_names_and_paths_are_checked_where_they_enter(hive):
+    for bad in ("../x", "A", "", "x" * 40):
+        with pytest.raises(wire.HiveError):
+            hive.meta.sync({bad: "/tmp/x"})
+        with pytest.raises(wire.HiveError):
+            nixos.container(bad)
+    with pytest.raises(wire.HiveError, match="characters a flake URL"):
+        hive.meta.sync({"a": "/tmp/has space"})
+    with pytest.raises(wire.HiveError, match="not valid"):
+        hive.backend.build("../etc")
+    with pytest.raises(wire.HiveError, match="not valid"):
+        hive.backend.journal("a b")
+    with pytest.raises(wire.HiveError, match="40-character"):
+        hive.meta.prepare("a", rev="main")
+    assert hive.calls() == []
+
+
+def test_the_generated_flake_evaluates_with_real_nix(hive, tmp_path, monkeypatch):
+    """The flake text is real Nix: locked and evaluated by the real nix, names like `if` included."""
+    real_nix = shutil.which("nix", path=os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep) if os.path.abspath(d) != FAKEBIN))
+    if real_nix is None:
+        pytest.skip("real nix is not installed")
+    stub = tmp_path / "nixpkgs"
+    stub.mkdir()
+    (stub / "flake.nix").write_text("""{ outputs = { self }: { lib.nixosSystem = args: {
+      inherit (args) system;
+      agent = builtins.readFile (builtins.elemAt args.modules 0);
+      host = ((builtins.elemAt args.modules 1) { lib.mkDefault = x: x; }).networking.hostName;
+    }; }; }\n""")
+
+    def nix(*args, cwd=None):
+        done = subprocess.run([real_nix, "--extra-experimental-features", "nix-command flakes", *args],
+                              cwd=cwd, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise wire.HiveError(done.stderr.strip(), "unavailable")
+        return done.stdout
+
+    old = hive.commit("if", "# if v1\n")
+    hive.commit("if", "# if v2\n")
+    hive.commit("a", "# a v1\n")
+    meta = MetaFlake(str(tmp_path / "meta"), nix, WorkTree(), nixpkgs=f"path:{stub}", system="x86_64-linux")
+    meta.sync({"if": hive.applied("if"), "a": hive.applied("a")})
+    got = json.loads(nix("eval", "--json", f"{meta.path}#nixosConfigurations",
+                         "--apply", "cs: builtins.mapAttrs (n: c: [c.system c.agent c.host]) cs"))
+    assert got == {"a": ["x86_64-linux", "# a v1\n", "h-a"], "if": ["x86_64-linux", "# if v2\n", "h-if"]}
+    # a pinned rev (tagged, not on the checked-out branch) goes into the url and the lock
+    PlainGit._git(hive.applied("if"), "tag", "building/1", old)
+    PlainGit._git(hive.applied("if"), "reset", "-q", "--hard", "HEAD~1")
+    PlainGit._git(hive.applied("if"), "commit", "-q", "--allow-empty", "-m", "move main away")
+    agents = meta.agents()
+    agents["if"]["rev"] = old
+    (tmp_path / "meta" / "flake.nix").write_text(metaflake.render(agents, f"path:{stub}", "x86_64-linux"))
+    nix("flake", "lock", cwd=meta.path)
+    got = json.loads(nix("eval", "--json", f"{meta.path}#nixosConfigurations", "--apply",
+                         "cs: cs.\"if\".agent"))
+    assert got == "# if v1\n" and meta.locked_revs()["agent-if"] == old
+
+
+def test_prepare_refuses_a_second_operation_and_sync_waits_too(hive):
+    hive.up("a", "b")
+    hive.meta.prepare("a")
+    with pytest.raises(wire.HiveError, match="busy rebuilding 'a'") as e:
+        hive.meta.prepare("b")
+    assert e.value.code == "conflict"
+    with pytest.raises(wire.HiveError, match="busy"):
+        hive.meta.prepare_all()
+    with pytest.raises(wire.HiveError, match="busy"):
+        hive.backend.build("b")
+    hive.commit("c", "# c\n")
+    with pytest.raises(wire.HiveError, match="syncing the agent list must wait"):
+        hive.sync("a", "b", "c")
+    with pytest.raises(wire.HiveError, match="no such operation"):
+        hive.meta.finalize("b", "wrong one")
+    assert hive.meta.abort("b") is False
+    assert hive.meta.abort("a") is True and hive.clean()
+    hive.backend.build("b")  # free again
+
+
+def test_a_core_that_died_mid_operation_is_rolled_back_at_the_next_sync(hive):
+    hive.up("a")
+    before = hive.lock_bytes()
+    hive.commit("a", "# a v2\n")
+    hive.meta.prepare("a")
+    assert hive.lock_bytes() != before
+    again = MetaFlake(hive.meta.path, nixos.nix, WorkTree(), system="x86_64-linux")  # a restarted core
+    assert again.sync({"a": hive.applied("a")}) is False
+    assert hive.lock_bytes() == before and hive.clean()
+    assert not os.path.exists(os.path.join(hive.meta.path, ".git", "hyperhive-op.json"))
+
+
+# -- containers ----------------------------------------------------------------------------
+
+def test_start_creates_from_the_meta_flake_and_binds_socket_state_and_config(hive):
+    sha = hive.commit("a", "# a v1\n")
+    hive.sync("a")
+    hive.clear()
+    launch = hive.launch("a")
+    hive.backend.start(launch)
+    meta = hive.meta.path
+    assert hive.calls() == [
+        ["nix", "flake", "update", "agent-a"],
+        ["nixos-container", "create", "h-a", "--flake", f"{meta}#a"],
+        ["nixos-container", "start", "h-a"],
+    ]
+    state = str(hive.tmp / "agents" / "a" / "state")
+    config = str(hive.tmp / "agents" / "a" / "proposed")
+    conf = (hive.conf_dir / "h-a.conf").read_text()
+    assert conf.splitlines()[-1] == (f'EXTRA_NSPAWN_FLAGS="--bind={os.path.dirname(launch.env["HIVE_SOCKET"])}:/run/hyperhive '
+                                     f'--bind={state}:/state --bind-ro={config}:/agents/a/config"')
+    assert "PRIVATE_NETWORK=0" in conf and "PRIVATE_NETWORK=1" not in conf and f"FLAKE={meta}" in conf
+    box = hive.box("a")
+    assert box["up"] and not box["private_network"] and box["system"]["rev"] == sha
+    assert box["binds"] == [
+        {"src": os.path.dirname(launch.env["HIVE_SOCKET"]), "dst": "/run/hyperhive", "ro": False},
+        {"src": state, "dst": "/state", "ro": False},
+        {"src": config, "dst": "/agents/a/config", "ro": True},
+    ]
+    # the input was locked at sync and did not move since, so finalize had nothing to commit
+    assert hive.git("log", "-1", "--format=%s") == "lock new inputs\n" and hive.clean()
+    assert hive.backend.running("a") and hive.backend.names() == ["a"]
+    with pytest.raises(wire.HiveError, match="already running") as e:
+        hive.backend.start(launch)
+    assert e.value.code == "conflict"
+
+
+def test_restart_reuses_the_container_and_rewrites_its_binds(hive):
+    hive.up("a")
+    hive.backend.stop("a")
+    hive.clear()
+    hive.backend.start(hive.launch("a", config=False))
+    assert hive.calls() == [["nixos-container", "status", "h-a"], ["nixos-container", "start", "h-a"]]
+    assert [b["dst"] for b in hive.box("a")["binds"]] == ["/run/hyperhive", "/state"]
+
+
+def test_bind_paths_nspawn_cannot_carry_are_refused_before_anything_runs(hive):
+    hive.commit("a", "# a\n")
+    hive.sync("a")
+    hive.clear()
+    launch = hive.launch("a")
+    launch.state_dir = str(hive.tmp / "with space")
+    with pytest.raises(wire.HiveError, match="only letters, digits"):
+        hive.backend.start(launch)
+    launch = hive.launch("a")
+    os.unlink(launch.env["HIVE_SOCKET"])
+    with pytest.raises(wire.HiveError, match="socket .* does not exist"):
+        hive.backend.start(launch)
+    assert hive.calls() == []
+
+
+def test_a_name_too_long_for_nixos_container_is_a_clear_error(hive):
+    hive.commit("abcdefghij", "# long\n")
+    hive.sync("abcdefghij")
+    hive.clear()
+    with pytest.raises(wire.HiveError, match="at most 9"):
+        hive.backend.start(hive.launch("abcdefghij"))
+    assert hive.calls() == []
+
+
+def test_a_failed_create_leaves_no_container_and_the_old_lock(hive, monkeypatch):
+    hive.commit("a", "# a\n")
+    hive.sync("a")
+    before = hive.lock_bytes()
+    hive.clear()
+    fail(monkeypatch, "create:h-a")
+    with pytest.raises(wire.HiveError) as e:
+        hive.backend.start(hive.launch("a"))
+    assert "could not create container h-a" in str(e.value) and "services.frobnicate" in str(e.value)
+    assert hive.calls()[-1] == ["nixos-container", "destroy", "h-a"]
+    assert not (hive.conf_dir / "h-a.conf").exists() and hive.lock_bytes() == before and hive.clean()
+    monkeypatch.delenv("HIVE_FAKE_FAIL")
+    hive.backend.start(hive.launch("a"))
+    assert hive.backend.running("a")
+
+
+def test_running_status_and_names(hive):
+    assert hive.backend.running("a") is False and hive.calls() == []  # no conf: no container, no command
+    hive.up("a", "b")
+    (hive.conf_dir / "postgres.conf").write_text("PRIVATE_NETWORK=1\n")  # someone else's container
+    assert hive.backend.names() == ["a", "b"]
+    assert hive.backend.running("a") is True
+    hive.backend.stop("b")
+    assert hive.backend.running("b") is False
+    assert ["nixos-container", "status", "h-a"] in hive.calls()
+
+
+def test_stop_graceful_terminate_and_kill(hive):
+    hive.up("a")
+    assert hive.backend.stop("a", graceful=True) is True
+    assert hive.calls()[-1] == ["nixos-container", "stop", "h-a"]
+    assert hive.backend.stop("a") is False and hive.backend.kill("a") is False
+    hive.backend.start(hive.launch("a"))
+    hive.clear()
+    assert hive.backend.stop("a", graceful=False) is True
+    assert hive.calls() == [["nixos-container", "status", "h-a"], ["nixos-container", "terminate", "h-a"]]
+    hive.backend.start(hive.launch("a"))
+    hive.clear()
+    assert hive.backend.kill("a") is True
+    assert hive.calls()[-1] == ["nixos-container", "terminate", "h-a"] and not hive.backend.running("a")
+
+
+def test_a_stop_that_hangs_past_its_timeout_is_terminated(hive, monkeypatch):
+    hive.up("a")
+    fail(monkeypatch, "stop-hang:h-a")
+    assert hive.backend.stop("a", timeout=0.5) is True
+    assert [c[1] for c in hive.calls()] == ["status", "stop", "terminate"]
+    assert not hive.backend.running("a")
+
+
+def test_destroy(hive):
+    hive.up("a")
+    assert hive.backend.destroy("a") is True
+    assert hive.calls()[-1] == ["nixos-container", "destroy", "h-a"]
+    assert hive.backend.names() == [] and not hive.backend.running("a")
+    assert os.path.isdir(hive.tmp / "agents" / "a" / "state")  # the bound state is never touched
+    assert hive.backend.destroy("a") is False
+
+
+def test_journal_reads_the_machine_or_its_unit(hive):
+    hive.up("a")
+    out = hive.backend.journal("a", lines=5)
+    assert hive.calls()[-1] == ["journalctl", "-M", "h-a", "-n", "5", "--no-pager"]
+    assert "Started hyperhive harness." in out
+    hive.backend.stop("a")
+    out = hive.backend.journal("a", lines=50)
+    assert hive.calls()[-1] == ["journalctl", "-u", "container@h-a.service", "-n", "50", "--no-pager"]
+    assert "Stopped Container 'h-a'." in out
+    with pytest.raises(wire.HiveError, match="1 to 10000"):
+        hive.backend.journal("a", lines=0)
+
+
+def test_command_failures_are_sentences_with_stderr(hive, monkeypatch):
+    hive.up("a")
+    hive.backend.stop("a")
+    fail(monkeypatch, "start:h-a")
+    with pytest.raises(wire.HiveError) as e:
+        hive.backend.start(hive.launch("a"))
+    assert str(e.value).startswith("could not start container h-a. `nixos-container start h-a` failed (exit 1): ")
+    assert "failed to start container" in str(e.value) and e.value.code == "unavailable"
+
+
+def test_missing_binaries_are_a_clear_error(hive, monkeypatch, tmp_path):
+    hive.commit("a", "# a\n")
+    only_git = tmp_path / "only-git"
+    only_git.mkdir()
+    os.symlink(shutil.which("git"), only_git / "git")  # git stays; nixos-container and nix are gone
+    monkeypatch.setenv("PATH", str(only_git))
+    with pytest.raises(wire.HiveError) as e:
+        hive.backend.names()
+    assert "`nixos-container` is not on PATH" in str(e.value) and "NixOS host" in str(e.value)
+    assert e.value.code == "unavailable"
+    with pytest.raises(wire.HiveError, match="`nix` is not on PATH.*Nix 2.19"):
+        hive.sync("a")
+
+
+def test_the_fakes_refuse_what_the_real_clis_refuse(hive):
+    def run(*argv):
+        return subprocess.run([os.path.join(FAKEBIN, argv[0]), *argv[1:]], capture_output=True, text=True)
+
+    for argv in (["nixos-container", "frobnicate", "h-a"], ["nixos-container", "start"],
+                 ["nixos-container", "start", "h-a", "extra"], ["nixos-container", "start", "--flake", "x", "h-a"],
+                 ["nixos-container", "create", "h-a", "--bogus"], ["nixos-container", "list", "h-a"],
+                 ["nixos-container", "run", "h-a"], ["nixos-container"],
+                 ["nix", "flake", "frob"], ["nix", "build"], ["nix", "flake", "update", "--bogus"],
+                 ["nix", "flake", "lock", "a", "b"], ["journalctl", "-M"], ["journalctl", "--follow"]):
+        done = run(*argv)
+        assert done.returncode == 1, (argv, done.stdout)
+        assert done.stderr, argv
+    assert "Usage: nixos-container list" in run("nixos-container", "frobnicate", "h-a").stderr
+
+
+# -- builds --------------------------------------------------------------------------------
+
+def test_a_good_build_moves_the_lock_and_commits_it(hive):
+    hive.up("a", "b")
+    b_before = hive.box("b")["system"]
+    sha = hive.commit("a", "# a v2\n")
+    hive.backend.build("a")
+    assert hive.calls() == [["nix", "flake", "update", "agent-a"],
+                            ["nixos-container", "update", "h-a", "--flake", f"{hive.meta.path}#a"]]
+    assert hive.meta.locked_revs()["agent-a"] == sha and hive.box("a")["system"]["rev"] == sha
+    assert hive.box("b")["system"] == b_before
+    assert hive.git("log", "-1", "--format=%s") == "rebuild h-a\n" and hive.clean()
+    assert "flake.lock" in hive.git("show", "--name-only", "--format=", "HEAD")
+
+
+def test_a_build_of_a_pinned_rev_builds_that_rev_not_head(hive):
+    hive.up("a")
+    old = hive.box("a")["system"]["rev"]
+    hive.commit("a", "# a v2\n")
+    hive.backend.build("a", rev=old)
+    assert f"?rev={old}&allRefs=1" in (hive.tmp / "meta" / "flake.nix").read_text()
+    assert hive.meta.agents()["a"]["rev"] == old and hive.box("a")["system"]["rev"] == old
+    assert hive.git("log", "-1", "--format=%s") == f"rebuild h-a at {old[:12]}\n" and hive.clean()
+    hive.backend.build("a")  # back to following HEAD
+    assert "?rev=" not in (hive.tmp / "meta" / "flake.nix").read_text()
+
+
+def test_a_failing_build_keeps_the_old_lock_and_the_old_container(hive, monkeypatch):
+    hive.up("a")
+    lock, nix_text, box = hive.lock_bytes(), (hive.tmp / "meta" / "flake.nix").read_bytes(), hive.box("a")
+    head = hive.git("rev-parse", "HEAD")
+    sha = hive.commit("a", "# a v2 with a typo\n")
+    fail(monkeypatch, "update:h-a")
+    with pytest.raises(wire.HiveError) as e:
+        hive.backend.build("a", rev=sha)
+    message = str(e.value)
+    assert message.startswith("rebuilding container h-a failed; it keeps its previous configuration")
+    assert "services.frobnicate' does not exist" in message and "Traceback" not in message
+    assert hive.lock_bytes() == lock and (hive.tmp / "meta" / "flake.nix").read_bytes() == nix_text
+    assert hive.box("a") == box and hive.git("rev-parse", "HEAD") == head and hive.clean()
+    monkeypatch.delenv("HIVE_FAKE_FAIL")
+    hive.backend.build("a")  # nothing left in flight
+    assert hive.box("a")["system"]["rev"] == sha
+
+
+def test_a_failed_reload_puts_the_container_back_on_its_old_system(hive, monkeypatch):
+    hive.up("a")
+    old = hive.box("a")["system"]
+    lock = hive.lock_bytes()
+    hive.commit("a", "# a v2\n")
+    fail(monkeypatch, "reload:h-a")
+    with pytest.raises(wire.HiveError, match="failed to reload container"):
+        hive.backend.build("a")
+    updates = [c for c in hive.calls() if c[:2] == ["nixos-container", "update"]]
+    assert len(updates) == 2  # the failed one, then the rebuild from the restored lock
+    assert hive.box("a")["system"] == old and hive.lock_bytes() == lock and hive.clean()
+
+
+def test_a_failing_prepare_aborts_before_any_build(hive, monkeypatch):
+    hive.up("a")
+    lock = hive.lock_bytes()
+    hive.commit("a", "# a v2\n")
+    fail(monkeypatch, "nix:flake update")
+    with pytest.raises(wire.HiveError) as e:
+        hive.backend.build("a")
+    assert str(e.value).startswith("could not update the meta flake's input for 'a'; the meta flake is unchanged.")
+    assert "Could not resolve host" in str(e.value)
+    assert not [c for c in hive.calls() if c[0] == "nixos-container" and c[1] == "update"]
+    assert hive.lock_bytes() == lock and hive.clean()
+    monkeypatch.delenv("HIVE_FAKE_FAIL")
+    hive.backend.build("a")
+
+
+def test_update_all_moves_every_input_and_rebuilds_every_container(hive):
+    hive.up("a", "b")
+    before = hive.meta.locked_revs()
+    assert hive.backend.update_all() == ["a", "b"]
+    after = hive.meta.locked_revs()
+    assert after["nixpkgs"] != before["nixpkgs"]
+    assert hive.calls()[0] == ["nix", "flake", "update"]
+    assert hive.box("a")["system"]["nixpkgs"] == after["nixpkgs"] == hive.box("b")["system"]["nixpkgs"]
+    assert hive.git("log", "-1", "--format=%s") == "update inputs\n" and hive.clean()
+
+
+def test_update_all_that_fails_on_one_container_rolls_back_all(hive, monkeypatch):
+    hive.up("a", "b")
+    lock, a_before, b_before = hive.lock_bytes(), hive.box("a")["system"], hive.box("b")["system"]
+    head = hive.git("rev-parse", "HEAD")
+    fail(monkeypatch, "update:h-b")
+    with pytest.raises(wire.HiveError, match="failed at h-b, so every container and the lock were left as before"):
+        hive.backend.update_all()
+    assert hive.lock_bytes() == lock and hive.git("rev-parse", "HEAD") == head and hive.clean()
+    assert hive.box("a")["system"] == a_before and hive.box("b")["system"] == b_before
+    updates = [c[2] for c in hive.calls() if c[:2] == ["nixos-container", "update"]]
+    assert updates == ["h-a", "h-b", "h-a"]  # a was updated, then put back from the restored lock
+
+
+def test_prepare_all_failure_and_finalize_of_the_wrong_operation(hive, monkeypatch):
+    hive.up("a")
+    lock = hive.lock_bytes()
+    fail(monkeypatch, "nix:flake update")
+    with pytest.raises(wire.HiveError, match="could not update the meta flake's inputs"):
+        hive.backend.update_all()
+    assert hive.lock_bytes() == lock and hive.clean()
+    monkeypatch.delenv("HIVE_FAKE_FAIL")
+    hive.meta.prepare_all()
+    with pytest.raises(wire.HiveError, match="no such operation"):
+        hive.meta.finalize("a", "not this one")
+    assert hive.meta.abort(metaflake.ALL) is True and hive.lock_bytes() == lock and hive.clean()
+
+
+def test_serve_wires_the_backend_to_the_meta_flake_under_the_state_dir(tmp_path):
+    backend = nixos.NixosBackend.at(str(tmp_path), WorkTree())
+    assert backend.meta.path == str(tmp_path / "meta") and backend.meta.nix is nixos.nix
+    assert backend.name == "nixos" and backend.conf_dir == "/etc/nixos-containers"
+
+
+def test_build_of_a_missing_container_is_not_found(hive):
+    hive.commit("a", "# a\n")
+    hive.sync("a")
+    with pytest.raises(wire.HiveError, match="no container h-a") as e:
+        hive.backend.build("a")
+    assert e.value.code == "not_found"
+
+
+# -- the core on this backend ---------------------------------------------------------
+
+def test_the_core_runs_nixos_containers_and_rebuilds_them_on_approval(tmp_path):
+    from conftest import Hive as Core, kill_harnesses, wait_until
+
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    env = {"PATH": f"{FAKEBIN}:{os.environ['PATH']}", "HIVE_FAKE_LOG": str(fake / "calls.jsonl"),
+           "HIVE_FAKE_STATE": str(fake / "state.json"), "HIVE_FAKE_CONF_DIR": str(fake / "conf"),
+           "HIVE_NIXOS_CONF_DIR": str(fake / "conf")}
+    core = Core(tmp_path / "state", env=env, backend="auto")  # auto: nixos-container is on PATH
+
+    def calls():
+        with open(fake / "calls.jsonl") as f:
+            return [" ".join(json.loads(line)[1:]) for line in f]
+
+    def commit(model):
+        repo = os.path.join(core.state_dir, "config", "proposed", "a")
+        path = os.path.join(repo, "hive.json")
+        config = json.load(open(path))
+        config["model"] = model
+        with open(path, "w") as f:
+            json.dump(config, f)
+        run = lambda *a: subprocess.run(["git", "-C", repo, *a], check=True, capture_output=True,  # noqa: E731
+                                        text=True).stdout.strip()
+        run("-c", "user.name=m", "-c", "user.email=m@h", "commit", "-qam", f"model {model}")
+        return run("rev-parse", "HEAD")
+
+    meta = os.path.join(core.state_dir, "meta")
+    applied = os.path.join(core.state_dir, "config", "applied", "a")
+    try:
+        core.start()
+        assert "Traceback" not in core.log()
+        core.call("spawn", name="a")
+        wait_until(lambda: "start h-a" in calls(), 20, "h-a to start")
+        seen = calls()
+        assert f"create h-manager --flake {meta}#manager" in seen and "start h-manager" in seen
+        assert f"create h-a --flake {meta}#a" in seen and "start h-a" in seen
+        assert core.row("a")["running"]
+
+        sha = commit("sonnet")
+        approval = core.agent_call("manager", "request_apply_commit", agent="a", commit_ref=sha,
+                                   description="sonnet")["id"]
+        assert core.call("approve", id=approval)["approval"]["status"] == "approved"
+        assert f"update h-a --flake {meta}#a" in calls()
+        log = subprocess.run(["git", "-C", meta, "log", "--format=%s"], capture_output=True, text=True).stdout
+        assert f"rebuild h-a at {sha[:12]}" in log
+        assert subprocess.run(["git", "-C", applied, "rev-parse", "main"], capture_output=True,
+                              text=True).stdout.strip() == sha
+
+        core.stop()  # the next core's nixos-container fails every update of h-a
+        core.env["HIVE_FAKE_FAIL"] = "update:h-a"
+        core.start()
+        wait_until(lambda: core.row("a")["running"], 20, "boot to start h-a again")
+        lock = open(os.path.join(meta, "flake.lock"), "rb").read()
+        bad = commit("opus")
+        approval = core.agent_call("manager", "request_apply_commit", agent="a", commit_ref=bad,
+                                   description="opus")["id"]
+        answer = core.call("approve", id=approval)["approval"]
+        assert answer["status"] == "failed" and "h-a" in answer["note"]
+        assert open(os.path.join(meta, "flake.lock"), "rb").read() == lock  # the old lock stays
+        assert subprocess.run(["git", "-C", applied, "rev-parse", "main"], capture_output=True,
+                              text=True).stdout.strip() == sha  # and the old config
+        assert core.row("a")["running"]
+    finally:
+        core.stop()
+        kill_harnesses(core.state_dir)
