@@ -351,7 +351,8 @@ def test_argv_gives_the_manager_the_proposed_repos_writable_and_the_applied_ones
     mask = [i for i in range(len(argv) - 1) if argv[i:i + 2] == ["--tmpfs", layout.state_dir]][0]
     assert mask < rw  # the applied repos stay under the mask: never bound back
     assert not [a for a in argv if a.startswith(applied_root)]
-    assert f"--ro-bind {root} /agents/manager/config" in joined
+    for name in ("manager", "a"):  # each proposed repo writable where the manager's model looks
+        assert f"--bind {os.path.join(root, name)} /agents/{name}/config" in joined
     sock_dir = os.path.dirname(layout.socket("manager"))
     assert f"--ro-bind {sock_dir} {sock_dir}" in joined
 

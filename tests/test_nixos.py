@@ -609,6 +609,29 @@ def test_the_core_runs_nixos_containers_and_rebuilds_them_on_approval(tmp_path):
         assert subprocess.run(["git", "-C", applied, "rev-parse", "main"], capture_output=True,
                               text=True).stdout.strip() == sha  # and the old config
         assert core.row("a")["running"]
+
+        # the manager's `update` is an approval too: nix flake update, every container updated, lock committed
+        del core.env["HIVE_FAKE_FAIL"]
+        core.stop()
+        core.start()
+        wait_until(lambda: core.row("a")["running"], 20, "boot to start h-a again")
+        update = core.agent_call("manager", "update", description="bump nixpkgs")["id"]
+        assert core.call("approve", id=update)["approval"]["status"] == "approved"
+        assert "flake update" in calls() and "update h-manager --flake " + meta + "#manager" in calls()
+        log = subprocess.run(["git", "-C", meta, "log", "-1", "--format=%s"], capture_output=True, text=True).stdout
+        assert "update inputs" in log
     finally:
         core.stop()
         kill_harnesses(core.state_dir)
+
+
+def test_the_manager_container_gets_every_proposed_repo_writable(hive, tmp_path):
+    root = tmp_path / "config" / "proposed"
+    for name in ("manager", "a"):
+        (root / name).mkdir(parents=True)
+    launch = hive.launch("manager", config=False)
+    launch.role, launch.config_dir = "manager", str(root)
+    flags = hive.backend._binds(launch)
+    assert f"--bind={root / 'a'}:/agents/a/config" in flags
+    assert f"--bind={root / 'manager'}:/agents/manager/config" in flags
+    assert not [f for f in flags if f.startswith("--bind-ro")]

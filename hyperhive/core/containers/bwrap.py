@@ -266,21 +266,20 @@ def config_args(launch, config):
 
     An agent's is its proposed repo, read-only: its config changes only
     through the manager and the operator's approval. The manager's is the
-    root of every agent's repos (`<root>/<agent>/proposed|applied`); it
-    commits to the proposed ones, so the root is writable, but each applied
-    repo (the core's alone) that exists when the manager starts is bound
-    read-only over it. One created later stays writable until the manager's
-    next start: a root holding only proposed repos would close that gap.
+    root of every agent's proposed repo, writable; the applied repos (the
+    core's alone) are under another root it never sees.
     """
     if launch.role == "manager":
+        # every agent's proposed repo, writable, at its host path and at
+        # /agents/<agent>/config; the applied repos live under another root
+        # that stays masked
         args = ["--bind", config, config]
         for entry in sorted(os.listdir(config) if os.path.isdir(config) else ()):
-            applied = os.path.join(config, entry, "applied")
-            if os.path.isdir(applied):
-                args += ["--ro-bind", applied, applied]
-    else:
-        args = ["--ro-bind", config, config]
-    return args + ["--ro-bind", config, CONFIG_MOUNT.format(name=launch.name)]
+            repo = os.path.join(config, entry)
+            if os.path.isdir(repo) and wire.NAME_RE.fullmatch(entry):
+                args += ["--bind", repo, CONFIG_MOUNT.format(name=entry)]
+        return args
+    return ["--ro-bind", config, config, "--ro-bind", config, CONFIG_MOUNT.format(name=launch.name)]
 
 
 def _ppids():

@@ -172,7 +172,12 @@ class NixosBackend:
         sock_dir = os.path.dirname(socket) if socket else None
         config = getattr(launch, "config_dir", None)
         wanted = [("--bind", sock_dir, SOCKET_DIR_IN), ("--bind", launch.state_dir, STATE_IN)]
-        if config:
+        if config and launch.role == "manager":
+            # the manager edits every agent's proposed repo: each writable at /agents/<agent>/config
+            for entry in sorted(os.listdir(config) if os.path.isdir(config) else ()):
+                if os.path.isdir(os.path.join(config, entry)) and wire.NAME_RE.fullmatch(entry):
+                    wanted.append(("--bind", os.path.join(config, entry), CONFIG_IN.format(name=entry)))
+        elif config:
             # read-only: config edits only ever flow through the manager and the approval queue
             wanted.append(("--bind-ro", config, CONFIG_IN.format(name=launch.name)))
         flags = []
