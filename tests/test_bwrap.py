@@ -588,3 +588,24 @@ def test_the_real_claude_cli_runs_a_turn_inside_the_sandbox(bwrap, tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_auto_picks_nixos_then_bwrap_then_process(tmp_path, monkeypatch):
+    from hyperhive.core import containers
+    from hyperhive.core.containers.nixos import NixosBackend
+    from hyperhive.core.containers.process import ProcessBackend
+
+    fakebin = os.path.join(ROOT, "tests", "fakebin")
+    monkeypatch.setenv("PATH", fakebin + os.pathsep + os.environ["PATH"])
+    assert isinstance(containers.pick("auto", str(tmp_path)), NixosBackend)
+    monkeypatch.setenv("PATH", os.environ["PATH"].split(os.pathsep, 1)[1])
+    ok, _ = BwrapBackend.works()
+    picked = containers.pick("auto", str(tmp_path))
+    assert type(picked) is (BwrapBackend if ok else ProcessBackend)
+    monkeypatch.setattr(BwrapBackend, "works", staticmethod(lambda bwrap="bwrap": (False, "no user namespaces")))
+    assert type(containers.pick("auto", str(tmp_path))) is ProcessBackend
+    with pytest.raises(wire.HiveError, match="cannot run here: no user namespaces"):
+        containers.pick("bwrap", str(tmp_path))
+    assert type(containers.pick("process", str(tmp_path))) is ProcessBackend
+    with pytest.raises(wire.HiveError, match="unknown backend 'docker'"):
+        containers.pick("docker", str(tmp_path))
