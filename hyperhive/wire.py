@@ -19,6 +19,9 @@ OPERATOR = "operator"
 RESERVED_NAMES = frozenset({MANAGER, OPERATOR, "core", "hive", "system", "ttl-watchdog"})
 # Shown above a message popped before a harness restart and popped again.
 REDELIVERED_BANNER = "[redelivered after harness restart — may already be handled]"
+# The file in an agent's state dir where the harness persists its model; the
+# core reads it for `active_model` and writes it when a config sets a model.
+MODEL_FILE = "hyperhive-model"
 RECV_MAX_WAIT = 180
 RECV_MAX_BATCH = 32
 MAX_BODY = 512 * 1024

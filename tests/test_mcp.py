@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from fakecore import MCP_CMD, REPO, WAIT, FakeCore, McpClient, ok, refuse, remove_tree, short_tmpdir
+from fakecore import REPO, WAIT, FakeCore, McpClient, ok, refuse, remove_tree, short_tmpdir
 from hyperhive import wire
 from hyperhive.harness import mcp
 

@@ -1,9 +1,11 @@
-"""Agents' lives: spawn, start, stop, restart, kill, destroy, pause, and their status rows.
+"""Agents' lives: spawn, start, stop, restart, rebuild, kill, destroy, pause, and their status rows.
 
 Owns the on-disk layout of every agent, the `agent` table, the transient
-state of an agent mid-operation (one operation per agent at a time), and the
+state of an agent mid-operation (one operation per agent at a time), the
+config each start reads from the agent's applied repo (hive.json), and the
 watch that notices a harness that died on its own. Container calls go
-through the backend handed in; sockets through the `sockets` seam.
+through the backend handed in, git through `repos`, sockets through the
+`sockets` seam.
 """
 
 import json
@@ -21,10 +23,7 @@ from hyperhive.core.containers import Launch
 from hyperhive.schema import Agent, core_db, now_ms
 
 log = logging.getLogger(__name__)
-MODEL_FILE = "hyperhive-model"
-DEFAULT_MODEL = "haiku"
-
-
+MODEL_FILE = wire.MODEL_FILE
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 
+from hyperhive import wire
 from hyperhive.schema import Event, agent_db
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ KEEP_MS = 7 * 24 * 3600 * 1000
 KINDS = frozenset({"turn_start", "stream", "note", "turn_end", "status_changed", "model_changed",
                    "token_usage_changed", "turn_state_changed"})
 TURN_STATES = ("idle", "thinking", "compacting", "paused")
-MODEL_FILE = "hyperhive-model"
+MODEL_FILE = wire.MODEL_FILE
 DEFAULT_MODEL = "haiku"
 
 

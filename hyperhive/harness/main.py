@@ -43,7 +43,7 @@ class Harness:
         self.role, self.name = role, name
         open_agent(os.path.join(state_dir, EVENTS_DB))
         self.bus = Bus(state_dir)
-        if not os.path.exists(os.path.join(state_dir, "hyperhive-model")):
+        if not os.path.exists(os.path.join(state_dir, wire.MODEL_FILE)):
             self.bus.set_model(self.bus.model())  # persist the default so the core reports it
         self.invocation = Invocation(claude, role, name, state_dir, socket, load_extra_mcp(extra_mcp_path))
         self.client = turnloop.CoreClient(socket, sleep=gevent.sleep, notify=self.bus.note)
