@@ -1,6 +1,7 @@
 """JSON lines over unix stream sockets: the one client and the one server.
 
-The client is stdlib only (the CLI and the MCP server must start fast); the
+The client is stdlib only (the CLI and the MCP server must start fast, so
+even `socket` is imported on first use); the
 server is gevent's StreamServer, imported only by serving roles. One request
 per connection: read one line, answer one line (or a stream of lines for a
 streaming verb), close. A bad frame gets the one error shape and the server
@@ -9,7 +10,6 @@ keeps serving everyone else.
 
 import errno
 import os
-import socket
 import stat
 
 from hyperhive import wire
@@ -28,6 +28,8 @@ class Unreachable(wire.HiveError):
 # -- client ----------------------------------------------------------------------
 
 def connect(path, timeout):
+    import socket  # here, not at the top: the MCP server answers `initialize` without it
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -64,7 +66,7 @@ def call(path, verb, timeout=30.0, **args):
         sock.sendall(wire.request(verb, **args))
         with sock.makefile("rb") as reader:
             return wire.result(_read_line(reader, path))
-    except socket.timeout:
+    except TimeoutError:
         raise wire.HiveError(f"{path} did not answer {verb!r} within {timeout:g}s", "unavailable") from None
     except (BrokenPipeError, ConnectionResetError) as e:
         raise Unreachable(path, e.strerror) from None
@@ -108,6 +110,8 @@ def bind(path, mode):
     A socket file nobody answers on is left from a crashed run and is
     replaced; one that answers belongs to a live server and is refused.
     """
+    import socket
+
     path = str(path)
     if os.path.lexists(path):
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -190,7 +194,7 @@ class Server:
                 sock.sendall(wire.encode(answer))
             else:
                 self._stream(sock, answer, gone)
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the client went away; nothing to tell it
         finally:
             if watcher is not None:
@@ -214,7 +218,7 @@ class Server:
     def _read(reader):
         try:
             return reader.readline(wire.MAX_LINE + 1)
-        except socket.timeout:
+        except TimeoutError:
             return None
 
     def _answer(self, line, gone):

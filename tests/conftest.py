@@ -45,9 +45,11 @@ class Hive:
         self.extra_args = list(extra_args)
         self.backend = backend
         self.proc = None
+        self.starts = 0  # the log is appended across restarts: count the boots
         self.log_path = os.path.join(os.path.dirname(self.state_dir), os.path.basename(self.state_dir) + ".log")
 
     def start(self, wait=True):
+        self.starts += 1
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([PYTHON, self.entry, "serve", "--state-dir", self.state_dir,
                                       "--backend", self.backend, "--claude", self.claude, *self.extra_args],
@@ -60,6 +62,11 @@ class Hive:
     def _ready(self):
         if self.proc.poll() is not None:
             raise AssertionError(f"the core exited with {self.proc.returncode}:\n{self.log()}")
+        # the host socket answers while boot still starts agents: ready is when boot says it is done
+        with open(self.log_path, errors="replace") as f:
+            booted = f.read().count("hive-c0re INFO serving ")
+        if booted < self.starts:
+            return False
         try:
             return "manager" in self.call("list")["agents"]
         except jsonline.Unreachable:

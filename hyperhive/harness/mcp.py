@@ -17,7 +17,7 @@ import json
 import os
 import signal
 import sys
-import threading
+from _thread import allocate_lock  # threading itself is imported at the first tool call
 
 from docopt import DocoptExit, docopt
 
@@ -255,7 +255,7 @@ class Server:
     def __init__(self, role, socket_path, out_fd):
         self.role, self.socket_path, self.out_fd = role, socket_path, out_fd
         self.tools = tools_for(role)
-        self.write_lock = threading.Lock()
+        self.write_lock = allocate_lock()
         self.calls = []
         self.methods = {"initialize": self.initialize, "ping": lambda params: {},
                         "tools/list": self.list_tools, "tools/call": self.call_tool}
@@ -290,6 +290,8 @@ class Server:
             return self.send(msg_id, error=RpcError(METHOD_NOT_FOUND, f"no method {method!r}"))
         if method == "tools/call":
             # a recv may wait minutes; pings and other calls must not queue behind it
+            import threading
+
             call = threading.Thread(target=self.answer, args=(msg_id, handler, params), daemon=True)
             self.calls = [c for c in self.calls if c.is_alive()] + [call]
             call.start()
