@@ -235,3 +235,16 @@ def test_a_restarted_core_rebuilds_agents_whose_config_moved(tmp_path):
     finally:
         h.stop()
         kill_harnesses(h.state_dir)
+
+
+def test_needs_update_until_rebuilt(hive):
+    spawned(hive)
+    sha = commit_config(hive, "a", lambda c: c.update(model="sonnet"))
+    git(applied(hive, "a"), "fetch", "-q", proposed(hive, "a"), "main")
+    git(applied(hive, "a"), "merge", "-q", "--ff-only", sha)  # deployed, but a still runs the old config
+    row = hive.row("a")
+    assert row["needs_update"] is True and row["deployed_sha"] != sha[:12]
+    done = cli(hive, "rebuild", "a")
+    assert done.returncode == 0, done.stderr
+    row = hive.row("a")
+    assert row["needs_update"] is False and row["deployed_sha"] == sha[:12] and row["active_model"] == "sonnet"

@@ -234,3 +234,24 @@ def test_a_cli_verb_starts_without_the_serving_stack(pyz, core, tmp_path):
     assert (done.returncode, done.stdout) == (0, "manager\nx\n")
     assert "hyperhive.cli" in full_names(done.stderr)
     assert imported(done.stderr) & set(HEAVY) == set()
+
+
+def test_the_built_pyz_serves_a_hive_and_runs_its_harnesses(pyz, tmp_path):
+    """The same pyz is the core, every harness it starts and their MCP servers."""
+    from conftest import Hive, kill_harnesses, wait_until
+    from hyperhive.core.containers.bwrap import BwrapBackend
+
+    backend = "bwrap" if BwrapBackend.works()[0] else "process"
+    hive = Hive(tmp_path / "state", entry=str(pyz), backend=backend, env={"ANTHROPIC_API_KEY": "k"},
+                extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
+    try:
+        hive.start()
+        hive.call("spawn", name="zed")
+        hive.call("send", to="zed", body="FAKE: send operator hello from the pyz")
+        wait_until(lambda: "hello from the pyz" in [m["body"] for m in hive.call("inbox")["messages"]], 30,
+                   "zed's answer through the pyz's harness and MCP server")
+        with open(f"/proc/{hive.harness_pid('zed')}/cmdline", "rb") as f:
+            assert str(pyz).encode() in f.read()  # the harness is the pyz too
+    finally:
+        hive.stop()
+        kill_harnesses(hive.state_dir)
