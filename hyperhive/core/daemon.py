@@ -100,7 +100,7 @@ def every(seconds, step, stopping):
 
 
 class Core:
-    """The daemon's parts wired together; `run()` serves until SIGTERM/SIGINT."""
+    """The daemon's parts wired together: `start()` serves, `stop()` winds everything down."""
 
     def __init__(self, layout, backend, harness):
         self.layout = layout
