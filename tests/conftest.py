@@ -19,6 +19,16 @@ ENTRY = os.path.join(ROOT, "hyperhive.py")
 FAKE_CLAUDE = os.path.join(ROOT, "tests", "fakeclaude.py")
 
 
+class RecordingHub:
+    """Stands in for the core's event hub: records every (kind, data) published."""
+
+    def __init__(self):
+        self.events = []
+
+    def publish(self, kind, **data):
+        self.events.append((kind, data))
+
+
 def wait_until(predicate, timeout=15.0, what="the condition"):
     """Poll predicate until it returns something truthy; fail with `what` at the deadline."""
     deadline = time.monotonic() + timeout

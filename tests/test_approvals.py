@@ -2,18 +2,11 @@
 
 import pytest
 
+from conftest import RecordingHub
 from hyperhive import wire
 from hyperhive.core.approvals import QUEUING, Approvals
 from hyperhive.core.broker import Broker
 from hyperhive.schema import Agent, Approval, Message, open_core
-
-
-class Hub:
-    def __init__(self):
-        self.events = []
-
-    def publish(self, kind, **data):
-        self.events.append((kind, data))
 
 
 class Repos:
@@ -80,7 +73,7 @@ class Lifecycle:
 def queue(tmp_path):
     db = open_core(tmp_path / "hive.db")
     Agent.create(name="a")
-    hub = Hub()
+    hub = RecordingHub()
     q = Approvals(Repos(), Lifecycle(), Broker(hub), hub)
     yield q
     db.close()

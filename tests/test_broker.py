@@ -4,16 +4,9 @@ import gevent
 import pytest
 from gevent.event import Event
 
+from conftest import RecordingHub
 from hyperhive.core.broker import VACUUM_AGE_MS, Broker
 from hyperhive.schema import Message, core_db, open_core
-
-
-class RecordingHub:
-    def __init__(self):
-        self.events = []
-
-    def publish(self, kind, **data):
-        self.events.append((kind, data))
 
 
 class Clock:
