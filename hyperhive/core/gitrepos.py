@@ -1,7 +1,7 @@
 """Every agent's config repos, and the only module in hyperhive that runs git.
 
-Owns `<root>/<name>/proposed` (the manager commits there) and
-`<root>/<name>/applied` (core only), the tag trail of the approval flow
+Owns `<root>/proposed/<name>` (the manager commits there) and
+`<root>/applied/<name>` (core only), the tag trail of the approval flow
 (proposal/ → approved/ → building/ → deployed/ | failed/ | denied/, all
 `<kind>/<approval id>`), and the rule that applied `main` only ever
 fast-forwards, and only together with a `deployed/<id>` tag. Every git call goes
@@ -10,9 +10,9 @@ call becomes a `wire.HiveError` naming what was attempted and git's own words.
 """
 
 import os
-import sys
 import re
 import shutil
+import sys
 
 import sh
 

@@ -10,16 +10,18 @@ agent's own parts exist, at the same absolute paths the environment names:
   <state>/agents/<name>/        read-only, for the pause marker (`paused`
                                 appears and goes away while the harness runs,
                                 so its directory is bound, not the file)
-  its socket                    read-only is enough to connect, and keeps the
-                                sandbox from chmod'ing the core's socket
+  its socket's own directory    read-only is enough to connect, and keeps the
+                                sandbox from chmod'ing the core's socket; a
+                                directory, so a restarted core's new socket
+                                shows up inside
   its config checkout           (when the Launch carries a `config_dir`) at
                                 its own path and at /agents/<name>/config;
                                 read-only, but see config_args() for the manager
   <state>/agents/<name>/ also holds extra-mcp.json ($HIVE_EXTRA_MCP), which
   the core rewrites at every start.
 
-The rest of the hive's state dir (hive.db, the other agents, the operator's
-secret) and the run dir (host.sock, manager.sock, the other agents' sockets)
+The rest of the hive's state dir (hive.db, the other agents, the config
+repos) and the run dir (host.sock, manager.sock, the other agents' sockets)
 are covered by empty tmpfs mounts before the agent's own parts are bound back.
 
 pid tree, as the host sees it:
