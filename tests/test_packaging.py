@@ -16,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -255,3 +256,16 @@ def test_the_built_pyz_serves_a_hive_and_runs_its_harnesses(pyz, tmp_path):
     finally:
         hive.stop()
         kill_harnesses(hive.state_dir)
+
+
+def test_assets_travel_inside_the_pyz_and_load_through_the_one_loader(pyz, names, tmp_path):
+    for rel in ("assets/prompts/agent.md", "assets/prompts/manager.md", "assets/prompts/claude-settings.json",
+                "assets/templates/agent.nix", "assets/templates/hive.json"):
+        assert rel in names
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from hyperhive import resources; "
+            "assert resources.IN_ZIP; print(json.dumps([resources.text('assets/prompts/agent.md')[:40], "
+            "json.loads(resources.text('assets/templates/hive.json'))['model']]))")
+    done = run(sys.executable, "-c", code, pyz, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    first, model = json.loads(done.stdout)
+    assert first.startswith("You are **{name}**") and model == "haiku"

@@ -135,7 +135,7 @@ class Repos:
         """Create both repos if missing (existing ones are left alone); returns applied main's sha."""
         proposed, applied = self.proposed(name), self.applied(name)
         if files is None:
-            files = {f: resources.text(f"hyperhive/templates/{f}").replace("{name}", name) for f in TEMPLATES}
+            files = {f: resources.text(f"assets/templates/{f}").replace("{name}", name) for f in TEMPLATES}
         if not _is_repo(proposed):
             self._build(name, proposed, lambda tmp: self._seed_proposed(name, tmp, files))
         if not _is_repo(applied):

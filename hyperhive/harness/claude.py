@@ -73,8 +73,8 @@ class Invocation:
         self.mcp_config = os.path.join(self.dir, "mcp.json")
         self.settings = os.path.join(self.dir, "claude-settings.json")
         self._write(self.mcp_config, json.dumps({"mcpServers": self.servers()}, indent=2))
-        self._write(self.settings, resources.text("hyperhive/prompts/claude-settings.json"))
-        prompt = resources.text(f"hyperhive/prompts/{'manager' if role == 'manager' else 'agent'}.md")
+        self._write(self.settings, resources.text("assets/prompts/claude-settings.json"))
+        prompt = resources.text(f"assets/prompts/{'manager' if role == 'manager' else 'agent'}.md")
         self.system_prompt = prompt.replace("{name}", name)
 
     @staticmethod
