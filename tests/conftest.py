@@ -46,9 +46,11 @@ def wait_until(predicate, timeout=15.0, what="the condition"):
 class Hive:
     """A real `hyperhive serve` process on a temp state dir."""
 
-    def __init__(self, state_dir, claude=FAKE_CLAUDE, entry=ENTRY, env=None, extra_args=(), backend="process"):
+    def __init__(self, state_dir, claude=FAKE_CLAUDE, entry=ENTRY, env=None, extra_args=(), backend="process",
+                 run_dir=None):
         self.state_dir = str(state_dir)
-        self.run_dir = os.path.join(self.state_dir, "run")
+        self.custom_run_dir = run_dir is not None
+        self.run_dir = str(run_dir) if run_dir is not None else os.path.join(self.state_dir, "run")
         self.host_sock = os.path.join(self.run_dir, "host.sock")
         self.claude, self.entry = claude, entry
         self.env = dict(os.environ, **(env or {}))
@@ -61,8 +63,10 @@ class Hive:
     def start(self, wait=True):
         self.starts += 1
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PYTHON, self.entry, "serve", "--state-dir", self.state_dir,
-                                      "--backend", self.backend, "--claude", self.claude, *self.extra_args],
+        argv = [PYTHON, self.entry, "serve", "--state-dir", self.state_dir, "--backend", self.backend]
+        argv += ["--claude", self.claude] if self.claude else []  # None: the daemon's own default
+        argv += ["--run-dir", self.run_dir] if self.custom_run_dir else []
+        self.proc = subprocess.Popen(argv + self.extra_args,
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if wait:

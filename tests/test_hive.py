@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import ENTRY, PYTHON, Hive, kill_harnesses, wait_until
+from conftest import ENTRY, FAKE_CLAUDE, PYTHON, Hive, kill_harnesses, wait_until
 from hyperhive import jsonline, wire
 
 
@@ -406,3 +406,23 @@ def test_agent_socket_verbs_and_identity(hive):
     recent = hive.agent_call("a", "recent", limit=10)["messages"]
     assert [m["body"] for m in recent] == ["from your page", "hi b"]
     assert hive.agent_call("manager", "agent_status")["agent_statuses"]
+
+
+def test_run_dir_and_the_claude_from_the_environment(tmp_path):
+    run_dir = tmp_path / "sockets"
+    h = Hive(tmp_path / "state", claude=None, run_dir=run_dir, env={"HIVE_CLAUDE_BIN": FAKE_CLAUDE})
+    h.start()
+    try:
+        assert os.path.exists(run_dir / "host.sock") and not os.path.exists(os.path.join(h.state_dir, "run"))
+        assert stat.S_IMODE(os.stat(run_dir / "host.sock").st_mode) == 0o660
+        h.call("spawn", name="a")
+        assert h.agent_call("a", "whoami")["name"] == "a"  # its socket is under --run-dir too
+        assert h.sock("a").startswith(str(run_dir))
+        with open(f"/proc/{h.harness_pid('a')}/environ", "rb") as f:
+            env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        assert env[b"HIVE_CLAUDE_BIN"].decode() == FAKE_CLAUDE
+        h.call("send", to="a", body="FAKE: send operator claude-from-env")
+        wait_until(lambda: "claude-from-env" in inbox_bodies(h), 30, "a turn run by the env's claude")
+    finally:
+        h.stop()
+        kill_harnesses(h.state_dir)
