@@ -74,6 +74,7 @@ class Approval(CoreModel):
     note = pw.TextField(null=True)
     description = pw.TextField(default="")
     diff = pw.TextField(default="")
+    requested_by = pw.CharField(null=True)  # manager or operator: a spawned agent's parent
 
 
 class Meta(CoreModel):

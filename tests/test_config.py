@@ -248,3 +248,30 @@ def test_needs_update_until_rebuilt(hive):
     assert done.returncode == 0, done.stderr
     row = hive.row("a")
     assert row["needs_update"] is False and row["deployed_sha"] == sha[:12] and row["active_model"] == "sonnet"
+
+
+def test_the_operators_cli_decides_and_cleans_up(hive):
+    first = hive.agent_call("manager", "request_init_config", name="c", description="a helper")["id"]
+    assert cli(hive, "approve", str(first)).returncode == 0
+    asked = cli(hive, "request-spawn", "c")
+    assert asked.returncode == 0 and "queued approval" in asked.stdout, asked.stderr
+    spawn_id = int(asked.stdout.split()[-1])
+    pending = cli(hive, "pending")
+    assert f"{spawn_id}" in pending.stdout and "spawn" in pending.stdout
+    done = cli(hive, "approve", str(spawn_id))
+    assert done.returncode == 0 and "approved" in done.stdout
+    assert wait_until(lambda: hive.row("c"), 20, "c")["parent"] == "operator"  # who asked, not the manager
+
+    sha = commit_config(hive, "c", lambda c: c.update(model="opus"))
+    approval = manager_requests(hive, sha, agent="c")
+    denied = cli(hive, "deny", str(approval), "--reason", "too dear")
+    assert denied.returncode == 0 and "denied" in denied.stdout
+    assert any("too dear" in b for b in wait_until(lambda: [x for x in manager_inbox(hive) if "denied" in x], 20,
+                                                      "the denial"))
+    bad = cli(hive, "deny", "abc")
+    assert bad.returncode == 1 and "is a number" in bad.stderr and "Traceback" not in bad.stderr
+
+    hive.call("destroy", name="c")
+    assert cli(hive, "tombstones").stdout.split() == ["c"]
+    assert cli(hive, "purge", "c").returncode == 0
+    assert cli(hive, "tombstones").stdout.strip() == "(no tombstones)"

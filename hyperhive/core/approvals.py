@@ -86,14 +86,14 @@ class Approvals:
             raise wire.HiveError(f"{name!r} already has config repos; edit them and request_apply_commit", "conflict")
         return self._added(self._queue(name, "init_config", description))
 
-    def request_spawn(self, name, description):
+    def request_spawn(self, name, description, by=wire.MANAGER):
         wire.check_agent_name(name)
         if Agent.get_or_none(Agent.name == name) is not None:
             raise wire.HiveError(f"an agent named {name!r} already exists", "conflict")
         if not self.repos.exists(name):
             raise wire.HiveError(f"{name!r} has no config yet; request_init_config first, then request_spawn",
                                  "conflict")
-        return self._added(self._queue(name, "spawn", description))
+        return self._added(self._queue(name, "spawn", description, requested_by=by))
 
     def request_update(self, description):
         if not getattr(self.lifecycle.backend, "meta", None):
@@ -134,7 +134,7 @@ class Approvals:
             elif a.kind == "init_config":
                 self.repos.init_agent(a.agent)
             elif a.kind == "spawn":
-                self.lifecycle.spawn(a.agent, parent=wire.MANAGER)
+                self.lifecycle.spawn(a.agent, parent=a.requested_by or wire.MANAGER)
             else:
                 self.lifecycle.update_meta()
         except wire.HiveError as e:

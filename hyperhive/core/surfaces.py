@@ -164,7 +164,7 @@ class Surfaces:
         return wire.ok(approval=self.approvals.deny(id, reason))
 
     def do_request_spawn(self, caller, name, description):
-        return wire.ok(id=self.approvals.request_spawn(name, description))
+        return wire.ok(id=self.approvals.request_spawn(name, description, by=caller))
 
     def do_request_init_config(self, caller, name, description):
         return wire.ok(id=self.approvals.request_init_config(name, description))
