@@ -24,6 +24,7 @@ Usage:
   hyperhive [options] tombstones
   hyperhive [options] purge NAME
   hyperhive [options] urls
+  hyperhive [options] login-url
   hyperhive -h | --help | --version
 
 Roles:
@@ -51,6 +52,7 @@ Verbs (one request on the core's admin socket):
   tombstones      agents destroyed without --purge, whose state is kept
   purge           delete a tombstone's state and config for good
   urls            the hive's addresses
+  login-url       a one-time link that logs a browser in to the dashboard (10 minutes, once)
 
 Options:
   --socket PATH   the core's admin socket (env HIVE_HOST_SOCKET, else <state-dir>/run/host.sock)
@@ -134,6 +136,8 @@ def request_for(args):
         return "purge_tombstone", {"name": name}, lambda a: f"purged {name}", 30
     if args["urls"]:
         return "urls", {}, lambda a: "\n".join(f"{k}: {v or '-'}" for k, v in a["urls"].items()), 30
+    if args["login-url"]:
+        return "login_url", {}, lambda a: a["url"], 30
     if args["start"]:
         return "start", {"scope": {"agent_names": args["NAME"]}}, lambda a: "started", LONG
     if args["stop"]:

@@ -48,6 +48,7 @@ class Agent(CoreModel):
     status_text = pw.TextField(null=True)
     status_set_at = pw.BigIntegerField(null=True)
     running_sha = pw.CharField(null=True)  # the applied config commit its harness was started with
+    last_turn_at = pw.BigIntegerField(null=True)  # when its last good turn ended (acked)
 
 
 class Message(CoreModel):
@@ -112,8 +113,33 @@ class Event(AgentModel):
     data = pw.TextField()  # JSON of the whole event
 
 
-AGENT_TABLES = (Event,)
-AGENT_INDEXES = ("CREATE INDEX IF NOT EXISTS event_at ON event (at)",)
+class TurnStat(AgentModel):
+    """One finished turn: what woke it, how it ended, how long, what it cost, which tools."""
+
+    started_at = pw.BigIntegerField()  # unix ms
+    ended_at = pw.BigIntegerField()
+    duration_ms = pw.BigIntegerField()
+    model = pw.CharField(null=True)
+    wake_from = pw.CharField(null=True)  # who sent the message that woke it
+    result_kind = pw.CharField()  # ok | failed | prompt_too_long | cancelled
+    ctx_input_tokens = pw.BigIntegerField(null=True)  # the last inference: the context's size
+    ctx_output_tokens = pw.BigIntegerField(null=True)
+    ctx_cache_read_tokens = pw.BigIntegerField(null=True)
+    ctx_cache_creation_tokens = pw.BigIntegerField(null=True)
+    cost_input_tokens = pw.BigIntegerField(null=True)  # the whole turn, from the result line
+    cost_output_tokens = pw.BigIntegerField(null=True)
+    cost_cache_read_tokens = pw.BigIntegerField(null=True)
+    cost_cache_creation_tokens = pw.BigIntegerField(null=True)
+    tool_call_count = pw.IntegerField(default=0)
+    tools = pw.TextField(default="{}")  # JSON {tool name: calls}
+    open_loose_ends = pw.IntegerField(null=True)
+    pending_reminders = pw.IntegerField(null=True)
+    note = pw.TextField(null=True)
+
+
+AGENT_TABLES = (Event, TurnStat)
+AGENT_INDEXES = ("CREATE INDEX IF NOT EXISTS event_at ON event (at)",
+                 "CREATE INDEX IF NOT EXISTS turn_stat_started ON turn_stat (started_at)")
 
 SCHEMA_VERSION = 1
 

@@ -29,6 +29,8 @@ SERVE_OPTIONS = (
     ("--backend NAME", "auto", "agent containers: auto, nixos, bwrap, process"),
     ("--claude PATH", "env HIVE_CLAUDE_BIN, else claude", "the claude binary the harnesses run"),
     ("--pass-env NAME", None, "forward this environment variable to every harness (repeatable)"),
+    ("--dashboard-port PORT", "7000", "the dashboard's TCP port; 0 picks a free one, off serves none"),
+    ("--listen ADDR", "127.0.0.1", "the address the dashboard listens on"),
     ("--log-level LEVEL", "info", "debug, info, warning or error"),
 )
 

@@ -31,6 +31,7 @@ ERROR_STATUS = {
     "bad_frame": 400,      # not JSON, not an object, too long, truncated
     "unknown_verb": 400,
     "bad_argument": 400,   # missing, mistyped or out-of-range argument
+    "unauthorized": 401,   # a page asked for without the operator's login
     "not_found": 404,
     "forbidden": 403,
     "conflict": 409,       # the thing exists / is mid-transition / already done
@@ -175,6 +176,9 @@ VERBS = {
                             "queue an approval to seed a new agent's config repos from the template"),
     "update": ((Arg("description", "str", False, ""),), "queue an approval to update the meta flake's inputs"),
     "tombstones": ((), "agents destroyed without purge, whose state is kept"),
+    "update_meta": ((), "update the meta flake's inputs now (nixos backend)"),
+    "login_url": ((), "a one-time URL that logs a browser in to the dashboard"),
+    "get_loose_ends": ((), "what is still open about you: approvals, questions, reminders"),
     "purge_tombstone": ((_NAME,), "delete a tombstone's state and config for good"),
 }
 
@@ -187,9 +191,10 @@ SURFACE_ARGS = {
 
 HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending",
               "start", "stop", "restart", "rebuild", "kill", "set_paused", "spawn",
-              "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone")
+              "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
+              "update_meta", "login_url")
 AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent",
-               "operator_msg", "whoami")
+               "operator_msg", "whoami", "get_loose_ends")
 MANAGER_VERBS = AGENT_VERBS + ("agent_status", "request_apply_commit", "request_init_config",
                                "request_spawn", "start", "stop", "restart", "rebuild", "kill", "update")
 SURFACES = {"host": HOST_VERBS, "agent": AGENT_VERBS, "manager": MANAGER_VERBS}

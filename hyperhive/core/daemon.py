@@ -2,7 +2,8 @@
 
 Usage:
   hyperhive serve [--state-dir DIR] [--run-dir DIR] [--backend NAME] [--claude PATH]
-                  [--pass-env NAME]... [--log-level LEVEL]
+                  [--pass-env NAME]... [--dashboard-port PORT] [--listen ADDR]
+                  [--log-level LEVEL]
   hyperhive serve -h | --help
 
 Options:
@@ -13,6 +14,9 @@ Options:
   --backend NAME      agent containers: auto, nixos, bwrap, process [default: auto]
   --claude PATH       the claude binary the harnesses run (env HIVE_CLAUDE_BIN, else claude)
   --pass-env NAME     forward this environment variable to every harness (repeatable)
+  --dashboard-port PORT  the dashboard's TCP port; 0 picks a free one, off serves
+                      none [default: 7000]
+  --listen ADDR       the address the dashboard listens on [default: 127.0.0.1]
   --log-level LEVEL   debug, info, warning or error [default: info]
 """
 
@@ -21,6 +25,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 
 import gevent
@@ -30,6 +35,7 @@ from gevent.event import Event
 from hyperhive import jsonline, resources, settings, wire
 from hyperhive.core import containers
 from hyperhive.core.approvals import Approvals
+from hyperhive.core.auth import Auth
 from hyperhive.core.broker import Broker
 from hyperhive.core.gitrepos import Repos
 from hyperhive.core.events import Hub
@@ -55,6 +61,8 @@ class Sockets:
             return
         surface = "manager" if role == "manager" else "agent"
         os.makedirs(os.path.dirname(self.layout.socket(name)), mode=0o750, exist_ok=True)
+        # the agent's page secret lives beside its socket, before its harness can look for it
+        Auth.agent_secret(os.path.dirname(self.layout.socket(name)))
         server = jsonline.Server(self.layout.socket(name), self.surfaces.dispatcher(surface, name),
                                  mode=0o660, name=f"{name}.sock")
         self.servers[name] = server.start()
@@ -102,8 +110,9 @@ def every(seconds, step, stopping):
 class Core:
     """The daemon's parts wired together: `start()` serves, `stop()` winds everything down."""
 
-    def __init__(self, layout, backend, harness):
+    def __init__(self, layout, backend, harness, dashboard=("127.0.0.1", 7000)):
         self.layout = layout
+        self.dashboard_at = dashboard  # (address, port), or None for no dashboard
         self.stopping = Event()
         self.hub = Hub()
         self.broker = Broker(self.hub)
@@ -115,11 +124,16 @@ class Core:
         self.surfaces.lifecycle, self.surfaces.approvals = self.lifecycle, self.approvals
         self.host = None
         self.loops = []
+        self.auth = Auth(layout.state_dir)
+        self.dashboard = self.web = None
+        self.url = None
 
     def start(self):
         self.host = jsonline.Server(self.layout.host_socket, self.surfaces.dispatcher("host", wire.OPERATOR),
                                     mode=0o660, name="host.sock").start()
         self.approvals.sweep_unfinished()
+        if self.dashboard_at is not None:
+            self.serve_dashboard(*self.dashboard_at)
         self.lifecycle.boot()
         # nixos asks `nixos-container status` per agent: it watches every 10 s
         watch = getattr(self.lifecycle.backend, "watch_seconds", WATCH_SECONDS)
@@ -128,6 +142,24 @@ class Core:
                       every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping)]
         log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
                  self.lifecycle.backend.name, self.layout.run_dir)
+
+    def serve_dashboard(self, address, port):
+        from gevent.pywsgi import WSGIServer
+
+        from hyperhive.core.dashboard import Dashboard
+
+        self.dashboard = Dashboard(self, self.auth)
+        try:
+            self.web = WSGIServer((address, port), self.dashboard.app, log=None,
+                                  error_log=logging.getLogger("hive-c0re.http"))
+            self.web.start()
+        except OSError as e:
+            raise wire.HiveError(f"the dashboard cannot listen on {address}:{port}: {e.strerror or e}; "
+                                 "pick another --dashboard-port or --listen", "unavailable") from None
+        host = address if address not in ("0.0.0.0", "::", "") else socket.getfqdn()
+        self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.web.server_port}"
+        self.surfaces.login_url = lambda: f"{self.url}/login?token={self.auth.mint()}"
+        log.info("dashboard on %s (`hyperhive login-url` prints a link that logs a browser in)", self.url)
 
     def checkpoint(self):
         """Fold the WAL into the db file in a worker thread, off every request's path."""
@@ -138,9 +170,23 @@ class Core:
         self.stopping.set()
         if self.host is not None:
             self.host.stop()
+        if self.web is not None:
+            self.web.stop(timeout=1)
         self.lifecycle.shutdown()
         self.sockets.close_all()
         gevent.killall(self.loops)
+
+
+def dashboard_address(listen, port):
+    if port == "off":
+        return None
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise wire.HiveError(f"--dashboard-port must be a port number (0 for any free one) or off, got {port!r}")
+    return listen, number
 
 
 def main(argv):
@@ -155,8 +201,9 @@ def main(argv):
         backend = containers.pick(args["--backend"], layout.state_dir)
         claude = args["--claude"] or os.environ.get("HIVE_CLAUDE_BIN") or "claude"
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
+        dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])
         open_core(layout.db_path, background_checkpoint=True)
-        core = Core(layout, backend, harness)
+        core = Core(layout, backend, harness, dashboard)
         # Handlers only set the flag, and go in before anything serves: the
         # host socket answers while boot is still starting agents.
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -303,6 +303,26 @@ class Repos:
                     doing=f"read {path} at {rev} in {name}'s {repo} config repo")
 
 
+    def files(self, name, rev="main", limit=64, max_bytes=256 * 1024):
+        """{path: text} of the config at rev in the applied repo: what the operator reviews."""
+        where = self._need(name)
+        if not isinstance(rev, str) or not rev or rev.startswith("-"):
+            raise wire.HiveError(f"cannot list {name}'s config at {rev!r}: give a revision")
+        listing = _git(where, "ls-tree", "-r", "-l", "-z", rev, code="not_found",
+                       doing=f"list {name}'s config at {rev}")
+        out = {}
+        for entry in [e for e in listing.split("\0") if e][:limit]:
+            meta, _, path = entry.partition("\t")
+            size = meta.split()[3]
+            if size == "-":  # a submodule: nothing to show
+                continue
+            if int(size) > max_bytes:
+                out[path] = f"({size} bytes; too large to show here)"
+                continue
+            out[path] = self.read(name, path, rev=rev)
+        return out
+
+
 class WorkTree:
     """Plain commits in a repo the core owns whole (the meta flake): what MetaFlake needs."""
 

@@ -158,12 +158,33 @@ class Lifecycle:
             "active_model": self.active_model(agent.name),
             "status_text": agent.status_text if running else None,
             "status_set_at": wire.iso(agent.status_set_at) if running else None,
-            "url": None,
+            "url": f"/agent/{agent.name}/",
             "pending_reminders": 0,
+            "role": agent.role,
+            "last_turn_at": wire.iso(agent.last_turn_at),
         }
 
     def rows(self):
         return [self.row(a) for a in Agent.select().order_by(Agent.name)]
+
+    def cached_rows(self):
+        """Every row as the watch last saw it (the dashboard's cold load must not ask each backend)."""
+        for name in self.names():
+            if name not in self._last_rows:
+                self.changed(name)
+        rows = sorted(self._last_rows.values(), key=lambda r: (r["role"] != "manager", r["name"]))
+        return [dict(r) for r in rows]
+
+    def meta_inputs(self):
+        """The meta flake's locked inputs under nixos (None on backends without one)."""
+        meta = getattr(self.backend, "meta", None)
+        if meta is None:
+            return None
+        try:
+            return meta.locked_revs()
+        except (OSError, ValueError) as e:
+            log.warning("cannot read the meta flake's lock: %s", e)
+            return None
 
     # -- the watch -------------------------------------------------------------------
 
@@ -373,6 +394,7 @@ class Lifecycle:
             raise wire.HiveError(f"the {self.backend.name} backend has no meta flake", "conflict")
         with self._meta_lock:
             self.backend.update_all()
+        self.hub.publish("meta_inputs_changed", meta_inputs=self.meta_inputs())
 
     def kill(self, name):
         self.get(name)

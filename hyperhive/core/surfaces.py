@@ -12,6 +12,7 @@ from gevent.queue import Empty
 
 from hyperhive import resources, wire
 from hyperhive.core.events import CLOSED
+from hyperhive.schema import Agent, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ class Surfaces:
     def __init__(self, broker, lifecycle, hub, approvals=None, urls=None):
         self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
         self.urls = urls or {"domain": None, "home": None, "forge": None}
+        self.login_url = None  # () -> a one-time dashboard URL, set when the dashboard serves
 
     def dispatcher(self, surface, caller):
         """A `dispatch(obj)` for jsonline.Server, bound to one surface and caller."""
@@ -50,7 +52,10 @@ class Surfaces:
         return wire.ok(messages=messages, unread=unread)
 
     def do_ack_turn(self, caller):
-        return wire.ok(acked=self.broker.ack_turn(caller))
+        acked = self.broker.ack_turn(caller)
+        Agent.update(last_turn_at=now_ms()).where(Agent.name == caller).execute()
+        self.lifecycle.changed(caller)
+        return wire.ok(acked=acked)
 
     def do_requeue_inflight(self, caller):
         return wire.ok(requeued=self.broker.requeue_inflight(caller))
@@ -78,6 +83,18 @@ class Surfaces:
 
     def do_pending(self, caller):
         return wire.ok(approvals=self.approvals.pending())
+
+    def do_login_url(self, caller):
+        if self.login_url is None:
+            raise wire.HiveError("this core serves no dashboard (it was started with --dashboard-port off)",
+                                 "unavailable")
+        return wire.ok(url=self.login_url())
+
+    def do_get_loose_ends(self, caller):
+        """What is still open about the caller; the manager sees the whole hive's."""
+        ends = [dict(a, loose_end="approval") for a in self.approvals.pending()
+                if caller == wire.MANAGER or a["agent"] == caller]
+        return wire.ok(loose_ends=ends)
 
     def do_subscribe_agent_status(self, caller):
         queue = self.hub.subscribe()
@@ -150,6 +167,10 @@ class Surfaces:
 
     def do_tombstones(self, caller):
         return wire.ok(tombstones=self.lifecycle.tombstones())
+
+    def do_update_meta(self, caller):
+        self.lifecycle.update_meta()
+        return wire.ok()
 
     def do_purge_tombstone(self, caller, name):
         self.lifecycle.purge_tombstone(name)

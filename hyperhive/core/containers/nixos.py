@@ -164,6 +164,20 @@ class NixosBackend:
         # a stopped machine has no journal to open with -M; the unit's log says why it stopped
         return self.run("journalctl", "-u", f"container@{c}.service", "-n", str(lines), "--no-pager")
 
+    def log_tail(self, name, home=None, cursor=None, lines=500):
+        """New journal lines after `cursor` (a journald cursor); the last `lines` without one."""
+        c = container(name)
+        where = ["-M", c] if self.running(name) else ["-u", f"container@{c}.service"]
+        at = [f"--after-cursor={cursor}"] if cursor else ["-n", str(lines)]
+        out = self.run("journalctl", *where, *at, "--no-pager", "--show-cursor")
+        result = []
+        for line in out.splitlines():
+            if line.startswith("-- cursor: "):
+                cursor = line[len("-- cursor: "):]
+            elif line != "-- No entries --":
+                result.append(line)
+        return result, cursor
+
     # -- start / stop ------------------------------------------------------------------------
 
     def _binds(self, launch):

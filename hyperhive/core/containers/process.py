@@ -28,6 +28,14 @@ def _start_time(pid):
     return int(fields[19])
 
 
+def _parse_cursor(cursor):
+    try:
+        inode, offset = str(cursor).split(":")
+        return int(inode), int(offset)
+    except ValueError:
+        return None, None
+
+
 class ProcessBackend:
     """Each harness a child process in its own session, tracked by pidfile."""
 
@@ -67,6 +75,41 @@ class ProcessBackend:
         """How the last child this core started for name ended, or None if unknown/running."""
         child = self._children.get(name)
         return None if child is None else child.poll()
+
+    def log_tail(self, name, home, cursor=None, lines=500):
+        """New lines of the harness's log after `cursor`; the last `lines` without one.
+
+        Returns (lines, cursor). The cursor is "<inode>:<offset>", so a log
+        that was replaced or truncated is read again from its start.
+        """
+        path = os.path.join(home, "harness.log")
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            return [], cursor
+        with f:
+            st = os.fstat(f.fileno())
+            inode, offset = _parse_cursor(cursor)
+            if inode != st.st_ino or offset > st.st_size:
+                offset = None
+            if offset is None:  # the tail: back off far enough for `lines` lines
+                start = max(0, st.st_size - lines * 400)
+                f.seek(start)
+                data = f.read(st.st_size - start)
+                if start:
+                    data = data[data.find(b"\n") + 1:]  # the first line was cut
+                out = data.split(b"\n")
+                end = st.st_size
+                complete = out[:-1]
+                complete = complete[-lines:]
+                end -= len(out[-1])
+            else:
+                f.seek(offset)
+                data = f.read(min(st.st_size - offset, 4 * 1024 * 1024))
+                cut = data.rfind(b"\n") + 1  # a half-written last line waits for its end
+                complete = data[:cut].split(b"\n")[:-1]
+                end = offset + cut
+        return [b.decode(errors="replace") for b in complete], f"{st.st_ino}:{end}"
 
     def start(self, launch):
         if self.running(launch.name, launch.home_dir):

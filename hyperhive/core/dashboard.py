@@ -1,0 +1,365 @@
+"""The operator's dashboard: the routes of the core's web surface, its login, and the agent-page proxy.
+
+Owns the HTTP face of the core (docs/web.md lists every route): the cold
+`/api/state` snapshot, the `/dashboard/stream` of hub events, the message
+flow backfill, the journal tail, and the `/agent/<name>/` proxy to each
+harness's page. Every action is the host surface's verb run as the
+operator, so the dashboard and the admin CLI can never disagree about what
+an action does or which sentence a refusal carries.
+"""
+
+import http.client
+import logging
+import os
+import time
+import urllib.parse
+import uuid
+
+import bottle
+import gevent
+from gevent import socket  # cooperative even where the stdlib's is not patched (the route tests)
+from gevent.queue import Empty
+
+from hyperhive import markup, resources, web, wire
+from hyperhive.core.auth import COOKIE, WEB_SOCKET
+from hyperhive.core.broker import listed_row
+from hyperhive.core.events import CLOSED
+from hyperhive.schema import Message
+
+log = logging.getLogger(__name__)
+
+HISTORY_DEFAULT, HISTORY_MAX = 200, 1000
+INBOX_SIZE = 50
+JOURNAL_SECONDS = 1.0
+PROXY_TIMEOUT = 30.0
+STREAM_TIMEOUT = 3 * web.KEEPALIVE_SECONDS  # a page stream silent this long is a dead harness
+COOKIE_SECONDS = 365 * 24 * 3600
+# What a browser may pass to an agent's page, and what the page may pass back.
+PROXY_REQUEST_HEADERS = ("Content-Type", "Accept", "Last-Event-ID", "If-None-Match")
+PROXY_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "ETag", "X-Content-Type-Options",
+                          "Referrer-Policy", "X-Frame-Options", "X-Accel-Buffering")
+ACTIONS = {  # POST /<action>/<name> -> (verb, fixed arguments)
+    "start": ("start", {}), "stop": ("stop", {}), "restart": ("restart", {}), "rebuild": ("rebuild", {}),
+    "kill": ("kill", {}), "pause": ("set_paused", {"paused": True}), "resume": ("set_paused", {"paused": False}),
+    "purge-tombstone": ("purge_tombstone", {}),
+}
+
+
+def message_row(message):
+    return dict(message, body_html=markup.render(message["body"]))
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket: how the core reaches an agent's page."""
+
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+class Dashboard:
+    """`app` is the WSGI application; `layout`, `hub` and friends are the core's parts."""
+
+    def __init__(self, core, auth):
+        self.core, self.auth = core, auth
+        self.epoch = uuid.uuid4().hex[:12]  # the hub's seq starts over with each core
+        self.dispatch = core.surfaces.dispatcher("host", wire.OPERATOR)
+        self._frames = {}  # seq -> SSE frame: one serialization however many pages listen
+        self.journal_seconds = JOURNAL_SECONDS
+        self.app = self._build()
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def state(self):
+        seq = self.core.hub.seq  # read first: everything below is at least this new
+        lifecycle = self.core.lifecycle
+        questions = getattr(self.core, "questions", None)
+        return {
+            "seq": seq, "epoch": self.epoch, "rev": resources.revision(), "backend": lifecycle.backend.name,
+            "containers": lifecycle.cached_rows(),
+            "transients": dict(lifecycle.transients),
+            "approvals": [dict(a, diff=self.core.approvals.diff(a["id"])) for a in self.core.approvals.pending()],
+            "questions": questions.pending_for_operator() if questions is not None else [],
+            "inbox": [message_row(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE)],
+            "tombstones": lifecycle.tombstones(),
+            "meta_inputs": lifecycle.meta_inputs(),
+        }
+
+    def history(self, after=None, limit=HISTORY_DEFAULT):
+        seq = self.core.hub.seq
+        query = Message.select()
+        if after is not None:
+            rows = list(query.where(Message.id > after).order_by(Message.id).limit(limit))
+        else:
+            rows = list(reversed(query.order_by(Message.id.desc()).limit(limit)))
+        events = [{"seq": 0, "kind": "sent", "message": message_row(listed_row(m))} for m in rows]
+        return {"seq": seq, "epoch": self.epoch, "events": events}
+
+    def frame(self, event):
+        found = self._frames.get(event["seq"])
+        if found is None:
+            shown = event
+            if event["kind"] == "sent":
+                shown = dict(event, message=message_row(event["message"]))
+            found = self._frames[event["seq"]] = web.sse_frame(shown, event["seq"])
+            if len(self._frames) > 512:
+                for seq in sorted(self._frames)[:256]:
+                    del self._frames[seq]
+        return found
+
+    def stream(self):
+        queue = self.core.hub.subscribe()
+
+        def frames():
+            try:
+                yield web.SSE_HELLO
+                while True:
+                    try:
+                        event = queue.get(timeout=web.KEEPALIVE_SECONDS)
+                    except Empty:
+                        yield web.SSE_KEEPALIVE
+                        continue
+                    if event is CLOSED:
+                        log.warning("a dashboard page fell too far behind; its stream was closed (it reconnects)")
+                        return
+                    yield self.frame(event)
+            finally:
+                self.core.hub.unsubscribe(queue)
+
+        return frames()
+
+    # -- the guard --------------------------------------------------------------------------
+
+    def _guard(self, callback):
+        def wrapper(*args, **kwargs):
+            request = bottle.request
+            if request.path != "/login":
+                if not self.auth.is_operator(request.get_cookie(COOKIE)):
+                    raise wire.HiveError("you are not logged in: run `hyperhive login-url` on the hive's host "
+                                         "and open the URL it prints", "unauthorized")
+                if request.method not in ("GET", "HEAD"):
+                    self._check_origin(request)
+            return callback(*args, **kwargs)
+
+        return wrapper
+
+    @staticmethod
+    def _check_origin(request):
+        origin = request.get_header("Origin")
+        if not origin:
+            raise wire.HiveError(f"{request.method} {request.path} needs an Origin header (browsers send one; "
+                                 "from a script, use the hyperhive CLI)", "forbidden")
+        own = f"{request.urlparts.scheme}://{request.get_header('Host', '')}"
+        if origin != own:
+            raise wire.HiveError(f"refused a {request.method} from {origin}: only the dashboard's own pages "
+                                 f"({own}) may act", "forbidden")
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def _build(self):
+        app = web.app("the dashboard")
+        app.install(self._guard)
+        route = app.route
+
+        route("/login", callback=self.login)
+        route("/", callback=lambda: web.page("dashboard.html"))
+        route("/static/<path:path>", callback=lambda path: web.static(path))
+        route("/api/state", callback=lambda: web.json_response(self.state()))
+        route("/dashboard/stream", callback=self.sse)
+        route("/dashboard/history", callback=self.get_history)
+        route("/op-send", "POST", self.op_send)
+        route("/spawn", "POST", self.spawn)
+        route("/approve/<approval_id>", "POST", self.approve)
+        route("/deny/<approval_id>", "POST", self.deny)
+        route("/answer-question/<question_id>", "POST", self.answer_question)
+        route("/destroy/<name>", "POST", self.destroy)
+        route("/meta-update", "POST", lambda: self.act("update_meta"))
+        route(f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "POST", self.lifecycle_action)
+        route("/journal/<name>", callback=self.journal_page)
+        route("/journal/<name>/stream", callback=self.journal_stream)
+        route("/agent-config/<name>", callback=self.agent_config)
+        route("/approval/<approval_id>/diff", callback=self.approval_diff)
+        route("/agent/<name>", callback=lambda name: bottle.redirect(f"/agent/{wire.check_name(name)}/", 308))
+        route("/agent/<name>/", ["GET", "POST"], callback=lambda name: self.proxy(name, ""))
+        route("/agent/<name>/<path:path>", ["GET", "POST"], callback=self.proxy)
+        return app
+
+    def login(self):
+        if not self.auth.redeem(bottle.request.query.get("token")):
+            raise wire.HiveError("this login link is used up or expired; run `hyperhive login-url` on the "
+                                 "hive's host for a new one", "unauthorized")
+        response = bottle.HTTPResponse(status=303, headers={"Location": "/", "Cache-Control": "no-store"})
+        response.set_cookie(COOKIE, self.auth.secret, httponly=True, samesite="strict", path="/",
+                            max_age=COOKIE_SECONDS, secure=bottle.request.urlparts.scheme == "https")
+        log.info("the operator logged in from %s", bottle.request.remote_addr)
+        return response
+
+    def sse(self):
+        for key, value in web.SSE_HEADERS.items():
+            bottle.response.set_header(key, value)
+        return self.stream()
+
+    def get_history(self):
+        query = bottle.request.query
+        after = _int(query.get("after"), "after", 0) if query.get("after") else None
+        limit = min(HISTORY_MAX, _int(query.get("limit") or HISTORY_DEFAULT, "limit", 1))
+        return web.json_response(self.history(after, limit))
+
+    def act(self, verb, **args):
+        return web.json_response(self.dispatch({"cmd": verb, **args}))
+
+    def op_send(self):
+        data = web.body()
+        to = web.field(data, "to")
+        return self.act("send", to=to.strip().lstrip("@") if isinstance(to, str) else to, body=web.field(data, "body"))
+
+    def spawn(self):
+        return self.act("spawn", name=web.field(web.body(), "name"))
+
+    def approve(self, approval_id):
+        return self.act("approve", id=_int(approval_id, "approval id", 1))
+
+    def deny(self, approval_id):
+        return self.act("deny", id=_int(approval_id, "approval id", 1),
+                        reason=web.body().get("reason") or "")
+
+    def answer_question(self, question_id):
+        qid = _int(question_id, "question id", 1)
+        answer = web.field(web.body(), "answer")
+        if getattr(self.core, "questions", None) is None:
+            raise wire.HiveError(f"there is no question {qid}", "not_found")
+        return self.act("answer", id=qid, answer=answer)
+
+    def destroy(self, name):
+        purge = web.body().get("purge", False)
+        if isinstance(purge, str):
+            purge = purge.lower() in ("1", "true", "on", "yes")
+        return self.act("destroy", name=name, purge=bool(purge))
+
+    def lifecycle_action(self, action, name):
+        verb, fixed = ACTIONS[action]
+        if verb in ("start", "stop"):
+            return self.act(verb, scope={"agent_names": [name]})
+        return self.act(verb, name=name, **fixed)
+
+    def approval_diff(self, approval_id):
+        diff = self.core.approvals.diff(_int(approval_id, "approval id", 1))
+        return bottle.HTTPResponse(diff, 200, {"Content-Type": "text/plain; charset=utf-8",
+                                               "Cache-Control": "no-store"})
+
+    def agent_config(self, name):
+        wire.check_name(name)
+        self.core.lifecycle.get(name)
+        repos = self.core.repos
+        sha = repos.deployed_sha(name)
+        files = repos.files(name) if sha else {}
+        return web.json_response({"name": name, "sha": sha, "files": files})
+
+    # -- the journal ----------------------------------------------------------------------------
+
+    def _log_home(self, name):
+        """An agent's home, for a live agent or a tombstone (whose log is its last word)."""
+        wire.check_name(name)
+        lifecycle = self.core.lifecycle
+        if not lifecycle.known(name) and name not in lifecycle.tombstones():
+            raise wire.HiveError(f"there is no agent named {name!r}", "not_found")
+        return lifecycle.layout.home(name)
+
+    def journal_page(self, name):
+        self._log_home(name)
+        return web.page("journal.html", name=name)
+
+    def journal_stream(self, name):
+        home = self._log_home(name)
+        backend = self.core.lifecycle.backend
+        cursor = bottle.request.get_header("Last-Event-ID") or None
+        lines, cursor = backend.log_tail(name, home, cursor)  # a first failure is the page's error
+
+        def frames(lines=lines, cursor=cursor):
+            yield web.SSE_HELLO
+            quiet_since = time.monotonic()
+            while True:
+                if lines:
+                    yield web.sse_frame({"lines": lines}, cursor)
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= web.KEEPALIVE_SECONDS:
+                    yield web.SSE_KEEPALIVE
+                    quiet_since = time.monotonic()
+                gevent.sleep(self.journal_seconds)
+                try:
+                    lines, cursor = backend.log_tail(name, home, cursor)
+                except wire.HiveError as e:
+                    log.warning("tailing %s's log: %s", name, e)
+                    yield web.sse_frame({"lines": [f"[hyperhive: cannot read the log: {e}]"]}, cursor)
+                    return
+
+        for key, value in web.SSE_HEADERS.items():
+            bottle.response.set_header(key, value)
+        return frames()
+
+    # -- the agent pages ------------------------------------------------------------------------
+
+    def proxy(self, name, path):
+        wire.check_name(name)
+        self.core.lifecycle.get(name)
+        request = bottle.request
+        layout = self.core.lifecycle.layout
+        sock_dir = os.path.dirname(layout.socket(name))
+        headers = {h: request.get_header(h) for h in PROXY_REQUEST_HEADERS if request.get_header(h)}
+        headers["X-Hive-Secret"] = self.auth.agent_secret(sock_dir)  # never the operator's cookie
+        target = "/" + path + (f"?{request.query_string}" if request.query_string else "")
+        target = urllib.parse.quote(target, safe="/?&=%:@!$'()*+,;~-._")
+        body = request.body.read() if request.method == "POST" else None
+        streaming = "text/event-stream" in request.get_header("Accept", "")
+        conn = UnixHTTPConnection(os.path.join(sock_dir, WEB_SOCKET), STREAM_TIMEOUT if streaming else PROXY_TIMEOUT)
+        try:
+            conn.request(request.method, target, body=body, headers=headers)
+            upstream = conn.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError):
+            conn.close()
+            raise wire.HiveError(f"{name}'s page is not up: its harness is not running or still starting "
+                                 "(start it from the dashboard, or wait a moment)", "unavailable") from None
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise wire.HiveError(f"{name}'s page did not answer: {e}", "unavailable") from None
+        passed = {h: upstream.getheader(h) for h in PROXY_RESPONSE_HEADERS if upstream.getheader(h)}
+        if "text/event-stream" not in (upstream.getheader("Content-Type") or ""):
+            try:
+                data = upstream.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise wire.HiveError(f"{name}'s page broke off its answer: {e}", "unavailable") from None
+            finally:
+                conn.close()
+            return bottle.HTTPResponse(data, upstream.status, passed)
+
+        def relay():
+            try:
+                while True:
+                    chunk = upstream.read1(65536)
+                    if not chunk:
+                        return
+                    yield chunk
+            except (OSError, http.client.HTTPException) as e:
+                log.info("%s's page stream ended: %s", name, e)
+            finally:
+                conn.close()
+
+        bottle.response.status = upstream.status
+        for key, value in passed.items():
+            bottle.response.set_header(key, value)
+        return relay()
+
+
+def _int(value, what, lo):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise wire.HiveError(f"{what} must be a whole number, got {value!r}") from None
+    if number < lo:
+        raise wire.HiveError(f"{what} must be at least {lo}, got {number}")
+    return number

@@ -1,0 +1,406 @@
+"""The dashboard's routes in-process (WSGI): a real core's parts on a real sqlite file and real git repos,
+a recording container backend, and a real agent page server on a unix socket for the proxy."""
+
+import json
+import os
+import gevent
+import gevent.event
+import pytest
+from gevent import socket as gsocket  # this process is not monkey-patched
+from gevent.pywsgi import WSGIServer
+
+from conftest import ENTRY, FAKE_CLAUDE
+from hyperhive import wire
+from hyperhive.core.auth import COOKIE, Auth
+from hyperhive.core.containers.process import ProcessBackend
+from hyperhive.core.daemon import Core
+from hyperhive.core.dashboard import Dashboard
+from hyperhive.core.lifecycle import Harness, Layout
+from hyperhive.schema import Agent, open_core
+from wsgi import call
+
+ORIGIN = "http://127.0.0.1:7000"
+
+
+class Backend:
+    """Records every container call; agents 'run' while in `up`. Logs are real files."""
+
+    name = "process"
+
+    def __init__(self):
+        self.calls, self.up = [], set()
+        self._files = ProcessBackend()
+
+    def running(self, name, home=None):
+        return name in self.up
+
+    def start(self, launch):
+        self.calls.append(("start", launch.name))
+        self.up.add(launch.name)
+        os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
+        with open(launch.log_path, "a") as f:
+            f.write(f"{launch.name} started\n")
+
+    def stop(self, name, home=None, graceful=True, timeout=None):
+        self.calls.append(("stop", name, graceful))
+        self.up.discard(name)
+
+    def kill(self, name, home=None):
+        self.calls.append(("kill", name))
+        self.up.discard(name)
+
+    def log_tail(self, name, home, cursor=None, lines=500):
+        return self._files.log_tail(name, home, cursor, lines)
+
+
+class Dash:
+    def __init__(self, tmp_path):
+        self.layout = Layout(tmp_path / "state")
+        self.layout.makedirs()
+        open_core(self.layout.db_path)
+        self.backend = Backend()
+        self.core = Core(self.layout, self.backend, Harness(ENTRY, claude=FAKE_CLAUDE), dashboard=None)
+        self.core.lifecycle.boot()  # creates the manager
+        self.dashboard = Dashboard(self.core, self.core.auth)
+        self.app = self.dashboard.app
+        self.cookie = f"{COOKIE}={self.core.auth.secret}"
+
+    def get(self, path, headers=None, auth=True):
+        return call(self.app, "GET", path, headers=dict(headers or {}, **({"Cookie": self.cookie} if auth else {})))
+
+    def post(self, path, body=None, headers=None, auth=True, origin=ORIGIN):
+        h = dict(headers or {})
+        if auth:
+            h["Cookie"] = self.cookie
+        if origin:
+            h["Origin"] = origin
+        return call(self.app, "POST", path, headers=h, body=body if body is not None else {})
+
+    def spawn(self, name):
+        self.core.lifecycle.spawn(name)
+
+
+@pytest.fixture
+def dash(tmp_path):
+    return Dash(tmp_path)
+
+
+def error_of(res, status, code, *words):
+    assert res.status == status, res.text
+    body = res.json()
+    assert body["ok"] is False and body["code"] == code and body["version"] == wire.VERSION
+    for w in words:
+        assert w in body["error"], body["error"]
+    return body["error"]
+
+
+# -- login ---------------------------------------------------------------------------------
+
+GUARDED = [("GET", "/"), ("GET", "/api/state"), ("GET", "/dashboard/stream"), ("GET", "/dashboard/history"),
+           ("GET", "/journal/manager"), ("GET", "/agent-config/manager"), ("GET", "/approval/1/diff"),
+           ("GET", "/agent/manager/"), ("GET", "/static/base.css"), ("POST", "/op-send"), ("POST", "/approve/1"),
+           ("POST", "/deny/1"), ("POST", "/restart/manager"), ("POST", "/destroy/a"), ("POST", "/meta-update"),
+           ("POST", "/spawn"), ("POST", "/purge-tombstone/a"), ("POST", "/answer-question/1")]
+
+
+@pytest.mark.parametrize("method,path", GUARDED)
+def test_every_route_but_login_needs_the_operator(dash, method, path):
+    res = call(dash.app, method, path, headers={"Origin": ORIGIN})
+    error_of(res, 401, "unauthorized", "hyperhive login-url")
+    res = call(dash.app, method, path, headers={"Origin": ORIGIN, "Cookie": f"{COOKIE}=not-the-secret"})
+    error_of(res, 401, "unauthorized")
+
+
+def test_a_login_url_sets_the_cookie_once(dash):
+    token = dash.core.auth.mint()
+    res = call(dash.app, "GET", f"/login?token={token}")
+    assert res.status == 303 and res.headers["location"].endswith("/")
+    cookie = res.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}={dash.core.auth.secret};")
+    assert "; HttpOnly" in cookie and "; samesite=strict" in cookie.lower() and "; Path=/" in cookie
+    again = call(dash.app, "GET", f"/login?token={token}")
+    error_of(again, 401, "unauthorized", "used up or expired")
+    error_of(call(dash.app, "GET", "/login"), 401, "unauthorized")
+
+
+def test_a_login_token_expires(tmp_path):
+    now = [1000.0]
+    auth = Auth(str(tmp_path), clock=lambda: now[0])
+    token = auth.mint()
+    now[0] += 601
+    assert not auth.redeem(token)
+    fresh = auth.mint()
+    assert auth.redeem(fresh) and not auth.redeem(fresh)
+
+
+def test_the_operator_secret_is_private_and_kept(tmp_path):
+    a = Auth(str(tmp_path))
+    path = tmp_path / "operator.secret"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert len(a.secret) == 64 and int(a.secret, 16) >= 0  # 256 bits of hex
+    assert Auth(str(tmp_path)).secret == a.secret
+
+
+def test_posts_must_come_from_the_dashboard_itself(dash):
+    dash.spawn("a")
+    error_of(dash.post("/pause/a", origin=None), 403, "forbidden", "Origin")
+    error_of(dash.post("/pause/a", origin="http://evil.example"), 403, "forbidden", "evil.example")
+    assert dash.post("/pause/a").status == 200
+    assert Agent.get(Agent.name == "a").paused
+
+
+# -- state, stream, history ---------------------------------------------------------------
+
+def test_state_is_the_whole_snapshot(dash):
+    dash.spawn("alice")
+    dash.core.broker.send("alice", wire.OPERATOR, "**done**")
+    res = dash.get("/api/state")
+    assert res.status == 200 and res.headers["cache-control"] == "no-store"
+    state = res.json()
+    assert state["seq"] == dash.core.hub.seq and state["epoch"] == dash.dashboard.epoch
+    assert [c["name"] for c in state["containers"]] == ["manager", "alice"]
+    alice = state["containers"][1]
+    assert alice["running"] and alice["url"] == "/agent/alice/" and alice["role"] == "agent"
+    assert set(wire.STATUS_FIELDS) <= set(alice)
+    assert state["inbox"][0]["body"] == "**done**"
+    assert state["inbox"][0]["body_html"] == "<p><strong>done</strong></p>"
+    assert state["approvals"] == [] and state["questions"] == [] and state["tombstones"] == []
+    assert state["transients"] == {} and state["meta_inputs"] is None and state["backend"] == "process"
+
+
+def test_state_carries_pending_approvals_with_their_diff(dash):
+    approval_id = dash.core.approvals.request_init_config("bob", "a helper")
+    approvals = dash.get("/api/state").json()["approvals"]
+    assert [a["id"] for a in approvals] == [approval_id]
+    assert approvals[0]["kind"] == "init_config" and "diff" in approvals[0]
+    diff = dash.get(f"/approval/{approval_id}/diff")
+    assert diff.status == 200 and diff.headers["content-type"].startswith("text/plain")
+    error_of(dash.get("/approval/999/diff"), 404, "not_found", "999")
+    error_of(dash.get("/approval/x/diff"), 400, "bad_argument", "whole number")
+
+
+def test_the_stream_carries_every_event_with_its_seq(dash):
+    dash.spawn("alice")
+    res = dash.get("/dashboard/stream")
+    assert res.status == 200 and res.headers["content-type"].startswith("text/event-stream")
+    first = next(res.stream())
+    assert b"retry:" in first  # the hello flushes the headers
+    seq0 = dash.core.hub.seq
+
+    def later():
+        dash.core.broker.send(wire.OPERATOR, "alice", "<script>x</script> *hi*")
+        dash.core.lifecycle.set_paused("alice", True)
+
+    gevent.spawn_later(0.01, later)
+    events = res.events(2)
+    assert [e["kind"] for e in events] == ["sent", "container_state_changed"]
+    assert [e["seq"] for e in events] == [seq0 + 1, seq0 + 2]
+    assert [e["_id"] for e in events] == [str(seq0 + 1), str(seq0 + 2)]
+    assert events[0]["message"]["body_html"] == "<p>&lt;script&gt;x&lt;/script&gt; <em>hi</em></p>"
+    assert events[1]["container"]["paused"] is True
+    assert not dash.core.hub._subscribers, "a closed stream must unsubscribe"
+
+
+def test_history_backfills_the_message_flow(dash):
+    dash.spawn("alice")
+    ids = [dash.core.broker.send(wire.OPERATOR, "alice", f"m{i}") for i in range(5)]
+    whole = dash.get("/dashboard/history").json()
+    assert whole["seq"] == dash.core.hub.seq and whole["epoch"] == dash.dashboard.epoch
+    assert [e["message"]["id"] for e in whole["events"]] == ids
+    assert all(e["kind"] == "sent" and e["message"]["body_html"] for e in whole["events"])
+    assert [e["message"]["id"] for e in dash.get("/dashboard/history?limit=2").json()["events"]] == ids[-2:]
+    assert [e["message"]["id"] for e in dash.get(f"/dashboard/history?after={ids[2]}").json()["events"]] == ids[3:]
+    error_of(dash.get("/dashboard/history?after=x"), 400, "bad_argument", "after")
+    error_of(dash.get("/dashboard/history?limit=0"), 400, "bad_argument", "limit")
+
+
+# -- actions ---------------------------------------------------------------------------------
+
+def test_op_send_stores_a_message_from_the_operator(dash):
+    dash.spawn("alice")
+    res = dash.post("/op-send", {"to": "@alice", "body": "hello"})
+    assert res.status == 200 and res.json()["ok"]
+    row = dash.core.broker.inbox("alice", 1)[0]
+    assert row["from"] == wire.OPERATOR and row["body"] == "hello" and row["id"] == res.json()["id"]
+    form = call(dash.app, "POST", "/op-send", body="to=alice&body=via+form",
+                headers={"Cookie": dash.cookie, "Origin": ORIGIN,
+                         "Content-Type": "application/x-www-form-urlencoded"})
+    assert form.status == 200 and dash.core.broker.inbox("alice", 1)[0]["body"] == "via form"
+    error_of(dash.post("/op-send", {"to": "nobody", "body": "x"}), 404, "not_found", "nobody")
+    error_of(dash.post("/op-send", {"to": "../etc", "body": "x"}), 400, "bad_argument", "not valid")
+    error_of(dash.post("/op-send", {"to": "alice", "body": "  "}), 400, "bad_argument", "body")
+    error_of(dash.post("/op-send", {"body": "x"}), 400, "bad_argument", "'to' is required")
+    bad = call(dash.app, "POST", "/op-send", body=b"{not json", headers={
+        "Cookie": dash.cookie, "Origin": ORIGIN, "Content-Type": "application/json"})
+    error_of(bad, 400, "bad_frame", "not valid JSON")
+
+
+def test_lifecycle_actions_run_the_host_verbs(dash):
+    dash.spawn("a")
+    for action, expect in (("stop", ("stop", "a", True)), ("start", ("start", "a")), ("kill", ("kill", "a")),
+                           ("restart", ("start", "a")), ("rebuild", ("start", "a"))):
+        res = dash.post(f"/{action}/a")
+        assert res.status == 200, (action, res.text)
+        assert dash.backend.calls[-1] == expect, action
+    assert dash.post("/pause/a").status == 200 and Agent.get(Agent.name == "a").paused
+    assert dash.post("/resume/a").status == 200 and not Agent.get(Agent.name == "a").paused
+    error_of(dash.post("/levitate/a"), 404, "not_found", "/levitate/a")
+    error_of(dash.post("/restart/nobody"), 404, "not_found", "nobody")
+    error_of(dash.post("/restart/Bad!"), 400, "bad_argument", "not valid")
+    error_of(dash.post("/destroy/manager"), 403, "forbidden", "manager")
+    error_of(dash.post("/meta-update"), 409, "conflict", "meta flake")
+
+
+def test_destroy_leaves_a_tombstone_that_can_be_purged(dash):
+    dash.spawn("a")
+    assert dash.post("/destroy/a").status == 200
+    assert dash.get("/api/state").json()["tombstones"] == ["a"]
+    assert dash.get("/journal/a").status == 200, "a tombstone's log stays readable"
+    assert dash.post("/purge-tombstone/a").status == 200
+    assert dash.get("/api/state").json()["tombstones"] == []
+    error_of(dash.post("/purge-tombstone/a"), 404, "not_found")
+    dash.spawn("b")
+    assert dash.post("/destroy/b", {"purge": True}).status == 200
+    assert not os.path.exists(dash.layout.home("b"))
+
+
+def test_spawn_approve_and_deny(dash):
+    assert dash.post("/spawn", {"name": "carol"}).status == 200
+    assert "carol" in dash.core.lifecycle.names()
+    error_of(dash.post("/spawn", {"name": "carol"}), 409, "conflict", "already exists")
+    error_of(dash.post("/spawn", {"name": "operator"}), 400, "bad_argument")
+    first = dash.core.approvals.request_init_config("dave", "")
+    second = dash.core.approvals.request_init_config("erin", "")
+    assert dash.post(f"/approve/{first}").status == 200
+    assert dash.core.repos.exists("dave")
+    error_of(dash.post(f"/approve/{first}"), 409, "conflict")
+    res = dash.post(f"/deny/{second}", {"reason": "not now"})
+    assert res.status == 200 and res.json()["approval"]["status"] == "denied"
+    assert res.json()["approval"]["note"] == "not now"
+    error_of(dash.post("/approve/999"), 404, "not_found")
+    error_of(dash.post("/approve/0"), 400, "bad_argument", "at least 1")
+
+
+def test_questions_are_not_there_to_answer_yet(dash):
+    error_of(dash.post("/answer-question/3", {"answer": "yes"}), 404, "not_found", "no question 3")
+    error_of(dash.post("/answer-question/3", {}), 400, "bad_argument", "answer")
+
+
+# -- journal, config, assets -------------------------------------------------------------------
+
+def test_the_journal_tails_the_harness_log(dash):
+    dash.spawn("a")
+    page = dash.get("/journal/a")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    assert b"a" in page.body
+    dash.dashboard.journal_seconds = 0.01
+    res = dash.get("/journal/a/stream")
+    log_path = dash.layout.log("a")
+    gevent.spawn_later(0.05, lambda: open(log_path, "a").write("second line\nhalf"))
+    events = res.events(2)
+    assert events[0]["lines"] == ["a started"]
+    assert events[1]["lines"] == ["second line"], "a half-written line waits for its end"
+    resumed = dash.get("/journal/a/stream", headers={"Last-Event-ID": events[1]["_id"]})
+    gevent.spawn_later(0.05, lambda: open(log_path, "a").write(" done\n"))
+    assert resumed.events(1)[0]["lines"] == ["half done"], "a reconnect resumes where it left off"
+    error_of(dash.get("/journal/nobody"), 404, "not_found")
+    error_of(dash.get("/journal/..%2Fetc"), 404, "not_found")
+    error_of(dash.get("/journal/a..b"), 400, "bad_argument", "not valid")
+
+
+def test_agent_config_shows_the_deployed_files(dash):
+    dash.spawn("a")
+    res = dash.get("/agent-config/a").json()
+    assert res["name"] == "a" and len(res["sha"]) == 40
+    assert "hive.json" in res["files"] and "agent.nix" in res["files"]
+    json.loads(res["files"]["hive.json"])
+    error_of(dash.get("/agent-config/nobody"), 404, "not_found")
+
+
+def test_static_assets_are_cached_by_revision(dash):
+    res = dash.get("/static/base.css")
+    assert res.status == 200 and res.headers["content-type"].startswith("text/css")
+    assert res.headers["cache-control"] == "no-cache" and res.headers["etag"]
+    again = dash.get("/static/base.css", headers={"If-None-Match": res.headers["etag"]})
+    assert again.status == 304
+    error_of(dash.get("/static/../hyperhive/wire.py"), 404, "not_found")
+    error_of(dash.get("/static/nope.js"), 404, "not_found")
+    page = dash.get("/")
+    assert page.status == 200 and b"{{rev}}" not in page.body and page.headers["x-frame-options"] == "DENY"
+
+
+def test_unknown_routes_and_methods_have_the_one_error_shape(dash):
+    error_of(dash.get("/nothing/here/at/all"), 404, "not_found", "/nothing/here/at/all")
+    error_of(dash.post("/api/state"), 400, "bad_argument", "POST is not allowed")
+    error_of(dash.get("/restart/a"), 400, "bad_argument", "GET is not allowed")
+
+
+# -- the proxy ---------------------------------------------------------------------------------
+
+class PageServer:
+    """A stand-in agent page on the agent's web.sock that says what it was asked."""
+
+    def __init__(self, path):
+        self.seen = []
+        listener = gsocket.socket(gsocket.AF_UNIX, gsocket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(16)
+        self.release = gevent.event.Event()
+        self.server = WSGIServer(listener, self.app, log=None)
+        self.server.start()
+
+    def app(self, environ, start_response):
+        body = environ["wsgi.input"].read()
+        self.seen.append({"path": environ["PATH_INFO"], "query": environ["QUERY_STRING"],
+                          "secret": environ.get("HTTP_X_HIVE_SECRET"), "cookie": environ.get("HTTP_COOKIE"),
+                          "body": body, "method": environ["REQUEST_METHOD"]})
+        if environ["PATH_INFO"] == "/events/stream":
+            start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+            def frames():
+                yield b"data: {\"seq\": 1}\n\n"
+                self.release.wait(10)  # the second frame waits: the first must already be through
+                yield b"data: {\"seq\": 2}\n\n"
+
+            return frames()
+        start_response("201 Created", [("Content-Type", "application/json"), ("Set-Cookie", "x=y")])
+        return [json.dumps(self.seen[-1], default=str).encode()]
+
+
+def test_the_proxy_adds_the_agent_secret_and_never_the_cookie(dash):
+    dash.spawn("a")
+    sock_dir = os.path.dirname(dash.layout.socket("a"))
+    page = PageServer(os.path.join(sock_dir, "web.sock"))
+    try:
+        res = dash.post("/agent/a/send?x=1", {"body": "hi"})
+        assert res.status == 201 and "set-cookie" not in res.headers
+        seen = page.seen[-1]
+        with open(os.path.join(sock_dir, "web.secret")) as f:
+            assert seen["secret"] == f.read().strip()
+        assert seen["cookie"] is None and seen["path"] == "/send" and seen["query"] == "x=1"
+        assert json.loads(seen["body"]) == {"body": "hi"} and seen["method"] == "POST"
+        assert dash.get("/agent/a/").status == 201 and page.seen[-1]["path"] == "/"
+        redirect = dash.get("/agent/a")
+        assert redirect.status == 308 and redirect.headers["location"].endswith("/agent/a/")
+        stream = dash.get("/agent/a/events/stream", headers={"Accept": "text/event-stream"})
+        assert stream.headers["content-type"] == "text/event-stream"
+        it = stream.stream()
+        assert b"\"seq\": 1" in next(it), "the first frame is through before the page sends the second"
+        page.release.set()
+        assert b"\"seq\": 2" in next(it)
+        stream.close()
+    finally:
+        page.server.stop()
+    error_of(dash.get("/agent/a/"), 503, "unavailable", "not running")
+    error_of(dash.get("/agent/nobody/"), 404, "not_found")
+    error_of(dash.get("/agent/Bad/"), 400, "bad_argument")
+
+
+def test_each_agent_has_its_own_page_secret(dash):
+    dash.spawn("a")
+    dash.spawn("b")
+    secret = {n: open(os.path.join(os.path.dirname(dash.layout.socket(n)), "web.secret")).read().strip()
+              for n in ("a", "b")}
+    assert secret["a"] != secret["b"] and secret["a"] != dash.core.auth.secret
+    mode = os.stat(os.path.join(os.path.dirname(dash.layout.socket("a")), "web.secret")).st_mode & 0o777
+    assert mode == 0o600
