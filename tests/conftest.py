@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,8 @@ class Hive:
         argv = [PYTHON, self.entry, "serve", "--state-dir", self.state_dir, "--backend", self.backend]
         argv += ["--claude", self.claude] if self.claude else []  # None: the daemon's own default
         argv += ["--run-dir", self.run_dir] if self.custom_run_dir else []
+        if "--dashboard-port" not in self.extra_args:
+            argv += ["--dashboard-port", "0"]  # any free port: tests run beside each other and a real hive
         self.proc = subprocess.Popen(argv + self.extra_args,
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -89,6 +92,21 @@ class Hive:
     def log(self):
         with open(self.log_path, errors="replace") as f:
             return f.read()
+
+    @property
+    def url(self):
+        """The dashboard's base URL, as the core logged it at its last start."""
+        found = re.findall(r"dashboard on (http://\S+) ", self.log())
+        assert found, f"the core logged no dashboard URL:\n{self.log()}"
+        return found[-1]
+
+    def login_url(self):
+        return self.call("login_url")["url"]
+
+    def cookie(self):
+        """The operator's cookie header, as a browser gets it from a login URL."""
+        with open(os.path.join(self.state_dir, "operator.secret")) as f:
+            return f"hive_operator={f.read().strip()}"
 
     def call(self, verb, /, timeout=120, **args):
         return jsonline.call(self.host_sock, verb, timeout=timeout, **args)

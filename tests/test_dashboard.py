@@ -404,3 +404,31 @@ def test_each_agent_has_its_own_page_secret(dash):
     assert secret["a"] != secret["b"] and secret["a"] != dash.core.auth.secret
     mode = os.stat(os.path.join(os.path.dirname(dash.layout.socket("a")), "web.secret")).st_mode & 0o777
     assert mode == 0o600
+
+
+# -- over real HTTP, on a real daemon -------------------------------------------------------------
+
+def test_login_url_from_the_cli_opens_the_dashboard_of_a_real_core(hive):
+    import http.cookiejar
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    from conftest import ENTRY, PYTHON
+
+    out = subprocess.run([PYTHON, ENTRY, "--socket", hive.host_sock, "login-url"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout.strip()
+    assert out.startswith(hive.url + "/login?token=")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(hive.url + "/api/state", timeout=30)
+    assert refused.value.code == 401 and json.loads(refused.value.read())["code"] == "unauthorized"
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(out, timeout=30)  # 303 to / with the cookie set
+    assert page.status == 200 and b"<html" in page.read().lower()
+    state = json.loads(opener.open(hive.url + "/api/state", timeout=30).read())
+    assert [c["name"] for c in state["containers"]] == ["manager"]
+    with pytest.raises(urllib.error.HTTPError) as reused:
+        urllib.request.urlopen(out, timeout=30)
+    assert reused.value.code == 401
+    assert hive.url.startswith("http://127.0.0.1:"), "the dashboard listens on loopback unless told otherwise"
