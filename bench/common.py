@@ -241,7 +241,7 @@ class Core:
         with open(self.log, "ab") as log:
             self.proc = Children.popen(
                 [PYTHON, ENTRY, "serve", "--state-dir", self.state, "--backend", "process",
-                 "--claude", "/bin/true", "--log-level", "warning"],
+                 "--claude", "/bin/true", "--log-level", "warning", "--dashboard-port", "0"],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: call(self.host, "list", timeout=2), 30, "the core answering on host.sock",

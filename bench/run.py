@@ -10,6 +10,11 @@ Benchmarks (targets from the issue):
            baseline: `python -c pass`. Target: <= 2.5x.
   cli      `hyperhive.pyz --socket host.sock list` to exit, against the core;
            baseline: `python -c pass`. Target: <= 3x.
+  fanout   one dashboard event (POST /op-send) until it reached all of 500 open
+           /dashboard/stream pages; baseline: a bare bottle/pywsgi SSE fan-out
+           with as many subscribers. Target: <= 1.5x.
+  state    GET /api/state p99 with 50 agents and 100k messages in the database;
+           baseline: a static asset from the same server. Target: <= 50 ms.
 
 Everything runs on unix sockets in a temp dir that is removed afterwards;
 every child process is stopped, also on Ctrl-C. Exit status: 0 when every
@@ -19,6 +24,7 @@ benchmark ran, 1 when one failed to run, 2 with --strict and a missed target.
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -28,12 +34,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_broker  # noqa: E402
 import bench_coldstart  # noqa: E402
+import bench_dashboard  # noqa: E402
 import bench_wake  # noqa: E402
 from common import Children, Core, ensure_pyz, on_sigterm_raise, rmtree, table  # noqa: E402
 
-ALL = ("wake", "broker", "mcp", "cli")
-# (wake rounds, broker messages, cold-start runs): --quick keeps the whole run well under a minute
-SIZES = {"full": (2000, 5000, 21), "quick": (200, 500, 5)}
+ALL = ("wake", "broker", "mcp", "cli", "fanout", "state")
+# (wake rounds, broker messages, cold-start runs, fan-out rounds, state requests):
+# --quick keeps the whole run well under a minute
+SIZES = {"full": (2000, 5000, 21, 50, 500), "quick": (200, 500, 5, 10, 100)}
 
 
 def parse_args(argv):
@@ -44,6 +52,8 @@ def parse_args(argv):
     p.add_argument("--only", metavar="NAMES", default=",".join(ALL),
                    help=f"comma-separated subset of: {', '.join(ALL)} (default: all)")
     p.add_argument("--agents", type=int, default=50, metavar="N", help="idle long-pollers for wake (default 50)")
+    p.add_argument("--subscribers", type=int, default=500, metavar="N",
+                   help="open dashboard streams for fanout (default 500)")
     p.add_argument("--pyz", metavar="PATH", help="benchmark this pyz as it is (default: the checkout's, built if missing, rebuilt into the temp dir if stale)")
     p.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
     args = p.parse_args(argv)
@@ -54,10 +64,18 @@ def parse_args(argv):
     return args
 
 
+def raise_fd_limit(wanted):
+    """500 streams need more descriptors than a shell's default 1024 (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
 def main(argv):
     args = parse_args(argv)
     on_sigterm_raise()
-    rounds, messages, runs = SIZES["quick" if args.quick else "full"]
+    rounds, messages, runs, fanouts, requests = SIZES["quick" if args.quick else "full"]
+    raise_fd_limit(4 * args.subscribers + 256)
     tmp = tempfile.mkdtemp(prefix="hyperhive-bench-")
     rows, failures = [], []
     started = time.monotonic()
@@ -78,13 +96,17 @@ def main(argv):
             attempt("broker", lambda: bench_broker.run(tmp, messages))
         if "mcp" in args.only:
             attempt("mcp", lambda: bench_coldstart.run_mcp(pyz, tmp, runs))
-        if "wake" in args.only or "cli" in args.only:
+        if {"wake", "cli", "fanout", "state"} & set(args.only):
             print(f"· starting a core with {args.agents} agents …", file=sys.stderr, flush=True)
             with Core(tmp, args.agents) as core:
                 if "wake" in args.only:
                     attempt("wake", lambda: bench_wake.run(core, tmp, rounds))
                 if "cli" in args.only:
                     attempt("cli", lambda: bench_coldstart.run_cli(pyz, core.host, runs))
+                if "fanout" in args.only:
+                    attempt("fanout", lambda: bench_dashboard.run_fanout(core, args.subscribers, fanouts))
+                if "state" in args.only:  # last: it fills the database with 100k messages
+                    attempt("state", lambda: bench_dashboard.run_state(core, requests))
     except KeyboardInterrupt:
         print("\ninterrupted; stopping children", file=sys.stderr)
         return 130
