@@ -304,7 +304,7 @@ def test_argv_masks_the_hive_before_binding_the_agents_own_parts(tmp_path):
     home = layout.home("a")
     assert mask < at("--ro-bind", home, home) < at("--bind", layout.state("a"), layout.state("a"))
     sock_dir = os.path.dirname(layout.socket("a"))  # its own directory: a restarted core's socket shows up
-    assert ("--ro-bind", sock_dir, sock_dir) in pairs
+    assert ("--bind", sock_dir, sock_dir) in pairs
     assert ("--tmpfs", layout.run_dir) not in pairs  # inside the masked state dir already
     config = launch.config_dir
     assert mask < at("--ro-bind", config, config) < at("--ro-bind", config, "/agents/a/config")
@@ -354,7 +354,7 @@ def test_argv_gives_the_manager_the_proposed_repos_writable_and_the_applied_ones
     for name in ("manager", "a"):  # each proposed repo writable where the manager's model looks
         assert f"--bind {os.path.join(root, name)} /agents/{name}/config" in joined
     sock_dir = os.path.dirname(layout.socket("manager"))
-    assert f"--ro-bind {sock_dir} {sock_dir}" in joined
+    assert f"--bind {sock_dir} {sock_dir}" in joined
 
 
 def test_works_says_why_not():

@@ -432,3 +432,22 @@ def test_login_url_from_the_cli_opens_the_dashboard_of_a_real_core(hive):
         urllib.request.urlopen(out, timeout=30)
     assert reused.value.code == 401
     assert hive.url.startswith("http://127.0.0.1:"), "the dashboard listens on loopback unless told otherwise"
+
+
+def test_traps_in_an_agents_socket_dir_are_not_followed(dash, tmp_path):
+    """A container can write its socket dir: a link or fifo laid there must not fool the core."""
+    dash.spawn("a")
+    sock_dir = os.path.dirname(dash.layout.socket("a"))
+    target = tmp_path / "host-file"
+    target.write_text("root-only contents\n")
+    secret_path = os.path.join(sock_dir, "web.secret")
+    os.unlink(secret_path)
+    os.symlink(target, secret_path)
+    secret = Auth.agent_secret(sock_dir)
+    assert "root-only" not in secret and not os.path.islink(secret_path)
+    assert target.read_text() == "root-only contents\n", "the link's target is never written"
+    os.unlink(secret_path)
+    os.mkfifo(secret_path)
+    assert len(Auth.agent_secret(sock_dir)) == 64, "a fifo is replaced, not waited on"
+    os.symlink(dash.layout.host_socket, os.path.join(sock_dir, "web.sock"))
+    error_of(dash.get("/agent/a/"), 503, "unavailable", "not running")

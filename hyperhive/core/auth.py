@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import secrets
+import stat
 import time
 
 log = logging.getLogger(__name__)
@@ -23,22 +24,41 @@ WEB_SECRET = "web.secret"
 WEB_SOCKET = "web.sock"
 
 
+def _read(path):
+    """The file's text if it is a plain file of ours; never follows a link, never waits on a fifo.
+
+    An agent's socket directory is writable from inside its container: what
+    lies there may be a trap laid for the core, which runs with more rights.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("%s is not a plain file (%s); replacing it", path, e.strerror)
+        return None
+    with os.fdopen(fd) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+            log.warning("%s is not a small plain file; replacing it", path)
+            return None
+        return f.read()
+
+
 def _read_or_create(path):
     """The secret in `path`, written first (0600, atomically) if there is none."""
-    try:
-        with open(path) as f:
-            secret = f.read().strip()
-        if len(secret) >= 2 * SECRET_BYTES:
-            return secret
+    secret = (_read(path) or "").strip()
+    if len(secret) >= 2 * SECRET_BYTES:
+        return secret
+    if os.path.lexists(path):
         log.warning("%s held no usable secret; writing a new one", path)
-    except FileNotFoundError:
-        pass
     secret = secrets.token_hex(SECRET_BYTES)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = f"{path}.{secrets.token_hex(8)}.tmp"
+    # O_EXCL|O_NOFOLLOW: a link planted at the temp name is not followed
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # replaces whatever was at path, a link included, never its target
     return secret
 
 

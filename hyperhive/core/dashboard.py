@@ -11,6 +11,7 @@ an action does or which sentence a refusal carries.
 import http.client
 import logging
 import os
+import stat
 import time
 import urllib.parse
 import uuid
@@ -316,7 +317,15 @@ class Dashboard:
         target = urllib.parse.quote(target, safe="/?&=%:@!$'()*+,;~-._")
         body = request.body.read() if request.method == "POST" else None
         streaming = "text/event-stream" in request.get_header("Accept", "")
-        conn = UnixHTTPConnection(os.path.join(sock_dir, WEB_SOCKET), STREAM_TIMEOUT if streaming else PROXY_TIMEOUT)
+        path_ = os.path.join(sock_dir, WEB_SOCKET)
+        try:
+            is_socket = stat.S_ISSOCK(os.lstat(path_).st_mode)  # lstat: a link there is not followed
+        except FileNotFoundError:
+            is_socket = False
+        if not is_socket:
+            raise wire.HiveError(f"{name}'s page is not up: its harness is not running or still starting "
+                                 "(start it from the dashboard, or wait a moment)", "unavailable")
+        conn = UnixHTTPConnection(path_, STREAM_TIMEOUT if streaming else PROXY_TIMEOUT)
         try:
             conn.request(request.method, target, body=body, headers=headers)
             upstream = conn.getresponse()

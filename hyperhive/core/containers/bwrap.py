@@ -250,8 +250,9 @@ def sandbox_argv(launch, bwrap="bwrap"):
     args += ["--bind", state, state]
     sock_dir = os.path.dirname(socket)
     if os.path.basename(sock_dir) == name:
-        # a socket directory of the agent's own: a restarted core's new socket shows up in it
-        args += ["--ro-bind", sock_dir, sock_dir]
+        # a socket directory of the agent's own: a restarted core's new socket shows up in it,
+        # and the harness binds its page's web.sock there (the core reads it with care)
+        args += ["--bind", sock_dir, sock_dir]
     else:
         # A file bind pins the socket's inode: a core restarted after a crash
         # binds a new socket at the path, which this sandbox never sees.
