@@ -234,7 +234,7 @@ MESSAGE_FIELDS = ("id", "from", "body", "sent_at", "redelivered", "file_refs")
 LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at")
 STATUS_FIELDS = ("name", "running", "failed", "needs_update", "needs_login", "paused",
                  "parent", "deployed_sha", "active_model", "status_text", "status_set_at",
-                 "url", "pending_reminders")
+                 "url", "pending_reminders", "role", "last_turn_at")
 APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at",
                    "status", "resolved_at", "note", "description")
 

@@ -642,7 +642,7 @@
         state.armed = !!st.new_session_armed;
         renderInbox();
         paintState();
-      } catch (_) { /* the next turn_end tries again */ }
+      } catch (e) { console.warn("refreshing the inbox failed; the next turn_end tries again:", e); }
     }, 300);
   }
 

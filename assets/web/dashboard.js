@@ -779,7 +779,7 @@
     try {
       const n = new Notification(title, {body: String(body || "").slice(0, 240), tag, icon: "/static/favicon.svg"});
       n.addEventListener("click", () => { window.focus(); n.close(); });
-    } catch (_) { /* some platforms only allow service-worker notifications */ }
+    } catch (e) { console.warn("this browser refused a page notification:", e); }
   }
 
   // ============================================================== compose

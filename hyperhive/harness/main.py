@@ -22,10 +22,11 @@ import sys
 
 import gevent
 import gevent.event
+import gevent.lock
 from docopt import docopt
 
 from hyperhive import wire
-from hyperhive.harness import turnloop
+from hyperhive.harness import turnloop, webui
 from hyperhive.harness.bus import Bus
 from hyperhive.harness.claude import Invocation, Run, load_extra_mcp
 from hyperhive.schema import open_agent
@@ -40,7 +41,7 @@ class Harness:
     """The harness's parts; `run()` loops until SIGTERM, finishing a running turn first."""
 
     def __init__(self, role, name, socket, state_dir, claude, pause_file=None, extra_mcp_path=None):
-        self.role, self.name = role, name
+        self.role, self.name, self.socket = role, name, socket
         open_agent(os.path.join(state_dir, EVENTS_DB))
         self.bus = Bus(state_dir)
         if not os.path.exists(os.path.join(state_dir, wire.MODEL_FILE)):
@@ -49,7 +50,8 @@ class Harness:
         self.client = turnloop.CoreClient(socket, sleep=gevent.sleep, notify=self.bus.note)
         self.current = None
         self.loop = turnloop.TurnLoop(self.client, self.bus, self.run_claude, self.compact,
-                                      paused=turnloop.pause_marker(pause_file), sleep=gevent.sleep)
+                                      paused=turnloop.pause_marker(pause_file), sleep=gevent.sleep,
+                                      turn_lock=gevent.lock.Semaphore())
 
     def run_claude(self, prompt, cont):
         self.current = Run(self.invocation, self.bus, self.bus.model(), prompt, cont)
@@ -67,6 +69,7 @@ class Harness:
             gevent.signal_handler(sig, stopping.set)
         worker = gevent.spawn(self.loop.run)
         pruner = gevent.spawn(self._prune_loop, stopping)
+        page = self._start_page()
         log.info("%s %s serving (state %s)", self.role, self.name, self.invocation.state_dir)
         gevent.wait([stopping, worker], count=1)
         if worker.dead and not stopping.is_set():
@@ -77,7 +80,17 @@ class Harness:
             worker.join()
         worker.kill()
         pruner.kill()
+        if page is not None:
+            page.stop()
         log.info("stopped")
+
+    def _start_page(self):
+        """The agent's web page; without it the agent still works, so a failure is logged, not fatal."""
+        try:
+            return webui.start(self)
+        except (wire.HiveError, OSError) as e:
+            log.error("the agent's web page could not start: %s; the turn loop runs without it", e)
+            return None
 
     def _prune_loop(self, stopping):
         while not stopping.wait(PRUNE_SECONDS):

@@ -9,6 +9,7 @@ sleeping for real.
 
 import logging
 import os
+import threading
 import time
 
 from hyperhive import jsonline, wire
@@ -59,11 +60,18 @@ def wake_prompt(messages, unread):
 
 
 class TurnLoop:
-    """One agent's loop. `runner(prompt, cont) -> Outcome` runs claude; `compact()` compacts."""
+    """One agent's loop. `runner(prompt, cont) -> Outcome` runs claude; `compact()` compacts.
 
-    def __init__(self, client, bus, runner, compact, paused=lambda: False, sleep=time.sleep, batch=1):
+    A turn holds `turn_lock` from its start to its end; the web page's
+    compaction takes the same lock, so the two never share claude's session.
+    The harness passes a gevent lock; the default is for code without a hub.
+    """
+
+    def __init__(self, client, bus, runner, compact, paused=lambda: False, sleep=time.sleep, batch=1,
+                 turn_lock=None):
         self.client, self.bus, self.runner, self.compact = client, bus, runner, compact
         self.paused, self.sleep, self.batch = paused, sleep, batch
+        self.turn_lock = turn_lock if turn_lock is not None else threading.Lock()
         self.stopping = False
         self.in_turn = False
         self.new_session = False
@@ -91,6 +99,10 @@ class TurnLoop:
         return self.turn(messages, answer.get("unread", 0))
 
     def turn(self, messages, unread):
+        with self.turn_lock:  # waits out an operator's compaction
+            return self._turn(messages, unread)
+
+    def _turn(self, messages, unread):
         prompt = wake_prompt(messages, unread)
         first = messages[0]
         self.bus.emit("turn_start", **{"from": first["from"], "body": first["body"], "unread": unread,

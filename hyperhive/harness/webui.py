@@ -1,0 +1,438 @@
+"""The agent's own web page, server side: routes, live-event SSE, operator turn controls.
+
+Owns the page's HTTP surface (docs/web.md, "Agent page routes"): the
+snapshot, the event stream and its history, the operator's actions on this
+agent (send, cancel, compact, new session, model), the loose-ends and stats
+data, the server-side markdown of events (`Presenter`), and the listener:
+a unix socket `web.sock` beside the agent's core socket that answers only
+requests carrying this agent's secret (`web.secret`, written by the core).
+
+The harness handed to `make_app`/`start` must have: `name`, `role`,
+`socket` (the core socket path), `bus`, `loop` (a TurnLoop: `in_turn`,
+`new_session`, `turn_lock`), `current` (the running claude `Run` or None)
+and `compact()` (runs a compaction, returns an Outcome).
+"""
+
+import collections
+import copy
+import hmac
+import json
+import logging
+import os
+import re
+import time
+
+import bottle
+import gevent
+import gevent.queue
+
+from hyperhive import jsonline, markup, resources, web, wire
+from hyperhive.harness import stats
+from hyperhive.schema import Event
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "web.sock"
+SECRET_NAME = "web.secret"
+SECRET_HEADER = "X-Hive-Secret"
+MODELS = ("haiku", "sonnet", "opus")
+MODEL_RE = re.compile(r"[A-Za-z0-9._\[\]-]{1,64}")  # fullmatch: it becomes a --model argument
+INBOX_LIMIT = 30
+HISTORY_DEFAULT, HISTORY_MAX = 200, 2000
+REPLAY_MAX = 2000  # events replayed to a reconnecting EventSource
+LAG_LIMIT = 4096  # events a stream client may fall behind before it is dropped
+CORE_TIMEOUT = 10.0
+PRESENTED_CACHE = 512
+TOOL_NAMES_KEPT = 4096
+PROSE_INPUT = {"send": "body", "ask": "question", "answer": "answer"}  # tool -> its prose argument
+
+
+# -- markdown in events ---------------------------------------------------------------
+
+def short_tool_name(name):
+    """`mcp__hyperhive__send` -> `send` (any MCP server prefix)."""
+    return str(name or "").rsplit("__", 1)[-1]
+
+
+def _result_text(content):
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n\n".join(str(c.get("text") or "") for c in content
+                           if isinstance(c, dict) and c.get("type") == "text")
+    return ""
+
+
+class Presenter:
+    """Events as the page gets them: a copy with `_html` fields rendered on the server.
+
+    Presented events are cached by seq, so a stream with many clients renders
+    each event once. Which tool a tool_use id called is remembered (bounded)
+    as assistant lines pass, so a later `recv` result can be rendered.
+    """
+
+    def __init__(self, cache_size=PRESENTED_CACHE, tools_kept=TOOL_NAMES_KEPT):
+        self.cache = collections.OrderedDict()
+        self.cache_size = cache_size
+        self.tool_names = collections.OrderedDict()
+        self.tools_kept = tools_kept
+
+    def __call__(self, event):
+        seq = event.get("seq")
+        if seq in self.cache:
+            self.cache.move_to_end(seq)
+            return self.cache[seq]
+        shown = self._present(event)
+        if seq is not None:
+            self.cache[seq] = shown
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return shown
+
+    def _present(self, event):
+        kind = event.get("kind")
+        if kind == "turn_start":
+            return dict(event, body_html=markup.render(event.get("body")))
+        if kind == "stream" and isinstance(event.get("line"), dict):
+            shown = copy.deepcopy(event)
+            self._line(shown["line"])
+            return shown
+        return event  # nothing to render: events are never changed once emitted
+
+    def _line(self, line):
+        content = (line.get("message") or {}).get("content") if isinstance(line.get("message"), dict) else None
+        if not isinstance(content, list):
+            return
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            # only what we render may be inserted as HTML: drop whatever came in under those names
+            block.pop("html", None)
+            block.pop("input_html", None)
+            if line.get("type") == "assistant":
+                self._assistant_block(block)
+            elif line.get("type") == "user" and block.get("type") == "tool_result":
+                if short_tool_name(self.tool_names.get(block.get("tool_use_id"))) == "recv":
+                    block["html"] = markup.render(_result_text(block.get("content")))
+
+    def _assistant_block(self, block):
+        if block.get("type") == "text":
+            block["html"] = markup.render(block.get("text") if isinstance(block.get("text"), str) else "")
+        elif block.get("type") == "tool_use":
+            name = block.get("name")
+            self._remember(block.get("id"), name)
+            field = PROSE_INPUT.get(short_tool_name(name))
+            args = block.get("input") if isinstance(block.get("input"), dict) else {}
+            if field and isinstance(args.get(field), str):
+                block["input_html"] = markup.render(args[field])
+
+    def _remember(self, tool_use_id, name):
+        if tool_use_id:
+            self.tool_names[tool_use_id] = name
+            self.tool_names.move_to_end(tool_use_id)
+            while len(self.tool_names) > self.tools_kept:
+                self.tool_names.popitem(last=False)
+
+
+# -- the event history --------------------------------------------------------------
+
+def _load(rows):
+    return [json.loads(row.data) for row in rows]
+
+
+def events_after(after, limit, before=None):
+    """The oldest `limit` events with seq above `after` (and below `before`), oldest first."""
+    query = Event.select().where(Event.seq > after)
+    if before is not None:
+        query = query.where(Event.seq < before)
+    return _load(query.order_by(Event.seq).limit(limit))
+
+
+def newest_after(after, limit):
+    """The newest `limit` events with seq above `after`, oldest first (a replay ends where live begins)."""
+    return list(reversed(_load(Event.select().where(Event.seq > after).order_by(Event.seq.desc()).limit(limit))))
+
+
+# -- the secret -----------------------------------------------------------------------
+
+class Secret:
+    """This agent's page secret, read from web.secret; re-read while it is missing."""
+
+    def __init__(self, path):
+        self.path = path
+        self.value = self._read()
+        if self.value is None:
+            log.error("%s is missing or unreadable; the page refuses every request until the core writes it",
+                      path)
+
+    def _read(self):
+        try:
+            with open(self.path) as f:
+                return f.read().strip() or None
+        except OSError:
+            return None
+
+    def check(self, given):
+        if self.value is None:
+            self.value = self._read()
+            if self.value is None:
+                raise wire.HiveError("this agent's page has no web.secret yet; the core writes it when it "
+                                     "starts the agent", "unavailable")
+            log.info("read %s; the page answers from now on", self.path)
+        # WSGI hands headers over as latin-1 text; a hex secret compares the same either way
+        if not given or not hmac.compare_digest(given.encode("latin-1", "replace"), self.value.encode()):
+            raise wire.HiveError("this page answers only the hive's core (the request lacks this agent's secret)",
+                                 "forbidden")
+
+
+# -- the app -------------------------------------------------------------------------
+
+def _int_param(name, default=None):
+    raw = bottle.request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise wire.HiveError(f"{name} must be a whole number of 0 or more, got {raw[:40]!r}")
+    return value
+
+
+class Page:
+    """One agent's page: `Page(harness, secret_path).app` is the WSGI app."""
+
+    def __init__(self, harness, secret_path, clock=time.time):
+        self.harness, self.bus, self.loop = harness, harness.bus, harness.loop
+        self.clock = clock
+        self.secret = Secret(secret_path)
+        self.present = Presenter()
+        self.compacting = False
+        self.app = self._routes(web.app(f"{harness.name}'s page"))
+
+    def _routes(self, app):
+        app.add_hook("before_request", self._authorize)
+        app.route("/", "GET", lambda: web.page("agent.html"))
+        app.route("/static/<relpath:path>", "GET", web.static)
+        app.route("/stats", "GET", lambda: web.page("stats.html"))
+        app.route("/api/state", "GET", self.state)
+        app.route("/events/stream", "GET", self.stream)
+        app.route("/events/history", "GET", self.history)
+        app.route("/send", "POST", self.send)
+        app.route("/api/cancel", "POST", self.cancel)
+        app.route("/api/compact", "POST", self.compact)
+        app.route("/api/new-session", "POST", self.new_session)
+        app.route("/api/model", "POST", self.set_model)
+        app.route("/api/loose-ends", "GET", self.loose_ends)
+        app.route("/api/stats", "GET", self.stats)
+        return app
+
+    def _authorize(self):
+        try:
+            # raw from environ: bottle's get_header fails on bytes that are not UTF-8
+            self.secret.check(bottle.request.environ.get("HTTP_" + SECRET_HEADER.upper().replace("-", "_")))
+        except wire.HiveError as e:
+            raise web.error_response(e) from None
+
+    def core(self, verb, **args):
+        """One request to the core on this agent's socket; down is a 503 sentence, refusals pass through."""
+        try:
+            return jsonline.call(self.harness.socket, verb, timeout=CORE_TIMEOUT, **args)
+        except jsonline.Unreachable as e:
+            raise wire.HiveError(f"the hive's core is not answering ({e}); try again once it is back",
+                                 "unavailable") from None
+
+    def note(self, text):
+        self.bus.emit("note", text=f"operator: {text}", stream="operator")
+
+    # -- reading ------------------------------------------------------------------
+
+    def state(self):
+        seq = self.bus.seq  # first: the page drops buffered events up to here
+        model = self.bus.model()
+        snapshot = {
+            "seq": seq, "name": self.harness.name, "role": self.harness.role, "rev": resources.revision(),
+            "status": getattr(self.harness, "status", "online"),  # no login flow yet: a serving harness is online
+            "turn_state": self.bus.turn_state, "turn_state_since": self.bus.turn_state_since,
+            "model": model, "models": list(MODELS) + ([model] if model not in MODELS else []),
+            "ctx": self.bus.usage.get("ctx"), "cost": self.bus.usage.get("cost"),
+            "new_session_armed": bool(self.loop.new_session),
+        }
+        snapshot["inbox"], error = self._inbox()
+        if error:
+            snapshot["inbox_error"] = error
+        return web.json_response(snapshot)
+
+    def _inbox(self):
+        try:
+            messages = self.core("recent", limit=INBOX_LIMIT)["messages"]
+        except wire.HiveError as e:
+            log.warning("the page's inbox is empty: %s", e)
+            return [], f"the inbox could not be loaded: {e}"
+        return [dict(m, body_html=markup.render(m.get("body"))) for m in messages], None
+
+    def history(self):
+        seq = self.bus.seq
+        after, before = _int_param("after"), _int_param("before")
+        limit = max(1, min(HISTORY_MAX, _int_param("limit", HISTORY_DEFAULT)))
+        if after is not None:
+            events = events_after(after, limit, before)
+        else:
+            events = self.bus.history(limit=limit, before=before)
+        return web.json_response({"seq": seq, "events": [self.present(e) for e in events]})
+
+    def stream(self):
+        raw = (bottle.request.environ.get("HTTP_LAST_EVENT_ID") or "").strip()
+        last_id = int(raw) if re.fullmatch(r"[0-9]{1,18}", raw) else None  # anything else: live events only
+        for key, value in web.SSE_HEADERS.items():
+            bottle.response.set_header(key, value)
+        return self._frames(last_id)
+
+    def _frames(self, last_id):
+        """The SSE body: hello, a replay after Last-Event-ID, then live events; ends when dropped."""
+        queue = gevent.queue.Queue(LAG_LIMIT)
+        dropped = []
+
+        def deliver(event):
+            try:
+                queue.put_nowait(event)
+            except gevent.queue.Full:
+                dropped.append(event["seq"])
+                self.bus.unsubscribe(deliver)
+                log.warning("an event stream client fell %d events behind at seq %s; dropping it "
+                            "(it reconnects and replays)", LAG_LIMIT, event["seq"])
+
+        self.bus.subscribe(deliver)  # before the replay is read: nothing falls between the two
+        try:
+            yield web.SSE_HELLO.encode()
+            last = 0
+            if last_id is not None:
+                for event in newest_after(last_id, REPLAY_MAX):
+                    last = event["seq"]
+                    yield self._frame(event)
+            while not dropped:
+                try:
+                    event = queue.get(timeout=web.KEEPALIVE_SECONDS)
+                except gevent.queue.Empty:
+                    yield web.SSE_KEEPALIVE.encode()
+                    continue
+                if event["seq"] > last:  # queued while the replay was read: already sent
+                    last = event["seq"]
+                    yield self._frame(event)
+        finally:
+            self.bus.unsubscribe(deliver)
+
+    def _frame(self, event):
+        return web.sse_frame(self.present(event), event["seq"]).encode()
+
+    def loose_ends(self):
+        return web.json_response({"loose_ends": self.core("get_loose_ends").get("loose_ends", [])})
+
+    def stats(self):
+        window = bottle.request.query.get("window") or "24h"
+        return web.json_response(stats.snapshot(window, now=self.clock()))
+
+    # -- acting -------------------------------------------------------------------
+
+    def send(self):
+        body = web.field(web.body(), "body")
+        if not isinstance(body, str):
+            raise wire.HiveError("'body' must be text")
+        answer = self.core("operator_msg", body=body)
+        return web.json_response({"ok": True, "id": answer.get("id")})
+
+    def cancel(self):
+        run = self.harness.current
+        if run is None:
+            raise wire.HiveError("no turn is running", "conflict")
+        # Run.cancel waits up to 5 s for claude to exit; the operator gets the answer at once
+        gevent.spawn(self._cancel, run)
+        self.note("cancel — sent SIGINT to claude; the turn ends as cancelled")
+        return web.json_response({"ok": True})
+
+    @staticmethod
+    def _cancel(run):
+        try:
+            run.cancel()
+        except Exception:
+            log.exception("cancelling the running turn failed")
+
+    def compact(self):
+        if self.compacting:
+            raise wire.HiveError("a compaction is already running", "conflict")
+        if self.loop.in_turn or not self.loop.turn_lock.acquire(blocking=False):
+            raise wire.HiveError("a turn is running; compact once it ends", "conflict")
+        self.compacting = True  # before the greenlet runs: a second request sees it
+        gevent.spawn(self._compact)
+        return web.json_response({"ok": True})
+
+    def _compact(self):
+        """Compaction holding the turn lock, so the loop starts no turn meanwhile."""
+        try:
+            self.note("compact — compacting the conversation")
+            self.bus.set_turn_state("compacting")
+            outcome = self.harness.compact()
+            self.note("compact done" if outcome.ok else f"compact failed: {outcome.reason}")
+        except Exception as e:
+            log.exception("the operator's compaction failed")
+            self.note(f"compact failed: {e}")
+        finally:
+            self.bus.set_turn_state("idle")
+            self.compacting = False
+            self.loop.turn_lock.release()
+
+    def new_session(self):
+        self.loop.new_session = True
+        self.note("new session armed — the next turn runs without --continue")
+        return web.json_response({"ok": True, "new_session_armed": True})
+
+    def set_model(self):
+        model = web.field(web.body(), "model")
+        if not isinstance(model, str) or not MODEL_RE.fullmatch(model.strip()):
+            raise wire.HiveError("model must be 1-64 letters, digits or . _ - [ ] (like haiku or "
+                                 "claude-sonnet-4-5)")
+        model = model.strip()
+        self.bus.set_model(model)
+        self.note(f"model set to {model} for the next turns")
+        return web.json_response({"ok": True, "model": model})
+
+
+def make_app(harness, secret_path, clock=time.time):
+    """The page's WSGI app (a bottle app); `secret_path` is the web.secret file."""
+    return Page(harness, secret_path, clock).app
+
+
+# -- the listener ---------------------------------------------------------------------
+
+class WebServer:
+    """The page served on web.sock beside the agent's core socket; `stop()` removes the socket."""
+
+    def __init__(self, harness, directory=None):
+        from gevent.pywsgi import WSGIServer
+
+        directory = directory or os.path.dirname(os.path.abspath(harness.socket))
+        self.path = os.path.join(directory, SOCKET_NAME)
+        self.app = make_app(harness, os.path.join(directory, SECRET_NAME))
+        self.listener = jsonline.bind(self.path, 0o600)
+        # the server accepts until "would block": a blocking listener (no monkey patch) would hang it
+        self.listener.setblocking(False)
+        # no access log: every SSE keepalive would be a line; errors go to the harness log
+        self.server = WSGIServer(self.listener, self.app, log=None, error_log=log)
+
+    def start(self):
+        self.server.start()
+        log.info("web page on %s", self.path)
+        return self
+
+    def stop(self, timeout=1.0):
+        self.server.stop(timeout=timeout)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def start(harness, directory=None):
+    """Serve the harness's page; returns the running WebServer."""
+    return WebServer(harness, directory).start()
