@@ -1,0 +1,515 @@
+"""The web pages in a real browser: login, live updates, approvals, an agent's turn, reconnects, page secrets.
+
+One `hyperhive serve` (process backend, the fake claude) and one headless
+Chromium (Debian's, driven by Playwright; never a downloaded browser) are
+shared by every test here. Pages are checked through the test hooks the
+frontend exposes (docs/web.md; `window.hive`, `#live[data-live]`,
+`[data-key]` rows, `[data-agent]` cards, `[data-approval]` cards).
+Screenshots go to tests/artifacts/.
+
+Skipped, with the reason, when Playwright or Chromium is missing, unless
+HIVE_REQUIRE_BROWSER=1 (CI sets it), which makes that a failure.
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import uuid
+
+import pytest
+
+from conftest import Hive, kill_harnesses, wait_until
+
+ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+TIMEOUT_MS = 15000
+
+
+def _missing():
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -r requirements-dev.txt)"
+    if not (shutil.which("chromium") or os.path.exists("/usr/bin/chromium")):
+        return "chromium is not installed (apt-get install chromium)"
+    return None
+
+
+WHY = _missing()
+if WHY:
+    if os.environ.get("HIVE_REQUIRE_BROWSER") == "1":
+        raise RuntimeError(f"HIVE_REQUIRE_BROWSER=1 but {WHY}")
+    pytest.skip(WHY, allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+# -- fixtures ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hv(tmp_path_factory):
+    """One hive for the module, with agent `a` running and its page up."""
+    h = Hive(tmp_path_factory.mktemp("browser") / "state", env={"ANTHROPIC_API_KEY": "test-key"},
+             extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
+    h.start()
+    try:
+        h.call("spawn", name="a")
+        wait_page_up(h, "a")
+        yield h
+    finally:
+        try:
+            h.stop()
+        finally:
+            kill_harnesses(h.state_dir)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                              headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def operator(browser, hv):
+    """A browser context logged in the way the operator does it: through a one-time login URL."""
+    ctx = new_context(browser)
+    page = ctx.new_page()
+    page.goto(hv.login_url())
+    assert page.url == hv.url + "/"
+    page.close()
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def page(operator):
+    """A fresh tab in the operator's context; an uncaught script error or a console error fails the test."""
+    p = operator.new_page()
+    errors = []
+    p.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    p.on("console", lambda m: errors.append(f"console: {m.text} at {m.location.get('url')}") if m.type == "error" else None)
+    yield p
+    p.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+def new_context(browser):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    ctx.set_default_timeout(TIMEOUT_MS)
+    return ctx
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+def web_sock(hv, name):
+    return os.path.join(hv.run_dir, "agents", name, "web.sock")
+
+
+def wait_page_up(hv, name):
+    wait_until(lambda: os.path.exists(web_sock(hv, name)), 20,
+               f"{name}'s web.sock (harness log: {hv.log_of(name)})")
+
+
+def ensure_agent(hv, name):
+    if name not in hv.call("list")["agents"]:
+        hv.call("spawn", name=name)
+    wait_page_up(hv, name)
+
+
+def open_dashboard(page, hv):
+    page.goto(hv.url + "/")
+    expect(page.locator("#live")).to_have_attribute("data-live", "true")
+    page.evaluate("window.__marker = 1")  # a reload or navigation would lose it
+
+
+def open_agent_page(page, hv, name):
+    page.goto(f"{hv.url}/agent/{name}/")
+    expect(page.locator("#live")).to_have_attribute("data-live", "true")
+    expect(page.locator("#agent-name")).to_have_text(name)
+    page.evaluate("window.__marker = 1")
+
+
+def assert_no_reload(page):
+    assert page.evaluate("window.__marker") == 1, "the page reloaded or navigated"
+
+
+def flow_row(page, message_id):
+    return page.locator(f'#msgflow [data-key="m{message_id}"]')
+
+
+def flow_key_counts(page):
+    return page.evaluate("""() => {
+        const counts = {};
+        for (const el of document.querySelectorAll('#msgflow .term-rows > [data-key]'))
+            counts[el.dataset.key] = (counts[el.dataset.key] || 0) + 1;
+        return counts;
+    }""")
+
+
+def unique(s=""):
+    return f"{s}{uuid.uuid4().hex[:8]}"
+
+
+def web_get(path, secret):
+    """GET on an agent's web.sock, as the core's proxy does it; (status, parsed JSON)."""
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(path)
+
+    conn = Conn("localhost", timeout=10)
+    try:
+        conn.request("GET", "/api/state", headers={"X-Hive-Secret": secret} if secret is not None else {})
+        res = conn.getresponse()
+        return res.status, json.loads(res.read() or b"null")
+    finally:
+        conn.close()
+
+
+def assert_error_shape(data, code):
+    assert data["version"] == 1 and data["ok"] is False and data["code"] == code, data
+    assert isinstance(data["error"], str) and data["error"], data
+
+
+# -- 1. login --------------------------------------------------------------------------------
+
+def test_login_url_lands_on_the_dashboard_listing_the_agents(browser, hv):
+    ctx = new_context(browser)
+    try:
+        page = ctx.new_page()
+        url = hv.login_url()
+        res = page.goto(url)
+        assert page.url == hv.url + "/" and res.status == 200
+        cookie = {c["name"]: c for c in ctx.cookies()}["hive_operator"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+
+        card = page.locator('#containers [data-agent="a"]')
+        expect(card).to_have_attribute("data-state", "running")
+        expect(page.locator('#containers [data-agent="manager"]')).to_have_attribute("data-role", "manager")
+        expect(page.locator("#live")).to_have_attribute("data-live", "true")
+        expect(page.locator("#containers-count")).to_have_text(str(len(hv.call("list")["agents"])))
+        # the manager is listed first
+        assert page.locator("#containers [data-agent]").first.get_attribute("data-agent") == "manager"
+
+        # the link is good once
+        again = ctx.new_page()
+        assert again.goto(url).status == 401
+    finally:
+        ctx.close()
+
+
+# -- 2. no cookie, no entry ----------------------------------------------------------------------
+
+def test_requests_without_the_cookie_are_refused(browser, hv):
+    ctx = new_context(browser)
+    try:
+        res = ctx.request.get(hv.url + "/api/state")
+        assert res.status == 401
+        assert_error_shape(res.json(), "unauthorized")
+        page = ctx.new_page()
+        assert page.goto(hv.url + "/").status == 401
+        for path in ("/agent/a/", "/agent/a/api/state", "/dashboard/stream"):
+            res = ctx.request.get(hv.url + path)
+            assert res.status == 401, path
+            assert_error_shape(res.json(), "unauthorized")
+        # with the cookie, an action from another origin is still refused
+        res = ctx.request.post(hv.url + "/op-send", data={"to": "a", "body": "hi"},
+                               headers={"Cookie": hv.cookie(), "Origin": "http://evil.example"})
+        assert res.status == 403
+        assert_error_shape(res.json(), "forbidden")
+    finally:
+        ctx.close()
+
+
+# -- 3. compose ------------------------------------------------------------------------------------
+
+def test_compose_sends_and_the_row_appears_without_a_reload(page, hv):
+    open_dashboard(page, hv)
+    text = unique("hello ")
+    compose = page.locator("#compose")
+    compose.fill("")
+    compose.press_sequentially(f"@a {text}")
+    with page.expect_response(lambda r: r.url.endswith("/op-send")) as answer:
+        compose.press("Enter")
+    assert answer.value.status == 200
+    message_id = answer.value.json()["id"]
+
+    row = flow_row(page, message_id)
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text(text)
+    expect(row).to_have_attribute("data-from", "operator")
+    expect(row).to_have_attribute("data-to", "a")
+    expect(row).to_have_attribute("data-delivered", "true")  # a's harness picked it up: another event
+    expect(compose).to_have_value("@a ")  # ready for the next one
+    assert_no_reload(page)
+
+
+# -- 4. approvals ------------------------------------------------------------------------------
+
+def test_approving_from_the_dashboard_resolves_the_card_and_takes_effect(page, hv):
+    open_dashboard(page, hv)
+    init_id = hv.agent_call("manager", "request_init_config", name="c", description="config for c")["id"]
+    card = page.locator(f'#approvals [data-approval="{init_id}"]')
+    expect(card).to_be_visible()
+    expect(card).to_have_attribute("data-kind", "init_config")
+    expect(page.locator("#approvals-count")).to_have_text("1")
+    card.locator('[data-action="approve"]').click()
+    expect(card).to_have_attribute("data-status", "approved")
+    # the core tells the manager: a row in the flow
+    expect(page.locator('#msgflow [data-from="core"][data-to="manager"]', has_text=f"approval {init_id} ")
+           ).to_contain_text("approved")
+
+    spawn_id = hv.call("request_spawn", name="c")["id"]
+    spawn_card = page.locator(f'#approvals [data-approval="{spawn_id}"]')
+    expect(spawn_card).to_have_attribute("data-kind", "spawn")
+    spawn_card.locator('[data-action="approve"]').click()
+    expect(page.locator('#containers [data-agent="c"]')).to_have_attribute("data-state", "running")
+
+    # resolved cards linger a moment, then go
+    expect(card).to_have_count(0, timeout=10000)
+    expect(spawn_card).to_have_count(0, timeout=10000)
+    expect(page.locator("#approvals-count")).to_have_text("0")
+    expect(page.locator("#approvals .empty")).to_be_visible()
+    assert hv.call("pending")["approvals"] == []
+    assert_no_reload(page)
+
+
+def test_denying_with_a_reason_and_the_attention_chip(page, hv):
+    open_dashboard(page, hv)
+    expect(page.locator("#attention")).to_be_hidden()
+    deny_id = hv.agent_call("manager", "request_init_config", name="e", description="config for e")["id"]
+    card = page.locator(f'#approvals [data-approval="{deny_id}"]')
+    expect(card).to_be_visible()
+    # the header says what waits for the operator, and only that
+    expect(page.locator("#attention")).to_have_text("⚑ 1 approval", timeout=3000)
+    expect(page).to_have_title("(1) hyperhive", timeout=3000)
+
+    card.locator('[data-action="deny"]').click()
+    reason = card.locator('[data-test="deny-reason"]')
+    expect(reason).to_be_focused()
+    reason.fill("not now")
+    card.locator('[data-action="deny-confirm"]').click()
+    expect(card).to_have_attribute("data-status", "denied")
+    expect(card.locator(".outcome")).to_contain_text("not now")
+    expect(page.locator('#msgflow [data-from="core"][data-to="manager"]', has_text=f"approval {deny_id} ")
+           ).to_contain_text("denied by the operator: not now")
+    expect(page.locator("#attention")).to_be_hidden()
+    expect(page).to_have_title("hyperhive")
+    expect(card).to_have_count(0, timeout=10000)
+    assert_no_reload(page)
+
+
+# -- 5. an agent's turn, live --------------------------------------------------------------------
+
+STATES_JS = """() => {
+    const ts = document.querySelector('#turn-state');
+    window.__states = [ts.dataset.state];
+    const push = (v) => { if (window.__states[window.__states.length - 1] !== v) window.__states.push(v); };
+    // every value it took, even two changes within one task: each record's old value, then the current
+    new MutationObserver((recs) => {
+        recs.slice(1).forEach((r) => push(r.oldValue));
+        push(ts.dataset.state);
+    }).observe(ts, {attributes: true, attributeFilter: ['data-state'], attributeOldValue: true});
+}"""
+
+# the rows after the turn_start row whose text has `mark`, up to its turn_end (null until it ends)
+TURN_ROWS_JS = """(mark) => {
+    const rows = [...document.querySelectorAll('#terminal .term-rows > [data-key]')];
+    const start = rows.findIndex((r) => r.classList.contains('turn-start') && r.textContent.includes(mark));
+    if (start < 0) return null;
+    const end = rows.findIndex((r, i) => i > start && r.classList.contains('turn-end'));
+    if (end < 0) return null;
+    return rows.slice(start, end + 1).map((r) => ({key: r.dataset.key, cls: r.className, tool: r.dataset.tool || null,
+                                                    text: r.textContent}));
+}"""
+
+
+def wait_turn(page, mark):
+    return page.wait_for_function(TURN_ROWS_JS, arg=mark, timeout=30000).json_value()
+
+
+def test_agent_page_streams_a_turn(page, hv):
+    open_agent_page(page, hv, "a")
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "idle", timeout=30000)
+    page.evaluate(STATES_JS)
+    mark = unique("turn-")
+    page.locator("#agent-compose").fill(f"{mark}\nFAKE: send operator reply {mark}\nFAKE: say done {mark}")
+    page.locator("#agent-send").click()
+    expect(page.locator("#agent-compose")).to_have_value("")
+
+    rows = wait_turn(page, mark)
+    kinds = [r["cls"] for r in rows]
+    assert "turn-start" in kinds[0] and "turn-end" in kinds[-1] and "ok" in kinds[-1], kinds
+    tools = [r for r in rows if r["tool"] == "send"]
+    assert tools and f"reply {mark}" in tools[0]["text"], rows
+    assert any("say" in r["cls"].split() and f"done {mark}" in r["text"] for r in rows), rows
+    assert [int(r["key"]) for r in rows] == sorted(int(r["key"]) for r in rows)
+    # the send tool's result was folded into its row
+    expect(page.locator('#terminal details.tool[data-tool="send"]', has_text=f"reply {mark}")
+           ).to_have_class(re.compile(r"\bdone\b"))
+
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "idle")
+    states = page.evaluate("window.__states")
+    assert "thinking" in states and states[-1] == "idle", states
+    assert states.index("thinking") < len(states) - 1
+    assert page.locator("#ctx-badge").text_content() != "– ctx"
+    assert_no_reload(page)
+
+
+# -- 6. reconnects ------------------------------------------------------------------------------
+
+def test_dashboard_reconnect_shows_everything_once(page, hv):
+    open_dashboard(page, hv)
+    first = hv.call("send", to="a", body=unique("before "))["id"]
+    expect(flow_row(page, first)).to_have_count(1)
+
+    page.evaluate("hive.term.eventSource.close()")
+    expect(page.locator("#live")).to_have_attribute("data-live", "false")
+    ids = [hv.call("send", to="a", body=unique(f"while down {i} "))["id"] for i in range(5)]
+    expect(page.locator("#live")).to_have_attribute("data-live", "true")
+
+    # and a reconnect while messages are flowing: the snapshot and the stream overlap
+    done = threading.Event()
+    flowing = []
+
+    def sender():
+        for i in range(12):
+            flowing.append(hv.call("send", to="manager", body=unique(f"flowing {i} "))["id"])
+        done.set()
+
+    t = threading.Thread(target=sender)
+    t.start()
+    for _ in range(3):
+        page.evaluate("hive.term.reconnect()")
+        expect(page.locator("#live")).to_have_attribute("data-live", "true")
+    t.join(30)
+    assert done.is_set()
+    ids += flowing
+
+    for message_id in ids:
+        expect(flow_row(page, message_id)).to_have_count(1)
+    counts = flow_key_counts(page)
+    assert {k: n for k, n in counts.items() if n != 1} == {}
+    assert all(f"m{i}" in counts for i in [first] + ids)
+    assert_no_reload(page)
+
+
+APPLIED_JS = """() => {
+    window.__applied = [];
+    const orig = hive.term.opts.onEvent;
+    hive.term.opts.onEvent = (ev, ctx) => { window.__applied.push(ev.seq); return orig(ev, ctx); };
+    return hive.term.maxSeq;
+}"""
+
+HISTORY_JS = """async (after) => {
+    const res = await fetch('events/history?limit=2000&after=' + after, {cache: 'no-store'});
+    return (await res.json()).events.map((e) => e.seq);
+}"""
+
+
+def test_agent_page_reconnect_shows_every_event_once(page, hv):
+    open_agent_page(page, hv, "a")
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "idle", timeout=30000)
+    start = page.evaluate(APPLIED_JS)
+
+    page.evaluate("hive.term.eventSource.close()")
+    expect(page.locator("#live")).to_have_attribute("data-live", "false")
+    mark = unique("down-")
+    hv.call("send", to="a", body=f"{mark}\nFAKE: say while down {mark}")
+    expect(page.locator("#live")).to_have_attribute("data-live", "true")
+    wait_turn(page, mark)
+    # once more mid-stream, then let the turn's trailing events (usage, idle) land
+    mark2 = unique("mid-")
+    hv.call("send", to="a", body=f"{mark2}\nFAKE: say mid {mark2}")
+    page.evaluate("hive.term.reconnect()")
+    wait_turn(page, mark2)
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "idle", timeout=30000)
+
+    server = page.evaluate(HISTORY_JS, start)
+    assert server == list(range(start + 1, start + 1 + len(server))), f"the server's seqs have gaps: {server}"
+    page.wait_for_function("(n) => window.__applied.filter((s) => s > 0).length >= n", arg=len(server))
+    applied = [s for s in page.evaluate("window.__applied") if s > start]
+    assert applied == server, "events shown twice or lost across the reconnects"
+
+    keys = page.evaluate("[...document.querySelectorAll('#terminal .term-rows > [data-key]')].map((r) => r.dataset.key)")
+    assert len(keys) == len(set(keys)), "a row drawn twice"
+    new = [int(k) for k in keys if k.isdigit() and int(k) > start]
+    assert new == sorted(new) and set(new) <= set(server)
+    assert_no_reload(page)
+
+
+# -- 7. page secrets -------------------------------------------------------------------------------
+
+def test_one_agents_secret_does_not_open_anothers_page(hv):
+    ensure_agent(hv, "b")
+    secrets = {}
+    for name in ("a", "b"):
+        with open(os.path.join(hv.run_dir, "agents", name, "web.secret")) as f:
+            secrets[name] = f.read().strip()
+    assert secrets["a"] != secrets["b"]
+    sock = web_sock(hv, "b")
+
+    status, data = web_get(sock, secrets["a"])
+    assert status == 403
+    assert_error_shape(data, "forbidden")
+    status, data = web_get(sock, None)
+    assert status == 403
+    assert_error_shape(data, "forbidden")
+    status, data = web_get(sock, "")
+    assert status == 403
+    status, data = web_get(sock, secrets["b"])
+    assert status == 200 and data["name"] == "b"
+
+
+# -- 8. screenshots -------------------------------------------------------------------------------
+
+def test_screenshots(page, hv):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    for name in ("b", "c"):
+        ensure_agent(hv, name)
+    hv.call("send", to="b", body="**Markdown** check: `code`, a [link](https://example.com) and\n\n- a\n- list")
+    hv.call("send", to="a", body="FAKE: send operator a reply for the **operator** inbox")
+    pending = hv.agent_call("manager", "request_init_config", name="d",
+                            description="a new agent d, to take over the reports")["id"]
+
+    open_dashboard(page, hv)
+    expect(page.locator(f'#approvals [data-approval="{pending}"]')).to_be_visible()
+    expect(page.locator("#inbox [data-message]", has_text="a reply for the operator inbox")).to_be_visible(timeout=30000)
+    for name in ("manager", "a", "b", "c"):
+        expect(page.locator(f'#containers [data-agent="{name}"]')).to_have_attribute("data-state", "running")
+    page.screenshot(path=os.path.join(ARTIFACTS, "dashboard.png"), full_page=True)
+    page.set_viewport_size({"width": 420, "height": 900})
+    page.screenshot(path=os.path.join(ARTIFACTS, "dashboard-narrow.png"), full_page=True)
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+    open_agent_page(page, hv, "a")
+    mark = unique("shot-")
+    page.locator("#agent-compose").fill(f"{mark}: please report\nFAKE: send operator report {mark}\n"
+                                        f"FAKE: say All **done**: see `report {mark}`")
+    page.locator("#agent-send").click()
+    wait_turn(page, mark)
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "idle", timeout=30000)
+    page.screenshot(path=os.path.join(ARTIFACTS, "agent.png"), full_page=True)
+
+    page.goto(f"{hv.url}/agent/a/stats")
+    # (the numbers are not checked here: a screenshot of what the page makes of this hive's turns)
+    expect(page.locator("#tiles > *, #stats-empty:not([hidden])").first).to_be_visible()
+    expect(page.locator("#stats-error")).to_be_hidden()
+    page.screenshot(path=os.path.join(ARTIFACTS, "stats.png"), full_page=True)
+
+    page.goto(f"{hv.url}/journal/a")
+    expect(page.locator("#live")).to_have_attribute("data-live", "true")
+    expect(page.locator("#journal .trow", has_text="serving").first).to_be_visible()
+    page.screenshot(path=os.path.join(ARTIFACTS, "journal.png"), full_page=True)
