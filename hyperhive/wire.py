@@ -25,6 +25,12 @@ MODEL_FILE = "hyperhive-model"
 RECV_MAX_WAIT = 180
 RECV_MAX_BATCH = 32
 MAX_BODY = 512 * 1024
+# A question's choices: a few short labels the answerer may pick (buttons on the dashboard).
+MAX_OPTIONS = 10
+MAX_OPTION = 100
+QUESTION_MAX_TTL = 7 * 24 * 3600  # seconds
+# Who closes a question nobody answered before its ttl ran out; the sender of that answer.
+TTL_WATCHDOG = "ttl-watchdog"
 
 # Error vocabulary: code -> HTTP status, one table for every surface.
 ERROR_STATUS = {
@@ -65,6 +71,32 @@ def check_name(name, what="agent name"):
             f"{what} {shown!r} is not valid: use 1-31 characters, a lowercase "
             "letter first, then lowercase letters, digits or '-'")
     return name
+
+
+def check_options(options, where="options"):
+    """A question's choices: a list of up to MAX_OPTIONS distinct, short, non-empty strings."""
+    if not isinstance(options, (list, tuple)):
+        raise HiveError(f'{where} must be a list of short strings, like ["yes", "no"]; got {_type_name(options)}')
+    if len(options) > MAX_OPTIONS:
+        raise HiveError(f"{where} lists {len(options)} choices; the limit is {MAX_OPTIONS}: "
+                        "offer fewer, or leave them out and let the answer be free text")
+    seen = []
+    for i, option in enumerate(options, 1):
+        if not isinstance(option, str):
+            raise HiveError(f"{where}: choice {i} must be a string, got {_type_name(option)}")
+        option = option.strip()
+        if not option:
+            raise HiveError(f"{where}: choice {i} is empty")
+        if "\n" in option:
+            raise HiveError(f"{where}: choice {i} spans several lines; a choice is one short line "
+                            "(put the detail in the question)")
+        if len(option) > MAX_OPTION:
+            raise HiveError(f"{where}: choice {i} is {len(option)} characters; a choice is at most "
+                            f"{MAX_OPTION} (put the detail in the question)")
+        if option in seen:
+            raise HiveError(f"{where}: {option!r} is listed twice")
+        seen.append(option)
+    return seen
 
 
 def check_agent_name(name):
@@ -125,6 +157,8 @@ def _coerce(verb, arg, value):
         if not names:
             raise HiveError(f"{where} names no agents; an empty scope is never 'everything'")
         return [check_name(n, f"{where}: agent name") for n in names]
+    if arg.kind == "options":
+        return check_options(value, where)
     raise AssertionError(arg.kind)
 
 
@@ -153,7 +187,7 @@ VERBS = {
     "destroy": ((_NAME, Arg("purge", "bool", False, False)),
                 "remove an agent; its state stays as a tombstone unless purge"),
     "inbox": ((Arg("limit", "int", False, 20, 1, 1000),),
-              "messages addressed to the operator, newest first"),
+              "messages addressed to you (the operator, on host.sock), newest first"),
     # shared by host and agent surfaces
     "send": ((Arg("to", "name"), Arg("body", "text")), "send a message"),
     # agent verbs
@@ -164,6 +198,14 @@ VERBS = {
                "recent messages to or from you, newest first"),
     "operator_msg": ((Arg("body", "text"),), "a message from the operator via your web page"),
     "whoami": ((), "your name, role and the hyperhive revision"),
+    # questions: one answer comes back to the asker's inbox as a [question_answered] message
+    "ask": ((Arg("question", "text"), Arg("to", "name", False), Arg("options", "options", False, ()),
+             Arg("ttl_seconds", "int", False, None, 1, QUESTION_MAX_TTL)),
+            "ask the operator (or, with `to`, another agent) a question"),
+    "answer": ((Arg("id", "int", True, None, 1), Arg("answer", "text")), "answer a question put to you"),
+    "cancel_question": ((Arg("id", "int", True, None, 1),),
+                        "withdraw an open question; its asker is told it was cancelled"),
+    "questions": ((), "questions waiting for the operator's answer"),
     # config as code
     "approve": ((Arg("id", "int", True, None, 1),), "approve a pending approval"),
     "deny": ((Arg("id", "int", True, None, 1), Arg("reason", "str", False, "")),
@@ -193,7 +235,7 @@ HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending
               "start", "stop", "restart", "rebuild", "kill", "set_paused", "spawn",
               "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
               "update_meta", "login_url")
-AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent",
+AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent", "inbox",
                "operator_msg", "whoami", "get_loose_ends")
 MANAGER_VERBS = AGENT_VERBS + ("agent_status", "request_apply_commit", "request_init_config",
                                "request_spawn", "start", "stop", "restart", "rebuild", "kill", "update")
@@ -237,6 +279,11 @@ STATUS_FIELDS = ("name", "running", "failed", "needs_update", "needs_login", "pa
                  "url", "pending_reminders", "role", "last_turn_at")
 APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at",
                    "status", "resolved_at", "note", "description")
+# `target` is an agent's name, `manager` or `operator`; answered_* are null while it is open.
+# `note` says what became of the answer when it could not be delivered. The host's
+# `questions` rows and the dashboard's events add `question_html`.
+QUESTION_FIELDS = ("id", "asker", "target", "question", "options", "asked_at", "expires_at",
+                   "answered_at", "answer", "answered_by", "note")
 
 
 def format_message(message):

@@ -206,7 +206,7 @@ def sockdir():
 @pytest.fixture
 def core(sockdir):
     fake = FakeCore(sockdir / "agent.sock", {
-        "recent": ok(messages=[listed(2, "alice", "operator", "**done**"),
+        "inbox": ok(messages=[listed(2, "alice", "operator", "**done**"),
                                listed(1, "operator", "alice", "please <b>do</b> it")]),
         "operator_msg": ok(id=42),
         "get_loose_ends": ok(loose_ends=[{"kind": "question", "id": 7, "summary": "which branch?"}]),
@@ -294,7 +294,7 @@ def test_state_has_the_documented_shape(app, bus, core):
     assert state["inbox"][0]["body_html"] == "<p><strong>done</strong></p>"
     assert "<b>" not in state["inbox"][1]["body_html"] and "&lt;b&gt;" in state["inbox"][1]["body_html"]
     assert {"to", "delivered_at", "acked_at"} <= set(state["inbox"][0])
-    assert [r for r in core.requests if r["cmd"] == "recent"] == [{"cmd": "recent", "limit": 30}]
+    assert [r for r in core.requests if r["cmd"] == "inbox"] == [{"cmd": "inbox", "limit": 30}]
 
 
 def test_state_seq_is_read_before_the_rest(app, bus):
@@ -328,7 +328,7 @@ def test_state_loads_without_an_inbox_when_the_core_is_down(app, core):
 
 
 def test_state_shows_a_core_refusal_as_the_inbox_error(app, core):
-    core.answers["recent"] = refuse("recent: 'limit' must be between 1 and 20, got 30")
+    core.answers["inbox"] = refuse("inbox: 'limit' must be between 1 and 20, got 30")
     state = get(app, "/api/state").json()
     assert state["inbox"] == [] and "must be between 1 and 20" in state["inbox_error"]
 

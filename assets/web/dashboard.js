@@ -736,9 +736,11 @@
     document.title = (n ? `(${n}) ` : "") + "hyperhive";
     const box = $("#attention");
     box.hidden = n === 0;
-    box.replaceChildren(
+    // replaceChildren would print a null as the text "null": pass only the chips there are
+    box.replaceChildren(...[
       a ? h("a", {class: "chip honey", href: "#approvals-panel"}, `⚑ ${a} approval${a === 1 ? "" : "s"}`) : null,
-      q ? h("a", {class: "chip honey", href: "#questions-panel"}, `? ${q} question${q === 1 ? "" : "s"}`) : null);
+      q ? h("a", {class: "chip honey", href: "#questions-panel"}, `? ${q} question${q === 1 ? "" : "s"}`) : null,
+    ].filter(Boolean));
   }
 
   // ======================================================= notifications

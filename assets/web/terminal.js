@@ -157,6 +157,9 @@
       // our own scrollToBottom fires a scroll event too; it is not the operator moving away
       if (this._programmatic !== null && Math.abs(log.scrollTop - this._programmatic) < 2) return;
       this._programmatic = null;
+      // a layout shift (new rows, the compose box shrinking) scrolls before our queued
+      // stick-to-bottom runs: that is not the operator moving away either
+      if (this.pinned && this._stickQueued) return;
       this.pinned = log.scrollHeight - log.scrollTop - log.clientHeight <= PIN_SLACK;
       if (this.pinned) this.unseen = 0;
       this._updatePill();

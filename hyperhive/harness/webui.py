@@ -266,7 +266,7 @@ class Page:
 
     def _inbox(self):
         try:
-            messages = self.core("recent", limit=INBOX_LIMIT)["messages"]
+            messages = self.core("inbox", limit=INBOX_LIMIT)["messages"]
         except wire.HiveError as e:
             log.warning("the page's inbox is empty: %s", e)
             return [], f"the inbox could not be loaded: {e}"
