@@ -16,6 +16,7 @@ appears. claude.Run.classify reads the real CLI's result lines, and
 Invocation.argv is shaped so the variadic flags cannot swallow the prompt.
 """
 
+import json
 import os
 
 import pytest
@@ -451,3 +452,67 @@ def test_argv_has_continue_only_when_asked_and_before_the_double_dash(invocation
     assert argv.count("--continue") == 1
     assert argv.index("--continue") < argv.index("--") == len(argv) - 2
     assert "--continue" not in invocation.argv("sonnet", "hi", cont=False)
+
+
+# -- turn statistics ---------------------------------------------------------------------
+
+class StreamingRunner(FakeRunner):
+    """A runner that shows the bus claude's stream-json on the way, as Run does."""
+
+    def __init__(self, bus, clock, outcome, lines):
+        super().__init__(outcome)
+        self.bus, self.clock, self.lines = bus, clock, lines
+
+    def __call__(self, prompt, cont):
+        for line in self.lines:
+            self.bus.observe(line)
+        self.clock[0] += 2.5
+        return super().__call__(prompt, cont)
+
+
+def tool_use(name):
+    return {"type": "tool_use", "id": name, "name": name, "input": {}}
+
+
+def test_each_turn_writes_one_stat_row(tmp_path):
+    from hyperhive.schema import TurnStat
+
+    open_agent(os.path.join(tmp_path, "events.sqlite"))
+    clock = [1_800_000_000.0]
+    bus = Bus(str(tmp_path), clock=lambda: clock[0])
+    try:
+        usage = {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 300,
+                 "cache_creation_input_tokens": 7}
+        lines = [{"type": "assistant", "message": {"content": [tool_use("mcp__hyperhive__send"), tool_use("Bash")],
+                                                   "usage": dict(usage, input_tokens=4)}},
+                 {"type": "assistant", "message": {"content": [tool_use("mcp__hyperhive__send")], "usage": usage}},
+                 {"type": "result", "usage": {"input_tokens": 14, "output_tokens": 9,
+                                              "cache_read_input_tokens": 600, "cache_creation_input_tokens": 7}}]
+        runner = StreamingRunner(bus, clock, Outcome("ok"), lines)
+        make_loop(bus, client=FakeClient({"recv": inbox(message(sender="bob"))}), runner=runner).step()
+        failing = StreamingRunner(bus, clock, Outcome("failed", "claude exited with code 1"), [])
+        make_loop(bus, client=FakeClient({"recv": inbox(message(sender="operator"))}), runner=failing).step()
+        good, bad = TurnStat.select().order_by(TurnStat.id)
+        assert (good.wake_from, good.result_kind, good.duration_ms, good.model) == ("bob", "ok", 2500, "haiku")
+        assert good.started_at == 1_800_000_000_000 and good.ended_at == 1_800_000_002_500
+        assert (good.ctx_input_tokens, good.ctx_output_tokens, good.ctx_cache_read_tokens,
+                good.ctx_cache_creation_tokens) == (10, 5, 300, 7), "ctx is the last inference's"
+        assert (good.cost_input_tokens, good.cost_output_tokens, good.cost_cache_read_tokens,
+                good.cost_cache_creation_tokens) == (14, 9, 600, 7), "cost is the result line's"
+        assert good.tool_call_count == 3
+        assert json.loads(good.tools) == {"mcp__hyperhive__send": 2, "Bash": 1}
+        assert (bad.result_kind, bad.note, bad.tool_call_count, bad.cost_input_tokens) == (
+            "failed", "claude exited with code 1", 0, None)
+    finally:
+        agent_db.close()
+
+
+def test_a_stat_row_that_cannot_be_written_does_not_break_the_turn(bus, caplog):
+    from hyperhive.schema import TurnStat
+
+    agent_db.execute_sql(f"DROP TABLE {TurnStat._meta.table_name}")
+    client = FakeClient({"recv": inbox(message())})
+    outcome = make_loop(bus, client=client).step()
+    assert outcome.ok and "ack_turn" in client.verbs()
+    assert events(bus, "turn_end")[-1]["ok"] is True
+    assert "could not record the turn's statistics" in caplog.text

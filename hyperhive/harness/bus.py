@@ -3,16 +3,18 @@
 Owns the `seq` counter (monotonic across restarts: it continues from the
 history file), the history in the agent's sqlite (capped to the newest
 HISTORY_CAP rows and pruned to 7 days), the turn state with its since-time,
-the token usage badges, and the persisted model choice.
+the token usage badges, the persisted model choice, and the one `turn_stat`
+row written as each turn ends (what the /stats page reads).
 """
 
+import collections
 import json
 import logging
 import os
 import time
 
 from hyperhive import wire
-from hyperhive.schema import Event, agent_db
+from hyperhive.schema import Event, TurnStat, agent_db
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ KINDS = frozenset({"turn_start", "stream", "note", "turn_end", "status_changed",
 TURN_STATES = ("idle", "thinking", "compacting", "paused")
 MODEL_FILE = wire.MODEL_FILE
 DEFAULT_MODEL = "haiku"
+USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 class Bus:
@@ -37,6 +40,7 @@ class Bus:
         self.usage = {"ctx": None, "cost": None}
         self._subscribers = set()
         self._pending_ctx = None
+        self._turn = None  # what the running turn has shown so far, for its turn_stat row
 
     # -- events ---------------------------------------------------------------------
 
@@ -97,17 +101,56 @@ class Bus:
         """Account for one stream-json object: ctx from each inference, cost from the result."""
         kind = line.get("type")
         if kind == "assistant":
-            usage = (line.get("message") or {}).get("usage") or {}
+            message = line.get("message") or {}
+            usage = message.get("usage") or {}
             if usage:
                 self._pending_ctx = sum(int(usage.get(k) or 0) for k in (
                     "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+            if self._turn is not None:
+                if usage:
+                    self._turn["ctx"] = {k: int(usage.get(k) or 0) for k in USAGE_KEYS}
+                for block in message.get("content") or ():
+                    if isinstance(block, dict) and block.get("type") == "tool_use":
+                        self._turn["tools"][str(block.get("name"))] += 1
         elif kind == "result":
             usage = line.get("usage") or {}
             cost = {k: int(usage.get(k) or 0) for k in (
                 "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")}
             cost["total"] = sum(cost.values())
             self.usage = {"ctx": self._pending_ctx, "cost": cost}
+            if self._turn is not None:
+                self._turn["cost"] = cost
             self.emit("token_usage_changed", ctx=self._pending_ctx, cost=cost)
+
+    # -- turn statistics ---------------------------------------------------------------
+
+    def begin_turn(self, wake_from):
+        self._turn = {"started": self.clock(), "wake_from": wake_from, "model": self.model(),
+                      "tools": collections.Counter(), "ctx": None, "cost": None}
+
+    def end_turn(self, outcome):
+        """Write the turn's row; a failed write is logged, never the turn's problem."""
+        turn, self._turn = self._turn, None
+        if turn is None:
+            return None
+        try:
+            ended = self.clock()
+            ctx, cost = turn["ctx"] or {}, turn["cost"] or {}  # a turn without a result line has no cost
+            with agent_db.atomic():
+                return TurnStat.create(
+                    started_at=int(turn["started"] * 1000), ended_at=int(ended * 1000),
+                    duration_ms=int((ended - turn["started"]) * 1000), model=turn["model"],
+                    wake_from=turn["wake_from"], result_kind=outcome.kind, note=outcome.reason or None,
+                    ctx_input_tokens=ctx.get("input_tokens"), ctx_output_tokens=ctx.get("output_tokens"),
+                    ctx_cache_read_tokens=ctx.get("cache_read_input_tokens"),
+                    ctx_cache_creation_tokens=ctx.get("cache_creation_input_tokens"),
+                    cost_input_tokens=cost.get("input_tokens"), cost_output_tokens=cost.get("output_tokens"),
+                    cost_cache_read_tokens=cost.get("cache_read_input_tokens"),
+                    cost_cache_creation_tokens=cost.get("cache_creation_input_tokens"),
+                    tool_call_count=sum(turn["tools"].values()), tools=json.dumps(dict(turn["tools"])))
+        except Exception:
+            log.exception("could not record the turn's statistics; the turn itself is unaffected")
+            return None
 
     # -- model -----------------------------------------------------------------------
 

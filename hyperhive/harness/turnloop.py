@@ -110,10 +110,13 @@ class TurnLoop:
                                        "ids": [m["id"] for m in messages]})
         self.in_turn = True
         self.bus.set_turn_state("thinking")
+        self.bus.begin_turn(first["from"])
+        outcome = Outcome("failed", "the turn loop failed mid-turn; the harness log has why")
         try:
             outcome = self._run(prompt)
         finally:
             self.in_turn = False
+            self.bus.end_turn(outcome)
             self.bus.set_turn_state("idle")
         if outcome.ok:
             self.client.call("ack_turn")
