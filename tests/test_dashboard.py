@@ -451,3 +451,19 @@ def test_traps_in_an_agents_socket_dir_are_not_followed(dash, tmp_path):
     assert len(Auth.agent_secret(sock_dir)) == 64, "a fifo is replaced, not waited on"
     os.symlink(dash.layout.host_socket, os.path.join(sock_dir, "web.sock"))
     error_of(dash.get("/agent/a/"), 503, "unavailable", "not running")
+
+
+def test_a_replaced_or_truncated_log_is_read_from_its_start(tmp_path):
+    backend = ProcessBackend()
+    log_path = tmp_path / "harness.log"
+    log_path.write_text("".join(f"line {i}\n" for i in range(1000)))
+    lines, cursor = backend.log_tail("a", str(tmp_path), lines=3)
+    assert lines == ["line 997", "line 998", "line 999"]
+    log_path.write_text("fresh\n")  # truncated in place: the offset is past the end
+    assert backend.log_tail("a", str(tmp_path), cursor)[0] == ["fresh"]
+    _, cursor = backend.log_tail("a", str(tmp_path))
+    os.unlink(log_path)
+    log_path.write_text("rotated\n")  # a new file: another inode
+    assert backend.log_tail("a", str(tmp_path), cursor)[0] == ["rotated"]
+    os.unlink(log_path)
+    assert backend.log_tail("a", str(tmp_path), cursor) == ([], cursor), "no log yet is no lines, no error"

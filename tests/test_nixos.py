@@ -380,6 +380,22 @@ def test_journal_reads_the_machine_or_its_unit(hive):
         hive.backend.journal("a", lines=0)
 
 
+def test_log_tail_follows_the_journal_by_cursor(hive):
+    hive.up("a")
+    lines, cursor = hive.backend.log_tail("a", lines=500)
+    assert hive.calls()[-1] == ["journalctl", "-M", "h-a", "-n", "500", "--no-pager", "--show-cursor"]
+    assert any("Started hyperhive harness." in line for line in lines) and cursor
+    assert not any(line.startswith("-- cursor:") for line in lines)
+    state = json.loads(hive.state_path.read_text())
+    state["journal"]["h-a"].append("harness: a new line")
+    hive.state_path.write_text(json.dumps(state))
+    more, after = hive.backend.log_tail("a", cursor=cursor)
+    assert hive.calls()[-1] == ["journalctl", "-M", "h-a", f"--after-cursor={cursor}", "--no-pager",
+                                "--show-cursor"]
+    assert len(more) == 1 and more[0].endswith("harness: a new line") and after != cursor
+    assert hive.backend.log_tail("a", cursor=after) == ([], after), "nothing new keeps the cursor"
+
+
 def test_command_failures_are_sentences_with_stderr(hive, monkeypatch):
     hive.up("a")
     hive.backend.stop("a")

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+import zlib
 
 from hyperhive import wire
 
@@ -30,10 +31,16 @@ def _start_time(pid):
 
 def _parse_cursor(cursor):
     try:
-        inode, offset = str(cursor).split(":")
-        return int(inode), int(offset)
+        inode, offset, head = str(cursor).split(":")
+        return int(inode), int(offset), int(head)
     except ValueError:
-        return None, None
+        return None, None, None
+
+
+def _head(f, offset):
+    """A fingerprint of the first bytes before offset: they never change while a log only grows."""
+    f.seek(0)
+    return zlib.crc32(f.read(min(64, offset)))
 
 
 class ProcessBackend:
@@ -79,8 +86,9 @@ class ProcessBackend:
     def log_tail(self, name, home, cursor=None, lines=500):
         """New lines of the harness's log after `cursor`; the last `lines` without one.
 
-        Returns (lines, cursor). The cursor is "<inode>:<offset>", so a log
-        that was replaced or truncated is read again from its start.
+        Returns (lines, cursor). The cursor is "<inode>:<offset>:<crc of the
+        bytes before offset, up to 64>": a log that was truncated or replaced
+        (even by a file that got the same inode back) is read from its start.
         """
         path = os.path.join(home, "harness.log")
         try:
@@ -89,8 +97,8 @@ class ProcessBackend:
             return [], cursor
         with f:
             st = os.fstat(f.fileno())
-            inode, offset = _parse_cursor(cursor)
-            if inode != st.st_ino or offset > st.st_size:
+            inode, offset, head = _parse_cursor(cursor)
+            if inode != st.st_ino or offset is None or offset > st.st_size or _head(f, offset) != head:
                 offset = None
             if offset is None:  # the tail: back off far enough for `lines` lines
                 start = max(0, st.st_size - lines * 400)
@@ -99,17 +107,16 @@ class ProcessBackend:
                 if start:
                     data = data[data.find(b"\n") + 1:]  # the first line was cut
                 out = data.split(b"\n")
-                end = st.st_size
-                complete = out[:-1]
-                complete = complete[-lines:]
-                end -= len(out[-1])
+                complete = out[:-1][-lines:]
+                end = st.st_size - len(out[-1])
             else:
                 f.seek(offset)
                 data = f.read(min(st.st_size - offset, 4 * 1024 * 1024))
                 cut = data.rfind(b"\n") + 1  # a half-written last line waits for its end
                 complete = data[:cut].split(b"\n")[:-1]
                 end = offset + cut
-        return [b.decode(errors="replace") for b in complete], f"{st.st_ino}:{end}"
+            mark = _head(f, end)
+        return [b.decode(errors="replace") for b in complete], f"{st.st_ino}:{end}:{mark}"
 
     def start(self, launch):
         if self.running(launch.name, launch.home_dir):
