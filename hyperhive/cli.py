@@ -20,6 +20,9 @@ Usage:
   hyperhive [options] pending
   hyperhive [options] approve ID
   hyperhive [options] deny ID [--reason TEXT]
+  hyperhive [options] questions
+  hyperhive [options] answer ID TEXT
+  hyperhive [options] cancel-question ID
   hyperhive [options] request-spawn NAME
   hyperhive [options] tombstones
   hyperhive [options] purge NAME
@@ -48,6 +51,9 @@ Verbs (one request on the core's admin socket):
   pause, resume   park an agent's turn loop (its messages wait) or let it run again
   pending         approvals waiting for the operator
   approve, deny   decide an approval (deny tells the manager --reason)
+  questions       questions agents asked the operator, waiting for an answer
+  answer          answer question ID with TEXT (also an agent's question to a peer, in its stead)
+  cancel-question withdraw question ID; its asker is told it was cancelled
   request-spawn   queue an approval to create and start NAME from its config
   tombstones      agents destroyed without --purge, whose state is kept
   purge           delete a tombstone's state and config for good
@@ -101,6 +107,20 @@ def _approvals_table(answer):
         if answer["approvals"] else "(no pending approvals)"
 
 
+def _questions_table(answer):
+    rows = [dict(q, options=" | ".join(q["options"]), question=" ".join(q["question"].split())[:100])
+            for q in answer["questions"]]
+    return _table(rows, ["id", "asker", "asked_at", "expires_at", "options", "question"]) \
+        if rows else "(no open questions)"
+
+
+def _id(args, what):
+    try:
+        return int(args["ID"])
+    except ValueError:
+        raise wire.HiveError(f"{what} id is a number, got {args['ID']!r}") from None
+
+
 def request_for(args):
     """(verb, wire arguments, formatter, timeout) for parsed CLI arguments."""
     name = args["NAME"][0] if args["NAME"] else None
@@ -119,15 +139,22 @@ def request_for(args):
     if args["pending"]:
         return "pending", {}, _approvals_table, 30
     if args["approve"] or args["deny"]:
-        try:
-            approval_id = int(args["ID"])
-        except ValueError:
-            raise wire.HiveError(f"an approval id is a number, got {args['ID']!r}") from None
+        approval_id = _id(args, "an approval")
         if args["approve"]:
             return "approve", {"id": approval_id}, lambda a: f"approval {approval_id}: {a['approval']['status']}" + \
                 (f" ({a['approval']['note']})" if a["approval"]["note"] else ""), LONG
         return "deny", {"id": approval_id, "reason": args["--reason"]}, \
             lambda a: f"approval {approval_id}: denied", 30
+    if args["questions"]:
+        return "questions", {}, _questions_table, 30
+    if args["answer"]:
+        question_id = _id(args, "a question")
+        return "answer", {"id": question_id, "answer": args["TEXT"]}, \
+            lambda a: f"question {question_id}: answered; {a['question']['asker']} has the answer in its inbox", 30
+    if args["cancel-question"]:
+        question_id = _id(args, "a question")
+        return "cancel_question", {"id": question_id}, \
+            lambda a: f"question {question_id}: cancelled; {a['question']['asker']} was told", 30
     if args["request-spawn"]:
         return "request_spawn", {"name": name}, lambda a: f"queued approval {a['id']}", 30
     if args["tombstones"]:

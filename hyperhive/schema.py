@@ -1,7 +1,7 @@
 """Every table of hyperhive, and the migrations that bring a file up to date.
 
 Two databases, two proxies, each initialized by the role that owns the file:
-`core_db` (the core's hive.db: agents, messages, approvals) and `agent_db`
+`core_db` (the core's hive.db: agents, messages, approvals, questions) and `agent_db`
 (one per harness: its live-event history). Migrations are idempotent: each
 step checks what is there before it changes anything, so running them on
 every start is safe.
@@ -78,6 +78,21 @@ class Approval(CoreModel):
     requested_by = pw.CharField(null=True)  # manager or operator: a spawned agent's parent
 
 
+class Question(CoreModel):
+    """A question an agent asked the operator or a peer; open while answered_at is NULL."""
+
+    asker = pw.CharField()
+    target = pw.CharField()  # an agent's name, manager or operator
+    question = pw.TextField()
+    options = pw.TextField(default="[]")  # JSON list of short strings
+    asked_at = pw.BigIntegerField(default=now_ms)
+    expires_at = pw.BigIntegerField(null=True)  # the ttl watchdog closes it then
+    answered_at = pw.BigIntegerField(null=True)
+    answer = pw.TextField(null=True)
+    answered_by = pw.CharField(null=True)  # the target, operator, ttl-watchdog, core, or the asker (cancel)
+    note = pw.TextField(null=True)  # what became of an answer that could not be delivered
+
+
 class Meta(CoreModel):
     """Key/value facts about the file itself (schema version)."""
 
@@ -85,7 +100,7 @@ class Meta(CoreModel):
     value = pw.TextField()
 
 
-CORE_TABLES = (Agent, Message, Approval, Meta)
+CORE_TABLES = (Agent, Message, Approval, Question, Meta)
 
 # The pop query reads only undelivered rows of one recipient; a partial index
 # keeps it O(queue) however large the acked history grows.
@@ -95,6 +110,10 @@ CORE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS message_recipient_sent ON message (recipient, id)",
     "CREATE INDEX IF NOT EXISTS message_sender ON message (sender, id)",
     "CREATE INDEX IF NOT EXISTS approval_status ON approval (status, id)",
+    # open questions: the operator's queue, loose ends, and the ttl watchdog's sweep
+    "CREATE INDEX IF NOT EXISTS question_open ON question (target, id) WHERE answered_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS question_expiring ON question (expires_at) "
+    "WHERE answered_at IS NULL AND expires_at IS NOT NULL",
 )
 
 

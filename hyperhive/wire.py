@@ -234,9 +234,9 @@ SURFACE_ARGS = {
 HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending",
               "start", "stop", "restart", "rebuild", "kill", "set_paused", "spawn",
               "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
-              "update_meta", "login_url")
+              "update_meta", "login_url", "questions", "answer", "cancel_question")
 AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent", "inbox",
-               "operator_msg", "whoami", "get_loose_ends")
+               "operator_msg", "whoami", "get_loose_ends", "ask", "answer", "cancel_question")
 MANAGER_VERBS = AGENT_VERBS + ("agent_status", "request_apply_commit", "request_init_config",
                                "request_spawn", "start", "stop", "restart", "rebuild", "kill", "update")
 SURFACES = {"host": HOST_VERBS, "agent": AGENT_VERBS, "manager": MANAGER_VERBS}
@@ -290,6 +290,17 @@ def format_message(message):
     """A delivered message as the model reads it (wake prompt and recv tool alike)."""
     text = f"from: {message.get('from')}\n\n{message.get('body')}"
     return f"{REDELIVERED_BANNER}\n{text}" if message.get("redelivered") else text
+
+
+def duration(seconds):
+    """A span as a person says it: '45 seconds', '10 minutes', '1 day 2 hours'."""
+    seconds = max(0, int(round(seconds)))
+    parts = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {unit}{'s' if count != 1 else ''}")
+    return " ".join(parts[:2]) or "0 seconds"
 
 
 def iso(ms):

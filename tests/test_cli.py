@@ -110,6 +110,33 @@ def test_pending_and_urls(hive):
     assert ok_out(hive, "urls") == "domain: -\nhome: -\nforge: -\n"
 
 
+def test_questions_answer_and_cancel(hive):
+    assert ok_out(hive, "questions") == "(no open questions)\n"
+    ship = hive.agent_call("manager", "ask", question="Ship v2\nnow?", options=["yes", "no"])["id"]
+    logs = hive.agent_call("manager", "ask", question="Drop old logs?", ttl_seconds=3600)["id"]
+
+    table = ok_out(hive, "questions")
+    assert header(table) == ["ID", "ASKER", "ASKED_AT", "EXPIRES_AT", "OPTIONS", "QUESTION"]
+    assert [(r[0], r[1]) for r in rows(table)] == [(str(ship), "manager"), (str(logs), "manager")]
+    assert table.splitlines()[1].endswith("yes | no  Ship v2 now?")
+    listed = json.loads(ok_out(hive, "--json", "questions"))["questions"]
+    assert [q["id"] for q in listed] == [ship, logs] and listed[1]["expires_at"]
+
+    assert ok_out(hive, "answer", str(ship), "yes, ship it") == \
+        f"question {ship}: answered; manager has the answer in its inbox\n"
+    assert ok_out(hive, "cancel-question", str(logs)) == f"question {logs}: cancelled; manager was told\n"
+    assert ok_out(hive, "questions") == "(no open questions)\n"
+    assert f"question {ship} is already closed" in refused(hive, "answer", str(ship), "no")
+    assert "there is no question 999" in refused(hive, "cancel-question", "999")
+    assert "a question id is a number, got 'x'" in refused(hive, "answer", "x", "yes")
+    mine = [m for m in hive.agent_call("manager", "recent", limit=20)["messages"]
+            if m["body"].startswith("[question_answered]")]
+    assert sorted(m["body"].splitlines()[0] for m in mine) == sorted([
+        f"[question_answered] Your question {ship} to the operator was answered by the operator.",
+        f"[question_answered] Your question {logs} to the operator was cancelled by the operator; it has no "
+        "answer. Ask again if you still need one."])
+
+
 # -- lifecycle ----------------------------------------------------------------------
 
 def test_spawn_pause_resume_stop_start_destroy(hive):

@@ -281,9 +281,40 @@ def test_spawn_approve_and_deny(dash):
     error_of(dash.post("/approve/0"), 400, "bad_argument", "at least 1")
 
 
-def test_questions_are_not_there_to_answer_yet(dash):
-    error_of(dash.post("/answer-question/3", {"answer": "yes"}), 404, "not_found", "no question 3")
-    error_of(dash.post("/answer-question/3", {}), 400, "bad_argument", "answer")
+def test_an_operator_question_is_shown_and_answered(dash):
+    dash.spawn("alice")
+    dash.spawn("bob")
+    seq0 = dash.core.hub.seq
+    ask = dash.core.surfaces.dispatcher("agent", "alice")
+    qid = ask({"cmd": "ask", "question": "Ship **v2** now?", "options": ["yes", "no"], "ttl_seconds": 3600})["id"]
+    peer = ask({"cmd": "ask", "question": "Which branch?", "to": "bob"})["id"]
+    [shown] = dash.get("/api/state").json()["questions"]  # bob's question is not the operator's
+    assert (shown["id"], shown["asker"], shown["question"], shown["options"]) == \
+        (qid, "alice", "Ship **v2** now?", ["yes", "no"])
+    assert shown["question_html"] == "<p>Ship <strong>v2</strong> now?</p>"
+    assert shown["asked_at"] and shown["expires_at"] > shown["asked_at"]
+    added = [e for e in dash.core.hub.since(seq0) if e["kind"].startswith("question_")]
+    assert [(e["kind"], e["question"]["id"]) for e in added] == [("question_added", qid)]
+    assert added[0]["question"]["question_html"] == shown["question_html"]
+
+    res = dash.post(f"/answer-question/{qid}", {"answer": "yes"})
+    assert res.status == 200, res.text
+    assert res.json()["question"]["answer"] == "yes" and res.json()["question"]["answered_by"] == "operator"
+    [answer] = [m for m in dash.core.broker.inbox("alice", 10) if m["body"].startswith("[question_answered]")]
+    assert answer["from"] == "operator" and f"question {qid}" in answer["body"]
+    assert "> Ship **v2** now?" in answer["body"] and answer["body"].endswith("> yes")
+    assert dash.get("/api/state").json()["questions"] == []
+    resolved = [e for e in dash.core.hub.since(seq0) if e["kind"] == "question_resolved"]
+    assert [(e["question"]["id"], e["question"]["answer"], e["question"]["answered_by"]) for e in resolved] == \
+        [(qid, "yes", "operator")]
+
+    error_of(dash.post(f"/answer-question/{qid}", {"answer": "no"}), 409, "conflict", "already closed")
+    error_of(dash.post("/answer-question/999", {"answer": "yes"}), 404, "not_found", "there is no question 999")
+    error_of(dash.post(f"/answer-question/{peer}", {}), 400, "bad_argument", "'answer' is required")
+    error_of(dash.post("/answer-question/x", {"answer": "yes"}), 400, "bad_argument", "whole number")
+    # the operator may answer an agent's question in its stead
+    assert dash.post(f"/answer-question/{peer}", {"answer": "main"}).status == 200
+    assert dash.core.broker.inbox("alice", 1)[0]["from"] == "operator"
 
 
 # -- journal, config, assets -------------------------------------------------------------------

@@ -92,8 +92,8 @@ def test_tools_list_shapes(core, role):
     finally:
         client.kill()
     names = [t["name"] for t in tools]
-    assert names[:3] == ["send", "recv", "whoami"]
-    assert names[3:] == ([] if role == "agent" else MANAGER_TOOLS)
+    assert names[:5] == COMMON_TOOLS
+    assert names[5:] == ([] if role == "agent" else MANAGER_TOOLS)
     for tool in tools:
         assert set(tool) == {"name", "description", "inputSchema"}
         assert len(tool["description"]) > 40
@@ -102,7 +102,9 @@ def test_tools_list_shapes(core, role):
         assert schema["additionalProperties"] is False
         assert set(schema["required"]) <= set(schema["properties"])
         for prop in schema["properties"].values():
-            assert prop["type"] in ("string", "integer") and prop["description"]
+            assert prop["type"] in ("string", "integer", "array") and prop["description"]
+            if prop["type"] == "array":
+                assert prop["items"]["type"] == "string" and prop["maxItems"] == wire.MAX_OPTIONS
     by_name = {t["name"]: t["inputSchema"] for t in tools}
     assert by_name["send"]["required"] == ["to", "body"]
     recv = by_name["recv"]["properties"]
@@ -110,14 +112,19 @@ def test_tools_list_shapes(core, role):
     assert (recv["wait_seconds"]["minimum"], recv["wait_seconds"]["maximum"]) == (0, 180)
     assert by_name["whoami"]["properties"] == {}
     assert "operator" in tools[0]["description"] and "manager" in tools[0]["description"]
+    assert by_name["ask"]["required"] == ["question"] and by_name["answer"]["required"] == ["id", "answer"]
+    ask = {t["name"]: t["description"] for t in tools}["ask"]
+    # the model must learn that the answer comes later, in its inbox, and not to wait for it
+    assert "[question_answered]" in ask and "inbox" in ask and "Do not wait" in ask
 
 
+COMMON_TOOLS = ["send", "recv", "whoami", "ask", "answer"]
 MANAGER_TOOLS = ["request_apply_commit", "request_init_config", "request_spawn", "update", "agent_status",
                  "start", "stop", "restart", "rebuild", "kill"]
 
 
 def test_allowed_tools_names_every_tool_of_the_role():
-    common = ["mcp__hyperhive__send", "mcp__hyperhive__recv", "mcp__hyperhive__whoami"]
+    common = [f"mcp__hyperhive__{t}" for t in COMMON_TOOLS]
     assert mcp.allowed_tools("agent") == common
     assert mcp.allowed_tools("manager") == common + [f"mcp__hyperhive__{t}" for t in MANAGER_TOOLS]
     assert mcp.allowed_tools("nobody") == []
@@ -199,6 +206,42 @@ def test_whoami(server, core):
     reply = server.call("whoami", {})
     assert core.requests == [{"cmd": "whoami"}]
     assert text_of(reply) == "name: alice\nrole: agent\nhyperhive_rev: abcdef012345"
+
+
+def test_ask_sends_only_what_was_given_and_says_the_answer_comes_later(server, core):
+    core.answers["ask"] = ok(id=7, question={"id": 7})
+    reply = server.call("ask", {"question": "which branch?", "to": "bob", "options": ["main", "dev"]})
+    assert core.requests == [{"cmd": "ask", "question": "which branch?", "to": "bob", "options": ["main", "dev"]}]
+    text = text_of(reply)
+    assert text.startswith("question 7 is with bob.") and "[question_answered]" in text and "do not wait" in text
+    text = text_of(server.call("ask", {"question": "ship it?", "ttl_seconds": 600}))
+    assert core.requests[-1] == {"cmd": "ask", "question": "ship it?", "ttl_seconds": 600}
+    assert "is with the operator" in text and "within 10 minutes, ttl-watchdog closes it" in text
+
+
+@pytest.mark.parametrize("arguments, fragment", [
+    ({"question": "q", "options": "yes,no"}, "'options' must be a list"),
+    ({"question": "q", "options": ["yes", 3]}, "'options' item 2 must be a string"),
+    ({"question": "q", "options": [""]}, "must not be empty"),
+    ({"question": "q", "options": ["x"] * 11}, "the limit is 10"),
+    ({"question": "q", "options": ["x" * 101]}, "the limit is 100"),
+    ({"question": "q", "ttl_seconds": 0}, "between 1 and 604800"),
+])
+def test_ask_arguments_are_checked_before_the_core_hears_of_them(server, core, arguments, fragment):
+    reply = server.call("ask", arguments)
+    assert reply["error"]["code"] == mcp.INVALID_PARAMS and fragment in reply["error"]["message"]
+    assert core.requests == []
+
+
+def test_answer(server, core):
+    core.answers["answer"] = ok(question={"id": 7, "asker": "bob", "answer": "main"})
+    reply = server.call("answer", {"id": 7, "answer": "main"})
+    assert core.raw == [b'{"cmd":"answer","id":7,"answer":"main"}\n']
+    assert text_of(reply) == "answered question 7; bob gets your answer in its inbox."
+    sentence = "question 7 is already closed: bob answered it 'main' at 2026-01-01T00:00:00.000Z"
+    core.answers["answer"] = refuse(sentence, "conflict")
+    reply = server.call("answer", {"id": 7, "answer": "dev"})
+    assert reply["result"]["isError"] is True and text_of(reply) == sentence
 
 
 def test_manager_role_speaks_the_same_tools(core):

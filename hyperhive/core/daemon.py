@@ -40,6 +40,7 @@ from hyperhive.core.broker import Broker
 from hyperhive.core.gitrepos import Repos
 from hyperhive.core.events import Hub
 from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
+from hyperhive.core.questions import Questions
 from hyperhive.core.surfaces import Surfaces
 from hyperhive.schema import checkpoint, open_core
 
@@ -47,6 +48,7 @@ log = logging.getLogger("hive-c0re")
 WATCH_SECONDS = 2.0  # also the crash watch: a harness that died is seen within this
 VACUUM_SECONDS = 3600.0
 CHECKPOINT_SECONDS = 1.0
+QUESTION_TTL_SECONDS = 5.0  # how often the ttl watchdog closes questions nobody answered in time
 
 
 class Sockets:
@@ -121,7 +123,9 @@ class Core:
         self.repos = Repos(layout.config_dir)
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos)
         self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub)
+        self.questions = Questions(self.broker, self.hub, self.lifecycle)
         self.surfaces.lifecycle, self.surfaces.approvals = self.lifecycle, self.approvals
+        self.surfaces.questions = self.questions
         self.host = None
         self.loops = []
         self.auth = Auth(layout.state_dir)
@@ -139,7 +143,8 @@ class Core:
         watch = getattr(self.lifecycle.backend, "watch_seconds", WATCH_SECONDS)
         self.loops = [every(watch, self.lifecycle.watch_step, self.stopping),
                       every(VACUUM_SECONDS, self.broker.vacuum, self.stopping),
-                      every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping)]
+                      every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping),
+                      every(QUESTION_TTL_SECONDS, self.questions.expire_step, self.stopping)]
         log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
                  self.lifecycle.backend.name, self.layout.run_dir)
 

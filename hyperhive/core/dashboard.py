@@ -79,13 +79,12 @@ class Dashboard:
     def state(self):
         seq = self.core.hub.seq  # read first: everything below is at least this new
         lifecycle = self.core.lifecycle
-        questions = getattr(self.core, "questions", None)
         return {
             "seq": seq, "epoch": self.epoch, "rev": resources.revision(), "backend": lifecycle.backend.name,
             "containers": lifecycle.cached_rows(),
             "transients": dict(lifecycle.transients),
             "approvals": [dict(a, diff=self.core.approvals.diff(a["id"])) for a in self.core.approvals.pending()],
-            "questions": questions.pending_for_operator() if questions is not None else [],
+            "questions": self.core.questions.pending_for_operator(),
             "inbox": [message_row(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE)],
             "tombstones": lifecycle.tombstones(),
             "meta_inputs": lifecycle.meta_inputs(),
@@ -231,10 +230,7 @@ class Dashboard:
 
     def answer_question(self, question_id):
         qid = _int(question_id, "question id", 1)
-        answer = web.field(web.body(), "answer")
-        if getattr(self.core, "questions", None) is None:
-            raise wire.HiveError(f"there is no question {qid}", "not_found")
-        return self.act("answer", id=qid, answer=answer)
+        return self.act("answer", id=qid, answer=web.field(web.body(), "answer"))
 
     def destroy(self, name):
         purge = web.body().get("purge", False)

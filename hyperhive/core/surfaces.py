@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class Surfaces:
-    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None):
+    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None):
         self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
+        self.questions = questions
         self.urls = urls or {"domain": None, "home": None, "forge": None}
         self.login_url = None  # () -> a one-time dashboard URL, set when the dashboard serves
 
@@ -70,6 +71,21 @@ class Surfaces:
         role = "manager" if caller == wire.MANAGER else "agent"
         return wire.ok(name=caller, role=role, hyperhive_rev=resources.revision())
 
+    # -- questions ---------------------------------------------------------------------
+
+    def do_ask(self, caller, question, to, options, ttl_seconds):
+        asked = self.questions.ask(caller, question, to=to, options=options, ttl_seconds=ttl_seconds)
+        return wire.ok(id=asked["id"], question=asked)
+
+    def do_answer(self, caller, id, answer):
+        return wire.ok(question=self.questions.answer(id, answer, by=caller))
+
+    def do_cancel_question(self, caller, id):
+        return wire.ok(question=self.questions.cancel(id, by=caller))
+
+    def do_questions(self, caller):
+        return wire.ok(questions=self.questions.pending_for_operator())
+
     # -- the hive ---------------------------------------------------------------------
 
     def do_list(self, caller):
@@ -94,6 +110,8 @@ class Surfaces:
         """What is still open about the caller; the manager sees the whole hive's."""
         ends = [dict(a, loose_end="approval") for a in self.approvals.pending()
                 if caller == wire.MANAGER or a["agent"] == caller]
+        # questions it asked and peer questions put to it (`kind` too: the agent page labels rows by it)
+        ends += [dict(q, loose_end="question", kind="question") for q in self.questions.open_for(caller)]
         return wire.ok(loose_ends=ends)
 
     def do_subscribe_agent_status(self, caller):
@@ -159,6 +177,7 @@ class Surfaces:
 
     def do_destroy(self, caller, name, purge):
         self.lifecycle.destroy(name, purge=purge)
+        self.questions.agent_destroyed(name)  # nobody is left waiting on it, nor waiting for it
         return wire.ok()
 
     def do_set_paused(self, caller, name, paused):

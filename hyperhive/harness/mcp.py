@@ -72,6 +72,22 @@ def _format_whoami(answer, args):
     return "\n".join(f"{key}: {answer.get(key)}" for key in ("name", "role", "hyperhive_rev"))
 
 
+def _format_asked(answer, args):
+    to = args.get("to") or wire.OPERATOR
+    whom = "the operator" if to == wire.OPERATOR else to
+    text = (f"question {answer.get('id')} is with {whom}. Its answer arrives later in your inbox as a new "
+            "message starting with [question_answered], which wakes you for a new turn: do not wait or poll "
+            "for it now; go on with what does not depend on it, or end your turn.")
+    if args.get("ttl_seconds"):
+        text += f" If nobody answers within {wire.duration(args['ttl_seconds'])}, ttl-watchdog closes it unanswered."
+    return text
+
+
+def _format_answered(answer, args):
+    asker = (answer.get("question") or {}).get("asker") or "the asker"
+    return f"answered question {args['id']}; {asker} gets your answer in its inbox."
+
+
 TOOLS = (
     Tool(
         "send",
@@ -108,6 +124,43 @@ TOOLS = (
         "Your own agent name, your role (agent or manager) and the hyperhive revision the hive runs.",
         _schema(),
         "whoami", _format_whoami),
+    Tool(
+        "ask",
+        "Ask a question that needs exactly one answer: a decision, an approval in words, a fact you cannot "
+        "find out yourself. By default it goes to the operator (the human running the hive, who sees it on the "
+        "dashboard); with `to` it goes to another agent or `manager`, who answers with their `answer` tool. "
+        "Give `options` when the choices are known. This returns at once with the question's id; the answer "
+        "arrives LATER in your inbox as a new message starting with `[question_answered]` (question id, your "
+        "question, who answered, the answer), which wakes you for a new turn. Do not wait or poll for it in "
+        "this turn: go on with what does not depend on it, or end your turn. With `ttl_seconds`, a question "
+        "still open when it runs out is closed by `ttl-watchdog`, whose `[question_answered]` message says "
+        "nobody answered in time. For news that needs no answer, use `send`.",
+        _schema({
+            "question": {"type": "string", "minLength": 1,
+                         "description": "The question, with the context the answerer needs (markdown is fine)."},
+            "to": {"type": "string", "minLength": 1,
+                   "description": "An agent's name or `manager`; leave it out to ask the operator."},
+            "options": {"type": "array", "maxItems": wire.MAX_OPTIONS,
+                        "items": {"type": "string", "minLength": 1, "maxLength": wire.MAX_OPTION},
+                        "description": "Up to 10 short choices the answerer may pick from (they may still "
+                                       "answer in their own words)."},
+            "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": wire.QUESTION_MAX_TTL,
+                            "description": "Close the question unanswered after this many seconds "
+                                           "(at most 7 days); by default it waits until answered."},
+        }, required=("question",)),
+        "ask", _format_asked),
+    Tool(
+        "answer",
+        "Answer a question another agent put to you with its `ask` tool: it reached your inbox as a message "
+        "starting with `[question_asked]` that gives the question's id. Your answer goes to the asker's inbox "
+        "as a `[question_answered]` message. A question is answered once; questions to the operator are the "
+        "operator's alone.",
+        _schema({
+            "id": {"type": "integer", "minimum": 1, "description": "The question's id, from `[question_asked]`."},
+            "answer": {"type": "string", "minLength": 1,
+                       "description": "Your answer: one of the offered choices, or your own words."},
+        }, required=("id", "answer")),
+        "answer", _format_answered),
 )
 
 
@@ -209,6 +262,8 @@ def _check_value(where, prop, value):
             raise RpcError(INVALID_PARAMS, f"{where} must be a string")
         if len(value) < prop.get("minLength", 0):
             raise RpcError(INVALID_PARAMS, f"{where} must not be empty")
+        if len(value) > prop.get("maxLength", len(value)):
+            raise RpcError(INVALID_PARAMS, f"{where} is {len(value)} characters; the limit is {prop['maxLength']}")
         return value
     if kind == "integer":
         # JSON has one number type: 3.0 is an integer, true is not
@@ -220,6 +275,12 @@ def _check_value(where, prop, value):
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise RpcError(INVALID_PARAMS, f"{where} must be between {lo} and {hi}, got {value}")
         return value
+    if kind == "array":
+        if not isinstance(value, list):
+            raise RpcError(INVALID_PARAMS, f"{where} must be a list")
+        if len(value) > prop.get("maxItems", len(value)):
+            raise RpcError(INVALID_PARAMS, f"{where} has {len(value)} items; the limit is {prop['maxItems']}")
+        return [_check_value(f"{where} item {i}", prop["items"], item) for i, item in enumerate(value, 1)]
     raise AssertionError(f"the tool table uses an unchecked type {kind!r}")
 
 
