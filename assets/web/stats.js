@@ -82,7 +82,10 @@
   }
 
   function line(label, data, color, extra) {
-    return Object.assign({label, data, borderColor: color, backgroundColor: color + "33", pointRadius: 0,
+    // a lone bucket draws no line: give it a point so a quiet day still shows
+    const points = data.filter((v) => v !== null && v !== undefined).length;
+    return Object.assign({label, data, borderColor: color, backgroundColor: color + "33",
+      pointRadius: points <= 1 ? 4 : 0,
       pointHoverRadius: 4, borderWidth: 2, tension: 0.25, spanGaps: true}, extra || {});
   }
 
