@@ -93,6 +93,13 @@ def sse_frame(data, event_id=None):
     return f"{head}data: {dumps(data)}\n\n"
 
 
+def sse(frames):
+    """Answer the current request with an SSE body (the frames generator) and the stream's headers."""
+    for key, value in SSE_HEADERS.items():
+        bottle.response.set_header(key, value)
+    return frames
+
+
 SSE_HELLO = "retry: 2000\n: connected\n\n"  # flushes the headers and sets the reconnect delay
 SSE_KEEPALIVE = ": keepalive\n\n"
 

@@ -29,8 +29,10 @@ class Approvals:
 
     # -- queries -----------------------------------------------------------------------
 
-    def pending(self):
-        return [row(a) for a in Approval.select().where(Approval.status == "pending").order_by(Approval.id)]
+    def pending(self, with_diff=False):
+        """Pending approvals, oldest first; `with_diff` adds each one's diff (the dashboard shows it)."""
+        rows = Approval.select().where(Approval.status == "pending").order_by(Approval.id)
+        return [dict(row(a), diff=a.diff) if with_diff else row(a) for a in rows]
 
     def get(self, approval_id):
         a = Approval.get_or_none((Approval.id == approval_id) & (Approval.status != QUEUING))

@@ -83,7 +83,7 @@ class Dashboard:
             "seq": seq, "epoch": self.epoch, "rev": resources.revision(), "backend": lifecycle.backend.name,
             "containers": lifecycle.cached_rows(),
             "transients": dict(lifecycle.transients),
-            "approvals": [dict(a, diff=self.core.approvals.diff(a["id"])) for a in self.core.approvals.pending()],
+            "approvals": self.core.approvals.pending(with_diff=True),
             "questions": self.core.questions.pending_for_operator(),
             "inbox": [message_row(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE)],
             "tombstones": lifecycle.tombstones(),
@@ -200,9 +200,7 @@ class Dashboard:
         return response
 
     def sse(self):
-        for key, value in web.SSE_HEADERS.items():
-            bottle.response.set_header(key, value)
-        return self.stream()
+        return web.sse(self.stream())
 
     def get_history(self):
         query = bottle.request.query
@@ -295,9 +293,7 @@ class Dashboard:
                     yield web.sse_frame({"lines": [f"[hyperhive: cannot read the log: {e}]"]}, cursor)
                     return
 
-        for key, value in web.SSE_HEADERS.items():
-            bottle.response.set_header(key, value)
-        return frames()
+        return web.sse(frames())
 
     # -- the agent pages ------------------------------------------------------------------------
 

@@ -285,9 +285,7 @@ class Page:
     def stream(self):
         raw = (bottle.request.environ.get("HTTP_LAST_EVENT_ID") or "").strip()
         last_id = int(raw) if re.fullmatch(r"[0-9]{1,18}", raw) else None  # anything else: live events only
-        for key, value in web.SSE_HEADERS.items():
-            bottle.response.set_header(key, value)
-        return self._frames(last_id)
+        return web.sse(self._frames(last_id))
 
     def _frames(self, last_id):
         """The SSE body: hello, a replay after Last-Event-ID, then live events; ends when dropped."""
