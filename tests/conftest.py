@@ -135,6 +135,14 @@ class Hive:
         s.close()
         return json.loads(line)
 
+    def claude_calls(self, name):
+        """Every run of the fake claude for an agent, as it recorded them (calls.jsonl)."""
+        path = os.path.join(self.home(name), "state", ".fakeclaude", "calls.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
     def log_of(self, name):
         return os.path.join(self.home(name), "harness.log")
 
@@ -175,6 +183,16 @@ def kill_harnesses(state_dir):
             os.killpg(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass
+
+
+@pytest.fixture
+def sockdir():
+    """A short temp dir for unix sockets (their paths are capped at 108 bytes)."""
+    from fakecore import remove_tree, short_tmpdir
+
+    path = short_tmpdir()
+    yield path
+    remove_tree(path)
 
 
 @pytest.fixture

@@ -19,14 +19,6 @@ from conftest import ENTRY, FAKE_CLAUDE, PYTHON, Hive, kill_harnesses, wait_unti
 from hyperhive import jsonline, wire
 
 
-def calls(hive, name):
-    path = os.path.join(hive.home(name), "state", ".fakeclaude", "calls.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def db_rows(hive, sql, *params):
     con = sqlite3.connect(f"file:{hive.state_dir}/hive.db?mode=ro", uri=True)
     try:
@@ -194,7 +186,7 @@ def test_pause_holds_messages(hive):
     # the core holds a paused agent's queue: its own recv gets nothing
     assert hive.agent_call("a", "recv", wait_seconds=0)["messages"] == []
     assert db_rows(hive, "select delivered_at from message where id=?", mid) == [(None,)]
-    assert calls(hive, "a") == []
+    assert hive.claude_calls("a") == []
 
 
 def test_pass_env_and_claude_path_reach_the_harness(hive):
@@ -213,12 +205,12 @@ def test_operator_to_a_to_b_to_operator(hive):
     spawn(hive, "a", "b")
     hive.call("send", to="a", body="FAKE: send b FAKE: send operator pong from b")
     wait_until(lambda: "pong from b" in inbox_bodies(hive), 30, "b's answer in the operator's inbox")
-    [a_call] = calls(hive, "a")
+    [a_call] = hive.claude_calls("a")
     assert a_call["prompt"].startswith("from: operator\n\n")
     assert a_call["model"] == "haiku" and a_call["continue"] is False
     assert "mcp__hyperhive__send" in ",".join(a_call["allowed_tools"]).split(",")
     assert a_call["env"]["MCP_CONNECTION_NONBLOCKING"] == "0"
-    [b_call] = calls(hive, "b")
+    [b_call] = hive.claude_calls("b")
     assert b_call["prompt"].startswith("from: a\n\n")
     msg = [m for m in hive.call("inbox")["messages"] if m["body"] == "pong from b"][0]
     assert msg["from"] == "b"
@@ -233,18 +225,18 @@ def test_second_turn_continues_the_session(hive):
     wait_until(lambda: "one" in inbox_bodies(hive), 20, "the first turn")
     hive.call("send", to="a", body="FAKE: send operator two")
     wait_until(lambda: "two" in inbox_bodies(hive), 20, "the second turn")
-    assert [c["continue"] for c in calls(hive, "a")] == [False, True]
+    assert [c["continue"] for c in hive.claude_calls("a")] == [False, True]
 
 
 def test_failed_turn_is_not_acked_and_is_redelivered_after_restart(hive):
     spawn(hive, "a")
     mid = hive.call("send", to="a", body="FAKE: fail")["id"]
-    wait_until(lambda: len(calls(hive, "a")) == 1, 20, "the failing turn")
+    wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the failing turn")
     wait_until(lambda: db_rows(hive, "select delivered_at is not null, acked_at from message where id=?", mid)
                == [(1, None)], 10, "the message to be delivered and left unacked")
     hive.call("restart", name="a")
-    wait_until(lambda: len(calls(hive, "a")) == 2, 20, "the redelivered turn")
-    prompt = calls(hive, "a")[1]["prompt"]
+    wait_until(lambda: len(hive.claude_calls("a")) == 2, 20, "the redelivered turn")
+    prompt = hive.claude_calls("a")[1]["prompt"]
     assert prompt.startswith("[redelivered after harness restart — may already be handled]\nfrom: operator")
     assert db_rows(hive, "select redelivered from message where id=?", mid) == [(1,)]
 
@@ -252,22 +244,22 @@ def test_failed_turn_is_not_acked_and_is_redelivered_after_restart(hive):
 def test_kill_mid_turn_redelivers_with_the_banner(hive):
     spawn(hive, "a")
     hive.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator survived")
-    wait_until(lambda: len(calls(hive, "a")) == 1, 20, "the slow turn to start")
+    wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the slow turn to start")
     os.killpg(hive.harness_pid("a"), signal.SIGKILL)
     wait_until(lambda: hive.row("a")["failed"], 10, "the core to see the harness gone")
     hive.call("start", scope={"agent_names": ["a"]})
     # the second attempt sleeps too; the banner is in its prompt
-    wait_until(lambda: len(calls(hive, "a")) == 2, 20, "the redelivered turn")
-    assert calls(hive, "a")[1]["prompt"].startswith("[redelivered after harness restart")
+    wait_until(lambda: len(hive.claude_calls("a")) == 2, 20, "the redelivered turn")
+    assert hive.claude_calls("a")[1]["prompt"].startswith("[redelivered after harness restart")
 
 
 def test_prompt_too_long_compacts_and_retries_once(hive):
     spawn(hive, "a")
     hive.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")
     wait_until(lambda: "fits-now" in inbox_bodies(hive), 20, "the retried turn")
-    prompts = [c["prompt"] for c in calls(hive, "a")]
+    prompts = [c["prompt"] for c in hive.claude_calls("a")]
     assert prompts[1] == "/compact" and len(prompts) == 3
-    assert calls(hive, "a")[2]["continue"] is True
+    assert hive.claude_calls("a")[2]["continue"] is True
 
 
 def test_stderr_and_stream_lines_reach_the_event_history(hive):
@@ -348,7 +340,7 @@ def test_subscribe_agent_status_streams_changes(hive):
 def test_graceful_stop_lets_the_running_turn_finish_and_ack(hive):
     spawn(hive, "a")
     mid = hive.call("send", to="a", body="FAKE: sleep 2\nFAKE: send operator finished-before-stop")["id"]
-    wait_until(lambda: len(calls(hive, "a")) == 1, 20, "the turn to start")
+    wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the turn to start")
     hive.call("stop", scope={"agent_names": ["a"]}, graceful=True)
     assert "finished-before-stop" in inbox_bodies(hive)
     assert db_rows(hive, "select acked_at is not null from message where id=?", mid) == [(1,)]
@@ -358,7 +350,7 @@ def test_graceful_stop_lets_the_running_turn_finish_and_ack(hive):
 def test_stop_now_cuts_the_turn_and_leaves_it_for_redelivery(hive):
     spawn(hive, "a")
     mid = hive.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator never")["id"]
-    wait_until(lambda: len(calls(hive, "a")) == 1, 20, "the turn to start")
+    wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the turn to start")
     hive.call("stop", scope={"agent_names": ["a"]}, graceful=False)
     assert not hive.row("a")["running"]
     assert db_rows(hive, "select delivered_at is not null, acked_at from message where id=?", mid) == [(1, None)]

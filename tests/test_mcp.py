@@ -9,18 +9,11 @@ import threading
 
 import pytest
 
-from fakecore import REPO, WAIT, FakeCore, McpClient, ok, refuse, remove_tree, short_tmpdir
+from fakecore import REPO, WAIT, FakeCore, McpClient, ok, refuse
 from hyperhive import wire
 from hyperhive.harness import mcp
 
 SUPPORTED = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
-
-
-@pytest.fixture
-def sockdir():
-    path = short_tmpdir()
-    yield path
-    remove_tree(path)
 
 
 @pytest.fixture

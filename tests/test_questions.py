@@ -4,7 +4,6 @@ and once end to end on a real daemon whose agents run the fake claude."""
 
 import json
 import logging
-import os
 import re
 import sqlite3
 
@@ -401,17 +400,9 @@ def test_the_open_questions_index_is_there(tmp_path):
 
 # -- end to end: a real core, real harnesses, the fake claude calling the MCP tools ------------------------
 
-def fake_calls(hive, name):
-    path = os.path.join(hive.home(name), "state", ".fakeclaude", "calls.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def woken_by(hive, name, start):
     """The prompts of name's turns that begin with `start`."""
-    return [c["prompt"] for c in fake_calls(hive, name) if c["prompt"].startswith(start)]
+    return [c["prompt"] for c in hive.claude_calls(name) if c["prompt"].startswith(start)]
 
 
 def test_an_agent_asks_a_peer_and_wakes_with_the_answer(hive):

@@ -21,7 +21,7 @@ import os
 
 import pytest
 
-from fakecore import FakeCore, ok, refuse, remove_tree, short_tmpdir
+from fakecore import FakeCore, ok, refuse
 from hyperhive import wire
 from hyperhive.harness import claude, turnloop
 from hyperhive.harness.bus import Bus
@@ -299,13 +299,6 @@ def test_pause_marker_is_the_core_s_file(tmp_path):
 
 
 # -- CoreClient against real unix sockets -------------------------------------------------
-
-@pytest.fixture
-def sockdir():
-    path = short_tmpdir()
-    yield path
-    remove_tree(path)
-
 
 def test_core_client_backs_off_capped_then_returns_when_a_core_appears(sockdir):
     path = sockdir / "hive.sock"

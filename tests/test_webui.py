@@ -32,7 +32,7 @@ import gevent.event
 import gevent.lock
 import pytest
 
-from fakecore import FakeCore, ok, refuse, remove_tree, short_tmpdir
+from fakecore import FakeCore, ok, refuse
 from hyperhive import resources, web
 from hyperhive.harness import turnloop, webui
 from hyperhive.harness.bus import Bus
@@ -195,13 +195,6 @@ def post(app, path, body=None, **kwargs):
 
 
 # -- fixtures ----------------------------------------------------------------------------
-
-@pytest.fixture
-def sockdir():
-    path = short_tmpdir()
-    yield path
-    remove_tree(path)
-
 
 @pytest.fixture
 def core(sockdir):
