@@ -1,8 +1,8 @@
 """Every table of hyperhive, and the migrations that bring a file up to date.
 
 Two databases, two proxies, each initialized by the role that owns the file:
-`core_db` (the core's hive.db: agents, messages, approvals, questions) and `agent_db`
-(one per harness: its live-event history). Migrations are idempotent: each
+`core_db` (the core's hive.db: agents, messages, approvals, questions, reminders) and `agent_db`
+(one per harness: its live-event history and turn stats). Migrations are idempotent: each
 step checks what is there before it changes anything, so running them on
 every start is safe.
 """
@@ -93,6 +93,20 @@ class Question(CoreModel):
     note = pw.TextField(null=True)  # what became of an answer that could not be delivered
 
 
+class Reminder(CoreModel):
+    """A message an agent left for its future self; pending while fired_at and failed_at are NULL."""
+
+    owner = pw.CharField()
+    message = pw.TextField()
+    due_at = pw.BigIntegerField()  # unix ms
+    file_path = pw.TextField(null=True)  # where its owner asked the message to be written, as it names it
+    host_path = pw.TextField(null=True)  # the same file on the host
+    created_at = pw.BigIntegerField(default=now_ms)
+    fired_at = pw.BigIntegerField(null=True)  # delivered to the owner's inbox
+    failed_at = pw.BigIntegerField(null=True)  # could not be delivered: `error` says why
+    error = pw.TextField(null=True)
+
+
 class Meta(CoreModel):
     """Key/value facts about the file itself (schema version)."""
 
@@ -100,7 +114,7 @@ class Meta(CoreModel):
     value = pw.TextField()
 
 
-CORE_TABLES = (Agent, Message, Approval, Question, Meta)
+CORE_TABLES = (Agent, Message, Approval, Question, Reminder, Meta)
 
 # The pop query reads only undelivered rows of one recipient; a partial index
 # keeps it O(queue) however large the acked history grows.
@@ -114,6 +128,13 @@ CORE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS question_open ON question (target, id) WHERE answered_at IS NULL",
     "CREATE INDEX IF NOT EXISTS question_expiring ON question (expires_at) "
     "WHERE answered_at IS NULL AND expires_at IS NOT NULL",
+    # the scheduler's due scan and each agent's pending count
+    "CREATE INDEX IF NOT EXISTS reminder_pending ON reminder (due_at) WHERE fired_at IS NULL AND failed_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS reminder_owner_pending ON reminder (owner) "
+    "WHERE fired_at IS NULL AND failed_at IS NULL",
+    # the sweeps: closed rows by age
+    "CREATE INDEX IF NOT EXISTS question_answered_at ON question (answered_at) WHERE answered_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS reminder_fired_at ON reminder (fired_at) WHERE fired_at IS NOT NULL",
 )
 
 

@@ -16,7 +16,7 @@ NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")  # always fullmatch: "$" would let
 MANAGER = "manager"
 OPERATOR = "operator"
 # Principals that are not agents; no agent may take one of these names.
-RESERVED_NAMES = frozenset({MANAGER, OPERATOR, "core", "hive", "system", "ttl-watchdog"})
+RESERVED_NAMES = frozenset({MANAGER, OPERATOR, "core", "hive", "system", "ttl-watchdog", "reminder"})
 # Shown above a message popped before a harness restart and popped again.
 REDELIVERED_BANNER = "[redelivered after harness restart — may already be handled]"
 # The file in an agent's state dir where the harness persists its model; the
@@ -31,6 +31,13 @@ MAX_OPTION = 100
 QUESTION_MAX_TTL = 7 * 24 * 3600  # seconds
 # Who closes a question nobody answered before its ttl ran out; the sender of that answer.
 TTL_WATCHDOG = "ttl-watchdog"
+# The sender of a reminder that came due.
+REMINDER = "reminder"
+REMINDER_MAX_SECONDS = 365 * 24 * 3600  # how far ahead a reminder may be set
+REMINDER_LATE_SECONDS = 300  # a due_at this far in the past is refused as a mistake, not fired at once
+MAX_PENDING_REMINDERS = 500  # per owner
+MAX_STATUS = 200  # characters of an agent's one-line status
+LOOSE_END_KINDS = ("question", "reminder", "approval")
 
 # Error vocabulary: code -> HTTP status, one table for every surface.
 ERROR_STATUS = {
@@ -112,11 +119,11 @@ def check_agent_name(name):
 class Arg:
     """One argument of a verb: its kind, whether required, and its default."""
 
-    __slots__ = ("name", "kind", "required", "default", "lo", "hi")
+    __slots__ = ("name", "kind", "required", "default", "lo", "hi", "choices")
 
-    def __init__(self, name, kind, required=True, default=None, lo=None, hi=None):
+    def __init__(self, name, kind, required=True, default=None, lo=None, hi=None, choices=()):
         self.name, self.kind, self.required = name, kind, required
-        self.default, self.lo, self.hi = default, lo, hi
+        self.default, self.lo, self.hi, self.choices = default, lo, hi, choices
 
 
 def _type_name(value):
@@ -159,7 +166,47 @@ def _coerce(verb, arg, value):
         return [check_name(n, f"{where}: agent name") for n in names]
     if arg.kind == "options":
         return check_options(value, where)
+    if arg.kind == "when":
+        return parse_when(value, where)
+    if arg.kind == "choice":
+        if value not in arg.choices:
+            raise HiveError(f"{where} must be one of {', '.join(arg.choices)}, got {str(value)[:40]!r}")
+        return value
     raise AssertionError(arg.kind)
+
+
+def parse_when(value, where="the time"):
+    """An instant as unix seconds: from RFC 3339 text with a zone (the wire's format) or a unix number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        if not 0 < value < 2 ** 40:
+            raise HiveError(f"{where} as a number is unix seconds; {value} is out of range")
+        return float(value)
+    if not isinstance(value, str):
+        raise HiveError(f"{where} must be an RFC 3339 time like \"2026-01-31T09:00:00Z\" or unix seconds, "
+                        f"got {_type_name(value)}")
+    from datetime import datetime
+
+    text = value.strip()
+    try:
+        when = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" and text else text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise HiveError(f"{where} {shown!r} is not an RFC 3339 time with a zone, like \"2026-01-31T09:00:00Z\" "
+                        "(or give in_seconds instead)")
+    return when.timestamp()
+
+
+def check_status_text(text):
+    """An agent's status line as stored: one trimmed line of at most MAX_STATUS characters ("" clears it)."""
+    if not isinstance(text, str):
+        raise HiveError(f"set_status: 'text' must be a string, got {_type_name(text)}")
+    text = " ".join(text.split())
+    if len(text) > MAX_STATUS:
+        raise HiveError(f"set_status: the status is {len(text)} characters; keep it to one line of at most "
+                        f"{MAX_STATUS} (put the detail in a message or a file)")
+    return text
 
 
 # -- verbs -----------------------------------------------------------------------
@@ -221,6 +268,15 @@ VERBS = {
     "update_meta": ((), "update the meta flake's inputs now (nixos backend)"),
     "login_url": ((), "a one-time URL that logs a browser in to the dashboard"),
     "get_loose_ends": ((), "what is still open about you: approvals, questions, reminders"),
+    "cancel_loose_end": ((Arg("kind", "choice", choices=LOOSE_END_KINDS), Arg("id", "int", True, None, 1)),
+                         "withdraw one of your loose ends (the manager: anyone's)"),
+    "remind": ((Arg("message", "text"), Arg("due_at", "when", False),
+                Arg("in_seconds", "int", False, None, 1, REMINDER_MAX_SECONDS), Arg("file_path", "str", False)),
+               "have a message delivered to your own inbox later"),
+    "count_pending_reminders": ((), "how many of your reminders have not come due yet"),
+    "set_status": ((Arg("text", "str"),), "your one-line status on the dashboard (\"\" clears it)"),
+    "report_login": ((Arg("logged_in", "bool"), Arg("note", "str", False, "")),
+                     "the harness says whether claude has a valid login"),
     "purge_tombstone": ((_NAME,), "delete a tombstone's state and config for good"),
 }
 
@@ -236,7 +292,8 @@ HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending
               "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
               "update_meta", "login_url", "questions", "answer", "cancel_question")
 AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent", "inbox",
-               "operator_msg", "whoami", "get_loose_ends", "ask", "answer", "cancel_question")
+               "operator_msg", "whoami", "get_loose_ends", "cancel_loose_end", "ask", "answer", "cancel_question",
+               "remind", "count_pending_reminders", "set_status", "report_login")
 MANAGER_VERBS = AGENT_VERBS + ("agent_status", "request_apply_commit", "request_init_config",
                                "request_spawn", "start", "stop", "restart", "rebuild", "kill", "update")
 SURFACES = {"host": HOST_VERBS, "agent": AGENT_VERBS, "manager": MANAGER_VERBS}
@@ -282,6 +339,10 @@ APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requeste
 # `target` is an agent's name, `manager` or `operator`; answered_* are null while it is open.
 # `note` says what became of the answer when it could not be delivered. The host's
 # `questions` rows and the dashboard's events add `question_html`.
+# A reminder is pending while fired_at and failed_at are both null. `file_path` is as
+# its owner named it; `error` says what went wrong when it fired or failed.
+REMINDER_FIELDS = ("id", "owner", "message", "due_at", "file_path", "created_at", "fired_at",
+                   "failed_at", "error")
 QUESTION_FIELDS = ("id", "asker", "target", "question", "options", "asked_at", "expires_at",
                    "answered_at", "answer", "answered_by", "note")
 

@@ -5,7 +5,7 @@ import pytest
 from gevent.event import Event
 
 from conftest import RecordingHub
-from hyperhive.core.broker import VACUUM_AGE_MS, Broker
+from hyperhive.core.broker import Broker
 from hyperhive.schema import Message, core_db, open_core
 
 
@@ -140,22 +140,6 @@ def test_requeue_wakes_a_long_poll(broker):
     gevent.sleep(0)
     broker.requeue_inflight("a")
     assert waiter.get(timeout=5) == ["x"]
-
-
-def test_vacuum_removes_only_old_acked_rows(broker):
-    clock = broker.clock
-    broker.send("operator", "a", "old acked")
-    broker.pop("a", 1)
-    broker.ack_turn("a")
-    broker.send("operator", "a", "old unacked popped")
-    broker.pop("a", 1)
-    broker.send("operator", "a", "old queued")
-    clock.t += VACUUM_AGE_MS / 1000 + 60
-    broker.send("operator", "a", "new")
-    broker.pop("a", 1)
-    broker.ack_turn("a")
-    assert broker.vacuum() == 1
-    assert sorted(m.body for m in Message.select()) == ["new", "old queued", "old unacked popped"]
 
 
 def test_messages_to_the_operator_are_handled_on_arrival(broker):

@@ -42,6 +42,7 @@ class FakeClient:
         self.script = {"requeue_inflight": {"requeued": 0}, "recv": {"messages": [], "unread": 0},
                        "ack_turn": {"acked": 1}, **(script or {})}
         self.calls = []
+        self.tried, self.tried_script = [], {}
 
     def call(self, verb, timeout=30.0, **args):
         self.calls.append((verb, args))
@@ -49,6 +50,12 @@ class FakeClient:
         if isinstance(answer, list):
             answer = answer.pop(0) if len(answer) > 1 else answer[0]
         return dict(answer)
+
+    def try_call(self, verb, timeout=5.0, **args):
+        """The no-retry call: answered from `tried_script`, None (the core said nothing) otherwise."""
+        self.tried.append(verb)
+        answer = self.tried_script.get(verb)
+        return dict(answer) if answer is not None else None
 
     def verbs(self):
         return [verb for verb, _ in self.calls]

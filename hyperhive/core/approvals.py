@@ -123,7 +123,8 @@ class Approvals:
         what += f", commit {a.fetched_sha[:12]})" if a.fetched_sha else ")"
         text = {"approved": f"{what} was approved and applied.",
                 "denied": f"{what} was denied by the operator" + (f": {note}" if note else "."),
-                "failed": f"{what} was approved but failed: {note}"}[status]
+                "failed": f"{what} was approved but failed: {note}",
+                "cancelled": f"{what} was withdrawn: {note}"}[status]
         self.broker.send("core", wire.MANAGER, f"[helper event] {text}")
         log.info("%s", text)
         return row(a)
@@ -155,3 +156,11 @@ class Approvals:
         if a.kind == "apply_commit":
             self.repos.tag(a.agent, "denied", a.id, a.fetched_sha, message=reason or "denied by the operator")
         return self._resolve(a, "denied", reason or None)
+
+    def cancel(self, approval_id, by):
+        """Withdraw a pending approval before the operator decides (the manager, who asked for it)."""
+        a = self._pending(approval_id)
+        note = f"withdrawn by {by}"
+        if a.kind == "apply_commit":
+            self.repos.tag(a.agent, "cancelled", a.id, a.fetched_sha, message=note)
+        return self._resolve(a, "cancelled", note)

@@ -3,11 +3,12 @@
 A message is committed to sqlite before `send` answers, so an answered send
 survives a kill -9. `recv` pops (stamps delivered_at) and the harness acks
 only after a turn ended well; `requeue_inflight` at harness boot puts every
-popped-but-unacked row back, flagged redelivered. Vacuum removes only acked
-rows, so nothing unhandled is ever lost.
+popped-but-unacked row back, flagged redelivered. The sweep removes only acked
+rows (`sweeps`), so nothing unhandled is ever lost.
 """
 
 import json
+import logging
 import time
 
 from gevent import wait
@@ -17,7 +18,7 @@ from hyperhive import wire
 from hyperhive.wire import iso
 from hyperhive.schema import Message, core_db
 
-VACUUM_AGE_MS = 30 * 24 * 3600 * 1000
+log = logging.getLogger(__name__)
 
 # The hot path in plain SQL: building these through the ORM cost more than
 # sqlite itself (bench/ measured 0.3-0.7 ms per query).
@@ -46,18 +47,32 @@ class Broker:
         self.clock = clock
         self._wakeups = {}  # recipient -> Event set on the next send to it
         self._held = set()  # paused recipients: recv answers nothing while held
+        self.refs_of = None  # (sender, recipient, body) -> the file references a message carries
 
     def _now(self):
         return int(self.clock() * 1000)
+
+    def _refs(self, sender, recipient, body):
+        if self.refs_of is None:
+            return []
+        try:
+            return self.refs_of(sender, recipient, body)
+        except Exception:  # a reference is a convenience: the message goes out without it
+            log.exception("finding the file references of a message from %s to %s failed", sender, recipient)
+            return []
 
     def _wake(self, recipient):
         event = self._wakeups.pop(recipient, None)
         if event is not None:
             event.set()
 
-    def send(self, sender, recipient, body, file_refs=()):
-        """Commit one message and wake its recipient; returns the message id."""
+    def send(self, sender, recipient, body, file_refs=None):
+        """Commit one message and wake its recipient; returns the message id.
+
+        Without `file_refs`, the body is scanned for them (`refs_of`) here, at ingest."""
         now = self._now()
+        if file_refs is None:
+            file_refs = self._refs(sender, recipient, body)
         # The operator reads on the dashboard: there is no turn to ack, so a
         # message to the operator is delivered and handled once it is stored.
         done = now if recipient == wire.OPERATOR else None
@@ -143,9 +158,3 @@ class Broker:
         if recipient in self._held:
             return 0
         return core_db.execute_sql(_UNREAD, (recipient,)).fetchone()[0]
-
-    def vacuum(self):
-        """Delete acked messages older than 30 days; unacked rows always survive."""
-        cutoff = self._now() - VACUUM_AGE_MS
-        with core_db.atomic():
-            return Message.delete().where(Message.acked_at.is_null(False) & (Message.acked_at < cutoff)).execute()

@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 import gevent
 from docopt import docopt
@@ -41,14 +42,17 @@ from hyperhive.core.gitrepos import Repos
 from hyperhive.core.events import Hub
 from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
 from hyperhive.core.questions import Questions
+from hyperhive.core.reminders import Reminders
 from hyperhive.core.surfaces import Surfaces
+from hyperhive.core.sweeps import Sweeper
 from hyperhive.schema import checkpoint, open_core
 
 log = logging.getLogger("hive-c0re")
 WATCH_SECONDS = 2.0  # also the crash watch: a harness that died is seen within this
-VACUUM_SECONDS = 3600.0
+SWEEP_SECONDS = 3600.0
 CHECKPOINT_SECONDS = 1.0
 QUESTION_TTL_SECONDS = 5.0  # how often the ttl watchdog closes questions nobody answered in time
+REMINDER_SECONDS = 5.0  # how often due reminders are delivered
 
 
 class Sockets:
@@ -112,20 +116,23 @@ def every(seconds, step, stopping):
 class Core:
     """The daemon's parts wired together: `start()` serves, `stop()` winds everything down."""
 
-    def __init__(self, layout, backend, harness, dashboard=("127.0.0.1", 7000)):
+    def __init__(self, layout, backend, harness, dashboard=("127.0.0.1", 7000), clock=time.time):
         self.layout = layout
         self.dashboard_at = dashboard  # (address, port), or None for no dashboard
         self.stopping = Event()
         self.hub = Hub()
-        self.broker = Broker(self.hub)
+        self.broker = Broker(self.hub, clock=clock)
         self.surfaces = Surfaces(self.broker, None, self.hub)
         self.sockets = Sockets(layout, self.surfaces)
         self.repos = Repos(layout.config_dir)
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos)
+        self.broker.refs_of = self.lifecycle.file_refs
         self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub)
-        self.questions = Questions(self.broker, self.hub, self.lifecycle)
+        self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=clock)
+        self.reminders = Reminders(self.broker, self.lifecycle, clock=clock)
+        self.sweeper = Sweeper(clock=clock)
         self.surfaces.lifecycle, self.surfaces.approvals = self.lifecycle, self.approvals
-        self.surfaces.questions = self.questions
+        self.surfaces.questions, self.surfaces.reminders = self.questions, self.reminders
         self.host = None
         self.loops = []
         self.auth = Auth(layout.state_dir)
@@ -142,9 +149,10 @@ class Core:
         # nixos asks `nixos-container status` per agent: it watches every 10 s
         watch = getattr(self.lifecycle.backend, "watch_seconds", WATCH_SECONDS)
         self.loops = [every(watch, self.lifecycle.watch_step, self.stopping),
-                      every(VACUUM_SECONDS, self.broker.vacuum, self.stopping),
+                      every(SWEEP_SECONDS, self.sweeper.step, self.stopping),
                       every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping),
-                      every(QUESTION_TTL_SECONDS, self.questions.expire_step, self.stopping)]
+                      every(QUESTION_TTL_SECONDS, self.questions.expire_step, self.stopping),
+                      every(REMINDER_SECONDS, self.reminders.step, self.stopping)]
         log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
                  self.lifecycle.backend.name, self.layout.run_dir)
 
@@ -194,7 +202,8 @@ def dashboard_address(listen, port):
     return listen, number
 
 
-def main(argv):
+def main(argv, clock=time.time, started=None):
+    """`clock` (unix seconds) is every timer's now; `started(core)` runs once it serves (tests step it)."""
     args = docopt(__doc__, argv=argv)
     logging.basicConfig(level=args["--log-level"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -208,12 +217,14 @@ def main(argv):
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
         dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])
         open_core(layout.db_path, background_checkpoint=True)
-        core = Core(layout, backend, harness, dashboard)
+        core = Core(layout, backend, harness, dashboard, clock=clock)
         # Handlers only set the flag, and go in before anything serves: the
         # host socket answers while boot is still starting agents.
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, core.stopping.set)
         core.start()
+        if started is not None:
+            started(core)
     except wire.HiveError as e:
         print(f"hive-c0re: {e}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ import sh
 from hyperhive import resources, wire
 
 IDENTITY = ("hive-c0re", "hive-c0re@localhost")
-KINDS = ("proposal", "approved", "building", "deployed", "failed", "denied")
+KINDS = ("proposal", "approved", "building", "deployed", "failed", "denied", "cancelled")
 TEMPLATES = ("agent.nix", "hive.json")
 SHA_RE = re.compile(r"[0-9a-fA-F]{7,40}")
 TAG_RE = re.compile(rf"(?:{'|'.join(KINDS)})/[0-9]+")

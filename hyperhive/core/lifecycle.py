@@ -19,7 +19,9 @@ import gevent
 from gevent.lock import RLock
 
 from hyperhive import wire
+from hyperhive.core import reminders
 from hyperhive.core.containers import Launch
+from hyperhive.reach import Reach
 from hyperhive.schema import Agent, core_db, now_ms
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class Layout:
         self.lock_path = os.path.join(self.state_dir, "hive.lock")
         self.host_socket = os.path.join(self.run_dir, "host.sock")
         self.config_dir = os.path.join(self.state_dir, "config")
+        # read-write for every agent: where they leave files for each other and the operator
+        self.shared_dir = os.path.join(self.state_dir, "shared")
 
     def home(self, name):
         """The agent's host-side directory: its state dir, log, pidfile, markers."""
@@ -84,7 +88,8 @@ class Layout:
         return os.path.join(self.home(name), "paused")
 
     def makedirs(self):
-        for d in (self.state_dir, self.agents_dir, self.run_dir, os.path.join(self.run_dir, "agents")):
+        for d in (self.state_dir, self.agents_dir, self.run_dir, os.path.join(self.run_dir, "agents"),
+                  self.shared_dir):
             os.makedirs(d, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
 
@@ -143,6 +148,25 @@ class Lifecycle:
         except OSError:
             return None
 
+    def reach(self, name):
+        """What an agent may read and write, as it names the paths inside its container."""
+        state, shared = self.layout.state(name), self.layout.shared_dir
+        return Reach([("state", self.backend.state_in or state, state),
+                      ("shared", self.backend.shared_in or shared, shared)])
+
+    def file_refs(self, sender, recipient, body):
+        """The file references of a message, checked against what its reader may open.
+
+        An agent reads its own state dir and the shared dir; the operator reads
+        what the sender named (its state dir, the shared dir) on the pages."""
+        reader = sender if recipient == wire.OPERATOR else recipient
+        if reader != wire.OPERATOR and self.known(reader):
+            reach = self.reach(reader)
+        else:
+            shared = self.layout.shared_dir
+            reach = Reach([("shared", self.backend.shared_in or shared, shared)])
+        return reach.refs(body)
+
     def row(self, agent):
         running = self.running(agent.name)
         applied = self.repos.deployed_sha(agent.name)
@@ -159,7 +183,7 @@ class Lifecycle:
             "status_text": agent.status_text if running else None,
             "status_set_at": wire.iso(agent.status_set_at) if running else None,
             "url": f"/agent/{agent.name}/",
-            "pending_reminders": 0,
+            "pending_reminders": reminders.pending_count(agent.name),
             "role": agent.role,
             "last_turn_at": wire.iso(agent.last_turn_at),
         }
@@ -258,12 +282,14 @@ class Lifecycle:
             "HIVE_CLAUDE_BIN": self.harness.claude,
             "HIVE_EXTRA_MCP": extra,
             "HIVE_CONFIG_DIR": configs,
+            "HIVE_SHARED_DIR": self.layout.shared_dir,
             "HOME": state,
             "PYTHONUNBUFFERED": "1",
         })
         argv = [self.harness.python, self.harness.entry, agent.role, "serve"]
         launch = Launch(name, agent.role, argv, env, state, self.layout.home(name), self.layout.log(name))
         launch.config_dir = configs
+        launch.shared_dir = self.layout.shared_dir
         launch.hidden_dirs = [self.layout.state_dir, self.layout.run_dir]
         return launch
 

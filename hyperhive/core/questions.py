@@ -166,11 +166,11 @@ class Questions:
         return self._close(q, answer, by, headline)
 
     def cancel(self, question_id, by):
-        """Withdraw an open question (the operator, or its asker); the asker is unblocked."""
+        """Withdraw an open question (its asker, the manager or the operator); the asker is unblocked."""
         q = self._open(question_id)
-        if by not in (wire.OPERATOR, q.asker):
-            raise wire.HiveError(f"question {q.id} is {q.asker}'s: only {q.asker} or the operator may cancel it",
-                                 "forbidden")
+        if by not in (wire.OPERATOR, wire.MANAGER, q.asker):
+            raise wire.HiveError(f"question {q.id} is {q.asker}'s: only {q.asker}, the manager or the operator "
+                                 "may cancel it", "forbidden")
         headline = (f"Your question {q.id} to {_whom(q.target)} was cancelled by {_whom(by)}; it has no answer. "
                     "Ask again if you still need one.")
         return self._close(q, f"[cancelled by {by}]", by, headline)

@@ -11,18 +11,24 @@ import logging
 from gevent.queue import Empty
 
 from hyperhive import resources, wire
+from hyperhive.core import reminders
 from hyperhive.core.events import CLOSED
+from hyperhive.core.looseends import LooseEnds
 from hyperhive.schema import Agent, now_ms
 
 log = logging.getLogger(__name__)
 
 
 class Surfaces:
-    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None):
+    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None, reminders=None):
         self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
-        self.questions = questions
+        self.questions, self.reminders = questions, reminders
         self.urls = urls or {"domain": None, "home": None, "forge": None}
         self.login_url = None  # () -> a one-time dashboard URL, set when the dashboard serves
+
+    @property
+    def loose_ends(self):
+        return LooseEnds(self.approvals, self.questions, self.reminders)
 
     def dispatcher(self, surface, caller):
         """A `dispatch(obj)` for jsonline.Server, bound to one surface and caller."""
@@ -69,7 +75,51 @@ class Surfaces:
 
     def do_whoami(self, caller):
         role = "manager" if caller == wire.MANAGER else "agent"
-        return wire.ok(name=caller, role=role, hyperhive_rev=resources.revision())
+        agent = Agent.get_or_none(Agent.name == caller)
+        return wire.ok(name=caller, role=role, hyperhive_rev=resources.revision(),
+                       status_text=agent.status_text if agent else None,
+                       status_set_at=wire.iso(agent.status_set_at) if agent else None)
+
+    def do_set_status(self, caller, text):
+        text = wire.check_status_text(text)
+        at = now_ms() if text else None
+        Agent.update(status_text=text or None, status_set_at=at).where(Agent.name == caller).execute()
+        self.lifecycle.changed(caller)
+        return wire.ok(status_text=text or None, status_set_at=wire.iso(at))
+
+    def do_report_login(self, caller, logged_in, note):
+        """The harness's word on claude's login; a change is the manager's business too."""
+        agent = self.lifecycle.get(caller)
+        if agent.needs_login == (not logged_in):
+            return wire.ok(changed=False)
+        Agent.update(needs_login=not logged_in).where(Agent.name == caller).execute()
+        self.lifecycle.changed(caller)
+        if caller != wire.MANAGER:
+            if logged_in:
+                text = f"[helper event] logged_in: {caller}'s claude is logged in again; its turns run."
+            else:
+                text = (f"[helper event] needs_login: {caller}'s claude has no valid login, so its turns are "
+                        f"parked; the operator logs it in on its page (/agent/{caller}/).")
+            self.broker.send("core", wire.MANAGER, text + (f" ({note})" if note else ""))
+        log.warning("%s %s%s", caller, "is logged in" if logged_in else "needs a claude login",
+                    f": {note}" if note else "")
+        return wire.ok(changed=True)
+
+    # -- reminders and loose ends -------------------------------------------------------------
+
+    def do_remind(self, caller, message, due_at, in_seconds, file_path):
+        reminder = self.reminders.remind(caller, message, due_at=due_at, in_seconds=in_seconds, file_path=file_path)
+        return wire.ok(id=reminder["id"], reminder=reminder)
+
+    def do_count_pending_reminders(self, caller):
+        return wire.ok(count=reminders.pending_count(caller))
+
+    def do_get_loose_ends(self, caller):
+        """What is still open about the caller; the manager sees the whole hive's."""
+        return wire.ok(loose_ends=self.loose_ends.list(caller))
+
+    def do_cancel_loose_end(self, caller, kind, id):
+        return wire.ok(kind=kind, id=id, cancelled=self.loose_ends.cancel(caller, kind, id))
 
     # -- questions ---------------------------------------------------------------------
 
@@ -105,14 +155,6 @@ class Surfaces:
             raise wire.HiveError("this core serves no dashboard (it was started with --dashboard-port off)",
                                  "unavailable")
         return wire.ok(url=self.login_url())
-
-    def do_get_loose_ends(self, caller):
-        """What is still open about the caller; the manager sees the whole hive's."""
-        ends = [dict(a, loose_end="approval") for a in self.approvals.pending()
-                if caller == wire.MANAGER or a["agent"] == caller]
-        # questions it asked and peer questions put to it (`kind` too: the agent page labels rows by it)
-        ends += [dict(q, loose_end="question", kind="question") for q in self.questions.open_for(caller)]
-        return wire.ok(loose_ends=ends)
 
     def do_subscribe_agent_status(self, caller):
         queue = self.hub.subscribe()

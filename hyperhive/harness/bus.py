@@ -128,7 +128,7 @@ class Bus:
         self._turn = {"started": self.clock(), "wake_from": wake_from, "model": self.model(),
                       "tools": collections.Counter(), "ctx": None, "cost": None}
 
-    def end_turn(self, outcome):
+    def end_turn(self, outcome, open_loose_ends=None, pending_reminders=None):
         """Write the turn's row; a failed write is logged, never the turn's problem."""
         turn, self._turn = self._turn, None
         if turn is None:
@@ -147,7 +147,8 @@ class Bus:
                     cost_input_tokens=cost.get("input_tokens"), cost_output_tokens=cost.get("output_tokens"),
                     cost_cache_read_tokens=cost.get("cache_read_input_tokens"),
                     cost_cache_creation_tokens=cost.get("cache_creation_input_tokens"),
-                    tool_call_count=sum(turn["tools"].values()), tools=json.dumps(dict(turn["tools"])))
+                    tool_call_count=sum(turn["tools"].values()), tools=json.dumps(dict(turn["tools"])),
+                    open_loose_ends=open_loose_ends, pending_reminders=pending_reminders)
         except Exception:
             log.exception("could not record the turn's statistics; the turn itself is unaffected")
             return None

@@ -49,6 +49,14 @@ class CoreClient:
                 self.notify(text)
             return answer
 
+    def try_call(self, verb, timeout=5.0, **args):
+        """One attempt, no retry: the answer, or None with the reason logged (for what may go without)."""
+        try:
+            return jsonline.call(self.socket, verb, timeout=timeout, **args)
+        except (jsonline.Unreachable, wire.HiveError) as e:
+            log.warning("%s: %s", verb, e)
+            return None
+
 
 def wake_prompt(messages, unread):
     """What claude is told when messages wake it."""
@@ -116,7 +124,7 @@ class TurnLoop:
             outcome = self._run(prompt)
         finally:
             self.in_turn = False
-            self.bus.end_turn(outcome)
+            self.bus.end_turn(outcome, **self._open_counts())
             self.bus.set_turn_state("idle")
         if outcome.ok:
             self.client.call("ack_turn")
@@ -125,6 +133,13 @@ class TurnLoop:
             log.warning("turn failed (%s); its messages stay unacked", outcome.reason)
         self.bus.emit("turn_end", ok=outcome.ok, note=outcome.reason or None, outcome=outcome.kind)
         return outcome
+
+    def _open_counts(self):
+        """What the agent left open after the turn, for its turn_stat row (None where the core did not say)."""
+        ends = self.client.try_call("get_loose_ends")
+        reminders = self.client.try_call("count_pending_reminders")
+        return {"open_loose_ends": len(ends["loose_ends"]) if ends else None,
+                "pending_reminders": reminders["count"] if reminders else None}
 
     def _run(self, prompt):
         cont = self.session_started and not self.new_session

@@ -17,6 +17,7 @@ agent's own parts exist, at the same absolute paths the environment names:
   its config checkout           (when the Launch carries a `config_dir`) at
                                 its own path and at /agents/<name>/config;
                                 read-only, but see config_args() for the manager
+  <state>/shared                read-write, the hive's shared dir ($HIVE_SHARED_DIR)
   <state>/agents/<name>/ also holds extra-mcp.json ($HIVE_EXTRA_MCP), which
   the core rewrites at every start.
 
@@ -257,6 +258,9 @@ def sandbox_argv(launch, bwrap="bwrap"):
         # A file bind pins the socket's inode: a core restarted after a crash
         # binds a new socket at the path, which this sandbox never sees.
         args += ["--ro-bind", socket, socket]
+    shared = getattr(launch, "shared_dir", None)
+    if shared:  # every agent's, read-write: files they leave for each other
+        args += ["--bind", _abs(shared), _abs(shared)]
     if config:
         args += config_args(launch, _abs(config))
     args += ["--chdir", state, "--setenv", "TMPDIR", "/tmp", "--remount-ro", "/",

@@ -28,6 +28,7 @@ CONF_DIR = "/etc/nixos-containers"  # nixos-container's configurationDirectory (
 # socket a restarted core replaces), so the socket is /run/hyperhive/<its name>.
 SOCKET_DIR_IN = "/run/hyperhive"
 STATE_IN = "/state"
+SHARED_IN = "/shared"
 CONFIG_IN = "/agents/{name}/config"
 MAX_CONTAINER_NAME = 11  # nixos-container create refuses longer names (its ve-<name> interface)
 # A bind path goes through systemd's EnvironmentFile, an unquoted shell expansion (word
@@ -110,6 +111,8 @@ class NixosBackend:
 
     name = "nixos"
     watch_seconds = 10.0  # each status check forks nixos-container: the crash watch runs slower
+    # where an agent sees its state dir and the shared dir (file references and reminders translate)
+    state_in, shared_in = STATE_IN, SHARED_IN
 
     def __init__(self, meta, run=run, conf_dir=CONF_DIR, host_network=True, stop_timeout=90.0):
         self.meta, self.run, self.conf_dir = meta, run, conf_dir
@@ -186,6 +189,8 @@ class NixosBackend:
         sock_dir = os.path.dirname(socket) if socket else None
         config = getattr(launch, "config_dir", None)
         wanted = [("--bind", sock_dir, SOCKET_DIR_IN), ("--bind", launch.state_dir, STATE_IN)]
+        if getattr(launch, "shared_dir", None):
+            wanted.append(("--bind", launch.shared_dir, SHARED_IN))
         if config and launch.role == "manager":
             # the manager edits every agent's proposed repo: each writable at /agents/<agent>/config
             for entry in sorted(os.listdir(config) if os.path.isdir(config) else ()):

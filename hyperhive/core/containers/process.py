@@ -47,6 +47,9 @@ class ProcessBackend:
     """Each harness a child process in its own session, tracked by pidfile."""
 
     name = "process"
+    # where an agent sees its state dir and the shared dir: None is at the host's own path
+    # (the bwrap sandbox binds them there too)
+    state_in = shared_in = None
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
