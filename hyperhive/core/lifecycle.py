@@ -154,18 +154,18 @@ class Lifecycle:
         return Reach([("state", self.backend.state_in or state, state),
                       ("shared", self.backend.shared_in or shared, shared)])
 
-    def file_refs(self, sender, recipient, body):
-        """The file references of a message, checked against what its reader may open.
-
-        An agent reads its own state dir and the shared dir; the operator reads
-        what the sender named (its state dir, the shared dir) on the pages."""
+    def reader_reach(self, sender, recipient):
+        """What the reader of a message may open: an agent its own state dir and the shared dir; the
+        operator (on the pages) what the sender named: the sender's state dir and the shared dir."""
         reader = sender if recipient == wire.OPERATOR else recipient
         if reader != wire.OPERATOR and self.known(reader):
-            reach = self.reach(reader)
-        else:
-            shared = self.layout.shared_dir
-            reach = Reach([("shared", self.backend.shared_in or shared, shared)])
-        return reach.refs(body)
+            return self.reach(reader)
+        shared = self.layout.shared_dir
+        return Reach([("shared", self.backend.shared_in or shared, shared)])
+
+    def file_refs(self, sender, recipient, body):
+        """The file references of a message, checked against what its reader may open."""
+        return self.reader_reach(sender, recipient).refs(body)
 
     def row(self, agent):
         running = self.running(agent.name)

@@ -115,7 +115,8 @@ class TurnLoop:
         first = messages[0]
         self.bus.emit("turn_start", **{"from": first["from"], "body": first["body"], "unread": unread,
                                        "redelivered": any(m.get("redelivered") for m in messages),
-                                       "ids": [m["id"] for m in messages]})
+                                       "ids": [m["id"] for m in messages],
+                                       "file_refs": [ref for m in messages for ref in m.get("file_refs") or ()]})
         self.in_turn = True
         self.bus.set_turn_state("thinking")
         self.bus.begin_turn(first["from"])
