@@ -56,12 +56,12 @@ class Reach:
     """Roots an agent may reach: `(label, inside, host)`, where `inside` is the root as the agent names it."""
 
     def __init__(self, roots):
+        self.listed = [(label, os.path.normpath(inside), os.path.normpath(host)) for label, inside, host in roots]
         # longest inside prefix first: a root nested in another wins
-        self.roots = sorted(((label, os.path.normpath(inside), os.path.normpath(host))
-                             for label, inside, host in roots), key=lambda r: -len(r[1]))
+        self.roots = sorted(self.listed, key=lambda r: -len(r[1]))
 
     def describe(self):
-        return " and ".join(f"{inside} ({label})" for label, inside, _ in self.roots)
+        return " and ".join(f"{inside} ({label})" for label, inside, _ in self.listed)
 
     def resolve(self, path):
         """(label, host root, components under it) of a path inside one of the roots, or a sentence."""

@@ -15,7 +15,7 @@ import pytest
 
 from hyperhive.harness import bus as busmod
 from hyperhive.harness.bus import Bus
-from hyperhive.schema import Event, agent_db, now_ms, open_agent
+from hyperhive.schema import Event, TurnStat, agent_db, now_ms, open_agent
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -74,7 +74,7 @@ def test_seq_stays_monotonic_after_prune_removed_everything_and_a_restart(tmp_pa
     for i in range(3):
         b.note(f"n{i}")
     Event.update(at=now_ms() - 8 * DAY_MS).execute()  # a week of silence
-    assert b.prune() == 2
+    assert b.prune() == (2, 0)
     assert [e["seq"] for e in b.history()] == [3]  # only the high-water mark is kept
     agent_db.close()
     again = open_bus(tmp_path)
@@ -151,9 +151,20 @@ def test_prune_drops_events_older_than_seven_days(bus):
     now = now_ms()
     Event.update(at=now - 8 * DAY_MS).where(Event.seq <= 2).execute()
     Event.update(at=now - 7 * DAY_MS + 60_000).where(Event.seq == 3).execute()  # a minute inside the window
-    assert bus.prune() == 2
+    assert bus.prune() == (2, 0)
     assert stored_seqs() == [3, 4, 5]
-    assert bus.prune() == 0
+    assert bus.prune() == (0, 0)
+
+
+def test_the_sweep_drops_turn_stats_older_than_ninety_days_and_says_how_many(bus, caplog):
+    now = 1_800_000_000.0
+    for age_days in (91, 90.5, 89, 1):
+        started = int((now - age_days * 86400) * 1000)
+        TurnStat.create(started_at=started, ended_at=started + 1000, duration_ms=1000, result_kind="ok")
+    with caplog.at_level("INFO", logger="hyperhive.harness.bus"):
+        assert bus.prune(now=now) == (0, 2)
+    assert sorted(round((now * 1000 - t.started_at) / 86400_000) for t in TurnStat.select()) == [1, 89]
+    assert "sweep: removed 0 events" in caplog.text and "and 2 turn stats older than 90 days" in caplog.text
 
 
 # -- token usage ----------------------------------------------------------------------

@@ -85,8 +85,8 @@ def test_tools_list_shapes(core, role):
     finally:
         client.kill()
     names = [t["name"] for t in tools]
-    assert names[:5] == COMMON_TOOLS
-    assert names[5:] == ([] if role == "agent" else MANAGER_TOOLS)
+    assert names[:len(COMMON_TOOLS)] == COMMON_TOOLS
+    assert names[len(COMMON_TOOLS):] == ([] if role == "agent" else MANAGER_TOOLS)
     for tool in tools:
         assert set(tool) == {"name", "description", "inputSchema"}
         assert len(tool["description"]) > 40
@@ -111,7 +111,8 @@ def test_tools_list_shapes(core, role):
     assert "[question_answered]" in ask and "inbox" in ask and "Do not wait" in ask
 
 
-COMMON_TOOLS = ["send", "recv", "whoami", "ask", "answer"]
+COMMON_TOOLS = ["send", "recv", "whoami", "ask", "answer", "remind", "get_loose_ends", "cancel_loose_end",
+                "set_status"]
 MANAGER_TOOLS = ["request_apply_commit", "request_init_config", "request_spawn", "update", "agent_status",
                  "start", "stop", "restart", "rebuild", "kill"]
 

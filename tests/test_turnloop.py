@@ -489,7 +489,10 @@ def test_each_turn_writes_one_stat_row(tmp_path):
                  {"type": "result", "usage": {"input_tokens": 14, "output_tokens": 9,
                                               "cache_read_input_tokens": 600, "cache_creation_input_tokens": 7}}]
         runner = StreamingRunner(bus, clock, Outcome("ok"), lines)
-        make_loop(bus, client=FakeClient({"recv": inbox(message(sender="bob"))}), runner=runner).step()
+        client = FakeClient({"recv": inbox(message(sender="bob"))})
+        client.tried_script = {"get_loose_ends": {"loose_ends": [{"id": 1}, {"id": 2}]},
+                               "count_pending_reminders": {"count": 4}}
+        make_loop(bus, client=client, runner=runner).step()
         failing = StreamingRunner(bus, clock, Outcome("failed", "claude exited with code 1"), [])
         make_loop(bus, client=FakeClient({"recv": inbox(message(sender="operator"))}), runner=failing).step()
         good, bad = TurnStat.select().order_by(TurnStat.id)
@@ -503,6 +506,10 @@ def test_each_turn_writes_one_stat_row(tmp_path):
         assert json.loads(good.tools) == {"mcp__hyperhive__send": 2, "Bash": 1}
         assert (bad.result_kind, bad.note, bad.tool_call_count, bad.cost_input_tokens) == (
             "failed", "claude exited with code 1", 0, None)
+        # what was left open after the turn, as the core said; unknown (null) when it said nothing
+        assert (good.open_loose_ends, good.pending_reminders) == (2, 4)
+        assert (bad.open_loose_ends, bad.pending_reminders) == (None, None)
+        assert client.tried == ["get_loose_ends", "count_pending_reminders"]
     finally:
         agent_db.close()
 

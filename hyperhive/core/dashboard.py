@@ -2,13 +2,14 @@
 
 Owns the HTTP face of the core (docs/web.md lists every route): the cold
 `/api/state` snapshot, the `/dashboard/stream` of hub events, the message
-flow backfill, the journal tail, and the `/agent/<name>/` proxy to each
-harness's page. Every action is the host surface's verb run as the
+flow backfill, the previews of messages' file references, the journal
+tail, and the `/agent/<name>/` proxy to each harness's page. Every action is the host surface's verb run as the
 operator, so the dashboard and the admin CLI can never disagree about what
 an action does or which sentence a refusal carries.
 """
 
 import http.client
+import json
 import logging
 import os
 import stat
@@ -184,6 +185,7 @@ class Dashboard:
         route("/journal/<name>/stream", callback=self.journal_stream)
         route("/agent-config/<name>", callback=self.agent_config)
         route("/approval/<approval_id>/diff", callback=self.approval_diff)
+        route("/file-ref/<message_id>/<index>", callback=self.file_ref)
         route("/agent/<name>", callback=lambda name: bottle.redirect(f"/agent/{wire.check_name(name)}/", 308))
         route("/agent/<name>/", ["GET", "POST"], callback=lambda name: self.proxy(name, ""))
         route("/agent/<name>/<path:path>", ["GET", "POST"], callback=self.proxy)
@@ -246,6 +248,24 @@ class Dashboard:
         diff = self.core.approvals.diff(_int(approval_id, "approval id", 1))
         return bottle.HTTPResponse(diff, 200, {"Content-Type": "text/plain; charset=utf-8",
                                                "Cache-Control": "no-store"})
+
+    def file_ref(self, message_id, index):
+        """The head of a message's file reference, read again now through its reader's reach.
+
+        The stored host path is never opened as it is: the file may have been
+        swapped for a symlink (or moved out of reach) since the message was sent."""
+        mid = _int(message_id, "message id", 1)
+        number = _int(index, "file reference number", 0)
+        message = Message.get_or_none(Message.id == mid)
+        if message is None:
+            raise wire.HiveError(f"there is no message {mid}", "not_found")
+        refs = json.loads(message.file_refs or "[]")
+        if number >= len(refs):
+            have = f"only {len(refs)} file reference{'' if len(refs) == 1 else 's'}" if refs else "no file references"
+            raise wire.HiveError(f"message {mid} has {have}; there is no number {number} (they count from 0)",
+                                 "not_found")
+        reach = self.core.lifecycle.reader_reach(message.sender, message.recipient)
+        return web.json_response(reach.preview(refs[number]["path"]))
 
     def agent_config(self, name):
         wire.check_name(name)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 HISTORY_CAP = 2000
 PRUNE_EVERY = 100  # events between prunes: the table never holds more than CAP + this
 KEEP_MS = 7 * 24 * 3600 * 1000
+TURN_STATS_KEEP_MS = 90 * 24 * 3600 * 1000
 KINDS = frozenset({"turn_start", "stream", "note", "turn_end", "status_changed", "model_changed",
                    "token_usage_changed", "turn_state_changed"})
 TURN_STATES = ("idle", "thinking", "compacting", "paused")
@@ -51,7 +52,7 @@ class Bus:
         with agent_db.atomic():
             Event.create(seq=self.seq, at=event["at"], kind=kind, data=json.dumps(event))
         if self.seq % PRUNE_EVERY == 0:
-            self.prune()
+            self.prune(quiet=True)  # the cap between hourly sweeps; only the sweep logs
         for callback in list(self._subscribers):
             try:
                 callback(event)
@@ -73,15 +74,19 @@ class Bus:
             query = query.where(Event.seq < before)
         return [json.loads(e.data) for e in reversed(list(query))]
 
-    def prune(self):
-        """Keep the newest HISTORY_CAP events, none older than 7 days."""
-        cutoff = int(self.clock() * 1000) - KEEP_MS
+    def prune(self, now=None, quiet=False):
+        """The harness's sweep of its own file: events past 7 days (and beyond the newest HISTORY_CAP),
+        turn stats past 90 days. `now` is unix seconds (default the clock); returns (events, turn stats)."""
+        now_ms = int((self.clock() if now is None else now) * 1000)
         with agent_db.atomic():
             # the newest row always stays: it is where seq resumes after a restart
-            removed = Event.delete().where((Event.at < cutoff) & (Event.seq < self.seq)).execute()
-            floor = self.seq - HISTORY_CAP
-            removed += Event.delete().where(Event.seq <= floor).execute()
-        return removed
+            events = Event.delete().where((Event.at < now_ms - KEEP_MS) & (Event.seq < self.seq)).execute()
+            events += Event.delete().where(Event.seq <= self.seq - HISTORY_CAP).execute()
+            stats = TurnStat.delete().where(TurnStat.started_at < now_ms - TURN_STATS_KEEP_MS).execute()
+        if not quiet:
+            log.info("sweep: removed %d events (older than 7 days or beyond the newest %d) and %d turn stats "
+                     "older than 90 days", events, HISTORY_CAP, stats)
+        return events, stats
 
     # -- turn state ------------------------------------------------------------------
 

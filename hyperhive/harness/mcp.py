@@ -164,6 +164,95 @@ TOOLS = (
 )
 
 
+def _format_reminded(answer, args):
+    r = answer.get("reminder") or {}
+    text = (f"reminder {answer.get('id')} is set for {r.get('due_at')}. It arrives in your inbox then as a message "
+            "starting with [reminder], which wakes you; nothing to wait for now.")
+    if args.get("file_path"):
+        text += f" The message is written to {args['file_path']} now; the reminder points there."
+    return text
+
+
+def _format_loose_ends(answer, args):
+    ends = answer.get("loose_ends") or []
+    if not ends:
+        return "nothing is open: no pending approvals, open questions or reminders."
+    lines = []
+    for e in ends:
+        kind = e.get("loose_end")
+        if kind == "question":
+            what = f"{e['asker']} asked {e['target']}: {_first_line(e.get('question'))}"
+            if e.get("expires_at"):
+                what += f" (expires {e['expires_at']})"
+        elif kind == "reminder":
+            what = f"{e['owner']}'s, due {e['due_at']}: {_first_line(e.get('message'))}"
+            if e.get("failed_at"):
+                what += f" — FAILED {e['failed_at']}: {e.get('error')}"
+        else:
+            what = f"{e.get('kind')} of {e.get('agent')}, {e.get('status')}: {_first_line(e.get('description'))}"
+        lines.append(f"- {kind} {e.get('id')}: {what}")
+    return "\n".join(lines) + "\n(cancel one with cancel_loose_end {kind, id})"
+
+
+def _first_line(text, limit=120):
+    line = (str(text or "").strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _format_cancelled(answer, args):
+    return f"{args['kind']} {args['id']} withdrawn."
+
+
+def _format_status(answer, args):
+    text = answer.get("status_text")
+    return f"status set: {text}" if text else "status cleared."
+
+
+TOOLS += (
+    Tool(
+        "remind",
+        "Leave a message for your future self: it is delivered to your own inbox when it comes due, as a new "
+        "message starting with `[reminder]`, and wakes you for a turn. Give exactly one of `in_seconds` or "
+        "`due_at` (RFC 3339 with a zone, like 2026-01-31T09:00:00Z). For a long payload, give `file_path` (in "
+        "your state dir or the shared dir): the message is written there now and the reminder only points to it.",
+        _schema({
+            "message": {"type": "string", "minLength": 1,
+                        "description": "What you want to be told then, with the context you will need."},
+            "in_seconds": {"type": "integer", "minimum": 1, "maximum": wire.REMINDER_MAX_SECONDS,
+                           "description": "Deliver it this many seconds from now."},
+            "due_at": {"type": "string", "minLength": 1,
+                       "description": "Deliver it at this time (RFC 3339 with a zone)."},
+            "file_path": {"type": "string", "minLength": 1,
+                          "description": "Absolute path of a file to write the message to now (its directory "
+                                         "must exist)."},
+        }, required=("message",)),
+        "remind", _format_reminded),
+    Tool(
+        "get_loose_ends",
+        "What is still open about you: pending approvals about you, questions you asked that nobody answered "
+        "yet, questions put to you that you have not answered, and your reminders that have not fired (or "
+        "failed). The manager sees the whole hive's.",
+        _schema(), "get_loose_ends", _format_loose_ends),
+    Tool(
+        "cancel_loose_end",
+        "Withdraw one of your loose ends: a question you asked (its asker is told it was cancelled), a "
+        "reminder before it fires, or (manager only) a pending approval. The manager may withdraw anyone's.",
+        _schema({
+            "kind": {"type": "string", "enum": list(wire.LOOSE_END_KINDS),
+                     "description": "question, reminder or approval."},
+            "id": {"type": "integer", "minimum": 1, "description": "Its id, from get_loose_ends."},
+        }, required=("kind", "id")),
+        "cancel_loose_end", _format_cancelled),
+    Tool(
+        "set_status",
+        "Set your one-line status (what you are doing now), shown to the operator on the dashboard and your "
+        "page while you run. An empty text clears it.",
+        _schema({"text": {"type": "string", "maxLength": wire.MAX_STATUS,
+                          "description": "One short line, or empty to clear."}}, required=("text",)),
+        "set_status", _format_status),
+)
+
+
 def _format_id(what):
     return lambda answer, args: f"{what} (approval {answer.get('id')}); the operator decides. " \
         "The outcome arrives in your inbox as a [helper event]."
@@ -264,6 +353,8 @@ def _check_value(where, prop, value):
             raise RpcError(INVALID_PARAMS, f"{where} must not be empty")
         if len(value) > prop.get("maxLength", len(value)):
             raise RpcError(INVALID_PARAMS, f"{where} is {len(value)} characters; the limit is {prop['maxLength']}")
+        if "enum" in prop and value not in prop["enum"]:
+            raise RpcError(INVALID_PARAMS, f"{where} must be one of {', '.join(prop['enum'])}")
         return value
     if kind == "integer":
         # JSON has one number type: 3.0 is an integer, true is not
