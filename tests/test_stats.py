@@ -33,7 +33,7 @@ def db(tmp_path):
 
 
 def turn(at, duration_ms=1000, wake="operator", result="ok", ctx=(None, None, None), cost=(0, 0, 0, 0),
-         tools=None):
+         tools=None, open_after=(None, None)):
     """One TurnStat row started at unix second `at`."""
     return TurnStat.create(
         started_at=at * 1000, ended_at=at * 1000 + duration_ms, duration_ms=duration_ms, model="haiku",
@@ -41,7 +41,8 @@ def turn(at, duration_ms=1000, wake="operator", result="ok", ctx=(None, None, No
         ctx_input_tokens=ctx[0], ctx_cache_read_tokens=ctx[1], ctx_cache_creation_tokens=ctx[2],
         cost_input_tokens=cost[0], cost_output_tokens=cost[1], cost_cache_read_tokens=cost[2],
         cost_cache_creation_tokens=cost[3], tools=json.dumps(tools or {}),
-        tool_call_count=sum((tools or {}).values()))
+        tool_call_count=sum((tools or {}).values()), open_loose_ends=open_after[0],
+        pending_reminders=open_after[1])
 
 
 def test_percentile_is_nearest_rank():
@@ -133,7 +134,18 @@ def test_exact_aggregates():
     [bucket] = snap["buckets"]
     assert bucket == {"start": NOW - 30 * 60, "turns": 10, "p50_ms": 500, "p95_ms": 10_000, "avg_ms": 1450,
                       "ctx_avg": 1360, "ctx_max": 1710,
-                      "cost": {"input": 10, "output": 20, "cache_read": 30, "cache_creation": 40}}
+                      "cost": {"input": 10, "output": 20, "cache_read": 30, "cache_creation": 40},
+                      "open_loose_ends": None, "pending_reminders": None}
+
+
+def test_the_backlog_is_what_the_newest_turn_that_knew_it_left_open():
+    turn(NOW - 3 * HOUR, open_after=(5, 2))
+    turn(NOW - 3 * HOUR + 60, open_after=(4, 1))
+    turn(NOW - 3 * HOUR + 120)  # the core did not answer after this one: unknown, not zero
+    turn(NOW - 60, open_after=(0, 3))
+    snap = stats.snapshot("24h", now=NOW)
+    assert [(b["open_loose_ends"], b["pending_reminders"]) for b in snap["buckets"]] == [(4, 1), (0, 3)]
+    assert snap["backlog"] == {"open_loose_ends": 0, "pending_reminders": 3}
 
 
 def test_top_tools_keeps_the_ten_most_called():

@@ -138,6 +138,12 @@
       scales: {x: {beginAtZero: true, ticks: {precision: 0}}}}});
     } else nothingIn("c-tools", "no tool calls");
 
+    draw("c-backlog", {type: "line", data: {labels, datasets: [
+      line("loose ends", buckets.map((b) => b.open_loose_ends ?? null), C.honey, {stepped: true, tension: 0}),
+      line("reminders", buckets.map((b) => b.pending_reminders ?? null), C.teal, {stepped: true, tension: 0}),
+    ]}, options: {interaction: {mode: "index", intersect: false},
+      scales: {y: {beginAtZero: true, ticks: {precision: 0}}}}});
+
     doughnut("c-wake", pairs(data.wake_mix), (k, i) => PALETTE[i % PALETTE.length], "no wakes");
     doughnut("c-result", pairs(data.result_mix), (k, i) => RESULT_COLORS[k] || PALETTE[(i + 2) % PALETTE.length], "no results");
   }
@@ -154,6 +160,8 @@
     const d = data.duration || {};
     const ctx = data.ctx || {};
     const cost = data.cost || {};
+    const backlog = data.backlog || {};
+    const count = (n) => (n === null || n === undefined ? "–" : String(n));
     const total = ["input", "output", "cache_read", "cache_creation"].reduce((s, k) => s + (Number(cost[k]) || 0), 0);
     $("#tiles").replaceChildren(
       tile("turns", String(data.turns || 0), "honey"),
@@ -162,7 +170,9 @@
       tile("duration avg", ms(d.avg_ms)),
       tile("ctx avg", H.tokens(ctx.avg)),
       tile("ctx max", H.tokens(ctx.max)),
-      tile("tokens", H.tokens(total)));
+      tile("tokens", H.tokens(total)),
+      tile("loose ends open", count(backlog.open_loose_ends)),
+      tile("reminders pending", count(backlog.pending_reminders)));
   }
 
   // ----------------------------------------------------------------- load

@@ -18,6 +18,9 @@ How the figures are made, so a number on the page can be checked by hand:
   tokens (the size of the context); turns with none of the three are left
   out of the ctx figures.
 - cost components are summed (a missing component counts 0).
+- open_loose_ends / pending_reminders of a bucket are what the last turn in
+  it that could ask the core reported after it ended (what was still open
+  then); `backlog` is the same for the whole window: the newest known.
 - top_tools: calls per tool summed from each turn's `tools` JSON, the 10
   most called. wake_mix and result_mix count turns by `wake_from` and
   `result_kind`. Each list is sorted by count, highest first, then by name.
@@ -43,7 +46,8 @@ UNKNOWN = "unknown"  # a turn without a wake sender (e.g. an operator's compacti
 _COLUMNS = (TurnStat.started_at, TurnStat.duration_ms, TurnStat.wake_from, TurnStat.result_kind,
             TurnStat.ctx_input_tokens, TurnStat.ctx_cache_read_tokens, TurnStat.ctx_cache_creation_tokens,
             TurnStat.cost_input_tokens, TurnStat.cost_output_tokens, TurnStat.cost_cache_read_tokens,
-            TurnStat.cost_cache_creation_tokens, TurnStat.tools)
+            TurnStat.cost_cache_creation_tokens, TurnStat.tools, TurnStat.open_loose_ends,
+            TurnStat.pending_reminders)
 
 
 def percentile(sorted_values, p):
@@ -69,7 +73,7 @@ def bounds(window, now):
 
 def _row(values):
     (started_at, duration_ms, wake_from, result_kind, ctx_in, ctx_read, ctx_create,
-     cost_in, cost_out, cost_read, cost_create, tools) = values
+     cost_in, cost_out, cost_read, cost_create, tools, loose_ends, reminders) = values
     ctx_parts = (ctx_in, ctx_read, ctx_create)
     return {
         "started_at": started_at,
@@ -79,6 +83,8 @@ def _row(values):
         "ctx": None if all(v is None for v in ctx_parts) else sum(int(v or 0) for v in ctx_parts),
         "cost": dict(zip(COST_PARTS, (int(v or 0) for v in (cost_in, cost_out, cost_read, cost_create)))),
         "tools": tools,
+        "open_loose_ends": loose_ends,
+        "pending_reminders": reminders,
     }
 
 
@@ -101,7 +107,16 @@ def _figures(rows):
     cost = {part: sum(r["cost"][part] for r in rows) for part in COST_PARTS}
     return {"p50_ms": percentile(durations, 50), "p95_ms": percentile(durations, 95),
             "avg_ms": average(durations), "ctx_avg": average(ctx), "ctx_max": max(ctx) if ctx else None,
-            "cost": cost}
+            "cost": cost, **_backlog(rows)}
+
+
+def _backlog(rows):
+    """What the newest rows (in start order) that know it say was left open after their turn."""
+    found = {}
+    for key in ("open_loose_ends", "pending_reminders"):
+        known = [r[key] for r in rows if r[key] is not None]
+        found[key] = known[-1] if known else None
+    return found
 
 
 def _ranked(counter, limit=None):
@@ -139,6 +154,7 @@ def snapshot(window="24h", now=None):
         "buckets": buckets,
         "duration": {k: whole[k] for k in ("p50_ms", "p95_ms", "avg_ms")},
         "ctx": {"avg": whole["ctx_avg"], "max": whole["ctx_max"]},
+        "backlog": {k: whole[k] for k in ("open_loose_ends", "pending_reminders")},
         "cost": whole["cost"],
         "top_tools": _ranked(+tools, TOP_TOOLS),  # +: drops tools counted 0 or less
         "wake_mix": _ranked(wakes),
