@@ -18,10 +18,19 @@ the "model" replaced by directives read from the prompt, one per line:
                                  /compact ran since (its marker is consumed)
 
 Lines without "FAKE:" are ignored; an unknown directive fails the turn. The
-prompt "/compact" succeeds and leaves the compacted marker. `claude auth
-status` answers from ANTHROPIC_API_KEY. Per-cwd state lives in ./.fakeclaude/:
-calls.jsonl (one line per invocation, written before acting), session (the
-session id --continue reuses), compacted (the marker), mcp-stderr.log.
+prompt "/compact" succeeds and leaves the compacted marker. Per-cwd state
+lives in ./.fakeclaude/: calls.jsonl (one line per invocation, written
+before acting), session (the session id --continue reuses), compacted (the
+marker), mcp-stderr.log.
+
+`claude auth status` says logged in (api_key) when ANTHROPIC_API_KEY is set,
+else logged in (claude.ai) when a fake login is recorded, else not (exit 1).
+`claude auth login` prints the real CLI's lines over pipes (the URL on a
+`visit:` line, then the prompt without a newline), reads one code line, and
+accepts it when it equals FAKE_CLAUDE_LOGIN_CODE (unset: any `code#state`,
+the shape the real CLI checks): then it records the login in
+$HOME/.fakeclaude/login.json (the real CLI keeps its credentials under HOME
+too) and exits 0; any other code gets the real invalid-code line, exit 1.
 """
 
 import json
@@ -338,12 +347,51 @@ class Turn:
 
 # -- entry points ---------------------------------------------------------------------------------
 
+LOGIN_URL = ("https://claude.com/cai/oauth/authorize?code=true&client_id=fake-client&response_type=code"
+             "&redirect_uri=https%3A%2F%2Fplatform.claude.com%2Foauth%2Fcode%2Fcallback"
+             "&scope=user%3Ainference&code_challenge=fake-challenge&code_challenge_method=S256&state=fake-state")
+INVALID_CODE = "Invalid code. Please make sure the full code was copied."
+
+
+def login_record():
+    return Path(os.environ.get("HOME") or ".") / ".fakeclaude" / "login.json"
+
+
 def auth_status():
     if os.environ.get("ANTHROPIC_API_KEY"):
         print(json.dumps({"loggedIn": True, "authMethod": "api_key", "apiProvider": "firstParty"}))
         return 0
+    if login_record().exists():
+        print(json.dumps({"loggedIn": True, "authMethod": "claude.ai", "apiProvider": "firstParty"}))
+        return 0
     print(json.dumps({"loggedIn": False, "authMethod": "none", "apiProvider": "firstParty"}))
     return 1
+
+
+def auth_login():
+    sys.stdout.write("Opening browser to sign in…\n")
+    sys.stdout.write(f"If the browser didn't open, visit: {LOGIN_URL}\n")
+    sys.stdout.write("Paste code here if prompted > ")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    if not line:
+        print("\nLogin interrupted")
+        return 1
+    code = line.strip()
+    wanted = os.environ.get("FAKE_CLAUDE_LOGIN_CODE")
+    if wanted:
+        good = code == wanted
+    else:
+        head, hash_sign, state = code.partition("#")
+        good = bool(head and hash_sign and state)
+    if not good:
+        print(INVALID_CODE)
+        return 1
+    record = login_record()
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"authMethod": "claude.ai", "at": time.time()}))
+    print("Login successful.")
+    return 0
 
 
 def _interrupted(signum, frame):
@@ -354,6 +402,8 @@ def main(argv):
     opts, positional = parse_argv(argv)
     if positional[:2] == ["auth", "status"]:
         return auth_status()
+    if positional[:2] == ["auth", "login"]:
+        return auth_login()
     if opts.get("--version") or opts.get("-v"):
         print(VERSION)
         return 0

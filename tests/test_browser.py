@@ -1,4 +1,5 @@
-"""The web pages in a real browser: login, live updates, approvals, an agent's turn, reconnects, page secrets.
+"""The web pages in a real browser: login, live updates, approvals, an agent's turn, reconnects, file previews,
+page secrets.
 
 One `hyperhive serve` (process backend, the fake claude) and one headless
 Chromium (Debian's, driven by Playwright; never a downloaded browser) are
@@ -447,6 +448,106 @@ def test_agent_page_reconnect_shows_every_event_once(page, hv):
     assert len(keys) == len(set(keys)), "a row drawn twice"
     new = [int(k) for k in keys if k.isdigit() and int(k) > start]
     assert new == sorted(new) and set(new) <= set(server)
+    assert_no_reload(page)
+
+
+# -- 6b. file references ---------------------------------------------------------------------------
+
+def write_file(directory, name, text):
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+@pytest.fixture
+def lenient_page(operator):
+    """A tab that fails the test on a script error, but lets the browser log the 4xx a test asks for."""
+    p = operator.new_page()
+    errors = []
+    p.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    p.on("console", lambda m: errors.append(f"console: {m.text}")
+         if m.type == "error" and "the server responded with a status of 404" not in m.text else None)
+    yield p
+    p.close()
+    assert not errors, f"errors in the page: {errors}"
+
+
+def test_dashboard_file_refs_open_into_previews(lenient_page, hv):
+    page = lenient_page
+    mark = unique()
+    report = write_file(os.path.join(hv.home("a"), "state"), f"report-{mark}.md", f"# report {mark}\n<b>not bold</b>\n")
+    plan = write_file(os.path.join(hv.state_dir, "shared"), f"plan-{mark}.txt", f"the plan {mark}\n")
+    gone = write_file(os.path.join(hv.state_dir, "shared"), f"gone-{mark}.txt", "soon gone\n")
+    big = write_file(os.path.join(hv.state_dir, "shared"), f"big-{mark}.log", "a line of the log\n" * 6000)
+    blob = os.path.join(hv.state_dir, "shared", f"blob-{mark}.bin")
+    with open(blob, "wb") as f:
+        f.write(b"\x89PNG\0\0" * 100)
+    message_id = hv.agent_call("a", "send", to="operator",
+                               body=f"see {report}, {plan} and {gone}; also {big} {blob}")["id"]
+    os.remove(gone)
+
+    open_dashboard(page, hv)
+    refs = flow_row(page, message_id).locator("details.fref")
+    expect(refs).to_have_count(5)
+    first = refs.nth(0)
+    expect(first.locator("summary")).to_have_text(f"▤{report}· {os.path.getsize(report)} B")
+    expect(first).not_to_have_attribute("open", "")
+    expect(first).to_have_attribute("data-state", "unopened")  # nothing fetched until it is opened
+    with page.expect_response(lambda r: f"/file-ref/{message_id}/0" in r.url) as answer:
+        first.locator("summary").click()
+    assert answer.value.status == 200
+    text = first.locator("pre.fref-text")
+    expect(text).to_have_text(f"# report {mark}\n<b>not bold</b>\n")
+    expect(first.locator("pre.fref-text b")).to_have_count(0)  # the file is text, never markup
+    refs.nth(1).locator("summary").click()
+    expect(refs.nth(1).locator("pre.fref-text")).to_have_text(f"the plan {mark}\n")
+    refs.nth(2).locator("summary").click()
+    expect(refs.nth(2).locator(".fref-error")).to_have_text(f"{gone} does not exist")
+    refs.nth(3).locator("summary").click()
+    expect(refs.nth(3).locator(".fref-note")).to_have_text("first 64 KiB of 105 KiB")
+    expect(refs.nth(3).locator("pre.fref-text")).to_contain_text("a line of the log")
+    refs.nth(4).locator("summary").click()
+    expect(refs.nth(4).locator(".fref-note")).to_have_text("binary file, 600 bytes")
+    expect(refs.nth(4).locator("pre")).to_have_count(0)
+
+    # the operator's inbox shows the same refs; closing and reopening does not fetch again
+    inbox_ref = page.locator(f'#inbox [data-message="{message_id}"] details.fref').nth(1)
+    inbox_ref.locator("summary").click()
+    expect(inbox_ref.locator("pre.fref-text")).to_have_text(f"the plan {mark}\n")
+    first.locator("summary").click()
+    expect(first).not_to_have_attribute("open", "")
+    first.locator("summary").click()
+    expect(text).to_have_text(f"# report {mark}\n<b>not bold</b>\n")
+    expect(first).to_have_attribute("data-state", "loaded")
+    flow_row(page, message_id).scroll_into_view_if_needed()
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "dashboard-file-refs.png"), full_page=True)
+    assert_no_reload(page)
+
+
+def test_agent_page_file_refs_open_into_previews(page, hv):
+    mark = unique("refs-")
+    notes = write_file(os.path.join(hv.home("a"), "state"), f"notes-{mark}.md", f"notes for {mark}\n")
+    message_id = hv.call("send", to="a", body=f"{mark}: read {notes}\nFAKE: say read it")["id"]
+    open_agent_page(page, hv, "a")
+    wait_turn(page, mark)
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "idle", timeout=30000)
+
+    start = page.locator("#terminal .trow.turn-start", has_text=mark)
+    started = start.locator("details.fref")
+    expect(started).to_have_count(1)
+    expect(started.locator(".fref-path")).to_have_text(notes)
+    started.locator("summary").click()
+    expect(started.locator("pre.fref-text")).to_have_text(f"notes for {mark}\n")
+
+    item = page.locator(f'#inbox [data-message="{message_id}"] details.fref')
+    expect(item).to_have_count(1)
+    item.locator("summary").click()
+    expect(item.locator("pre.fref-text")).to_have_text(f"notes for {mark}\n")
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "agent-file-refs.png"), full_page=True)
     assert_no_reload(page)
 
 

@@ -381,7 +381,7 @@ def test_inside_the_sandbox_only_the_agents_own_parts_of_the_hive_exist(bhive):
     assert "FileNotFoundError" in denied("other_secret")
     assert "FileNotFoundError" in denied("hive_db")
     # mount points only: no hive.db, no lock, no other agent's home, config or socket
-    assert found["state_root"]["value"] == ["agents", "config", "run"]
+    assert found["state_root"]["value"] == ["agents", "config", "run", "shared"]  # shared: every agent's, rw
     assert found["agents"]["value"] == ["probe"]
     assert found["run"]["value"] == ["agents"]
     assert found["run_agents"]["value"] == ["probe"]

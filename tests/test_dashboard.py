@@ -16,7 +16,7 @@ from hyperhive.core.containers.process import ProcessBackend
 from hyperhive.core.daemon import Core
 from hyperhive.core.dashboard import Dashboard
 from hyperhive.core.lifecycle import Harness, Layout
-from hyperhive.schema import Agent, open_core
+from hyperhive.schema import Agent, Message, open_core
 from wsgi import call
 
 ORIGIN = "http://127.0.0.1:7000"
@@ -26,6 +26,7 @@ class Backend:
     """Records every container call; agents 'run' while in `up`. Logs are real files."""
 
     name = "process"
+    state_in = shared_in = None  # agents name their files by host paths, as under the process backend
 
     def __init__(self):
         self.calls, self.up = [], set()
@@ -98,6 +99,7 @@ def error_of(res, status, code, *words):
 
 GUARDED = [("GET", "/"), ("GET", "/api/state"), ("GET", "/dashboard/stream"), ("GET", "/dashboard/history"),
            ("GET", "/journal/manager"), ("GET", "/agent-config/manager"), ("GET", "/approval/1/diff"),
+           ("GET", "/file-ref/1/0"),
            ("GET", "/agent/manager/"), ("GET", "/static/base.css"), ("POST", "/op-send"), ("POST", "/approve/1"),
            ("POST", "/deny/1"), ("POST", "/restart/manager"), ("POST", "/destroy/a"), ("POST", "/meta-update"),
            ("POST", "/spawn"), ("POST", "/purge-tombstone/a"), ("POST", "/answer-question/1")]
@@ -337,6 +339,73 @@ def test_the_journal_tails_the_harness_log(dash):
     error_of(dash.get("/journal/nobody"), 404, "not_found")
     error_of(dash.get("/journal/..%2Fetc"), 404, "not_found")
     error_of(dash.get("/journal/a..b"), 400, "bad_argument", "not valid")
+
+
+def stored_refs(message_id):
+    return json.loads(Message.get_by_id(message_id).file_refs)
+
+
+def test_file_refs_are_stored_at_ingest_and_previewed_again_on_demand(dash, tmp_path):
+    dash.spawn("alice")
+    state, shared = dash.layout.state("alice"), dash.layout.shared_dir
+    os.makedirs(state, exist_ok=True)
+    with open(os.path.join(state, "report.md"), "w") as f:
+        f.write("# report\nall green ✓\n")
+    with open(os.path.join(shared, "plan.txt"), "w") as f:
+        f.write("the plan\n")
+    send = dash.core.surfaces.dispatcher("agent", "alice")
+    body = f"see {state}/report.md and ({shared}/plan.txt), twice: {state}/report.md"
+    mid = send({"cmd": "send", "to": wire.OPERATOR, "body": body})["id"]
+    report = {"path": f"{state}/report.md", "host_path": f"{state}/report.md",
+              "size": len("# report\nall green ✓\n".encode())}
+    plan = {"path": f"{shared}/plan.txt", "host_path": f"{shared}/plan.txt", "size": 9}
+    assert stored_refs(mid) == [report, plan]
+    assert dash.get("/api/state").json()["inbox"][0]["file_refs"] == [report, plan]
+    assert dash.get("/dashboard/history").json()["events"][-1]["message"]["file_refs"] == [report, plan]
+
+    res = dash.get(f"/file-ref/{mid}/0")
+    assert res.status == 200 and res.headers["cache-control"] == "no-store"
+    assert res.json() == {"path": report["path"], "size": report["size"], "truncated": False, "binary": False,
+                          "text": "# report\nall green ✓\n"}
+    assert dash.get(f"/file-ref/{mid}/1").json()["text"] == "the plan\n"
+
+    # the file is swapped for a link out after the message was stored: the stored ref is not trusted
+    outside = tmp_path / "outside.md"
+    outside.write_text("the host's secrets")
+    os.remove(report["host_path"])
+    os.symlink(outside, report["host_path"])
+    said = error_of(dash.get(f"/file-ref/{mid}/0"), 403, "forbidden", "symlink")
+    assert "secrets" not in said
+    os.remove(plan["host_path"])
+    error_of(dash.get(f"/file-ref/{mid}/1"), 404, "not_found", f"{shared}/plan.txt does not exist")
+    error_of(dash.get(f"/file-ref/{mid}/2"), 404, "not_found",
+             f"message {mid} has only 2 file references; there is no number 2")
+    error_of(dash.get(f"/file-ref/{mid + 1000}/0"), 404, "not_found", f"there is no message {mid + 1000}")
+    error_of(dash.get("/file-ref/x/0"), 400, "bad_argument", "message id must be a whole number")
+    error_of(dash.get(f"/file-ref/{mid}/-1"), 400, "bad_argument", "at least 0")
+    error_of(dash.get(f"/file-ref/{mid}/0", auth=False), 401, "unauthorized", "hyperhive login-url")
+
+
+def test_only_files_the_reader_may_open_become_refs(dash):
+    dash.spawn("alice")
+    dash.spawn("bob")
+    state = dash.layout.state("alice")
+    os.makedirs(os.path.join(state, "notes.d"), exist_ok=True)
+    os.makedirs(os.path.join(state, "subdir"), exist_ok=True)
+    with open(os.path.join(state, "mine.md"), "w") as f:
+        f.write("alice's")
+    send = dash.core.surfaces.dispatcher("agent", "alice")
+    nothing = (f"/etc/passwd, ../x.md, {state}/../alice/state/mine.md, {state}/subdir, {state}/notes.d, "
+               f"{state}/missing.md and {dash.layout.state('bob')}/theirs.md")
+    mid = send({"cmd": "send", "to": wire.OPERATOR, "body": nothing})["id"]
+    assert stored_refs(mid) == []
+    error_of(dash.get(f"/file-ref/{mid}/0"), 404, "not_found", "has no file references")
+    # to bob, alice's state dir is out of reach: bob could not open it
+    assert stored_refs(send({"cmd": "send", "to": "bob", "body": f"read {state}/mine.md"})["id"]) == []
+    # from the operator, the reader is alice
+    mine = dash.core.broker.send(wire.OPERATOR, "alice", f"read {state}/mine.md")
+    assert [r["path"] for r in stored_refs(mine)] == [f"{state}/mine.md"]
+    assert dash.get(f"/file-ref/{mine}/0").json()["text"] == "alice's"
 
 
 def test_agent_config_shows_the_deployed_files(dash):

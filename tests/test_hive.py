@@ -302,7 +302,7 @@ def test_answered_sends_survive_kill_9_of_the_core(tmp_path):
 
 
 def test_harnesses_outlive_a_core_crash_and_reconnect(tmp_path):
-    h = Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "k"})
+    h = Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "k"}, extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
     h.start()
     try:
         h.call("spawn", name="a")
@@ -403,7 +403,9 @@ def test_agent_socket_verbs_and_identity(hive):
 
 def test_run_dir_and_the_claude_from_the_environment(tmp_path):
     run_dir = tmp_path / "sockets"
-    h = Hive(tmp_path / "state", claude=None, run_dir=run_dir, env={"HIVE_CLAUDE_BIN": FAKE_CLAUDE})
+    h = Hive(tmp_path / "state", claude=None, run_dir=run_dir,
+             env={"HIVE_CLAUDE_BIN": FAKE_CLAUDE, "ANTHROPIC_API_KEY": "k"},
+             extra_args=["--pass-env", "ANTHROPIC_API_KEY"])  # logged in, so the turn runs
     h.start()
     try:
         assert os.path.exists(run_dir / "host.sock") and not os.path.exists(os.path.join(h.state_dir, "run"))

@@ -13,7 +13,8 @@ an inbox_error when the core is down; history pages and their bad params;
 markdown added to events for the page and never stored; the SSE stream
 (hello, live events, keepalives, Last-Event-ID replay without duplicates or
 gaps, a lagging client dropped, the subscriber removed when the client
-goes); send, loose ends, stats; the controls (cancel a running turn,
+goes); send, loose ends, stats; file previews in the agent's reach (and
+sentences for `..`, links out, outside paths and missing files); the controls (cancel a running turn,
 compact refused during a turn and holding off the next turn while it runs,
 new session armed then consumed, model persisted with model_changed); and
 the listener on web.sock (mode 0600, stale socket replaced, removed on stop).
@@ -59,6 +60,11 @@ class Client:
             return dict(self.recvs.pop(0) if len(self.recvs) > 1 else self.recvs[0])
         return {"requeue_inflight": {"requeued": 0}, "ack_turn": {"acked": 1}}[verb]
 
+    def try_call(self, verb, timeout=5.0, **args):
+        """The loop's no-retry call (what is left open after a turn): the core says nothing here."""
+        self.calls.append(verb)
+        return None
+
 
 class Runner:
     """claude for the loop: records (prompt, cont); `block` makes a turn wait for cancel()."""
@@ -95,6 +101,7 @@ class FakeHarness:
 
     def __init__(self, bus, socket_path, recvs=None, block=False):
         self.name, self.role, self.socket, self.bus = "alice", "agent", str(socket_path), bus
+        self.state_dir, self.shared_dir = bus.state_dir, None
         self.current = None
         self.compaction = lambda: Outcome("ok")
         self.runner = Runner(self, block)
@@ -554,6 +561,85 @@ def test_stats_route_answers_the_window(app):
     assert get(app, "/api/stats?window=30d").json()["bucket_seconds"] == 86400
     reply = get(app, "/api/stats?window=1y")
     assert reply.status == 400 and reply.error() == "window must be 24h, 7d or 30d"
+
+
+# -- file previews ----------------------------------------------------------------------------
+
+@pytest.fixture
+def files(harness, tmp_path):
+    """The agent's state dir (the bus's tmp dir) and a shared dir beside it, with a file in each."""
+    state, shared = tmp_path, tmp_path.parent / (tmp_path.name + "-shared")
+    shared.mkdir()
+    (state / "notes.md").write_text("# notes\nhello from state ✓\n")
+    (shared / "plan.txt").write_text("the shared plan\n")
+    harness.shared_dir = str(shared)
+    return state, shared
+
+
+def file_url(path):
+    from urllib.parse import quote
+
+    return "/api/file?path=" + quote(str(path), safe="")
+
+
+def test_a_file_in_the_agents_reach_is_previewed(app, files):
+    state, shared = files
+    data = get(app, file_url(state / "notes.md")).json()
+    assert data == {"path": str(state / "notes.md"), "size": len("# notes\nhello from state ✓\n".encode()),
+                    "truncated": False, "binary": False, "text": "# notes\nhello from state ✓\n"}
+    assert get(app, file_url(shared / "plan.txt")).json()["text"] == "the shared plan\n"
+    (state / "a dir ✓").mkdir()
+    (state / "a dir ✓" / "odd name.txt").write_text("spaces and unicode")
+    assert get(app, file_url(state / "a dir ✓" / "odd name.txt")).json()["text"] == "spaces and unicode"
+
+
+def test_a_big_file_is_cut_and_a_binary_one_is_not_shown(app, files):
+    state, _ = files
+    (state / "big.log").write_bytes(b"x" * (200 * 1024))
+    big = get(app, file_url(state / "big.log")).json()
+    assert (big["size"], big["truncated"], len(big["text"])) == (200 * 1024, True, 64 * 1024)
+    (state / "blob.bin").write_bytes(b"\x89PNG\0\0\x01" * 10)
+    blob = get(app, file_url(state / "blob.bin")).json()
+    assert (blob["size"], blob["binary"], blob["text"]) == (70, True, None)
+
+
+def test_file_previews_refuse_what_is_out_of_reach(app, files, tmp_path_factory):
+    state, shared = files
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.md").write_text("not yours")
+    (state / "link.md").symlink_to(outside / "secret.md")
+    (state / "linkdir").symlink_to(outside, target_is_directory=True)
+    (shared / "shared-link.md").symlink_to(state / "notes.md")  # even a link to a file in reach
+    cases = [
+        (state / "link.md", 403, "forbidden", "link.md is a symlink"),
+        (f"{state}/linkdir/secret.md", 403, "forbidden", "linkdir is a symlink"),
+        (shared / "shared-link.md", 403, "forbidden", "links are not followed"),
+        (f"{state}/../{outside.name}/secret.md", 400, "bad_argument", "climbs with '..'"),
+        (outside / "secret.md", 403, "forbidden", "is outside what can be reached here"),
+        ("/etc/passwd", 403, "forbidden", "/etc/passwd is outside what can be reached here: "),
+        (state / "gone.md", 404, "not_found", "gone.md does not exist"),
+        (f"{state}/no-dir/x.md", 404, "not_found", "the directory no-dir does not exist"),
+        ("notes.md", 400, "bad_argument", "is relative"),
+        (state, 400, "bad_argument", "the state directory itself"),
+    ]
+    for path, status, code, words in cases:
+        reply = get(app, file_url(path))
+        assert reply.status == status, (path, reply.body)
+        assert reply.json()["code"] == code and words in reply.error(), (path, reply.error())
+    said = get(app, file_url("/etc/passwd")).error()
+    assert f"{state} (state)" in said and f"{shared} (shared)" in said, "the sentence names what is in reach"
+    reply = get(app, "/api/file")
+    assert reply.status == 400 and reply.error() == "give the file as ?path=<absolute path, as the agent names it>"
+    assert get(app, "/api/file?path=%ff").error() == "the path is not valid UTF-8 once URL-decoded"
+
+
+def test_without_a_shared_dir_only_the_state_dir_is_in_reach(app, harness, files):
+    state, shared = files
+    harness.shared_dir = None
+    assert get(app, file_url(state / "notes.md")).status == 200
+    reply = get(app, file_url(shared / "plan.txt"))
+    assert reply.status == 403 and reply.error() == (f"{shared / 'plan.txt'} is outside what can be reached here: "
+                                                     f"{state} (state)")
 
 
 # -- turn controls --------------------------------------------------------------------------

@@ -78,6 +78,8 @@
     const word = state.status && state.status !== "online" ? (STATUS_WORDS[state.status] || state.status.replace(/_/g, " ")) : "";
     status.hidden = !word;
     status.textContent = word;
+    // login.js (loaded after this file) shows its panel from this
+    document.dispatchEvent(new CustomEvent("hive:status", {detail: state.status}));
 
     $("#model-chip").textContent = state.model || "–";
     const input = $("#model-input");
@@ -205,7 +207,12 @@
       n > 1 ? h("span", {class: "tag"}, `${n} messages`) : null,
       ev.unread > 0 ? h("span", {class: "tag"}, `${ev.unread} more unread`) : null,
       ev.redelivered ? h("span", {class: "tag warn", title: "a turn failed on it before"}, "↺ redelivered") : null,
-      H.clampable(body, ev.body));
+      H.clampable(body, ev.body), fileRefs(ev.file_refs));
+  }
+
+  /* File references, previewed through this page (the files this agent may reach, checked on reading). */
+  function fileRefs(refs) {
+    return H.fileRefs(refs, (ref) => `api/file?path=${encodeURIComponent(ref.path)}`);
   }
 
   function turnEndRow(ev, ctx) {
@@ -560,6 +567,8 @@
 
   // ============================================================ inbox
 
+  let inboxRefs = new Map(); // message id -> its file references' element (or null)
+
   function renderInbox() {
     const box = $("#inbox");
     const items = [...state.inbox].sort((a, b) => (b.id || 0) - (a.id || 0));
@@ -568,16 +577,21 @@
       box.replaceChildren(h("p", {class: "empty"}, "no messages"));
       return;
     }
+    // the inbox is redrawn after every turn: a message's previews are kept, so an open one stays open
+    const kept = new Map();
     box.replaceChildren(...items.map((m) => {
       const body = typeof m.body_html === "string" ? md(m.body_html) : plain(m.body);
       const unread = !m.acked_at;
+      const refs = inboxRefs.has(m.id) ? inboxRefs.get(m.id) : fileRefs(m.file_refs);
+      kept.set(m.id, refs);
       return h("article", {class: ["inbox-item", unread && "unread"], data: {message: m.id}},
         h("div", {class: "item-head"}, "from", nameEl(m.from),
           unread ? h("span", {class: "chip honey", title: "not yet handled by a finished turn"}, m.delivered_at ? "in a turn" : "queued") : null,
           m.redelivered ? h("span", {class: "chip orange"}, "↺") : null,
           H.agoEl(m.sent_at)),
-        H.clampable(body, m.body, "var(--bg-2)"));
+        H.clampable(body, m.body, "var(--bg-2)"), refs);
     }));
+    inboxRefs = kept;
   }
 
   // ======================================================== loose ends

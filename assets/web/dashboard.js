@@ -392,7 +392,7 @@
     const body = typeof m.body_html === "string" ? md(m.body_html) : plain(m.body);
     const tags = [];
     if (m.redelivered) tags.push(h("span", {class: "chip orange", title: "delivered again after a failed turn"}, "↺ redelivered"));
-    const refs = fileRefs(m.file_refs);
+    const refs = fileRefs(m);
     return h("div", {class: ["trow msg", m.to === "operator" && "to-operator", live && "fresh"],
       data: {delivered: String(delivered), from: m.from, to: m.to, id: m.id}},
     h("span", {class: "time", title: H.stamp(t)}, t ? H.clock(t) : ""),
@@ -408,12 +408,9 @@
       "aria-label": delivered ? "delivered" : "queued"}, delivered ? "✓" : "○");
   }
 
-  function fileRefs(refs) {
-    if (!Array.isArray(refs) || !refs.length) return null;
-    return h("div", {class: "refs"}, refs.map((r) => {
-      const label = typeof r === "string" ? r : (r && (r.path || r.name)) || JSON.stringify(r);
-      return h("span", {class: "chip mono", title: "file reference"}, "▤ " + label);
-    }));
+  /* A message's file references, previewed through the core (which checks each again on reading). */
+  function fileRefs(m) {
+    return H.fileRefs(m.file_refs, (ref, i) => `/file-ref/${enc(m.id)}/${i}`);
   }
 
   function rawRow(ev) {
@@ -466,7 +463,7 @@
     reply.addEventListener("click", () => composeTo(m.from));
     return h("article", {class: "inbox-item", data: {message: m.id}},
       h("div", {class: "item-head"}, "from", nameEl(m.from), agoEl(m.sent_at), reply),
-      H.clampable(body, m.body, "var(--bg-2)"), fileRefs(m.file_refs));
+      H.clampable(body, m.body, "var(--bg-2)"), fileRefs(m));
   }
 
   // ========================================================== approvals

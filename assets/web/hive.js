@@ -1,7 +1,8 @@
 /* hyperhive — the small kit every page shares: a DOM builder that never
  * parses strings as HTML, the one way to POST an action and surface its
- * error sentence, toasts, time and token formatting, diff colouring, and a
- * single clock that keeps "3m ago" / "12s" labels ticking.
+ * error sentence, toasts, time and token formatting, diff colouring, the
+ * lazily loaded previews of a message's file references, and a single
+ * clock that keeps "3m ago" / "12s" labels ticking.
  *
  * Exposed as `window.Hive`. No dependencies; load it before the page script.
  */
@@ -266,6 +267,68 @@
     return sha ? String(sha).slice(0, 8) : "";
   }
 
+  /* A size for people: "812 B", "4.2 KiB", "1.3 MiB". */
+  function bytes(n) {
+    n = Number(n);
+    if (!Number.isFinite(n) || n < 0) return "? B";
+    if (n < 1024) return `${n} B`;
+    const units = ["KiB", "MiB", "GiB", "TiB"];
+    let i = -1;
+    do { n /= 1024; i++; } while (n >= 1024 && i < units.length - 1);
+    return `${n.toFixed(n < 10 ? 1 : 0).replace(/\.0$/, "")} ${units[i]}`;
+  }
+
+  // ------------------------------------------------------- file references
+
+  const PREVIEW_KIB = 64; // how much of a file the servers send (hyperhive/reach.py PREVIEW_BYTES)
+
+  /* The files a message names, each a collapsed preview "▤ path · size".
+   * A preview is fetched the first time it is opened, never before: a page
+   * shows many messages and most previews are never looked at. `urlOf(ref,
+   * index)` says where the server answers {path, size, truncated, binary, text}. */
+  function fileRefs(refs, urlOf) {
+    if (!Array.isArray(refs) || !refs.length) return null;
+    return h("div", {class: "refs"}, refs.map((ref, i) => fileRef(ref, urlOf(ref, i))));
+  }
+
+  function fileRef(ref, url) {
+    const path = ref && typeof ref.path === "string" ? ref.path : String(ref);
+    const size = ref && typeof ref.size === "number" ? ref.size : null;
+    const host = ref && typeof ref.host_path === "string" && ref.host_path !== path ? ref.host_path : null;
+    const body = h("div", {class: "fref-body"});
+    const el = h("details", {class: "fref", data: {path, state: "unopened"}},
+      h("summary", {title: host ? `${path}\non the host: ${host}` : path},
+        h("span", {class: "fref-icon", "aria-hidden": "true"}, "▤"),
+        // the name never shrinks: a long directory is what gives way to the ellipsis
+        h("span", {class: "fref-path"}, h("span", {class: "fref-dir"}, path.slice(0, path.lastIndexOf("/") + 1)),
+          h("span", {class: "fref-name"}, path.slice(path.lastIndexOf("/") + 1))),
+        size === null ? null : h("span", {class: "fref-size"}, "· " + bytes(size))),
+      body);
+    el.addEventListener("toggle", () => {
+      // loaded once; a failed load is asked again when the preview is next opened
+      if (!el.open || el.dataset.state === "loading" || el.dataset.state === "loaded") return;
+      el.dataset.state = "loading";
+      body.replaceChildren(h("p", {class: "fref-note"}, "loading…"));
+      getJSON(url).then((data) => {
+        body.replaceChildren(...previewEls(data || {}));
+        el.dataset.state = "loaded";
+      }, (err) => {
+        body.replaceChildren(h("p", {class: "inline-error fref-error", role: "alert"}, err.message));
+        el.dataset.state = "error";
+      });
+    });
+    return el;
+  }
+
+  function previewEls(p) {
+    if (p.binary) return [h("p", {class: "fref-note"}, `binary file, ${p.size} bytes`)];
+    const out = [];
+    if (p.truncated) out.push(h("p", {class: "fref-note"}, `first ${PREVIEW_KIB} KiB of ${bytes(p.size)}`));
+    if (!p.text) out.push(h("p", {class: "fref-note"}, "empty file"));
+    else out.push(h("pre", {class: "fref-text"}, p.text)); // a text node: a file is never markup
+    return out;
+  }
+
   // ---------------------------------------------------------------- names
 
   /* A stable colour class per agent name (operator honey, manager teal). */
@@ -354,7 +417,7 @@
     h, append, md, plain, clear, clampable,
     errorOf, getJSON, post, showError, toast,
     toMs, duration, ago, until, clock, stamp, agoEl, elapsedEl, tick,
-    tokens, shortSha, nameClass, nameEl,
+    tokens, shortSha, bytes, fileRefs, nameClass, nameEl,
     diffClass, diffEl, diffLinesEl, diffStats,
     load, save, setLive,
   };

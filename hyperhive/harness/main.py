@@ -12,7 +12,8 @@ Options:
   --claude PATH     the claude binary (env HIVE_CLAUDE_BIN, else claude)
 
 Other environment: HIVE_PAUSE_FILE (the core's pause marker for this agent),
-HIVE_EXTRA_MCP (extra MCP servers JSON, else /etc/hyperhive/extra-mcp.json).
+HIVE_EXTRA_MCP (extra MCP servers JSON, else /etc/hyperhive/extra-mcp.json),
+HIVE_SHARED_DIR (the hive's shared dir, which the page may preview files from).
 """
 
 import logging
@@ -26,7 +27,7 @@ import gevent.lock
 from docopt import docopt
 
 from hyperhive import wire
-from hyperhive.harness import turnloop, webui
+from hyperhive.harness import login, turnloop, webui
 from hyperhive.harness.bus import Bus
 from hyperhive.harness.claude import Invocation, Run, load_extra_mcp
 from hyperhive.schema import open_agent
@@ -40,8 +41,10 @@ PRUNE_SECONDS = 3600.0
 class Harness:
     """The harness's parts; `run()` loops until SIGTERM, finishing a running turn first."""
 
-    def __init__(self, role, name, socket, state_dir, claude, pause_file=None, extra_mcp_path=None):
+    def __init__(self, role, name, socket, state_dir, claude, pause_file=None, extra_mcp_path=None,
+                 shared_dir=None):
         self.role, self.name, self.socket = role, name, socket
+        self.state_dir, self.shared_dir = state_dir, shared_dir  # what the page may preview files from
         open_agent(os.path.join(state_dir, EVENTS_DB))
         self.bus = Bus(state_dir)
         if not os.path.exists(os.path.join(state_dir, wire.MODEL_FILE)):
@@ -49,9 +52,11 @@ class Harness:
         self.invocation = Invocation(claude, role, name, state_dir, socket, load_extra_mcp(extra_mcp_path))
         self.client = turnloop.CoreClient(socket, sleep=gevent.sleep, notify=self.bus.note)
         self.current = None
+        self.login = login.Login(claude, self.invocation.env(), state_dir, self.client, self.bus,
+                                 sleep=gevent.sleep)
         self.loop = turnloop.TurnLoop(self.client, self.bus, self.run_claude, self.compact,
                                       paused=turnloop.pause_marker(pause_file), sleep=gevent.sleep,
-                                      turn_lock=gevent.lock.Semaphore())
+                                      turn_lock=gevent.lock.Semaphore(), login=self.login)
 
     def run_claude(self, prompt, cont):
         self.current = Run(self.invocation, self.bus, self.bus.model(), prompt, cont)
@@ -80,6 +85,7 @@ class Harness:
             worker.join()
         worker.kill()
         pruner.kill()
+        self.login.close()
         if page is not None:
             page.stop()
         log.info("stopped")
@@ -121,6 +127,7 @@ def main(argv):
         os.makedirs(state_dir, exist_ok=True)
         harness = Harness(role, name, socket, state_dir, claude,
                           pause_file=os.environ.get("HIVE_PAUSE_FILE"),
+                          shared_dir=os.environ.get("HIVE_SHARED_DIR") or None,
                           extra_mcp_path=os.environ.get("HIVE_EXTRA_MCP") or EXTRA_MCP_DEFAULT)
     except (wire.HiveError, OSError) as e:
         print(f"{me}: {e}", file=sys.stderr)

@@ -1,10 +1,10 @@
 """The turn loop: wait for a message, wake claude with it, ack only a turn that ended well.
 
-Owns the order of a harness's life (boot → requeue_inflight → loop on recv
-→ turn → ack), the wake prompt, the compact-and-retry-once rule, the pause
-marker, and the core client that retries with backoff when the core is
-down. Every wait goes through `sleep`, so tests step the loop without
-sleeping for real.
+Owns the order of a harness's life (boot → requeue_inflight → wait for
+claude's login → loop on recv → turn → ack), the wake prompt, the
+compact-and-retry-once rule, the pause marker, and the core client that
+retries with backoff when the core is down. Every wait goes through
+`sleep`, so tests step the loop without sleeping for real.
 """
 
 import logging
@@ -14,6 +14,7 @@ import time
 
 from hyperhive import jsonline, wire
 from hyperhive.harness.claude import Outcome
+from hyperhive.harness.login import says_logged_out
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ class TurnLoop:
     """
 
     def __init__(self, client, bus, runner, compact, paused=lambda: False, sleep=time.sleep, batch=1,
-                 turn_lock=None):
+                 turn_lock=None, login=None):
         self.client, self.bus, self.runner, self.compact = client, bus, runner, compact
+        self.login = login  # a login.Login; None runs turns without asking (tests of the loop alone)
         self.paused, self.sleep, self.batch = paused, sleep, batch
         self.turn_lock = turn_lock if turn_lock is not None else threading.Lock()
         self.stopping = False
@@ -90,6 +92,8 @@ class TurnLoop:
         if requeued:
             self.bus.note(f"{requeued} message(s) were in flight when the harness last stopped; "
                           "they come again, flagged redelivered")
+        if self.login is not None:
+            self.login.check()  # told at every boot, so a core that thought otherwise learns
         return requeued
 
     def step(self):
@@ -100,6 +104,8 @@ class TurnLoop:
             return None
         if self.bus.turn_state == "paused":
             self.bus.set_turn_state("idle")
+        if self.login is not None and not self.login.ready():
+            return None  # parked until claude has a login: nothing is received meanwhile
         answer = self.client.call("recv", timeout=RECV_WAIT + 30, wait_seconds=RECV_WAIT, max=self.batch)
         messages = answer["messages"]
         if not messages or self.stopping:
@@ -132,6 +138,8 @@ class TurnLoop:
             self.session_started = True
         else:
             log.warning("turn failed (%s); its messages stay unacked", outcome.reason)
+            if self.login is not None and says_logged_out(outcome):
+                self.login.suspect(outcome.reason)
         self.bus.emit("turn_end", ok=outcome.ok, note=outcome.reason or None, outcome=outcome.kind)
         return outcome
 

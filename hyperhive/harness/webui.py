@@ -2,15 +2,19 @@
 
 Owns the page's HTTP surface (docs/web.md, "Agent page routes"): the
 snapshot, the event stream and its history, the operator's actions on this
-agent (send, cancel, compact, new session, model), the loose-ends and stats
-data, the server-side markdown of events (`Presenter`), and the listener:
-a unix socket `web.sock` beside the agent's core socket that answers only
-requests carrying this agent's secret (`web.secret`, written by the core).
+agent (send, cancel, compact, new session, model, claude's login), the
+loose-ends and stats data, previews of the files this agent may reach, the
+server-side markdown of events (`Presenter`), and the listener: a unix socket `web.sock`
+beside the agent's core socket that answers only requests carrying this
+agent's secret (`web.secret`, written by the core).
 
 The harness handed to `make_app`/`start` must have: `name`, `role`,
 `socket` (the core socket path), `bus`, `loop` (a TurnLoop: `in_turn`,
 `new_session`, `turn_lock`), `current` (the running claude `Run` or None)
-and `compact()` (runs a compaction, returns an Outcome).
+and `compact()` (runs a compaction, returns an Outcome); for `/login/*` and
+the snapshot's `status` also `login` (a login.Login; without one the page
+says online); for `/api/file` also `state_dir` and `shared_dir` (the
+hive's shared dir, None without one).
 """
 
 import collections
@@ -26,7 +30,7 @@ import bottle
 import gevent
 import gevent.queue
 
-from hyperhive import jsonline, markup, resources, web, wire
+from hyperhive import jsonline, markup, reach, resources, web, wire
 from hyperhive.harness import stats
 from hyperhive.schema import Event
 
@@ -224,8 +228,12 @@ class Page:
         app.route("/api/compact", "POST", self.compact)
         app.route("/api/new-session", "POST", self.new_session)
         app.route("/api/model", "POST", self.set_model)
+        app.route("/login/start", "POST", self.login_start)
+        app.route("/login/code", "POST", self.login_code)
+        app.route("/login/cancel", "POST", self.login_cancel)
         app.route("/api/loose-ends", "GET", self.loose_ends)
         app.route("/api/stats", "GET", self.stats)
+        app.route("/api/file", "GET", self.file)
         return app
 
     def _authorize(self):
@@ -251,14 +259,18 @@ class Page:
     def state(self):
         seq = self.bus.seq  # first: the page drops buffered events up to here
         model = self.bus.model()
+        login = getattr(self.harness, "login", None)  # a harness without a login flow is online
         snapshot = {
             "seq": seq, "name": self.harness.name, "role": self.harness.role, "rev": resources.revision(),
-            "status": getattr(self.harness, "status", "online"),  # no login flow yet: a serving harness is online
+            "status": login.status if login is not None else "online",
             "turn_state": self.bus.turn_state, "turn_state_since": self.bus.turn_state_since,
             "model": model, "models": list(MODELS) + ([model] if model not in MODELS else []),
             "ctx": self.bus.usage.get("ctx"), "cost": self.bus.usage.get("cost"),
             "new_session_armed": bool(self.loop.new_session),
         }
+        session = login.view() if login is not None else None
+        if session is not None:
+            snapshot["session"] = session
         snapshot["inbox"], error = self._inbox()
         if error:
             snapshot["inbox_error"] = error
@@ -331,6 +343,27 @@ class Page:
         window = bottle.request.query.get("window") or "24h"
         return web.json_response(stats.snapshot(window, now=self.clock()))
 
+    def reach(self):
+        """What this agent may read, as it names the paths: its state dir and the hive's shared dir.
+
+        The harness runs where the agent does, so a root is the same path inside and on this side."""
+        state = os.path.abspath(self.harness.state_dir)  # --state-dir may have been given relative
+        roots = [("state", state, state)]
+        if self.harness.shared_dir:
+            shared = os.path.abspath(self.harness.shared_dir)
+            roots.append(("shared", shared, shared))
+        return reach.Reach(roots)
+
+    def file(self):
+        """The head of a file in this agent's reach, for a file reference on the page."""
+        query = bottle.request.query
+        if not query.get("path"):
+            raise wire.HiveError("give the file as ?path=<absolute path, as the agent names it>")
+        path = query.getunicode("path")  # None when the bytes are not UTF-8
+        if path is None:
+            raise wire.HiveError("the path is not valid UTF-8 once URL-decoded")
+        return web.json_response(self.reach().preview(path))
+
     # -- acting -------------------------------------------------------------------
 
     def send(self):
@@ -394,6 +427,32 @@ class Page:
         self.bus.set_model(model)
         self.note(f"model set to {model} for the next turns")
         return web.json_response({"ok": True, "model": model})
+
+    # -- claude's login (harness/login.py runs it; the page polls the session while it runs) --
+
+    def _login(self):
+        login = getattr(self.harness, "login", None)
+        if login is None:
+            raise wire.HiveError("this harness has no login flow; claude counts as logged in", "conflict")
+        return login
+
+    def _login_answer(self, login):
+        return web.json_response({"ok": True, "status": login.status, "session": login.view()})
+
+    def login_start(self):
+        login = self._login()
+        login.start()
+        return self._login_answer(login)
+
+    def login_code(self):
+        login = self._login()
+        login.submit_code(web.field(web.body(), "code"))
+        return self._login_answer(login)
+
+    def login_cancel(self):
+        login = self._login()
+        login.cancel()
+        return self._login_answer(login)
 
 
 def make_app(harness, secret_path, clock=time.time):

@@ -1,0 +1,395 @@
+"""Claude's login for one harness: the probe, the parked state, and the page's `claude auth login`.
+
+Owns how the harness decides that claude has a valid session (an API key in
+its environment, else the JSON of `claude auth status`), the login state the
+turn loop waits on before it receives anything (told to the core with
+`report_login`, shown on the agent's page as its `status`), the rule that
+reads a failed turn as a lost login, and the one `claude auth login` child
+the operator drives from the page over pipes: the URL it prints, the code
+pasted back, its output and how it ended.
+
+Facts of the real CLI (2.1.x, measured): `auth status` prints
+`{"loggedIn": false, "authMethod": "none", …}` and exits 1 when there is no
+login; `auth login` over pipes prints `If the browser didn't open, visit:
+<url>`, then the prompt `Paste code here if prompted > ` without a newline,
+reads one line, and on a bad code prints `Invalid code. …` and exits 1. A
+turn without a login ends with the result `Not logged in · Please run /login`.
+"""
+
+import codecs
+import json
+import logging
+import os
+import re
+import subprocess
+import time
+
+import gevent
+import gevent.event
+from gevent import select as gselect
+
+from hyperhive import wire
+
+log = logging.getLogger(__name__)
+
+# Any of these, non-empty, is a login claude uses without `auth login`.
+KEY_VARS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
+STATUS_TIMEOUT = 20.0
+REPROBE_SECONDS = 30.0
+PARK_SLICE = 1.0  # the parked loop's sleep: short, so a login that just succeeded is seen at once
+OUTPUT_MAX = 64 * 1024
+CODE_MAX = 2048
+CANCEL_GRACE = 5.0
+DRAIN_SECONDS = 2.0  # after the CLI exits, how long a child it left holding the pipe may keep us reading
+EXIT_CHECK = 0.2  # while its pipe is quiet, how often the session looks whether the CLI has exited
+PROMPT = "Paste code here if prompted >"
+URL_AFTER_VISIT = re.compile(r"visit:\s*(https://\S+)\s")
+ANY_URL = re.compile(r"(https://\S+)\s")  # followed by whitespace: a URL cut mid-chunk is not taken
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+# What a turn's result says when claude's login is gone (measured: "Not logged in · Please run
+# /login"; the CLI's other auth failures say "Please run /login" or "Invalid API key" too).
+LOGGED_OUT_MARKERS = ("please run /login", "not logged in", "invalid api key")
+
+
+# -- the probe ----------------------------------------------------------------------------
+
+def probe(claude, env, run=subprocess.run, cwd=None, timeout=STATUS_TIMEOUT):
+    """Whether claude has a valid session: (logged_in, note). The note is for a person; "" when logged in."""
+    for var in KEY_VARS:
+        if (env.get(var) or "").strip():
+            return True, ""
+    argv = [claude, "auth", "status"]
+    try:
+        done = run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return _not_logged_in(f"`{claude} auth status` did not answer within {timeout:g}s; check that the "
+                              "claude CLI runs in this agent's container")
+    except OSError as e:
+        return _not_logged_in(f"could not run `{claude} auth status`: {e.strerror or e}; check the claude "
+                              "binary the harness is given (--claude or HIVE_CLAUDE_BIN)")
+    out = _text(done.stdout).strip()
+    try:
+        answer = json.loads(out)
+        logged_in = answer["loggedIn"]
+        if not isinstance(logged_in, bool):
+            raise TypeError("loggedIn is not true or false")
+    except (ValueError, KeyError, TypeError) as e:
+        said = (out or _text(done.stderr).strip() or "nothing")[:200]
+        return _not_logged_in(f"`{claude} auth status` exited {done.returncode} without the login JSON "
+                              f"({e}); it said: {said}")
+    if logged_in:
+        return True, ""
+    # exit 1 with loggedIn false is the CLI's ordinary "not logged in"
+    return False, (f"claude is not logged in (auth method {answer.get('authMethod') or 'none'}); "
+                   "log it in on the agent's page")
+
+
+def _not_logged_in(note):
+    log.warning("counting claude as not logged in: %s", note)
+    return False, note
+
+
+def _text(data):
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
+
+
+def says_logged_out(outcome):
+    """Whether a failed turn's result says claude's login is gone (then the loop probes again)."""
+    if outcome.ok:
+        return False
+    result = outcome.result if isinstance(outcome.result, dict) else {}
+    text = f"{result.get('result') or ''}\n{outcome.reason or ''}".lower()
+    return any(marker in text for marker in LOGGED_OUT_MARKERS)
+
+
+# -- one `claude auth login` ----------------------------------------------------------------
+
+class LoginSession:
+    """`claude auth login` over pipes, read as it writes (its prompt ends without a newline).
+
+    Started like claude.py starts a turn (`subprocess`, which is gevent's
+    in the monkey-patched harness), and read with gevent's select on the raw
+    pipe, so it is cooperative with or without the patch. Its exit is seen
+    with `poll()` (a waitpid of its own pid only): in a process that is not
+    patched (the tests), gevent's child watcher would reap every child, the
+    ones `sh` waits for included. `on_exit(session)` runs once it has ended.
+    """
+
+    def __init__(self, claude, env, cwd, on_exit=None, grace=CANCEL_GRACE):
+        self.claude, self.grace = claude, grace
+        self.on_exit = on_exit
+        self.url = None
+        self.finished = False
+        self.exit_code = None
+        self.exit_note = None
+        self.cancelled = False
+        self.done = gevent.event.Event()
+        self._text = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            self.proc = subprocess.Popen([claude, "auth", "login"], cwd=cwd, env=env, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0)
+        except OSError as e:
+            raise wire.HiveError(f"could not run `{claude} auth login`: {e.strerror or e}; check the claude "
+                                 "binary the harness is given (--claude or HIVE_CLAUDE_BIN)", "unavailable") from None
+        log.info("claude auth login started (pid %d)", self.proc.pid)
+        self._fd = self.proc.stdout.fileno()
+        os.set_blocking(self._fd, False)
+        gevent.spawn(self._run)
+
+    @property
+    def output(self):
+        """What the CLI printed so far (stdout and stderr), the newest OUTPUT_MAX characters."""
+        return ANSI.sub("", self._text).replace("\r\n", "\n").replace("\r", "\n")
+
+    def view(self):
+        return {"url": self.url, "output": self.output, "finished": self.finished,
+                "exit_code": self.exit_code, "exit_note": self.exit_note}
+
+    def _add(self, text):
+        if not text:
+            return
+        self._text = (self._text + text)[-OUTPUT_MAX:]
+        if self.url is None:
+            plain = ANSI.sub("", self._text)
+            found = URL_AFTER_VISIT.search(plain) or ANY_URL.search(plain)
+            if found:
+                self.url = found.group(1)
+
+    def _run(self):
+        try:
+            self._pump()
+            while self.proc.poll() is None:
+                gevent.sleep(EXIT_CHECK)  # its output closed: its exit follows at once
+        except Exception:
+            log.exception("watching claude auth login failed; killing it")
+            self.proc.kill()
+            self.proc.wait()
+        self._finish(self.proc.returncode)
+
+    def _pump(self):
+        """Read until end of file, or until the CLI has been gone DRAIN_SECONDS with a child of it
+        (a browser opener) still holding the pipe."""
+        gone_since = None
+        while True:
+            readable, _, _ = gselect.select([self._fd], [], [], EXIT_CHECK)
+            if readable:
+                try:
+                    chunk = os.read(self._fd, 4096)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                self._add(self._decoder.decode(chunk))
+                continue
+            if self.proc.poll() is not None:
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since >= DRAIN_SECONDS:
+                    break
+        self._add(self._decoder.decode(b"", final=True))
+
+    def _finish(self, code):
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass  # a pipe the child broke has nothing left to release
+        self.exit_code = code
+        self.exit_note = self._why(code)
+        self.finished = True
+        self.done.set()
+        log.info("claude auth login ended: %s", self.exit_note)
+        if self.on_exit is not None:
+            try:
+                self.on_exit(self)
+            except Exception:
+                log.exception("handling the end of claude auth login failed")
+
+    def _why(self, code):
+        if self.cancelled:
+            return "the login was cancelled"
+        if code == 0:
+            return "claude auth login succeeded"
+        if code < 0:
+            return f"claude auth login was stopped by signal {-code}. Start a new login to retry."
+        lines = [line.strip() for line in self.output.splitlines() if line.strip()]
+        # the CLI's answer follows its prompt on the same line (the prompt has no newline)
+        said = lines[-1].rpartition(PROMPT)[2].strip()[:300] if lines else ""
+        if said and said[-1] not in ".!?":
+            said += "."
+        return f"claude auth login failed (exit {code}){': ' + said if said else '.'} Start a new login to retry."
+
+    def submit_code(self, code):
+        """Hand the pasted code to the CLI (one line)."""
+        if not isinstance(code, str) or not code.strip():
+            raise wire.HiveError("'code' is required: paste the code the sign-in page showed")
+        code = code.strip()
+        if "\n" in code or "\r" in code:
+            raise wire.HiveError("the code is one line; paste just the code the sign-in page showed")
+        if len(code) > CODE_MAX:
+            raise wire.HiveError(f"the code is {len(code)} characters; a sign-in code is under {CODE_MAX}")
+        if self.finished:
+            raise wire.HiveError(f"this login has ended ({self.exit_note}); start a new one", "conflict")
+        try:
+            self.proc.stdin.write(code.encode() + b"\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError) as e:
+            raise wire.HiveError(f"claude auth login no longer reads its input ({e}); start a new login",
+                                 "conflict") from None
+        log.info("a login code was handed to claude auth login")
+
+    def cancel(self):
+        """Close its input, SIGTERM, SIGKILL after the grace; returns once it has exited."""
+        self.cancelled = True
+        if self.finished:
+            return
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass  # its end is already gone; the signals below still stop it
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            if not self.done.wait(self.grace):
+                log.warning("claude auth login ignored SIGTERM for %gs; killing it", self.grace)
+                self.proc.kill()
+        self.done.wait()
+
+
+# -- the harness's login state -------------------------------------------------------------
+
+class Login:
+    """Whether this harness may run turns, and the page's login session.
+
+    `logged_in` is None until the first probe (nothing is claimed), then
+    True or False. The core hears every change (and the first answer, so a
+    core that thought otherwise learns); the page hears a `status_changed`
+    on every flip and on every login action. The turn loop calls `ready()`
+    before each recv; while not logged in that waits one PARK_SLICE of the
+    injected `sleep` and probes again every `reprobe` seconds, and at once
+    (before the next slice) after a login session ended well.
+    """
+
+    def __init__(self, claude, env, cwd, client, bus, sleep=time.sleep, run=subprocess.run,
+                 session=LoginSession, reprobe=REPROBE_SECONDS):
+        self.claude, self.env, self.cwd = claude, env, cwd
+        self.client, self.bus, self.sleep, self.run = client, bus, sleep, run
+        self.new_session, self.reprobe = session, reprobe
+        self.logged_in = None
+        self.note = ""
+        self.session = None
+        self.reported = None  # what the core was last told
+        self.waited = 0.0
+        self.recheck = False  # probe at the next chance: a login ended well, or a turn said it is gone
+
+    @property
+    def status(self):
+        """online | needs_login_idle | needs_login_in_progress (the page's and the seed's words)."""
+        if self.logged_in is not False:
+            return "online"
+        return "needs_login_in_progress" if self.session is not None else "needs_login_idle"
+
+    def view(self):
+        """The session for the page's snapshot, or None."""
+        session = self.session
+        return session.view() if session is not None else None
+
+    # -- the loop's side ----------------------------------------------------------------
+
+    def check(self):
+        """Probe now; tell the core and the page what changed. Returns whether claude is logged in."""
+        logged_in, note = probe(self.claude, self.env, run=self.run, cwd=self.cwd)
+        before = self.status
+        self.logged_in, self.note = logged_in, note
+        self.waited, self.recheck = 0.0, False
+        if logged_in and self.session is not None:
+            session, self.session = self.session, None
+            if not session.finished:
+                gevent.spawn(self._cancel, session)  # logged in some other way: its prompt is moot
+        if logged_in != self.reported:
+            self._report(logged_in, note)
+        if self.status != before:
+            self.bus.emit("status_changed", status=self.status)
+            self.bus.note("claude is logged in; turns run" if logged_in
+                          else f"claude needs a login: {note}. The turn loop waits until it has one.")
+        return logged_in
+
+    def _report(self, logged_in, note):
+        try:
+            self.client.call("report_login", logged_in=logged_in, **({"note": note} if note else {}))
+            self.reported = logged_in
+        except wire.HiveError as e:  # a refusal, not an outage (call retries those): the loop goes on
+            log.error("the core refused report_login: %s", e)
+            self.bus.note(f"could not tell the core about claude's login: {e}")
+
+    def ready(self):
+        """Whether the loop may recv now. While not logged in, waits one slice (and maybe probes)."""
+        if self.logged_in is None or self.recheck:
+            if self.check():
+                return True
+        elif self.logged_in:
+            return True
+        self.sleep(PARK_SLICE)
+        self.waited += PARK_SLICE
+        if self.recheck or self.waited >= self.reprobe:
+            return self.check()
+        return False
+
+    def suspect(self, why):
+        """A turn said the login is gone: probe before the next recv."""
+        log.warning("a turn says claude's login is gone (%s); probing it again", why)
+        self.bus.note("claude says its login is gone; checking it before the next message")
+        self.recheck = True
+
+    # -- the page's side ----------------------------------------------------------------
+
+    def start(self):
+        """The page's "log in": keeps a running session, replaces a finished one."""
+        if self.logged_in is None:
+            raise wire.HiveError("the harness has not checked claude's login yet; try again in a moment",
+                                 "conflict")
+        if self.logged_in:
+            raise wire.HiveError("claude is already logged in; there is nothing to log in to", "conflict")
+        if self.session is None or self.session.finished:
+            self.session = self.new_session(self.claude, self.env, self.cwd, on_exit=self._ended)
+            self.bus.note("login started: claude auth login is waiting for the sign-in code")
+        self.bus.emit("status_changed", status=self.status)
+        return self.session
+
+    def submit_code(self, code):
+        session = self.session
+        if session is None:
+            raise wire.HiveError("no login session is running; press log in first", "conflict")
+        session.submit_code(code)
+        self.bus.emit("status_changed", status=self.status)
+
+    def cancel(self):
+        """Drop the session (stopped in the background: its grace must not hold up the page)."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.cancelled = True  # before it can end on its own: its note says cancelled
+            gevent.spawn(self._cancel, session)
+            self.bus.note("login cancelled")
+        self.bus.emit("status_changed", status=self.status)
+
+    def close(self):
+        """At the harness's exit: a running `claude auth login` must not outlive it."""
+        session, self.session = self.session, None
+        if session is not None:
+            self._cancel(session)
+
+    @staticmethod
+    def _cancel(session):
+        try:
+            session.cancel()
+        except Exception:
+            log.exception("stopping claude auth login failed")
+
+    def _ended(self, session):
+        if session is not self.session:
+            return  # cancelled or replaced: nobody waits on it
+        self.bus.note(session.exit_note)
+        if session.exit_code == 0:
+            self.recheck = True  # the parked loop probes at its next slice
