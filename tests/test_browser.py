@@ -551,6 +551,29 @@ def test_agent_page_file_refs_open_into_previews(page, hv):
     assert_no_reload(page)
 
 
+def test_agent_page_shows_the_status_line_and_withdraws_a_reminder(page, hv):
+    ensure_agent(hv, "a")
+    mark = unique("status-")
+    open_agent_page(page, hv, "a")
+    remind = {"message": f"come back to {mark}", "in_seconds": 3600}
+    hv.call("send", to="a", body=f"{mark}\nFAKE: call set_status {json.dumps({'text': f'working on {mark}'})}\n"
+                                 f"FAKE: call remind {json.dumps(remind)}")
+    # live, from the event the set_status result made: no reload
+    expect(page.locator("#status-line")).to_have_text(f"working on {mark}", timeout=30000)
+    item = page.locator('#loose-ends .loose[data-kind="reminder"]', has_text=f"come back to {mark}")
+    expect(item).to_be_visible(timeout=30000)  # the loose ends refresh when the turn ends
+    page.once("dialog", lambda dialog: dialog.accept())
+    item.locator("button.loose-cancel").click()
+    expect(item).to_have_count(0)
+    assert hv.agent_call("a", "count_pending_reminders")["count"] == 0
+    expect(page.locator("#terminal .trow", has_text="status line → working on").first).to_be_visible()
+    assert_no_reload(page)
+
+    page.goto(f"{hv.url}/agent/a/stats")
+    expect(page.locator("#tiles .tile", has_text="reminders pending")).to_be_visible()
+    assert page.evaluate("!!window.hive.charts['c-backlog']")
+
+
 # -- 7. page secrets -------------------------------------------------------------------------------
 
 def test_one_agents_secret_does_not_open_anothers_page(hv):

@@ -246,3 +246,24 @@ def test_set_model_persists_to_the_file_and_emits(bus, tmp_path):
     assert not os.path.exists(tmp_path / (busmod.MODEL_FILE + ".tmp"))
     agent_db.close()
     assert open_bus(tmp_path).model() == "sonnet"  # a restarted harness keeps the choice
+
+
+def test_a_set_status_the_core_took_moves_the_pages_status_line_at_once(bus):
+    def use(tool_id, text, name="mcp__hyperhive__set_status"):
+        bus.observe({"type": "assistant", "message": {"content": [
+            {"type": "tool_use", "id": tool_id, "name": name, "input": {"text": text}}]}})
+
+    def result(tool_id, is_error=False):
+        bus.observe({"type": "user", "message": {"content": [
+            {"type": "tool_result", "tool_use_id": tool_id, "is_error": is_error, "content": "ok"}]}})
+
+    use("t1", "  reading\nthe logs ")
+    result("t1")
+    use("t2", "x" * 500)
+    result("t2", is_error=True)  # refused by the core: the line stays
+    use("t3", "")
+    result("t3")
+    use("t4", "not ours", name="mcp__other__set_statuses")
+    result("t4")
+    changes = [(e["text"], e["set_at"] is not None) for e in bus.history() if e["kind"] == "status_text_changed"]
+    assert changes == [("reading the logs", True), (None, False)]

@@ -283,7 +283,7 @@ def test_state_has_the_documented_shape(app, bus, core):
     assert reply.status == 200 and reply.headers["cache-control"] == "no-store"
     state = reply.json()
     assert list(state) == ["seq", "name", "role", "rev", "status", "turn_state", "turn_state_since", "model",
-                           "models", "ctx", "cost", "new_session_armed", "inbox"]
+                           "models", "ctx", "cost", "new_session_armed", "inbox", "status_text", "status_set_at"]
     assert state["seq"] == bus.seq == 1
     assert (state["name"], state["role"], state["rev"], state["status"]) == \
         ("alice", "agent", resources.revision(), "online")
@@ -548,6 +548,29 @@ def test_loose_ends_come_from_the_core(app, core):
     assert reply.json() == {"loose_ends": [{"kind": "question", "id": 7, "summary": "which branch?"}]}
     core.stop()
     assert get(app, "/api/loose-ends").status == 503
+
+
+def test_a_loose_end_is_withdrawn_through_the_core_as_this_agent(app, core):
+    core.answers["cancel_loose_end"] = ok(kind="reminder", id=3, cancelled={"id": 3, "cancelled_by": "alice"})
+    reply = post(app, "/api/loose-ends/cancel", {"kind": "reminder", "id": 3})
+    assert reply.status == 200 and reply.json() == {"ok": True, "cancelled": {"id": 3, "cancelled_by": "alice"}}
+    assert core.requests[-1] == {"cmd": "cancel_loose_end", "kind": "reminder", "id": 3}
+    post(app, "/api/loose-ends/cancel", form={"kind": "question", "id": "7"})
+    assert core.requests[-1] == {"cmd": "cancel_loose_end", "kind": "question", "id": 7}
+    core.answers["cancel_loose_end"] = refuse("reminder 4 is bob's: only bob or the manager may cancel it",
+                                              "forbidden")
+    reply = post(app, "/api/loose-ends/cancel", {"kind": "reminder", "id": 4})
+    assert reply.status == 403 and reply.error() == "reminder 4 is bob's: only bob or the manager may cancel it"
+
+
+def test_the_state_carries_the_agents_status_line_from_the_core(app, core):
+    assert get(app, "/api/state").json()["status_text"] is None
+    core.answers["whoami"] = ok(name="alice", role="agent", hyperhive_rev="x", status_text="indexing",
+                                status_set_at="2026-01-01T00:00:00.000Z")
+    state = get(app, "/api/state").json()
+    assert (state["status_text"], state["status_set_at"]) == ("indexing", "2026-01-01T00:00:00.000Z")
+    core.answers["whoami"] = refuse("the core is shutting down", "unavailable")
+    assert get(app, "/api/state").json()["status_text"] is None  # the page still loads
 
 
 # -- /api/stats -----------------------------------------------------------------------------

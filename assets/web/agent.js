@@ -25,7 +25,7 @@
   const state = {
     seq: 0, name: null, role: null, rev: null, status: null,
     turnState: "idle", turnSince: null, model: null, models: [],
-    ctx: null, cost: null, armed: false,
+    ctx: null, cost: null, armed: false, statusText: null, statusSetAt: null,
     inbox: [], looseEnds: [],
   };
 
@@ -53,6 +53,10 @@
     state.ctx = st.ctx === undefined ? state.ctx : st.ctx;
     state.cost = st.cost === undefined ? state.cost : st.cost;
     state.armed = !!st.new_session_armed;
+    if (st.status_text !== undefined) {
+      state.statusText = st.status_text;
+      state.statusSetAt = st.status_set_at;
+    }
     state.inbox = Array.isArray(st.inbox) ? st.inbox : [];
     paintState();
     renderInbox();
@@ -80,6 +84,11 @@
     status.textContent = word;
     // login.js (loaded after this file) shows its panel from this
     document.dispatchEvent(new CustomEvent("hive:status", {detail: state.status}));
+
+    const line = $("#status-line");
+    line.hidden = !state.statusText;
+    line.textContent = state.statusText || "";
+    line.title = state.statusSetAt ? `its status, set ${H.stamp(state.statusSetAt)}` : "its status";
 
     $("#model-chip").textContent = state.model || "–";
     const input = $("#model-input");
@@ -121,6 +130,11 @@
       case "token_usage_changed":
         state.ctx = ev.ctx;
         state.cost = ev.cost;
+        paintState();
+        break;
+      case "status_text_changed":
+        state.statusText = ev.text;
+        state.statusSetAt = ev.set_at;
         paintState();
         break;
       case "status_changed":
@@ -189,6 +203,8 @@
         return row("dim", "∙", ev.at, "model → ", h("span", {class: "mono"}, ev.model || "?"));
       case "status_changed":
         return row(ev.status === "online" ? "dim" : "warn", "∙", ev.at, `status → ${STATUS_WORDS[ev.status] || ev.status}`);
+      case "status_text_changed":
+        return row("dim", "∙", ev.at, ev.text ? `status line → ${ev.text}` : "status line cleared");
       case "token_usage_changed":
         return null; // the badges show it
       default:
@@ -622,24 +638,62 @@
   const LOOSE_TEXT = ["summary", "description", "question", "body", "text", "title", "message", "note"];
   const LOOSE_TIME = ["at", "created_at", "asked_at", "requested_at", "due_at", "fire_at", "since", "sent_at"];
 
-  /* A loose end's shape is the core's; show kind, id, its prose and its age, the rest as JSON. */
+  /* What this agent may withdraw (the core decides; this only offers the button): its own questions and
+   * reminders; the manager anything. */
+  function mayWithdraw(x, kind) {
+    if (state.role === "manager") return ["question", "reminder", "approval"].includes(kind);
+    if (kind === "question") return x.asker === state.name;
+    if (kind === "reminder") return x.owner === state.name;
+    return false;
+  }
+
+  function looseSummary(x, kind) {
+    if (kind === "question") {
+      return `${x.asker} asked ${x.target === "operator" ? "the operator" : x.target}` +
+        (x.expires_at ? ` · expires ${H.stamp(x.expires_at)}` : "");
+    }
+    if (kind === "reminder") {
+      return (x.failed_at ? `failed ${H.stamp(x.failed_at)}: ${x.error}` : `due ${H.stamp(x.due_at)}`) +
+        (x.file_path ? ` · ${x.file_path}` : "");
+    }
+    if (kind === "approval") return `${String(x.kind || "").replace(/_/g, " ")} of ${x.agent} · ${x.status}`;
+    return null;
+  }
+
+  /* A loose end: its kind, id, prose and age; known kinds say who and when, others show the rest as JSON. */
   function looseItem(x) {
     if (!x || typeof x !== "object") return h("article", {class: "loose"}, h("p", {}, String(x)));
-    const kind = x.kind || x.type || "item";
+    const kind = x.loose_end || x.kind || x.type || "item";
     const id = x.id !== undefined ? x.id : x.ref;
     const textKey = LOOSE_TEXT.find((k) => typeof x[k] === "string" && x[k]);
     const timeKey = LOOSE_TIME.find((k) => x[k]);
+    const summary = looseSummary(x, kind);
     const rest = {};
-    for (const [k, v] of Object.entries(x)) {
-      if (!["kind", "type", "id", "ref", textKey, timeKey].includes(k) && v !== null && v !== undefined) rest[k] = v;
+    if (summary === null) {
+      for (const [k, v] of Object.entries(x)) {
+        if (!["kind", "type", "id", "ref", textKey, timeKey].includes(k) && v !== null && v !== undefined) rest[k] = v;
+      }
     }
     const text = textKey ? x[textKey] : "";
-    return h("article", {class: "loose", data: {kind, id: id === undefined ? null : id}},
-      h("div", {class: "item-head"}, h("span", {class: "chip honey"}, String(kind).replace(/_/g, " ")),
+    const error = h("p", {class: "inline-error", role: "alert", hidden: true});
+    const withdraw = mayWithdraw(x, kind) && id !== undefined
+      ? h("button", {type: "button", class: "btn btn-sm btn-ghost loose-cancel", title: `withdraw this ${kind}`,
+        on: {click: async (e) => {
+          const button = e.currentTarget;
+          const what = kind === "question" ? "its asker is told it was cancelled" : "it will not come back";
+          if (!window.confirm(`Withdraw ${kind} #${id}? ${what}.`)) return;
+          const res = await H.post("api/loose-ends/cancel", {kind, id}, {button, errorEl: error});
+          if (res.ok) refreshLoose();
+        }}}, "withdraw")
+      : null;
+    return h("article", {class: ["loose", x.failed_at ? "failed" : null], data: {kind, id: id === undefined ? null : id}},
+      h("div", {class: "item-head"}, h("span", {class: ["chip", x.failed_at ? "orange" : "honey"]}, String(kind).replace(/_/g, " ")),
         id !== undefined ? h("span", {class: "id"}, "#" + id) : null,
-        timeKey ? H.agoEl(x[timeKey]) : null),
+        timeKey ? H.agoEl(x[timeKey]) : null, withdraw),
       text ? h("p", {}, firstLine(text, 300)) : null,
-      Object.keys(rest).length ? h("p", {class: "hint mono"}, json(rest, 240)) : null);
+      summary ? h("p", {class: "hint"}, summary) : null,
+      Object.keys(rest).length ? h("p", {class: "hint mono"}, json(rest, 240)) : null,
+      error);
   }
 
   /* On a finished turn (an event, not a timer): the inbox and loose ends move. */

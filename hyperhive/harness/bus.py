@@ -23,7 +23,8 @@ PRUNE_EVERY = 100  # events between prunes: the table never holds more than CAP 
 KEEP_MS = 7 * 24 * 3600 * 1000
 TURN_STATS_KEEP_MS = 90 * 24 * 3600 * 1000
 KINDS = frozenset({"turn_start", "stream", "note", "turn_end", "status_changed", "model_changed",
-                   "token_usage_changed", "turn_state_changed"})
+                   "token_usage_changed", "turn_state_changed", "status_text_changed"})
+STATUS_TOOL = "set_status"  # the MCP tool (under any server prefix) that sets the agent's status line
 TURN_STATES = ("idle", "thinking", "compacting", "paused")
 MODEL_FILE = wire.MODEL_FILE
 DEFAULT_MODEL = "haiku"
@@ -42,6 +43,7 @@ class Bus:
         self._subscribers = set()
         self._pending_ctx = None
         self._turn = None  # what the running turn has shown so far, for its turn_stat row
+        self._status_calls = {}  # tool_use id -> the status text a set_status call asked for
 
     # -- events ---------------------------------------------------------------------
 
@@ -111,12 +113,15 @@ class Bus:
             if usage:
                 self._pending_ctx = sum(int(usage.get(k) or 0) for k in (
                     "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
-            if self._turn is not None:
-                if usage:
-                    self._turn["ctx"] = {k: int(usage.get(k) or 0) for k in USAGE_KEYS}
-                for block in message.get("content") or ():
-                    if isinstance(block, dict) and block.get("type") == "tool_use":
-                        self._turn["tools"][str(block.get("name"))] += 1
+            if self._turn is not None and usage:
+                self._turn["ctx"] = {k: int(usage.get(k) or 0) for k in USAGE_KEYS}
+            for block in message.get("content") or ():
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    self._tool_use(block)
+        elif kind == "user":
+            for block in (line.get("message") or {}).get("content") or ():
+                if isinstance(block, dict) and block.get("type") == "tool_result":
+                    self._tool_result(block)
         elif kind == "result":
             usage = line.get("usage") or {}
             cost = {k: int(usage.get(k) or 0) for k in (
@@ -126,6 +131,27 @@ class Bus:
             if self._turn is not None:
                 self._turn["cost"] = cost
             self.emit("token_usage_changed", ctx=self._pending_ctx, cost=cost)
+
+    def _tool_use(self, block):
+        name = str(block.get("name"))
+        if self._turn is not None:
+            self._turn["tools"][name] += 1
+        args = block.get("input") if isinstance(block.get("input"), dict) else {}
+        if name.rsplit("__", 1)[-1] == STATUS_TOOL and isinstance(args.get("text"), str) and block.get("id"):
+            if len(self._status_calls) > 64:  # calls whose result never came: forget them
+                self._status_calls.clear()
+            self._status_calls[block["id"]] = args["text"]
+
+    def _tool_result(self, block):
+        """A set_status call the core took: the page's status line follows at once."""
+        text = self._status_calls.pop(block.get("tool_use_id"), None)
+        if text is None or block.get("is_error"):
+            return
+        try:
+            text = wire.check_status_text(text)  # stored as the core stored it
+        except wire.HiveError:
+            return
+        self.emit("status_text_changed", text=text or None, set_at=wire.iso(int(self.clock() * 1000)) if text else None)
 
     # -- turn statistics ---------------------------------------------------------------
 

@@ -232,6 +232,7 @@ class Page:
         app.route("/login/code", "POST", self.login_code)
         app.route("/login/cancel", "POST", self.login_cancel)
         app.route("/api/loose-ends", "GET", self.loose_ends)
+        app.route("/api/loose-ends/cancel", "POST", self.cancel_loose_end)
         app.route("/api/stats", "GET", self.stats)
         app.route("/api/file", "GET", self.file)
         return app
@@ -274,6 +275,13 @@ class Page:
         snapshot["inbox"], error = self._inbox()
         if error:
             snapshot["inbox_error"] = error
+        snapshot["status_text"] = snapshot["status_set_at"] = None
+        if not error:  # the core answered the inbox: ask it for the status line too
+            try:
+                who = self.core("whoami")
+                snapshot["status_text"], snapshot["status_set_at"] = who.get("status_text"), who.get("status_set_at")
+            except wire.HiveError as e:
+                log.warning("the page's status line is empty: %s", e)
         return web.json_response(snapshot)
 
     def _inbox(self):
@@ -338,6 +346,15 @@ class Page:
 
     def loose_ends(self):
         return web.json_response({"loose_ends": self.core("get_loose_ends").get("loose_ends", [])})
+
+    def cancel_loose_end(self):
+        body = web.body()
+        kind, item = web.field(body, "kind"), web.field(body, "id")
+        if isinstance(item, str) and item.isdigit():  # a form posts text
+            item = int(item)
+        answer = self.core("cancel_loose_end", kind=kind, id=item)
+        self.note(f"withdrew {kind} {item}")
+        return web.json_response({"ok": True, "cancelled": answer.get("cancelled")})
 
     def stats(self):
         window = bottle.request.query.get("window") or "24h"
