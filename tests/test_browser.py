@@ -562,11 +562,20 @@ def test_agent_page_shows_the_status_line_and_withdraws_a_reminder(page, hv):
     expect(page.locator("#status-line")).to_have_text(f"working on {mark}", timeout=30000)
     item = page.locator('#loose-ends .loose[data-kind="reminder"]', has_text=f"come back to {mark}")
     expect(item).to_be_visible(timeout=30000)  # the loose ends refresh when the turn ends
+    assert_no_reload(page)
+
+    open_dashboard(page, hv)  # the container row: the status line and the pending reminder
+    row = page.locator('#containers [data-agent="a"]')
+    expect(row.locator(".status-text")).to_contain_text(f"working on {mark}")
+    expect(row.locator(".chip", has_text="⏰ 1")).to_be_visible()
+
+    open_agent_page(page, hv, "a")
+    expect(page.locator("#status-line")).to_have_text(f"working on {mark}")  # cold, from the snapshot
     page.once("dialog", lambda dialog: dialog.accept())
     item.locator("button.loose-cancel").click()
     expect(item).to_have_count(0)
     assert hv.agent_call("a", "count_pending_reminders")["count"] == 0
-    expect(page.locator("#terminal .trow", has_text="status line → working on").first).to_be_visible()
+    expect(page.locator("#terminal .trow", has_text=f"status line → working on {mark}")).to_be_visible()
     assert_no_reload(page)
 
     page.goto(f"{hv.url}/agent/a/stats")
