@@ -145,8 +145,9 @@ class TurnLoop:
 
     def _open_counts(self):
         """What the agent left open after the turn, for its turn_stat row (None where the core did not say)."""
-        ends = self.client.try_call("get_loose_ends")
-        reminders = self.client.try_call("count_pending_reminders")
+        # short: the turn is over and its ack waits on these; a slow core means unknown, not a stall
+        ends = self.client.try_call("get_loose_ends", timeout=2.0)
+        reminders = self.client.try_call("count_pending_reminders", timeout=2.0)
         return {"open_loose_ends": len(ends["loose_ends"]) if ends else None,
                 "pending_reminders": reminders["count"] if reminders else None}
 
