@@ -28,6 +28,8 @@ SERVE_OPTIONS = (
     ("--run-dir DIR", "<state-dir>/run", "where the sockets live"),
     ("--backend NAME", "auto", "agent containers: auto, nixos, bwrap, process"),
     ("--claude PATH", "env HIVE_CLAUDE_BIN, else claude", "the claude binary the harnesses run"),
+    ("--container-source DIR", "the directory hyperhive.pyz runs from",
+     "what the nixos backend builds containers from: hyperhive.pyz and nix/templates/"),
     ("--pass-env NAME", None, "forward this environment variable to every harness (repeatable)"),
     ("--dashboard-port PORT", "7000", "the dashboard's TCP port; 0 picks a free one, off serves none"),
     ("--listen ADDR", "127.0.0.1", "the address the dashboard listens on"),

@@ -22,6 +22,8 @@ REDELIVERED_BANNER = "[redelivered after harness restart — may already be hand
 # The file in an agent's state dir where the harness persists its model; the
 # core reads it for `active_model` and writes it when a config sets a model.
 MODEL_FILE = "hyperhive-model"
+# The operator's pronouns, from the core's environment: in every agent's prompt and `whoami`.
+PRONOUNS_ENV = "HIVE_OPERATOR_PRONOUNS"
 RECV_MAX_WAIT = 180
 RECV_MAX_BATCH = 32
 MAX_BODY = 512 * 1024

@@ -383,7 +383,8 @@ def test_agent_socket_verbs_and_identity(hive):
     hive.call("set_paused", name="b", paused=True)
     assert hive.agent_call("a", "whoami") == {"version": 1, "ok": True, "name": "a", "role": "agent",
                                               "hyperhive_rev": hive.agent_call("a", "whoami")["hyperhive_rev"],
-                                              "status_text": None, "status_set_at": None}
+                                              "operator_pronouns": None, "status_text": None,
+                                              "status_set_at": None}
     assert hive.agent_call("manager", "whoami")["role"] == "manager"
     # a request cannot say who sent it: the socket does
     mid = hive.agent_call("a", "send", to="b", body="hi b", **{"from": "operator", "sender": "manager"})["id"]

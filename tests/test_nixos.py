@@ -650,4 +650,169 @@ def test_the_manager_container_gets_every_proposed_repo_writable(hive, tmp_path)
     flags = hive.backend._binds(launch)
     assert f"--bind={root / 'a'}:/agents/a/config" in flags
     assert f"--bind={root / 'manager'}:/agents/manager/config" in flags
+    assert f"--bind={root}:{nixos.MANAGER_CONFIG_IN}" in flags  # its $HIVE_CONFIG_DIR, new agents included
     assert not [f for f in flags if f.startswith("--bind-ro")]
+
+
+# -- the container source: the templates and the pyz in every container ---------------------
+
+def source_dir(where):
+    """A container source as the package installs it: hyperhive.pyz and nix/ (a stand-in pyz)."""
+    os.makedirs(os.path.join(where, "nix", "templates"))
+    with open(os.path.join(where, "hyperhive.pyz"), "wb") as f:
+        f.write(b"#!/usr/bin/env python3\nstand-in\n")
+    shutil.copy(os.path.join(ROOT, "nix", "python-deps.nix"), os.path.join(where, "nix"))
+    for name in nixos.TEMPLATES:
+        shutil.copy(os.path.join(ROOT, "nix", "templates", name), os.path.join(where, "nix", "templates"))
+    return str(where)
+
+
+def seeded(name):
+    """agent.nix as a new agent's config repo gets it."""
+    with open(os.path.join(ROOT, "assets", "templates", "agent.nix")) as f:
+        return f.read().replace("{name}", name)
+
+
+def test_the_meta_flake_adds_the_harness_template_and_the_pyz_from_the_container_source(hive, tmp_path):
+    source = source_dir(tmp_path / "share" / "hyperhive")
+    meta = MetaFlake(str(tmp_path / "meta"), nixos.nix, WorkTree(), system="x86_64-linux", source=source)
+    hive.commit("a", seeded("a"))
+    hive.commit("manager", seeded("manager"))
+    meta.sync({"a": hive.applied("a"), "manager": hive.applied("manager")})
+    text = (tmp_path / "meta" / "flake.nix").read_text()
+    assert f'"hyperhive" = {{ url = "path:{source}"; flake = false; }};' in text
+    assert '"${inputs."hyperhive"}/nix/templates/agent-base.nix"' in text
+    assert '"${inputs."hyperhive"}/nix/templates/manager.nix"' in text
+    assert 'hyperhive.name = "a";' in text and 'hyperhive.pyz = "${inputs."hyperhive"}/hyperhive.pyz";' in text
+    assert "hyperhive" in meta.locked_revs()
+    assert meta.stale("a") and meta.stale("manager")  # never built yet
+    with pytest.raises(wire.HiveError, match="characters a flake URL cannot carry"):
+        MetaFlake(str(tmp_path / "m2"), nixos.nix, WorkTree(), source=str(tmp_path / "has space"))
+
+
+def test_the_container_source_must_hold_the_pyz_and_the_templates(tmp_path):
+    source = source_dir(tmp_path / "ok")
+    assert nixos.check_source(source) == source
+    os.unlink(os.path.join(source, "hyperhive.pyz"))
+    os.unlink(os.path.join(source, "nix", "templates", "manager.nix"))
+    with pytest.raises(wire.HiveError, match=r"has no hyperhive.pyz, nix/templates/manager.nix; point "
+                                             r"--container-source at the installed package's share/hyperhive"):
+        nixos.check_source(source)
+    backend = nixos.NixosBackend.at(str(tmp_path), WorkTree(), source=str(tmp_path / "ok"))
+    assert backend.meta.source == str(tmp_path / "ok")
+
+
+def test_a_container_built_from_an_older_hyperhive_is_rebuilt_before_it_starts(hive, tmp_path):
+    old, new = source_dir(tmp_path / "v1"), source_dir(tmp_path / "v2")
+    hive.meta = MetaFlake(hive.meta.path, nixos.nix, WorkTree(), system="x86_64-linux", source=old)
+    hive.backend = nixos.NixosBackend(hive.meta, conf_dir=str(hive.conf_dir))
+    hive.up("a")
+    assert not hive.meta.stale("a") and hive.meta.agents()["a"]["source"] == old
+    hive.backend.stop("a")
+    # the package was upgraded: the restarted core names another source
+    meta = MetaFlake(hive.meta.path, nixos.nix, WorkTree(), system="x86_64-linux", source=new)
+    backend = nixos.NixosBackend(meta, conf_dir=str(hive.conf_dir))
+    assert meta.stale("a")
+    hive.clear()
+    backend.start(hive.launch("a"))
+    calls = [" ".join(c[1:]) for c in hive.calls()]
+    assert calls.index(f"update h-a --flake {meta.path}#a") < calls.index("start h-a")
+    assert not meta.stale("a") and f"path:{new}" in (tmp_path / "meta" / "flake.nix").read_text()
+    assert hive.git("log", "-1", "--format=%s") == "rebuild h-a\n" and hive.clean()
+    backend.stop("a")
+    hive.clear()
+    backend.start(hive.launch("a"))  # up to date now: no rebuild
+    assert [c[1] for c in hive.calls()] == ["status", "start"]
+
+
+def test_a_failed_catch_up_rebuild_still_starts_the_old_system(hive, tmp_path, monkeypatch):
+    hive.meta = MetaFlake(hive.meta.path, nixos.nix, WorkTree(), system="x86_64-linux",
+                          source=source_dir(tmp_path / "v1"))
+    hive.backend = nixos.NixosBackend(hive.meta, conf_dir=str(hive.conf_dir))
+    hive.up("a")
+    hive.backend.stop("a")
+    meta = MetaFlake(hive.meta.path, nixos.nix, WorkTree(), system="x86_64-linux", source=source_dir(tmp_path / "v2"))
+    backend = nixos.NixosBackend(meta, conf_dir=str(hive.conf_dir))
+    fail(monkeypatch, "update:h-a")
+    backend.start(hive.launch("a"))
+    assert backend.running("a") and meta.stale("a") and hive.clean()  # it tries again at the next start
+
+
+def test_harness_env_carries_the_operators_variables_not_the_hosts(hive):
+    hive.commit("a", "# a\n")
+    hive.sync("a")
+    launch = hive.launch("a")
+    launch.env.update({"PATH": "/usr/bin", "HOME": "/host/home", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
+                       "HIVE_STATE_DIR": "/host/state", "HIVE_CLAUDE_BIN": "/nix/store/abc-claude-code/bin/claude",
+                       "ANTHROPIC_API_KEY": 'k"e\\y$HOME`x`', "ANTHROPIC_BASE_URL": "http://127.0.0.1:9/"})
+    hive.backend.start(launch)
+    path = os.path.join(os.path.dirname(launch.env["HIVE_SOCKET"]), nixos.ENV_FILE)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    with open(path) as f:
+        assert f.read() == ('ANTHROPIC_API_KEY="k\\"e\\\\y\\$HOME\\`x\\`"\n'
+                            'ANTHROPIC_BASE_URL="http://127.0.0.1:9/"\n'
+                            'HIVE_CLAUDE_BIN="/nix/store/abc-claude-code/bin/claude"\n')
+    assert nixos.container_env({"HIVE_CLAUDE_BIN": "/usr/local/bin/claude"}) == {}  # not in the shared store
+    # a HIVE_ variable that names no host path goes in as it is
+    assert nixos.container_env({"HIVE_OPERATOR_PRONOUNS": "he/him", "HIVE_SOCKET": "/host/run/a.sock"}) == \
+        {"HIVE_OPERATOR_PRONOUNS": "he/him"}
+    hive.backend.stop("a")
+    launch.env["ANTHROPIC_API_KEY"] = "two\nlines"
+    with pytest.raises(wire.HiveError, match="ANTHROPIC_API_KEY into a container: its value spans lines"):
+        hive.backend.start(launch)
+
+
+def test_the_pause_marker_reaches_the_container_read_only(hive):
+    hive.commit("a", "# a\n")
+    hive.sync("a")
+    launch = hive.launch("a")
+    launch.env["HIVE_PAUSE_FILE"] = os.path.join(launch.home_dir, "paused")
+    hive.backend.start(launch)
+    assert {"src": launch.home_dir, "dst": nixos.HOST_DIR_IN, "ro": True} in hive.box("a")["binds"]
+
+
+def test_the_meta_flake_with_the_templates_evaluates_with_real_nix(hive, tmp_path):
+    """The whole chain through the real nix: meta flake → agent.nix + agent-base.nix/manager.nix + the pyz.
+
+    nixpkgs is a stand-in whose nixosSystem is the stub module system of tests/nix, so the result
+    is each container's harness unit as the templates render it.
+    """
+    real_nix = shutil.which("nix", path=os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep) if os.path.abspath(d) != FAKEBIN))
+    if real_nix is None:
+        pytest.skip("real nix is not installed")
+    stub = tmp_path / "nixpkgs"
+    stub.mkdir()
+    for name in ("lib.nix", "pkgs.nix", "eval.nix"):
+        shutil.copy(os.path.join(ROOT, "tests", "nix", name), stub)
+    (stub / "flake.nix").write_text("""{ outputs = { self }: { lib.nixosSystem = args:
+      (import ./eval.nix { modules = args.modules; strict = [ "hyperhive" ]; }).config; }; }\n""")
+
+    def nix(*args, cwd=None):
+        done = subprocess.run([real_nix, "--extra-experimental-features", "nix-command flakes", *args],
+                              cwd=cwd, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise wire.HiveError(done.stderr.strip(), "unavailable")
+        return done.stdout
+
+    source = source_dir(tmp_path / "share" / "hyperhive")
+    hive.commit("a", seeded("a"))
+    hive.commit("manager", seeded("manager"))
+    meta = MetaFlake(str(tmp_path / "meta"), nix, WorkTree(), nixpkgs=f"path:{stub}", system="x86_64-linux",
+                     source=source)
+    meta.sync({"a": hive.applied("a"), "manager": hive.applied("manager")})
+    got = json.loads(nix("eval", "--json", f"{meta.path}#nixosConfigurations", "--apply", """cs:
+      builtins.mapAttrs (n: c: let h = c.systemd.services.hyperhive-harness; in {
+        start = h.serviceConfig.ExecStart; pre = h.serviceConfig.ExecStartPre; env = h.environment;
+        host = c.networking.hostName; container = c.boot.isContainer; }) cs"""))
+    for name, role in (("a", "agent"), ("manager", "manager")):
+        python, pyz, *rest = got[name]["start"].split()
+        assert rest == [role, "serve"] and python.endswith("/bin/python")
+        assert pyz.startswith("/nix/store/") and pyz.endswith("/hyperhive.pyz")  # the source, copied in
+        with open(pyz, "rb") as f:
+            assert f.read() == b"#!/usr/bin/env python3\nstand-in\n"
+        assert got[name]["env"]["HIVE_NAME"] == name and got[name]["env"]["HIVE_ROLE"] == role
+        assert got[name]["host"] == f"h-{name}" and got[name]["container"] is True
+        assert got[name]["pre"][0].endswith("/state/hyperhive-model haiku")  # the seeded agent.nix's model
+    assert got["manager"]["env"]["HIVE_CONFIG_DIR"] == "/config"
+    assert got["a"]["env"]["HIVE_CONFIG_DIR"] == "/agents/a/config"

@@ -447,6 +447,15 @@ def test_argv_joins_allowed_tools_with_equals_and_puts_the_prompt_after_a_double
     assert "--continue" not in argv
 
 
+def test_the_system_prompt_names_the_agent_and_the_operators_pronouns_when_given(tmp_path, monkeypatch):
+    monkeypatch.delenv(wire.PRONOUNS_ENV, raising=False)
+    plain = claude.Invocation("/usr/bin/claude", "agent", "alice", str(tmp_path), "/run/a.sock").system_prompt
+    assert "**alice**" in plain and "pronouns" not in plain
+    monkeypatch.setenv(wire.PRONOUNS_ENV, "she/her")
+    told = claude.Invocation("/usr/bin/claude", "agent", "alice", str(tmp_path), "/run/a.sock").system_prompt
+    assert told == plain + "\n\nThe operator's pronouns are she/her; refer to the operator with them."
+
+
 def test_argv_has_continue_only_when_asked_and_before_the_double_dash(invocation):
     argv = invocation.argv("sonnet", "hi", cont=True)
     assert argv.count("--continue") == 1

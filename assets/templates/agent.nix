@@ -1,8 +1,10 @@
 # NixOS module for hyperhive agent "{name}".
 # The manager edits this file in the agent's proposed repo and asks for the
 # commit to be applied; nothing changes until the operator approves it.
+# The hyperhive.* options are declared by hyperhive's nix/templates/harness-base.nix.
 { pkgs, ... }:
 {
+  # The model at the first start if hive.json names none (hive.json's wins).
   hyperhive.model = "haiku";
 
   # Packages on the agent's PATH.

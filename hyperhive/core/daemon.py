@@ -2,8 +2,8 @@
 
 Usage:
   hyperhive serve [--state-dir DIR] [--run-dir DIR] [--backend NAME] [--claude PATH]
-                  [--pass-env NAME]... [--dashboard-port PORT] [--listen ADDR]
-                  [--log-level LEVEL]
+                  [--container-source DIR] [--pass-env NAME]... [--dashboard-port PORT]
+                  [--listen ADDR] [--log-level LEVEL]
   hyperhive serve -h | --help
 
 Options:
@@ -13,6 +13,9 @@ Options:
   --run-dir DIR       where the sockets live (default: <state-dir>/run)
   --backend NAME      agent containers: auto, nixos, bwrap, process [default: auto]
   --claude PATH       the claude binary the harnesses run (env HIVE_CLAUDE_BIN, else claude)
+  --container-source DIR  what the nixos backend builds containers from:
+                      hyperhive.pyz and nix/templates/ (default: the directory
+                      hyperhive.pyz runs from)
   --pass-env NAME     forward this environment variable to every harness (repeatable)
   --dashboard-port PORT  the dashboard's TCP port; 0 picks a free one, off serves
                       none [default: 7000]
@@ -212,7 +215,7 @@ def main(argv, clock=time.time, started=None):
     try:
         layout.makedirs()
         lock = lock_state_dir(layout)
-        backend = containers.pick(args["--backend"], layout.state_dir)
+        backend = containers.pick(args["--backend"], layout.state_dir, args["--container-source"])
         claude = args["--claude"] or os.environ.get("HIVE_CLAUDE_BIN") or "claude"
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
         dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])

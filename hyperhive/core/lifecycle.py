@@ -26,6 +26,7 @@ from hyperhive.schema import Agent, core_db, now_ms
 
 log = logging.getLogger(__name__)
 MODEL_FILE = wire.MODEL_FILE
+PRONOUNS_ENV = wire.PRONOUNS_ENV
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -266,6 +267,8 @@ class Lifecycle:
         name = agent.name
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")}
         env.update({k: os.environ[k] for k in self.harness.pass_env if k in os.environ})
+        if os.environ.get(PRONOUNS_ENV):  # the operator's, for every agent's prompt
+            env[PRONOUNS_ENV] = os.environ[PRONOUNS_ENV]
         env.update(config.get("env") or {})
         state = self.layout.state(name)
         extra = os.path.join(self.layout.home(name), "extra-mcp.json")

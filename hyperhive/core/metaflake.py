@@ -20,6 +20,15 @@ next `sync`.
 HEAD would build the old config. `prepare(name)` goes back to following HEAD.
 `prepare_all` (the `update` approval) moves nixpkgs and every unpinned input.
 
+With a container source (the core's --container-source: a directory holding
+hyperhive.pyz and nix/templates/), the flake has a `hyperhive` input on it
+(`path:`, flake = false) and every configuration adds the harness template
+(agent-base.nix, or manager.nix for the manager) and sets hyperhive.name and
+hyperhive.pyz, so host and containers run the same build. agents.json
+records the source each agent was last built from; `stale(name)` says when
+that is not the current one (the package was upgraded) and the container
+needs a rebuild to catch up.
+
 Needs Nix >= 2.19 (or Lix): the lock is moved with `nix flake update <input>`.
 The older spelling, `nix flake lock --update-input <input>`, is deprecated
 there and gone in Lix, so only the current one is used.
@@ -41,6 +50,7 @@ _SYNC = object()  # sync's key: no finalize/abort from outside can ever name it
 # Characters a path may have and still go unquoted into a git+file URL.
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
 REV = re.compile(r"[0-9a-f]{40}")
+SOURCE_INPUT = "hyperhive"  # never an agent's: theirs are all agent-<name>
 
 
 def _code(e):
@@ -56,10 +66,15 @@ def _nix_string(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${") + '"'
 
 
-def render(agents, nixpkgs, system):
+def render(agents, nixpkgs, system, source=None):
     """flake.nix for {name: {"path", "rev"}}: every attribute name quoted, since
-    an agent may be called `if` or `in`."""
+    an agent may be called `if` or `in`. With `source`, each configuration also
+    gets the harness template and the pyz from there (the `hyperhive` input)."""
     inputs = [f"    {_nix_string('nixpkgs')} = {{ url = {_nix_string(nixpkgs)}; }};"]
+    hive = "${inputs." + _nix_string(SOURCE_INPUT) + "}"
+    if source:
+        # flake = false: the installed package's share/hyperhive, not a flake
+        inputs.append(f"    {_nix_string(SOURCE_INPUT)} = {{ url = {_nix_string('path:' + source)}; flake = false; }};")
     configs = []
     for name in sorted(agents):
         url = "git+file://" + agents[name]["path"]
@@ -68,14 +83,20 @@ def render(agents, nixpkgs, system):
             url += f"?rev={agents[name]['rev']}&allRefs=1"
         # flake = false: an applied repo is a directory holding agent.nix, not a flake
         inputs.append(f"    {_nix_string(input_name(name))} = {{ url = {_nix_string(url)}; flake = false; }};")
+        harness, base = "", ""
+        if source:
+            harness = (f"\n            hyperhive.name = {_nix_string(name)};"
+                       f"\n            hyperhive.pyz = \"{hive}/hyperhive.pyz\";")
+            template = "manager.nix" if name == wire.MANAGER else "agent-base.nix"
+            base = f"\n          \"{hive}/nix/templates/{template}\""
         configs.append(f"""      {_nix_string(name)} = nixpkgs.lib.nixosSystem {{
         system = {_nix_string(system)};
         modules = [
           "${{inputs.{_nix_string(input_name(name))}}}/agent.nix"
           ({{ lib, ... }}: {{
             boot.isContainer = true;
-            networking.hostName = lib.mkDefault {_nix_string("h-" + name)};
-          }})
+            networking.hostName = lib.mkDefault {_nix_string("h-" + name)};{harness}
+          }}){base}
         ];
       }};""")
     return "\n".join([
@@ -93,11 +114,15 @@ def render(agents, nixpkgs, system):
 class MetaFlake:
     """The meta flake repo at `path`; `nix(*args, cwd=)` runs nix, `git` is the git module."""
 
-    def __init__(self, path, nix, git, nixpkgs="nixpkgs", system=None):
+    def __init__(self, path, nix, git, nixpkgs="nixpkgs", system=None, source=None):
         self.path, self.nix, self.git = os.path.abspath(path), nix, git
         # "nixpkgs" is the host's registry entry: on NixOS that is the host's own pinned nixpkgs
         self.nixpkgs = nixpkgs
         self.system = system or f"{platform.machine()}-linux"
+        self.source = os.path.abspath(source) if source else None
+        if self.source and not SAFE_PATH.fullmatch(self.source):
+            raise wire.HiveError(f"the container source {self.source!r} has characters a flake URL cannot carry "
+                                 "unquoted; use letters, digits and . _ / @ + -")
         self._op = None  # {"key", "doing", "saved": {file: bytes or None}} of the operation in flight
         self._marker = os.path.join(self.path, ".git", "hyperhive-op.json")
 
@@ -117,6 +142,22 @@ class MetaFlake:
         """{name: {"path": applied repo, "rev": pinned sha or None}} as last written."""
         raw = self._read("agents.json")
         return json.loads(raw) if raw else {}
+
+    def stale(self, name):
+        """Whether `name`'s container was last built from another container source than the current one."""
+        return self.source is not None and self.agents().get(name, {}).get("source") != self.source
+
+    def _render(self, agents):
+        return render(agents, self.nixpkgs, self.system, self.source).encode()
+
+    def _rewrite(self, agents):
+        """Write agents.json and flake.nix for `agents` where they differ (inside an operation)."""
+        data = (json.dumps(agents, indent=2, sort_keys=True) + "\n").encode()
+        if data != self._read("agents.json"):
+            self._write("agents.json", data)
+        text = self._render(agents)
+        if text != self._read("flake.nix"):
+            self._write("flake.nix", text)
 
     def locked_revs(self):
         """{input: locked rev} from flake.lock (what each container is built from)."""
@@ -215,10 +256,12 @@ class MetaFlake:
         old = self.agents()
         new = {}
         for name, path in paths.items():
-            kept = old.get(name, {})
-            new[name] = {"path": path, "rev": kept.get("rev") if kept.get("path") == path else None}
+            kept = old.get(name, {}) if old.get(name, {}).get("path") == path else {}
+            new[name] = {"path": path, "rev": kept.get("rev")}
+            if kept.get("source"):
+                new[name]["source"] = kept["source"]  # what its container was built from
         data = (json.dumps(new, indent=2, sort_keys=True) + "\n").encode()
-        text = render(new, self.nixpkgs, self.system).encode()
+        text = self._render(new)
         if data == self._read("agents.json") and text == self._read("flake.nix") and self._read("flake.lock"):
             return False
         self._begin(_SYNC, "syncing the agent list")
@@ -245,10 +288,11 @@ class MetaFlake:
             raise wire.HiveError(f"the meta flake has no input for {name!r}; sync the agent list first",
                                  "not_found")
         self._begin(key, f"rebuilding {name!r}")
-        if agents[key].get("rev") != rev:
-            agents[key]["rev"] = rev
-            self._write("agents.json", (json.dumps(agents, indent=2, sort_keys=True) + "\n").encode())
-            self._write("flake.nix", render(agents, self.nixpkgs, self.system).encode())
+        agents[key]["rev"] = rev
+        if self.source:
+            agents[key]["source"] = self.source
+        # also where a moved container source reaches flake.nix: nix re-locks an input whose url changed
+        self._rewrite(agents)
         self._run_nix(f"update the meta flake's input for {name!r}", "the meta flake is unchanged",
                       "flake", "update", input_name(key))
 
@@ -257,6 +301,11 @@ class MetaFlake:
         if self._read("flake.nix") is None:
             raise wire.HiveError("the meta flake has no agents yet; sync the agent list first", "not_found")
         self._begin(ALL, "updating every input")
+        if self.source:
+            agents = self.agents()
+            for entry in agents.values():
+                entry["source"] = self.source
+            self._rewrite(agents)
         self._run_nix("update the meta flake's inputs", "the meta flake is unchanged", "flake", "update")
 
     def finalize(self, name, message):

@@ -7,6 +7,7 @@ so no request can speak for someone else.
 """
 
 import logging
+import os
 
 from gevent.queue import Empty
 
@@ -77,6 +78,7 @@ class Surfaces:
         role = "manager" if caller == wire.MANAGER else "agent"
         agent = Agent.get_or_none(Agent.name == caller)
         return wire.ok(name=caller, role=role, hyperhive_rev=resources.revision(),
+                       operator_pronouns=os.environ.get(wire.PRONOUNS_ENV) or None,
                        status_text=agent.status_text if agent else None,
                        status_set_at=wire.iso(agent.status_set_at) if agent else None)
 

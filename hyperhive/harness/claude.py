@@ -16,7 +16,7 @@ import sys
 
 import gevent
 
-from hyperhive import resources
+from hyperhive import resources, wire
 from hyperhive.harness import mcp
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ class Invocation:
         self._write(self.settings, resources.text("assets/prompts/claude-settings.json"))
         prompt = resources.text(f"assets/prompts/{'manager' if role == 'manager' else 'agent'}.md")
         self.system_prompt = prompt.replace("{name}", name)
+        pronouns = os.environ.get(wire.PRONOUNS_ENV, "").strip()
+        if pronouns:
+            self.system_prompt += f"\n\nThe operator's pronouns are {pronouns}; refer to the operator with them."
 
     @staticmethod
     def _write(path, text):

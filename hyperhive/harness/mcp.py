@@ -69,7 +69,8 @@ def _format_recv(answer, args):
 
 
 def _format_whoami(answer, args):
-    return "\n".join(f"{key}: {answer.get(key)}" for key in ("name", "role", "hyperhive_rev"))
+    keys = ("name", "role", "hyperhive_rev") + (("operator_pronouns",) if answer.get("operator_pronouns") else ())
+    return "\n".join(f"{key}: {answer.get(key)}" for key in keys)
 
 
 def _format_asked(answer, args):

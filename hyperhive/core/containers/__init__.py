@@ -10,9 +10,9 @@ import logging
 import os
 import shutil
 
-from hyperhive import wire
+from hyperhive import resources, wire
 from hyperhive.core.containers.bwrap import BwrapBackend
-from hyperhive.core.containers.nixos import NixosBackend
+from hyperhive.core.containers.nixos import NixosBackend, check_source
 from hyperhive.core.containers.process import ProcessBackend
 
 log = logging.getLogger(__name__)
@@ -29,18 +29,23 @@ class Launch:
 BACKENDS = {"nixos": NixosBackend, "bwrap": BwrapBackend, "process": ProcessBackend}
 
 
-def _nixos(state_dir):
+def _nixos(state_dir, source):
     from hyperhive.core.gitrepos import WorkTree
 
     # HIVE_NIXOS_CONF_DIR: where nixos-container keeps h-<name>.conf, if not the NixOS default
     conf_dir = os.environ.get("HIVE_NIXOS_CONF_DIR") or "/etc/nixos-containers"
-    return NixosBackend.at(state_dir, WorkTree(), conf_dir=conf_dir)
+    return NixosBackend.at(state_dir, WorkTree(), source=check_source(source), conf_dir=conf_dir)
 
 
-def pick(requested, state_dir):
-    """The backend for `--backend` (auto: the best one this host can run)."""
+def pick(requested, state_dir, source=None):
+    """The backend for `--backend` (auto: the best one this host can run).
+
+    `source` is the directory the nixos backend builds containers from
+    (hyperhive.pyz and nix/templates/: --container-source); by default the
+    one this hyperhive runs from, the installed package's or the checkout.
+    """
     if requested == "nixos" or (requested in ("auto", None) and shutil.which("nixos-container")):
-        return _nixos(state_dir)
+        return _nixos(state_dir, source or os.path.dirname(resources.entry()))
     if requested in ("auto", None):
         ok, why = BwrapBackend.works()
         if ok:

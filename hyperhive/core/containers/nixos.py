@@ -1,10 +1,13 @@
 """The `nixos` backend: each agent a NixOS container `h-<name>` built from the meta flake.
 
-Owns every `nixos-container` and `journalctl` call, and the one line of each
-container's `<conf_dir>/h-<name>.conf` that carries its bind mounts. The
-harness inside is started by the container's own systemd (the nix
-templates), so a `Launch`'s argv and env are not used here: only its name
-and host paths, which become bind mounts at fixed places inside.
+Owns every `nixos-container` and `journalctl` call, the one line of each
+container's `<conf_dir>/h-<name>.conf` that carries its bind mounts, and the
+`harness.env` file beside each agent's socket. The harness inside is started
+by the container's own systemd (nix/templates/harness-base.nix, which the
+meta flake adds), so a `Launch`'s argv is not used here: its host paths
+become bind mounts at fixed places inside, and the part of its env that is
+the operator's (--pass-env, hive.json's env) and the core's claude go into
+harness.env, which the harness unit reads at every start.
 
 Every command goes through `run` (sh); a failure comes back as a
 `HiveError` sentence naming what was attempted and the tail of its stderr.
@@ -30,6 +33,14 @@ SOCKET_DIR_IN = "/run/hyperhive"
 STATE_IN = "/state"
 SHARED_IN = "/shared"
 CONFIG_IN = "/agents/{name}/config"
+MANAGER_CONFIG_IN = "/config"  # the whole proposed root: agents added after the manager started show up too
+HOST_DIR_IN = "/run/hyperhive-host"  # the agent's host dir, read-only: the core's pause marker
+ENV_FILE = "harness.env"  # beside the socket, so on the run dir's tmpfs: it may carry API keys
+# The container's own NixOS config sets these (or they name host paths); never forwarded.
+# HIVE_* variables that name no host path: the same inside a container
+SHARED_HIVE_ENV = frozenset({"HIVE_OPERATOR_PRONOUNS"})
+HOST_ONLY_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ", "PYTHONUNBUFFERED"})
+TEMPLATES = ("harness-base.nix", "agent-base.nix", "manager.nix")
 MAX_CONTAINER_NAME = 11  # nixos-container create refuses longer names (its ve-<name> interface)
 # A bind path goes through systemd's EnvironmentFile, an unquoted shell expansion (word
 # splitting) and nspawn's SRC:DST syntax; these characters survive all three untouched.
@@ -106,6 +117,47 @@ def container(name):
     return "h-" + wire.check_name(name)
 
 
+def check_source(source):
+    """The container source, checked: a directory with hyperhive.pyz and the nix templates."""
+    source = os.path.abspath(source)
+    wanted = ["hyperhive.pyz", "nix/python-deps.nix", *(f"nix/templates/{t}" for t in TEMPLATES)]
+    missing = [rel for rel in wanted if not os.path.isfile(os.path.join(source, rel))]
+    if missing:
+        raise wire.HiveError(f"the nixos backend builds every container from {source} (--container-source), but "
+                             f"it has no {', '.join(missing)}; point --container-source at the installed "
+                             "package's share/hyperhive (the NixOS module does), or in a checkout run "
+                             "./build_zipapp.sh first", "unavailable")
+    return source
+
+
+def container_env(env):
+    """What of a Launch's env reaches the harness in a container.
+
+    The operator's variables (--pass-env, hive.json's env) go in; the HIVE_*
+    ones name host paths, so the templates set the container's own, except
+    HIVE_CLAUDE_BIN when it is in the Nix store, which the container shares,
+    and the ones that name no path (the operator's pronouns).
+    """
+    out = {k: v for k, v in env.items()
+           if k not in HOST_ONLY_ENV and (not k.startswith("HIVE_") or k in SHARED_HIVE_ENV)}
+    claude = env.get("HIVE_CLAUDE_BIN") or ""
+    if claude.startswith("/nix/store/"):
+        out["HIVE_CLAUDE_BIN"] = claude
+    return out
+
+
+def env_file(env):
+    """`env` as a systemd EnvironmentFile: double-quoted values, with what systemd unescapes escaped."""
+    lines = []
+    for key in sorted(env):
+        value = env[key]
+        if "\n" in value or "\r" in value:
+            raise wire.HiveError(f"cannot pass {key} into a container: its value spans lines, which a systemd "
+                                 "EnvironmentFile cannot carry")
+        lines.append(f'{key}="' + re.sub(r'([\\"`$])', r"\\\1", value) + '"')
+    return "".join(line + "\n" for line in lines)
+
+
 class NixosBackend:
     """NixOS containers via `nixos-container`; builds always go through the meta flake's two phases."""
 
@@ -122,9 +174,9 @@ class NixosBackend:
         self.stop_timeout = stop_timeout
 
     @classmethod
-    def at(cls, state_dir, git, **kwargs):
+    def at(cls, state_dir, git, source=None, **kwargs):
         """The backend over the meta flake at `<state_dir>/meta` (how `serve` wires it up)."""
-        return cls(MetaFlake(os.path.join(state_dir, "meta"), nix, git), **kwargs)
+        return cls(MetaFlake(os.path.join(state_dir, "meta"), nix, git, source=source), **kwargs)
 
     def _nc(self, *args, timeout=None):
         return self.run("nixos-container", *args, timeout=timeout)
@@ -191,8 +243,14 @@ class NixosBackend:
         wanted = [("--bind", sock_dir, SOCKET_DIR_IN), ("--bind", launch.state_dir, STATE_IN)]
         if getattr(launch, "shared_dir", None):
             wanted.append(("--bind", launch.shared_dir, SHARED_IN))
+        pause = launch.env.get("HIVE_PAUSE_FILE")
+        if pause:
+            # a directory, not the marker: the core creates and removes the file while the container runs
+            wanted.append(("--bind-ro", os.path.dirname(pause), HOST_DIR_IN))
         if config and launch.role == "manager":
-            # the manager edits every agent's proposed repo: each writable at /agents/<agent>/config
+            # the manager edits every agent's proposed repo: all of them at /config ($HIVE_CONFIG_DIR),
+            # and each at /agents/<agent>/config as the agent itself sees it
+            wanted.append(("--bind", config, MANAGER_CONFIG_IN))
             for entry in sorted(os.listdir(config) if os.path.isdir(config) else ()):
                 if os.path.isdir(os.path.join(config, entry)) and wire.NAME_RE.fullmatch(entry):
                     wanted.append(("--bind", os.path.join(config, entry), CONFIG_IN.format(name=entry)))
@@ -253,14 +311,31 @@ class NixosBackend:
             raise wire.HiveError(f"could not create container {c}; nothing was kept. {e}", e.code) from None
         self.meta.finalize(name, f"create {c}")
 
+    def _write_env(self, launch):
+        """harness.env beside the socket (0600): rewritten at every start, so nothing stale stays in it."""
+        path = os.path.join(os.path.dirname(launch.env["HIVE_SOCKET"]), ENV_FILE)
+        text = env_file(container_env(launch.env))
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
     def start(self, launch):
         name = launch.name
         c = container(name)
         if self.running(name):
             raise wire.HiveError(f"container {c} is already running", "conflict")
         flags = self._binds(launch)
+        self._write_env(launch)
         if not self.exists(name):
             self._create(name)
+        elif self.meta.stale(name):
+            # built from an older hyperhive (the package moved): catch up before it runs again
+            try:
+                self.build(name)
+            except wire.HiveError as e:
+                log.error("%s starts on its previous system: rebuilding it on the current hyperhive failed: %s",
+                          c, e)
         self._write_conf(name, flags)
         try:
             self._nc("start", c)
