@@ -1,5 +1,6 @@
 """Shared fixtures: a real core daemon in a temp dir, and waiting on conditions with deadlines."""
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,41 @@ from hyperhive import jsonline  # noqa: E402
 PYTHON = sys.executable
 ENTRY = os.path.join(ROOT, "hyperhive.py")
 FAKE_CLAUDE = os.path.join(ROOT, "tests", "fakeclaude.py")
+
+
+class Clock:
+    """An injectable clock (unix seconds) a test moves by setting `t`."""
+
+    def __init__(self, t=1_700_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def refused(code, action, *args, **kwargs):
+    """Run action, which must raise a HiveError with this code; returns its sentence."""
+    import pytest as _pytest
+
+    from hyperhive import wire
+
+    with _pytest.raises(wire.HiveError) as e:
+        action(*args, **kwargs)
+    assert e.value.code == code, (e.value.code, str(e.value))
+    return str(e.value)
+
+
+def browser_missing():
+    """Why the browser tier cannot run here (None when it can)."""
+    import shutil
+
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -r requirements-dev.txt)"
+    if not (shutil.which("chromium") or os.path.exists("/usr/bin/chromium")):
+        return "chromium is not installed (apt-get install chromium)"
+    return None
 
 
 class RecordingHub:
@@ -195,14 +231,22 @@ def sockdir():
     remove_tree(path)
 
 
+@contextlib.contextmanager
+def running(h):
+    """A Hive started for the block; stopped (and every harness killed) after it."""
+    h.start()
+    try:
+        yield h
+    finally:
+        try:
+            h.stop()
+        finally:
+            kill_harnesses(h.state_dir)
+
+
 @pytest.fixture
 def hive(tmp_path):
     """A started hive with the fake claude; stopped (and every harness killed) afterwards."""
-    h = Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "test-key"},
-             extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
-    h.start()
-    yield h
-    try:
-        h.stop()
-    finally:
-        kill_harnesses(h.state_dir)
+    with running(Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "test-key"},
+                      extra_args=["--pass-env", "ANTHROPIC_API_KEY"])) as h:
+        yield h

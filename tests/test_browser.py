@@ -23,7 +23,7 @@ import uuid
 
 import pytest
 
-from conftest import Hive, kill_harnesses, wait_until
+from conftest import Hive, browser_missing, running, wait_until
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,17 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 TIMEOUT_MS = 15000
 
 
-def _missing():
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -r requirements-dev.txt)"
-    if not (shutil.which("chromium") or os.path.exists("/usr/bin/chromium")):
-        return "chromium is not installed (apt-get install chromium)"
-    return None
-
-
-WHY = _missing()
+WHY = browser_missing()
 if WHY:
     if os.environ.get("HIVE_REQUIRE_BROWSER") == "1":
         raise RuntimeError(f"HIVE_REQUIRE_BROWSER=1 but {WHY}")
@@ -58,18 +48,11 @@ expect.set_options(timeout=TIMEOUT_MS)
 @pytest.fixture(scope="module")
 def hv(tmp_path_factory):
     """One hive for the module, with agent `a` running and its page up."""
-    h = Hive(tmp_path_factory.mktemp("browser") / "state", env={"ANTHROPIC_API_KEY": "test-key"},
-             extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
-    h.start()
-    try:
+    with running(Hive(tmp_path_factory.mktemp("browser") / "state", env={"ANTHROPIC_API_KEY": "test-key"},
+                      extra_args=["--pass-env", "ANTHROPIC_API_KEY"])) as h:
         h.call("spawn", name="a")
         wait_page_up(h, "a")
         yield h
-    finally:
-        try:
-            h.stop()
-        finally:
-            kill_harnesses(h.state_dir)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ import gevent.lock
 import pytest
 
 import wsgi
-from conftest import FAKE_CLAUDE, ROOT, Hive, kill_harnesses, wait_until
+from conftest import FAKE_CLAUDE, ROOT, Hive, browser_missing, running, wait_until
 from fakecore import FakeCore, ok
 from hyperhive import wire
 from hyperhive.harness import login as loginmod
@@ -566,14 +566,9 @@ def manager_heard(hive, text):
 @pytest.fixture
 def keyless_hive(tmp_path):
     # no --pass-env for a key: a harness gets only the variables passed on
-    h = Hive(tmp_path / "state", env={"FAKE_CLAUDE_LOGIN_CODE": CODE},
-             extra_args=["--pass-env", "FAKE_CLAUDE_LOGIN_CODE"])
-    h.start()
-    yield h
-    try:
-        h.stop()
-    finally:
-        kill_harnesses(h.state_dir)
+    with running(Hive(tmp_path / "state", env={"FAKE_CLAUDE_LOGIN_CODE": CODE},
+                      extra_args=["--pass-env", "FAKE_CLAUDE_LOGIN_CODE"])) as h:
+        yield h
 
 
 def test_an_agent_without_a_login_parks_until_the_operator_logs_it_in(keyless_hive):
@@ -609,18 +604,8 @@ def test_an_agent_without_a_login_parks_until_the_operator_logs_it_in(keyless_hi
 
 # -- the panel in a real browser -------------------------------------------------------------------
 
-def _no_browser():
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -r requirements-dev.txt)"
-    if not (shutil.which("chromium") or os.path.exists("/usr/bin/chromium")):
-        return "chromium is not installed (apt-get install chromium)"
-    return None
-
-
 def test_the_agent_page_logs_claude_in_in_a_browser(keyless_hive):
-    why = _no_browser()
+    why = browser_missing()
     if why:
         if os.environ.get("HIVE_REQUIRE_BROWSER") == "1":
             pytest.fail(f"HIVE_REQUIRE_BROWSER=1 but {why}")

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from conftest import RecordingHub, wait_until
+from conftest import Clock, RecordingHub, refused, wait_until
 from hyperhive import wire
 from hyperhive.core.broker import Broker
 from hyperhive.core.questions import Questions
@@ -18,14 +18,6 @@ from hyperhive.core.surfaces import Surfaces
 from hyperhive.schema import Agent, Question, open_core
 
 T0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self, t=T0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 class Lifecycle:
@@ -55,7 +47,7 @@ class Rig:
         self.db = open_core(tmp_path / "hive.db")
         for name in ("manager", "a", "b", "c"):
             Agent.create(name=name, role="manager" if name == "manager" else "agent")
-        self.hub, self.clock, self.lifecycle = RecordingHub(), Clock(), Lifecycle()
+        self.hub, self.clock, self.lifecycle = RecordingHub(), Clock(T0), Lifecycle()
         self.broker = Broker(self.hub, clock=self.clock)
         self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=self.clock)
         self.surfaces = Surfaces(self.broker, self.lifecycle, self.hub, Approvals(), questions=self.questions,
@@ -84,13 +76,6 @@ def rig(tmp_path):
     h = Rig(tmp_path)
     yield h
     h.db.close()
-
-
-def refused(code, action, *args, **kwargs):
-    with pytest.raises(wire.HiveError) as e:
-        action(*args, **kwargs)
-    assert e.value.code == code, (e.value.code, str(e.value))
-    return str(e.value)
 
 
 # -- asking -------------------------------------------------------------------------------

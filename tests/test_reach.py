@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from hyperhive import reach, wire
+from conftest import refused
+from hyperhive import reach
 from hyperhive.reach import Reach
 
 
@@ -20,13 +21,6 @@ def roots(tmp_path):
     (shared / "report.txt").write_text("all green")
     (outside / "key.pem").write_text("PRIVATE")
     return Reach([("state", "/state", str(state)), ("shared", "/shared", str(shared))]), state, shared, outside
-
-
-def refused(code, action, *args):
-    with pytest.raises(wire.HiveError) as e:
-        action(*args)
-    assert e.value.code == code, (e.value.code, str(e.value))
-    return str(e.value)
 
 
 def test_scan_finds_absolute_paths_whose_last_segment_is_name_dot_ext():

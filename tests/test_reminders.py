@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from conftest import ROOT, Hive, RecordingHub, kill_harnesses, wait_until
+from conftest import ROOT, Clock, Hive, RecordingHub, running, wait_until
 from hyperhive import wire
 from hyperhive.core.approvals import Approvals
 from hyperhive.core.broker import Broker
@@ -25,14 +25,6 @@ from hyperhive.schema import Agent, Approval, Message, Question, Reminder, open_
 
 T0 = 1_800_000_000.0
 DAY = 86400
-
-
-class Clock:
-    def __init__(self, t=T0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 class Repos:
@@ -59,7 +51,7 @@ class Rig:
         for name in ("manager", "a", "b"):
             Agent.create(name=name, role="manager" if name == "manager" else "agent")
             os.makedirs(self.layout.state(name))
-        self.hub, self.clock = RecordingHub(), Clock()
+        self.hub, self.clock = RecordingHub(), Clock(T0)
         self.broker = Broker(self.hub, clock=self.clock)
         self.lifecycle = Lifecycle(self.layout, backend or ProcessBackend(), self.broker, self.hub, None, None,
                                    Repos())
@@ -101,13 +93,6 @@ def rig(tmp_path):
     r = Rig(tmp_path)
     yield r
     r.db.close()
-
-
-def refused(code, action, *args, **kwargs):
-    with pytest.raises(wire.HiveError) as e:
-        action(*args, **kwargs)
-    assert e.value.code == code, (e.value.code, str(e.value))
-    return str(e.value)
 
 
 # -- setting a reminder -----------------------------------------------------------------------------
@@ -440,12 +425,8 @@ def clocked(tmp_path):
              env={"ANTHROPIC_API_KEY": "test-key", "HIVE_TEST_CLOCK_FILE": str(offset)},
              extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
     h.offset = offset
-    h.start()
-    yield h
-    try:
-        h.stop()
-    finally:
-        kill_harnesses(h.state_dir)
+    with running(h):
+        yield h
 
 
 def woken_by(hive, name, start):
