@@ -20,6 +20,11 @@ log = logging.getLogger(__name__)
 _md = None
 
 
+def quote(text):
+    """Text as a markdown block quote, so a reader sees where someone else's words start and end."""
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in (text.splitlines() or [""]))
+
+
 def safe_url(url):
     """http(s), mailto, or a relative link; judged as the browser will read it."""
     seen = re.sub(r"[\x00-\x20]", "", html.unescape(url)).lower()

@@ -40,11 +40,6 @@ def shown(q):
     return dict(row(q), question_html=markup.render(q.question))
 
 
-def _quote(text):
-    """Text as a markdown quote, so the reader sees where it starts and ends."""
-    return "\n".join(f"> {line}" if line.strip() else ">" for line in (text.splitlines() or [""]))
-
-
 def _whom(name):
     return "the operator" if name == wire.OPERATOR else name
 
@@ -118,7 +113,7 @@ class Questions:
 
     @staticmethod
     def _asked_body(q, options):
-        lines = [f"[question_asked] {q.asker} asks you question {q.id}:", "", _quote(q.question), ""]
+        lines = [f"[question_asked] {q.asker} asks you question {q.id}:", "", markup.quote(q.question), ""]
         if options:
             lines.append("Choices: " + " · ".join(f"`{o}`" for o in options) + " (or answer in your own words)")
         if q.expires_at is not None:
@@ -233,5 +228,5 @@ class Questions:
 
     @staticmethod
     def _answered_body(q, headline):
-        return "\n".join([f"[question_answered] {headline}", "", "Your question:", _quote(q.question), "",
-                          f"Answer (from {q.answered_by}):", _quote(q.answer)])
+        return "\n".join([f"[question_answered] {headline}", "", "Your question:", markup.quote(q.question), "",
+                          f"Answer (from {q.answered_by}):", markup.quote(q.answer)])

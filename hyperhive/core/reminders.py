@@ -18,7 +18,7 @@ so, and the row keeps the reason.
 import logging
 import time
 
-from hyperhive import wire
+from hyperhive import markup, wire
 from hyperhive.schema import Reminder, core_db
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,6 @@ def row(r):
 
 def pending_count(owner):
     return Reminder.select().where((Reminder.owner == owner) & PENDING).count()
-
-
-def _quote(text):
-    return "\n".join(f"> {line}" if line.strip() else ">" for line in (text.splitlines() or [""]))
 
 
 class Reminders:
@@ -184,5 +180,5 @@ class Reminders:
     @staticmethod
     def _inline(r, extra):
         return (f"[reminder] Reminder {r.id} (set {wire.iso(r.created_at)}, due {wire.iso(r.due_at)}) is due."
-                f"{extra}\n\n{_quote(r.message)}")
+                f"{extra}\n\n{markup.quote(r.message)}")
 
