@@ -21,7 +21,7 @@ from gevent.lock import RLock
 from hyperhive import wire
 from hyperhive.core import reminders
 from hyperhive.core.containers import Launch
-from hyperhive.reach import Reach
+from hyperhive.reach import Reach, scan
 from hyperhive.schema import Agent, core_db, now_ms
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ class Lifecycle:
 
     def file_refs(self, sender, recipient, body):
         """The file references of a message, checked against what its reader may open."""
+        if not scan(body):  # most messages name no file: no reach to build, no disk to touch
+            return []
         return self.reader_reach(sender, recipient).refs(body)
 
     def row(self, agent):
