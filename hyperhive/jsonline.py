@@ -104,6 +104,14 @@ def stream(path, verb, timeout=None, **args):
 
 # -- server ----------------------------------------------------------------------
 
+def unbind(path):
+    """Remove a socket file this server bound; gone already is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def bind(path, mode):
     """Bind a listening unix socket at path, replacing a stale one.
 
@@ -167,10 +175,7 @@ class Server:
 
     def stop(self, timeout=1.0):
         self.server.stop(timeout=timeout)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        unbind(self.path)
 
     def _handle(self, sock, _address):
         import gevent

@@ -80,6 +80,17 @@ def wait_until(predicate, timeout=15.0, what="the condition"):
         delay = min(delay * 2, 0.2)
 
 
+def green_wait(predicate, what, timeout=15.0, step=0.005):
+    """Wait for a condition while letting greenlets of this process run (gevent.sleep, not time.sleep)."""
+    import gevent
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        gevent.sleep(step)
+
+
 class Hive:
     """A real `hyperhive serve` process on a temp state dir."""
 

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -35,7 +34,7 @@ import gevent.lock
 import pytest
 
 import wsgi
-from conftest import FAKE_CLAUDE, ROOT, Hive, browser_missing, running, wait_until
+from conftest import FAKE_CLAUDE, ROOT, Hive, browser_missing, green_wait, running, wait_until
 from fakecore import FakeCore, ok
 from hyperhive import wire
 from hyperhive.harness import login as loginmod
@@ -57,15 +56,6 @@ NOT_LOGGED_IN_RESULT = {"type": "result", "subtype": "success", "is_error": True
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-def green_wait(predicate, what, timeout=WAIT):
-    """Wait for a condition while letting greenlets (the session's reader) run."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        gevent.sleep(0.01)
-
 
 def keyless_env(home, **extra):
     """An environment without any API key, HOME in a temp dir (where the fake records its login)."""

@@ -166,12 +166,18 @@ def test_names_and_paths_are_checked_where_they_enter(hive):
     assert hive.calls() == []
 
 
+def real_nix_or_skip():
+    """The real nix on PATH past the fakes, or skip."""
+    found = shutil.which("nix", path=os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep) if os.path.abspath(d) != FAKEBIN))
+    if found is None:
+        pytest.skip("real nix is not installed")
+    return found
+
+
 def test_the_generated_flake_evaluates_with_real_nix(hive, tmp_path, monkeypatch):
     """The flake text is real Nix: locked and evaluated by the real nix, names like `if` included."""
-    real_nix = shutil.which("nix", path=os.pathsep.join(
-        d for d in os.environ["PATH"].split(os.pathsep) if os.path.abspath(d) != FAKEBIN))
-    if real_nix is None:
-        pytest.skip("real nix is not installed")
+    real_nix = real_nix_or_skip()
     stub = tmp_path / "nixpkgs"
     stub.mkdir()
     (stub / "flake.nix").write_text("""{ outputs = { self }: { lib.nixosSystem = args: {
@@ -777,10 +783,7 @@ def test_the_meta_flake_with_the_templates_evaluates_with_real_nix(hive, tmp_pat
     nixpkgs is a stand-in whose nixosSystem is the stub module system of tests/nix, so the result
     is each container's harness unit as the templates render it.
     """
-    real_nix = shutil.which("nix", path=os.pathsep.join(
-        d for d in os.environ["PATH"].split(os.pathsep) if os.path.abspath(d) != FAKEBIN))
-    if real_nix is None:
-        pytest.skip("real nix is not installed")
+    real_nix = real_nix_or_skip()
     stub = tmp_path / "nixpkgs"
     stub.mkdir()
     for name in ("lib.nix", "pkgs.nix", "eval.nix"):

@@ -26,13 +26,13 @@ import json
 import os
 import socket
 import stat
-import time
 
 import gevent
 import gevent.event
 import gevent.lock
 import pytest
 
+from conftest import green_wait
 from fakecore import FakeCore, ok, refuse
 from hyperhive import resources, web
 from hyperhive.harness import turnloop, webui
@@ -120,15 +120,6 @@ def message(id=1, sender="operator", body="hello"):
 
 def listed(id, sender, to, body):
     return dict(message(id, sender, body), to=to, delivered_at=None, acked_at=None)
-
-
-def wait_for(predicate, what, timeout=WAIT):
-    """Wait for a condition while letting greenlets run."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        gevent.sleep(0.005)
 
 
 class Reply:
@@ -682,7 +673,7 @@ def test_cancel_without_a_turn_is_409(app):
 def test_cancel_stops_the_running_turn(blocking, bus):
     harness, app = blocking
     worker = gevent.spawn(harness.loop.step)
-    wait_for(lambda: harness.current is not None, "the turn to start")
+    green_wait(lambda: harness.current is not None, "the turn to start")
     reply = post(app, "/api/cancel")
     assert reply.status == 200 and reply.json() == {"ok": True}
     outcome = worker.get(timeout=WAIT)
@@ -698,7 +689,7 @@ def test_compact_is_refused_while_a_turn_runs(blocking, bus):
     compactions = []
     harness.compaction = lambda: compactions.append(1) or Outcome("ok")
     worker = gevent.spawn(harness.loop.step)
-    wait_for(lambda: harness.current is not None, "the turn to start")
+    green_wait(lambda: harness.current is not None, "the turn to start")
     reply = post(app, "/api/compact")
     assert reply.status == 409 and reply.error() == "a turn is running; compact once it ends"
     harness.current.cancel()
@@ -725,7 +716,7 @@ def test_compact_runs_in_the_background_and_holds_off_the_next_turn(bus, core, s
     assert again.status == 409 and again.error() == "a compaction is already running"
 
     worker = gevent.spawn(harness.loop.step)  # a message arrives meanwhile
-    wait_for(lambda: "recv" in harness.client.calls, "the loop to receive")
+    green_wait(lambda: "recv" in harness.client.calls, "the loop to receive")
     gevent.sleep(0)  # let it run on until it blocks
     assert harness.runner.runs == [] and not worker.dead  # the turn waits for the compaction
     release.set()
@@ -742,12 +733,12 @@ def test_a_failed_compaction_says_why_and_gives_the_lock_back(app, harness, bus)
 
     harness.compaction = boom
     assert post(app, "/api/compact").status == 200
-    wait_for(lambda: any("compact failed" in n for n in notes(bus)), "the failure note")
-    wait_for(lambda: not harness.loop.turn_lock.locked(), "the lock to be released")
+    green_wait(lambda: any("compact failed" in n for n in notes(bus)), "the failure note")
+    green_wait(lambda: not harness.loop.turn_lock.locked(), "the lock to be released")
     assert "operator: compact failed: claude vanished" in notes(bus) and bus.turn_state == "idle"
     harness.compaction = lambda: Outcome("failed", "exit 1")
     assert post(app, "/api/compact").status == 200
-    wait_for(lambda: "operator: compact failed: exit 1" in notes(bus), "the second failure note")
+    green_wait(lambda: "operator: compact failed: exit 1" in notes(bus), "the second failure note")
 
 
 def test_new_session_is_armed_then_consumed_by_the_next_turn(bus, core, sockdir):

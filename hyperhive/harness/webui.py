@@ -501,10 +501,7 @@ class WebServer:
 
     def stop(self, timeout=1.0):
         self.server.stop(timeout=timeout)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        jsonline.unbind(self.path)
 
 
 def start(harness, directory=None):
