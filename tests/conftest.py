@@ -20,6 +20,15 @@ PYTHON = sys.executable
 ENTRY = os.path.join(ROOT, "hyperhive.py")
 FAKE_CLAUDE = os.path.join(ROOT, "tests", "fakeclaude.py")
 
+# The proof tiers (faults, fuzz, security, soak) run short in the suite and
+# at the issue's full counts under `tests/proof` (HIVE_PROOF=full).
+PROOF_FULL = os.environ.get("HIVE_PROOF") == "full"
+
+
+def proof_scale(short, full):
+    """A count for a proof test: `full` under tests/proof, `short` in the everyday suite."""
+    return full if PROOF_FULL else short
+
 
 class Clock:
     """An injectable clock (unix seconds) a test moves by setting `t`."""
