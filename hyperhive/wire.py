@@ -17,8 +17,9 @@ MANAGER = "manager"
 OPERATOR = "operator"
 # Principals that are not agents; no agent may take one of these names.
 RESERVED_NAMES = frozenset({MANAGER, OPERATOR, "core", "hive", "system", "ttl-watchdog", "reminder"})
-# Shown above a message popped before a harness restart and popped again.
-REDELIVERED_BANNER = "[redelivered after harness restart — may already be handled]"
+# Shown above a message whose earlier turn did not end well (it failed, was
+# cancelled, or the harness died in it) and that is delivered again.
+REDELIVERED_BANNER = "[redelivered: a turn that had this message did not finish — it may already be handled]"
 # The file in an agent's state dir where the harness persists its model; the
 # core reads it for `active_model` and writes it when a config sets a model.
 MODEL_FILE = "hyperhive-model"

@@ -141,7 +141,7 @@ def test_recv_and_whoami_in_prompt_order(hive):
                              {"cmd": "recv", "max": 1, "wait_seconds": 0}]
     texts = result_texts(lines)
     assert texts[0] == "name: alice\nrole: agent\nhyperhive_rev: 0123456789ab"
-    assert texts[1].startswith("[redelivered after harness restart")
+    assert texts[1].startswith("[redelivered: a turn that had this message did not finish")
     assert lines[-1]["result"] == "all done"
 
 

@@ -182,7 +182,7 @@ def test_recv_one_message(server, core):
 def test_recv_redelivered_banner(server, core):
     core.answers["recv"] = ok(messages=[message(3, "operator", "hi", redelivered=True)])
     assert text_of(server.call("recv")) == (
-        "[redelivered after harness restart — may already be handled]\nfrom: operator\n\nhi")
+        "[redelivered: a turn that had this message did not finish — it may already be handled]\nfrom: operator\n\nhi")
 
 
 def test_recv_several_messages(server, core):
@@ -191,7 +191,7 @@ def test_recv_several_messages(server, core):
     assert text_of(server.call("recv", {"max": 32})) == (
         "popped 3 messages\n\n"
         "from: bob\n\none\n---\n"
-        "[redelivered after harness restart — may already be handled]\nfrom: manager\n\ntwo\n---\n"
+        "[redelivered: a turn that had this message did not finish — it may already be handled]\nfrom: manager\n\ntwo\n---\n"
         "from: operator\n\nthree")
 
 

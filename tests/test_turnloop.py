@@ -42,7 +42,7 @@ class FakeClient:
         self.script = {"requeue_inflight": {"requeued": 0}, "recv": {"messages": [], "unread": 0},
                        "ack_turn": {"acked": 1}, **(script or {})}
         self.calls = []
-        self.tried, self.tried_script = [], {}
+        self.tried, self.tried_args, self.tried_script = [], [], {}
 
     def call(self, verb, timeout=30.0, **args):
         self.calls.append((verb, args))
@@ -54,6 +54,7 @@ class FakeClient:
     def try_call(self, verb, timeout=5.0, **args):
         """The no-retry call: answered from `tried_script`, None (the core said nothing) otherwise."""
         self.tried.append(verb)
+        self.tried_args.append((verb, args))
         answer = self.tried_script.get(verb)
         return dict(answer) if answer is not None else None
 
@@ -225,6 +226,54 @@ def test_a_failed_turn_is_not_acked_and_says_why(bus):
     [end] = events(bus, "turn_end")
     assert end["ok"] is False and end["note"] == "claude exited with code 1 without a result line"
     assert bus.turn_state == "idle"
+
+
+@pytest.mark.parametrize("kind", ["failed", "cancelled", "prompt_too_long"])
+def test_a_turn_that_did_not_end_well_requeues_its_messages_at_once(bus, kind):
+    # left in flight, they would be acked by the next good turn without ever being handled
+    client = FakeClient({"recv": inbox(message()), "requeue_inflight": {"requeued": 1}})
+    make_loop(bus, client, FakeRunner(Outcome(kind, "no"))).step()
+    assert client.verbs()[:2] == ["recv", "requeue_inflight"] and "ack_turn" not in client.verbs()
+    assert any("come again in 2 seconds" in e["text"] for e in events(bus, "note"))
+
+
+def test_failures_in_a_row_back_off_doubling_to_a_cap_and_a_good_turn_resets_it(bus):
+    client = FakeClient({"recv": inbox(message())})
+    sleeps = Sleeps()
+    runner = FakeRunner(*[Outcome("failed", "no")] * 10, Outcome("ok"), Outcome("failed", "no"))
+    loop = make_loop(bus, client, runner, sleep=sleeps)
+    waited = []
+    for _ in range(12):
+        before = sum(sleeps)
+        loop.step()
+        waited.append(sum(sleeps) - before)
+    assert waited[:10] == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    assert waited[10:] == [0, 2]  # the good turn waits for nothing and starts the count again
+    assert max(sleeps) <= 1.0  # in slices: a stop is noticed within a second
+
+
+def test_the_operator_hears_once_per_streak_when_turns_keep_failing(bus):
+    client = FakeClient({"recv": inbox(message(id=9))})
+    client.tried_script["send"] = {"id": 1}
+    loop = make_loop(bus, client, FakeRunner(*[Outcome("failed", "rate limited")] * 7, Outcome("ok"),
+                                              Outcome("failed", "again")))
+    for _ in range(turnloop.STUCK_AFTER - 1):
+        loop.step()
+    assert "send" not in client.tried
+    loop.step()
+    [(verb, args)] = [(v, a) for v, a in client.tried_args if v == "send"]
+    assert args["to"] == "operator" and "#9" in args["body"] and "rate limited" in args["body"]
+    loop.step(), loop.step(), loop.step(), loop.step()  # two more failures, a good turn, a new failure
+    assert client.tried.count("send") == 1
+
+
+def test_a_stop_cuts_the_backoff_short(bus):
+    client = FakeClient({"recv": inbox(message())})
+    loop = make_loop(bus, client, FakeRunner(Outcome("failed", "no")))
+    loop.failures = 8  # the next wait would be 5 minutes
+    loop.sleep = Sleeps(hook=lambda count: setattr(loop, "stopping", True))
+    loop.step()
+    assert loop.sleep == [1.0] and client.verbs() == ["recv", "requeue_inflight"]
 
 
 def test_prompt_too_long_compacts_once_and_retries_once_with_continue(bus):

@@ -108,8 +108,8 @@ TOOLS = (
         "Pop messages from your inbox. The harness already hands you the message that woke you "
         "and says how many more are unread, so use this mid-turn: to read those unread messages "
         "(up to `max` at once) or to wait up to `wait_seconds` for a reply you expect. Answers "
-        "\"(empty)\" when nothing is waiting. A message marked redelivered was popped before a "
-        "harness restart and may already be handled.",
+        "\"(empty)\" when nothing is waiting. A message marked redelivered was in a turn that did "
+        "not finish and may already be handled.",
         _schema({
             "max": {"type": "integer", "minimum": 1, "maximum": wire.RECV_MAX_BATCH, "default": 1,
                     "description": "Most messages to pop in this call."},

@@ -1,9 +1,9 @@
 """The turn loop: wait for a message, wake claude with it, ack only a turn that ended well.
 
 Owns the order of a harness's life (boot → requeue_inflight → wait for
-claude's login → loop on recv → turn → ack), the wake prompt, the
-compact-and-retry-once rule, the pause marker, and the core client that
-retries with backoff when the core is down. Every wait goes through
+claude's login → loop on recv → turn → ack, or requeue and back off), the
+wake prompt, the compact-and-retry-once rule, the pause marker, and the core
+client that retries with backoff when the core is down. Every wait goes through
 `sleep`, so tests step the loop without sleeping for real.
 """
 
@@ -19,6 +19,12 @@ from hyperhive.harness.login import says_logged_out
 log = logging.getLogger(__name__)
 
 RECV_WAIT = 180
+# After a turn that did not end well its messages are requeued; the retry
+# waits 2 s, doubling per failure in a row up to 5 min, so a message that
+# always fails (or an API outage) costs a turn every few minutes, not a loop.
+RETRY_BACKOFF = (2.0, 300.0)
+# Failures in a row after which the operator is told the agent is stuck (once per streak).
+STUCK_AFTER = 5
 
 
 class CoreClient:
@@ -86,6 +92,7 @@ class TurnLoop:
         self.in_turn = False
         self.new_session = False
         self.session_started = False  # set once claude has a conversation to --continue
+        self.failures = 0  # turns in a row that did not end well
 
     def boot(self):
         requeued = self.client.call("requeue_inflight")["requeued"]
@@ -136,12 +143,40 @@ class TurnLoop:
         if outcome.ok:
             self.client.call("ack_turn")
             self.session_started = True
+            self.failures = 0
         else:
-            log.warning("turn failed (%s); its messages stay unacked", outcome.reason)
+            # Requeued now, not left in flight: `ack_turn` marks every popped
+            # message handled, so the next good turn would ack these unseen.
+            requeued = self.client.call("requeue_inflight")["requeued"]
+            self.failures += 1
+            log.warning("turn %s (%s); its %d message(s) come again, flagged redelivered",
+                        outcome.kind, outcome.reason, requeued)
             if self.login is not None and says_logged_out(outcome):
                 self.login.suspect(outcome.reason)
+            elif self.failures == STUCK_AFTER:
+                self._report_stuck(messages, outcome)
         self.bus.emit("turn_end", ok=outcome.ok, note=outcome.reason or None, outcome=outcome.kind)
+        if not outcome.ok:
+            self._back_off()
         return outcome
+
+    def _report_stuck(self, messages, outcome):
+        """Retrying in silence would hide a stuck agent: the operator hears of it once per streak."""
+        ids = ", ".join(f"#{m['id']}" for m in messages)
+        self.client.try_call("send", to=wire.OPERATOR, body=(
+            f"[helper event] turn_stuck: my last {self.failures} turns did not end well; the latest "
+            f"{outcome.kind}: {outcome.reason}. Message(s) {ids} stay queued and are retried every few "
+            "minutes. My page shows each attempt; a new session or a restart may help."))
+
+    def _back_off(self):
+        """Wait before the requeued messages are tried again, in slices so a stop is not held up."""
+        first, most = RETRY_BACKOFF
+        left = min(first * 2 ** (self.failures - 1), most)
+        self.bus.note(f"the turn did not end well ({self.failures} in a row); "
+                      f"its messages come again in {wire.duration(left)}")
+        while left > 0 and not self.stopping:
+            self.sleep(min(left, 1.0))
+            left -= 1.0
 
     def _open_counts(self):
         """What the agent left open after the turn, for its turn_stat row (None where the core did not say)."""
