@@ -393,7 +393,7 @@ def test_core_client_retries_a_stale_socket_nobody_listens_on(sockdir):
     def replace_stale(count):
         if count == 2:
             os.unlink(path)
-            cores.append(FakeCore(path, {"recv": ok(messages=[], unread=0)}))
+            cores.append(FakeCore(path, {"recv": ok(messages=[], unread=0), "requeue_inflight": ok(requeued=0)}))
 
     sleeps = Sleeps(replace_stale)
     client = turnloop.CoreClient(str(path), sleep=sleeps, notify=notes.append, backoff=(1.0, 30.0))
@@ -404,6 +404,8 @@ def test_core_client_retries_a_stale_socket_nobody_listens_on(sockdir):
             core.stop()
     assert sleeps == [1.0, 2.0]
     assert "connection refused" in notes[0]
+    # a lost core may have popped for the recv it never answered: requeued before asking again
+    assert [r["cmd"] for r in cores[0].requests] == ["requeue_inflight", "recv"]
 
 
 def test_core_client_does_not_retry_a_refusal(sockdir):

@@ -36,10 +36,19 @@ class CoreClient:
         self.backoff = backoff
 
     def call(self, verb, timeout=30.0, **args):
+        """The answer, retried until the core is reachable.
+
+        A `recv` cut off by the core's death may have been popped for us and
+        never answered; the turn loop only receives between turns, when
+        nothing of ours is rightly in flight, so the retry first requeues
+        (left in flight, the next good turn's ack would mark it done unseen).
+        """
         delay = self.backoff[0]
         down_since = None
         while True:
             try:
+                if down_since is not None and verb == "recv":
+                    jsonline.call(self.socket, "requeue_inflight", timeout=timeout)
                 answer = jsonline.call(self.socket, verb, timeout=timeout, **args)
             except jsonline.Unreachable as e:
                 if down_since is None:
