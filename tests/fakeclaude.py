@@ -14,13 +14,15 @@ the "model" replaced by directives read from the prompt, one per line:
   FAKE: sleep <seconds>          sleep, so a test can kill a turn midway
   FAKE: stderr <text...>         write a line to stderr
   FAKE: fail                     error result, exit 1
+  FAKE: fail-once <key>          the same, the first time this key is seen (per cwd)
   FAKE: too-long                 "prompt is too long" result, exit 1 -- unless a
                                  /compact ran since (its marker is consumed)
 
 Lines without "FAKE:" are ignored; an unknown directive fails the turn. The
 prompt "/compact" succeeds and leaves the compacted marker. Per-cwd state
 lives in ./.fakeclaude/: calls.jsonl (one line per invocation, written
-before acting), session (the session id --continue reuses), compacted (the
+before acting), done.jsonl (one line per turn that ended well, written
+before its result line, so a harness can only have acked what is there), session (the session id --continue reuses), compacted (the
 marker), mcp-stderr.log.
 
 `claude auth status` says logged in (api_key) when ANTHROPIC_API_KEY is set,
@@ -226,6 +228,10 @@ class Turn:
         with open(self.state / "calls.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
 
+    def log_done(self):
+        with open(self.state / "done.jsonl", "a") as log:
+            log.write(json.dumps({"time": time.time(), "pid": os.getpid(), "prompt": self.prompt}) + "\n")
+
     def connect(self, servers):
         status = "failed"
         entry = servers.get(SERVER)
@@ -320,6 +326,11 @@ class Turn:
             print(rest, file=sys.stderr, flush=True)
         elif verb == "fail":
             raise Fail("fake failure requested by the prompt")
+        elif verb == "fail-once" and len(words) == 1:
+            marker = self.state / f"failed-once-{words[0]}"
+            if not marker.exists():
+                marker.write_text("")
+                raise Fail(f"fake failure requested once for {words[0]}")
         elif verb == "too-long":
             marker = self.state / "compacted"
             if not marker.exists():
@@ -433,6 +444,8 @@ def main(argv):
     try:
         turn.connect(servers)
         result, status = turn.run()
+        if status == 0:
+            turn.log_done()
     except Interrupted as e:
         return 128 + e.args[0]
     finally:

@@ -204,6 +204,16 @@ def test_fail(hive):
     assert (lines[-1]["subtype"], lines[-1]["is_error"]) == ("error_during_execution", True)
 
 
+def test_fail_once_fails_the_first_time_and_done_records_only_good_turns(hive):
+    _, state, _ = hive
+    assert turn(hive, "FAKE: fail-once k1\ntoken one")[0] == 1
+    assert turn(hive, "FAKE: fail-once k1\ntoken one")[0] == 0  # the key was seen
+    assert turn(hive, "FAKE: fail-once k2\ntoken two")[0] == 1  # another key fails once too
+    done = [json.loads(line) for line in (state / ".fakeclaude" / "done.jsonl").read_text().splitlines()]
+    assert [d["prompt"] for d in done] == ["FAKE: fail-once k1\ntoken one"]
+    assert len(calls(state)) == 3
+
+
 def test_unknown_directive_fails_the_turn(hive):
     rc, lines, stderr = turn(hive, "FAKE: dance")
     assert rc == 1 and "unknown directive" in lines[-1]["result"]
