@@ -238,8 +238,12 @@ class Server:
             return self.dispatch(wire.decode(line), gone)
         except wire.HiveError as e:
             return wire.error_of(e)
-        except Exception:
+        except Exception as e:
             import logging
 
+            disk = wire.storage_failure(e)
+            if disk is not None:  # the operator's problem, not a bug: one line, no traceback
+                logging.getLogger(__name__).error("%s: %s", self.name, disk)
+                return wire.error_of(disk)
             logging.getLogger(__name__).exception("%s: request failed", self.name)
             return wire.error("the server failed on this request; its log has the details", "internal")

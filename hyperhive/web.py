@@ -141,6 +141,12 @@ def _hive_errors(callback):
             return callback(*args, **kwargs)
         except wire.HiveError as e:
             return error_response(e)
+        except Exception as e:
+            disk = wire.storage_failure(e)
+            if disk is None:
+                raise  # a bug: the default handler logs it with its traceback
+            log.error("%s %s: %s", bottle.request.method, bottle.request.path, disk)
+            return error_response(disk)
 
     return wrapper
 

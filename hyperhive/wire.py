@@ -6,6 +6,7 @@ framing. Standard library only, and imports nothing of ours: it is the leaf
 every other side stands on, so core and harness never need each other.
 """
 
+import errno
 import json
 import re
 import time
@@ -67,6 +68,25 @@ class HiveError(Exception):
     @property
     def status(self):
         return ERROR_STATUS[self.code]
+
+
+def storage_failure(exc):
+    """The HiveError for a write the state disk refused (full, read-only, failing); None for anything else.
+
+    sqlite says it in words, the OS in an errno; either way the person who
+    can fix it needs to hear "disk", not "internal error".
+    """
+    number, text = getattr(exc, "errno", None), str(exc).lower()
+    if number in (errno.ENOSPC, errno.EDQUOT) or "database or disk is full" in text:
+        state = "is full"
+    elif number == errno.EROFS or "readonly database" in text:
+        state = "is read-only"
+    elif number == errno.EIO or "disk i/o error" in text:
+        state = "failed a read or write (I/O error)"
+    else:
+        return None
+    return HiveError(f"the hive's state disk {state}, so this was not done; free space or make it writable, "
+                     f"then try again ({exc})", "unavailable")
 
 
 # -- names ------------------------------------------------------------------

@@ -267,6 +267,38 @@ def test_the_operator_hears_once_per_streak_when_turns_keep_failing(bus):
     assert client.tried.count("send") == 1
 
 
+def test_a_full_disk_mid_step_is_waited_out_and_the_messages_requeued(bus):
+    import sqlite3
+
+    client = FakeClient({"recv": inbox(message())})
+    real_emit, disk_full = bus.emit, [True]
+
+    def emit(kind, **data):
+        if kind == "turn_start" and disk_full:
+            disk_full.clear()  # space comes back after the first failure
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_emit(kind, **data)
+
+    def good_turn_then_stop(prompt, cont):
+        loop.stopping = True
+        return Outcome("ok")
+    bus.emit = emit
+    loop = make_loop(bus, client, good_turn_then_stop)
+    loop.run()  # the first step hits the full disk; the loop lives on and its second step is a good turn
+    # requeued before the next recv, so the good turn's ack cannot take the broken step's messages
+    assert client.verbs() == ["requeue_inflight", "recv", "requeue_inflight", "recv", "ack_turn"]  # boot first
+    assert sum(loop.sleep) == turnloop.RETRY_BACKOFF[0]
+
+
+def test_a_bug_mid_step_still_ends_the_loop_with_its_traceback(bus):
+    client = FakeClient({"recv": inbox(message())})
+
+    def broken(prompt, cont):
+        raise KeyError("a bug")
+    with pytest.raises(KeyError):
+        make_loop(bus, client, broken).run()
+
+
 def test_a_stop_cuts_the_backoff_short(bus):
     client = FakeClient({"recv": inbox(message())})
     loop = make_loop(bus, client, FakeRunner(Outcome("failed", "no")))

@@ -1,6 +1,8 @@
 """The wire contract: names, argument shapes, framing, and the error vocabulary."""
 
+import errno
 import json
+import sqlite3
 
 import pytest
 
@@ -106,3 +108,21 @@ def test_iso_times_are_rfc3339_utc():
     assert wire.iso(0) == "1970-01-01T00:00:00.000Z"
     assert wire.iso(1700000000123) == "2023-11-14T22:13:20.123Z"
     assert wire.iso(None) is None
+
+
+@pytest.mark.parametrize("exc, says", [
+    (sqlite3.OperationalError("database or disk is full"), "is full"),
+    (OSError(errno.ENOSPC, "No space left on device"), "is full"),
+    (sqlite3.OperationalError("attempt to write a readonly database"), "is read-only"),
+    (OSError(errno.EROFS, "Read-only file system"), "is read-only"),
+    (sqlite3.OperationalError("disk I/O error"), "I/O error"),
+])
+def test_a_refused_write_is_named_as_the_disk_with_what_to_do(exc, says):
+    e = wire.storage_failure(exc)
+    assert e.code == "unavailable" and says in str(e) and "free space or make it writable" in str(e)
+
+
+@pytest.mark.parametrize("exc", [KeyError("x"), sqlite3.OperationalError("no such table: message"),
+                                 OSError(errno.ENOENT, "No such file")])
+def test_other_failures_are_not_blamed_on_the_disk(exc):
+    assert wire.storage_failure(exc) is None

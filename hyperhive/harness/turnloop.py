@@ -102,6 +102,7 @@ class TurnLoop:
         self.new_session = False
         self.session_started = False  # set once claude has a conversation to --continue
         self.failures = 0  # turns in a row that did not end well
+        self.unsettled = False  # a step broke off with messages maybe in flight: requeue before the next recv
 
     def boot(self):
         requeued = self.client.call("requeue_inflight")["requeued"]
@@ -122,6 +123,9 @@ class TurnLoop:
             self.bus.set_turn_state("idle")
         if self.login is not None and not self.login.ready():
             return None  # parked until claude has a login: nothing is received meanwhile
+        if self.unsettled:
+            self.client.call("requeue_inflight")
+            self.unsettled = False
         answer = self.client.call("recv", timeout=RECV_WAIT + 30, wait_seconds=RECV_WAIT, max=self.batch)
         messages = answer["messages"]
         if not messages or self.stopping:
@@ -166,6 +170,8 @@ class TurnLoop:
                 self._report_stuck(messages, outcome)
         self.bus.emit("turn_end", ok=outcome.ok, note=outcome.reason or None, outcome=outcome.kind)
         if not outcome.ok:
+            self.bus.note(f"the turn did not end well ({self.failures} in a row); "
+                          f"its messages come again in {wire.duration(self._backoff())}")
             self._back_off()
         return outcome
 
@@ -177,12 +183,13 @@ class TurnLoop:
             f"{outcome.kind}: {outcome.reason}. Message(s) {ids} stay queued and are retried every few "
             "minutes. My page shows each attempt; a new session or a restart may help."))
 
+    def _backoff(self):
+        first, most = RETRY_BACKOFF
+        return min(first * 2 ** (self.failures - 1), most)
+
     def _back_off(self):
         """Wait before the requeued messages are tried again, in slices so a stop is not held up."""
-        first, most = RETRY_BACKOFF
-        left = min(first * 2 ** (self.failures - 1), most)
-        self.bus.note(f"the turn did not end well ({self.failures} in a row); "
-                      f"its messages come again in {wire.duration(left)}")
+        left = self._backoff()
         while left > 0 and not self.stopping:
             self.sleep(min(left, 1.0))
             left -= 1.0
@@ -212,7 +219,23 @@ class TurnLoop:
     def run(self):
         self.boot()
         while not self.stopping:
-            self.step()
+            try:
+                self.step()
+            except Exception as e:
+                if wire.storage_failure(e) is None:
+                    raise  # a bug: the harness dies with its traceback and the core reports the crash
+                self._survive_disk(e)
+
+    def _survive_disk(self, e):
+        """A full or read-only disk is waited out: what the step popped comes again once it is writable.
+
+        Not through the bus, which cannot write either; the log says it.
+        """
+        self.failures += 1
+        self.unsettled = True
+        log.error("%s; the turn's messages are requeued and tried again in %s",
+                  wire.storage_failure(e), wire.duration(self._backoff()))
+        self._back_off()
 
 
 def pause_marker(path):
