@@ -25,6 +25,9 @@ before acting), done.jsonl (one line per turn that ended well, written
 before its result line, so a harness can only have acked what is there), session (the session id --continue reuses), compacted (the
 marker), mcp-stderr.log.
 
+With FAKE_CLAUDE_MCP=lazy the MCP server starts only when a directive uses
+a tool (the init line says "pending"), so a soak's plain turns stay cheap.
+
 `claude auth status` says logged in (api_key) when ANTHROPIC_API_KEY is set,
 else logged in (claude.ai) when a fake login is recorded, else not (exit 1).
 `claude auth login` prints the real CLI's lines over pipes (the URL on a
@@ -203,6 +206,7 @@ class Turn:
         self.session_id = self._session()
         self.mcp, self.tools, self.calls, self.denials = None, [], 0, []
         self.reply = None
+        self.lazy = None  # the server's entry while FAKE_CLAUDE_MCP=lazy has not started it yet
 
     def _session(self):
         path = self.state / "session"
@@ -233,8 +237,22 @@ class Turn:
             log.write(json.dumps({"time": time.time(), "pid": os.getpid(), "prompt": self.prompt}) + "\n")
 
     def connect(self, servers):
-        status = "failed"
         entry = servers.get(SERVER)
+        if entry and os.environ.get("FAKE_CLAUDE_MCP") == "lazy":
+            # the soak's many turns: start the server only for a turn that uses a tool
+            self.lazy, status = entry, "pending"
+        else:
+            status = self.start_mcp(entry) if entry else "failed"
+        servers = [{"name": SERVER, "status": status}] if entry else []
+        self.emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": self.session_id,
+                   "tools": BUILTIN_TOOLS + self.tools, "mcp_servers": servers, "model": self.model,
+                   "permissionMode": self.opts.get("--permission-mode", "default"),
+                   "apiKeySource": "ANTHROPIC_API_KEY" if os.environ.get("ANTHROPIC_API_KEY") else "none",
+                   "claude_code_version": VERSION.split()[0], "uuid": str(uuid.uuid4())})
+
+    def start_mcp(self, entry):
+        """Start the server and list its tools; returns its status as the init line names it."""
+        status = "failed"
         if entry:
             try:
                 with open(self.state / "mcp-stderr.log", "ab") as stderr:
@@ -248,12 +266,7 @@ class Turn:
                 status = "connected"
             except (OSError, Fail, KeyError, TypeError) as e:
                 print(f"fakeclaude: MCP server {SERVER!r} failed to start: {e}", file=sys.stderr)
-        servers = [{"name": SERVER, "status": status}] if entry else []
-        self.emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": self.session_id,
-                   "tools": BUILTIN_TOOLS + self.tools, "mcp_servers": servers, "model": self.model,
-                   "permissionMode": self.opts.get("--permission-mode", "default"),
-                   "apiKeySource": "ANTHROPIC_API_KEY" if os.environ.get("ANTHROPIC_API_KEY") else "none",
-                   "claude_code_version": VERSION.split()[0], "uuid": str(uuid.uuid4())})
+        return status
 
     def assistant(self, content, stop_reason):
         self.emit({"type": "assistant", "message": {
@@ -263,6 +276,9 @@ class Turn:
             "parent_tool_use_id": None, "session_id": self.session_id})
 
     def use_tool(self, name, arguments):
+        if self.lazy:
+            entry, self.lazy = self.lazy, None
+            self.start_mcp(entry)
         full = f"mcp__{SERVER}__{name}"
         self.calls += 1
         use_id = f"toolu_fake_{self.calls:02d}{uuid.uuid4().hex[:12]}"

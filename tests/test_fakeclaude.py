@@ -323,3 +323,12 @@ def test_killed_mid_turn_leaves_no_mcp_server(hive, signum):
             proc.wait(WAIT)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_lazy_mcp_starts_the_server_only_for_a_turn_that_uses_a_tool(hive):
+    core, state, config = hive
+    rc, lines, _ = run(state, argv(config, "plain"), fake_env(FAKE_CLAUDE_MCP="lazy"))
+    assert rc == 0 and lines[0]["mcp_servers"] == [{"name": "hyperhive", "status": "pending"}]
+    assert core.requests == []  # no server, so nothing reached the core
+    rc, lines, _ = run(state, argv(config, "FAKE: whoami"), fake_env(FAKE_CLAUDE_MCP="lazy"))
+    assert rc == 0 and [r["cmd"] for r in core.requests] == ["whoami"]
