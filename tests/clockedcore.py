@@ -3,8 +3,9 @@
 
 Every timer of the core reads `time.time()` plus the seconds written in the
 file named by HIVE_TEST_CLOCK_FILE (none: no offset). SIGUSR1 runs one
-reminder-scheduler step and one ttl-watchdog step at once, so an end-to-end
-test moves time ten seconds on and steps, instead of sleeping ten seconds.
+reminder-scheduler step, one ttl-watchdog step and one sweep at once, so an
+end-to-end test moves time ten seconds (or days) on and steps, instead of
+sleeping. Each round of steps logs "clockedcore: stepped N".
 The handler only sets a flag; a greenlet does the steps.
 """
 
@@ -40,11 +41,15 @@ def started(core):
     gevent.signal_handler(signal.SIGUSR1, step.set)
 
     def stepper():
+        rounds = 0
         while not core.stopping.is_set():
             step.wait()
             step.clear()
             core.reminders.step()
             core.questions.expire_step()
+            core.sweeper.step()
+            rounds += 1
+            print(f"clockedcore: stepped {rounds}", file=sys.stderr, flush=True)
 
     gevent.spawn(stepper)
 
