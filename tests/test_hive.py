@@ -351,7 +351,8 @@ def test_stop_now_cuts_the_turn_and_leaves_it_for_redelivery(hive):
     wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the turn to start")
     hive.call("stop", scope={"agent_names": ["a"]}, graceful=False)
     assert not hive.row("a")["running"]
-    assert db_rows(hive, "select delivered_at is not null, acked_at from message where id=?", mid) == [(1, None)]
+    # cut off: requeued by the stopping harness, or still in flight for its next boot; never acked
+    assert db_rows(hive, "select acked_at from message where id=?", mid) == [(None,)]
     assert "never" not in inbox_bodies(hive)
 
 
