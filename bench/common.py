@@ -3,12 +3,15 @@
 Owns: where the checkout and the pyz are, the `Row` every benchmark returns
 (figure, same-run baseline, ratio, target, met), percentiles, the registry
 that kills every child process we started (also on Ctrl-C), a tiny JSON-line
-client that is the same for the core and for the baselines, and the running
-core daemon fixture the wake and CLI benchmarks share.
+client that is the same for the core and for the baselines, what /proc says
+of a process (resident memory, CPU time), the benchmarks' fake claude, and
+the running core daemon fixture the benchmarks share.
 """
 
 import json
+import math
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -29,13 +32,20 @@ if ROOT not in sys.path:
 class Row:
     """One line of the table. `lower_is_better` decides which way the ratio target points."""
 
-    def __init__(self, name, value, baseline, unit, max_ratio=None, min_ratio=None, max_value=None, note=""):
+    def __init__(self, name, value, baseline, unit, max_ratio=None, min_ratio=None, max_value=None, note="",
+                 show_ratio=True):
         self.name, self.value, self.baseline, self.unit = name, value, baseline, unit
         self.max_ratio, self.min_ratio, self.max_value, self.note = max_ratio, min_ratio, max_value, note
+        # False where the baseline idles near zero (CPU of an idle server): any ratio to it is noise
+        self.show_ratio = show_ratio
 
     @property
     def ratio(self):
         return self.value / self.baseline if self.baseline else float("inf")
+
+    @property
+    def has_target(self):
+        return any(t is not None for t in (self.max_ratio, self.min_ratio, self.max_value))
 
     @property
     def target(self):
@@ -46,7 +56,7 @@ class Row:
             parts.append(f"≥ {self.min_ratio:g}×")
         if self.max_value is not None:
             parts.append(f"≤ {fmt(self.max_value, self.unit)}")
-        return " and ".join(parts)
+        return " and ".join(parts) or "–"
 
     @property
     def met(self):
@@ -54,9 +64,15 @@ class Row:
                 and (self.min_ratio is None or self.ratio >= self.min_ratio)
                 and (self.max_value is None or self.value <= self.max_value))
 
+    def shown_ratio(self):
+        """The ratio as the table prints it: "–" where it means nothing (a zero baseline, or a row
+        that says its ratio is noise)."""
+        return f"{self.ratio:.2f}×" if self.show_ratio and math.isfinite(self.ratio) else "–"
+
     def as_dict(self):
+        ratio = round(self.ratio, 3) if self.show_ratio and math.isfinite(self.ratio) else None  # JSON has no inf
         return {"benchmark": self.name, "value": self.value, "baseline": self.baseline, "unit": self.unit,
-                "ratio": round(self.ratio, 3), "target": self.target, "met": self.met, "note": self.note}
+                "ratio": ratio, "target": self.target, "met": self.met, "note": self.note}
 
 
 def fmt(value, unit):
@@ -64,13 +80,17 @@ def fmt(value, unit):
         return f"{value * 1000:.2f} ms"
     if unit == "msg/s":
         return f"{value:,.0f} msg/s"
+    if unit == "MiB":
+        return f"{value:.1f} MiB"
+    if unit == "%":
+        return f"{value:.2f} %"
     return f"{value:g} {unit}"
 
 
 def table(rows):
     head = ("benchmark", "figure", "baseline", "ratio", "target", "met")
-    cells = [(r.name, fmt(r.value, r.unit), fmt(r.baseline, r.unit), f"{r.ratio:.2f}×", r.target,
-              "yes" if r.met else "NO") for r in rows]
+    cells = [(r.name, fmt(r.value, r.unit), fmt(r.baseline, r.unit), r.shown_ratio(), r.target,
+              ("yes" if r.met else "NO") if r.has_target else "–") for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(head)]
     line = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
     out = [line(head), line(["-" * w for w in widths])] + [line(c) for c in cells]
@@ -190,6 +210,46 @@ def wait_for(predicate, timeout, what, proc=None, log=None):
     raise RuntimeError(f"{what} did not happen within {timeout:g}s{state}{tail}")
 
 
+# -- what /proc says of a process ----------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid):
+    """Resident memory (VmRSS) of pid, in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS: process {pid} has exited")
+
+
+def cpu_seconds(pid):
+    """CPU time pid has used, in seconds: user + system, its own (every thread's) and that of the
+    children it has waited for (a harness's `claude auth status` counts as the harness's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is stat(5)'s field 3, the state
+    return sum(int(ticks) for ticks in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
+
+
+# -- the benchmarks' claude ------------------------------------------------------------------
+
+def instant_claude(tmp):
+    """An executable `claude` (bench/instant_claude.py) for a core to hand its harnesses.
+
+    A wrapper on our interpreter rather than the script's `env python3`
+    shebang: that may find a slow shim first (pyenv's costs ~100 ms a start),
+    which the turn benchmark would time as the harness's overhead.
+    """
+    path = os.path.join(tmp, "claude")
+    script = os.path.join(BENCH, "instant_claude.py")
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec {shlex.quote(PYTHON)} -I -S {shlex.quote(script)} "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
 # -- the pyz ---------------------------------------------------------------------------
 
 def ensure_pyz(tmp, requested=None):
@@ -220,18 +280,24 @@ def ensure_pyz(tmp, requested=None):
 # -- the real core daemon ------------------------------------------------------------------
 
 class Core:
-    """A real `hyperhive.py serve` (process backend) with `agents` idle agents nobody reads for.
+    """A real `hyperhive.py serve` (process backend) with `agents` idle agents.
 
     The core launches a harness per agent, and a harness long-polls its own
-    socket; we kill every agent's harness so the benchmark is the only reader
-    of those queues.
+    socket. By default we kill every agent's harness so the benchmark is the
+    only reader of those queues. With `keep_harnesses` they stay: the idle
+    and turn benchmarks measure them, running `claude` (give them one that
+    says it is logged in, e.g. `instant_claude(tmp)`: under `/bin/true` a
+    harness never gets its login JSON and parks, polling for a login,
+    instead of long-polling for messages). `label` names the state dir in
+    tmp, so a second hive of the same run starts empty.
     """
 
-    def __init__(self, tmp, agents):
-        self.state = os.path.join(tmp, "core")
-        self.log = os.path.join(tmp, "core.log")
+    def __init__(self, tmp, agents, keep_harnesses=False, claude="/bin/true", label="core"):
+        self.state = os.path.join(tmp, label)
+        self.log = os.path.join(tmp, f"{label}.log")
         self.host = os.path.join(self.state, "run", "host.sock")
         self.names = [f"b{i:02d}" for i in range(agents)]
+        self.keep_harnesses, self.claude = keep_harnesses, claude
         self.proc = None
 
     def socket(self, name):
@@ -241,15 +307,17 @@ class Core:
         with open(self.log, "ab") as log:
             self.proc = Children.popen(
                 [PYTHON, ENTRY, "serve", "--state-dir", self.state, "--backend", "process",
-                 "--claude", "/bin/true", "--log-level", "warning", "--dashboard-port", "0"],
+                 "--claude", self.claude, "--log-level", "warning", "--dashboard-port", "0"],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: call(self.host, "list", timeout=2), 30, "the core answering on host.sock",
                      self.proc, self.log)
             for name in self.names:
                 call(self.host, "spawn", timeout=60, name=name)
-                call(self.host, "kill", timeout=60, name=name)
-            self._flush()
+                if not self.keep_harnesses:
+                    call(self.host, "kill", timeout=60, name=name)
+            if not self.keep_harnesses:
+                self._flush()
         except BaseException:
             self.__exit__()  # a half-built hive still has processes to end
             raise
@@ -269,6 +337,46 @@ class Core:
             while call(self.socket(name), "recv", wait_seconds=0, max=32)["messages"]:
                 pass
 
+    def wait_serving(self, timeout):
+        """Until every agent (the manager too) reports running and its harness has logged that it serves.
+
+        `running` alone is true from the harness's fork; "serving" is logged
+        once its turn loop and page are up. What boot work is left after it
+        (the login probe, the first recv) shows as CPU, which the caller
+        waits out.
+        """
+        def serving():
+            # the logs first: reading them costs the booting hive nothing, a status call costs the core
+            if not all(self._logged(name, " serving (state ") for name in ["manager"] + self.names):
+                return False
+            return all(r["running"] for r in call(self.host, "agent_status", timeout=10)["agent_statuses"])
+
+        wait_for(serving, timeout, f"all {len(self.names)} harnesses serving", self.proc, self.log)
+
+    def _logged(self, name, text):
+        try:
+            with open(os.path.join(self.state, "agents", name, "harness.log"), errors="replace") as f:
+                return text in f.read()
+        except FileNotFoundError:
+            return False
+
+    def harness_pid(self, name):
+        """The live harness pid of an agent (by its pidfile), or None."""
+        try:
+            with open(os.path.join(self.state, "agents", name, "harness.pid")) as f:
+                pid = int(f.read().split()[0])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                ours = self.state.encode() in f.read()  # the pid was not reused by someone else
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if ours else None
+
+    def harness_pids(self):
+        """{agent: pid} of every live harness of this hive, the manager's included."""
+        agents = os.path.join(self.state, "agents")
+        pids = {name: self.harness_pid(name) for name in (os.listdir(agents) if os.path.isdir(agents) else ())}
+        return {name: pid for name, pid in pids.items() if pid is not None}
+
     def __exit__(self, *exc):
         if self.proc is not None:
             Children.stop(self.proc, grace=30.0)  # the core stops the manager's harness itself
@@ -276,20 +384,11 @@ class Core:
 
     def _kill_leftover_harnesses(self):
         """If the core died without stopping its harnesses, end them by their pidfiles."""
-        agents = os.path.join(self.state, "agents")
-        for name in os.listdir(agents) if os.path.isdir(agents) else ():
+        for pid in self.harness_pids().values():
             try:
-                with open(os.path.join(agents, name, "harness.pid")) as f:
-                    pid = int(f.read().split()[0])
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    ours = self.state.encode() in f.read()  # the pid was not reused by someone else
-            except (OSError, ValueError, IndexError):
-                continue
-            if ours:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def rmtree(path):

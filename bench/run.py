@@ -15,6 +15,23 @@ Benchmarks (targets from the issue):
            with as many subscribers. Target: <= 1.5x.
   state    GET /api/state p99 with 50 agents and 100k messages in the database;
            baseline: a static asset from the same server. Target: <= 50 ms.
+  rss      resident memory (VmRSS) of the core daemon and of one harness, idle in
+           a hive of 50 agents whose harnesses all run and long-poll; baseline:
+           a bare gevent + bottle + peewee server (bench/idle_baseline.py).
+           Target: core <= 3x, harness <= 2x.
+  cpu      CPU time of that hive (the core and every harness) over 60 s (10 s
+           with --quick), as percent of one core; baseline: the bare server
+           over the same window. Target: <= 2 % of one core (absolute: the
+           baseline idles near zero, so no ratio is judged).
+  turn     a harness's own time around one claude run (bench/instant_claude.py),
+           timed from the core: operator send -> claude started, and claude's
+           exit -> the turn's ack; baseline: the same claude spawned from a
+           plain Python loop. Target: the sum <= 100 ms at p50.
+
+wake, cli, fanout and state share one hive whose harnesses are killed (the
+benchmark must be the only reader of the agents' queues); rss, cpu and turn
+share a second one, started after it, whose harnesses all stay up with
+bench/instant_claude.py as their claude.
 
 Everything runs on unix sockets in a temp dir that is removed afterwards;
 every child process is stopped, also on Ctrl-C. Exit status: 0 when every
@@ -35,23 +52,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_broker  # noqa: E402
 import bench_coldstart  # noqa: E402
 import bench_dashboard  # noqa: E402
+import bench_idle  # noqa: E402
+import bench_turn  # noqa: E402
 import bench_wake  # noqa: E402
-from common import Children, Core, ensure_pyz, on_sigterm_raise, rmtree, table  # noqa: E402
+from common import Children, Core, ensure_pyz, instant_claude, on_sigterm_raise, rmtree, table  # noqa: E402
 
-ALL = ("wake", "broker", "mcp", "cli", "fanout", "state")
-# (wake rounds, broker messages, cold-start runs, fan-out rounds, state requests):
-# --quick keeps the whole run well under a minute
-SIZES = {"full": (2000, 5000, 21, 50, 500), "quick": (200, 500, 5, 10, 100)}
+ALL = ("wake", "broker", "mcp", "cli", "fanout", "state", "rss", "cpu", "turn")
+LIVE = ("rss", "cpu", "turn")  # the benchmarks of the hive whose harnesses stay up
+# (wake rounds, broker messages, cold-start runs, fan-out rounds, state requests, idle CPU window in
+# seconds, turns): --quick keeps the whole run well under two minutes
+SIZES = {"full": (2000, 5000, 21, 50, 500, 60, 200), "quick": (200, 500, 5, 10, 100, 10, 30)}
+BOOT_TIMEOUT = 300  # 50 harnesses starting at once on a small machine
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer iterations (CI smoke; < 60 s in all)")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (CI smoke; < 2 min in all)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     p.add_argument("--only", metavar="NAMES", default=",".join(ALL),
                    help=f"comma-separated subset of: {', '.join(ALL)} (default: all)")
-    p.add_argument("--agents", type=int, default=50, metavar="N", help="idle long-pollers for wake (default 50)")
+    p.add_argument("--agents", type=int, default=50, metavar="N",
+                   help="agents of each hive: idle long-pollers for wake, live harnesses for rss/cpu/turn (default 50)")
     p.add_argument("--subscribers", type=int, default=500, metavar="N",
                    help="open dashboard streams for fanout (default 500)")
     p.add_argument("--pyz", metavar="PATH", help="benchmark this pyz as it is (default: the checkout's, built if missing, rebuilt into the temp dir if stale)")
@@ -74,7 +96,7 @@ def raise_fd_limit(wanted):
 def main(argv):
     args = parse_args(argv)
     on_sigterm_raise()
-    rounds, messages, runs, fanouts, requests = SIZES["quick" if args.quick else "full"]
+    rounds, messages, runs, fanouts, requests, window, turns = SIZES["quick" if args.quick else "full"]
     raise_fd_limit(4 * args.subscribers + 256)
     tmp = tempfile.mkdtemp(prefix="hyperhive-bench-")
     rows, failures = [], []
@@ -107,6 +129,22 @@ def main(argv):
                     attempt("fanout", lambda: bench_dashboard.run_fanout(core, args.subscribers, fanouts))
                 if "state" in args.only:  # last: it fills the database with 100k messages
                     attempt("state", lambda: bench_dashboard.run_state(core, requests))
+        live = [name for name in LIVE if name in args.only]
+        if live:
+            print(f"· starting a hive of {args.agents} agents with live harnesses …", file=sys.stderr, flush=True)
+            claude = instant_claude(tmp)
+            try:
+                with Core(tmp, args.agents, keep_harnesses=True, claude=claude, label="live") as hive:
+                    hive.wait_serving(BOOT_TIMEOUT)
+                    if "rss" in live:  # first: before any turn has grown a harness
+                        attempt("rss", lambda: bench_idle.run_rss(hive, tmp))
+                    if "cpu" in live:
+                        attempt("cpu", lambda: bench_idle.run_cpu(hive, tmp, window))
+                    if "turn" in live:
+                        attempt("turn", lambda: bench_turn.run(hive, tmp, claude, turns))
+            except Exception as e:  # a hive that never came up must not hide the figures above
+                failures.append(f"{', '.join(live)}: the live hive: {e}")
+                traceback.print_exc()
     except KeyboardInterrupt:
         print("\ninterrupted; stopping children", file=sys.stderr)
         return 130
