@@ -199,6 +199,24 @@ class Hive:
         with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
 
+    def good_turns(self, name):
+        """Every turn of an agent the fake claude finished well (done.jsonl): {time, pid, prompt}."""
+        path = os.path.join(self.home(name), "state", ".fakeclaude", "done.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def db_rows(self, sql, *params):
+        """Rows of a query on the core's database, read-only beside the running core."""
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{self.state_dir}/hive.db?mode=ro", uri=True)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
     def log_of(self, name):
         return os.path.join(self.home(name), "harness.log")
 

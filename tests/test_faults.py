@@ -15,7 +15,6 @@ Real processes with the fake claude, bounded loops, unix sockets only:
 Counts are short in the everyday suite and the issue's under `tests/proof`.
 """
 
-import json
 import os
 import random
 import re
@@ -39,21 +38,6 @@ def spawn(hive, *names):
                f"{names} to boot and persist their model")
 
 
-def db_rows(hive, sql, *params):
-    con = sqlite3.connect(f"file:{hive.state_dir}/hive.db?mode=ro", uri=True)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
-
-
-def good_turns(hive, name):
-    """The prompts of every turn the fake claude finished well, with when it finished."""
-    path = os.path.join(hive.home(name), "state", ".fakeclaude", "done.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def sightings(prompt):
@@ -65,7 +49,7 @@ def sightings(prompt):
 
 
 def unacked(hive, name):
-    return db_rows(hive, "select count(*) from message where recipient=? and acked_at is null", name)[0][0]
+    return hive.db_rows("select count(*) from message where recipient=? and acked_at is null", name)[0][0]
 
 
 class Stream:
@@ -129,17 +113,17 @@ def test_harness_kill9_mid_turn_loses_nothing_flags_redeliveries_and_acks_only_g
             pid = hive.harness_pid("a")
             latest = hive.claude_calls("a")[-1]
             os.kill(pid, signal.SIGKILL)
-            mid_turn += all(t["pid"] != latest["pid"] for t in good_turns(hive, "a"))
+            mid_turn += all(t["pid"] != latest["pid"] for t in hive.good_turns("a"))
             wait_until(lambda: hive.row("a")["failed"], 30, f"the core to see kill {k + 1}")
             hive.call("start", scope={"agent_names": ["a"]})
     sent = stream.sent
     assert mid_turn >= kills // 2, f"only {mid_turn} of {kills} kills landed mid-turn (seed {seed})"
     wait_until(lambda: unacked(hive, "a") == 0, proof_scale(90, 600), "every message to be acked")
 
-    acked = dict(db_rows(hive, "select id, acked_at from message where recipient='a' and acked_at is not null"))
-    redelivered = {mid for (mid,) in db_rows(hive, "select id from message where recipient='a' and redelivered")}
+    acked = dict(hive.db_rows("select id, acked_at from message where recipient='a' and acked_at is not null"))
+    redelivered = {mid for (mid,) in hive.db_rows("select id from message where recipient='a' and redelivered")}
     finished = {}  # token -> when the first good turn that had it ended
-    for turn in good_turns(hive, "a"):
+    for turn in hive.good_turns("a"):
         for token, _ in sightings(turn["prompt"]):
             finished.setdefault(token, turn["time"])
     seen = {}  # token -> [shown as redelivered, …] in the order claude was started with it
@@ -158,7 +142,7 @@ def test_harness_kill9_mid_turn_loses_nothing_flags_redeliveries_and_acks_only_g
             assert mid in redelivered, f"{token} was delivered {len(tries)} times but not flagged in the database"
     redone = sum(len(t) > 1 for t in seen.values())
     print(f"\nharness kill -9: {kills} kills ({mid_turn} mid-turn), {len(sent)} messages, {redone} delivered again "
-          f"(all flagged), {len(good_turns(hive, 'a'))} good turns, seed {seed}")
+          f"(all flagged), {len(hive.good_turns('a'))} good turns, seed {seed}")
 
 
 # -- kill -9 of the core mid-send -------------------------------------------------------------
@@ -202,7 +186,7 @@ def test_core_kill9_mid_send_keeps_every_send_answered_ok(tmp_path):
             stop.set()
             for t in threads:
                 t.join(30)
-        stored = dict(db_rows(h, "select body, id from message where recipient='sink'"))
+        stored = dict(h.db_rows("select body, id from message where recipient='sink'"))
     missing = {text: mid for text, mid in answered.items() if stored.get(text) != mid}
     assert not missing, f"{len(missing)} sends answered ok are not in the database: {sorted(missing)[:10]}"
     assert h.starts == kills + 1
@@ -222,7 +206,7 @@ def test_harnesses_reconnect_on_their_own_after_the_core_restarts_under_their_lo
         # each harness has had a turn, so it is in its loop's long-poll now
         for n in names:
             h.call("send", to=n, body=f"token t{n}0")
-        wait_until(lambda: all(good_turns(h, n) for n in names), 30, "a first turn each")
+        wait_until(lambda: all(h.good_turns(n) for n in names), 30, "a first turn each")
         wait_until(lambda: all(unacked(h, n) == 0 for n in names), 30, "the first turns to be acked")
         # a burst right before the kill: some are popped by the dying core's long-poll answers
         before = [h.call("send", to=n, body=f"token t{n}{i}")["id"] for i in range(1, 6) for n in names]
@@ -232,11 +216,11 @@ def test_harnesses_reconnect_on_their_own_after_the_core_restarts_under_their_lo
         wait_until(lambda: all(unacked(h, n) == 0 for n in names), 90, "every message to be acked")
         assert {n: h.harness_pid(n) for n in names} == pids  # reconnected, not restarted
         for n in names:
-            handled = {tok for turn in good_turns(h, n) for tok, _ in sightings(turn["prompt"])}
+            handled = {tok for turn in h.good_turns(n) for tok, _ in sightings(turn["prompt"])}
             assert handled >= {f"t{n}{i}" for i in range(9)}, (n, sorted(handled))
             with open(h.log_of(n), errors="replace") as f:
                 assert "core reachable again" in f.read()
-        acked = {mid for (mid,) in db_rows(h, "select id from message where acked_at is not null")}
+        acked = {mid for (mid,) in h.db_rows("select id from message where acked_at is not null")}
         assert set(before + after) <= acked
 
 
@@ -294,7 +278,7 @@ def disk_hive(mount):
 
 
 def handled(h, name):
-    return {tok for turn in good_turns(h, name) for tok, _ in sightings(turn["prompt"])}
+    return {tok for turn in h.good_turns(name) for tok, _ in sightings(turn["prompt"])}
 
 
 def test_a_full_disk_is_refused_clearly_corrupts_nothing_and_service_returns_with_space(small_disk):
@@ -322,7 +306,7 @@ def test_a_full_disk_is_refused_clearly_corrupts_nothing_and_service_returns_wit
         wait_until(lambda: "tafter" in handled(h, "a"), 120, "the turns once space is back")
         wait_until(lambda: unacked(h, "a") == 0, 30, "every kept message to be acked")
         assert h.harness_pid("a") == pid
-        stored = {mid for (mid,) in db_rows(h, "select id from message where recipient='a'")}
+        stored = {mid for (mid,) in h.db_rows("select id from message where recipient='a'")}
         assert set(kept) <= stored
         assert handled(h, "a") >= {"tbefore", "tafter"} | {f"tfull{n}" for n in range(len(kept) - 2)}
     assert "request failed" not in h.log()  # no internal error: every refusal named the disk
@@ -357,7 +341,7 @@ def test_a_read_only_state_dir_fails_turns_clearly_loses_nothing_and_recovers(sm
             # claude cannot write in its home: the turn fails, the message is requeued, the harness lives
             wait_until(lambda: "turn failed (claude exited" in open(h.log_of("a"), errors="replace").read(),
                        30, "the failed turn")
-            wait_until(lambda: db_rows(h, "select redelivered, acked_at from message where id=?", mid) == [(1, None)],
+            wait_until(lambda: h.db_rows("select redelivered, acked_at from message where id=?", mid) == [(1, None)],
                        30, "the message requeued, flagged, unacked")
             assert h.harness_pid("a") == pid and h.row("a")["running"]
         finally:

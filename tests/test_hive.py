@@ -19,13 +19,6 @@ from conftest import ENTRY, FAKE_CLAUDE, PYTHON, Hive, kill_harnesses, wait_unti
 from hyperhive import jsonline, wire
 
 
-def db_rows(hive, sql, *params):
-    con = sqlite3.connect(f"file:{hive.state_dir}/hive.db?mode=ro", uri=True)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
-
 
 def inbox_bodies(hive):
     return [m["body"] for m in hive.call("inbox", limit=50)["messages"]]
@@ -185,7 +178,7 @@ def test_pause_holds_messages(hive):
     mid = hive.call("send", to="a", body="FAKE: send operator should-wait")["id"]
     # the core holds a paused agent's queue: its own recv gets nothing
     assert hive.agent_call("a", "recv", wait_seconds=0)["messages"] == []
-    assert db_rows(hive, "select delivered_at from message where id=?", mid) == [(None,)]
+    assert hive.db_rows("select delivered_at from message where id=?", mid) == [(None,)]
     assert hive.claude_calls("a") == []
 
 
@@ -215,7 +208,7 @@ def test_operator_to_a_to_b_to_operator(hive):
     msg = [m for m in hive.call("inbox")["messages"] if m["body"] == "pong from b"][0]
     assert msg["from"] == "b"
     # both turns ended well, so every message is acked
-    wait_until(lambda: db_rows(hive, "select count(*) from message where acked_at is null") == [(0,)], 10,
+    wait_until(lambda: hive.db_rows("select count(*) from message where acked_at is null") == [(0,)], 10,
                "every message to be acked")
 
 
@@ -236,7 +229,7 @@ def test_failed_turn_is_not_acked_and_comes_again_flagged(hive):
     assert first["prompt"].startswith("from: operator") and again["prompt"].startswith(
         wire.REDELIVERED_BANNER + "\nfrom: operator")
     assert again["time"] - first["time"] >= 2.0  # the backoff, not a hot loop
-    assert db_rows(hive, "select redelivered, acked_at from message where id=?", mid) == [(1, None)]
+    assert hive.db_rows("select redelivered, acked_at from message where id=?", mid) == [(1, None)]
 
 
 def test_kill_mid_turn_redelivers_with_the_banner(hive):
@@ -293,7 +286,7 @@ def test_answered_sends_survive_kill_9_of_the_core(tmp_path):
         h.call("set_paused", name="a", paused=True)  # nobody consumes: we count rows
         ids = [h.call("send", to="a", body=f"m{i}")["id"] for i in range(50)]
         h.kill9()
-        rows = db_rows(h, "select id from message where recipient='a' order by id")
+        rows = h.db_rows("select id from message where recipient='a' order by id")
         assert [r[0] for r in rows] == ids
     finally:
         kill_harnesses(h.state_dir)
@@ -341,7 +334,7 @@ def test_graceful_stop_lets_the_running_turn_finish_and_ack(hive):
     wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the turn to start")
     hive.call("stop", scope={"agent_names": ["a"]}, graceful=True)
     assert "finished-before-stop" in inbox_bodies(hive)
-    assert db_rows(hive, "select acked_at is not null from message where id=?", mid) == [(1,)]
+    assert hive.db_rows("select acked_at is not null from message where id=?", mid) == [(1,)]
     assert not hive.row("a")["running"]
 
 
@@ -352,7 +345,7 @@ def test_stop_now_cuts_the_turn_and_leaves_it_for_redelivery(hive):
     hive.call("stop", scope={"agent_names": ["a"]}, graceful=False)
     assert not hive.row("a")["running"]
     # cut off: requeued by the stopping harness, or still in flight for its next boot; never acked
-    assert db_rows(hive, "select acked_at from message where id=?", mid) == [(None,)]
+    assert hive.db_rows("select acked_at from message where id=?", mid) == [(None,)]
     assert "never" not in inbox_bodies(hive)
 
 
@@ -387,7 +380,7 @@ def test_agent_socket_verbs_and_identity(hive):
     assert hive.agent_call("manager", "whoami")["role"] == "manager"
     # a request cannot say who sent it: the socket does
     mid = hive.agent_call("a", "send", to="b", body="hi b", **{"from": "operator", "sender": "manager"})["id"]
-    assert db_rows(hive, "select sender, recipient from message where id=?", mid) == [("a", "b")]
+    assert hive.db_rows("select sender, recipient from message where id=?", mid) == [("a", "b")]
     with pytest.raises(wire.HiveError, match="yourself"):
         hive.agent_call("a", "send", to="a", body="me")
     with pytest.raises(wire.HiveError, match="unknown verb 'spawn'"):
@@ -395,7 +388,7 @@ def test_agent_socket_verbs_and_identity(hive):
     # operator_msg from a's own page reaches only a
     hive.call("set_paused", name="a", paused=True)
     oid = hive.agent_call("a", "operator_msg", body="from your page")["id"]
-    assert db_rows(hive, "select sender, recipient from message where id=?", oid) == [("operator", "a")]
+    assert hive.db_rows("select sender, recipient from message where id=?", oid) == [("operator", "a")]
     recent = hive.agent_call("a", "recent", limit=10)["messages"]
     assert [m["body"] for m in recent] == ["from your page", "hi b"]
     assert hive.agent_call("manager", "agent_status")["agent_statuses"]

@@ -100,11 +100,6 @@ class Soak:
         })
 
 
-def good_turns(hive, name):
-    path = os.path.join(hive.home(name), "state", ".fakeclaude", "done.jsonl")
-    with open(path) as f:
-        return sum(1 for line in f if line.strip())
-
 
 def test_a_hive_running_many_turns_stays_flat(tmp_path):
     clock_file = tmp_path / "clock-offset"
@@ -125,7 +120,7 @@ def test_a_hive_running_many_turns_stays_flat(tmp_path):
                 soak.wave(r, w)
             soak.age_and_sweep(r)
             soak.sample(r)
-        turns = sum(good_turns(h, n) for n in names)
+        turns = sum(len(h.good_turns(n)) for n in names)
         pids_at_end = [h.harness_pid(n) for n in names]
 
     first, last = soak.samples[0], soak.samples[-1]
