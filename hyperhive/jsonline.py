@@ -139,13 +139,13 @@ def bind(path, mode):
         finally:
             probe.close()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # umask makes the file never wider than mode, even before the chmod lands
+    # The umask gives the socket exactly `mode` as bind creates it. No chmod after: an agent may
+    # write the directory, and a link it swapped in by then would pass the chmod on to its target.
     old = os.umask(0o777 & ~mode)
     try:
         listener.bind(path)
     finally:
         os.umask(old)
-    os.chmod(path, mode)
     listener.listen(128)
     return listener
 

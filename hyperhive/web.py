@@ -52,7 +52,8 @@ def asset(relpath):
     """(bytes, etag) of a file under assets/web, read once through the zip-aware loader."""
     if relpath not in _cache:
         clean = posixpath.normpath(relpath)
-        if clean.startswith(("..", "/")) or "\\" in clean or clean != relpath:
+        # a NUL or an over-long name is no asset either, not a 500 from open()
+        if clean.startswith(("..", "/")) or "\\" in clean or "\0" in clean or len(clean) > 255 or clean != relpath:
             raise wire.HiveError(f"there is no asset {relpath!r}", "not_found")
         try:
             data = resources.read(f"{ASSETS}/{clean}")
@@ -75,6 +76,14 @@ def static(relpath):
     return bottle.HTTPResponse(data, 200, headers)
 
 
+# Every page runs only the scripts and styles of our own files: HTML an agent
+# smuggles into what a page shows (an agent page's events come from a harness
+# the agent controls) can carry no script, inline or from a URL that answers
+# JSON, and no form it injects can submit.
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
 def page(asset_name, **values):
     """An HTML shell from assets/web with its {{placeholders}} filled (the revision always)."""
     text = asset(asset_name)[0].decode()
@@ -82,7 +91,7 @@ def page(asset_name, **values):
         text = text.replace("{{" + key + "}}", str(value))
     return bottle.HTTPResponse(text, 200, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache",
                                            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
-                                           "X-Frame-Options": "DENY"})
+                                           "X-Frame-Options": "DENY", "Content-Security-Policy": PAGE_CSP})
 
 
 # -- server-sent events -------------------------------------------------------------
@@ -121,7 +130,11 @@ def body():
         if not isinstance(data, dict):
             raise wire.HiveError("the request body must be a JSON object", "bad_frame")
         return data
-    return {k: request.forms.getunicode(k) for k in request.forms}
+    try:
+        return {k: request.forms.getunicode(k) for k in request.forms}
+    except ValueError:  # bottle fails on a Content-Type parameter without "=" ("multipart/form-data;")
+        raise wire.HiveError(f"the request's Content-Type {request.content_type[:100]!r} cannot be read",
+                             "bad_frame") from None
 
 
 def field(data, name, required=True):

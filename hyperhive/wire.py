@@ -41,6 +41,7 @@ REMINDER_MAX_SECONDS = 365 * 24 * 3600  # how far ahead a reminder may be set
 REMINDER_LATE_SECONDS = 300  # a due_at this far in the past is refused as a mistake, not fired at once
 MAX_PENDING_REMINDERS = 500  # per owner
 MAX_STATUS = 200  # characters of an agent's one-line status
+MAX_INT = 2 ** 63 - 1  # the largest integer SQLite stores: an id or count past it is refused, not a crash
 LOOSE_END_KINDS = ("question", "reminder", "approval")
 
 # Error vocabulary: code -> HTTP status, one table for every surface.
@@ -159,6 +160,10 @@ def _coerce(verb, arg, value):
     if arg.kind == "str" or arg.kind == "text":
         if not isinstance(value, str):
             raise HiveError(f"{where} must be a string, got {_type_name(value)}")
+        try:
+            value.encode()  # a lone surrogate (\ud800 in JSON) is no text: SQLite and UTF-8 refuse it
+        except UnicodeEncodeError as e:
+            raise HiveError(f"{where} is not valid text: character {e.start + 1} is a lone UTF-16 surrogate") from None
         if arg.kind == "text":
             if not value.strip():
                 raise HiveError(f"{where} must not be empty")
@@ -174,11 +179,14 @@ def _coerce(verb, arg, value):
     if arg.kind in ("int", "clamp"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise HiveError(f"{where} must be a number, got {_type_name(value)}")
+        if arg.kind == "clamp":  # documented as clamped, never refused (an infinity too)
+            return int(max(arg.lo, min(arg.hi, value)))
+        if value in (float("inf"), float("-inf")):  # 1e400 in JSON: int() of it would raise
+            raise HiveError(f"{where} must be a finite number, got {value}")
         value = int(value)
-        if arg.kind == "clamp":  # documented as clamped, never refused
-            return max(arg.lo, min(arg.hi, value))
-        if (arg.lo is not None and value < arg.lo) or (arg.hi is not None and value > arg.hi):
-            raise HiveError(f"{where} must be between {arg.lo} and {arg.hi}, got {value}")
+        hi = MAX_INT if arg.hi is None else arg.hi
+        if (arg.lo is not None and value < arg.lo) or value > hi:
+            raise HiveError(f"{where} must be between {arg.lo} and {hi}, got {value}")
         return value
     if arg.kind == "scope":
         if not isinstance(value, dict) or not isinstance(value.get("agent_names"), list):
@@ -398,7 +406,10 @@ def iso(ms):
 
 def encode(obj):
     """One JSON object as one compact line (bytes, newline-terminated)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8: escaped as \udXXX, the line stays valid
+        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def request(verb, **args):

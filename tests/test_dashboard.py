@@ -463,7 +463,11 @@ class PageServer:
                 yield b"data: {\"seq\": 2}\n\n"
 
             return frames()
-        start_response("201 Created", [("Content-Type", "application/json"), ("Set-Cookie", "x=y")])
+        if environ["PATH_INFO"] == "/hostile":  # what an agent that rewrote its harness might answer
+            start_response("200 OK", [("Content-Type", "text/html"), ("Location", "/approve/1")])
+            return [b"<script>fetch('/approve/1', {method: 'POST'})</script>"]
+        start_response("201 Created", [("Content-Type", "application/json"), ("Set-Cookie", "x=y"),
+                                       ("Content-Security-Policy", "script-src *")])
         return [json.dumps(self.seen[-1], default=str).encode()]
 
 
@@ -474,12 +478,24 @@ def test_the_proxy_adds_the_agent_secret_and_never_the_cookie(dash):
     try:
         res = dash.post("/agent/a/send?x=1", {"body": "hi"})
         assert res.status == 201 and "set-cookie" not in res.headers
+        # data only, never as something a browser would run on the dashboard's origin
+        assert res.headers["x-content-type-options"] == "nosniff"
+        assert res.headers["content-security-policy"] == "default-src 'none'; sandbox"
         seen = page.seen[-1]
         with open(os.path.join(sock_dir, "web.secret")) as f:
             assert seen["secret"] == f.read().strip()
         assert seen["cookie"] is None and seen["path"] == "/send" and seen["query"] == "x=1"
         assert json.loads(seen["body"]) == {"body": "hi"} and seen["method"] == "POST"
-        assert dash.get("/agent/a/").status == 201 and page.seen[-1]["path"] == "/"
+        asked = len(page.seen)
+        # the page and its assets come from the core's own files; the harness is not asked
+        assert b"static/agent.js" in dash.get("/agent/a/").body
+        assert b"static/stats.js" in dash.get("/agent/a/stats").body
+        assert dash.get("/agent/a/static/agent.js").body == dash.get("/static/agent.js").body
+        assert len(page.seen) == asked
+        assert "script-src 'self'" in dash.get("/agent/a/").headers["content-security-policy"]
+        hostile = dash.get("/agent/a/hostile")
+        error_of(hostile, 503, "unavailable", "only JSON and event streams are passed on")
+        assert "location" not in hostile.headers and b"<script>" not in hostile.body
         redirect = dash.get("/agent/a")
         assert redirect.status == 308 and redirect.headers["location"].endswith("/agent/a/")
         stream = dash.get("/agent/a/events/stream", headers={"Accept": "text/event-stream"})
@@ -491,7 +507,7 @@ def test_the_proxy_adds_the_agent_secret_and_never_the_cookie(dash):
         stream.close()
     finally:
         page.server.stop()
-    error_of(dash.get("/agent/a/"), 503, "unavailable", "not running")
+    error_of(dash.get("/agent/a/api/state"), 503, "unavailable", "not running")
     error_of(dash.get("/agent/nobody/"), 404, "not_found")
     error_of(dash.get("/agent/Bad/"), 400, "bad_argument")
 
@@ -550,7 +566,7 @@ def test_traps_in_an_agents_socket_dir_are_not_followed(dash, tmp_path):
     os.mkfifo(secret_path)
     assert len(Auth.agent_secret(sock_dir)) == 64, "a fifo is replaced, not waited on"
     os.symlink(dash.layout.host_socket, os.path.join(sock_dir, "web.sock"))
-    error_of(dash.get("/agent/a/"), 503, "unavailable", "not running")
+    error_of(dash.get("/agent/a/api/state"), 503, "unavailable", "not running")
 
 
 def test_a_replaced_or_truncated_log_is_read_from_its_start(tmp_path):

@@ -3,12 +3,14 @@
 Owns the HTTP face of the core (docs/web.md lists every route): the cold
 `/api/state` snapshot, the `/dashboard/stream` of hub events, the message
 flow backfill, the previews of messages' file references, the journal
-tail, and the `/agent/<name>/` proxy to each harness's page. Every action is the host surface's verb run as the
+tail, each agent's page (served from the core's files) and the proxy that
+passes a harness's data on to it. Every action is the host surface's verb run as the
 operator, so the dashboard and the admin CLI can never disagree about what
 an action does or which sentence a refusal carries.
 """
 
 import http.client
+import http.cookies
 import json
 import logging
 import os
@@ -38,8 +40,13 @@ STREAM_TIMEOUT = 3 * web.KEEPALIVE_SECONDS  # a page stream silent this long is 
 COOKIE_SECONDS = 365 * 24 * 3600
 # What a browser may pass to an agent's page, and what the page may pass back.
 PROXY_REQUEST_HEADERS = ("Content-Type", "Accept", "Last-Event-ID", "If-None-Match")
-PROXY_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "ETag", "X-Content-Type-Options",
-                          "Referrer-Policy", "X-Frame-Options", "X-Accel-Buffering")
+PROXY_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "ETag", "X-Accel-Buffering")
+# A harness is the agent's to change, and its answers arrive on the dashboard's
+# origin: only data is passed on, never as something a browser would run.
+PROXY_KINDS = ("application/json", "text/event-stream")
+PROXY_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox",
+                "X-Frame-Options": "DENY"}
+AGENT_PAGES = {"": "agent.html", "stats": "stats.html"}  # served by the core, not the harness
 ACTIONS = {  # POST /<action>/<name> -> (verb, fixed arguments)
     "start": ("start", {}), "stop": ("stop", {}), "restart": ("restart", {}), "rebuild": ("rebuild", {}),
     "kill": ("kill", {}), "pause": ("set_paused", {"paused": True}), "resume": ("set_paused", {"paused": False}),
@@ -140,7 +147,7 @@ class Dashboard:
         def wrapper(*args, **kwargs):
             request = bottle.request
             if request.path != "/login":
-                if not self.auth.is_operator(request.get_cookie(COOKIE)):
+                if not self.auth.is_operator(_operator_cookie(request)):
                     raise wire.HiveError("you are not logged in: run `hyperhive login-url` on the hive's host "
                                          "and open the URL it prints", "unauthorized")
                 if request.method not in ("GET", "HEAD"):
@@ -187,7 +194,10 @@ class Dashboard:
         route("/approval/<approval_id>/diff", callback=self.approval_diff)
         route("/file-ref/<message_id>/<index>", callback=self.file_ref)
         route("/agent/<name>", callback=lambda name: bottle.redirect(f"/agent/{wire.check_name(name)}/", 308))
-        route("/agent/<name>/", ["GET", "POST"], callback=lambda name: self.proxy(name, ""))
+        route("/agent/<name>/", callback=lambda name: self.agent_page(name, ""))
+        route("/agent/<name>/stats", callback=lambda name: self.agent_page(name, "stats"))
+        route("/agent/<name>/static/<path:path>", callback=lambda name, path: self.agent_page(name, "static", path))
+        route("/agent/<name>/", "POST", callback=lambda name: self.proxy(name, ""))
         route("/agent/<name>/<path:path>", ["GET", "POST"], callback=self.proxy)
         return app
 
@@ -317,6 +327,12 @@ class Dashboard:
 
     # -- the agent pages ------------------------------------------------------------------------
 
+    def agent_page(self, name, page, asset=None):
+        """An agent's page and its assets, from the core's own files: the harness sends only data."""
+        wire.check_name(name)
+        self.core.lifecycle.get(name)
+        return web.static(asset) if page == "static" else web.page(AGENT_PAGES[page])
+
     def proxy(self, name, path):
         wire.check_name(name)
         self.core.lifecycle.get(name)
@@ -348,8 +364,15 @@ class Dashboard:
         except (OSError, http.client.HTTPException) as e:
             conn.close()
             raise wire.HiveError(f"{name}'s page did not answer: {e}", "unavailable") from None
+        kind = (upstream.getheader("Content-Type") or "").split(";")[0].strip().lower()
+        if kind not in PROXY_KINDS:
+            conn.close()
+            raise wire.HiveError(f"{name}'s page answered /{path} with {kind or 'no content type'}; only JSON and "
+                                 "event streams are passed on from a harness (its pages come from the core)",
+                                 "unavailable")
         passed = {h: upstream.getheader(h) for h in PROXY_RESPONSE_HEADERS if upstream.getheader(h)}
-        if "text/event-stream" not in (upstream.getheader("Content-Type") or ""):
+        passed.update(PROXY_SAFETY)
+        if kind != "text/event-stream":
             try:
                 data = upstream.read()
             except (OSError, http.client.HTTPException) as e:
@@ -376,6 +399,23 @@ class Dashboard:
         return relay()
 
 
+def _operator_cookie(request):
+    """The operator cookie's value from the Cookie header.
+
+    Python's parser gives up on the whole header over one cookie whose name it
+    finds illegal (another app on this host may set one): the pair is then
+    looked up by hand, so such a cookie neither fails the request nor locks the
+    operator out."""
+    try:
+        return request.get_cookie(COOKIE)
+    except http.cookies.CookieError:
+        for pair in (request.get_header("Cookie") or "").split(";"):
+            name, _, value = pair.strip().partition("=")
+            if name == COOKIE:
+                return value
+        return None
+
+
 def _int(value, what, lo):
     try:
         number = int(value)
@@ -383,4 +423,6 @@ def _int(value, what, lo):
         raise wire.HiveError(f"{what} must be a whole number, got {value!r}") from None
     if number < lo:
         raise wire.HiveError(f"{what} must be at least {lo}, got {number}")
+    if number > wire.MAX_INT:  # SQLite could not even look it up
+        raise wire.HiveError(f"{what} must be at most {wire.MAX_INT}, got {number}")
     return number

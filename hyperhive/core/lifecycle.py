@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import stat
 import sys
 
 import gevent
@@ -143,11 +145,15 @@ class Lifecycle:
         return self.backend.running(name, self.layout.home(name))
 
     def active_model(self, name):
+        # The agent owns this file: a link it planted there is not followed, a fifo not waited on.
         try:
-            with open(os.path.join(self.layout.state(name), MODEL_FILE)) as f:
-                return f.read().strip() or None
+            fd = os.open(os.path.join(self.layout.state(name), MODEL_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
+        with os.fdopen(fd, errors="replace") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return f.read(256).strip() or None
 
     def reach(self, name):
         """What an agent may read and write, as it names the paths inside its container."""
@@ -308,9 +314,11 @@ class Lifecycle:
         self._sync_meta(include=name)
         model_file = os.path.join(self.layout.state(name), MODEL_FILE)
         if config.get("model") and (apply_model or not os.path.exists(model_file)):
-            with open(model_file + ".tmp", "w") as f:
+            # a fresh temp name, never through a link: the state dir is the agent's to write
+            tmp = f"{model_file}.{secrets.token_hex(8)}.tmp"
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w") as f:
                 f.write(config["model"] + "\n")
-            os.replace(model_file + ".tmp", model_file)
+            os.replace(tmp, model_file)
         with self._meta_lock:
             self.backend.start(self.launch(agent, config))
         sha = self.repos.deployed_sha(name) if rev == "main" else rev

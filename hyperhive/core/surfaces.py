@@ -96,6 +96,8 @@ class Surfaces:
             return wire.ok(changed=False)
         Agent.update(needs_login=not logged_in).where(Agent.name == caller).execute()
         self.lifecycle.changed(caller)
+        # the note goes into a message from `core`: one short line, so it cannot pose as another event
+        note = " ".join(note.split())[:300]
         if caller != wire.MANAGER:
             if logged_in:
                 text = f"[helper event] logged_in: {caller}'s claude is logged in again; its turns run."

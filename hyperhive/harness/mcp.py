@@ -470,7 +470,10 @@ class Server:
             reply["error"] = {"code": error.code, "message": str(error)}
         else:
             reply["result"] = result
-        data = json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        try:
+            data = json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        except UnicodeEncodeError:  # an id or sentence with a lone surrogate: escaped, the line stays UTF-8
+            data = json.dumps(reply, separators=(",", ":")).encode() + b"\n"
         with self.write_lock:
             try:
                 view = memoryview(data)

@@ -201,6 +201,8 @@ def _int_param(name, default=None):
         value = -1
     if value < 0:
         raise wire.HiveError(f"{name} must be a whole number of 0 or more, got {raw[:40]!r}")
+    if value > wire.MAX_INT:  # past SQLite's integers the lookup itself would fail
+        raise wire.HiveError(f"{name} must be at most {wire.MAX_INT}, got {raw[:40]!r}")
     return value
 
 
@@ -351,7 +353,10 @@ class Page:
         body = web.body()
         kind, item = web.field(body, "kind"), web.field(body, "id")
         if isinstance(item, str) and item.isdigit():  # a form posts text
-            item = int(item)
+            try:
+                item = int(item)
+            except ValueError:  # digits int() does not read ("²"), or more than its 4300
+                raise wire.HiveError(f"'id' must be a whole number, got {item[:40]!r}") from None
         answer = self.core("cancel_loose_end", kind=kind, id=item)
         self.note(f"withdrew {kind} {item}")
         return web.json_response({"ok": True, "cancelled": answer.get("cancelled")})

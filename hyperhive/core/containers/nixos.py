@@ -16,6 +16,7 @@ Every command goes through `run` (sh); a failure comes back as a
 import logging
 import os
 import re
+import secrets
 import time
 
 import sh
@@ -315,10 +316,12 @@ class NixosBackend:
         """harness.env beside the socket (0600): rewritten at every start, so nothing stale stays in it."""
         path = os.path.join(os.path.dirname(launch.env["HIVE_SOCKET"]), ENV_FILE)
         text = env_file(container_env(launch.env))
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # the socket dir is bound into the container: a fresh temp name, never written through a link
+        tmp = f"{path}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
 
     def start(self, launch):
         name = launch.name
