@@ -199,6 +199,13 @@ class Hive:
         with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
 
+    def spawn(self, *names, timeout=30):
+        """Spawn agents and wait until each has booted (its harness persisted its model)."""
+        for name in names:
+            self.call("spawn", name=name)
+        wait_until(lambda: all((self.row(n) or {}).get("active_model") for n in names), timeout,
+                   f"{names} to boot and persist their model")
+
     def good_turns(self, name):
         """Every turn of an agent the fake claude finished well (done.jsonl): {time, pid, prompt}."""
         path = os.path.join(self.home(name), "state", ".fakeclaude", "done.jsonl")

@@ -31,15 +31,6 @@ from hyperhive import jsonline, wire
 TOKEN = re.compile(r"\btoken (t\w+)")
 
 
-def spawn(hive, *names):
-    for name in names:
-        hive.call("spawn", name=name)
-    wait_until(lambda: all((hive.row(n) or {}).get("active_model") for n in names), 30,
-               f"{names} to boot and persist their model")
-
-
-
-
 def sightings(prompt):
     """(token, shown as redelivered) for each message in a wake prompt."""
     for block in prompt.split("\n\n---\n\n"):
@@ -95,7 +86,7 @@ def test_harness_kill9_mid_turn_loses_nothing_flags_redeliveries_and_acks_only_g
     kills = proof_scale(6, 100)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    spawn(hive, "a")
+    hive.spawn("a")
 
     def body(i, token):
         # some turns are short, some long; every seventh fails its first try
@@ -169,7 +160,7 @@ def test_core_kill9_mid_send_keeps_every_send_answered_ok(tmp_path):
                 answered[text] = mid
 
     with running(h):
-        spawn(h, "sink")
+        h.spawn("sink")
         h.call("set_paused", name="sink", paused=True)  # its queue only grows: the database is the witness
         threads = [threading.Thread(target=send, args=(n,), daemon=True) for n in range(senders)]
         for t in threads:
@@ -201,7 +192,7 @@ def test_harnesses_reconnect_on_their_own_after_the_core_restarts_under_their_lo
              env={"ANTHROPIC_API_KEY": "test-key"})
     names = ("a", "b")
     with running(h):
-        spawn(h, *names)
+        h.spawn(*names)
         pids = {n: h.harness_pid(n) for n in names}
         # each harness has had a turn, so it is in its loop's long-poll now
         for n in names:
@@ -284,7 +275,7 @@ def handled(h, name):
 def test_a_full_disk_is_refused_clearly_corrupts_nothing_and_service_returns_with_space(small_disk):
     h = disk_hive(small_disk)
     with running(h):
-        spawn(h, "a")
+        h.spawn("a")
         kept = [h.call("send", to="a", body="token tbefore")["id"]]
         wait_until(lambda: "tbefore" in handled(h, "a"), 30, "a turn before the disk fills")
         pid = h.harness_pid("a")
@@ -331,7 +322,7 @@ def test_a_read_only_state_dir_fails_turns_clearly_loses_nothing_and_recovers(sm
     h = disk_hive(small_disk)
     state = os.path.join(h.home("a"), "state")
     with running(h):
-        spawn(h, "a")
+        h.spawn("a")
         h.call("send", to="a", body="token tbefore")
         wait_until(lambda: "tbefore" in handled(h, "a"), 30, "a turn before the state dir turns read-only")
         pid, calls = h.harness_pid("a"), len(h.claude_calls("a"))

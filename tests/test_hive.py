@@ -19,16 +19,8 @@ from conftest import ENTRY, FAKE_CLAUDE, PYTHON, Hive, kill_harnesses, wait_unti
 from hyperhive import jsonline, wire
 
 
-
 def inbox_bodies(hive):
     return [m["body"] for m in hive.call("inbox", limit=50)["messages"]]
-
-
-def spawn(hive, *names):
-    for name in names:
-        hive.call("spawn", name=name)
-    wait_until(lambda: all((hive.row(n) or {}).get("active_model") for n in names), 20,
-               f"{names} to boot and persist their model")
 
 
 # -- the daemon ---------------------------------------------------------------------
@@ -72,7 +64,7 @@ def test_stale_socket_is_replaced_and_sigterm_is_clean(tmp_path):
 
 
 def test_bad_frames_get_one_error_shape_and_the_server_keeps_serving(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     hive.call("set_paused", name="a", paused=True)  # keep a's queue for this test's own long-poll
     poller = jsonline.call  # a long-poll held open across all the bad frames
     import threading
@@ -113,13 +105,13 @@ def test_spawn_validates_names(hive):
                           ("a" * 40, "not valid")):
         with pytest.raises(wire.HiveError, match=fragment):
             hive.call("spawn", name=bad)
-    spawn(hive, "a")
+    hive.spawn("a")
     with pytest.raises(wire.HiveError, match="already exists"):
         hive.call("spawn", name="a")
 
 
 def test_lifecycle_rows_are_truthful(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     row = hive.row("a")
     assert row["running"] and not row["failed"] and row["parent"] == "operator"
     pid = hive.harness_pid("a")
@@ -140,14 +132,14 @@ def test_lifecycle_rows_are_truthful(hive):
 
 
 def test_scope_naming_an_unknown_agent_touches_nothing(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     with pytest.raises(wire.HiveError, match="no agent named 'ghost'"):
         hive.call("stop", scope={"agent_names": ["a", "ghost"]})
     assert hive.row("a")["running"]
 
 
 def test_destroy_keeps_a_tombstone_and_purge_removes_it(hive):
-    spawn(hive, "a", "b")
+    hive.spawn("a", "b")
     hive.call("destroy", name="a")
     assert "a" not in hive.call("list")["agents"]
     assert os.path.isdir(hive.home("a"))
@@ -161,7 +153,7 @@ def test_destroy_keeps_a_tombstone_and_purge_removes_it(hive):
 
 
 def test_pause_parks_the_loop_and_is_idempotent(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     hive.call("set_paused", name="a", paused=True)
     hive.call("set_paused", name="a", paused=True)
     assert hive.row("a")["paused"]
@@ -173,7 +165,7 @@ def test_pause_parks_the_loop_and_is_idempotent(hive):
 
 
 def test_pause_holds_messages(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     hive.call("set_paused", name="a", paused=True)
     mid = hive.call("send", to="a", body="FAKE: send operator should-wait")["id"]
     # the core holds a paused agent's queue: its own recv gets nothing
@@ -183,7 +175,7 @@ def test_pause_holds_messages(hive):
 
 
 def test_pass_env_and_claude_path_reach_the_harness(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     pid = hive.harness_pid("a")
     with open(f"/proc/{pid}/environ", "rb") as f:
         env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
@@ -195,7 +187,7 @@ def test_pass_env_and_claude_path_reach_the_harness(hive):
 # -- turns ------------------------------------------------------------------------
 
 def test_operator_to_a_to_b_to_operator(hive):
-    spawn(hive, "a", "b")
+    hive.spawn("a", "b")
     hive.call("send", to="a", body="FAKE: send b FAKE: send operator pong from b")
     wait_until(lambda: "pong from b" in inbox_bodies(hive), 30, "b's answer in the operator's inbox")
     [a_call] = hive.claude_calls("a")
@@ -213,7 +205,7 @@ def test_operator_to_a_to_b_to_operator(hive):
 
 
 def test_second_turn_continues_the_session(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     hive.call("send", to="a", body="FAKE: send operator one")
     wait_until(lambda: "one" in inbox_bodies(hive), 20, "the first turn")
     hive.call("send", to="a", body="FAKE: send operator two")
@@ -222,7 +214,7 @@ def test_second_turn_continues_the_session(hive):
 
 
 def test_failed_turn_is_not_acked_and_comes_again_flagged(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     mid = hive.call("send", to="a", body="FAKE: fail")["id"]
     wait_until(lambda: len(hive.claude_calls("a")) == 2, 30, "the failed turn to be tried again")
     first, again = hive.claude_calls("a")[:2]
@@ -233,7 +225,7 @@ def test_failed_turn_is_not_acked_and_comes_again_flagged(hive):
 
 
 def test_kill_mid_turn_redelivers_with_the_banner(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     hive.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator survived")
     wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the slow turn to start")
     os.killpg(hive.harness_pid("a"), signal.SIGKILL)
@@ -245,7 +237,7 @@ def test_kill_mid_turn_redelivers_with_the_banner(hive):
 
 
 def test_prompt_too_long_compacts_and_retries_once(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     hive.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")
     wait_until(lambda: "fits-now" in inbox_bodies(hive), 20, "the retried turn")
     prompts = [c["prompt"] for c in hive.claude_calls("a")]
@@ -254,7 +246,7 @@ def test_prompt_too_long_compacts_and_retries_once(hive):
 
 
 def test_stderr_and_stream_lines_reach_the_event_history(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     hive.call("send", to="a", body="FAKE: stderr something odd\nFAKE: send operator done")
     wait_until(lambda: "done" in inbox_bodies(hive), 20, "the turn")
     db = os.path.join(hive.home("a"), "state", "hyperhive-events.sqlite")
@@ -314,7 +306,7 @@ def test_harnesses_outlive_a_core_crash_and_reconnect(tmp_path):
 
 def test_subscribe_agent_status_streams_changes(hive):
     frames = jsonline.stream(hive.host_sock, "subscribe_agent_status", timeout=30)
-    spawn(hive, "a")
+    hive.spawn("a")
     hive.call("set_paused", name="a", paused=True)
     seen = []
     for frame in frames:
@@ -329,7 +321,7 @@ def test_subscribe_agent_status_streams_changes(hive):
 # -- stopping mid-turn ----------------------------------------------------------------
 
 def test_graceful_stop_lets_the_running_turn_finish_and_ack(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     mid = hive.call("send", to="a", body="FAKE: sleep 2\nFAKE: send operator finished-before-stop")["id"]
     wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the turn to start")
     hive.call("stop", scope={"agent_names": ["a"]}, graceful=True)
@@ -339,7 +331,7 @@ def test_graceful_stop_lets_the_running_turn_finish_and_ack(hive):
 
 
 def test_stop_now_cuts_the_turn_and_leaves_it_for_redelivery(hive):
-    spawn(hive, "a")
+    hive.spawn("a")
     mid = hive.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator never")["id"]
     wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the turn to start")
     hive.call("stop", scope={"agent_names": ["a"]}, graceful=False)
@@ -371,7 +363,7 @@ def test_design_frames_are_answered(hive, frame, key):
 # -- the agent surface ------------------------------------------------------------------
 
 def test_agent_socket_verbs_and_identity(hive):
-    spawn(hive, "a", "b")
+    hive.spawn("a", "b")
     hive.call("set_paused", name="b", paused=True)
     assert hive.agent_call("a", "whoami") == {"version": 1, "ok": True, "name": "a", "role": "agent",
                                               "hyperhive_rev": hive.agent_call("a", "whoami")["hyperhive_rev"],
