@@ -171,7 +171,7 @@ class TurnLoop:
         self.bus.emit("turn_end", ok=outcome.ok, note=outcome.reason or None, outcome=outcome.kind)
         if not outcome.ok:
             self.bus.note(f"the turn did not end well ({self.failures} in a row); "
-                          f"its messages come again in {wire.duration(self._backoff())}")
+                          f"its messages come again in {wire.duration(self._retry_delay())}")
             self._back_off()
         return outcome
 
@@ -183,13 +183,13 @@ class TurnLoop:
             f"{outcome.kind}: {outcome.reason}. Message(s) {ids} stay queued and are retried every few "
             "minutes. My page shows each attempt; a new session or a restart may help."))
 
-    def _backoff(self):
+    def _retry_delay(self):
         first, most = RETRY_BACKOFF
         return min(first * 2 ** (self.failures - 1), most)
 
     def _back_off(self):
         """Wait before the requeued messages are tried again, in slices so a stop is not held up."""
-        left = self._backoff()
+        left = self._retry_delay()
         while left > 0 and not self.stopping:
             self.sleep(min(left, 1.0))
             left -= 1.0
@@ -234,7 +234,7 @@ class TurnLoop:
         self.failures += 1
         self.unsettled = True
         log.error("%s; the turn's messages are requeued and tried again in %s",
-                  wire.storage_failure(e), wire.duration(self._backoff()))
+                  wire.storage_failure(e), wire.duration(self._retry_delay()))
         self._back_off()
 
 
