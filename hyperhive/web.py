@@ -84,10 +84,18 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 's
             "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+# Shells served under /agent/<name>/ (proxied or not): their asset URLs are relative.
+RELATIVE_PAGES = ("agent.html", "stats.html")
+
+
 def page(asset_name, **values):
-    """An HTML shell from assets/web with its {{placeholders}} filled (the revision always)."""
-    text = asset(asset_name)[0].decode()
-    for key, value in dict(values, rev=resources.revision()).items():
+    """An HTML shell from assets/web with its {{placeholders}} filled (the revision always).
+
+    `{{head}}` is head.html, the lines every page's <head> shares."""
+    head = asset("head.html")[0].decode().rstrip("\n")
+    text = asset(asset_name)[0].decode().replace("{{head}}", head)
+    static = "static/" if asset_name in RELATIVE_PAGES else "/static/"
+    for key, value in dict(values, static=static, rev=resources.revision()).items():
         text = text.replace("{{" + key + "}}", str(value))
     return bottle.HTTPResponse(text, 200, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache",
                                            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin",
