@@ -926,6 +926,23 @@ def dashboard_host(h):
     return urllib.parse.urlsplit(h.url).netloc
 
 
+def judge(h, logs, tally, request, headers, answered, expect):
+    """Check one HTTP answer: the rules every route shares, then `expect(status, answer)`, the route's own."""
+    status, kind, data = answered
+    if too_long(request):
+        assert status == 414, (status, data[:300])
+        tally.add(status)
+        return
+    try:
+        logs.assert_quiet()
+        expect(status, assert_http_answer(status, kind, data, request["method"]))
+    except AssertionError as e:
+        raise AssertionError(f"{request['method']} {request['target'][:200]} ({headers}) answered {status} "
+                             f"{data[:300]!r}: {e}") from None
+    if tally.add(status) % CHECK_EVERY == 0:
+        assert_serving(h, logs)
+
+
 def fuzz_dashboard(h, method, rule, logged_in):
     cookie = h.cookie()
     host = dashboard_host(h)
@@ -947,14 +964,8 @@ def fuzz_dashboard(h, method, rule, logged_in):
             headers["Cookie"] = cookie_header
         if logged_in and own:
             assume(dashboard_request_is_harmless(request))
-        status, kind, data = exchange(http.client.HTTPConnection(host, timeout=WAIT), request, headers)
-        if too_long(request):
-            assert status == 414, (status, data[:300])
-            tally.add(status)
-            return
-        try:
-            logs.assert_quiet()
-            answer = assert_http_answer(status, kind, data, request["method"])
+
+        def expect(status, answer):
             found, refusal = routed(DASHBOARD, request)
             if found is None:
                 assert status == refusal, (status, refusal)  # no route: the router answers before any guard
@@ -962,11 +973,9 @@ def fuzz_dashboard(h, method, rule, logged_in):
                 assert status == 401 and (answer is None or answer["code"] == "unauthorized"), (status, answer)
             elif logged_in and request["method"] not in ("GET", "HEAD") and not own:
                 assert status == 403 and (answer is None or answer["code"] == "forbidden"), (status, answer)
-        except AssertionError as e:
-            raise AssertionError(f"{request['method']} {request['target'][:200]} ({headers}) answered {status} "
-                                 f"{data[:300]!r}: {e}") from None
-        if tally.add(status) % CHECK_EVERY == 0:
-            assert_serving(h, logs)
+
+        judge(h, logs, tally, request, headers,
+              exchange(http.client.HTTPConnection(host, timeout=WAIT), request, headers), expect)
 
     fuzz(st.tuples(http_requests(method, rule), cookies), one, REQUESTS)
     assert_serving(h, logs)
@@ -1000,23 +1009,14 @@ def fuzz_page(h, method, rule, with_secret):
         if with_secret and found is not None and found[0].rule == "/api/compact":
             compactions[0] += 1
             assume(compactions[0] <= COMPACTIONS)
-        status, kind, data = exchange(UnixHTTPConnection(path, WAIT), request, headers)
-        if too_long(request):
-            assert status == 414, (status, data[:300])
-            tally.add(status)
-            return
-        try:
-            logs.assert_quiet()
-            answer = assert_http_answer(status, kind, data, request["method"])
+
+        def expect(status, answer):
             if not with_secret:
                 assert status == 403 and (answer is None or answer["code"] == "forbidden"), (status, answer)
             elif found is None:
                 assert status == refusal, (status, refusal)
-        except AssertionError as e:
-            raise AssertionError(f"{request['method']} {request['target'][:200]} ({headers}) answered {status} "
-                                 f"{data[:300]!r}: {e}") from None
-        if tally.add(status) % CHECK_EVERY == 0:
-            assert_serving(h, logs)
+
+        judge(h, logs, tally, request, headers, exchange(UnixHTTPConnection(path, WAIT), request, headers), expect)
 
     fuzz(st.tuples(http_requests(method, rule), secrets), one, REQUESTS)
     assert_serving(h, logs)
