@@ -22,7 +22,6 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 PYTHON = sys.executable  # run.py is started with .venv/bin/python: every child uses the same interpreter
-ENTRY = os.path.join(ROOT, "hyperhive.py")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)  # the in-process broker benchmark imports hyperhive from the checkout
 
@@ -280,7 +279,7 @@ def ensure_pyz(tmp, requested=None):
 # -- the real core daemon ------------------------------------------------------------------
 
 class Core:
-    """A real `hyperhive.py serve` (process backend) with `agents` idle agents.
+    """A real `hyperhive.pyz serve` (process backend) with `agents` idle agents: the product, as users run it.
 
     The core launches a harness per agent, and a harness long-polls its own
     socket. By default we kill every agent's harness so the benchmark is the
@@ -292,7 +291,8 @@ class Core:
     tmp, so a second hive of the same run starts empty.
     """
 
-    def __init__(self, tmp, agents, keep_harnesses=False, claude="/bin/true", label="core"):
+    def __init__(self, tmp, pyz, agents, keep_harnesses=False, claude="/bin/true", label="core"):
+        self.pyz = pyz
         self.state = os.path.join(tmp, label)
         self.log = os.path.join(tmp, f"{label}.log")
         self.host = os.path.join(self.state, "run", "host.sock")
@@ -306,7 +306,7 @@ class Core:
     def __enter__(self):
         with open(self.log, "ab") as log:
             self.proc = Children.popen(
-                [PYTHON, ENTRY, "serve", "--state-dir", self.state, "--backend", "process",
+                [PYTHON, self.pyz, "serve", "--state-dir", self.state, "--backend", "process",
                  "--claude", self.claude, "--log-level", "warning", "--dashboard-port", "0"],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -120,7 +120,7 @@ def main(argv):
             attempt("mcp", lambda: bench_coldstart.run_mcp(pyz, tmp, runs))
         if {"wake", "cli", "fanout", "state"} & set(args.only):
             print(f"· starting a core with {args.agents} agents …", file=sys.stderr, flush=True)
-            with Core(tmp, args.agents) as core:
+            with Core(tmp, pyz, args.agents) as core:
                 if "wake" in args.only:
                     attempt("wake", lambda: bench_wake.run(core, tmp, rounds))
                 if "cli" in args.only:
@@ -134,7 +134,7 @@ def main(argv):
             print(f"· starting a hive of {args.agents} agents with live harnesses …", file=sys.stderr, flush=True)
             claude = instant_claude(tmp)
             try:
-                with Core(tmp, args.agents, keep_harnesses=True, claude=claude, label="live") as hive:
+                with Core(tmp, pyz, args.agents, keep_harnesses=True, claude=claude, label="live") as hive:
                     hive.wait_serving(BOOT_TIMEOUT)
                     if "rss" in live:  # first: before any turn has grown a harness
                         attempt("rss", lambda: bench_idle.run_rss(hive, tmp))

@@ -57,7 +57,14 @@ def _markdown():
                         el.set("rel", "noopener noreferrer")
                         el.set("target", "_blank")
 
-        md = markdown.Markdown(extensions=["fenced_code", "tables", "sane_lists"], output_format="html")
+        from markdown.extensions.fenced_code import FencedCodeExtension
+        from markdown.extensions.sane_lists import SaneListExtension
+        from markdown.extensions.tables import TableExtension
+
+        # instances, not names: a name is looked up through the package's entry
+        # points, which a zipapp can lose; an import either works or fails here
+        md = markdown.Markdown(extensions=[FencedCodeExtension(), TableExtension(), SaneListExtension()],
+                               output_format="html")
         md.preprocessors.deregister("html_block")
         md.inlinePatterns.deregister("html")
         md.treeprocessors.register(Defang(md), "defang", 0)
@@ -76,9 +83,8 @@ def render(text):
         return ""
     if len(text) > MAX_RENDER:
         return f"<pre>{escape(text)}</pre>"
-    md = _markdown()
     try:
-        return md.reset().convert(text)
+        return _markdown().reset().convert(text)
     except Exception:  # markdown has no error type of its own; a body must still show
         log.exception("markdown could not render a %d-character body; showing it as text", len(text))
         return f"<pre>{escape(text)}</pre>"

@@ -6,7 +6,8 @@ file named by HIVE_TEST_CLOCK_FILE (none: no offset). SIGUSR1 runs one
 reminder-scheduler step, one ttl-watchdog step and one sweep at once, so an
 end-to-end test moves time ten seconds (or days) on and steps, instead of
 sleeping. Each round of steps logs "clockedcore: stepped N".
-The handler only sets a flag; a greenlet does the steps.
+The handler only sets a flag; a greenlet does the steps. The core is imported
+from the built hyperhive.pyz, so its harnesses run the pyz as well.
 """
 
 from gevent import monkey
@@ -21,7 +22,8 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the core under test is the built pyz's (its harnesses are the pyz too), not the checkout's
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hyperhive.pyz"))
 
 from hyperhive.core import daemon  # noqa: E402
 

@@ -16,9 +16,31 @@ sys.path.insert(0, ROOT)
 
 from hyperhive import jsonline  # noqa: E402
 
-PYTHON = sys.executable
+PYTHON = sys.executable  # the test runner's interpreter: unit tiers and helper scripts
+# The checkout's entry, for what runs in this process only (unit tiers import
+# from the checkout). Every process a test starts runs the product instead:
 ENTRY = os.path.join(ROOT, "hyperhive.py")
+# hyperhive.pyz as ./build_zipapp.sh writes it, rebuilt for this run at session
+# start (pytest_sessionstart), on an interpreter that has only the pins
+# requirements.txt marks "# interpreter" (tests/setup makes it): whatever the
+# pyz lacks or cannot find inside itself fails here as it would for a user.
+PYZ = os.path.join(ROOT, "hyperhive.pyz")
+PYZ_PYTHON = os.path.join(ROOT, "build", "runtime", "bin", "python")
 FAKE_CLAUDE = os.path.join(ROOT, "tests", "fakeclaude.py")
+
+
+def pyz_argv(*args):
+    """The command line of the product: `python hyperhive.pyz ARGS…` on the runtime interpreter."""
+    return [PYZ_PYTHON, PYZ, *args]
+
+
+def pytest_sessionstart(session):
+    """Build the pyz this run tests, from the sources this run sees."""
+    if not os.path.exists(PYZ_PYTHON):
+        pytest.exit(f"no runtime interpreter at {PYZ_PYTHON}: run tests/setup (or tests/run) first", 2)
+    done = subprocess.run([os.path.join(ROOT, "build_zipapp.sh"), PYZ], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.exit(f"./build_zipapp.sh failed:\n{done.stdout}{done.stderr}", 2)
 
 # The proof tiers (faults, fuzz, security, soak) run short in the suite and
 # at the issue's full counts under `tests/proof` (HIVE_PROOF=full).
@@ -101,15 +123,16 @@ def green_wait(predicate, what, timeout=15.0, step=0.005):
 
 
 class Hive:
-    """A real `hyperhive serve` process on a temp state dir."""
+    """A real `hyperhive.pyz serve` process on a temp state dir."""
 
-    def __init__(self, state_dir, claude=FAKE_CLAUDE, entry=ENTRY, env=None, extra_args=(), backend="process",
-                 run_dir=None):
+    def __init__(self, state_dir, claude=FAKE_CLAUDE, env=None, extra_args=(), backend="process",
+                 run_dir=None, pyz=PYZ, wrapper=None):
+        """`wrapper`: a test script to run instead of the pyz (it imports the core from the pyz)."""
         self.state_dir = str(state_dir)
         self.custom_run_dir = run_dir is not None
         self.run_dir = str(run_dir) if run_dir is not None else os.path.join(self.state_dir, "run")
         self.host_sock = os.path.join(self.run_dir, "host.sock")
-        self.claude, self.entry = claude, entry
+        self.claude, self.pyz, self.wrapper = claude, pyz, wrapper
         self.env = dict(os.environ, **(env or {}))
         self.extra_args = list(extra_args)
         self.backend = backend
@@ -120,7 +143,8 @@ class Hive:
     def start(self, wait=True):
         self.starts += 1
         log = open(self.log_path, "ab")
-        argv = [PYTHON, self.entry, "serve", "--state-dir", self.state_dir, "--backend", self.backend]
+        argv = [PYZ_PYTHON, self.wrapper or self.pyz, "serve", "--state-dir", self.state_dir,
+                "--backend", self.backend]
         argv += ["--claude", self.claude] if self.claude else []  # None: the daemon's own default
         argv += ["--run-dir", self.run_dir] if self.custom_run_dir else []
         if "--dashboard-port" not in self.extra_args:

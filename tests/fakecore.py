@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# hyperhive.py is another engineer's file; start the role module directly.
-MCP_CMD = [sys.executable, "-c",
-           "import sys; from hyperhive.harness import mcp; sys.exit(mcp.main(sys.argv[1:]))"]
+# The MCP server is a process claude starts: the built pyz, as the harness names it.
+MCP_CMD = [str(REPO / "build" / "runtime" / "bin" / "python"), str(REPO / "hyperhive.pyz")]
 WAIT = 10.0  # the deadline of every wait in these tiers
 
 

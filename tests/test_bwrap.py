@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from conftest import FAKE_CLAUDE, PYTHON, ROOT, Hive, kill_harnesses, wait_until
+from conftest import FAKE_CLAUDE, PYTHON, PYZ, PYZ_PYTHON, ROOT, Hive, kill_harnesses, wait_until
 from hyperhive import wire
 from hyperhive.core.containers import Launch
 from hyperhive.core.containers.bwrap import (INIT, NAMESPACES, BwrapBackend, descendants, inside,
@@ -32,15 +32,15 @@ WORKS, WHY = BwrapBackend.works()
 
 # The core, with the bwrap backend registered and probe* agents running PROBE.
 DAEMON = r"""
-import importlib.util, os, sys
-sys.path.insert(0, %(root)r)
-# gevent patched as hyperhive.py patches the core
-spec = importlib.util.spec_from_file_location("hyperhive_entry", os.path.join(%(root)r, "hyperhive.py"))
-entry = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(entry)
-profile = entry.resolve("hyperhive.py", ["serve"])[1]
+import os, sys, zipimport
+# the core under test is the built pyz's, patched as its __main__ patches the core; its harnesses
+# run the pyz too
+sys.path.insert(0, %(pyz)r)
+entry = {"__name__": "hyperhive_entry"}
+exec(zipimport.zipimporter(%(pyz)r).get_code("__main__"), entry)
+profile = entry["resolve"]("hyperhive.pyz", ["serve"])[1]
 from gevent import monkey
-monkey.patch_all(**(getattr(entry, "PATCHES", {}).get(profile, {}) if isinstance(profile, str) else {}))
+monkey.patch_all(**entry["PATCHES"][profile])
 from hyperhive.core import containers, lifecycle
 from hyperhive.core.containers.bwrap import BwrapBackend
 containers.BACKENDS["bwrap"] = BwrapBackend
@@ -54,7 +54,7 @@ def launch(self, agent, *args, **kwargs):
 lifecycle.Lifecycle.launch = launch
 from hyperhive.core import daemon
 sys.exit(daemon.main(sys.argv[1:]))
-""" % {"root": ROOT}
+""" % {"pyz": PYZ}
 
 # Runs inside the sandbox as an agent's "harness". Paths follow the core's Layout.
 PROBE = r"""
@@ -190,7 +190,7 @@ class BwrapHive(Hive):
 
     def start(self, wait=True):
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PYTHON, "-c", DAEMON, "serve", "--state-dir", self.state_dir,
+        self.proc = subprocess.Popen([PYZ_PYTHON, "-c", DAEMON, "serve", "--state-dir", self.state_dir,
                                       "--backend", "bwrap", "--claude", self.claude, *self.extra_args],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()

@@ -14,13 +14,13 @@ import socket
 import sqlite3
 import subprocess
 
-from conftest import ENTRY, PYTHON, wait_until
+from conftest import pyz_argv, wait_until
 from fakecore import remove_tree, short_tmpdir
 from hyperhive import wire
 
 
 def cli(socket_path, *args, timeout=120):
-    return subprocess.run([PYTHON, ENTRY, "--socket", socket_path, *args], capture_output=True, text=True,
+    return subprocess.run(pyz_argv("--socket", socket_path, *args), capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from conftest import ENTRY, PYTHON, Hive, kill_harnesses, wait_until
+from conftest import Hive, kill_harnesses, pyz_argv, wait_until
 from hyperhive import wire
 
 
@@ -64,7 +64,7 @@ def manager_inbox(hive):
 
 
 def cli(hive, *args):
-    return subprocess.run([PYTHON, ENTRY, "--socket", hive.host_sock, *args], capture_output=True, text=True,
+    return subprocess.run(pyz_argv("--socket", hive.host_sock, *args), capture_output=True, text=True,
                           timeout=120)
 
 

@@ -9,7 +9,7 @@ import pytest
 from gevent import socket as gsocket  # this process is not monkey-patched
 from gevent.pywsgi import WSGIServer
 
-from conftest import ENTRY, FAKE_CLAUDE
+from conftest import FAKE_CLAUDE, PYZ, PYZ_PYTHON
 from hyperhive import wire
 from hyperhive.core.auth import COOKIE, Auth
 from hyperhive.core.containers.process import ProcessBackend
@@ -60,7 +60,8 @@ class Dash:
         self.layout.makedirs()
         open_core(self.layout.db_path)
         self.backend = Backend()
-        self.core = Core(self.layout, self.backend, Harness(ENTRY, claude=FAKE_CLAUDE), dashboard=None)
+        self.core = Core(self.layout, self.backend, Harness(PYZ, claude=FAKE_CLAUDE, python=PYZ_PYTHON),
+                         dashboard=None)
         self.core.lifecycle.boot()  # creates the manager
         self.dashboard = Dashboard(self.core, self.core.auth)
         self.app = self.dashboard.app
@@ -530,9 +531,9 @@ def test_login_url_from_the_cli_opens_the_dashboard_of_a_real_core(hive):
     import urllib.error
     import urllib.request
 
-    from conftest import ENTRY, PYTHON
+    from conftest import pyz_argv
 
-    out = subprocess.run([PYTHON, ENTRY, "--socket", hive.host_sock, "login-url"], capture_output=True,
+    out = subprocess.run(pyz_argv("--socket", hive.host_sock, "login-url"), capture_output=True,
                          text=True, timeout=60, check=True).stdout.strip()
     assert out.startswith(hive.url + "/login?token=")
     with pytest.raises(urllib.error.HTTPError) as refused:

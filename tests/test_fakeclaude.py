@@ -24,8 +24,7 @@ def hive():
     config = root / "mcp.json"
     config.write_text(json.dumps({"mcpServers": {"hyperhive": {
         "command": MCP_CMD[0], "args": MCP_CMD[1:] + ["agent", "mcp"],
-        # the server runs in the agent's state dir, so it finds hyperhive by path
-        "env": {"HIVE_SOCKET": core.path, "PYTHONPATH": str(REPO)}}}}))
+        "env": {"HIVE_SOCKET": core.path}}}}))
     yield core, state, config
     core.stop()
     remove_tree(root)

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from conftest import ENTRY, FAKE_CLAUDE, PYTHON, Hive, kill_harnesses, wait_until
+from conftest import FAKE_CLAUDE, Hive, kill_harnesses, pyz_argv, wait_until
 from hyperhive import jsonline, wire
 
 
@@ -36,7 +36,7 @@ def test_host_socket_mode_and_manager_ensured(hive):
 
 
 def test_second_daemon_on_the_same_state_dir_is_refused(hive):
-    second = subprocess.run([PYTHON, ENTRY, "serve", "--state-dir", hive.state_dir, "--backend", "process"],
+    second = subprocess.run(pyz_argv("serve", "--state-dir", hive.state_dir, "--backend", "process"),
                             capture_output=True, text=True, timeout=30)
     assert second.returncode == 1
     assert "already serving" in second.stderr and "Traceback" not in second.stderr

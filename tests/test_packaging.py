@@ -243,7 +243,7 @@ def test_the_built_pyz_serves_a_hive_and_runs_its_harnesses(pyz, tmp_path):
     from hyperhive.core.containers.bwrap import BwrapBackend
 
     backend = "bwrap" if BwrapBackend.works()[0] else "process"
-    hive = Hive(tmp_path / "state", entry=str(pyz), backend=backend, env={"ANTHROPIC_API_KEY": "k"},
+    hive = Hive(tmp_path / "state", pyz=str(pyz), backend=backend, env={"ANTHROPIC_API_KEY": "k"},
                 extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
     try:
         hive.start()

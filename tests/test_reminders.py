@@ -421,7 +421,7 @@ def test_the_sweep_removes_only_closed_rows_past_thirty_days_and_logs_each_count
 @pytest.fixture
 def clocked(tmp_path):
     offset = tmp_path / "clock-offset"
-    h = Hive(tmp_path / "state", entry=os.path.join(ROOT, "tests", "clockedcore.py"),
+    h = Hive(tmp_path / "state", wrapper=os.path.join(ROOT, "tests", "clockedcore.py"),
              env={"ANTHROPIC_API_KEY": "test-key", "HIVE_TEST_CLOCK_FILE": str(offset)},
              extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
     h.offset = offset

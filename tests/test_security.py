@@ -46,7 +46,7 @@ from types import SimpleNamespace
 import pytest
 
 import wsgi
-from conftest import ENTRY, PYTHON, Clock, Hive, refused, running, wait_until
+from conftest import Clock, Hive, pyz_argv, refused, running, wait_until
 from hyperhive import jsonline, wire
 from hyperhive.core import auth as auth_module
 from hyperhive.core.auth import COOKIE, Auth
@@ -496,7 +496,7 @@ def mcp_session(role, sock, calls):
     lines += [{"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": name, "arguments": args}}
               for i, (name, args) in enumerate(calls, 2)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("HIVE_")}
-    done = subprocess.run([PYTHON, ENTRY, role, "mcp"], input="".join(json.dumps(x) + "\n" for x in lines),
+    done = subprocess.run(pyz_argv(role, "mcp"), input="".join(json.dumps(x) + "\n" for x in lines),
                           env=dict(env, HIVE_SOCKET=sock), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     answers = {a["id"]: a for a in map(json.loads, done.stdout.splitlines())}

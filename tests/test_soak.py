@@ -39,7 +39,19 @@ def fds(pid):
 
 
 def disk_bytes(path):
-    """A sqlite file's size with its write-ahead log, which holds what is not checkpointed yet."""
+    """A sqlite file's size at rest: its write-ahead log folded in first.
+
+    The log's own size says when the last checkpoint could reset it (a
+    reader's snapshot holds it), not what the hive keeps; folded, the file
+    is every page the database holds."""
+    def folded():
+        con = sqlite3.connect(path, timeout=10)
+        try:
+            return con.execute("pragma wal_checkpoint(truncate)").fetchone()[0] == 0  # 0: not busy
+        finally:
+            con.close()
+
+    wait_until(folded, 30, f"a full checkpoint of {path}")
     return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
 
 
@@ -104,7 +116,7 @@ class Soak:
 def test_a_hive_running_many_turns_stays_flat(tmp_path):
     clock_file = tmp_path / "clock-offset"
     clock_file.write_text("0")
-    h = Hive(tmp_path / "state", entry=os.path.join(ROOT, "tests", "clockedcore.py"),
+    h = Hive(tmp_path / "state", wrapper=os.path.join(ROOT, "tests", "clockedcore.py"),
              env={"ANTHROPIC_API_KEY": "test-key", "HIVE_TEST_CLOCK_FILE": str(clock_file),
                   "FAKE_CLAUDE_MCP": "lazy"},
              extra_args=["--pass-env", "ANTHROPIC_API_KEY", "--pass-env", "FAKE_CLAUDE_MCP"])

@@ -15,6 +15,11 @@ import zipfile
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 SKIP_DIRS = {"__pycache__", "bin", "tests"}
 SKIP_SUFFIXES = (".pyc", ".pyo", ".so", ".exe")
+# What a vendored package's dist-info keeps. entry_points.txt is how a library
+# finds its own plugins by name (markdown's extensions): a dist-info in the pyz
+# shadows the interpreter's copy of the same package, so without it the lookup
+# fails even where the package is installed.
+DIST_INFO_KEPT = ("/METADATA", "/LICENSE", "/LICENSE.txt", "/LICENSE.md", "/top_level.txt", "/entry_points.txt")
 
 
 def walk(root, prefix=""):
@@ -57,9 +62,8 @@ def main():
     entries.update(walk("hyperhive", "hyperhive/"))
     entries.update(walk("assets", "assets/") if os.path.isdir("assets") else ())
     for name, path in walk(args.vendor):
-        if ".dist-info/" in name and not name.endswith(("/METADATA", "/LICENSE", "/LICENSE.txt",
-                                                        "/LICENSE.md", "/top_level.txt")):
-            continue  # RECORD/INSTALLER/direct_url name the build machine; licences stay
+        if ".dist-info/" in name and not name.endswith(DIST_INFO_KEPT):
+            continue  # RECORD/INSTALLER/direct_url name the build machine
         entries.setdefault(name, path)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
