@@ -202,4 +202,6 @@ def main(argv):
         print(f"hyperhive: {e}", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2) if args["--json"] else fmt(answer))
+    for warning in answer.get(wire.WARNINGS) or ():  # done, but a step after it failed: say so, still exit 0
+        print(f"hyperhive: warning: {warning}", file=sys.stderr)
     return 0

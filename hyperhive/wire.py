@@ -420,6 +420,11 @@ def ok(**payload):
     return {"version": VERSION, "ok": True, **payload}
 
 
+# An ok answer may carry `warnings`: sentences for steps that failed after the
+# verb's effect was committed (the effect happened; do not retry it for them).
+WARNINGS = "warnings"
+
+
 def error(message, code="bad_argument"):
     return {"version": VERSION, "ok": False, "error": message, "code": code}
 

@@ -131,6 +131,10 @@
     }
     let data = null;
     try { data = await res.json(); } catch (_) { /* 200 with an empty or text body is still ok */ }
+    // done, but a step after it failed (the wire's `warnings`): said, never hidden
+    for (const warning of (data && Array.isArray(data.warnings)) ? data.warnings : []) {
+      toast(`done, but ${warning}`, "warn");
+    }
     return {ok: true, data};
   }
 

@@ -10,6 +10,7 @@ through `repos` (the git module), containers through `lifecycle`.
 import logging
 
 from hyperhive import wire
+from hyperhive.core import aftermath
 from hyperhive.schema import Agent, Approval, core_db, now_ms
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class Approvals:
         return removed
 
     def _added(self, a):
-        self.hub.publish("approval_added", approval=dict(row(a), diff=a.diff))
+        aftermath.after(f"telling the dashboard about approval {a.id}",
+                        lambda: self.hub.publish("approval_added", approval=dict(row(a), diff=a.diff)))
         log.info("approval %d queued: %s %s", a.id, a.kind, a.agent)
         return a.id
 
@@ -118,14 +120,15 @@ class Approvals:
         with core_db.atomic():
             Approval.update(status=status, note=note, resolved_at=now_ms()).where(Approval.id == a.id).execute()
         a = Approval.get_by_id(a.id)
-        self.hub.publish("approval_resolved", approval=row(a))
+        aftermath.after(f"telling the dashboard that approval {a.id} is {status}",
+                        lambda: self.hub.publish("approval_resolved", approval=row(a)))
         what = f"approval {a.id} ({a.kind} of {a.agent}"
         what += f", commit {a.fetched_sha[:12]})" if a.fetched_sha else ")"
         text = {"approved": f"{what} was approved and applied.",
                 "denied": f"{what} was denied by the operator" + (f": {note}" if note else "."),
                 "failed": f"{what} was approved but failed: {note}",
                 "cancelled": f"{what} was withdrawn: {note}"}[status]
-        self.broker.send("core", wire.MANAGER, f"[helper event] {text}")
+        aftermath.after("telling the manager", self.broker.send, "core", wire.MANAGER, f"[helper event] {text}")
         log.info("%s", text)
         return row(a)
 

@@ -15,6 +15,7 @@ from gevent import wait
 from gevent.event import Event
 
 from hyperhive import wire
+from hyperhive.core import aftermath
 from hyperhive.wire import iso
 from hyperhive.schema import Message, core_db
 
@@ -79,10 +80,10 @@ class Broker:
         refs = json.dumps(list(file_refs))
         # one statement is its own transaction: committed when execute returns
         mid = core_db.execute_sql(_INSERT, (sender, recipient, body, now, done, done, refs)).lastrowid
-        self.hub.publish("sent", message={
+        self._wake(recipient)
+        aftermath.after(f"telling the dashboard about message {mid}", self.hub.publish, "sent", message={
             "id": mid, "from": sender, "body": body, "sent_at": iso(now), "redelivered": False,
             "file_refs": list(file_refs), "to": recipient, "delivered_at": iso(done), "acked_at": iso(done)})
-        self._wake(recipient)
         return mid
 
     def hold(self, recipient, held):
@@ -101,7 +102,8 @@ class Broker:
         if not rows:
             return []
         rows.sort()  # RETURNING does not promise an order
-        self.hub.publish("delivered", recipient=recipient, ids=[r[0] for r in rows])
+        aftermath.after("telling the dashboard what was delivered", self.hub.publish, "delivered",
+                        recipient=recipient, ids=[r[0] for r in rows])
         return [{"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at), "redelivered": bool(redelivered),
                  "file_refs": json.loads(refs)} for mid, sender, body, sent_at, redelivered, refs in rows]
 

@@ -21,7 +21,7 @@ import gevent
 from gevent.lock import RLock
 
 from hyperhive import wire
-from hyperhive.core import reminders
+from hyperhive.core import aftermath, reminders
 from hyperhive.core.containers import Launch
 from hyperhive.reach import Reach, scan
 from hyperhive.schema import Agent, core_db, now_ms
@@ -222,7 +222,13 @@ class Lifecycle:
     # -- the watch -------------------------------------------------------------------
 
     def changed(self, name, agent=None):
-        """Re-read one agent's row and tell subscribers if it differs."""
+        """Re-read one agent's row and tell subscribers if it differs.
+
+        Called after an agent's change is committed: a row that cannot be
+        read now is the dashboard's loss, noted, never the change's."""
+        aftermath.after(f"updating {name}'s row on the dashboard", self._changed, name, agent)
+
+    def _changed(self, name, agent=None):
         agent = agent or Agent.get_or_none(Agent.name == name)
         if agent is None:
             if self._last_rows.pop(name, None) is not None:
@@ -238,9 +244,9 @@ class Lifecycle:
         for agent in list(Agent.select()):
             before = self._last_rows.get(agent.name)
             self.changed(agent.name, agent)
-            after = self._last_rows[agent.name]
+            after = self._last_rows.get(agent.name) or {}
             gevent.sleep(0)  # a hive of many agents must not stall every socket for the whole pass
-            if before and before["running"] and after["failed"]:
+            if before and before["running"] and after.get("failed"):
                 log.error("%s's harness died on its own; see %s", agent.name, self.layout.log(agent.name))
                 self.broker.send("core", wire.MANAGER,
                                  f"[helper event] container_crash: {agent.name}'s harness stopped without an "
@@ -350,7 +356,7 @@ class Lifecycle:
             self.broker.hold(name, agent.paused)
             self._start(agent)
             if revived:
-                self.hub.publish("tombstones_changed", tombstones=self.tombstones())
+                self._tombstones_changed()
             log.info("%s %s (asked by %s)", "revived" if revived else "spawned", name, parent)
 
     def ensure_manager(self):
@@ -461,8 +467,12 @@ class Lifecycle:
                 shutil.rmtree(self.layout.home(name), ignore_errors=False)
                 self.repos.purge(name)
             self.broker.hold(name, False)
-        self.hub.publish("tombstones_changed", tombstones=self.tombstones())
+        self._tombstones_changed()
         log.info("destroyed %s%s", name, " and purged its state" if purge else "; its state is kept")
+
+    def _tombstones_changed(self):
+        aftermath.after("updating the dashboard's tombstones", lambda: self.hub.publish(
+            "tombstones_changed", tombstones=self.tombstones()))
 
     def purge_tombstone(self, name):
         wire.check_name(name)
@@ -470,7 +480,7 @@ class Lifecycle:
             raise wire.HiveError(f"there is no tombstone named {name!r}", "not_found")
         shutil.rmtree(self.layout.home(name))
         self.repos.purge(name)
-        self.hub.publish("tombstones_changed", tombstones=self.tombstones())
+        self._tombstones_changed()
 
     def set_paused(self, name, paused):
         self.get(name)

@@ -19,6 +19,7 @@ import logging
 import time
 
 from hyperhive import markup, wire
+from hyperhive.core import aftermath
 from hyperhive.schema import Question, core_db
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class Questions:
             if target != wire.OPERATOR:
                 self.broker.send(asker, target, self._asked_body(q, options))
         if target == wire.OPERATOR:
-            self.hub.publish("question_added", question=shown(q))
+            aftermath.after(f"telling the dashboard about question {q.id}",
+                            lambda: self.hub.publish("question_added", question=shown(q)))
         log.info("question %d: %s asks %s", q.id, asker, target)
         return row(q)
 
@@ -222,7 +224,8 @@ class Questions:
             if note is None:
                 self.broker.send(by, q.asker, self._answered_body(q, headline))
         if q.target == wire.OPERATOR:
-            self.hub.publish("question_resolved", question=shown(q))
+            aftermath.after(f"telling the dashboard that question {q.id} is closed",
+                            lambda: self.hub.publish("question_resolved", question=shown(q)))
         log.info("question %d closed by %s%s", q.id, by, f" ({note})" if note else "")
         return row(q)
 

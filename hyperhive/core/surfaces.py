@@ -12,7 +12,7 @@ import os
 from gevent.queue import Empty
 
 from hyperhive import resources, wire
-from hyperhive.core import reminders
+from hyperhive.core import aftermath, reminders
 from hyperhive.core.events import CLOSED
 from hyperhive.core.looseends import LooseEnds
 from hyperhive.schema import Agent, now_ms
@@ -38,7 +38,8 @@ class Surfaces:
             verb, args = wire.parse_request(obj, surface)
             if verb == "recv":
                 args["gone"] = gone
-            return getattr(self, f"do_{verb}")(caller, **args)
+            with aftermath.collecting() as notes:
+                return aftermath.answer(getattr(self, f"do_{verb}")(caller, **args), notes)
 
         return dispatch
 
@@ -104,7 +105,8 @@ class Surfaces:
             else:
                 text = (f"[helper event] needs_login: {caller}'s claude has no valid login, so its turns are "
                         f"parked; the operator logs it in on its page (/agent/{caller}/).")
-            self.broker.send("core", wire.MANAGER, text + (f" ({note})" if note else ""))
+            aftermath.after("telling the manager", self.broker.send, "core", wire.MANAGER,
+                            text + (f" ({note})" if note else ""))
         log.warning("%s %s%s", caller, "is logged in" if logged_in else "needs a claude login",
                     f": {note}" if note else "")
         return wire.ok(changed=True)
@@ -223,7 +225,8 @@ class Surfaces:
 
     def do_destroy(self, caller, name, purge):
         self.lifecycle.destroy(name, purge=purge)
-        self.questions.agent_destroyed(name)  # nobody is left waiting on it, nor waiting for it
+        # nobody is left waiting on it, nor waiting for it
+        aftermath.after(f"closing the questions of the destroyed {name}", self.questions.agent_destroyed, name)
         return wire.ok()
 
     def do_set_paused(self, caller, name, paused):

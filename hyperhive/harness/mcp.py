@@ -506,7 +506,10 @@ class Server:
         except wire.HiveError as e:
             # the model reads this sentence and can act on it, so it is a result, not a protocol error
             return {"content": [{"type": "text", "text": str(e)}], "isError": True}
-        return {"content": [{"type": "text", "text": tool.format(answer, args)}], "isError": False}
+        text = tool.format(answer, args)
+        for warning in answer.get(wire.WARNINGS) or ():  # done, but a step after it failed
+            text += f"\n(warning: {warning})"
+        return {"content": [{"type": "text", "text": text}], "isError": False}
 
 
 def _valid_id(msg_id):
