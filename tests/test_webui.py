@@ -257,13 +257,11 @@ def test_without_web_secret_everything_is_503_until_the_core_writes_it(harness, 
 
 # -- pages -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, asset", [("/", "agent.html"), ("/stats", "stats.html")])
-def test_pages_are_their_shells_when_the_file_exists(app, path, asset):
+@pytest.mark.parametrize("path", ["/", "/stats", "/static/agent.js"])
+def test_the_harness_serves_no_page_only_data(app, path):
+    """The page and its assets come from the core's own files; a harness answers JSON and events."""
     reply = get(app, path)
-    if os.path.exists(os.path.join(resources.ROOT, web.ASSETS, asset)):
-        assert reply.status == 200 and reply.headers["content-type"].startswith("text/html")
-    else:
-        assert reply.status == 404 and asset in reply.error()
+    assert reply.status == 404 and reply.headers["content-type"] == "application/json"
 
 
 # -- /api/state -------------------------------------------------------------------------------
@@ -845,7 +843,3 @@ def test_a_real_harness_serves_its_page_beside_its_socket(hive):
     assert "inbox_error" not in state  # the page reached the real core's `recent`
 
 
-def test_static_files_come_from_assets_web(app):
-    reply = get(app, "/static/no-such-file.js")
-    assert reply.status == 404 and reply.error() == "there is no asset 'no-such-file.js'"
-    assert get(app, "/static/../hyperhive/wire.py").status == 404

@@ -197,7 +197,6 @@ class Dashboard:
         route("/agent/<name>/", callback=lambda name: self.agent_page(name, ""))
         route("/agent/<name>/stats", callback=lambda name: self.agent_page(name, "stats"))
         route("/agent/<name>/static/<path:path>", callback=lambda name, path: self.agent_page(name, "static", path))
-        route("/agent/<name>/", "POST", callback=lambda name: self.proxy(name, ""))
         route("/agent/<name>/<path:path>", ["GET", "POST"], callback=self.proxy)
         return app
 

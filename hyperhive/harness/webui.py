@@ -1,7 +1,7 @@
 """The agent's own web page, server side: routes, live-event SSE, operator turn controls.
 
-Owns the page's HTTP surface (docs/web.md, "Agent page routes"): the
-snapshot, the event stream and its history, the operator's actions on this
+Owns the page's HTTP data surface (docs/web.md, "Agent page routes"; the
+page shell and its assets are the core's): the snapshot, the event stream and its history, the operator's actions on this
 agent (send, cancel, compact, new session, model, claude's login), the
 loose-ends and stats data, previews of the files this agent may reach, the
 server-side markdown of events (`Presenter`), and the listener: a unix socket `web.sock`
@@ -219,9 +219,7 @@ class Page:
 
     def _routes(self, app):
         app.add_hook("before_request", self._authorize)
-        app.route("/", "GET", lambda: web.page("agent.html"))
-        app.route("/static/<relpath:path>", "GET", web.static)
-        app.route("/stats", "GET", lambda: web.page("stats.html"))
+        # data only: the page itself and its assets are the core's (the harness is the agent's to change)
         app.route("/api/state", "GET", self.state)
         app.route("/events/stream", "GET", self.stream)
         app.route("/events/history", "GET", self.history)
