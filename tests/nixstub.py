@@ -1,6 +1,6 @@
 """Evaluating hyperhive's nix files without nixpkgs: nix-instantiate over tests/nix/ (a stub lib, stub
-packages and a minimal module system), for the tests of the NixOS module, the container templates and
-the docs.
+packages, a minimal module system and the NixOS options the module reads), for the tests of the NixOS
+module, the container templates and the docs.
 
 `nix-instantiate` comes from Debian's nix-bin; without it these tests skip, unless HIVE_REQUIRE_NIX=1
 (CI), where its absence fails them.
@@ -18,8 +18,8 @@ STUB = os.path.join(ROOT, "tests", "nix")
 MODULE = os.path.join(ROOT, "nix", "modules", "hive-c0re.nix")
 TEMPLATES = os.path.join(ROOT, "nix", "templates")
 
-# What NixOS itself defines that the module reads: its defaults, as the stub has no NixOS.
-NIXOS_DEFAULTS = "({ pkgs, ... }: { nix.package = pkgs.nix; boot.enableContainers = true; })"
+# What NixOS itself declares and defines that the module reads, as current NixOS has it.
+NIXOS = os.path.join(STUB, "nixos.nix")
 
 
 def require_nix():
@@ -70,7 +70,7 @@ def modules_expr(modules, strict, select):
 
 def host(settings, select="ev: ev.config", extra=()):
     """The host module with `settings` as services.hyperhive.*, then `select` of the evaluation."""
-    modules = [nix_string(MODULE), NIXOS_DEFAULTS, nix_value({"services": {"hyperhive": settings}}), *extra]
+    modules = [nix_string(MODULE), nix_string(NIXOS), nix_value({"services": {"hyperhive": settings}}), *extra]
     return evaluate(modules_expr(modules, ["services.hyperhive"], select))
 
 
@@ -88,5 +88,7 @@ def option_names():
     def names(modules, strict):
         return evaluate(modules_expr(modules, strict, "ev: map (o: o.name) ev.optionList"))
 
-    return (names([nix_string(MODULE), NIXOS_DEFAULTS], ["services.hyperhive"])
+    # NixOS's own (tests/nix/nixos.nix) are not the module's to document
+    return ([n for n in names([nix_string(MODULE), nix_string(NIXOS)], ["services.hyperhive"])
+             if n.startswith("services.hyperhive.")]
             + names([nix_string(os.path.join(TEMPLATES, "agent-base.nix"))], ["hyperhive"]))

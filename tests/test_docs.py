@@ -1,6 +1,7 @@
 """The docs cannot drift from the code: every admin CLI verb, every option of `serve`, every NixOS
 option of the module and the container templates, and every MCP tool is named in README.md or
-docs/*.md, and every relative link there (with its #anchor) resolves.
+docs/*.md, the host flake of docs/nixos.md evaluates, and every relative link there (with its
+#anchor) resolves.
 """
 
 import glob
@@ -12,7 +13,7 @@ import pytest
 from conftest import ROOT
 from hyperhive import cli, settings
 from hyperhive.harness import mcp
-from nixstub import option_names
+from nixstub import NIXOS, STUB, evaluate, nix_string, option_names
 
 PAGES = ("architecture", "approvals", "persistence", "turnloop", "nixos", "conventions", "gotchas", "web")
 DOCS = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) + [os.path.join(ROOT, "README.md")]
@@ -64,6 +65,40 @@ def test_every_nixos_option_is_documented():
     # hyperhive.name, .role and .pyz are the meta flake's and the templates' to set, but named all the same
     missing = [n for n in names if f"`{n}`" not in text]
     assert not missing, f"NixOS options docs/nixos.md does not name: {missing}"
+
+
+def host_flake():
+    """The host's flake.nix that docs/nixos.md tells the operator to write."""
+    text = text_of(os.path.join(ROOT, "docs", "nixos.md"))
+    return re.search(r"```nix\n(# flake.nix of the host\n.*?)```", text, re.S).group(1)
+
+
+def test_the_host_flake_of_the_docs_evaluates():
+    # over the stub: nixosSystem is its evaluation (with NixOS's own options), hyperhive is this checkout's flake
+    got = evaluate(f"""
+      let
+        lib = import {nix_string(os.path.join(STUB, "lib.nix"))};
+        nixosSystem = {{ modules, ... }}: import {nix_string(os.path.join(STUB, "eval.nix"))} {{
+          modules = modules ++ [ {nix_string(NIXOS)} ]; strict = [ "services.hyperhive" ]; }};
+        hyperhive = (import {nix_string(os.path.join(ROOT, "flake.nix"))}).outputs {{
+          self = hyperhive; nixpkgs = {{ inherit lib; }}; }};
+        flake = ({host_flake()});
+        ev = (flake.outputs {{ self = flake; nixpkgs.lib = lib // {{ inherit nixosSystem; }}; inherit hyperhive; }})
+          .nixosConfigurations.myhost;
+      in {{
+        inputs = flake.inputs;
+        containers = ev.config.boot.enableContainers;
+        failing = map (a: a.message) (builtins.filter (a: !a.assertion) ev.config.assertions);
+      }}""")
+    assert got["failing"] == [] and got["containers"] is True
+    # else the hive's lock pins a nixpkgs of its own beside the host's
+    assert got["inputs"]["hyperhive"].get("inputs") == {"nixpkgs": {"follows": "nixpkgs"}}
+
+
+def test_the_docs_do_not_count_on_nixos_turning_containers_on():
+    # NixOS 25.11 defaults boot.enableContainers to `config.containers != { }`: off on a hive's host
+    said = [p for p in text_of(*DOCS).split("\n\n") if "boot.enableContainers" in p]
+    assert said and not [p for p in said if re.search(r"NixOS's default|on by default|defaults? to true", p)]
 
 
 def test_every_mcp_tool_is_documented():

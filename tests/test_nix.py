@@ -84,6 +84,7 @@ def test_a_disabled_module_defines_nothing():
     # the stub keeps the names of switched-off settings (their values null), never their values
     config = host({}, "ev: { inherit (ev.config) systemd users networking environment assertions; }")
     assert [(p, v) for p, v in leaves(config) if v is not None] == []
+    assert host({"backend": "nixos"}, "ev: ev.config.boot.enableContainers") is False  # NixOS's own default
 
 
 # -- the host module ---------------------------------------------------------------------------
@@ -177,7 +178,26 @@ def test_assertions_say_what_to_fix():
     assert any("Nix 2.19 or later" in m for m in failing({"enable": True}, [old_nix]))
     no_containers = "({ lib, ... }: { boot.enableContainers = lib.mkForce false; })"
     assert any("boot.enableContainers" in m for m in failing({"enable": True}, [no_containers]))
+    assert any("boot.enableContainers" in m for m in failing({"enable": True, "backend": "auto"},
+                                                             ["{ boot.enableContainers = false; }"]))
     assert failing({"enable": True, "backend": "bwrap"}, [no_containers]) == []
+
+
+CONTAINERS = ("ev: { on = ev.config.boot.enableContainers; "
+              "failing = map (a: a.message) (builtins.filter (a: !a.assertion) ev.config.assertions); }")
+
+
+@pytest.mark.parametrize("backend", [{}, {"backend": "nixos"}, {"backend": "auto"}])
+def test_a_container_backend_turns_nixos_containers_on(backend):
+    # NixOS 25.11 turns them on only for a host with `containers` of its own, and the core's are not
+    assert host({"enable": True, **backend}, CONTAINERS) == {"on": True, "failing": []}
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "process"])
+def test_the_other_backends_leave_nixos_containers_to_the_host(backend):
+    assert host({"enable": True, "backend": backend}, CONTAINERS) == {"on": False, "failing": []}
+    declared = "{ containers.web = { }; }"
+    assert host({"enable": True, "backend": backend}, CONTAINERS, [declared]) == {"on": True, "failing": []}
 
 
 # -- the container templates -----------------------------------------------------------------

@@ -83,7 +83,8 @@ in
       default = "nixos";
       description = ''
         Where agents run: `nixos` (a NixOS container h-<name> each, built from the
-        meta flake; needs boot.enableContainers), `bwrap` (a bubblewrap sandbox),
+        meta flake; needs boot.enableContainers, which this module turns on unless
+        the host sets it), `bwrap` (a bubblewrap sandbox),
         `process` (plain child processes, for development) or `auto`.
       '';
     };
@@ -205,6 +206,10 @@ in
         message = "services.hyperhive.extraAgentEnv and passEnv may not name HIVE_*, PATH or HOME: the hive sets those for every harness.";
       }
     ];
+
+    # NixOS 25.11 defaults it to `config.containers != { }`, and the agents'
+    # containers are the core's, never in `containers`: left alone it is off.
+    boot.enableContainers = lib.mkIf (lib.elem cfg.backend [ "nixos" "auto" ]) (lib.mkDefault true);
 
     users.groups.${cfg.adminGroup} = { };
 
