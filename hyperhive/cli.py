@@ -92,8 +92,9 @@ def _state(row):
 
 
 def _status_table(answer):
-    rows = [dict(r, state=_state(r), model=r.get("active_model"), status=r.get("status_text"),
-                 login="needed" if r.get("needs_login") else "") for r in answer["agent_statuses"]]
+    rows = [dict(r, state=_state(r), model=r.get("active_model"), status=r.get("claude_missing") or r.get("status_text"),
+                 login="claude missing" if r.get("claude_missing") else "needed" if r.get("needs_login") else "")
+            for r in answer["agent_statuses"]]
     return _table(rows, ["name", "state", "model", "login", "parent", "status"]) if rows else "(no agents)"
 
 

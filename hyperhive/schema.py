@@ -45,6 +45,7 @@ class Agent(CoreModel):
     desired = pw.CharField(default="running")  # running | stopped: what the operator last asked
     paused = pw.BooleanField(default=False)
     needs_login = pw.BooleanField(default=False)
+    claude_missing = pw.TextField(null=True)  # the harness's sentence while it cannot find claude's binary
     status_text = pw.TextField(null=True)
     status_set_at = pw.BigIntegerField(null=True)
     running_sha = pw.CharField(null=True)  # the applied config commit its harness was started with
@@ -60,6 +61,7 @@ class Message(CoreModel):
     sent_at = pw.BigIntegerField(default=now_ms)
     delivered_at = pw.BigIntegerField(null=True)
     acked_at = pw.BigIntegerField(null=True)
+    cancelled_at = pw.BigIntegerField(null=True)  # the operator cancelled the turn that had it: handled, not done
     redelivered = pw.BooleanField(default=False)
     file_refs = pw.TextField(default="[]")  # JSON list
 

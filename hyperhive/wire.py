@@ -197,6 +197,13 @@ def _coerce(verb, arg, value):
         return [check_name(n, f"{where}: agent name") for n in names]
     if arg.kind == "options":
         return check_options(value, where)
+    if arg.kind == "ids":
+        if not isinstance(value, list) or not value or len(value) > RECV_MAX_BATCH:
+            raise HiveError(f"{where} must be a list of 1 to {RECV_MAX_BATCH} message ids, like [12, 13]")
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= MAX_INT:
+                raise HiveError(f"{where}: {str(item)[:40]!r} is not a message id (a whole number from 1)")
+        return list(dict.fromkeys(value))
     if arg.kind == "when":
         return parse_when(value, where)
     if arg.kind == "choice":
@@ -271,6 +278,9 @@ VERBS = {
     # agent verbs
     "recv": ((_WAIT, _MAX), "pop messages addressed to you"),
     "ack_turn": ((), "mark every message popped since the last ack as handled"),
+    "cancel_turn": ((), "the operator cancelled the running turn: mark its messages handled as cancelled and "
+                        "tell their senders"),
+    "retry_cancelled": ((Arg("ids", "ids"),), "queue messages of yours a cancelled turn had, again"),
     "requeue_inflight": ((), "put popped-but-unacked messages back, flagged redelivered"),
     "recent": ((Arg("limit", "int", False, 20, 1, 200),),
                "recent messages to or from you, newest first"),
@@ -306,8 +316,9 @@ VERBS = {
                "have a message delivered to your own inbox later"),
     "count_pending_reminders": ((), "how many of your reminders have not come due yet"),
     "set_status": ((Arg("text", "str"),), "your one-line status on the dashboard (\"\" clears it)"),
-    "report_login": ((Arg("logged_in", "bool"), Arg("note", "str", False, "")),
-                     "the harness says whether claude has a valid login"),
+    "report_login": ((Arg("logged_in", "bool"), Arg("note", "str", False, ""),
+                      Arg("claude_missing", "bool", False, False)),
+                     "the harness says whether claude has a valid login (or no binary to run at all)"),
     "purge_tombstone": ((_NAME,), "delete a tombstone's state and config for good"),
 }
 
@@ -322,8 +333,8 @@ HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending
               "start", "stop", "restart", "rebuild", "kill", "set_paused", "spawn",
               "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
               "update_meta", "login_url", "questions", "answer", "cancel_question")
-AGENT_VERBS = ("send", "recv", "ack_turn", "requeue_inflight", "recent", "inbox",
-               "operator_msg", "whoami", "get_loose_ends", "cancel_loose_end", "ask", "answer", "cancel_question",
+AGENT_VERBS = ("send", "recv", "ack_turn", "cancel_turn", "retry_cancelled", "requeue_inflight", "recent",
+               "inbox", "operator_msg", "whoami", "get_loose_ends", "cancel_loose_end", "ask", "answer", "cancel_question",
                "remind", "count_pending_reminders", "set_status", "report_login")
 MANAGER_VERBS = AGENT_VERBS + ("agent_status", "request_apply_commit", "request_init_config",
                                "request_spawn", "start", "stop", "restart", "rebuild", "kill", "update")
@@ -361,10 +372,10 @@ def parse_request(obj, surface):
 
 MESSAGE_FIELDS = ("id", "from", "body", "sent_at", "redelivered", "file_refs")
 # inbox/recent rows also say who a message went to
-LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at")
+LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at", "cancelled_at")
 STATUS_FIELDS = ("name", "running", "failed", "needs_update", "needs_login", "paused",
                  "parent", "deployed_sha", "active_model", "status_text", "status_set_at",
-                 "url", "pending_reminders", "role", "last_turn_at")
+                 "url", "pending_reminders", "role", "last_turn_at", "claude_missing")
 APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at",
                    "status", "resolved_at", "note", "description")
 # `target` is an agent's name, `manager` or `operator`; answered_* are null while it is open.

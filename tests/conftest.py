@@ -188,6 +188,20 @@ class Hive:
         with open(os.path.join(self.state_dir, "operator.secret")) as f:
             return f"hive_operator={f.read().strip()}"
 
+    def dashboard(self, method, path, body=None):
+        """One JSON request to the dashboard as the operator's browser makes it: (status, decoded answer)."""
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Cookie": self.cookie(), "Origin": self.url, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
     def call(self, verb, /, timeout=120, **args):
         return jsonline.call(self.host_sock, verb, timeout=timeout, **args)
 

@@ -19,11 +19,23 @@ the "model" replaced by directives read from the prompt, one per line:
                                  /compact ran since (its marker is consumed)
 
 Lines without "FAKE:" are ignored; an unknown directive fails the turn. The
-prompt "/compact" succeeds and leaves the compacted marker. Per-cwd state
-lives in ./.fakeclaude/: calls.jsonl (one line per invocation, written
-before acting), done.jsonl (one line per turn that ended well, written
-before its result line, so a harness can only have acked what is there), session (the session id --continue reuses), compacted (the
-marker), mcp-stderr.log.
+prompt "/compact" succeeds as the real CLI's does (status lines, a
+compact_boundary) and leaves the compacted marker -- unless
+./.fakeclaude/compact-fails exists: then it fails as the real one does
+(`compact_result: failed`, its text the error, yet `is_error: false`) and
+the file is consumed.
+
+Conversations are kept like the real CLI keeps them: a transcript per
+session id under $HOME/.claude/projects/<cwd, every non-alphanumeric a
+'-'>/<id>.jsonl (one line per prompt). `--resume <id>` goes on with one,
+and with an id that has no transcript prints the real CLI's error result
+("No conversation found with session ID: <id>") and exits 1.
+
+Per-cwd state lives in ./.fakeclaude/: calls.jsonl (one line per
+invocation, written before acting), done.jsonl (one line per turn that
+ended well, written before its result line, so a harness can only have
+acked what is there), session (the newest session id, what --continue
+reuses), compacted (the marker), mcp-stderr.log.
 
 With FAKE_CLAUDE_MCP=lazy the MCP server starts only when a directive uses
 a tool (the init line says "pending"), so a soak's plain turns stay cheap.
@@ -80,6 +92,18 @@ class Fail(Exception):
 
 class Interrupted(Exception):
     pass
+
+
+class NoConversation(Exception):
+    """--resume of a session id with no transcript."""
+
+
+def transcript(session_id):
+    """Where the real CLI keeps a conversation of this working dir, under HOME."""
+    import re
+
+    project = re.sub(r"[^A-Za-z0-9]", "-", os.getcwd())
+    return Path(os.environ.get("HOME") or ".") / ".claude" / "projects" / project / f"{session_id}.jsonl"
 
 
 # -- argv --------------------------------------------------------------------------------
@@ -210,11 +234,32 @@ class Turn:
 
     def _session(self):
         path = self.state / "session"
-        if self.opts.get("--continue") and path.exists():
-            return path.read_text().strip()
-        session_id = str(uuid.uuid4())
+        resume = self.opts.get("--resume")
+        if resume:
+            if not transcript(resume).exists():
+                raise NoConversation(resume)
+            session_id = resume
+        elif self.opts.get("--continue") and path.exists():
+            session_id = path.read_text().strip()
+        else:
+            session_id = str(uuid.uuid4())
         path.write_text(session_id)
         return session_id
+
+    def keep(self):
+        """Add this turn's prompt to the conversation's transcript, as the real CLI keeps it."""
+        kept = transcript(self.session_id)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with open(kept, "a") as f:
+            f.write(json.dumps({"type": "user", "prompt": self.prompt, "session_id": self.session_id}) + "\n")
+
+    def history(self):
+        """Every prompt of this conversation before this turn (what the model would be sent again)."""
+        try:
+            with open(transcript(self.session_id)) as f:
+                return [json.loads(line)["prompt"] for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
 
     def emit(self, obj):
         if self.fmt == "stream-json":
@@ -224,7 +269,8 @@ class Turn:
     def log_call(self, argv):
         record = {"time": time.time(), "pid": os.getpid(), "cwd": os.getcwd(), "argv": argv,
                   "prompt": self.prompt, "model": self.opts.get("--model"),
-                  "continue": bool(self.opts.get("--continue")), "session_id": self.session_id,
+                  "continue": bool(self.opts.get("--continue")), "resume": self.opts.get("--resume"),
+                  "session_id": self.session_id, "history": self.history(),
                   "allowed_tools": self.grants, "mcp_config": self.opts.get("--mcp-config", []),
                   "settings": self.opts.get("--settings"),
                   "append_system_prompt": self.opts.get("--append-system-prompt"),
@@ -303,7 +349,18 @@ class Turn:
     def run(self):
         """Act on the prompt; returns (result line, exit status)."""
         if self.prompt.strip() == "/compact":
+            fails = self.state / "compact-fails"
+            self.emit({"type": "system", "subtype": "status", "status": "compacting", "session_id": self.session_id})
+            if fails.exists():
+                error = f"Error during compaction: {fails.read_text().strip() or 'API Error: 400'}"
+                fails.unlink()
+                self.emit({"type": "system", "subtype": "status", "status": None, "compact_result": "failed",
+                           "compact_error": error, "session_id": self.session_id})
+                self.assistant([{"type": "text", "text": error}], "stop_sequence")
+                return self.result(error), 0
             (self.state / "compacted").write_text(self.session_id)
+            self.emit({"type": "system", "subtype": "status", "status": None, "compact_result": "success",
+                       "session_id": self.session_id})
             self.emit({"type": "system", "subtype": "compact_boundary", "session_id": self.session_id,
                        "compact_metadata": {"trigger": "manual", "pre_tokens": 1000}})
             return self.result(""), 0
@@ -455,11 +512,22 @@ def main(argv):
     state.mkdir(exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGINT, _interrupted)
-    turn = Turn(opts, prompt, state)
+    try:
+        turn = Turn(opts, prompt, state)
+    except NoConversation as e:  # what claude 2.1.197 prints (measured), and nothing else
+        if fmt == "stream-json":
+            print(json.dumps({"type": "result", "subtype": "error_during_execution", "duration_ms": 0,
+                              "is_error": True, "num_turns": 0, "session_id": e.args[0], "total_cost_usd": 0,
+                              "usage": _usage(0, 0, 0, 0), "permission_denials": [],
+                              "errors": [f"No conversation found with session ID: {e.args[0]}"]}), flush=True)
+        else:
+            print(f"No conversation found with session ID: {e.args[0]}", file=sys.stderr)
+        return 1
     turn.log_call(argv)
     try:
         turn.connect(servers)
         result, status = turn.run()
+        turn.keep()
         if status == 0:
             turn.log_done()
     except Interrupted as e:

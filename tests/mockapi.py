@@ -9,6 +9,9 @@ or a plain JSON Messages response, with usage and tool_use ids filled in.
 Side requests -- calls without a ``tools`` list (titles, topic checks; the
 agent conversation always carries tools) and the CLI's own compaction
 requests -- get a canned text unless ``side_requests_to_brain`` is set.
+``accept_key(key)`` decides which keys (``x-api-key``, or a bearer token)
+the API takes: a refused one gets the real API's 401 on every route,
+``GET /v1/models`` included (the free call a harness checks a key with).
 Anything not understood is answered 404 with an Anthropic-shaped error,
 printed to stderr and recorded in ``unknown``. Stdlib only.
 """
@@ -152,6 +155,9 @@ class MockAnthropic:
         self.brain = brain
         self.side_requests_to_brain = side_requests_to_brain
         self.requests: list[dict] = []
+        self.refused: list[tuple[str, dict | None]] = []  # (route, JSON body) of every request whose key was refused
+        self.model_checks = 0  # GET /v1/models answered
+        self.accept_key: Callable[[str | None], bool] = lambda key: True
         self.unknown: list[tuple[str, str]] = []
         self.brain_errors: list[str] = []  # tracebacks of brains that raised
         self.base_url: str | None = None
@@ -332,8 +338,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.mock._record_unknown(self.command, self.path, "unknown request")
         self._send_json(404, _error_body("not_found_error", f"mock: no route {self.command} {self.path}"))
 
+    def _key_refused(self, path: str) -> bool:
+        """Answer 401 as the real API does when the request's key is not one the mock takes."""
+        key = self.headers.get("x-api-key")
+        auth = self.headers.get("authorization") or ""
+        if key is None and auth.lower().startswith("bearer "):
+            key = auth[7:]
+        if self.mock.accept_key(key):
+            return False
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        with self.mock._lock:
+            self.mock.refused.append((path, body))
+        self._send_json(401, _error_body("authentication_error", "invalid x-api-key"))
+        return True
+
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
+        if path.startswith("/v1/") and self._key_refused(path):
+            return
         if path == "/v1/messages":
             request = self._read_json()
             if request is None:
@@ -360,6 +387,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._unknown()
 
     def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path != "/v1/models":
+            return self._unknown()
+        if self._key_refused(path):
+            return
+        with self.mock._lock:
+            self.mock.model_checks += 1
+        self._send_json(200, {"data": [{"type": "model", "id": "claude-mock-1", "display_name": "Mock",
+                                        "created_at": "2026-01-01T00:00:00Z"}],
+                              "has_more": False, "first_id": "claude-mock-1", "last_id": "claude-mock-1"})
+
+    def do_PUT(self) -> None:
         self._unknown()
 
-    do_PUT = do_DELETE = do_PATCH = do_GET
+    do_DELETE = do_PATCH = do_PUT

@@ -122,3 +122,94 @@ def test_kill_9_mid_turn_redelivers_and_completes(e2e):
                "the restarted harness to finish the redelivered turn")
     redelivered = [p for who, p in brain.seen if who == "a" and wire.REDELIVERED_BANNER in p]
     assert redelivered and redelivered[0].startswith(wire.REDELIVERED_BANNER + "\nfrom: operator\n\nhold this turn")
+
+
+# -- the conversation across restarts --------------------------------------------------------------
+
+def test_after_a_restart_and_a_crash_the_model_is_sent_the_earlier_conversation(e2e):
+    hive, brain, mock = e2e
+    hive.call("spawn", name="a")
+    hive.call("send", to="a", body="remember the word PINEAPPLE")
+    wait_until(lambda: any("PINEAPPLE" in p for who, p in brain.seen if who == "a"), 90, "the first turn")
+    wait_until(lambda: not unacked(hive, "a"), 30, "the first turn to be acked")
+    hive.call("restart", name="a")
+    hive.call("send", to="a", body="what was the word? (after a restart)")
+    asked = wait_until(lambda: conversation(mock, "after a restart"), 90, "the turn after the restart")
+    assert "remember the word PINEAPPLE" in asked, "the model is sent the conversation from before the restart"
+    wait_until(lambda: not unacked(hive, "a"), 30, "that turn to be acked")
+    os.killpg(hive.harness_pid("a"), signal.SIGKILL)
+    wait_until(lambda: not hive.row("a")["running"], 30, "the core to see the killed harness")
+    if not hive.row("a")["running"]:
+        try:
+            hive.call("start", scope={"agent_names": ["a"]})
+        except wire.HiveError as e:  # the core may have restarted it on its own meanwhile
+            assert e.code == "conflict", e
+    hive.call("send", to="a", body="and now? (after a crash)")
+    asked = wait_until(lambda: conversation(mock, "after a crash"), 90, "the turn after the crash")
+    assert "remember the word PINEAPPLE" in asked and "after a restart" in asked
+
+
+def conversation(mock, marker):
+    """All user text of the newest main request whose last prompt has the marker, or None."""
+    for request in reversed(mock.requests):
+        if request.get("tools") and marker in last_user_text(request):
+            return "\n".join(str(m.get("content")) for m in request["messages"] if m.get("role") == "user")
+    return None
+
+
+def unacked(hive, name):
+    return hive.db_rows("select count(*) from message where recipient=? and acked_at is null", name)[0][0]
+
+
+# -- a key the API refuses ------------------------------------------------------------------------
+
+@pytest.fixture
+def keyed(tmp_path):
+    brain = Brain()
+    mock = MockAnthropic(brain)
+    accepted = threading.Event()
+    mock.accept_key = lambda key: accepted.is_set()
+    url = mock.start()
+    hive = Hive(tmp_path / "state", claude=CLAUDE,
+                env={"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-ant-revoked", "HIVE_LOGIN_RECHECK": "1"},
+                extra_args=[arg for name in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "HIVE_LOGIN_RECHECK")
+                            for arg in ("--pass-env", name)])
+    hive.start()
+    try:
+        yield hive, brain, mock, accepted
+    finally:
+        try:
+            hive.stop()
+        finally:
+            kill_harnesses(hive.state_dir)
+            mock.stop()
+
+
+def test_a_refused_key_parks_the_agent_as_needing_a_login_until_the_api_takes_it_again(keyed):
+    hive, brain, mock, accepted = keyed
+    hive.call("spawn", name="a")
+    hive.call("send", to="a", body="ping")
+    row = wait_until(lambda: (r := hive.row("a")) and r["needs_login"] and r, 60, "a's row to say needs login")
+    assert row["claude_missing"] is None
+
+    def a_turns():
+        return [body for path, body in mock.refused if path == "/v1/messages" and agent_of(body or {}) == "a"]
+
+    def checks():
+        return [path for path, _ in mock.refused].count("/v1/models")
+
+    turns, checked = a_turns(), checks()
+    wait_until(lambda: checks() >= checked + 3, 30, "three more checks of the key")
+    assert a_turns() == turns, "parked: no turn is spent on a refused key"
+    assert 1 <= len(turns) <= 2, f"the turn ended at claude's first retry, not after ten ({len(turns)} requests)"
+    page = hive.dashboard("GET", "/agent/a/api/state")[1]
+    assert page["status"] == "needs_login_idle"
+    accepted.set()  # the key works again (re-enabled, or the quota is back)
+    wait_until(lambda: hive.row("a")["needs_login"] is False, 60, "a's row to clear by itself")
+    wait_until(lambda: not unacked(hive, "a"), 90, "the waiting ping to be handled")
+    assert any(who == "a" and "from: operator\n\nping" in p for who, p in brain.seen)
+    told = [m["body"] for m in hive.call("inbox", limit=100)["messages"] if ": a's claude" in m["body"]]
+    assert [t.split(":")[0] for t in told] == ["[helper event] logged_in", "[helper event] needs_login"], told
+    heard = [m["body"] for m in hive.agent_call("manager", "recent", limit=100)["messages"]
+             if m["to"] == "manager" and ": a's claude" in m["body"]]
+    assert sorted(t.split(":")[0] for t in heard) == ["[helper event] logged_in", "[helper event] needs_login"]

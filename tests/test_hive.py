@@ -204,13 +204,35 @@ def test_operator_to_a_to_b_to_operator(hive):
                "every message to be acked")
 
 
-def test_second_turn_continues_the_session(hive):
+def test_the_conversation_survives_restarts_rebuilds_and_crashes_and_only_new_session_drops_it(hive):
     hive.spawn("a")
-    hive.call("send", to="a", body="FAKE: send operator one")
-    wait_until(lambda: "one" in inbox_bodies(hive), 20, "the first turn")
-    hive.call("send", to="a", body="FAKE: send operator two")
-    wait_until(lambda: "two" in inbox_bodies(hive), 20, "the second turn")
-    assert [c["continue"] for c in hive.claude_calls("a")] == [False, True]
+
+    def turn(word):
+        calls = len(hive.claude_calls("a"))
+        hive.call("send", to="a", body=f"FAKE: send operator {word}")
+        wait_until(lambda: word in inbox_bodies(hive), 30, f"the turn that says {word}")
+        return hive.claude_calls("a")[calls]
+
+    first = turn("one")
+    assert first["resume"] is None
+    session = first["session_id"]
+    assert turn("two")["resume"] == session
+    hive.call("restart", name="a")
+    assert turn("three")["resume"] == session, "a restart keeps the conversation"
+    hive.call("rebuild", name="a")
+    assert turn("four")["resume"] == session, "a rebuild keeps it"
+    os.kill(hive.harness_pid("a"), signal.SIGKILL)
+    wait_until(lambda: hive.row("a")["failed"] or not hive.row("a")["running"], 30, "the crash to be seen")
+    hive.call("start", scope={"agent_names": ["a"]})
+    fifth = turn("five")
+    assert fifth["resume"] == session, "so does a crash"
+    assert [p.split("\n\n", 1)[1] for p in fifth["history"]] == [f"FAKE: send operator {w}" for w in
+                                                                   ("one", "two", "three", "four")]
+    status, _ = hive.dashboard("POST", "/agent/a/api/new-session", {})
+    assert status == 200
+    sixth = turn("six")
+    assert sixth["resume"] is None and sixth["session_id"] != session and sixth["history"] == []
+    assert turn("seven")["resume"] == sixth["session_id"]
 
 
 def test_failed_turn_is_not_acked_and_comes_again_flagged(hive):
@@ -236,13 +258,64 @@ def test_kill_mid_turn_redelivers_with_the_banner(hive):
     assert hive.claude_calls("a")[1]["prompt"].startswith(wire.REDELIVERED_BANNER)
 
 
+def test_cancel_means_stop_the_sender_is_told_and_retry_runs_it_again_on_purpose(hive):
+    hive.spawn("a", "b")
+    hive.call("send", to="b", body="FAKE: send a FAKE: sleep 60")  # b asks a for a turn that runs long
+    wait_until(lambda: hive.claude_calls("a"), 30, "a's long turn to start")
+    mid = hive.db_rows("select id from message where sender='b' and recipient='a'")[0][0]
+    wait_until(lambda: hive.dashboard("GET", "/agent/a/api/state")[1]["turn_state"] == "thinking", 30, "a to think")
+    assert hive.dashboard("POST", "/agent/a/api/cancel", {})[0] == 200
+    wait_until(lambda: hive.db_rows("select acked_at is not null, cancelled_at is not null from message where id=?",
+                                    mid) == [(1, 1)], 30, "the message to be handled as cancelled")
+    told = wait_until(lambda: hive.db_rows("select body from message where sender='core' and recipient='b'"), 30,
+                      "b to be told")
+    assert told[0][0].startswith(f"[cancelled] the operator cancelled a's turn before it finished, so your message "
+                                 f"#{mid} to a is marked handled without an answer")
+    hive.call("send", to="a", body="FAKE: send operator after-cancel")
+    wait_until(lambda: "after-cancel" in inbox_bodies(hive), 30, "a's next message")
+    assert [c["prompt"].split("\n\n", 1)[1] for c in hive.claude_calls("a")] == [
+        "FAKE: sleep 60", "FAKE: send operator after-cancel"], "the cancelled message did not run again"
+    history = hive.dashboard("GET", "/dashboard/history")[1]["events"]
+    assert [e["message"]["cancelled_at"] is not None for e in history if e["message"]["id"] == mid] == [True]
+    events = hive.dashboard("GET", "/agent/a/events/history")[1]["events"]
+    [cancelled] = [e for e in events if e["kind"] == "turn_end" and e["outcome"] == "cancelled"]
+    assert cancelled["ids"] == [mid]
+    status, answer = hive.dashboard("POST", "/agent/a/api/retry", {"ids": [mid]})
+    assert (status, answer["requeued"]) == (200, [mid])
+    again = wait_until(lambda: hive.claude_calls("a")[2:], 30, "the retried message to run")
+    assert again[0]["prompt"] == f"{wire.REDELIVERED_BANNER}\nfrom: b\n\nFAKE: sleep 60"
+    assert hive.dashboard("POST", "/agent/a/api/retry", {"ids": [mid]})[0] == 409, "not cancelled any more"
+    wait_until(lambda: hive.dashboard("GET", "/agent/a/api/state")[1]["turn_state"] == "thinking", 30, "a to think")
+    assert hive.dashboard("POST", "/agent/a/api/cancel", {})[0] == 200
+
+
 def test_prompt_too_long_compacts_and_retries_once(hive):
     hive.spawn("a")
     hive.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")
     wait_until(lambda: "fits-now" in inbox_bodies(hive), 20, "the retried turn")
     prompts = [c["prompt"] for c in hive.claude_calls("a")]
     assert prompts[1] == "/compact" and len(prompts) == 3
-    assert hive.claude_calls("a")[2]["continue"] is True
+    first, compact, retry = hive.claude_calls("a")
+    assert compact["resume"] == retry["resume"] == first["session_id"], "compacted and retried on the same conversation"
+
+
+def test_a_failed_compaction_is_a_failed_turn_with_its_reason(hive):
+    hive.spawn("a")
+    fails = os.path.join(hive.home("a"), "state", ".fakeclaude", "compact-fails")
+    os.makedirs(os.path.dirname(fails), exist_ok=True)
+    with open(fails, "w") as f:
+        f.write("API Error: 400 compaction exploded")
+    mid = hive.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")["id"]
+    wait_until(lambda: "fits-now" in inbox_bodies(hive), 60, "the turn to run once compaction works again")
+    prompts = [c["prompt"] for c in hive.claude_calls("a")]
+    assert prompts[:2] == [prompts[0], "/compact"] and prompts[2].startswith(wire.REDELIVERED_BANNER), \
+        "no blind retry after the failed compaction: the turn failed and its message came again"
+    db = os.path.join(hive.home("a"), "state", "hyperhive-events.sqlite")
+    with sqlite3.connect(db) as con:
+        ends = [json.loads(d) for (d,) in con.execute("select data from event where kind='turn_end' order by seq")]
+    assert ends[0]["ok"] is False and ends[0]["outcome"] == "failed"
+    assert ends[0]["note"] == "compaction failed: Error during compaction: API Error: 400 compaction exploded"
+    assert hive.db_rows("select redelivered from message where id=?", mid) == [(1,)]
 
 
 def test_stderr_and_stream_lines_reach_the_event_history(hive):

@@ -41,7 +41,8 @@ from hyperhive.harness import login as loginmod
 from hyperhive.harness import turnloop, webui
 from hyperhive.harness.bus import Bus
 from hyperhive.harness.claude import Outcome
-from hyperhive.harness.login import Login, LoginSession, probe, says_logged_out
+from hyperhive.harness.login import Login, LoginSession, probe
+from hyperhive.harness.session import Session
 from hyperhive.schema import agent_db, open_agent
 
 WAIT = 15.0
@@ -116,7 +117,7 @@ class Runner:
         self.outcome = outcome or Outcome("ok")
         self.prompts = []
 
-    def __call__(self, prompt, cont):
+    def __call__(self, prompt, resume):
         self.prompts.append(prompt)
         return self.outcome
 
@@ -216,14 +217,138 @@ def test_the_real_cli_auth_status_is_read_right(tmp_path):
     assert probe(REAL_CLAUDE, env, run=lambda argv, **kw: keyed) == (True, "")
 
 
-def test_a_turn_saying_please_run_login_reads_as_a_lost_login():
-    assert says_logged_out(Outcome("failed", "claude ended the turn with Not logged in · Please run /login "
-                                             "(exit 1)", NOT_LOGGED_IN_RESULT))
-    assert says_logged_out(Outcome("failed", "x", {"result": "Invalid API key · Fix external API key"}))
-    assert not says_logged_out(Outcome("failed", "claude exited with code 1 without a result line"))
-    assert not says_logged_out(Outcome("failed", "fake failure requested by the prompt",
-                                       {"result": "fake failure requested by the prompt"}))
-    assert not says_logged_out(Outcome("ok", "", {"result": "I told them to run /login"}))
+def test_a_key_is_checked_against_the_api_where_claude_would_send_it():
+    from mockapi import MockAnthropic, text
+
+    with MockAnthropic(lambda request: text("x")) as mock:
+        mock.accept_key = lambda key: key == "sk-good"
+        env = {"ANTHROPIC_BASE_URL": mock.base_url}
+        assert loginmod.verify_key(dict(env, ANTHROPIC_API_KEY="sk-good")) == (True, "")
+        refused, why = loginmod.verify_key(dict(env, ANTHROPIC_API_KEY="sk-bad"))
+        assert refused is False
+        assert why.startswith("the API refuses the key in ANTHROPIC_API_KEY (401: invalid x-api-key)")
+        assert loginmod.verify_key(dict(env, ANTHROPIC_AUTH_TOKEN="sk-good"))[0] is True  # as a bearer token
+        assert mock.model_checks == 2 and mock.refused == [("/v1/models", None)]
+    unknown, why = loginmod.verify_key({"ANTHROPIC_BASE_URL": "http://127.0.0.1:9", "ANTHROPIC_API_KEY": "k"})
+    assert unknown is None and "could not ask http://127.0.0.1:9/v1/models" in why
+
+
+class Verdicts:
+    """What the API says of a key, scripted: records each check."""
+
+    def __init__(self, *verdicts):
+        self.verdicts, self.checks = list(verdicts), 0
+
+    def __call__(self, env):
+        self.checks += 1
+        return self.verdicts.pop(0) if len(self.verdicts) > 1 else self.verdicts[0]
+
+
+REFUSED = "the API refused claude's login (401 authentication_failed)"
+BAD_KEY = ("the API refuses the key in ANTHROPIC_API_KEY (401: invalid x-api-key); turns resume by themselves once "
+           "it takes the key again (a new key needs a restart of the agent)")
+
+
+def test_a_refused_key_parks_the_loop_tells_the_core_once_and_resumes_when_the_api_takes_it(bus, tmp_path):
+    client = Client(messages=[message("first"), message("second")])
+    verdicts = Verdicts((False, BAD_KEY))
+    sleeps = []
+    login = Login(FAKE_CLAUDE, {"ANTHROPIC_API_KEY": "sk-bad"}, str(tmp_path), client, bus, sleep=sleeps.append,
+                  verify=verdicts, state_dir=str(tmp_path))
+    runner = Runner(Outcome("auth_failed", REFUSED))
+    loop = turnloop.TurnLoop(client, bus, runner, lambda: Outcome("ok"), Session(bus.state_dir),
+                             sleep=sleeps.append, login=login)
+    loop.boot()
+    assert client.reports() == [{"logged_in": True}] and verdicts.checks == 0, "a key is trusted until refused"
+    loop.step()
+    assert client.verbs()[-3:] == ["recv", "requeue_inflight", "report_login"], "requeued, not acked, reported"
+    assert client.reports()[-1] == {"logged_in": False, "note": BAD_KEY}
+    assert login.status == "needs_login_idle" and verdicts.checks == 1 and loop.failures == 0
+    assert any("its message(s) wait in the queue until claude can run again" in e["text"]
+               for e in events(bus, "note"))
+    for _ in range(int(loginmod.REPROBE_SECONDS / loginmod.PARK_SLICE) * 3):
+        assert loop.step() is None
+    assert len(runner.prompts) == 1 and client.verbs().count("recv") == 1, "parked: no turn is spent"
+    assert verdicts.checks == 4 and len(client.reports()) == 2, "checked every 30 s, told once"
+    verdicts.verdicts = [(True, "")]
+    runner.outcome = Outcome("ok")
+    for _ in range(int(loginmod.REPROBE_SECONDS / loginmod.PARK_SLICE) + 1):
+        loop.step()
+    assert client.reports()[-1] == {"logged_in": True} and login.status == "online"
+    assert runner.prompts[-1].endswith("second") and client.verbs().count("ack_turn") == 1
+    assert not os.path.exists(os.path.join(tmp_path, loginmod.REFUSED_FILE))
+
+
+def test_a_refusal_outlives_a_restart_so_no_turn_is_spent_to_learn_it_again(bus, tmp_path):
+    env = {"ANTHROPIC_API_KEY": "sk-bad"}
+    first = Login(FAKE_CLAUDE, env, str(tmp_path), Client(), bus, sleep=lambda s: None,
+                  verify=Verdicts((False, BAD_KEY)), state_dir=str(tmp_path))
+    first.refused(REFUSED)
+    verdicts = Verdicts((False, BAD_KEY))
+    restarted = Login(FAKE_CLAUDE, env, str(tmp_path), Client(), bus, sleep=lambda s: None, verify=verdicts,
+                      state_dir=str(tmp_path))
+    assert restarted.check() is False and verdicts.checks == 1
+    other = Login(FAKE_CLAUDE, {"ANTHROPIC_API_KEY": "sk-new"}, str(tmp_path), Client(), bus, sleep=lambda s: None,
+                  verify=Verdicts((False, "must not be asked")), state_dir=str(tmp_path))
+    assert other.check() is True, "another key is another login: it gets its chance"
+    assert not os.path.exists(os.path.join(tmp_path, loginmod.REFUSED_FILE))
+
+
+def test_a_refused_credentials_login_waits_for_the_operator_to_log_in_anew(bus, home):
+    credentials = home / ".claude" / ".credentials.json"
+    credentials.parent.mkdir()
+    credentials.write_text('{"token": "revoked"}')
+    client = Client()
+    login = Login(FAKE_CLAUDE, keyless_env(home), str(home), client, bus, sleep=lambda s: None,
+                  run=StatusRun(logged_in=True), verify=Verdicts((False, "must not be asked")), state_dir=str(home))
+    login.refused("the API refused claude's login (401 authentication_failed)")
+    assert login.status == "needs_login_idle"
+    assert client.reports()[-1]["note"] == ("the API refused claude's login (401 authentication_failed); log claude "
+                                            "in again on the agent's page")
+    assert login.check() is False, "auth status still says logged in, but the API said otherwise"
+    credentials.write_text('{"token": "fresh"}')  # what a new `claude auth login` leaves
+    assert login.check() is True and client.reports()[-1] == {"logged_in": True}
+
+
+def test_a_missing_claude_is_its_own_state_not_a_login_to_fix(bus, tmp_path):
+    client = Client(messages=[message()])
+    claude = tmp_path / "bin" / "claude"
+    sleeps = []
+    login = Login(str(claude), {"ANTHROPIC_API_KEY": "k"}, str(tmp_path), client, bus, sleep=sleeps.append)
+    loop = turnloop.TurnLoop(client, bus, Runner(), lambda: Outcome("ok"), Session(bus.state_dir),
+                             sleep=sleeps.append, login=login)
+    loop.boot()
+    assert login.status == "claude_missing"
+    [report] = client.reports()
+    assert report["logged_in"] is False and report["claude_missing"] is True
+    assert report["note"].startswith(f"claude not found at {claude}; install Claude Code there")
+    assert [e["status"] for e in events(bus, "status_changed")] == ["claude_missing"]
+    for _ in range(int(loginmod.REPROBE_SECONDS / loginmod.PARK_SLICE)):
+        loop.step()
+    assert "recv" not in client.verbs(), "parked: the message waits"
+    claude.parent.mkdir()
+    shutil.copy(FAKE_CLAUDE, claude)
+    for _ in range(int(loginmod.REPROBE_SECONDS / loginmod.PARK_SLICE)):
+        loop.step()
+    assert login.status == "online" and client.reports()[-1] == {"logged_in": True}
+    assert client.verbs()[-1] == "ack_turn"
+
+
+def test_a_turn_that_could_not_start_claude_checks_it_before_the_next_recv(bus, tmp_path):
+    client = Client(messages=[message(), message()])
+    claude = tmp_path / "claude"
+    shutil.copy(FAKE_CLAUDE, claude)
+    login = Login(str(claude), {"ANTHROPIC_API_KEY": "k"}, str(tmp_path), client, bus, sleep=lambda s: None)
+    runner = Runner(Outcome("claude_missing", f"claude not found at {claude} (No such file or directory)"))
+    loop = turnloop.TurnLoop(client, bus, runner, lambda: Outcome("ok"), Session(bus.state_dir),
+                             sleep=lambda s: None, login=login)
+    loop.boot()
+    os.unlink(claude)  # removed between the check at boot and the turn
+    loop.step()
+    assert client.verbs()[-1] == "requeue_inflight" and login.recheck
+    recvs = client.verbs().count("recv")
+    assert loop.step() is None and login.status == "claude_missing"
+    assert client.verbs().count("recv") == recvs
 
 
 # -- one `claude auth login` -------------------------------------------------------------------
@@ -334,9 +459,10 @@ def test_the_loop_parks_without_a_login_and_proceeds_once_logged_in(bus):
     status = StatusRun(logged_in=False)
     client = Client(messages=[message("FAKE: say hi")])
     sleeps = []
-    login = Login("claude", {}, "/nonexistent", client, bus, sleep=sleeps.append, run=status)
+    login = Login(FAKE_CLAUDE, {}, "/nonexistent", client, bus, sleep=sleeps.append, run=status)
     runner = Runner()
-    loop = turnloop.TurnLoop(client, bus, runner, lambda: Outcome("ok"), sleep=sleeps.append, login=login)
+    loop = turnloop.TurnLoop(client, bus, runner, lambda: Outcome("ok"), Session(bus.state_dir), sleep=sleeps.append,
+                             login=login)
     assert login.status == "online", "nothing is claimed before the first probe"
     loop.boot()
     assert client.verbs() == ["requeue_inflight", "report_login"]
@@ -362,8 +488,9 @@ def test_the_loop_parks_without_a_login_and_proceeds_once_logged_in(bus):
 
 def test_a_logged_in_boot_is_still_reported_and_runs_at_once(bus):
     client = Client()
-    login = Login("claude", {"ANTHROPIC_API_KEY": "k"}, "/nonexistent", client, bus, sleep=pytest.fail)
-    loop = turnloop.TurnLoop(client, bus, Runner(), lambda: Outcome("ok"), sleep=pytest.fail, login=login)
+    login = Login(FAKE_CLAUDE, {"ANTHROPIC_API_KEY": "k"}, "/nonexistent", client, bus, sleep=pytest.fail)
+    loop = turnloop.TurnLoop(client, bus, Runner(), lambda: Outcome("ok"), Session(bus.state_dir), sleep=pytest.fail,
+                             login=login)
     loop.boot()
     loop.step()
     assert client.verbs() == ["requeue_inflight", "report_login", "recv"]
@@ -374,7 +501,8 @@ def test_a_logged_in_boot_is_still_reported_and_runs_at_once(bus):
 def test_a_login_that_ends_well_is_probed_at_the_next_step(bus, home):
     client = Client(messages=[message()])
     login = fake_login(bus, home, client)
-    loop = turnloop.TurnLoop(client, bus, Runner(), lambda: Outcome("ok"), sleep=login.sleep, login=login)
+    loop = turnloop.TurnLoop(client, bus, Runner(), lambda: Outcome("ok"), Session(bus.state_dir), sleep=login.sleep,
+                             login=login)
     loop.boot()
     assert login.status == "needs_login_idle"
     session = login.start()
@@ -391,20 +519,20 @@ def test_a_login_that_ends_well_is_probed_at_the_next_step(bus, home):
     assert statuses == ["needs_login_idle", "needs_login_in_progress", "needs_login_in_progress", "online"]
 
 
-def test_a_turn_that_says_please_run_login_probes_before_the_next_recv(bus):
+def test_a_turn_that_says_please_run_login_parks_before_the_next_recv(bus, home):
     status = StatusRun(logged_in=True)
     client = Client(messages=[message(), message()])
-    runner = Runner(Outcome("failed", "claude ended the turn with Not logged in · Please run /login (exit 1)",
+    runner = Runner(Outcome("auth_failed", "the API refused claude's login: Not logged in · Please run /login",
                             NOT_LOGGED_IN_RESULT))
-    login = Login("claude", {}, "/nonexistent", client, bus, sleep=lambda s: None, run=status)
-    loop = turnloop.TurnLoop(client, bus, runner, lambda: Outcome("ok"), sleep=lambda s: None, login=login)
+    login = Login(FAKE_CLAUDE, keyless_env(home), str(home), client, bus, sleep=lambda s: None, run=status)
+    loop = turnloop.TurnLoop(client, bus, runner, lambda: Outcome("ok"), Session(bus.state_dir),
+                             sleep=lambda s: None, login=login)
     loop.boot()
     loop.step()
-    assert len(status.argvs) == 1 and login.recheck
-    status.logged_in = False
+    assert len(status.argvs) == 2, "probed at once after the refusal"
+    assert login.status == "needs_login_idle"
     recvs = client.verbs().count("recv")
     assert loop.step() is None
-    assert len(status.argvs) == 2 and login.status == "needs_login_idle"
     assert client.verbs().count("recv") == recvs, "parked before receiving"
     assert [r["logged_in"] for r in client.reports()] == [True, False]
 
@@ -412,10 +540,10 @@ def test_a_turn_that_says_please_run_login_probes_before_the_next_recv(bus):
 def test_an_ordinary_failed_turn_does_not_probe(bus):
     status = StatusRun(logged_in=True)
     client = Client(messages=[message()])
-    login = Login("claude", {}, "/nonexistent", client, bus, sleep=lambda s: None, run=status)
+    login = Login(FAKE_CLAUDE, {}, "/nonexistent", client, bus, sleep=lambda s: None, run=status)
     loop = turnloop.TurnLoop(client, bus, Runner(Outcome("failed", "claude exited with code 1 without a result "
                                                                    "line")),
-                             lambda: Outcome("ok"), sleep=lambda s: None, login=login)
+                             lambda: Outcome("ok"), Session(bus.state_dir), sleep=lambda s: None, login=login)
     loop.boot()
     loop.step()
     loop.step()
@@ -424,8 +552,9 @@ def test_an_ordinary_failed_turn_does_not_probe(bus):
 
 def test_a_core_that_refuses_report_login_does_not_stop_the_loop(bus):
     client = Client(refuse_report=True)
-    login = Login("claude", {"ANTHROPIC_API_KEY": "k"}, "/nonexistent", client, bus, sleep=lambda s: None)
-    loop = turnloop.TurnLoop(client, bus, Runner(), lambda: Outcome("ok"), sleep=lambda s: None, login=login)
+    login = Login(FAKE_CLAUDE, {"ANTHROPIC_API_KEY": "k"}, "/nonexistent", client, bus, sleep=lambda s: None)
+    loop = turnloop.TurnLoop(client, bus, Runner(), lambda: Outcome("ok"), Session(bus.state_dir),
+                             sleep=lambda s: None, login=login)
     loop.boot()
     loop.step()
     assert client.verbs() == ["requeue_inflight", "report_login", "recv"]
@@ -439,7 +568,8 @@ class PageHarness:
     def __init__(self, bus, socket, login):
         self.name, self.role, self.socket, self.bus, self.login = "alice", "agent", socket, bus, login
         self.current = None
-        self.loop = turnloop.TurnLoop(Client(), bus, Runner(), self.compact, sleep=lambda s: None,
+        self.loop = turnloop.TurnLoop(Client(), bus, Runner(), self.compact, Session(bus.state_dir),
+                                      sleep=lambda s: None,
                                       turn_lock=gevent.lock.Semaphore(), login=login)
 
     def compact(self):
@@ -538,15 +668,7 @@ def test_before_the_first_probe_the_page_is_online_and_start_waits(page):
 # -- end to end on the process backend -------------------------------------------------------------
 
 def dashboard(hive, method, path, body=None):
-    """One request through the dashboard's proxy, as the operator's browser makes it."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(hive.url + path, data=data, method=method, headers={
-        "Cookie": hive.cookie(), "Origin": hive.url, "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return hive.dashboard(method, path, body)
 
 
 def manager_heard(hive, text):
@@ -582,8 +704,12 @@ def test_an_agent_without_a_login_parks_until_the_operator_logs_it_in(keyless_hi
     status, _ = dashboard(hive, "POST", "/agent/a/login/code", {"code": CODE})
     assert status == 200
     wait_until(lambda: hive.row("a")["needs_login"] is False, 30, "a's row to say it is logged in")
-    wait_until(lambda: manager_heard(hive, "[helper event] logged_in: a's claude is logged in again"), 30,
+    wait_until(lambda: manager_heard(hive, "[helper event] logged_in: a's claude runs again"), 30,
                "the manager to hear that a is logged in")
+    told = [m["body"] for m in hive.call("inbox", limit=50)["messages"] if m["from"] == "core"]
+    assert [t.split(":")[0] for t in told if ": a's claude" in t] == ["[helper event] logged_in",
+                                                                        "[helper event] needs_login"], \
+        "the operator hears each change once"
     assert dashboard(hive, "GET", "/agent/a/api/state")[1]["status"] == "online"
     wait_until(lambda: "after-login" in [m["body"] for m in hive.call("inbox", limit=20)["messages"]], 30,
                "the waiting message to run a turn")
@@ -657,3 +783,31 @@ def test_the_agent_page_logs_claude_in_in_a_browser(keyless_hive):
             browser.close()
     assert not errors, f"errors in the page: {errors}"
     assert hive.row("a")["needs_login"] is False
+
+
+# -- without claude at all -------------------------------------------------------------------------
+
+def test_a_missing_claude_is_named_at_start_in_status_on_the_card_and_the_page(tmp_path):
+    from conftest import pyz_argv
+
+    missing = str(tmp_path / "nowhere" / "claude")
+    with running(Hive(tmp_path / "state", claude=missing, env={"ANTHROPIC_API_KEY": "k"},
+                      extra_args=["--pass-env", "ANTHROPIC_API_KEY"])) as hive:
+        said = f"claude not found at {missing}; install Claude Code there or point the hive at it"
+        assert said in hive.log().split("hive-c0re INFO serving")[0], "serve says so as it starts"
+        hive.call("spawn", name="a")
+        row = wait_until(lambda: (r := hive.row("a")) and r["claude_missing"] and r, 30, "a's row to name it")
+        assert row["claude_missing"].startswith(said) and row["needs_login"] is False, "not a login problem"
+        status = subprocess.run(pyz_argv("--socket", hive.host_sock, "status"), capture_output=True, text=True,
+                                timeout=60).stdout
+        assert re.search(r"^a\s+running\s+\S+\s+claude missing\s", status, re.M), status
+        _, state = hive.dashboard("GET", "/api/state")
+        assert [c["claude_missing"] for c in state["containers"] if c["name"] == "a"] == [row["claude_missing"]]
+        _, page = hive.dashboard("GET", "/agent/a/api/state")
+        assert page["status"] == "claude_missing"
+        hive.call("send", to="a", body="FAKE: send operator never")
+        told = wait_until(lambda: [m["body"] for m in hive.call("inbox", limit=50)["messages"]
+                                   if m["body"].startswith("[helper event] claude_missing: a ")], 30,
+                          "the operator to be told")
+        assert said in told[0] and len(told) == 1
+        assert hive.db_rows("select delivered_at from message where recipient='a'") == [(None,)], "it waits"

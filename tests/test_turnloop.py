@@ -2,15 +2,18 @@
 
 A FakeClient stands in for the core (records every `call(verb, **args)`,
 answers from a script), a FakeRunner for claude (returns scripted
-`claude.Outcome`s, records each prompt and its `--continue`), the Bus is
-real over a tmp sqlite file, and `sleep` records instead of sleeping.
+`claude.Outcome`s naming the conversation as claude's init line does,
+records each prompt and the session it resumed), the Bus and the Session
+are real over a tmp dir, and `sleep` records instead of sleeping.
 
 Proves: boot requeues in-flight messages and notes how many; step()
 long-polls recv for 180 s; the wake prompt carries sender, body, the unread
-hint and the redelivery banner; only a turn that ended well is acked;
-prompt-too-long compacts and retries exactly once with --continue;
---continue follows the session (and "new session"); a paused loop never
-calls recv. CoreClient backs off exponentially (capped) against a socket
+hint and the redelivery banner; only a turn that ended well is acked; a
+cancelled turn's messages are handled as cancelled, not requeued;
+prompt-too-long compacts and retries exactly once on the same conversation;
+every turn resumes the conversation claude named, across a restart of the
+loop, and only "new session" or a lost transcript starts a fresh one; a
+paused loop never calls recv. CoreClient backs off exponentially (capped) against a socket
 nobody serves, says so through notify, and returns once a real server
 appears. claude.Run.classify reads the real CLI's result lines, and
 Invocation.argv is shaped so the variadic flags cannot swallow the prompt.
@@ -26,7 +29,10 @@ from hyperhive import wire
 from hyperhive.harness import claude, turnloop
 from hyperhive.harness.bus import Bus
 from hyperhive.harness.claude import Outcome
+from hyperhive.harness.session import Session
 from hyperhive.schema import agent_db, open_agent
+
+SID = "6b0f1e2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b"  # the conversation claude names in its init line
 
 
 # -- fakes --------------------------------------------------------------------------
@@ -63,15 +69,34 @@ class FakeClient:
 
 
 class FakeRunner:
-    """claude as the loop sees it: `runner(prompt, cont) -> Outcome`, scripted."""
+    """claude as the loop sees it: `runner(prompt, resume) -> Outcome`, scripted.
 
-    def __init__(self, *outcomes):
+    Like the real CLI, a run names its conversation (the one it resumed, else
+    `fresh`) and keeps its transcript under `home` when there is one."""
+
+    def __init__(self, *outcomes, fresh=SID, home=None):
         self.outcomes = list(outcomes)
         self.runs = []
+        self.fresh, self.home = fresh, home
 
-    def __call__(self, prompt, cont):
-        self.runs.append((prompt, cont))
-        return self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+    def __call__(self, prompt, resume):
+        self.runs.append((prompt, resume))
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        outcome = Outcome(outcome.kind, outcome.reason, outcome.result, outcome.session_id or resume or self.fresh)
+        if self.home is not None:
+            keep_transcript(Session(self.home), outcome.session_id)
+        return outcome
+
+    def resumed(self):
+        return [resume for _, resume in self.runs]
+
+
+def keep_transcript(session, session_id):
+    """What claude leaves for a conversation it ran: its transcript file, where it keeps them."""
+    path = session.transcripts(session_id)[0]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write("{}\n")
 
 
 class FakeCompact:
@@ -114,8 +139,8 @@ def bus(tmp_path):
 
 
 def make_loop(bus, client=None, runner=None, compact=None, paused=lambda: False, sleep=None):
-    return turnloop.TurnLoop(client or FakeClient(), bus, runner or FakeRunner(Outcome("ok")),
-                             compact or FakeCompact(), paused=paused,
+    return turnloop.TurnLoop(client or FakeClient(), bus, runner or FakeRunner(Outcome("ok"), home=bus.state_dir),
+                             compact or FakeCompact(), Session(bus.state_dir), paused=paused,
                              sleep=Sleeps() if sleep is None else sleep)
 
 
@@ -228,13 +253,26 @@ def test_a_failed_turn_is_not_acked_and_says_why(bus):
     assert bus.turn_state == "idle"
 
 
-@pytest.mark.parametrize("kind", ["failed", "cancelled", "prompt_too_long"])
+@pytest.mark.parametrize("kind", ["failed", "prompt_too_long"])
 def test_a_turn_that_did_not_end_well_requeues_its_messages_at_once(bus, kind):
     # left in flight, they would be acked by the next good turn without ever being handled
     client = FakeClient({"recv": inbox(message()), "requeue_inflight": {"requeued": 1}})
     make_loop(bus, client, FakeRunner(Outcome(kind, "no"))).step()
     assert client.verbs()[:2] == ["recv", "requeue_inflight"] and "ack_turn" not in client.verbs()
     assert any("come again in 2 seconds" in e["text"] for e in events(bus, "note"))
+
+
+def test_a_cancelled_turn_marks_its_messages_handled_as_cancelled_and_retries_nothing(bus):
+    client = FakeClient({"recv": inbox(message(id=4), message(id=5)), "cancel_turn": {"cancelled": [4, 5]}})
+    loop = make_loop(bus, client, FakeRunner(Outcome("cancelled", "the turn was cancelled")))
+    loop.batch = 2
+    outcome = loop.step()
+    assert outcome.kind == "cancelled"
+    assert client.verbs() == ["recv", "cancel_turn"], "not requeued, not acked as done: cancelled"
+    assert loop.sleep == [] and loop.failures == 0, "a cancel is the operator's stop, not a failure to back off from"
+    [end] = events(bus, "turn_end")
+    assert (end["outcome"], end["ids"]) == ("cancelled", [4, 5])
+    assert any("#4, #5 are marked handled as cancelled" in e["text"] for e in events(bus, "note"))
 
 
 def test_failures_in_a_row_back_off_doubling_to_a_cap_and_a_good_turn_resets_it(bus):
@@ -279,7 +317,7 @@ def test_a_full_disk_mid_step_is_waited_out_and_the_messages_requeued(bus):
             raise sqlite3.OperationalError("database or disk is full")
         return real_emit(kind, **data)
 
-    def good_turn_then_stop(prompt, cont):
+    def good_turn_then_stop(prompt, resume):
         loop.stopping = True
         return Outcome("ok")
     bus.emit = emit
@@ -293,7 +331,7 @@ def test_a_full_disk_mid_step_is_waited_out_and_the_messages_requeued(bus):
 def test_a_bug_mid_step_still_ends_the_loop_with_its_traceback(bus):
     client = FakeClient({"recv": inbox(message())})
 
-    def broken(prompt, cont):
+    def broken(prompt, resume):
         raise KeyError("a bug")
     with pytest.raises(KeyError):
         make_loop(bus, client, broken).run()
@@ -308,13 +346,13 @@ def test_a_stop_cuts_the_backoff_short(bus):
     assert loop.sleep == [1.0] and client.verbs() == ["recv", "requeue_inflight"]
 
 
-def test_prompt_too_long_compacts_once_and_retries_once_with_continue(bus):
+def test_prompt_too_long_compacts_once_and_retries_once_on_the_same_conversation(bus):
     client = FakeClient({"recv": inbox(message())})
-    runner = FakeRunner(Outcome("prompt_too_long", "Prompt is too long"), Outcome("ok"))
+    runner = FakeRunner(Outcome("prompt_too_long", "Prompt is too long"), Outcome("ok"), home=bus.state_dir)
     compact = FakeCompact()
     outcome = make_loop(bus, client, runner, compact).step()
     assert outcome.ok and compact.count == 1
-    assert [cont for _, cont in runner.runs] == [False, True]
+    assert runner.resumed() == [None, SID]
     assert runner.runs[0][0] == runner.runs[1][0]  # the same prompt again
     assert client.verbs().count("ack_turn") == 1
     states = [e["state"] for e in events(bus, "turn_state_changed")]
@@ -336,26 +374,77 @@ def test_prompt_too_long_twice_is_a_failure_without_a_third_run(bus):
 def test_a_failed_compaction_is_a_failure_without_a_retry(bus):
     client = FakeClient({"recv": inbox(message())})
     runner = FakeRunner(Outcome("prompt_too_long", "Prompt is too long"), Outcome("ok"))
-    compact = FakeCompact(Outcome("failed", "boom"))
+    compact = FakeCompact(Outcome("failed", "compaction failed: Error during compaction: API Error: 400"))
     outcome = make_loop(bus, client, runner, compact).step()
-    assert outcome.kind == "failed" and outcome.reason == "compaction failed: boom"
+    assert outcome.kind == "failed" and outcome.reason == "compaction failed: Error during compaction: API Error: 400"
     assert len(runner.runs) == 1
     assert "ack_turn" not in client.verbs()
 
 
-# -- --continue -------------------------------------------------------------------------
+# -- the conversation ---------------------------------------------------------------------
 
-def test_continue_follows_the_session_and_new_session_drops_it_for_one_turn(bus):
+OTHER = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+
+def test_every_turn_resumes_the_conversation_claude_named_even_after_a_restart(bus):
     client = FakeClient({"recv": inbox(message())})
-    runner = FakeRunner(Outcome("failed", "no"), Outcome("ok"), Outcome("ok"), Outcome("ok"), Outcome("ok"))
+    runner = FakeRunner(Outcome("failed", "no"), Outcome("ok"), home=bus.state_dir)
     loop = make_loop(bus, client, runner)
-    loop.step()  # failed: still no session to continue
-    loop.step()  # first good turn starts the session
+    loop.step()  # failed, but claude named its conversation: the retry goes on with it
     loop.step()
+    assert runner.resumed() == [None, SID]
+    restarted = make_loop(bus, client, runner)  # a new harness on the same state dir: a restart, a crash
+    restarted.step()
+    assert runner.resumed()[-1] == SID, "the conversation survives the harness"
+    assert Session(bus.state_dir).current() == SID
+
+
+def test_new_session_starts_a_fresh_conversation_and_keeps_that_one(bus):
+    client = FakeClient({"recv": inbox(message())})
+    runner = FakeRunner(Outcome("ok"), Outcome("ok"), Outcome("ok", session_id=OTHER), Outcome("ok"),
+                        home=bus.state_dir)
+    loop = make_loop(bus, client, runner)
+    loop.step(), loop.step()
     loop.new_session = True
-    loop.step()  # the operator asked for a fresh conversation
+    loop.step()  # the operator asked for a fresh conversation: claude names a new one
     loop.step()
-    assert [cont for _, cont in runner.runs] == [False, False, True, False, True]
+    assert runner.resumed() == [None, SID, None, OTHER]
+
+
+def test_a_conversation_whose_transcript_is_gone_starts_fresh_and_says_so(bus):
+    client = FakeClient({"recv": inbox(message())})
+    Session(bus.state_dir).save(OTHER)  # kept, but claude has no transcript of it
+    runner = FakeRunner(Outcome("ok"), home=bus.state_dir)
+    make_loop(bus, client, runner).step()
+    assert runner.resumed() == [None]
+    assert any(f"the conversation {OTHER} is gone" in e["text"] for e in events(bus, "note"))
+    assert Session(bus.state_dir).current() == SID
+
+
+def test_claude_saying_no_conversation_found_runs_the_turn_fresh_once(bus):
+    client = FakeClient({"recv": inbox(message())})
+    session = Session(bus.state_dir)
+    session.save(OTHER)
+    keep_transcript(session, OTHER)  # there, but claude says otherwise (a transcript kept elsewhere)
+    gone = Outcome("failed", "claude ended the turn with error_during_execution (exit 1)",
+                   {"subtype": "error_during_execution", "is_error": True,
+                    "errors": [f"No conversation found with session ID: {OTHER}"]})
+    runner = FakeRunner(gone, Outcome("ok"), home=bus.state_dir)
+    outcome = make_loop(bus, client, runner).step()
+    assert outcome.ok and runner.resumed() == [OTHER, None]
+    assert client.verbs() == ["recv", "ack_turn"]
+    assert session.current() == SID
+
+
+@pytest.mark.parametrize("text", ["../../etc/passwd", "--dangerously-skip-permissions", "x" * 36, ""])
+def test_a_session_file_the_agent_scribbled_on_is_not_resumed(bus, text):
+    os.makedirs(os.path.join(bus.state_dir, ".hyperhive"), exist_ok=True)
+    with open(os.path.join(bus.state_dir, ".hyperhive", "session"), "w") as f:
+        f.write(text)
+    assert Session(bus.state_dir).current() is None
+    runner = FakeRunner(Outcome("ok"), home=bus.state_dir)
+    make_loop(bus, FakeClient({"recv": inbox(message())}), runner).step()
+    assert runner.resumed() == [None]
 
 
 # -- pause ------------------------------------------------------------------------------
@@ -454,10 +543,14 @@ def test_core_client_does_not_retry_a_refusal(sockdir):
 
 # -- claude.Run.classify ----------------------------------------------------------------
 
-def classify(result, code, too_long=False, cancelled=False):
-    """Run.classify on what the stdout pump saw, without starting a process."""
+def classify(result, code, too_long=False, cancelled=False, lines=(), compacting=False):
+    """Run.classify on what the stdout pump saw (`lines`, then the result line), without starting a process."""
     run = object.__new__(claude.Run)
-    run.result, run.too_long, run.cancelled = result, too_long, cancelled
+    run.__dict__.update(result=None, too_long=too_long, cancelled=cancelled, session_id=None, on_session=None,
+                        auth_refused=None, compacting=compacting, compact_result=None, compact_error=None,
+                        proc=None)
+    for line in list(lines) + ([result] if result else []):
+        run._read(line)
     return run.classify(code)
 
 
@@ -507,6 +600,44 @@ def test_classify_a_clean_success_is_ok_whatever_stderr_said():
     assert classify(result_line(), 0, too_long=True).kind == "ok"
 
 
+def test_classify_names_the_conversation_from_the_init_line():
+    init = {"type": "system", "subtype": "init", "session_id": SID, "cwd": "/state"}
+    assert classify(result_line(session_id=SID), 0, lines=[init]).session_id == SID
+
+
+# claude 2.1.197 against an API that refuses the key (measured): ten of these over three minutes, then the result
+API_RETRY_401 = {"type": "system", "subtype": "api_retry", "attempt": 1, "max_retries": 10, "retry_delay_ms": 559.8,
+                 "error_status": 401, "error": "authentication_failed", "session_id": SID}
+REFUSED_RESULT = result_line(is_error=True, api_error_status=401, result="Invalid API key · Fix external API key",
+                             terminal_reason="completed")
+
+
+def test_classify_a_refused_login_as_an_auth_failure_from_its_first_retry():
+    outcome = classify(None, -2, lines=[API_RETRY_401])  # the run was stopped at the first retry
+    assert outcome.kind == "auth_failed" and "401 authentication_failed" in outcome.reason
+    assert classify(REFUSED_RESULT, 1).kind == "auth_failed"
+    assert classify(result_line(is_error=True, result="Not logged in · Please run /login"), 1).kind == "auth_failed"
+    overloaded = dict(API_RETRY_401, error_status=529, error="overloaded")
+    assert classify(result_line(), 0, lines=[overloaded]).kind == "ok", "other retries are claude's own business"
+
+
+def test_classify_a_compaction_by_what_claude_said_about_it():
+    # claude 2.1.197: a failed /compact ends is_error false, its text the error (measured)
+    failed = [{"type": "system", "subtype": "status", "status": "compacting"},
+              {"type": "system", "subtype": "status", "status": None, "compact_result": "failed",
+               "compact_error": "Error during compaction: API Error: 400 compaction exploded"}]
+    said = result_line(result="Error during compaction: API Error: 400 compaction exploded", num_turns=0)
+    outcome = classify(said, 0, lines=failed, compacting=True)
+    assert outcome.kind == "failed"
+    assert outcome.reason == "compaction failed: Error during compaction: API Error: 400 compaction exploded"
+    done = [{"type": "system", "subtype": "status", "compact_result": "success"},
+            {"type": "system", "subtype": "compact_boundary", "compact_metadata": {"trigger": "manual"}}]
+    assert classify(result_line(result=""), 0, lines=done, compacting=True).kind == "ok"
+    assert classify(result_line(result=""), 0, lines=done[1:], compacting=True).kind == "ok"
+    silent = classify(result_line(result="Compaction failed · try again"), 0, compacting=True)
+    assert silent.kind == "failed" and "Compaction failed · try again" in silent.reason
+
+
 # -- Invocation.argv ---------------------------------------------------------------------
 
 @pytest.fixture
@@ -516,7 +647,7 @@ def invocation(tmp_path):
 
 def test_argv_joins_allowed_tools_with_equals_and_puts_the_prompt_after_a_double_dash(invocation):
     prompt = "--help me, I start with dashes"
-    argv = invocation.argv("haiku", prompt, cont=False)
+    argv = invocation.argv("haiku", prompt)
     assert argv[0] == "/usr/bin/claude"
     [tools] = [a for a in argv if a.startswith("--allowedTools")]
     assert tools.startswith("--allowedTools=")
@@ -527,7 +658,7 @@ def test_argv_joins_allowed_tools_with_equals_and_puts_the_prompt_after_a_double
                         ("--mcp-config", invocation.mcp_config), ("--settings", invocation.settings)):
         assert argv[argv.index(flag) + 1] == value
     assert "--print" in argv and "--verbose" in argv
-    assert "--continue" not in argv
+    assert not [a for a in argv if a.startswith(("--continue", "--resume"))]
 
 
 def test_the_system_prompt_names_the_agent_and_the_operators_pronouns_when_given(tmp_path, monkeypatch):
@@ -539,11 +670,11 @@ def test_the_system_prompt_names_the_agent_and_the_operators_pronouns_when_given
     assert told == plain + "\n\nThe operator's pronouns are she/her; refer to the operator with them."
 
 
-def test_argv_has_continue_only_when_asked_and_before_the_double_dash(invocation):
-    argv = invocation.argv("sonnet", "hi", cont=True)
-    assert argv.count("--continue") == 1
-    assert argv.index("--continue") < argv.index("--") == len(argv) - 2
-    assert "--continue" not in invocation.argv("sonnet", "hi", cont=False)
+def test_argv_resumes_a_session_by_id_in_one_word_before_the_double_dash(invocation):
+    argv = invocation.argv("sonnet", "hi", resume=SID)
+    assert argv.count(f"--resume={SID}") == 1, "one word: an id can never be read as a flag of its own"
+    assert argv.index(f"--resume={SID}") < argv.index("--") == len(argv) - 2
+    assert "--continue" not in argv
 
 
 # -- turn statistics ---------------------------------------------------------------------
@@ -555,11 +686,11 @@ class StreamingRunner(FakeRunner):
         super().__init__(outcome)
         self.bus, self.clock, self.lines = bus, clock, lines
 
-    def __call__(self, prompt, cont):
+    def __call__(self, prompt, resume):
         for line in self.lines:
             self.bus.observe(line)
         self.clock[0] += 2.5
-        return super().__call__(prompt, cont)
+        return super().__call__(prompt, resume)
 
 
 def tool_use(name):

@@ -38,6 +38,7 @@ from hyperhive import resources, web
 from hyperhive.harness import turnloop, webui
 from hyperhive.harness.bus import Bus
 from hyperhive.harness.claude import Outcome
+from hyperhive.harness.session import Session
 from hyperhive.schema import TurnStat, agent_db, open_agent
 
 SECRET = "ab" * 32
@@ -58,7 +59,7 @@ class Client:
         self.calls.append(verb)
         if verb == "recv":
             return dict(self.recvs.pop(0) if len(self.recvs) > 1 else self.recvs[0])
-        return {"requeue_inflight": {"requeued": 0}, "ack_turn": {"acked": 1}}[verb]
+        return {"requeue_inflight": {"requeued": 0}, "ack_turn": {"acked": 1}, "cancel_turn": {"cancelled": [1]}}[verb]
 
     def try_call(self, verb, timeout=5.0, **args):
         """The loop's no-retry call (what is left open after a turn): the core says nothing here."""
@@ -67,14 +68,14 @@ class Client:
 
 
 class Runner:
-    """claude for the loop: records (prompt, cont); `block` makes a turn wait for cancel()."""
+    """claude for the loop: records (prompt, resumed session); `block` makes a turn wait for cancel()."""
 
     def __init__(self, harness, block=False):
         self.harness, self.block = harness, block
         self.runs = []
 
-    def __call__(self, prompt, cont):
-        self.runs.append((prompt, cont))
+    def __call__(self, prompt, resume):
+        self.runs.append((prompt, resume))
         if not self.block:
             return Outcome("ok")
         run = self.harness.current = FakeRun()
@@ -106,7 +107,7 @@ class FakeHarness:
         self.compaction = lambda: Outcome("ok")
         self.runner = Runner(self, block)
         self.client = Client(recvs)
-        self.loop = turnloop.TurnLoop(self.client, bus, self.runner, self.compact,
+        self.loop = turnloop.TurnLoop(self.client, bus, self.runner, self.compact, Session(bus.state_dir),
                                       sleep=lambda s: None, turn_lock=gevent.lock.Semaphore())
 
     def compact(self):
@@ -272,7 +273,8 @@ def test_state_has_the_documented_shape(app, bus, core):
     assert reply.status == 200 and reply.headers["cache-control"] == "no-store"
     state = reply.json()
     assert list(state) == ["seq", "name", "role", "rev", "status", "turn_state", "turn_state_since", "model",
-                           "models", "ctx", "cost", "new_session_armed", "inbox", "status_text", "status_set_at"]
+                           "models", "ctx", "cost", "new_session_armed", "session_id", "inbox", "status_text",
+                           "status_set_at"]
     assert state["seq"] == bus.seq == 1
     assert (state["name"], state["role"], state["rev"], state["status"]) == \
         ("alice", "agent", resources.revision(), "online")
@@ -677,9 +679,31 @@ def test_cancel_stops_the_running_turn(blocking, bus):
     outcome = worker.get(timeout=WAIT)
     assert outcome.kind == "cancelled"
     [end] = [e for e in bus.history() if e["kind"] == "turn_end"]
-    assert end["outcome"] == "cancelled" and "ack_turn" not in harness.client.calls
+    assert (end["outcome"], end["ids"]) == ("cancelled", [1])
+    assert "cancel_turn" in harness.client.calls, "its messages are marked cancelled by the core"
+    assert "ack_turn" not in harness.client.calls and "requeue_inflight" not in harness.client.calls
     [note] = [e for e in bus.history() if e["kind"] == "note" and e.get("stream") == "operator"]
     assert note["text"].startswith("operator: cancel")
+
+
+def test_retry_queues_a_cancelled_turns_messages_through_the_core(bus, sockdir):
+    (sockdir / "web.secret").write_text(SECRET)
+    core = FakeCore(sockdir / "agent.sock", {"retry_cancelled": ok(requeued=[4, 5])})
+    try:
+        app = webui.make_app(FakeHarness(bus, core.path), str(sockdir / "web.secret"))
+        reply = post(app, "/api/retry", {"ids": [4, "5"]})
+        assert reply.status == 200 and reply.json() == {"ok": True, "requeued": [4, 5]}
+        assert core.requests[-1] == {"cmd": "retry_cancelled", "ids": [4, 5]}
+        assert notes(bus)[-1] == "operator: retry — message(s) #4, #5 queued again"
+    finally:
+        core.stop()
+    core = FakeCore(sockdir / "agent.sock", {"retry_cancelled": refuse("message(s) #9 are not cancelled", "conflict")})
+    try:
+        app = webui.make_app(FakeHarness(bus, core.path), str(sockdir / "web.secret"))
+        reply = post(app, "/api/retry", {"ids": [9]})
+        assert reply.status == 409 and reply.error() == "message(s) #9 are not cancelled"
+    finally:
+        core.stop()
 
 
 def test_compact_is_refused_while_a_turn_runs(blocking, bus):
@@ -742,14 +766,19 @@ def test_a_failed_compaction_says_why_and_gives_the_lock_back(app, harness, bus)
 def test_new_session_is_armed_then_consumed_by_the_next_turn(bus, core, sockdir):
     harness = FakeHarness(bus, core.path, recvs=[{"messages": [message()], "unread": 0}])
     app = webui.make_app(harness, str(sockdir / "web.secret"))
-    harness.loop.session_started = True
+    sid = "6b0f1e2a-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+    harness.loop.session.save(sid)
+    transcript = harness.loop.session.transcripts(sid)[0]
+    os.makedirs(os.path.dirname(transcript))
+    open(transcript, "w").close()
+    assert get(app, "/api/state").json()["session_id"] == sid
     reply = post(app, "/api/new-session")
     assert reply.status == 200 and reply.json()["new_session_armed"] is True
     assert get(app, "/api/state").json()["new_session_armed"] is True
-    assert "operator: new session armed — the next turn runs without --continue" in notes(bus)
+    assert "operator: new session armed — the next turn starts a fresh conversation" in notes(bus)
     harness.loop.step()
-    harness.loop.step()
-    assert [cont for _, cont in harness.runner.runs] == [False, True]
+    assert [resume for _, resume in harness.runner.runs] == [None]
+    assert get(app, "/api/state").json()["session_id"] is None
     assert get(app, "/api/state").json()["new_session_armed"] is False
 
 

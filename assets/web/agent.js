@@ -37,6 +37,7 @@
     needs_login_idle: "needs login",
     needs_login: "needs login",
     needs_login_in_progress: "logging in…",
+    claude_missing: "claude not found",
     offline: "offline",
   };
 
@@ -237,12 +238,26 @@
     const took = start && start.seq < ev.seq && ev.at && start.at ? H.duration((ev.at - start.at) / 1000) : null;
     turnStarts[slot] = null;
     const ok = !!ev.ok;
-    const outcome = ev.outcome && ev.outcome !== "ok" ? ev.outcome : null;
-    return row(["turn-end", ok ? "ok" : "fail"], ok ? "■" : "✗", ev.at,
-      h("span", {class: "lead"}, ok ? "turn done" : "turn failed"),
+    const cancelled = ev.outcome === "cancelled";
+    const outcome = ev.outcome && ev.outcome !== "ok" && !cancelled ? ev.outcome : null;
+    const ids = Array.isArray(ev.ids) ? ev.ids.filter((i) => Number.isInteger(i)) : [];
+    return row(["turn-end", ok ? "ok" : cancelled ? "cancelled" : "fail"], ok ? "■" : "✗", ev.at,
+      h("span", {class: "lead"}, ok ? "turn done" : cancelled ? "turn cancelled" : "turn failed"),
       took ? h("span", {class: "meta"}, took) : null,
       outcome ? h("span", {class: "meta"}, outcome) : null,
-      ev.note ? h("span", {class: "meta"}, `— ${ev.note}`) : null);
+      ev.note ? h("span", {class: "meta"}, `— ${ev.note}`) : null,
+      cancelled && ids.length ? retryButton(ids) : null);
+  }
+
+  /* A cancelled turn's messages are handled as cancelled; the operator may queue them again on purpose. */
+  function retryButton(ids) {
+    const btn = h("button", {type: "button", class: "retry", title: `queue ${ids.map((i) => "#" + i).join(", ")} again`},
+      "retry");
+    btn.addEventListener("click", async () => {
+      const r = await post("api/retry", {ids}, {button: btn});
+      if (r.ok) { btn.disabled = true; btn.textContent = "queued again"; }
+    });
+    return btn;
   }
 
   function noteRow(ev) {

@@ -23,7 +23,7 @@
   const DIFF_OPEN_LINES = 60;   // smaller diffs start open
   const STATE_KINDS = new Set(["sent", "delivered", "approval_added", "approval_resolved", "question_added",
     "question_resolved", "transient_set", "transient_cleared", "container_state_changed",
-    "container_removed", "tombstones_changed", "meta_inputs_changed"]);
+    "container_removed", "tombstones_changed", "meta_inputs_changed", "cancelled", "requeued"]);
 
   /* The page's model of the hive: seeded by /api/state, then moved by events. */
   const state = {
@@ -34,6 +34,7 @@
     questions: new Map(),   // id → open question
     inbox: new Map(),       // id → message addressed to the operator
     delivered: new Set(),   // message ids a `delivered` event marked
+    cancelled: new Set(),   // message ids a cancelled turn had (until retried)
     tombstones: [],
     metaInputs: null,
   };
@@ -170,6 +171,12 @@
       case "delivered":
         markDelivered(ev.ids || []);
         break;
+      case "cancelled":
+        markCancelled(ev.ids || [], true);
+        break;
+      case "requeued":
+        markCancelled(ev.ids || [], false);
+        break;
       case "approval_added":
         addApproval(ev.approval, ctx.live);
         break;
@@ -300,12 +307,15 @@
       c.deployed_sha && h("span", {class: "chip mono", title: `deployed config ${c.deployed_sha}`}, "@" + H.shortSha(c.deployed_sha)),
       c.pending_reminders > 0 && h("span", {class: "chip honey", title: `${c.pending_reminders} pending reminder(s)`}, `⏰ ${c.pending_reminders}`),
       c.needs_login && h("a", {class: "chip orange", href: base, title: "claude is not logged in here: log in on its page"}, "needs login"),
+      c.claude_missing && h("span", {class: "chip red", title: c.claude_missing}, "claude not found"),
       c.needs_update && h("span", {class: "chip orange", title: "the deployed config is behind: rebuild to apply it"}, "needs update"),
       c.parent && c.parent !== "operator" && h("span", {class: "chip", title: "spawned by"}, `by ${c.parent}`));
 
-    const status = c.status_text
-      ? h("p", {class: "status-text"}, c.status_text, c.status_set_at ? agoEl(c.status_set_at) : null)
-      : null;
+    const status = c.claude_missing
+      ? h("p", {class: "status-text problem", role: "status"}, c.claude_missing)
+      : c.status_text
+        ? h("p", {class: "status-text"}, c.status_text, c.status_set_at ? agoEl(c.status_set_at) : null)
+        : null;
 
     const links = h("nav", {class: "card-links", "aria-label": `${c.name} links`},
       h("a", {href: base}, "page"),
@@ -392,6 +402,7 @@
     const body = typeof m.body_html === "string" ? md(m.body_html) : plain(m.body);
     const tags = [];
     if (m.redelivered) tags.push(h("span", {class: "chip orange", title: "delivered again after a failed turn"}, "↺ redelivered"));
+    if (m.cancelled_at || state.cancelled.has(m.id)) tags.push(cancelledChip());
     const refs = fileRefs(m);
     return h("div", {class: ["trow msg", m.to === "operator" && "to-operator", live && "fresh"],
       data: {delivered: String(delivered), from: m.from, to: m.to, id: m.id}},
@@ -418,6 +429,28 @@
     try { json = JSON.stringify(ev); } catch (_) { json = String(ev); }
     return h("div", {class: "trow raw warn"}, h("span", {class: "pfx"}, "?"),
       h("span", {class: "body"}, `unknown event ${ev && ev.kind}: ${json}`));
+  }
+
+  function cancelledChip() {
+    return h("span", {class: "chip red cancelled", title: "the operator cancelled the turn that had it: handled, not done"},
+      "✕ cancelled");
+  }
+
+  /* Mark (or, once retried, unmark) the rows of messages a cancelled turn had. */
+  function markCancelled(ids, cancelled) {
+    for (const id of ids) {
+      if (cancelled) state.cancelled.add(id); else state.cancelled.delete(id);
+      const row = term && term.row("m" + id);
+      if (!row) continue;
+      const chip = row.querySelector(".chip.cancelled");
+      if (cancelled && !chip) {
+        let tags = row.querySelector(".tags");
+        if (!tags) { tags = h("span", {class: "tags"}); row.querySelector(".route").appendChild(tags); }
+        tags.appendChild(cancelledChip());
+      } else if (!cancelled && chip) {
+        chip.replaceWith(h("span", {class: "chip orange", title: "the operator queued it again"}, "↺ retried"));
+      }
+    }
   }
 
   function markDelivered(ids) {

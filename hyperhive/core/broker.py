@@ -37,7 +37,7 @@ _UNREAD = ("SELECT count(*) FROM message INDEXED BY message_undelivered "
 def listed_row(m):
     return {"id": m.id, "from": m.sender, "body": m.body, "sent_at": iso(m.sent_at),
             "redelivered": m.redelivered, "file_refs": json.loads(m.file_refs), "to": m.recipient,
-            "delivered_at": iso(m.delivered_at), "acked_at": iso(m.acked_at)}
+            "delivered_at": iso(m.delivered_at), "acked_at": iso(m.acked_at), "cancelled_at": iso(m.cancelled_at)}
 
 
 class Broker:
@@ -83,7 +83,8 @@ class Broker:
         self._wake(recipient)
         aftermath.after(f"telling the dashboard about message {mid}", self.hub.publish, "sent", message={
             "id": mid, "from": sender, "body": body, "sent_at": iso(now), "redelivered": False,
-            "file_refs": list(file_refs), "to": recipient, "delivered_at": iso(done), "acked_at": iso(done)})
+            "file_refs": list(file_refs), "to": recipient, "delivered_at": iso(done), "acked_at": iso(done),
+            "cancelled_at": None})
         return mid
 
     def hold(self, recipient, held):
@@ -134,6 +135,37 @@ class Broker:
             return (Message.update(acked_at=self._now())
                     .where((Message.recipient == recipient) & Message.delivered_at.is_null(False)
                            & Message.acked_at.is_null()).execute())
+
+    def cancel_turn(self, recipient):
+        """The operator cancelled the turn: every message popped since the last ack is handled, as cancelled.
+
+        Returns [(id, sender)] of what it marked. Never retried on its own: `retry` queues them again."""
+        now = self._now()
+        with core_db.atomic():
+            rows = list(Message.select(Message.id, Message.sender)
+                        .where((Message.recipient == recipient) & Message.delivered_at.is_null(False)
+                               & Message.acked_at.is_null()).order_by(Message.id).tuples())
+            if rows:
+                Message.update(acked_at=now, cancelled_at=now).where(
+                    Message.id.in_([mid for mid, _ in rows])).execute()
+        if rows:
+            aftermath.after("telling the dashboard what was cancelled", self.hub.publish, "cancelled",
+                            recipient=recipient, ids=[mid for mid, _ in rows])
+        return rows
+
+    def retry(self, recipient, ids):
+        """Queue cancelled messages of recipient again, flagged redelivered; returns the ids it queued."""
+        with core_db.atomic():
+            found = [mid for (mid,) in Message.select(Message.id).where(
+                Message.id.in_(ids) & (Message.recipient == recipient) & Message.cancelled_at.is_null(False)).tuples()]
+            if found:
+                Message.update(delivered_at=None, acked_at=None, cancelled_at=None, redelivered=True).where(
+                    Message.id.in_(found)).execute()
+        if found:
+            self._wake(recipient)
+            aftermath.after("telling the dashboard what was queued again", self.hub.publish, "requeued",
+                            recipient=recipient, ids=sorted(found))
+        return sorted(found)
 
     def requeue_inflight(self, recipient):
         """Return popped-but-unacked messages to the queue, flagged redelivered."""

@@ -36,7 +36,7 @@ import gevent
 from docopt import docopt
 from gevent.event import Event
 
-from hyperhive import jsonline, resources, settings, wire
+from hyperhive import binaries, jsonline, resources, settings, wire
 from hyperhive.core import containers
 from hyperhive.core.approvals import Approvals
 from hyperhive.core.auth import Auth
@@ -217,6 +217,9 @@ def main(argv, clock=time.time, started=None):
         lock = lock_state_dir(layout)
         backend = containers.pick(args["--backend"], layout.state_dir, args["--container-source"])
         claude = args["--claude"] or os.environ.get("HIVE_CLAUDE_BIN") or "claude"
+        missing = binaries.locate_claude(claude, os.environ) if backend.name != "nixos" else None
+        if missing:  # nixos containers bring their own claude; elsewhere the harnesses run this one
+            log.warning("%s: every agent's turns wait until it is there", missing)
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
         dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])
         open_core(layout.db_path, background_checkpoint=True)

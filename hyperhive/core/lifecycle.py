@@ -195,6 +195,7 @@ class Lifecycle:
             "pending_reminders": reminders.pending_count(agent.name),
             "role": agent.role,
             "last_turn_at": wire.iso(agent.last_turn_at),
+            "claude_missing": agent.claude_missing,
         }
 
     def rows(self):

@@ -66,6 +66,31 @@ class Surfaces:
         self.lifecycle.changed(caller)
         return wire.ok(acked=acked)
 
+    def do_cancel_turn(self, caller):
+        """The operator's cancel, as the harness that ran the turn reports it: handled, not retried."""
+        rows = self.broker.cancel_turn(caller)
+        for mid, sender in rows:
+            if sender != caller and sender != wire.OPERATOR and self.lifecycle.known(sender):
+                aftermath.after(f"telling {sender} that message {mid} was cancelled", self.broker.send, "core",
+                                sender, f"[cancelled] the operator cancelled {caller}'s turn before it finished, "
+                                f"so your message #{mid} to {caller} is marked handled without an answer. It runs "
+                                "again only if the operator retries it; send it anew if it still matters.")
+        if rows:
+            log.info("%s: the operator cancelled the turn of message(s) %s", caller, ", ".join(str(m) for m, _ in rows))
+        return wire.ok(cancelled=[mid for mid, _ in rows])
+
+    def do_retry_cancelled(self, caller, ids):
+        queued = self.broker.retry(caller, ids)
+        missing = [i for i in ids if i not in queued]
+        if missing:
+            shown = ", ".join(f"#{i}" for i in missing)
+            if not queued:
+                raise wire.HiveError(f"message(s) {shown} are not cancelled messages of {caller}'s; only what a "
+                                     "cancelled turn had can be retried", "conflict")
+            return wire.ok(requeued=queued, **{wire.WARNINGS: [f"message(s) {shown} were not cancelled messages "
+                                                               f"of {caller}'s, so they were left as they are"]})
+        return wire.ok(requeued=queued)
+
     def do_requeue_inflight(self, caller):
         return wire.ok(requeued=self.broker.requeue_inflight(caller))
 
@@ -90,25 +115,30 @@ class Surfaces:
         self.lifecycle.changed(caller)
         return wire.ok(status_text=text or None, status_set_at=wire.iso(at))
 
-    def do_report_login(self, caller, logged_in, note):
-        """The harness's word on claude's login; a change is the manager's business too."""
+    def do_report_login(self, caller, logged_in, note, claude_missing):
+        """The harness's word on claude's login (or its binary); a change is told once to the manager and
+        the operator."""
         agent = self.lifecycle.get(caller)
-        if agent.needs_login == (not logged_in):
-            return wire.ok(changed=False)
-        Agent.update(needs_login=not logged_in).where(Agent.name == caller).execute()
-        self.lifecycle.changed(caller)
-        # the note goes into a message from `core`: one short line, so it cannot pose as another event
+        # the note goes into messages from `core`: one short line, so it cannot pose as another event
         note = " ".join(note.split())[:300]
-        if caller != wire.MANAGER:
-            if logged_in:
-                text = f"[helper event] logged_in: {caller}'s claude is logged in again; its turns run."
-            else:
-                text = (f"[helper event] needs_login: {caller}'s claude has no valid login, so its turns are "
-                        f"parked; the operator logs it in on its page (/agent/{caller}/).")
-            aftermath.after("telling the manager", self.broker.send, "core", wire.MANAGER,
-                            text + (f" ({note})" if note else ""))
-        log.warning("%s %s%s", caller, "is logged in" if logged_in else "needs a claude login",
-                    f": {note}" if note else "")
+        needs_login = not logged_in and not claude_missing
+        missing = (note or "claude not found") if claude_missing else None
+        if agent.needs_login == needs_login and agent.claude_missing == missing:
+            return wire.ok(changed=False)
+        Agent.update(needs_login=needs_login, claude_missing=missing).where(Agent.name == caller).execute()
+        self.lifecycle.changed(caller)
+        if logged_in:
+            text = f"[helper event] logged_in: {caller}'s claude runs again; its waiting messages run."
+        elif claude_missing:
+            text = (f"[helper event] claude_missing: {caller} cannot run claude: {missing}. Its messages wait "
+                    "until the binary is there.")
+        else:
+            text = (f"[helper event] needs_login: {caller}'s claude has no valid login, so its turns are parked; "
+                    f"the operator logs it in on its page (/agent/{caller}/)" + (f": {note}" if note else "."))
+        for whom in (wire.MANAGER, wire.OPERATOR):
+            if whom != caller:
+                aftermath.after(f"telling the {whom}", self.broker.send, "core", whom, text)
+        log.warning("%s", text)
         return wire.ok(changed=True)
 
     # -- reminders and loose ends -------------------------------------------------------------

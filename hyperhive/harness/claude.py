@@ -5,6 +5,15 @@ variadic flags swallow a following prompt, so `--allowedTools=a,b` and `--`
 before the prompt), the MCP config and settings files written for it, and
 the classification of how a turn ended. Every stdout line goes to the bus
 as it arrives; stderr lines become notes.
+
+Facts of claude 2.1.197 read here (measured against a mock of the API): the
+`system/init` line names the conversation (`session_id`); a key the API
+refuses (401/403) is retried ten times over three minutes, each announced by
+a `system/api_retry` line with `error_status`, before the result says
+"Invalid API key · …" — so the first such line ends the turn as an auth
+failure. `/compact` reports on `system/status` lines (`compact_result`
+success or failed, `compact_error`) and a `compact_boundary` line; a failed
+one still ends `is_error: false` with the error as its text.
 """
 
 import json
@@ -25,13 +34,20 @@ log = logging.getLogger(__name__)
 BUILTIN_TOOLS = ("Bash", "Edit", "Glob", "Grep", "MultiEdit", "NotebookEdit", "Read", "Task",
                  "TodoWrite", "WebFetch", "WebSearch", "Write")
 TOO_LONG_MARKERS = ("prompt is too long", "prompt too long", "context length", "context window")
+AUTH_STATUSES = (401, 403)
+# What a result says when the API refused the login (the key, the token, the OAuth session).
+AUTH_MARKERS = ("invalid api key", "invalid x-api-key", "please run /login", "not logged in",
+                "oauth token has been revoked", "authentication_error")
+COMPACT = "/compact"
+KINDS = ("ok", "prompt_too_long", "failed", "cancelled", "auth_failed", "claude_missing")
 
 
 class Outcome:
-    """How a turn ended: kind is ok | prompt_too_long | failed | cancelled."""
+    """How a turn ended: kind is one of KINDS; `session_id` is the conversation claude named, if it said."""
 
-    def __init__(self, kind, reason="", result=None):
-        self.kind, self.reason, self.result = kind, reason, result
+    def __init__(self, kind, reason="", result=None, session_id=None):
+        assert kind in KINDS, kind
+        self.kind, self.reason, self.result, self.session_id = kind, reason, result, session_id
 
     @property
     def ok(self):
@@ -100,12 +116,13 @@ class Invocation:
             tools += [f"mcp__{key}__{p}" for p in patterns] if patterns else [f"mcp__{key}"]
         return tools
 
-    def argv(self, model, prompt, cont):
+    def argv(self, model, prompt, resume=None):
+        """The command line of one run; `resume` is the session id of the conversation to go on with."""
         argv = [self.claude, "--print", "--output-format", "stream-json", "--verbose", "--model", model,
                 "--mcp-config", self.mcp_config, f"--allowedTools={','.join(self.allowed_tools())}",
                 "--settings", self.settings, "--append-system-prompt", self.system_prompt]
-        if cont:
-            argv.append("--continue")
+        if resume:
+            argv.append(f"--resume={resume}")
         return argv + ["--", prompt]
 
     def env(self):
@@ -120,15 +137,24 @@ class Invocation:
 
 
 class Run:
-    """One running claude process; `wait()` pumps it to the end and classifies the outcome."""
+    """One running claude process; `wait()` pumps it to the end and classifies the outcome.
 
-    def __init__(self, invocation, bus, model, prompt, cont):
+    `on_session(id)` is called as soon as claude names its conversation, so
+    a harness that dies mid-turn still resumes it."""
+
+    def __init__(self, invocation, bus, model, prompt, resume=None, on_session=None):
         self.bus = bus
+        self.on_session = on_session
         self.cancelled = False
         self.result = None
         self.too_long = False
-        argv = invocation.argv(model, prompt, cont)
-        log.info("turn: %s … (%d chars of prompt, continue=%s)", invocation.claude, len(prompt), cont)
+        self.session_id = None
+        self.auth_refused = None  # the API's refusal of the login, from an api_retry line
+        self.compacting = prompt.strip() == COMPACT
+        self.compact_result, self.compact_error = None, None
+        argv = invocation.argv(model, prompt, resume)
+        log.info("turn: %s … (%d chars of prompt, resume=%s)", invocation.claude, len(prompt), resume)
+        self.missing = None
         try:
             self.proc = subprocess.Popen(argv, cwd=invocation.state_dir, env=invocation.env(),
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -136,10 +162,15 @@ class Run:
         except OSError as e:
             self.proc = None
             self.spawn_error = f"could not run {invocation.claude}: {e.strerror or e}"
+            if isinstance(e, (FileNotFoundError, NotADirectoryError, PermissionError)):
+                self.missing = f"claude not found at {invocation.claude} ({e.strerror or e})"
 
     def cancel(self):
         """Stop the turn: SIGINT first (claude exits cleanly on it), then SIGKILL."""
         self.cancelled = True
+        self._stop()
+
+    def _stop(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -170,11 +201,33 @@ class Run:
                 continue
             self.bus.emit("stream", line=line)
             self.bus.observe(line)
-            if line.get("type") == "result":
-                self.result = line
+            self._read(line)
+
+    def _read(self, line):
+        """What one stream-json line says about how the run goes."""
+        kind, subtype = line.get("type"), line.get("subtype")
+        if isinstance(line.get("session_id"), str) and line["session_id"] != self.session_id \
+                and kind in ("system", "result"):
+            self.session_id = line["session_id"]
+            if self.on_session is not None:
+                self.on_session(self.session_id)
+        if kind == "result":
+            self.result = line
+        elif kind == "system" and subtype == "api_retry" and line.get("error_status") in AUTH_STATUSES:
+            if self.auth_refused is None:
+                self.auth_refused = (f"the API refused claude's login ({line.get('error_status')} "
+                                     f"{line.get('error') or 'authentication failed'})")
+                log.warning("%s; ending the turn instead of letting claude retry for minutes", self.auth_refused)
+                gevent.spawn(self._stop)  # not inline: the pump must go on reading what claude still says
+        elif kind == "system" and subtype == "status" and line.get("compact_result"):
+            self.compact_result, self.compact_error = line.get("compact_result"), line.get("compact_error")
+        elif kind == "system" and subtype == "compact_boundary":
+            self.compact_result = self.compact_result or "success"
 
     def wait(self):
         if self.proc is None:
+            if self.missing:
+                return Outcome("claude_missing", self.missing)
             return Outcome("failed", self.spawn_error)
         err = gevent.spawn(self._pump_stderr)
         self._pump_stdout()
@@ -183,11 +236,22 @@ class Run:
         return self.classify(code)
 
     def classify(self, code):
+        outcome = self._classify(code)
+        outcome.session_id = self.session_id
+        return outcome
+
+    def _classify(self, code):
         result = self.result or {}
         text = str(result.get("result") or "")
         if self.cancelled:
             return Outcome("cancelled", "the turn was cancelled", result)
+        if self.auth_refused or result.get("api_error_status") in AUTH_STATUSES or (
+                result.get("is_error") and any(m in text.lower() for m in AUTH_MARKERS)):
+            return Outcome("auth_failed", self.auth_refused or f"the API refused claude's login: {text}", result)
         if code == 0 and result and not result.get("is_error"):
+            if self.compacting and self.compact_result != "success":
+                why = self.compact_error or text or "claude did not say it compacted anything"
+                return Outcome("failed", f"compaction failed: {why}", result)
             return Outcome("ok", "", result)  # whatever stderr said on the way
         # The CLI says so in terminal_reason (its subtype stays "success");
         # older ones only in the text, so both are read.

@@ -13,7 +13,9 @@ Options:
 
 Other environment: HIVE_PAUSE_FILE (the core's pause marker for this agent),
 HIVE_EXTRA_MCP (extra MCP servers JSON, else /etc/hyperhive/extra-mcp.json),
-HIVE_SHARED_DIR (the hive's shared dir, which the page may preview files from).
+HIVE_SHARED_DIR (the hive's shared dir, which the page may preview files from),
+HIVE_LOGIN_RECHECK (seconds between checks of claude's login while the loop is
+parked on it, default 30).
 """
 
 import logging
@@ -29,7 +31,8 @@ from docopt import docopt
 from hyperhive import wire
 from hyperhive.harness import login, turnloop, webui
 from hyperhive.harness.bus import Bus
-from hyperhive.harness.claude import Invocation, Run, load_extra_mcp
+from hyperhive.harness.claude import Invocation, Outcome, Run, load_extra_mcp
+from hyperhive.harness.session import Session
 from hyperhive.schema import open_agent
 
 log = logging.getLogger("harness")
@@ -52,21 +55,27 @@ class Harness:
         self.invocation = Invocation(claude, role, name, state_dir, socket, load_extra_mcp(extra_mcp_path))
         self.client = turnloop.CoreClient(socket, sleep=gevent.sleep, notify=self.bus.note)
         self.current = None
-        self.login = login.Login(claude, self.invocation.env(), state_dir, self.client, self.bus,
-                                 sleep=gevent.sleep)
-        self.loop = turnloop.TurnLoop(self.client, self.bus, self.run_claude, self.compact,
+        env = self.invocation.env()
+        self.login = login.Login(claude, env, state_dir, self.client, self.bus, sleep=gevent.sleep,
+                                 reprobe=login_recheck(), state_dir=state_dir)
+        # claude keeps its transcripts under its HOME, named after its working dir (the state dir)
+        self.session = Session(state_dir, home=env.get("HOME") or state_dir, cwd=state_dir)
+        self.loop = turnloop.TurnLoop(self.client, self.bus, self.run_claude, self.compact, self.session,
                                       paused=turnloop.pause_marker(pause_file), sleep=gevent.sleep,
                                       turn_lock=gevent.lock.Semaphore(), login=self.login)
 
-    def run_claude(self, prompt, cont):
-        self.current = Run(self.invocation, self.bus, self.bus.model(), prompt, cont)
+    def run_claude(self, prompt, resume):
+        self.current = Run(self.invocation, self.bus, self.bus.model(), prompt, resume, on_session=self.session.save)
         try:
             return self.current.wait()
         finally:
             self.current = None
 
     def compact(self):
-        return self.run_claude("/compact", True)
+        resume = self.loop.resume_id()
+        if resume is None:
+            return Outcome("failed", "compaction failed: there is no conversation to compact yet")
+        return self.run_claude("/compact", resume)
 
     def serve(self):
         stopping = gevent.event.Event()
@@ -104,6 +113,15 @@ class Harness:
                 self.bus.prune()
             except Exception:
                 log.exception("pruning the event history failed")
+
+
+def login_recheck():
+    raw = os.environ.get("HIVE_LOGIN_RECHECK")
+    try:
+        return max(1.0, float(raw)) if raw else login.REPROBE_SECONDS
+    except ValueError:
+        log.error("HIVE_LOGIN_RECHECK=%r is not a number of seconds; using %gs", raw, login.REPROBE_SECONDS)
+        return login.REPROBE_SECONDS
 
 
 def main(argv):

@@ -1,10 +1,15 @@
 """The turn loop: wait for a message, wake claude with it, ack only a turn that ended well.
 
 Owns the order of a harness's life (boot → requeue_inflight → wait for
-claude's login → loop on recv → turn → ack, or requeue and back off), the
-wake prompt, the compact-and-retry-once rule, the pause marker, and the core
-client that retries with backoff when the core is down. Every wait goes through
-`sleep`, so tests step the loop without sleeping for real.
+claude's login → loop on recv → turn → ack, or requeue and back off), what
+each way a turn ends means for its messages (ok: acked; cancelled by the
+operator: handled as cancelled, never retried on its own; refused by the
+API or without claude: requeued, and the loop parks on the login; failed:
+requeued, retried with backoff), the conversation every turn resumes (only
+"new session" starts a fresh one), the wake prompt, the compact-and-retry-
+once rule, the pause marker, and the core client that retries with backoff
+when the core is down. Every wait goes through `sleep`, so tests step the
+loop without sleeping for real.
 """
 
 import logging
@@ -13,8 +18,8 @@ import threading
 import time
 
 from hyperhive import jsonline, wire
+from hyperhive.harness import session as sessions
 from hyperhive.harness.claude import Outcome
-from hyperhive.harness.login import says_logged_out
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +89,25 @@ def wake_prompt(messages, unread):
 
 
 class TurnLoop:
-    """One agent's loop. `runner(prompt, cont) -> Outcome` runs claude; `compact()` compacts.
+    """One agent's loop. `runner(prompt, resume) -> Outcome` runs claude, resuming the conversation
+    with that session id (None: a fresh one); `compact()` compacts the current conversation.
 
     A turn holds `turn_lock` from its start to its end; the web page's
     compaction takes the same lock, so the two never share claude's session.
     The harness passes a gevent lock; the default is for code without a hub.
+    `session` (a session.Session) keeps the conversation's id across restarts.
     """
 
-    def __init__(self, client, bus, runner, compact, paused=lambda: False, sleep=time.sleep, batch=1,
+    def __init__(self, client, bus, runner, compact, session, paused=lambda: False, sleep=time.sleep, batch=1,
                  turn_lock=None, login=None):
         self.client, self.bus, self.runner, self.compact = client, bus, runner, compact
+        self.session = session
         self.login = login  # a login.Login; None runs turns without asking (tests of the loop alone)
         self.paused, self.sleep, self.batch = paused, sleep, batch
         self.turn_lock = turn_lock if turn_lock is not None else threading.Lock()
         self.stopping = False
         self.in_turn = False
         self.new_session = False
-        self.session_started = False  # set once claude has a conversation to --continue
         self.failures = 0  # turns in a row that did not end well
         self.unsettled = False  # a step broke off with messages maybe in flight: requeue before the next recv
 
@@ -153,23 +160,36 @@ class TurnLoop:
             self.in_turn = False
             self.bus.end_turn(outcome, **self._open_counts())
             self.bus.set_turn_state("idle")
+        ids = [m["id"] for m in messages]
         if outcome.ok:
             self.client.call("ack_turn")
-            self.session_started = True
             self.failures = 0
+        elif outcome.kind == "cancelled":
+            # The operator's stop: handled as cancelled, the senders told, nothing retried unless asked.
+            self.client.call("cancel_turn")
         else:
             # Requeued now, not left in flight: `ack_turn` marks every popped
             # message handled, so the next good turn would ack these unseen.
             requeued = self.client.call("requeue_inflight")["requeued"]
-            self.failures += 1
             log.warning("turn %s (%s); its %d message(s) come again, flagged redelivered",
                         outcome.kind, outcome.reason, requeued)
-            if self.login is not None and says_logged_out(outcome):
-                self.login.suspect(outcome.reason)
-            elif self.failures == STUCK_AFTER:
+        parked = self.login is not None and outcome.kind in ("auth_failed", "claude_missing")
+        if not outcome.ok and outcome.kind != "cancelled" and not parked:
+            self.failures += 1
+            if self.failures == STUCK_AFTER:
                 self._report_stuck(messages, outcome)
-        self.bus.emit("turn_end", ok=outcome.ok, note=outcome.reason or None, outcome=outcome.kind)
-        if not outcome.ok:
+        self.bus.emit("turn_end", ok=outcome.ok, note=outcome.reason or None, outcome=outcome.kind, ids=ids)
+        if outcome.kind == "cancelled":
+            self.bus.note(f"the operator cancelled the turn: message(s) {_listed(ids)} are marked handled as "
+                          "cancelled and their senders told; retry them from the turn's row to run them again")
+        elif parked:
+            self.bus.note(f"the turn did not run ({outcome.reason}); its message(s) wait in the queue until "
+                          "claude can run again")
+            if outcome.kind == "auth_failed":
+                self.login.refused(outcome.reason)
+            else:
+                self.login.gone(outcome.reason)
+        elif not outcome.ok:
             self.bus.note(f"the turn did not end well ({self.failures} in a row); "
                           f"its messages come again in {wire.duration(self._retry_delay())}")
             self._back_off()
@@ -203,18 +223,43 @@ class TurnLoop:
                 "pending_reminders": reminders["count"] if reminders else None}
 
     def _run(self, prompt):
-        cont = self.session_started and not self.new_session
-        self.new_session = False
-        outcome = self.runner(prompt, cont)
+        outcome = self._claude(prompt)
         if outcome.kind == "prompt_too_long":
             self.bus.note("the prompt is too long; compacting the conversation and retrying once")
             self.bus.set_turn_state("compacting")
             compacted = self.compact()
             self.bus.set_turn_state("thinking")
             if not compacted.ok:
-                return Outcome("failed", f"compaction failed: {compacted.reason}")
-            outcome = self.runner(prompt, True)
+                reason = compacted.reason or "it did not say why"
+                return Outcome("failed", reason if reason.startswith("compaction") else f"compaction failed: {reason}")
+            outcome = self._claude(prompt)
         return outcome
+
+    def _claude(self, prompt):
+        """One run of claude on the agent's conversation; a conversation claude no longer has starts anew."""
+        resume = self.resume_id()
+        outcome = self.runner(prompt, resume)
+        if resume and outcome.kind == "failed" and sessions.says_gone(outcome):
+            self.bus.note(f"claude has no conversation {resume} any more; this turn starts a fresh one")
+            self.session.forget()
+            outcome = self.runner(prompt, None)
+        if outcome.session_id:
+            self.session.save(outcome.session_id)
+        return outcome
+
+    def resume_id(self):
+        """The session id the next run resumes: None after "new session", or when its transcript is gone."""
+        if self.new_session:
+            self.new_session = False
+            self.session.forget()
+            return None
+        resume = self.session.current()
+        if resume and not self.session.exists(resume):
+            self.bus.note(f"the conversation {resume} is gone (claude has no transcript of it at "
+                          f"{self.session.transcripts(resume)[0]}); this turn starts a fresh one")
+            self.session.forget()
+            return None
+        return resume
 
     def run(self):
         self.boot()
@@ -236,6 +281,10 @@ class TurnLoop:
         log.error("%s; the turn's messages are requeued and tried again in %s",
                   wire.storage_failure(e), wire.duration(self._retry_delay()))
         self._back_off()
+
+
+def _listed(ids):
+    return ", ".join(f"#{i}" for i in ids)
 
 
 def pause_marker(path):

@@ -225,6 +225,7 @@ class Page:
         app.route("/events/history", "GET", self.history)
         app.route("/send", "POST", self.send)
         app.route("/api/cancel", "POST", self.cancel)
+        app.route("/api/retry", "POST", self.retry)
         app.route("/api/compact", "POST", self.compact)
         app.route("/api/new-session", "POST", self.new_session)
         app.route("/api/model", "POST", self.set_model)
@@ -268,6 +269,7 @@ class Page:
             "model": model, "models": list(MODELS) + ([model] if model not in MODELS else []),
             "ctx": self.bus.usage.get("ctx"), "cost": self.bus.usage.get("cost"),
             "new_session_armed": bool(self.loop.new_session),
+            "session_id": self.loop.session.current(),
         }
         session = login.view() if login is not None else None
         if session is not None:
@@ -399,8 +401,19 @@ class Page:
             raise wire.HiveError("no turn is running", "conflict")
         # Run.cancel waits up to 5 s for claude to exit; the operator gets the answer at once
         gevent.spawn(self._cancel, run)
-        self.note("cancel — sent SIGINT to claude; the turn ends as cancelled")
+        self.note("cancel — stopping claude; the turn's messages are marked handled as cancelled, not retried")
         return web.json_response({"ok": True})
+
+    def retry(self):
+        """Queue again what a cancelled turn had: the operator's choice, never the loop's."""
+        ids = web.field(web.body(), "ids")
+        if isinstance(ids, list):  # a form posts text
+            ids = [int(i) if isinstance(i, str) and i.isdigit() and len(i) < 19 else i for i in ids]
+        answer = self.core("retry_cancelled", ids=ids)
+        queued = answer.get("requeued") or []
+        self.note(f"retry — message(s) {', '.join(f'#{i}' for i in queued)} queued again")
+        return web.json_response({"ok": True, "requeued": queued, **({wire.WARNINGS: answer[wire.WARNINGS]}
+                                                                     if answer.get(wire.WARNINGS) else {})})
 
     @staticmethod
     def _cancel(run):
@@ -435,7 +448,7 @@ class Page:
 
     def new_session(self):
         self.loop.new_session = True
-        self.note("new session armed — the next turn runs without --continue")
+        self.note("new session armed — the next turn starts a fresh conversation")
         return web.json_response({"ok": True, "new_session_armed": True})
 
     def set_model(self):
