@@ -1,11 +1,19 @@
-"""The approval queue in-process: recording fakes for git and lifecycle, a real broker on sqlite."""
+"""The approval queue in-process: recording fakes for git and lifecycle, a real broker on sqlite;
+then spawns on real git repos and the real lifecycle, with a backend that records what it would start."""
+
+import json
+import os
+import subprocess
 
 import pytest
 
-from conftest import RecordingHub
+from conftest import RecordingHub, refused
 from hyperhive import wire
 from hyperhive.core.approvals import QUEUING, Approvals
 from hyperhive.core.broker import Broker
+from hyperhive.core.gitrepos import Repos as GitRepos
+from hyperhive.core.lifecycle import Harness, Layout
+from hyperhive.core.lifecycle import Lifecycle as RealLifecycle
 from hyperhive.schema import Agent, Approval, Message, open_core
 
 
@@ -36,6 +44,16 @@ class Repos:
     def diff(self, name, sha):
         return "-model haiku\n+model sonnet\n"
 
+    spawn_diff = diff
+
+    def proposed_main(self, name):
+        self._do("proposed_main", name)
+        return "e" * 40
+
+    def check_fast_forward(self, name, sha):
+        self._do("check_fast_forward", name, sha)
+        return sha
+
     def tag(self, name, kind, approval_id, sha, message=None):
         self._do("tag", name, kind, approval_id, message)
 
@@ -65,8 +83,10 @@ class Lifecycle:
             raise wire.HiveError(self.fail, "unavailable")
         deploy()
 
-    def spawn(self, name, parent):
-        self.calls.append(("spawn", name, parent))
+    def spawn(self, name, parent, sha=None, deploy=None):
+        self.calls.append(("spawn", name, parent, sha))
+        if deploy is not None:
+            deploy()
 
 
 @pytest.fixture
@@ -150,7 +170,7 @@ def test_spawn_takes_init_config_first_and_duplicates_are_refused(queue):
     queue.approve(first)
     second = queue.request_spawn("c", "x")
     queue.approve(second)
-    assert ("spawn", "c", "manager") in queue.lifecycle.calls
+    assert ("spawn", "c", "manager", "f" * 40) in queue.lifecycle.calls
     with pytest.raises(wire.HiveError, match="reserved"):
         queue.request_init_config("operator", "x")
 
@@ -166,3 +186,200 @@ def test_unknown_ids_and_half_queued_rows(queue):
     Approval.create(agent="a", kind="apply_commit", status=QUEUING)
     assert queue.pending() == []
     assert queue.sweep_unfinished() == 1
+
+
+# -- spawns on real git ------------------------------------------------------------------------
+
+MANAGER_ENV = dict(os.environ, GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1",
+                   GIT_AUTHOR_NAME="manager", GIT_AUTHOR_EMAIL="manager@hive",
+                   GIT_COMMITTER_NAME="manager", GIT_COMMITTER_EMAIL="manager@hive")
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", repo, *args], check=True, capture_output=True, text=True,
+                          env=MANAGER_ENV).stdout.strip()
+
+
+class Backend:
+    """Starts nothing: records each Launch and says it runs until stopped; `fail` makes start raise."""
+
+    name = "process"
+    state_in = shared_in = None
+
+    def __init__(self):
+        self.launches, self.up, self.killed, self.fail = [], set(), [], None
+
+    def running(self, name, home=None):
+        return name in self.up
+
+    def start(self, launch):
+        if self.fail:
+            raise wire.HiveError(self.fail, "unavailable")
+        self.launches.append(launch)
+        self.up.add(launch.name)
+
+    def stop(self, name, home=None, graceful=True, timeout=None):
+        self.up.discard(name)
+
+    def kill(self, name, home=None):
+        self.killed.append(name)
+        self.up.discard(name)
+
+
+class Sockets:
+    def __init__(self):
+        self.open_ = set()
+
+    def open(self, name, role):
+        self.open_.add(name)
+
+    def close(self, name):
+        self.open_.discard(name)
+
+
+class Spawns:
+    def __init__(self, tmp_path):
+        self.db = open_core(tmp_path / "hive.db")
+        self.layout = Layout(tmp_path / "hive")
+        self.layout.makedirs()
+        self.hub, self.backend, self.sockets = RecordingHub(), Backend(), Sockets()
+        self.broker = Broker(self.hub)
+        self.repos = GitRepos(self.layout.config_dir)
+        self.lifecycle = RealLifecycle(self.layout, self.backend, self.broker, self.hub,
+                                       Harness("hyperhive.pyz"), self.sockets, self.repos)
+        self.queue = Approvals(self.repos, self.lifecycle, self.broker, self.hub)
+
+    def init(self, name="c"):
+        assert self.queue.approve(self.queue.request_init_config(name, "a helper"))["status"] == "approved"
+
+    def commit(self, change, name="c"):
+        """The manager edits hive.json in proposed and commits on main; returns the sha."""
+        repo = self.repos.proposed(name)
+        path = os.path.join(repo, "hive.json")
+        if callable(change):
+            with open(path) as f:
+                config = json.load(f)
+            change(config)
+            change = json.dumps(config, indent=2) + "\n"
+        with open(path, "w") as f:
+            f.write(change)
+        git(repo, "commit", "-qam", "edit hive.json")
+        return git(repo, "rev-parse", "HEAD")
+
+    def applied_main(self, name="c"):
+        return git(self.repos.applied(name), "rev-parse", "main")
+
+    def tag_message(self, tag, name="c"):
+        return git(self.repos.applied(name), "tag", "-l", "--format=%(contents)", tag)
+
+    def model_file(self, name="c"):
+        with open(os.path.join(self.layout.state(name), wire.MODEL_FILE)) as f:
+            return f.read().strip()
+
+
+@pytest.fixture
+def spawns(tmp_path):
+    rig = Spawns(tmp_path)
+    yield rig
+    rig.db.close()
+
+
+def test_a_spawn_starts_on_the_edit_committed_before_it_was_asked_for(spawns):
+    spawns.init()
+    template = spawns.applied_main()
+    edited = spawns.commit(lambda c: c.update(model="sonnet", env={"FAVOURITE": "bees"}))
+    aid = spawns.queue.request_spawn("c", "a helper on sonnet")
+    [pending] = spawns.queue.pending(with_diff=True)
+    assert pending["id"] == aid and pending["fetched_sha"] == edited and pending["commit_ref"] is None
+    assert '-  "model": "haiku"' in pending["diff"] and '+  "model": "sonnet"' in pending["diff"]
+    later = spawns.commit(lambda c: c.update(model="opus"))  # after the request: not part of it
+    assert spawns.applied_main() == template  # nothing moves before the operator decides
+
+    assert spawns.queue.approve(aid)["status"] == "approved"
+    assert spawns.applied_main() == edited != later
+    agent = Agent.get(Agent.name == "c")
+    assert agent.running_sha == edited and agent.parent == "manager"
+    assert spawns.model_file() == "sonnet"
+    [launch] = spawns.backend.launches
+    assert launch.rev == edited and launch.env["FAVOURITE"] == "bees"
+    assert spawns.lifecycle.row(agent)["deployed_sha"] == edited[:12]
+    tags = spawns.repos.tags("c")
+    assert all(f"{kind}/{aid}" in tags for kind in ("proposal", "approved", "building", "deployed"))
+    assert git(spawns.repos.applied("c"), "rev-parse", f"deployed/{aid}^{{commit}}") == edited
+    assert any(f"approval {aid} (spawn of c, commit {edited[:12]}) was approved" in b for b in manager_events())
+
+
+def test_a_spawn_pins_the_commit_ref_it_is_given_and_refuses_a_branch_name(spawns):
+    spawns.init()
+    sonnet = spawns.commit(lambda c: c.update(model="sonnet"))
+    spawns.commit(lambda c: c.update(model="opus"))
+    assert "commit sha" in refused("bad_argument", spawns.queue.request_spawn, "c", "x", commit_ref="main")
+    assert "is not a commit in c's proposed" in refused("not_found", spawns.queue.request_spawn, "c", "x",
+                                                        commit_ref="0123456789abcdef")
+    assert Approval.select().count() == 1  # the init_config: no half-made spawn row
+    aid = spawns.queue.request_spawn("c", "x", commit_ref=sonnet[:9].upper())
+    row = spawns.queue.get(aid)
+    assert (row.commit_ref, row.fetched_sha) == (sonnet[:9].lower(), sonnet)
+    spawns.queue.approve(aid)
+    assert spawns.applied_main() == sonnet and spawns.model_file() == "sonnet"
+
+
+def test_an_unedited_spawn_shows_the_files_it_will_start_with(spawns):
+    spawns.init()
+    template = spawns.applied_main()
+    aid = spawns.queue.request_spawn("c", "as it comes")
+    a = spawns.queue.get(aid)
+    assert a.fetched_sha == template
+    assert a.diff.startswith(f"# no change from c's applied main ({template[:12]})")
+    assert "+++ b/hive.json" in a.diff and '+  "model": "haiku",' in a.diff and "+++ b/agent.nix" in a.diff
+    spawns.queue.approve(aid)
+    assert spawns.applied_main() == template and f"deployed/{aid}" in spawns.repos.tags("c")
+    assert spawns.model_file() == "haiku"
+
+
+def test_a_denied_spawn_is_tagged_and_starts_nothing(spawns):
+    spawns.init()
+    template = spawns.applied_main()
+    edited = spawns.commit(lambda c: c.update(model="opus"))
+    aid = spawns.queue.request_spawn("c", "x")
+    assert spawns.queue.deny(aid, "opus is too dear")["status"] == "denied"
+    assert spawns.tag_message(f"denied/{aid}") == "opus is too dear"
+    assert git(spawns.repos.applied("c"), "rev-parse", f"denied/{aid}^{{commit}}") == edited
+    assert spawns.applied_main() == template and spawns.backend.launches == []
+    assert Agent.get_or_none(Agent.name == "c") is None
+
+
+def test_a_spawn_that_cannot_start_fails_tagged_and_leaves_no_agent(spawns):
+    spawns.init()
+    template = spawns.applied_main()
+    broken = spawns.commit('{"model": "sonnet",\n')
+    aid = spawns.queue.request_spawn("c", "x")
+    row = spawns.queue.approve(aid)
+    assert row["status"] == "failed" and "c's hive.json" in row["note"] and "not valid JSON" in row["note"]
+    assert "not valid JSON" in spawns.tag_message(f"failed/{aid}")
+    assert git(spawns.repos.applied("c"), "rev-parse", f"failed/{aid}^{{commit}}") == broken
+    assert f"deployed/{aid}" not in spawns.repos.tags("c") and spawns.applied_main() == template
+    assert Agent.get_or_none(Agent.name == "c") is None and not spawns.lifecycle.known("c")
+    assert spawns.backend.launches == [] and spawns.sockets.open_ == set()
+    assert not os.path.exists(spawns.layout.home("c")) and spawns.lifecycle.tombstones() == []
+    assert any(f"approval {aid} (spawn of c, commit {broken[:12]}) was approved but failed" in b
+               and "not valid JSON" in b for b in manager_events())
+
+    # the repos were kept: fixed in proposed, the spawn is asked for again and starts
+    fixed = spawns.commit('{"model": "sonnet"}\n')
+    again = spawns.queue.request_spawn("c", "fixed")
+    assert spawns.queue.approve(again)["status"] == "approved"
+    assert spawns.applied_main() == fixed and spawns.model_file() == "sonnet"
+
+
+def test_a_spawn_whose_harness_will_not_start_is_undone(spawns):
+    spawns.init()
+    spawns.commit(lambda c: c.update(model="sonnet"))
+    aid = spawns.queue.request_spawn("c", "x")
+    spawns.backend.fail = "bwrap is not installed"
+    row = spawns.queue.approve(aid)
+    assert row["status"] == "failed" and row["note"] == "bwrap is not installed"
+    assert spawns.tag_message(f"failed/{aid}") == "bwrap is not installed"
+    assert spawns.backend.killed == ["c"] and spawns.sockets.open_ == set()
+    assert Agent.get_or_none(Agent.name == "c") is None and not os.path.exists(spawns.layout.home("c"))
+    assert f"deployed/{aid}" not in spawns.repos.tags("c")

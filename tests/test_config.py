@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import threading
+import urllib.request
 
 import pytest
 
@@ -66,6 +67,13 @@ def manager_inbox(hive):
 def cli(hive, *args):
     return subprocess.run(pyz_argv("--socket", hive.host_sock, *args), capture_output=True, text=True,
                           timeout=120)
+
+
+def diff_of(hive, approval_id):
+    """An approval's diff as the dashboard serves it to the operator."""
+    request = urllib.request.Request(f"{hive.url}/approval/{approval_id}/diff", headers={"Cookie": hive.cookie()})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.read().decode()
 
 
 def turn_models(hive, name):
@@ -173,6 +181,27 @@ def test_spawning_takes_two_approvals(hive):
     cli(hive, "approve", str(second))
     row = wait_until(lambda: hive.row("c"), 20, "c to exist")
     assert row["running"] and row["parent"] == "manager"
+
+
+def test_a_spawned_agent_runs_its_first_turn_on_the_config_the_manager_edited(hive):
+    init = hive.agent_call("manager", "request_init_config", name="c", description="a helper on sonnet")["id"]
+    hive.call("approve", id=init)
+    sha = commit_config(hive, "c", lambda c: c.update(model="sonnet"))
+    # through the manager's real MCP server, commit_ref left out: proposed main as it is now
+    args = json.dumps({"name": "c", "description": "start c on sonnet"})
+    hive.call("send", to="manager", body=f"FAKE: call request_spawn {args}")
+    [row] = wait_until(lambda: [a for a in hive.call("pending")["approvals"] if a["kind"] == "spawn"], 30,
+                       "the manager's spawn request")
+    assert row["fetched_sha"] == sha and row["commit_ref"] is None
+    assert '+  "model": "sonnet"' in diff_of(hive, row["id"])  # what the dashboard shows the operator
+    commit_config(hive, "c", lambda c: c.update(model="opus"))  # too late for this spawn
+    done = cli(hive, "approve", str(row["id"]))
+    assert done.returncode == 0 and "approved" in done.stdout, done.stderr
+    assert git(applied(hive, "c"), "rev-parse", "main") == sha
+    assert wait_until(lambda: hive.row("c"), 20, "c to exist")["deployed_sha"] == sha[:12]
+    hive.call("send", to="c", body="FAKE: send operator first-turn")
+    wait_until(lambda: "first-turn" in [m["body"] for m in hive.call("inbox")["messages"]], 30, "c's first turn")
+    assert [call["model"] for call in hive.claude_calls("c")] == ["sonnet"]
 
 
 def test_approving_while_the_agent_is_busy_is_refused(hive):

@@ -124,6 +124,34 @@ def test_allowed_tools_names_every_tool_of_the_role():
     assert mcp.allowed_tools("nobody") == []
 
 
+def test_every_tools_arguments_are_its_verbs_arguments_in_wire():
+    for tool in mcp.TOOLS:
+        for role in tool.roles:
+            args = wire.SURFACE_ARGS.get((role, tool.verb), wire.VERBS[tool.verb][0])
+            assert set(tool.input_schema["properties"]) <= {a.name for a in args}, (role, tool.name)
+            assert {a.name for a in args if a.required} <= set(tool.input_schema["required"]), (role, tool.name)
+
+
+def test_request_spawn_says_what_the_agent_starts_on(core):
+    core.answers["request_spawn"] = ok(id=8)
+    client = McpClient(core.path, role="manager")
+    try:
+        client.initialize()
+        listed = {t["name"]: t for t in client.request("tools/list")["result"]["tools"]}["request_spawn"]
+        # the model must learn that its committed edits are what starts, and a later commit is not
+        text = listed["description"]
+        assert "exactly that commit" in text and "a commit made after it is not part of this spawn" in text
+        assert listed["inputSchema"]["required"] == ["name", "description"]
+        assert "approval 8" in text_of(client.call("request_spawn", {"name": "c", "description": "why",
+                                                                     "commit_ref": "abcdef0"}))
+        client.call("request_spawn", {"name": "d", "description": "why"})
+    finally:
+        client.kill()
+    assert [r for r in core.requests if r["cmd"] == "request_spawn"] == [
+        {"cmd": "request_spawn", "name": "c", "description": "why", "commit_ref": "abcdef0"},
+        {"cmd": "request_spawn", "name": "d", "description": "why"}]
+
+
 def test_manager_tools_map_to_manager_verbs_with_their_arguments(core):
     core.answers["request_apply_commit"] = ok(id=7)
     core.answers["stop"] = ok()

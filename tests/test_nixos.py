@@ -281,6 +281,18 @@ def test_start_creates_from_the_meta_flake_and_binds_socket_state_and_config(hiv
     assert e.value.code == "conflict"
 
 
+def test_a_spawn_on_a_pinned_commit_creates_the_container_from_it_not_head(hive):
+    pinned = hive.commit("a", "# a as approved\n")
+    hive.commit("a", "# a edited later\n")
+    hive.sync("a")
+    launch = hive.launch("a")
+    launch.rev = pinned
+    hive.backend.start(launch)
+    assert hive.box("a")["system"]["rev"] == pinned and hive.meta.locked_revs()["agent-a"] == pinned
+    assert f"?rev={pinned}&allRefs=1" in (hive.tmp / "meta" / "flake.nix").read_text()
+    assert hive.git("log", "-1", "--format=%s") == f"create h-a at {pinned[:12]}\n" and hive.clean()
+
+
 def test_restart_reuses_the_container_and_rewrites_its_binds(hive):
     hive.up("a")
     hive.backend.stop("a")

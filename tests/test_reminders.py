@@ -28,13 +28,31 @@ DAY = 86400
 
 
 class Repos:
-    """Every agent has config repos; no git is needed for the approvals these tests queue."""
+    """Every agent has config repos, whose every commit is SHA; no git is needed for the approvals
+    these tests queue."""
+
+    SHA = "5" * 40
 
     def exists(self, name):
         return True
 
     def deployed_sha(self, name):
         return None
+
+    def proposed_main(self, name):
+        return self.SHA
+
+    def resolve(self, name, ref):
+        return self.SHA
+
+    def pin_proposal(self, name, approval_id, ref):
+        return self.SHA
+
+    def spawn_diff(self, name, sha):
+        return ""
+
+    def tag(self, name, kind, approval_id, sha, message=None):
+        pass
 
 
 class NixosView(ProcessBackend):
@@ -305,7 +323,7 @@ def test_only_the_manager_withdraws_an_approval(rig):
     done = rig.call("manager", "manager", "cancel_loose_end", kind="approval", id=ap)["cancelled"]
     assert (done["status"], done["note"]) == ("cancelled", "withdrawn by manager")
     assert ("approval_resolved", {"approval": done}) in rig.hub.events
-    assert rig.inbox("manager")[-1]["body"] == f"[helper event] approval {ap} (spawn of a) was withdrawn: " \
+    assert rig.inbox("manager")[-1]["body"] == f"[helper event] approval {ap} (spawn of a, commit 555555555555) was withdrawn: " \
                                                "withdrawn by manager"
     assert "already cancelled" in rig.refused("conflict", "manager", "manager", "cancel_loose_end",
                                               kind="approval", id=ap)

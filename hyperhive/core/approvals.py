@@ -1,8 +1,8 @@
 """Config as code: the approval queue and what approving or denying does.
 
 Owns the `approval` rows (kinds apply_commit, init_config, spawn,
-update_meta_inputs), the walk of an apply_commit through its tags in the
-applied repo (proposal → approved → building → deployed | failed, or
+update_meta_inputs), the walk of an apply_commit or a spawn through its tags
+in the applied repo (proposal → approved → building → deployed | failed, or
 denied), and the helper events that tell the manager every outcome. Git goes
 through `repos` (the git module), containers through `lifecycle`.
 """
@@ -68,21 +68,25 @@ class Approvals:
         log.info("approval %d queued: %s %s", a.id, a.kind, a.agent)
         return a.id
 
-    def request_apply_commit(self, agent, commit_ref, description):
-        self.lifecycle.get(agent)
-        ref = self.repos.check_commit_ref(commit_ref)
+    def _pinned(self, agent, kind, description, ref, diff, commit_ref, **fields):
+        """Queue an approval of the proposed commit `ref`, pinned as proposal/<id> with diff(agent, sha)."""
         self.repos.resolve(agent, ref)  # refuse an unknown sha before a row exists
         # The id names the proposal tag, so the row exists first, but stays
         # out of `pending` until its commit is pinned and its diff is known.
-        a = self._queue(agent, "apply_commit", description, status=QUEUING, commit_ref=ref)
+        a = self._queue(agent, kind, description, status=QUEUING, commit_ref=commit_ref, **fields)
         try:
             sha = self.repos.pin_proposal(agent, a.id, ref)
-            diff = self.repos.diff(agent, sha)
+            text = diff(agent, sha)
         except wire.HiveError:
             Approval.delete().where(Approval.id == a.id).execute()
             raise
-        Approval.update(fetched_sha=sha, diff=diff, status="pending").where(Approval.id == a.id).execute()
+        Approval.update(fetched_sha=sha, diff=text, status="pending").where(Approval.id == a.id).execute()
         return self._added(Approval.get_by_id(a.id))
+
+    def request_apply_commit(self, agent, commit_ref, description):
+        self.lifecycle.get(agent)
+        ref = self.repos.check_commit_ref(commit_ref)
+        return self._pinned(agent, "apply_commit", description, ref, self.repos.diff, ref)
 
     def request_init_config(self, name, description):
         wire.check_agent_name(name)
@@ -90,14 +94,18 @@ class Approvals:
             raise wire.HiveError(f"{name!r} already has config repos; edit them and request_apply_commit", "conflict")
         return self._added(self._queue(name, "init_config", description))
 
-    def request_spawn(self, name, description, by=wire.MANAGER):
+    def request_spawn(self, name, description, by=wire.MANAGER, commit_ref=None):
+        """Pin the config the agent will start on: `commit_ref`, else proposed main as it is now, so an
+        edit committed after this asks is not part of the spawn."""
         wire.check_agent_name(name)
         if Agent.get_or_none(Agent.name == name) is not None:
             raise wire.HiveError(f"an agent named {name!r} already exists", "conflict")
         if not self.repos.exists(name):
             raise wire.HiveError(f"{name!r} has no config yet; request_init_config first, then request_spawn",
                                  "conflict")
-        return self._added(self._queue(name, "spawn", description, requested_by=by))
+        given = None if commit_ref is None else self.repos.check_commit_ref(commit_ref)
+        ref = given or self.repos.proposed_main(name)
+        return self._pinned(name, "spawn", description, ref, self.repos.spawn_diff, given, requested_by=by)
 
     def request_update(self, description):
         if not getattr(self.lifecycle.backend, "meta", None):
@@ -140,11 +148,11 @@ class Approvals:
             elif a.kind == "init_config":
                 self.repos.init_agent(a.agent)
             elif a.kind == "spawn":
-                self.lifecycle.spawn(a.agent, parent=a.requested_by or wire.MANAGER)
+                self._spawn(a)
             else:
                 self.lifecycle.update_meta()
         except wire.HiveError as e:
-            if a.kind == "apply_commit":
+            if a.fetched_sha:
                 self.repos.tag(a.agent, "failed", a.id, a.fetched_sha, message=str(e))
             return self._resolve(a, "failed", str(e))
         return self._resolve(a, "approved")
@@ -154,9 +162,21 @@ class Approvals:
         self.repos.tag(a.agent, "building", a.id, a.fetched_sha)
         self.lifecycle.rebuild(a.agent, a.fetched_sha, deploy=lambda: self.repos.deploy(a.agent, a.id, a.fetched_sha))
 
+    def _spawn(self, a):
+        parent = a.requested_by or wire.MANAGER
+        if not a.fetched_sha:  # queued by a core from before spawns were pinned: it starts on applied main
+            self.lifecycle.spawn(a.agent, parent=parent)
+            return
+        self.repos.tag(a.agent, "approved", a.id, a.fetched_sha)
+        # before anything starts: a commit that cannot become applied main would only be torn down again
+        self.repos.check_fast_forward(a.agent, a.fetched_sha)
+        self.repos.tag(a.agent, "building", a.id, a.fetched_sha)
+        self.lifecycle.spawn(a.agent, parent=parent, sha=a.fetched_sha,
+                             deploy=lambda: self.repos.deploy(a.agent, a.id, a.fetched_sha))
+
     def deny(self, approval_id, reason):
         a = self._pending(approval_id)
-        if a.kind == "apply_commit":
+        if a.fetched_sha:
             self.repos.tag(a.agent, "denied", a.id, a.fetched_sha, message=reason or "denied by the operator")
         return self._resolve(a, "denied", reason or None)
 
@@ -164,6 +184,6 @@ class Approvals:
         """Withdraw a pending approval before the operator decides (the manager, who asked for it)."""
         a = self._pending(approval_id)
         note = f"withdrawn by {by}"
-        if a.kind == "apply_commit":
+        if a.fetched_sha:
             self.repos.tag(a.agent, "cancelled", a.id, a.fetched_sha, message=note)
         return self._resolve(a, "cancelled", note)

@@ -203,6 +203,14 @@ class Repos:
         """The full sha of the commit `ref` names in the proposed repo."""
         return self._commit_in(name, self._need(name, "proposed"), ref, "proposed")
 
+    def proposed_main(self, name):
+        """The full sha proposed's main names now: what a spawn starts on unless told otherwise."""
+        sha = _verify(self._need(name, "proposed"), "refs/heads/main^{commit}", f"find {name}'s proposed main")
+        if not sha:
+            raise wire.HiveError(f"{name}'s proposed config repo has no main branch; commit the config on main "
+                                 "or name the commit with commit_ref", "not_found")
+        return sha
+
     def pin_proposal(self, name, approval_id, ref):
         """Copy the manager's commit into applied and pin it as proposal/<id>; returns its sha."""
         sha = self.resolve(name, ref)
@@ -223,6 +231,20 @@ class Repos:
         sha = self._commit_in(name, applied, sha)
         return _git(applied, "diff", "--no-color", "--no-ext-diff", "--no-textconv", "refs/heads/main", sha, "--",
                     doing=f"diff {name}'s deployed config against {sha[:12]}")
+
+    def spawn_diff(self, name, sha):
+        """What a spawn on sha starts with, for the operator: the diff against applied main (the
+        template) or, when there is none, every file of the config as added lines under a line saying so."""
+        diff = self.diff(name, sha)
+        if diff.strip():
+            return diff
+        applied = self._need(name)
+        # git knows the empty tree without it being stored: diffing from it shows each file whole
+        empty = _git(applied, "hash-object", "-t", "tree", "/dev/null", doing="name the empty tree").strip()
+        whole = _git(applied, "diff", "--no-color", "--no-ext-diff", "--no-textconv", empty, sha, "--",
+                     doing=f"list {name}'s config at {sha[:12]}")
+        return (f"# no change from {name}'s applied main ({self.deployed_sha(name)[:12]}); "
+                f"it starts with these files:\n{whole}")
 
     # -- the tag trail -------------------------------------------------------------
 
@@ -256,8 +278,8 @@ class Repos:
         kind, _, text = out.partition("\0")
         return text.rstrip("\n") if kind == "tag" else ""
 
-    def deploy(self, name, approval_id, sha):
-        """Tag deployed/<id> and fast-forward applied main to sha: the one way main moves."""
+    def check_fast_forward(self, name, sha):
+        """The full sha, when applied main can fast-forward to it; else a conflict naming both."""
         applied = self._need(name)
         sha = self._commit_in(name, applied, sha)
         ancestor = _git(applied, "merge-base", "--is-ancestor", "refs/heads/main", sha, _ok_code=[0, 1],
@@ -266,6 +288,12 @@ class Repos:
             raise wire.HiveError(f"{sha[:12]} does not build on {name}'s deployed config "
                                  f"({self.deployed_sha(name)[:12]}); refusing a non-fast-forward deploy",
                                  "conflict")
+        return sha
+
+    def deploy(self, name, approval_id, sha):
+        """Tag deployed/<id> and fast-forward applied main to sha: the one way main moves."""
+        applied = self._need(name)
+        sha = self.check_fast_forward(name, sha)
         self.tag(name, "deployed", approval_id, sha)
         _git(applied, "merge", "-q", "--ff-only", sha, doing=f"fast-forward {name}'s applied main to {sha[:12]}")
 

@@ -278,7 +278,7 @@ class Lifecycle:
             raise wire.HiveError(f"{name}'s hive.json at {rev[:12]} is not valid JSON: {e}") from None
         return check_config(name, config)
 
-    def launch(self, agent, config):
+    def launch(self, agent, config, rev=None):
         name = agent.name
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")}
         env.update({k: os.environ[k] for k in self.harness.pass_env if k in os.environ})
@@ -307,6 +307,7 @@ class Lifecycle:
         argv = [self.harness.python, self.harness.entry, agent.role, "serve"]
         launch = Launch(name, agent.role, argv, env, state, self.layout.home(name), self.layout.log(name))
         launch.config_dir = configs
+        launch.rev = rev
         launch.shared_dir = self.layout.shared_dir
         launch.hidden_dirs = [self.layout.state_dir, self.layout.run_dir]
         return launch
@@ -327,7 +328,7 @@ class Lifecycle:
                 f.write(config["model"] + "\n")
             os.replace(tmp, model_file)
         with self._meta_lock:
-            self.backend.start(self.launch(agent, config))
+            self.backend.start(self.launch(agent, config, rev=None if rev == "main" else rev))
         sha = self.repos.deployed_sha(name) if rev == "main" else rev
         Agent.update(running_sha=sha).where(Agent.name == name).execute()
 
@@ -342,7 +343,9 @@ class Lifecycle:
             names = (set(self.names()) | {include}) - {exclude, None}
             meta.sync({n: self.repos.applied(n) for n in sorted(names) if self.repos.exists(n)})
 
-    def spawn(self, name, parent=wire.OPERATOR, role="agent"):
+    def spawn(self, name, parent=wire.OPERATOR, role="agent", sha=None, deploy=None):
+        """Create and start an agent on its applied main, or on `sha` (a commit of its applied repo, its
+        model applied), then call `deploy`. If it cannot start, or deploy fails, it is undone (see _unspawn)."""
         if role == "agent":
             wire.check_agent_name(name)
         if Agent.get_or_none(Agent.name == name) is not None:
@@ -355,10 +358,42 @@ class Lifecycle:
                                      paused=os.path.exists(self.layout.pause_marker(name)))
             self._names = None
             self.broker.hold(name, agent.paused)
-            self._start(agent)
+            try:
+                self._start(agent, rev=sha or "main", apply_model=sha is not None)
+                if deploy is not None:
+                    deploy()
+            except wire.HiveError as e:
+                log.error("%s did not start%s: %s; undoing the spawn", name, f" on {sha[:12]}" if sha else "", e)
+                self._unspawn(name, revived)
+                raise
             if revived:
                 self._tombstones_changed()
             log.info("%s %s (asked by %s)", "revived" if revived else "spawned", name, parent)
+
+    def _unspawn(self, name, revived):
+        """Take back a spawn that failed: no harness, container, socket or agent row is left, nor the
+        home a fresh spawn made (a revived tombstone keeps its own). The config repos stay as they are,
+        so the config can be fixed and the spawn asked for again."""
+        try:
+            self.backend.kill(name, self.layout.home(name))
+            remove = getattr(self.backend, "destroy", None)
+            if remove is not None:  # nixos: a container created before its start failed
+                with self._meta_lock:
+                    remove(name)
+        except wire.HiveError as e:
+            log.error("could not stop what the failed spawn of %s started: %s", name, e)
+        self.sockets.close(name)
+        shutil.rmtree(os.path.dirname(self.layout.socket(name)), ignore_errors=True)
+        with core_db.atomic():
+            Agent.delete().where(Agent.name == name).execute()
+        self._names = None
+        try:
+            self._sync_meta(exclude=name)
+        except wire.HiveError as e:
+            log.error("could not drop %s from the meta flake after its failed spawn: %s", name, e)
+        if not revived:
+            shutil.rmtree(self.layout.home(name), ignore_errors=True)
+        self.broker.hold(name, False)
 
     def ensure_manager(self):
         if Agent.get_or_none(Agent.name == wire.MANAGER) is None:

@@ -282,8 +282,8 @@ class Surfaces:
     def do_deny(self, caller, id, reason):
         return wire.ok(approval=self.approvals.deny(id, reason))
 
-    def do_request_spawn(self, caller, name, description):
-        return wire.ok(id=self.approvals.request_spawn(name, description, by=caller))
+    def do_request_spawn(self, caller, name, description, commit_ref):
+        return wire.ok(id=self.approvals.request_spawn(name, description, by=caller, commit_ref=commit_ref))
 
     def do_request_init_config(self, caller, name, description):
         return wire.ok(id=self.approvals.request_init_config(name, description))

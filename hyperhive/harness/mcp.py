@@ -299,14 +299,22 @@ TOOLS += (
     Tool(
         "request_init_config",
         "Step 1 of adding an agent: ask the operator to create its config repos from the template. "
-        "Once approved, edit its config if needed, then request_spawn.",
+        "Once approved, edit its config if needed and `git commit` it on main in $HIVE_CONFIG_DIR/<name>, "
+        "then request_spawn: the agent starts on what you committed.",
         _schema({"name": _AGENT_NAME, "description": _WHY}, required=("name", "description")),
         "request_init_config", _format_id("queued"), roles=MANAGER),
     Tool(
         "request_spawn",
-        "Step 2 of adding an agent: ask the operator to create and start it from its config "
-        "(after request_init_config was approved).",
-        _schema({"name": _AGENT_NAME, "description": _WHY}, required=("name", "description")),
+        "Step 2 of adding an agent (after request_init_config was approved): ask the operator to create "
+        "and start it. The hive pins the commit main points to in its config repo now (or the commit_ref "
+        "you give) and shows the operator the diff against the template; if approved, the agent starts on "
+        "exactly that commit. Commit your edits before calling this: a commit made after it is not part "
+        "of this spawn (deploy it later with request_apply_commit).",
+        _schema({"name": _AGENT_NAME,
+                 "commit_ref": {"type": "string", "minLength": 7, "maxLength": 40,
+                                "description": "Optional: the sha of the commit to start on (7-40 hex chars; "
+                                               "never a branch or tag name). Default: main as it is now."},
+                 "description": _WHY}, required=("name", "description")),
         "request_spawn", _format_id("queued"), roles=MANAGER),
     Tool(
         "update",

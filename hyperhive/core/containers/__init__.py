@@ -24,6 +24,7 @@ class Launch:
     def __init__(self, name, role, argv, env, state_dir, home_dir, log_path):
         self.name, self.role, self.argv, self.env = name, role, argv, env
         self.state_dir, self.home_dir, self.log_path = state_dir, home_dir, log_path
+        self.rev = None  # the applied commit to build from, when not applied main (nixos)
 
 
 BACKENDS = {"nixos": NixosBackend, "bwrap": BwrapBackend, "process": ProcessBackend}

@@ -293,13 +293,13 @@ class NixosBackend:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
 
-    def _create(self, name):
+    def _create(self, name, rev=None):
         c = container(name)
         if len(c) > MAX_CONTAINER_NAME:
             raise wire.HiveError(f"agent name {name!r} is too long for the nixos backend: nixos-container "
                                  f"refuses container names over {MAX_CONTAINER_NAME} characters, and "
                                  f"{c!r} has {len(c)}; use at most {MAX_CONTAINER_NAME - 2}")
-        self.meta.prepare(name)
+        self.meta.prepare(name, rev)
         try:
             self._nc("create", c, "--flake", self._flake(name))
         except wire.HiveError as e:
@@ -310,7 +310,7 @@ class NixosBackend:
             except wire.HiveError as cleanup:
                 log.error("could not clean up after the failed create of %s: %s", c, cleanup)
             raise wire.HiveError(f"could not create container {c}; nothing was kept. {e}", e.code) from None
-        self.meta.finalize(name, f"create {c}")
+        self.meta.finalize(name, f"create {c}" + (f" at {rev[:12]}" if rev else ""))
 
     def _write_env(self, launch):
         """harness.env beside the socket (0600): rewritten at every start, so nothing stale stays in it."""
@@ -331,7 +331,8 @@ class NixosBackend:
         flags = self._binds(launch)
         self._write_env(launch)
         if not self.exists(name):
-            self._create(name)
+            # a spawn approval's commit is not yet applied main: build that commit, not HEAD
+            self._create(name, getattr(launch, "rev", None))
         elif self.meta.stale(name):
             # built from an older hyperhive (the package moved): catch up before it runs again
             try:
