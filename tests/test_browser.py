@@ -352,6 +352,54 @@ def test_agent_page_streams_a_turn(page, hv):
     assert_no_reload(page)
 
 
+def test_cancel_on_the_page_stops_the_turn_marks_its_message_and_retry_runs_it_on_purpose(operator, page, hv):
+    open_agent_page(page, hv, "a")
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "idle", timeout=30000)
+    mark = unique("long-")
+    with page.expect_response(lambda r: r.url.endswith("/agent/a/send")) as sent:
+        page.locator("#agent-compose").fill(f"FAKE: sleep 60\n{mark}")
+        page.locator("#agent-send").click()
+    message_id = sent.value.json()["id"]
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "thinking", timeout=30000)
+    page.locator("#cancel-turn").click()
+    ended = page.locator("#terminal .trow.turn-end.cancelled").last
+    expect(ended).to_contain_text("turn cancelled")
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "idle")
+    board = operator.new_page()
+    try:
+        open_dashboard(board, hv)
+        expect(flow_row(board, message_id).locator(".chip.cancelled")).to_have_text("✕ cancelled")
+        ended.locator("button.retry").click()
+        expect(ended.locator("button.retry")).to_have_text("queued again")
+        expect(flow_row(board, message_id).locator(".chip.cancelled")).to_have_count(0)  # live, from the event
+    finally:
+        board.close()
+    expect(page.locator("#turn-state")).to_have_attribute("data-state", "thinking", timeout=30000)
+    page.locator("#cancel-turn").click()
+    expect(page.locator("#terminal .trow.turn-end.cancelled")).to_have_count(2)
+    assert_no_reload(page)
+
+
+def test_a_missing_claude_is_named_on_the_card_and_the_page(browser, tmp_path):
+    missing = str(tmp_path / "no" / "claude")
+    with running(Hive(tmp_path / "state", claude=missing, env={"ANTHROPIC_API_KEY": "k"},
+                      extra_args=["--pass-env", "ANTHROPIC_API_KEY"])) as h:
+        h.call("spawn", name="a")
+        wait_until(lambda: h.row("a")["claude_missing"], 30, "a's row to name the missing claude")
+        ctx = new_context(browser)
+        try:
+            p = ctx.new_page()
+            p.goto(h.login_url())
+            card = p.locator('[data-agent="a"]')
+            expect(card.locator(".chip.red")).to_have_text("claude not found")
+            expect(card.locator(".status-text.problem")).to_contain_text(f"claude not found at {missing}")
+            p.goto(f"{h.url}/agent/a/")
+            expect(p.locator("#status-chip")).to_have_text("claude not found")
+            expect(p.locator("#login-panel")).to_be_hidden()  # nothing to log in: it is not a login problem
+        finally:
+            ctx.close()
+
+
 # -- 6. reconnects ------------------------------------------------------------------------------
 
 def test_dashboard_reconnect_shows_everything_once(page, hv):

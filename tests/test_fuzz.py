@@ -208,6 +208,7 @@ def arg_values(verb, arg):
         "options": st.lists(st.one_of(TEXT, JSON_SCALARS), max_size=12),
         "when": TIMES,
         "choice": st.one_of(st.sampled_from(arg.choices or ("x",)), TEXT),
+        "ids": st.one_of(st.lists(st.one_of(st.integers(-3, 1_200), EDGE_NUMBERS), max_size=40), TEXT),
     }[arg.kind]
     return weighted((plausible, 2), (HOSTILE, 1))
 
@@ -385,7 +386,7 @@ HARMLESS_VERBS = frozenset({
     "list", "agent_status", "subscribe_agent_status", "urls", "pending", "inbox", "tombstones", "questions",
     "login_url", "send", "operator_msg", "whoami", "recent", "get_loose_ends", "count_pending_reminders",
     "set_status", "ack_turn", "requeue_inflight", "answer", "cancel_question", "cancel_loose_end", "ask",
-    "approve", "deny", "update_meta", "recv", "remind"})
+    "approve", "deny", "update_meta", "recv", "remind", "cancel_turn", "retry_cancelled"})
 # Verbs sent valid only with names the hive does not have: they must be refused.
 NAMED_VERBS = frozenset({"start", "stop", "restart", "rebuild", "kill", "set_paused", "destroy", "purge_tombstone"})
 # Verbs never sent valid: each would add an agent, an approval, or flip an agent's login.
@@ -713,8 +714,8 @@ PAGE = page_app()
 # a new POST route must be added here, after deciding how the fuzz may send it.
 DASHBOARD_POSTS = {"/op-send", "/spawn", "/approve/<approval_id>", "/deny/<approval_id>",
                    "/answer-question/<question_id>", "/destroy/<name>", "/meta-update",
-                   f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "/agent/<name>/", "/agent/<name>/<path:path>"}
-PAGE_POSTS = {"/send", "/api/cancel", "/api/compact", "/api/new-session", "/api/model", "/login/start",
+                   f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "/agent/<name>/<path:path>"}
+PAGE_POSTS = {"/send", "/api/cancel", "/api/retry", "/api/compact", "/api/new-session", "/api/model", "/login/start",
               "/login/code", "/login/cancel", "/api/loose-ends/cancel"}
 COMPACTIONS = 3  # valid POST /api/compact run the fake claude: a few prove the route, more only load the box
 

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from docopt import docopt
 
-from conftest import FAKE_CLAUDE, ROOT, wait_until
+from conftest import FAKE_CLAUDE, PYZ, PYZ_PYTHON, ROOT, wait_until
 from fakecore import remove_tree, short_tmpdir
 from hyperhive import jsonline, settings
 from hyperhive.core import daemon
@@ -315,12 +315,9 @@ def test_the_flake_exposes_the_package_the_module_and_the_templates():
 # -- the rendered ExecStart, run ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def built_pyz(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pyz") / "hyperhive.pyz"
-    done = subprocess.run([os.path.join(ROOT, "build_zipapp.sh"), str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return str(out)
+def built_pyz():
+    """The pyz this run built (conftest), which the module's store path stands for."""
+    return PYZ
 
 
 def free_port():
@@ -330,7 +327,7 @@ def free_port():
 
 
 def test_the_rendered_exec_start_runs_a_core(built_pyz, tmp_path):
-    """The module's command line, with the stub's store paths swapped for a built pyz and this Python."""
+    """The module's command line, with the stub's store paths swapped for this run's pyz and its runtime Python."""
     require_nix()
     tmp = short_tmpdir()  # the run dir holds sockets: keep its path short
     state, run = str(tmp / "state"), str(tmp / "run")
@@ -341,7 +338,7 @@ def test_the_rendered_exec_start_runs_a_core(built_pyz, tmp_path):
                 "ev: ev.config.systemd.services.hive-c0re")
     argv = shlex.split(unit["serviceConfig"]["ExecStart"])
     python, pyz = argv[0], argv[1]
-    swap = {python: sys.executable, pyz: built_pyz, os.path.dirname(pyz): os.path.dirname(built_pyz)}
+    swap = {python: PYZ_PYTHON, pyz: built_pyz, os.path.dirname(pyz): os.path.dirname(built_pyz)}
     claude = argv[argv.index("--claude") + 1]
     swap[claude] = FAKE_CLAUDE
     argv = [swap.get(a, a) for a in argv]

@@ -154,6 +154,8 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
     page_file = make_file(hive, "a", "seen.txt", "a's file\n")
     hive.call("spawn", name="w")
 
+    cancelled = []
+
     def dashboard_sees(event):
         return event.get("kind") == "sent" and "stream check" in event["message"]["body"]
 
@@ -214,7 +216,8 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
         ("GET", "/api/stats"): lambda: judged(b.request("GET", "/agent/a/api/stats?window=24h")),
         ("GET", "/api/file"): lambda: assert_has(judged(b.request("GET", f"/agent/a/api/file?path={page_file}")),
                                                  b"a's file"),
-        ("POST", "/api/cancel"): lambda: cancel_a_turn(b, hive),  # last: the page's other actions wait for no turn
+        ("POST", "/api/cancel"): lambda: cancelled.append(cancel_a_turn(b, hive)),  # last: the others wait for no turn
+        ("POST", "/api/retry"): lambda: retry_and_cancel_again(b, hive, cancelled[0]),
     }
     assert set(cases) == routes_of_the_dashboard(), "a dashboard route has no case here (or a case no route)"
     assert set(page) == routes_of_the_agent_page(tmp_path), "an agent page route has no case here"
@@ -231,12 +234,23 @@ def idle(b):
 
 
 def cancel_a_turn(b, hive):
-    hive.call("send", to="a", body="FAKE: sleep 60\nlong turn")
+    """A long turn of a's, cancelled from its page; the id of its message."""
+    mid = hive.call("send", to="a", body="FAKE: sleep 60\nlong turn")["id"]
     wait_until(lambda: json.loads(b.request("GET", "/agent/a/api/state")[2])["turn_state"] == "thinking", 30,
                "a's long turn to run")
     judged(b.request("POST", "/agent/a/api/cancel"))
-    wait_until(lambda: json.loads(b.request("GET", "/agent/a/api/state")[2])["turn_state"] != "thinking", 30,
-               "the cancelled turn to end")
+    wait_until(lambda: hive.db_rows("select cancelled_at is not null from message where id=?", mid) == [(1,)], 30,
+               "the cancelled turn's message to be marked")
+    return mid
+
+
+def retry_and_cancel_again(b, hive, mid):
+    assert_has(judged(b.request("POST", "/agent/a/api/retry", {"ids": [mid]})), f"[{mid}]".encode())
+    wait_until(lambda: hive.db_rows("select delivered_at is not null, cancelled_at from message where id=?", mid)
+               == [(1, None)], 30, "the retried message to run")
+    wait_until(lambda: json.loads(b.request("GET", "/agent/a/api/state")[2])["turn_state"] == "thinking", 30,
+               "the retried turn to run")
+    judged(b.request("POST", "/agent/a/api/cancel"))
 
 
 def assert_has(answer, needle):
@@ -371,6 +385,9 @@ def test_every_verb_of_every_surface_answers_from_the_pyz(hive):
         call(surface, "operator_msg", body="as if from my page")
         assert call(surface, "recv", wait_seconds=1, max=4)["messages"]
         call(surface, "requeue_inflight")
+        popped = [m["id"] for m in call(surface, "recv", wait_seconds=0, max=32)["messages"]]
+        assert call(surface, "cancel_turn")["cancelled"] == popped
+        assert call(surface, "retry_cancelled", ids=popped)["requeued"] == popped
         call(surface, "recv", wait_seconds=0, max=32)
         call(surface, "ack_turn")
         call(surface, "recent", limit=5)
@@ -411,6 +428,8 @@ def test_every_mcp_tool_of_both_roles_answers_from_the_pyz(hive):
         hive.call("spawn", name=f"t-{role}")
         target = f"t-{role}"
         asked = jsonline.call(hive.sock("a"), "ask", question="peer?", to="v" if role == "agent" else "manager")
+        seeded = jsonline.call(hive.sock("manager"), "request_init_config", name=f"s-{role}")["id"]
+        hive.call("approve", id=seeded)  # a config to request a spawn of
         args = {
             "send": {"to": "operator", "body": "from the tool"},
             "recv": {"max": 2, "wait_seconds": 0},
@@ -424,7 +443,7 @@ def test_every_mcp_tool_of_both_roles_answers_from_the_pyz(hive):
             "request_apply_commit": {"agent": "v", "commit_ref": commit_in_proposed(hive, "v"),
                                      "description": "tool"},
             "request_init_config": {"name": f"n-{role}", "description": "tool"},
-            "request_spawn": {"name": "cfg-one", "description": "tool"},
+            "request_spawn": {"name": f"s-{role}", "description": "tool"},
             "update": {"description": "tool"},
             "agent_status": {},
             "stop": {"name": target}, "start": {"name": target}, "restart": {"name": target},

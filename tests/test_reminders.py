@@ -350,20 +350,34 @@ def test_an_agent_sets_and_clears_its_one_line_status(rig):
     assert cleared["status_text"] is None and Agent.get_by_id("a").status_set_at is None
 
 
-def test_a_login_change_is_recorded_and_told_to_the_manager_once(rig):
+def test_a_login_change_is_recorded_and_told_to_the_manager_and_the_operator_once(rig):
     assert rig.call("agent", "a", "report_login", logged_in=True)["changed"] is False
     assert rig.call("agent", "a", "report_login", logged_in=False, note="auth status: loggedIn false")["changed"]
     assert Agent.get_by_id("a").needs_login is True
     assert rig.call("agent", "a", "report_login", logged_in=False)["changed"] is False
     rig.call("agent", "a", "report_login", logged_in=True)
-    bodies = [m["body"] for m in rig.inbox("manager")]
-    assert bodies == [
-        "[helper event] needs_login: a's claude has no valid login, so its turns are parked; the operator logs "
-        "it in on its page (/agent/a/). (auth status: loggedIn false)",
-        "[helper event] logged_in: a's claude is logged in again; its turns run."]
+    told = ["[helper event] needs_login: a's claude has no valid login, so its turns are parked; the operator logs "
+            "it in on its page (/agent/a/). (auth status: loggedIn false)",
+            "[helper event] logged_in: a's claude runs again; its waiting messages run."]
+    assert [m["body"] for m in rig.inbox("manager")] == told
+    assert [m["body"] for m in rig.broker.inbox("operator", 10)][::-1] == told
     rig.call("manager", "manager", "report_login", logged_in=False)
     assert rig.inbox("manager") == [], "the manager is not told about itself"
     assert Agent.get_by_id("manager").needs_login is True
+    assert rig.broker.inbox("operator", 1)[0]["body"].startswith("[helper event] needs_login: manager's claude")
+
+
+def test_a_missing_claude_is_its_own_state_told_once(rig):
+    said = "claude not found at /opt/claude; install Claude Code there or point the hive at it"
+    assert rig.call("agent", "a", "report_login", logged_in=False, note=said, claude_missing=True)["changed"]
+    agent = Agent.get_by_id("a")
+    assert agent.claude_missing == said and agent.needs_login is False
+    assert rig.call("agent", "a", "report_login", logged_in=False, note=said, claude_missing=True)["changed"] is False
+    [told] = [m["body"] for m in rig.inbox("manager")]
+    assert told == f"[helper event] claude_missing: a cannot run claude: {said}. Its messages wait until the binary " \
+        "is there."
+    rig.call("agent", "a", "report_login", logged_in=True)
+    assert Agent.get_by_id("a").claude_missing is None
 
 
 # -- file references at ingest ----------------------------------------------------------------------------

@@ -226,7 +226,7 @@ def sample(arg, name="bob"):
     """A valid value of one of wire's argument kinds (a new kind must be taught here)."""
     values = {"name": name, "scope": {"agent_names": [name]}, "bool": False, "str": "x", "text": "x",
               "options": [], "when": "2099-01-01T00:00:00Z", "clamp": arg.lo, "int": arg.lo or 1,
-              "choice": arg.choices[0] if arg.choices else None}
+              "choice": arg.choices[0] if arg.choices else None, "ids": [1]}
     assert arg.kind in values, f"teach test_security.sample() wire's new argument kind {arg.kind!r}"
     return values[arg.kind]
 
@@ -345,6 +345,26 @@ def sc_ack_turn(r, victim, s):
     return [answer]
 
 
+def sc_cancel_turn(r, victim, s):
+    mine = r.h.call("send", to="alice", body="alice's, to cancel")["id"]
+    r.alice("recv", max=wire.RECV_MAX_BATCH)
+    answer = r.alice("cancel_turn", **s)
+    assert mine in answer["cancelled"] and r.msg(mine)["cancelled_at"] is not None
+    assert r.msg(r.bob_inflight)["acked_at"] is None and r.msg(r.bob_inflight)["cancelled_at"] is None
+    return [answer]
+
+
+def sc_retry_cancelled(r, victim, s):
+    mine = r.h.call("send", to="alice", body="alice's, to cancel and retry")["id"]
+    r.alice("recv", max=wire.RECV_MAX_BATCH)
+    r.alice("cancel_turn")
+    said = [refused("conflict", r.alice, "retry_cancelled", ids=[r.bob_inflight], **s)]
+    answer = r.alice("retry_cancelled", ids=[mine, r.bob_inflight], **s)
+    assert answer["requeued"] == [mine] and f"#{r.bob_inflight}" in answer[wire.WARNINGS][0]
+    assert r.msg(mine)["delivered_at"] is None and r.msg(r.bob_inflight)["delivered_at"] is not None
+    return said + [answer]
+
+
 def sc_requeue_inflight(r, victim, s):
     mine = r.h.call("send", to="alice", body="alice's, to requeue")["id"]
     r.alice("recv", max=wire.RECV_MAX_BATCH)
@@ -447,9 +467,9 @@ def sc_report_login(r, victim, s):
 
 
 SCENARIOS = {verb: globals()[f"sc_{verb}"] for verb in wire.AGENT_VERBS if f"sc_{verb}" in globals()}
-# The core tells the manager of an agent's login change: a message alice causes, about alice.
+# The core tells the manager and the operator of an agent's login change: messages alice causes, about alice.
 ALLOWED = {"report_login": lambda table, row: table == "message" and row["sender"] == "core"
-           and row["recipient"] == wire.MANAGER and "alice's claude" in row["body"]}
+           and row["recipient"] in (wire.MANAGER, wire.OPERATOR) and "alice's claude" in row["body"]}
 
 
 @pytest.mark.parametrize("victim", VICTIMS)
@@ -973,9 +993,12 @@ def test_the_proxy_passes_no_credential_of_the_browser_to_an_agents_page(rig):
             status, headers, _ = rig.http(method, "/agent/alice" + page_path + "?x=1", headers=forged,
                                           body={"body": "hi"})
             assert status == 200 and "set-cookie" not in headers, (page_path, status, headers)
+        assert len(recorder.seen) == len(routes), "every data route of the page is the harness's"
         # the page shells and their assets are the core's own files: the harness is never asked for them
-        core_served = [r for r in routes if r[0] == "GET" and (r[1] in ("/", "/stats") or r[1].startswith("/static/"))]
-        assert len(core_served) == 3 and len(recorder.seen) == len(routes) - len(core_served)
+        for shell in ("/", "/stats", "/static/agent.js"):
+            status, _, _ = rig.http("GET", "/agent/alice" + shell, headers=forged)
+            assert status == 200, shell
+        assert len(recorder.seen) == len(routes), "a shell was asked of the harness"
         for seen in recorder.seen:
             assert seen["secret"] == rig.web_secret["alice"], "the core's header, never the browser's"
             for header in ("Cookie", "Authorization", "Proxy-Authorization", "X-Forwarded-For"):

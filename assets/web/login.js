@@ -40,7 +40,8 @@
   }
 
   function paint() {
-    const needs = !!status && status !== "online";
+    // a login to make: not while online, and not while claude's binary is missing (no login fixes that)
+    const needs = !!status && status.startsWith("needs_login");
     panel.hidden = !needs;
     if (!needs) {
       session = null;

@@ -133,8 +133,9 @@ class Surfaces:
             text = (f"[helper event] claude_missing: {caller} cannot run claude: {missing}. Its messages wait "
                     "until the binary is there.")
         else:
+            # the note in parentheses at the end: a reader sees where the harness's words start and stop
             text = (f"[helper event] needs_login: {caller}'s claude has no valid login, so its turns are parked; "
-                    f"the operator logs it in on its page (/agent/{caller}/)" + (f": {note}" if note else "."))
+                    f"the operator logs it in on its page (/agent/{caller}/)." + (f" ({note})" if note else ""))
         for whom in (wire.MANAGER, wire.OPERATOR):
             if whom != caller:
                 aftermath.after(f"telling the {whom}", self.broker.send, "core", whom, text)
