@@ -25,6 +25,26 @@ log = logging.getLogger(__name__)
 BUILTIN_TOOLS = ("Bash", "Edit", "Glob", "Grep", "MultiEdit", "NotebookEdit", "Read", "Task",
                  "TodoWrite", "WebFetch", "WebSearch", "Write")
 TOO_LONG_MARKERS = ("prompt is too long", "prompt too long", "context length", "context window")
+# Resolved here, never in a forked child: claude's preexec may only call it.
+_PRCTL = mcp.prctl()
+
+
+def dies_with_harness():
+    """A preexec_fn: the child is SIGKILLed when the harness dies, however it dies.
+
+    A claude that outlived its harness would finish the old turn and act as
+    the agent while the redelivered turn does the same work again. The
+    kernel sends the signal when the *thread* that forked exits, so claude
+    must be started from the harness's main thread (every greenlet runs there).
+    """
+    harness = os.getpid()
+
+    def preexec():
+        if _PRCTL is not None:
+            _PRCTL(mcp.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != harness:  # it died before the watch was set
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
 
 
 class Outcome:
@@ -132,7 +152,7 @@ class Run:
         try:
             self.proc = subprocess.Popen(argv, cwd=invocation.state_dir, env=invocation.env(),
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE)
+                                         stderr=subprocess.PIPE, preexec_fn=dies_with_harness())
         except OSError as e:
             self.proc = None
             self.spawn_error = f"could not run {invocation.claude}: {e.strerror or e}"

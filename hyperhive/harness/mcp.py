@@ -536,17 +536,23 @@ def _stop(signum, frame):
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
+def prctl():
+    """libc's prctl, or None where there is none (not Linux)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def _watch_parent(sig):
     """Ask the kernel for `sig` when the claude that started us dies; False where it cannot.
 
     Without it (no Linux prctl) stdin's EOF still ends us once claude is gone.
     """
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    call = prctl()
+    return call is not None and call(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
 
 
 def _hangup(parent):
