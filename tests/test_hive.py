@@ -366,6 +366,34 @@ def test_a_harness_killed_alone_mid_turn_takes_claude_along_and_one_ping_gets_on
         assert pongs(h) == 1 and len(h.good_turns("a")) == 1
 
 
+def test_what_claude_left_running_is_killed_before_the_next_harness_starts(hive):
+    hive.spawn("a")
+    hive.call("send", to="a", body="FAKE: spawn 120\nFAKE: send operator pong")
+    wait_until(lambda: pongs(hive) == 1, 20, "the turn")
+    path = os.path.join(hive.home("a"), "state", ".fakeclaude", "spawned.jsonl")
+    [left] = [json.loads(line)["pid"] for line in open(path)]
+    group = harness_group(hive, "a")
+    assert left in leftovers(*group)  # claude ended; its background process did not
+    os.kill(group[0], signal.SIGKILL)
+    wait_until(lambda: hive.row("a")["restart"], 10, "the core to see the death")
+    wait_until(lambda: hive.row("a")["running"], 30, "the harness back")
+    assert not alive(left) and not leftovers(*group)
+    assert harness_group(hive, "a") != group
+
+
+def test_a_harness_that_died_on_its_own_comes_back_by_itself_and_handles_what_queued(hive):
+    hive.spawn("a")
+    pid = hive.harness_pid("a")
+    os.killpg(pid, signal.SIGKILL)
+    row = wait_until(lambda: (lambda r: r if r["restart"] else None)(hive.row("a")), 10, "the core to see the death")
+    assert row["restart"]["deaths"] == 1 and "killed by SIGKILL" in row["restart"]["reason"]
+    hive.call("send", to="a", body="FAKE: send operator handled after the restart")
+    wait_until(lambda: "handled after the restart" in inbox_bodies(hive), 30, "the queued message handled")
+    assert hive.harness_pid("a") != pid and hive.row("a")["running"]
+    told = [m for m in hive.call("inbox", limit=50)["messages"] if m["from"] == "core"]
+    assert len(told) == 1 and told[0]["body"].startswith("[helper event] harness_crash: a's harness stopped")
+
+
 def test_a_start_first_kills_what_is_left_of_the_last_harness(tmp_path):
     from hyperhive.core.containers import Launch
 

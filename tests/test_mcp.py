@@ -130,7 +130,11 @@ def test_manager_tools_map_to_manager_verbs_with_their_arguments(core):
     core.answers["agent_status"] = ok(agent_statuses=[{
         "name": "a", "running": True, "failed": False, "needs_update": True, "needs_login": False,
         "paused": False, "parent": "operator", "deployed_sha": "abcdef012345", "active_model": "sonnet",
-        "status_text": "busy", "status_set_at": None, "url": None, "pending_reminders": 0}])
+        "status_text": "busy", "status_set_at": None, "url": None, "pending_reminders": 0}, {
+        "name": "b", "running": False, "failed": True, "needs_update": False, "needs_login": False,
+        "paused": False, "parent": "operator", "deployed_sha": None, "active_model": None,
+        "status_text": None, "status_set_at": None, "url": None, "pending_reminders": 0,
+        "restart": {"deaths": 2, "reason": "exit code 1", "next_at": "2026-01-01T00:00:04.000Z"}}])
     client = McpClient(core.path, role="manager")
     try:
         client.initialize()
@@ -139,7 +143,8 @@ def test_manager_tools_map_to_manager_verbs_with_their_arguments(core):
         assert "approval 7" in answer and "[helper event]" in answer
         assert text_of(client.call("stop", {"name": "a"})) == "stop: a done"
         status = text_of(client.call("agent_status"))
-        assert status == "a: running, model sonnet, config abcdef012345, needs update, status: busy"
+        assert status == ("a: running, model sonnet, config abcdef012345, needs update, status: busy\n"
+                          "b: failed, being started again after 2 death(s) in a row (exit code 1)")
     finally:
         client.kill()
     sent = [(r["cmd"], {k: v for k, v in r.items() if k != "cmd"}) for r in core.requests]

@@ -280,6 +280,14 @@
 
   const purgeChecked = new Set(); // "also purge" ticks survive a card redraw
 
+  /* A harness that died on its own, which the core starts again (backing off); the title says why. */
+  function restartChip(c) {
+    const r = c.restart, at = toMs(r.next_at);
+    const deaths = `${r.deaths} death${r.deaths === 1 ? "" : "s"} in a row`;
+    const text = !c.running && at ? `↻ restarts at ${H.clock(at)}` : "↻ restarted";
+    return h("span", {class: "chip orange restart", title: `${deaths}; the last: ${r.reason}`}, `${text} · ${deaths}`);
+  }
+
   function containerCard(c) {
     const st = containerState(c);
     const transient = state.transients.get(c.name) || c.transient || null;
@@ -301,6 +309,7 @@
       c.pending_reminders > 0 && h("span", {class: "chip honey", title: `${c.pending_reminders} pending reminder(s)`}, `⏰ ${c.pending_reminders}`),
       c.needs_login && h("a", {class: "chip orange", href: base, title: "claude is not logged in here: log in on its page"}, "needs login"),
       c.needs_update && h("span", {class: "chip orange", title: "the deployed config is behind: rebuild to apply it"}, "needs update"),
+      c.restart && restartChip(c),
       c.parent && c.parent !== "operator" && h("span", {class: "chip", title: "spawned by"}, `by ${c.parent}`));
 
     const status = c.status_text

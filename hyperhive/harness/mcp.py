@@ -277,6 +277,8 @@ def _format_statuses(answer, args):
                  f"config {r['deployed_sha']}" if r.get("deployed_sha") else None,
                  "needs update" if r.get("needs_update") else None,
                  "needs login" if r.get("needs_login") else None,
+                 (f"{'restarted' if r['running'] else 'being started again'} after {r['restart']['deaths']} "
+                  f"death(s) in a row ({r['restart']['reason']})") if r.get("restart") else None,
                  f"status: {r['status_text']}" if r.get("status_text") else None]
         lines.append(f"{r['name']}: {state}" + "".join(f", {e}" for e in extra if e))
     return "\n".join(lines)
