@@ -375,10 +375,14 @@ def test_what_claude_left_running_is_killed_before_the_next_harness_starts(hive)
     group = harness_group(hive, "a")
     assert left in leftovers(*group)  # claude ended; its background process did not
     os.kill(group[0], signal.SIGKILL)
-    wait_until(lambda: hive.row("a")["restart"], 10, "the core to see the death")
-    wait_until(lambda: hive.row("a")["running"], 30, "the harness back")
-    assert not alive(left) and not leftovers(*group)
-    assert harness_group(hive, "a") != group
+    try:
+        wait_until(lambda: hive.row("a")["restart"], 10, "the core to see the death")
+        wait_until(lambda: hive.row("a")["running"], 30, "the harness back")
+        assert not alive(left) and not leftovers(*group)
+        assert harness_group(hive, "a") != group
+    finally:
+        if alive(left):
+            os.kill(left, signal.SIGKILL)
 
 
 def test_a_harness_that_died_on_its_own_comes_back_by_itself_and_handles_what_queued(hive):
@@ -420,6 +424,8 @@ def test_a_start_first_kills_what_is_left_of_the_last_harness(tmp_path):
         assert not alive(child) and not leftovers(*group) and second != first
     finally:
         backend.kill("a", str(home))
+        if told.exists() and alive(int(told.read_text())):
+            os.kill(int(told.read_text()), signal.SIGKILL)
 
 
 def test_a_reused_pid_number_is_not_the_old_group(tmp_path):
