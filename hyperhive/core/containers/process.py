@@ -208,9 +208,9 @@ class ProcessBackend:
             self.exit_code(name)  # reaps the leader if this core started it
             if self.clock() >= deadline:
                 raise wire.HiveError(
-                    f"cannot start {name!r}: {len(left)} process(es) of its previous harness survived SIGKILL "
-                    f"for {timeout:g}s (pids {' '.join(map(str, left))}, maybe stuck in the kernel); "
-                    "check them with `ps -o pid,stat,wchan,cmd -p <pid>` and start it again once they are gone",
+                    f"{len(left)} process(es) left of {name!r}'s last harness survived SIGKILL for {timeout:g}s "
+                    f"(pids {' '.join(map(str, left))}, maybe stuck in the kernel), so it is not started beside "
+                    "them; check them with `ps -o pid,stat,wchan,cmd -p <pid>` and start it again once they are gone",
                     "unavailable")
             time.sleep(0.05)  # bounded poll of external processes; gevent-patched in the core
             left = leftovers(leader, started)
