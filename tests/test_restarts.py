@@ -222,3 +222,10 @@ def test_a_stop_is_not_a_death(rig):
     rig.life.stop("a")
     rig.life.watch_step(T0 + 100)
     assert rig.backend.starts("a") == 0 and rig.told(wire.OPERATOR) == []
+
+
+def test_a_clock_that_went_back_does_not_hold_a_restart_for_longer_than_the_longest_wait(rig):
+    rig.backend.die("a")
+    rig.life.watch_step(T0 + 1)
+    rig.life.watch_step(T0 - 3600)  # an hour back: the start is not put off by an hour
+    assert rig.backend.starts("a") == 1

@@ -295,7 +295,7 @@ class Lifecycle:
         if streak is None or streak.next_at is None:
             self._died(agent, streak, now, self._why_dead(name))
             return True
-        if now >= streak.next_at:
+        if now >= streak.next_at or streak.next_at - now > RESTART_BACKOFF[1]:  # due, or the clock went back
             self._start_again(agent, streak, now)
             return True
         return False
