@@ -71,23 +71,41 @@ class HiveError(Exception):
         return ERROR_STATUS[self.code]
 
 
+STORAGE_FAILURE = "the hive's state disk "  # how every storage_failure sentence starts
+
+
 def storage_failure(exc):
     """The HiveError for a write the state disk refused (full, read-only, failing); None for anything else.
 
     sqlite says it in words, the OS in an errno; either way the person who
-    can fix it needs to hear "disk", not "internal error".
+    can fix it needs to hear "disk", not "internal error". The cause may sit
+    down the exception's chain: when sqlite's COMMIT fails on a full disk,
+    peewee's rollback raises "cannot rollback - no transaction is active"
+    from it, so every `__cause__` and `__context__` is read, not just the top.
+    One of our own sentences (a core's answer read by a harness) is itself.
     """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, HiveError) and str(exc).startswith(STORAGE_FAILURE):
+            return exc
+        state = _disk_state(exc)
+        if state is not None:
+            return HiveError(f"{STORAGE_FAILURE}{state}, so this was not done; free space or make it writable, "
+                             f"then try again ({exc})", "unavailable")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _disk_state(exc):
     number, text = getattr(exc, "errno", None), str(exc).lower()
     if number in (errno.ENOSPC, errno.EDQUOT) or "database or disk is full" in text:
-        state = "is full"
-    elif number == errno.EROFS or "readonly database" in text:
-        state = "is read-only"
-    elif number == errno.EIO or "disk i/o error" in text:
-        state = "failed a read or write (I/O error)"
-    else:
-        return None
-    return HiveError(f"the hive's state disk {state}, so this was not done; free space or make it writable, "
-                     f"then try again ({exc})", "unavailable")
+        return "is full"
+    if number == errno.EROFS or "readonly database" in text:
+        return "is read-only"
+    if number == errno.EIO or "disk i/o error" in text:
+        return "failed a read or write (I/O error)"
+    return None
 
 
 # -- names ------------------------------------------------------------------
@@ -375,7 +393,9 @@ MESSAGE_FIELDS = ("id", "from", "body", "sent_at", "redelivered", "file_refs")
 LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at", "cancelled_at")
 STATUS_FIELDS = ("name", "running", "failed", "needs_update", "needs_login", "paused",
                  "parent", "deployed_sha", "active_model", "status_text", "status_set_at",
-                 "url", "pending_reminders", "role", "last_turn_at", "claude_missing")
+                 "url", "pending_reminders", "role", "last_turn_at", "claude_missing", "restart")
+# `restart` is null, or {deaths, reason, next_at} while a harness that died on its own is
+# being started again by the core (next_at null once it runs again, until it has run a while).
 APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at",
                    "status", "resolved_at", "note", "description")
 # `target` is an agent's name, `manager` or `operator`; answered_* are null while it is open.

@@ -12,6 +12,8 @@ the "model" replaced by directives read from the prompt, one per line:
   FAKE: call <tool> [json]       call mcp__hyperhive__<tool> with these arguments
   FAKE: say <text...>            the final reply text (default: a summary)
   FAKE: sleep <seconds>          sleep, so a test can kill a turn midway
+  FAKE: spawn <seconds>          leave a `sleep <seconds>` running past the turn, as a
+                                 Bash tool's `sleep N &` would (its pid: spawned.jsonl)
   FAKE: stderr <text...>         write a line to stderr
   FAKE: fail                     error result, exit 1
   FAKE: fail-once <key>          the same, the first time this key is seen (per cwd)
@@ -395,6 +397,11 @@ class Turn:
             self.reply = rest
         elif verb == "sleep" and len(words) == 1:
             time.sleep(float(words[0]))
+        elif verb == "spawn" and len(words) == 1:
+            child = subprocess.Popen(["sleep", str(float(words[0]))], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(self.state / "spawned.jsonl", "a") as log:
+                log.write(json.dumps({"pid": child.pid, "time": time.time()}) + "\n")
         elif verb == "stderr":
             print(rest, file=sys.stderr, flush=True)
         elif verb == "fail":

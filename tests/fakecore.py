@@ -137,18 +137,37 @@ class LineReader:
             chunks.append(line)
 
 
+# claude's stand-in for McpClient(parent=True): starts the server on the same stdio, says its pid
+# on stderr, then only waits, so killing it is claude dying mid-turn.
+STAND_IN = """
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+os.write(2, f"{pid}\\n".encode())
+while True:
+    signal.pause()
+"""
+
+
 class McpClient:
     """The MCP server as a child process, spoken to over its stdio."""
 
-    def __init__(self, socket_path=None, role="agent", extra_args=(), env=None):
+    def __init__(self, socket_path=None, role="agent", extra_args=(), env=None, preexec_fn=None, parent=False):
+        """`parent`: start the server under a stand-in for claude (a process that only waits, sharing
+        these pipes), so a test can kill its parent while stdin stays open; `pid` is the server's."""
         child_env = {k: v for k, v in os.environ.items() if k != "HIVE_SOCKET"}
         if socket_path is not None:
             child_env["HIVE_SOCKET"] = str(socket_path)
         child_env.update(env or {})
-        self.proc = subprocess.Popen(MCP_CMD + [role, "mcp", *extra_args], cwd=REPO, env=child_env,
+        argv = MCP_CMD + [role, "mcp", *extra_args]
+        if parent:
+            argv = [sys.executable, "-c", STAND_IN, *argv]
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=child_env, preexec_fn=preexec_fn,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.stdout = LineReader(self.proc.stdout)
         self.stderr = LineReader(self.proc.stderr)
+        self.pid = int(self.stderr.read()) if parent else self.proc.pid
         self.next_id = 0
 
     def send_raw(self, data):
@@ -195,6 +214,11 @@ class McpClient:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(WAIT)
+        if self.pid != self.proc.pid:
+            try:
+                os.kill(self.pid, 9)  # the server under a stand-in, should it outlive it
+            except ProcessLookupError:
+                pass
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 pipe.close()

@@ -677,3 +677,18 @@ def test_screenshots(page, hv):
     expect(page.locator("#live")).to_have_attribute("data-live", "true")
     expect(page.locator("#journal .trow", has_text="serving").first).to_be_visible()
     page.screenshot(path=os.path.join(ARTIFACTS, "journal.png"), full_page=True)
+
+
+def test_a_harness_that_died_on_its_own_shows_the_core_starting_it_again(page, hv):
+    ensure_agent(hv, "crashy")
+    open_dashboard(page, hv)
+    row = page.locator('#containers [data-agent="crashy"]')
+    expect(row).to_have_attribute("data-state", "running")
+    os.killpg(hv.harness_pid("crashy"), 9)
+    # live, from the watch's row events: why it died and that it comes back, then back by itself
+    chip = row.locator(".chip.restart")
+    expect(chip).to_contain_text("1 death in a row", timeout=30000)
+    expect(chip).to_have_attribute("title", re.compile("killed by SIGKILL"))
+    expect(row).to_have_attribute("data-state", "running", timeout=30000)
+    expect(chip).to_contain_text("↻ restarted")
+    assert_no_reload(page)

@@ -267,3 +267,57 @@ def test_a_set_status_the_core_took_moves_the_pages_status_line_at_once(bus):
     result("t4")
     changes = [(e["text"], e["set_at"] is not None) for e in bus.history() if e["kind"] == "status_text_changed"]
     assert changes == [("reading the logs", True), (None, False)]
+
+
+# -- a state disk that refuses writes --------------------------------------------------------
+
+def full_disk_chain():
+    """What peewee raises when sqlite's COMMIT fails on a full disk: its rollback's error, chained."""
+    import sqlite3
+
+    import peewee
+
+    try:
+        try:
+            raise peewee.OperationalError("database or disk is full") from sqlite3.OperationalError(
+                "database or disk is full")
+        except peewee.OperationalError:
+            raise peewee.OperationalError("cannot rollback - no transaction is active")
+    except peewee.OperationalError as e:
+        return e
+
+
+def test_a_full_disk_costs_the_history_never_the_emit_nor_the_live_page(bus, monkeypatch, caplog):
+    caplog.set_level("INFO", logger=busmod.__name__)
+    seen = recorder(bus)
+    bus.note("before")
+    real_create, full = Event.create, [True]
+
+    def create(**row):
+        if full:
+            raise full_disk_chain()
+        return real_create(**row)
+
+    monkeypatch.setattr(Event, "create", create)
+    monkeypatch.setattr(busmod, "PRUNE_EVERY", 2)  # a prune falls inside the refusals too
+    for i in range(3):
+        assert bus.note(f"during {i}")["seq"] == 2 + i
+    bus.set_turn_state("thinking")
+    bus.begin_turn("operator")
+    assert bus.end_turn(type("Outcome", (), {"kind": "ok", "reason": ""})()) is not None  # another table
+    full.clear()
+    bus.note("after")
+    assert [e["text"] for e in seen if e["kind"] == "note"] == ["before", "during 0", "during 1", "during 2", "after"]
+    assert stored_seqs() == [1, 6]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "state disk is full" in errors[0]  # once per stretch, naming the disk
+    assert "the 4 event(s) before were shown live only" in caplog.text
+
+
+def test_a_bug_in_the_history_write_is_still_raised(bus, monkeypatch):
+    def create(**row):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Event, "create", create)
+    with pytest.raises(KeyError):
+        bus.note("x")

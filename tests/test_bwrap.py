@@ -609,3 +609,41 @@ def test_auto_picks_nixos_then_bwrap_then_process(tmp_path, monkeypatch):
     assert type(containers.pick("process", str(tmp_path))) is ProcessBackend
     with pytest.raises(wire.HiveError, match="unknown backend 'docker'"):
         containers.pick("docker", str(tmp_path))
+
+
+# -- what a dead harness leaves behind: nothing -----------------------------------------------
+
+def pongs(hive):
+    return [m["body"] for m in hive.call("inbox", limit=50)["messages"]].count("pong")
+
+
+def test_a_harness_killed_alone_mid_turn_takes_its_sandbox_along_and_one_ping_gets_one_pong(bhive):
+    bhive.call("spawn", name="a")
+    bhive.wait("a", lambda: (bhive.row("a") or {}).get("active_model"), 30, "a to boot")
+    calls = os.path.join(bhive.home("a"), "state", ".fakeclaude", "calls.jsonl")
+    bhive.call("send", to="a", body="FAKE: sleep 4\nFAKE: send operator pong")
+    wait_until(lambda: os.path.exists(calls), 20, "the turn to start")
+    box = bhive.harness_pid("a")
+    procs = wait_until(lambda: (lambda p: p if len(p) >= 3 else None)(inside(box)), 10, "INIT, harness, claude")
+    os.kill(procs[1], signal.SIGKILL)  # the harness alone, inside its sandbox
+    # INIT follows its harness, and the kernel ends the pid namespace with it: claude too, well before its sleep ends
+    wait_until(lambda: not any(alive(p) for p in [box, *procs]), 2, f"the sandbox {[box, *procs]} to end")
+    bhive.wait("a", lambda: pongs(bhive) == 1, 40, "the redelivered turn, by a harness the core started again")
+    assert bhive.harness_pid("a") != box
+    assert len(open(calls).readlines()) == 2 and pongs(bhive) == 1
+
+
+def test_a_sandbox_whose_bwrap_was_killed_alone_is_cleared_before_the_next_starts(bhive):
+    bhive.probe()
+    box = bhive.harness_pid("probe")
+    procs = inside(box)
+    assert len(procs) == 4  # INIT, the probe and its two sleeps
+    os.kill(box, signal.SIGKILL)  # bwrap forwards nothing: its sandbox would run on, unseen
+    try:
+        wait_until(lambda: bhive.harness_pid("probe") not in (None, box), 30, "a new sandbox")
+        # the sleep in a session of its own is gone too: it was in the old pid namespace
+        assert not any(alive(p) for p in procs), [p for p in procs if alive(p)]
+    finally:
+        for p in procs:  # what a failure would leave (INIT first: the namespace ends with it)
+            if alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -12,11 +12,13 @@ import socket
 import sqlite3
 import stat
 import subprocess
+import sys
 
 import pytest
 
-from conftest import FAKE_CLAUDE, Hive, kill_harnesses, pyz_argv, wait_until
+from conftest import FAKE_CLAUDE, Hive, kill_harnesses, pyz_argv, running, wait_until
 from hyperhive import jsonline, wire
+from hyperhive.core.containers.process import ProcessBackend, leftovers
 
 
 def inbox_bodies(hive):
@@ -389,6 +391,149 @@ def test_subscribe_agent_status_streams_changes(hive):
     frames.close()
     assert all(list(r) == list(wire.STATUS_FIELDS) for r in seen)
     assert any(r["name"] == "a" and r["running"] for r in seen)
+
+
+# -- what a dead harness leaves behind: nothing ------------------------------------------
+
+def harness_group(hive, name):
+    """(leader pid, its start time) as the pidfile records the harness's group."""
+    return harness_group_at(hive.home(name))
+
+
+def harness_group_at(home):
+    with open(os.path.join(home, "harness.pid")) as f:
+        pid, started = map(int, f.read().split())
+    return pid, started
+
+
+def alive(pid):
+    """Whether pid runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def pongs(hive):
+    return inbox_bodies(hive).count("pong")
+
+
+def test_a_harness_killed_alone_mid_turn_takes_claude_along_and_one_ping_gets_one_pong(tmp_path):
+    h = Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "test-key"}, extra_args=["--pass-env", "ANTHROPIC_API_KEY"])
+    with running(h):
+        h.spawn("a")
+        h.call("send", to="a", body="FAKE: sleep 4\nFAKE: send operator pong")
+        wait_until(lambda: len(h.claude_calls("a")) == 1, 20, "the turn to start")
+        group = harness_group(h, "a")
+        claude = h.claude_calls("a")[0]["pid"]
+        assert claude in leftovers(*group)
+        h.kill9()  # no core to clean up after the harness: what follows is the harness's own doing
+        os.kill(group[0], signal.SIGKILL)  # the harness alone, not its group
+        # well before its sleep ends, claude is gone, and its MCP server with it
+        wait_until(lambda: not alive(claude) and not leftovers(*group), 2, "claude and its MCP server to die")
+        h.start()
+        wait_until(lambda: h.good_turns("a"), 30, "the redelivered turn")
+        assert h.claude_calls("a")[-1]["prompt"].startswith(wire.REDELIVERED_BANNER)
+        wait_until(lambda: pongs(h) >= 1, 10, "the pong")
+        assert pongs(h) == 1 and len(h.good_turns("a")) == 1
+
+
+def test_what_claude_left_running_is_killed_before_the_next_harness_starts(hive):
+    hive.spawn("a")
+    hive.call("send", to="a", body="FAKE: spawn 120\nFAKE: send operator pong")
+    wait_until(lambda: pongs(hive) == 1, 20, "the turn")
+    path = os.path.join(hive.home("a"), "state", ".fakeclaude", "spawned.jsonl")
+    [left] = [json.loads(line)["pid"] for line in open(path)]
+    group = harness_group(hive, "a")
+    assert left in leftovers(*group)  # claude ended; its background process did not
+    os.kill(group[0], signal.SIGKILL)
+    try:
+        wait_until(lambda: hive.row("a")["restart"], 10, "the core to see the death")
+        wait_until(lambda: hive.row("a")["running"], 30, "the harness back")
+        assert not alive(left) and not leftovers(*group)
+        assert harness_group(hive, "a") != group
+    finally:
+        if alive(left):
+            os.kill(left, signal.SIGKILL)
+
+
+def test_a_harness_that_died_on_its_own_comes_back_by_itself_and_handles_what_queued(hive):
+    hive.spawn("a")
+    pid = hive.harness_pid("a")
+    os.killpg(pid, signal.SIGKILL)
+    row = wait_until(lambda: (lambda r: r if r["restart"] else None)(hive.row("a")), 10, "the core to see the death")
+    assert row["restart"]["deaths"] == 1 and "killed by SIGKILL" in row["restart"]["reason"]
+    hive.call("send", to="a", body="FAKE: send operator handled after the restart")
+    wait_until(lambda: "handled after the restart" in inbox_bodies(hive), 30, "the queued message handled")
+    assert hive.harness_pid("a") != pid and hive.row("a")["running"]
+    told = [m for m in hive.call("inbox", limit=50)["messages"] if m["from"] == "core"]
+    assert len(told) == 1 and told[0]["body"].startswith("[helper event] harness_crash: a's harness stopped")
+
+
+def test_a_start_first_kills_what_is_left_of_the_last_harness(tmp_path):
+    from hyperhive.core.containers import Launch
+
+    script = tmp_path / "harness.py"
+    # a harness that leaves a child in its group (as claude's tools may), then dies
+    script.write_text("import subprocess, sys, time\n"
+                      "child = subprocess.Popen(['sleep', '120'])\n"
+                      "open(sys.argv[1], 'w').write(str(child.pid))\n"
+                      "time.sleep(120)\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    told = tmp_path / "child.pid"
+    launch = Launch("a", "agent", [sys.executable, str(script), str(told)], dict(os.environ),
+                    str(home / "state"), str(home), str(home / "harness.log"))
+    backend = ProcessBackend()
+    first = backend.start(launch)
+    try:
+        child = int(wait_until(lambda: told.exists() and told.read_text(), 10, "the child"))
+        group = harness_group_at(str(home))
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not backend.running("a", str(home)), 10, "the harness gone")
+        assert alive(child) and leftovers(*group) == [child]
+        second = backend.start(launch)
+        assert not alive(child) and not leftovers(*group) and second != first
+    finally:
+        backend.kill("a", str(home))
+        if told.exists() and alive(int(told.read_text())):
+            os.kill(int(told.read_text()), signal.SIGKILL)
+
+
+def test_a_reused_pid_number_is_not_the_old_group(tmp_path):
+    # a pidfile whose leader's number now belongs to a process that started later: not ours to kill
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        started = int(open(f"/proc/{other.pid}/stat").read().rsplit(")", 1)[1].split()[19])
+        assert leftovers(other.pid, started) == [other.pid]
+        assert leftovers(other.pid, started - 1) == []
+        (tmp_path / "harness.pid").write_text(f"{other.pid} {started - 1}\n")
+        assert ProcessBackend().sweep("a", str(tmp_path)) == 0 and alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_leftovers_that_will_not_die_stop_the_start_with_a_sentence(tmp_path, monkeypatch):
+    from hyperhive.core.containers import process
+
+    stuck = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        started = int(open(f"/proc/{stuck.pid}/stat").read().rsplit(")", 1)[1].split()[19])
+        (tmp_path / "harness.pid").write_text(f"{stuck.pid} {started}\n")
+        monkeypatch.setattr(process.os, "kill", lambda pid, sig: None)  # as a process stuck in the kernel
+        now = [0.0]
+        backend = ProcessBackend(clock=lambda: now[0])
+        monkeypatch.setattr(process.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+        with pytest.raises(wire.HiveError) as e:
+            backend.sweep("a", str(tmp_path))
+        assert e.value.code == "unavailable" and f"pids {stuck.pid}" in str(e.value)
+        assert "survived SIGKILL for 10s" in str(e.value) and alive(stuck.pid)
+    finally:
+        monkeypatch.undo()  # os.kill is everyone's
+        stuck.kill()
+        stuck.wait()
 
 
 # -- stopping mid-turn ----------------------------------------------------------------

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from fakecore import REPO, WAIT, FakeCore, McpClient, ok, refuse
+from fakecore import REPO, WAIT, FakeCore, McpClient, ok, refuse, wait_until
 from hyperhive import wire
 from hyperhive.harness import mcp
 
@@ -158,7 +158,11 @@ def test_manager_tools_map_to_manager_verbs_with_their_arguments(core):
     core.answers["agent_status"] = ok(agent_statuses=[{
         "name": "a", "running": True, "failed": False, "needs_update": True, "needs_login": False,
         "paused": False, "parent": "operator", "deployed_sha": "abcdef012345", "active_model": "sonnet",
-        "status_text": "busy", "status_set_at": None, "url": None, "pending_reminders": 0}])
+        "status_text": "busy", "status_set_at": None, "url": None, "pending_reminders": 0}, {
+        "name": "b", "running": False, "failed": True, "needs_update": False, "needs_login": False,
+        "paused": False, "parent": "operator", "deployed_sha": None, "active_model": None,
+        "status_text": None, "status_set_at": None, "url": None, "pending_reminders": 0,
+        "restart": {"deaths": 2, "reason": "exit code 1", "next_at": "2026-01-01T00:00:04.000Z"}}])
     client = McpClient(core.path, role="manager")
     try:
         client.initialize()
@@ -167,7 +171,8 @@ def test_manager_tools_map_to_manager_verbs_with_their_arguments(core):
         assert "approval 7" in answer and "[helper event]" in answer
         assert text_of(client.call("stop", {"name": "a"})) == "stop: a done"
         status = text_of(client.call("agent_status"))
-        assert status == "a: running, model sonnet, config abcdef012345, needs update, status: busy"
+        assert status == ("a: running, model sonnet, config abcdef012345, needs update, status: busy\n"
+                          "b: failed, being started again after 2 death(s) in a row (exit code 1)")
     finally:
         client.kill()
     sent = [(r["cmd"], {k: v for k, v in r.items() if k != "cmd"}) for r in core.requests]
@@ -436,6 +441,53 @@ def test_sigint_during_a_long_recv(server, core):
         assert server.stderr.rest() == b""
     finally:
         release.set()
+
+
+def test_sigint_ends_it_even_when_started_with_sigint_ignored(core):
+    # what a shell does to a background job: SIGINT ignored, and Python keeps what it inherits
+    client = McpClient(core.path, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        client.initialize()
+        client.proc.send_signal(signal.SIGINT)
+        assert client.wait() == 0
+        assert client.stderr.rest() == b""
+    finally:
+        client.kill()
+
+
+def alive(pid):
+    """Whether pid runs (a zombie waiting for whoever reaps orphans here counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_it_ends_when_claude_dies_even_with_stdin_still_open(core):
+    client = McpClient(core.path, parent=True)
+    try:
+        client.initialize()
+        assert alive(client.pid) and client.pid != client.proc.pid
+        client.proc.kill()  # claude dies; its stdin pipe stays open in this test
+        wait_until(lambda: not alive(client.pid), WAIT, "the orphaned MCP server to end")
+    finally:
+        client.kill()
+
+
+def test_an_orphan_does_not_run_what_its_dead_claude_asked(monkeypatch):
+    seen = []
+    monkeypatch.setattr(mcp.jsonline, "call", lambda path, verb, timeout, **args: seen.append(verb) or ok(id=1))
+    read_fd, write_fd = os.pipe()
+    send = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "send", "arguments": {"to": "operator", "body": "pong"}}}
+    try:
+        for parent in (os.getpid() + 10 ** 6, os.getppid()):  # a parent we do not have, then ours
+            mcp.Server("agent", "/x.sock", write_fd, parent=parent).serve([json.dumps(send).encode()])
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
+    assert seen == ["send"]  # only the server whose claude lives sent it
 
 
 def test_no_socket_is_a_usage_error(sockdir):

@@ -218,6 +218,19 @@ def test_the_harness_unit_runs_the_pyz_in_its_role():
     assert own["serviceConfig"]["ExecStart"].endswith("agent serve --claude " + own["path"][-1] + "/bin/claude")
 
 
+def test_the_harness_unit_leaves_nothing_behind_and_comes_back_by_itself():
+    # what the process and bwrap backends promise, as systemd keeps it inside the container
+    for base, name in (("agent-base.nix", "alice"), ("manager.nix", "manager")):
+        service = harness(base, name)["serviceConfig"]
+        # mixed: a stop's SIGTERM reaches the harness alone (it finishes its turn); whatever is
+        # left in the unit's cgroup once it exits -- on its own, killed, or stopped -- is
+        # SIGKILLed before the unit starts again. A process cannot leave its cgroup.
+        assert service["KillMode"] == "mixed"
+        assert "SendSIGKILL" not in service  # systemd's default, yes: the leftovers are killed, not asked
+        # a harness that died on its own is started again (systemd's own backoff is RestartSec)
+        assert service["Restart"] == "always" and service["RestartSec"] == 2
+
+
 def test_the_harness_environment_matches_the_backends_bind_mounts():
     """Where nixos.py binds the host's directories in is where the templates point the harness."""
     for base, name in (("agent-base.nix", "alice"), ("manager.nix", "manager")):

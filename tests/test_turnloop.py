@@ -328,6 +328,27 @@ def test_a_full_disk_mid_step_is_waited_out_and_the_messages_requeued(bus):
     assert sum(loop.sleep) == turnloop.RETRY_BACKOFF[0]
 
 
+def test_a_full_disk_at_boot_is_waited_out_too(bus):
+    refusals = [wire.storage_failure(OSError(28, "No space left on device"))]  # the core's answer
+    client = FakeClient({"recv": inbox(message())})
+    answer = client.call
+
+    def call(verb, timeout=30.0, **args):
+        if verb == "requeue_inflight" and refusals:
+            client.calls.append((verb, args))
+            raise refusals.pop()
+        return answer(verb, timeout, **args)
+    client.call = call
+
+    def good_turn_then_stop(prompt, cont):
+        loop.stopping = True
+        return Outcome("ok")
+    loop = make_loop(bus, client, good_turn_then_stop)
+    loop.run()  # the boot's requeue is refused; the loop waits, boots again, and runs the turn
+    assert client.verbs() == ["requeue_inflight", "requeue_inflight", "requeue_inflight", "recv", "ack_turn"]
+    assert sum(loop.sleep) == turnloop.RETRY_BACKOFF[0]
+
+
 def test_a_bug_mid_step_still_ends_the_loop_with_its_traceback(bus):
     client = FakeClient({"recv": inbox(message())})
 

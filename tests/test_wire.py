@@ -126,3 +126,88 @@ def test_a_refused_write_is_named_as_the_disk_with_what_to_do(exc, says):
                                  OSError(errno.ENOENT, "No such file")])
 def test_other_failures_are_not_blamed_on_the_disk(exc):
     assert wire.storage_failure(exc) is None
+
+
+def _chained_full_disk():
+    """What peewee raises when sqlite's COMMIT fails on a full disk: its rollback's error, chained."""
+    import peewee
+
+    try:
+        try:
+            try:
+                raise sqlite3.OperationalError("database or disk is full")
+            except sqlite3.OperationalError as e:
+                raise peewee.OperationalError(*e.args) from e
+        except peewee.OperationalError:
+            raise peewee.OperationalError("cannot rollback - no transaction is active")
+    except peewee.OperationalError as top:
+        return top
+
+
+def test_a_full_disk_down_the_exception_chain_is_still_the_disk():
+    exc = _chained_full_disk()
+    assert "cannot rollback" in str(exc) and wire._disk_state(exc) is None
+    e = wire.storage_failure(exc)
+    assert e.code == "unavailable" and "state disk is full" in str(e)
+    assert "database or disk is full" in str(e)  # the link that said so, not the rollback's words
+
+
+def test_our_own_disk_sentence_is_recognised_as_is():
+    # a harness reads the core's answer as a HiveError: it must stay the disk, not become a bug
+    first = wire.storage_failure(sqlite3.OperationalError("database or disk is full"))
+    assert wire.storage_failure(wire.HiveError(str(first), "unavailable")).args == first.args
+
+
+def test_a_chain_that_loops_ends():
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__context__, b.__context__ = b, a
+    assert wire.storage_failure(a) is None
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); this test needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_real_commit_on_a_full_disk_is_named_as_the_disk(tiny_disk):
+    import peewee
+
+    db = peewee.SqliteDatabase(str(tiny_disk / "x.db"), pragmas={"journal_mode": "wal", "synchronous": "normal"})
+
+    class Row(peewee.Model):
+        body = peewee.TextField()
+
+        class Meta:
+            database = db
+
+    db.connect()
+    db.create_tables([Row])
+    with open(tiny_disk / "filler", "ab", buffering=0) as f:
+        for size in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+    failures = []
+    for _ in range(50):
+        try:
+            with db.atomic():
+                Row.create(body="x" * 4096)
+        except peewee.PeeweeException as e:
+            failures.append(e)
+    db.close()
+    assert failures, "50 rows of 4 KiB fitted on a full 1 MiB disk"
+    for e in failures:
+        assert wire.storage_failure(e) is not None, f"{e!r} (caused by {e.__cause__ or e.__context__!r})"

@@ -287,6 +287,14 @@
 
   const purgeChecked = new Set(); // "also purge" ticks survive a card redraw
 
+  /* A harness that died on its own, which the core starts again (backing off); the title says why. */
+  function restartChip(c) {
+    const r = c.restart, at = toMs(r.next_at);
+    const deaths = `${r.deaths} death${r.deaths === 1 ? "" : "s"} in a row`;
+    const text = !c.running && at ? `↻ restarts at ${H.clock(at)}` : "↻ restarted";
+    return h("span", {class: "chip orange restart", title: `${deaths}; the last: ${r.reason}`}, `${text} · ${deaths}`);
+  }
+
   function containerCard(c) {
     const st = containerState(c);
     const transient = state.transients.get(c.name) || c.transient || null;
@@ -309,6 +317,7 @@
       c.needs_login && h("a", {class: "chip orange", href: base, title: "claude is not logged in here: log in on its page"}, "needs login"),
       c.claude_missing && h("span", {class: "chip red", title: c.claude_missing}, "claude not found"),
       c.needs_update && h("span", {class: "chip orange", title: "the deployed config is behind: rebuild to apply it"}, "needs update"),
+      c.restart && restartChip(c),
       c.parent && c.parent !== "operator" && h("span", {class: "chip", title: "spawned by"}, `by ${c.parent}`));
 
     const status = c.claude_missing

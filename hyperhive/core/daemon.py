@@ -128,7 +128,8 @@ class Core:
         self.surfaces = Surfaces(self.broker, None, self.hub)
         self.sockets = Sockets(layout, self.surfaces)
         self.repos = Repos(layout.config_dir)
-        self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos)
+        self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
+                                   clock=clock)
         self.broker.refs_of = self.lifecycle.file_refs
         self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub)
         self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=clock)

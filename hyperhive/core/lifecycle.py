@@ -3,9 +3,9 @@
 Owns the on-disk layout of every agent, the `agent` table, the transient
 state of an agent mid-operation (one operation per agent at a time), the
 config each start reads from the agent's applied repo (hive.json), and the
-watch that notices a harness that died on its own. Container calls go
-through the backend handed in, git through `repos`, sockets through the
-`sockets` seam.
+watch that notices a harness that died on its own and starts it again with
+backoff. Container calls go through the backend handed in, git through
+`repos`, sockets through the `sockets` seam.
 """
 
 import json
@@ -14,8 +14,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import sys
+import time
 
 import gevent
 from gevent.lock import RLock
@@ -30,6 +32,33 @@ log = logging.getLogger(__name__)
 MODEL_FILE = wire.MODEL_FILE
 PRONOUNS_ENV = wire.PRONOUNS_ENV
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A harness that died on its own is started again: 2 s after its first
+# death, doubling per death in a row up to 5 min, so a hive never sits with
+# messages stalled behind a dead harness and a harness that cannot live
+# costs a start every few minutes, not a loop. One that then runs this long
+# has its streak forgotten: its next death is news again.
+RESTART_BACKOFF = (2.0, 300.0)
+STABLE_SECONDS = 600.0
+
+
+def restart_delay(deaths):
+    """Seconds from the `deaths`-th death in a row to the start that follows it."""
+    first, most = RESTART_BACKOFF
+    return min(first * 2 ** (deaths - 1), most)
+
+
+class Streak:
+    """One agent's deaths in a row: how many, why the last, when the next start is due."""
+
+    def __init__(self):
+        self.deaths = 0
+        self.reason = ""
+        self.next_at = None  # when the next start is due (lifecycle clock); None while it runs
+        self.up_since = None  # when the core last started it again
+
+    def row(self):
+        return {"deaths": self.deaths, "reason": self.reason,
+                "next_at": wire.iso(int(self.next_at * 1000)) if self.next_at is not None else None}
 
 
 def check_config(name, config):
@@ -105,8 +134,11 @@ class Harness:
 
 
 class Lifecycle:
-    def __init__(self, layout, backend, broker, hub, harness, sockets, repos):
+    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time):
         self.layout, self.backend, self.broker, self.hub = layout, backend, broker, hub
+        self.clock = clock  # unix seconds: the watch's now
+        self.streaks = {}  # name -> Streak, for a harness that died on its own
+        self.held = set()  # names an operator killed: not started again until an operator says so
         self.harness = harness
         self.repos = repos  # the git module: each agent's proposed and applied config
         self.sockets = sockets  # open(name, role) / close(name)
@@ -196,6 +228,8 @@ class Lifecycle:
             "role": agent.role,
             "last_turn_at": wire.iso(agent.last_turn_at),
             "claude_missing": agent.claude_missing,
+            # while it keeps dying: how often in a row, why, and when the core starts it next
+            "restart": self.streaks[agent.name].row() if agent.name in self.streaks else None,
         }
 
     def rows(self):
@@ -240,18 +274,127 @@ class Lifecycle:
             self._last_rows[name] = row
             self.hub.publish("container_state_changed", container=row)
 
-    def watch_step(self):
-        """One pass of the crash/change watch: publish every row that changed."""
+    def watch_step(self, now=None):
+        """One pass of the crash/change watch: publish every row that changed, start again what died.
+
+        `now` is unix seconds (the lifecycle's clock by default); tests step it.
+        """
+        now = self.clock() if now is None else now
         for agent in list(Agent.select()):
-            before = self._last_rows.get(agent.name)
             self.changed(agent.name, agent)
-            after = self._last_rows.get(agent.name) or {}
             gevent.sleep(0)  # a hive of many agents must not stall every socket for the whole pass
-            if before and before["running"] and after.get("failed"):
-                log.error("%s's harness died on its own; see %s", agent.name, self.layout.log(agent.name))
-                self.broker.send("core", wire.MANAGER,
-                                 f"[helper event] container_crash: {agent.name}'s harness stopped without an "
-                                 "operator action; its journal has the reason. `start` it once that is fixed.")
+            row = self._last_rows.get(agent.name)  # none when its row could not be read (logged)
+            if row is not None and self._mind(agent, row, now):
+                self.changed(agent.name)
+
+    def _mind(self, agent, row, now):
+        """The restart policy for one agent at `now`; True if its streak moved."""
+        name = agent.name
+        streak = self.streaks.get(name)
+        if row["running"]:
+            if streak is not None and streak.up_since is not None and now - streak.up_since >= STABLE_SECONDS:
+                log.info("%s has run for %s since the core started it again; its crash streak is over",
+                         name, wire.duration(now - streak.up_since))
+                del self.streaks[name]
+                return True
+            return False
+        if not row["failed"] or name in self.held:
+            return False  # meant to be stopped, mid-operation, or killed by the operator
+        if streak is None or streak.next_at is None:
+            self._died(agent, streak, now, self._why_dead(name))
+            return True
+        if now >= streak.next_at or streak.next_at - now > RESTART_BACKOFF[1]:  # due, or the clock went back
+            self._start_again(agent, streak, now)
+            return True
+        return False
+
+    def _died(self, agent, streak, now, reason):
+        """A harness meant to run is not running, and nobody asked for that: a death of the streak."""
+        name = agent.name
+        first = streak is None
+        if first:
+            streak = self.streaks[name] = Streak()
+        streak.deaths += 1
+        streak.reason = reason
+        streak.up_since, streak.next_at = None, now + restart_delay(streak.deaths)
+        delay = wire.duration(restart_delay(streak.deaths))
+        log.error("%s's harness died on its own (%s; death %d in a row); starting it again in %s; see %s",
+                  name, streak.reason, streak.deaths, delay, self.layout.log(name))
+        self._sweep(name)  # what it left running goes now, not at the start minutes later
+        if first:  # once per streak: retrying in silence would hide it, telling every time would flood
+            self._tell(wire.OPERATOR, f"[helper event] harness_crash: {name}'s harness stopped without an "
+                       f"operator action ({streak.reason}). The core starts it again in {delay}, waiting "
+                       f"longer after each death in a row (up to {wire.duration(RESTART_BACKOFF[1])}); the "
+                       "dashboard shows when. `stop` it to keep it down; its journal may say more.")
+            self._tell(wire.MANAGER, f"[helper event] container_crash: {name}'s harness stopped without an "
+                       f"operator action ({streak.reason}). The core starts it again in {delay} and keeps "
+                       "trying, backing off, while it dies; its journal has the reason.")
+
+    def _start_again(self, agent, streak, now):
+        name = agent.name
+        try:
+            with self._busy(name, "restarting"):
+                self._start(agent)
+        except Exception as e:
+            streak.deaths += 1
+            streak.reason = f"starting it again failed: {e}"
+            streak.next_at = now + restart_delay(streak.deaths)
+            if isinstance(e, wire.HiveError):
+                log.error("%s: %s; next try in %s", name, streak.reason, wire.duration(restart_delay(streak.deaths)))
+            else:
+                log.exception("%s: starting it again failed; next try in %s", name,
+                              wire.duration(restart_delay(streak.deaths)))
+            return
+        streak.up_since, streak.next_at = now, None
+        log.info("started %s again after %d death(s) in a row", name, streak.deaths)
+
+    def _why_dead(self, name):
+        """The exit status and the log's last line, as far as the backend can tell."""
+        said = []
+        code = self.backend.exit_code(name)
+        if code is not None and code < 0:
+            try:
+                said.append(f"killed by {signal.Signals(-code).name}")
+            except ValueError:
+                said.append(f"killed by signal {-code}")
+        elif code is not None:
+            said.append(f"exit code {code}")
+        try:
+            lines, _ = self.backend.log_tail(name, self.layout.home(name), lines=20)
+        except (wire.HiveError, OSError) as e:
+            log.warning("cannot read %s's log: %s", name, e)
+            lines = []
+        last = next((line.strip() for line in reversed(lines) if line.strip()), None)
+        if last:
+            said.append(f"its log's last line: {last[:300]}")
+        return "; ".join(said) or "neither an exit code nor a log line says why"
+
+    def _sweep(self, name):
+        sweep = getattr(self.backend, "sweep", None)  # nixos: systemd kills the unit's leftovers itself
+        if sweep is None:
+            return
+        try:
+            sweep(name, self.layout.home(name))
+        except wire.HiveError as e:
+            log.error("%s: %s", name, e)
+
+    def _tell(self, to, body):
+        """A helper event from the core; a disk that refuses it is logged, not the watch's end."""
+        try:
+            self.broker.send("core", to, body)
+        except Exception as e:
+            disk = wire.storage_failure(e)
+            if disk is None:
+                raise
+            log.error("could not tell %s: %s; it was: %s", to, disk, body)
+
+    def _operator_acts(self, name, held=False):
+        """An operator action takes the agent over from the restart policy (a kill holds it down)."""
+        self.streaks.pop(name, None)
+        if held:
+            self.held.add(name)
+        else:
+            self.held.discard(name)
 
     # -- operations ---------------------------------------------------------------------
 
@@ -421,18 +564,21 @@ class Lifecycle:
                         self._start(agent)
                 except wire.HiveError as e:
                     log.error("could not start %s at boot: %s", agent.name, e)
+                    self._died(agent, self.streaks.get(agent.name), self.clock(), f"it could not be started: {e}")
         self.ensure_manager()
         self.watch_step()
 
     def start(self, name):
         agent = self.get(name)
         with self._busy(name, "starting"):
+            self._operator_acts(name)
             Agent.update(desired="running").where(Agent.name == name).execute()
             self._start(agent)
 
     def stop(self, name, graceful=True):
         agent = self.get(name)
         with self._busy(name, "stopping"):
+            self._operator_acts(name)
             Agent.update(desired="stopped").where(Agent.name == name).execute()
             self.backend.stop(name, self.layout.home(name), graceful=graceful)
             agent.desired = "stopped"
@@ -440,6 +586,7 @@ class Lifecycle:
     def restart(self, name):
         agent = self.get(name)
         with self._busy(name, "restarting"):
+            self._operator_acts(name)
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             self._start(agent)
@@ -454,6 +601,7 @@ class Lifecycle:
         agent = self.get(name)
         rev = sha or "main"
         with self._busy(name, "rebuilding"):
+            self._operator_acts(name)
             build = getattr(self.backend, "build", None)
             if build is not None:  # nixos: the container is rebuilt from the meta flake at that commit
                 with self._meta_lock:
@@ -480,7 +628,9 @@ class Lifecycle:
     def kill(self, name):
         self.get(name)
         with self._busy(name, "being killed"):
-            # desired stays as it was: a killed agent that was meant to run shows failed
+            # desired stays as it was: a killed agent that was meant to run shows failed,
+            # and stays down until an operator starts it
+            self._operator_acts(name, held=True)
             self.backend.kill(name, self.layout.home(name))
 
     def destroy(self, name, purge=False):
@@ -498,6 +648,7 @@ class Lifecycle:
             with core_db.atomic():
                 Agent.delete().where(Agent.name == name).execute()
             self._names = None
+            self._operator_acts(name)
             self._sync_meta(exclude=name)
             if purge:
                 shutil.rmtree(self.layout.home(name), ignore_errors=False)

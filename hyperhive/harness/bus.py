@@ -4,7 +4,9 @@ Owns the `seq` counter (monotonic across restarts: it continues from the
 history file), the history in the agent's sqlite (capped to the newest
 HISTORY_CAP rows and pruned to 7 days), the turn state with its since-time,
 the token usage badges, the persisted model choice, and the one `turn_stat`
-row written as each turn ends (what the /stats page reads).
+row written as each turn ends (what the /stats page reads). A state disk
+that refuses a write (full, read-only) costs history and statistics, never
+a turn: the harness goes on and the page still gets every event live.
 """
 
 import collections
@@ -44,6 +46,7 @@ class Bus:
         self._pending_ctx = None
         self._turn = None  # what the running turn has shown so far, for its turn_stat row
         self._status_calls = {}  # tool_use id -> the status text a set_status call asked for
+        self.unkept = 0  # events in a row the state disk refused to keep
 
     # -- events ---------------------------------------------------------------------
 
@@ -51,10 +54,11 @@ class Bus:
         assert kind in KINDS, kind
         self.seq += 1
         event = {"seq": self.seq, "kind": kind, "at": int(self.clock() * 1000), **data}
-        with agent_db.atomic():
-            Event.create(seq=self.seq, at=event["at"], kind=kind, data=json.dumps(event))
-        if self.seq % PRUNE_EVERY == 0:
-            self.prune(quiet=True)  # the cap between hourly sweeps; only the sweep logs
+        if self._keep(event) and self.seq % PRUNE_EVERY == 0:
+            try:
+                self.prune(quiet=True)  # the cap between hourly sweeps; only the sweep logs
+            except Exception as e:
+                self._refused(e, "the history's cap was not applied")
         for callback in list(self._subscribers):
             try:
                 callback(event)
@@ -62,6 +66,29 @@ class Bus:
                 log.exception("a live-event subscriber failed; dropping it")
                 self._subscribers.discard(callback)
         return event
+
+    def _keep(self, event):
+        """Write the event to the history. A disk that refuses costs the history, never the turn:
+        the event is still shown live, and the harness goes on. Returns whether it was kept."""
+        try:
+            with agent_db.atomic():
+                Event.create(seq=event["seq"], at=event["at"], kind=event["kind"], data=json.dumps(event))
+        except Exception as e:
+            self._refused(e, "events are shown live but not kept in the history")
+            self.unkept += 1
+            return False
+        if self.unkept:
+            log.info("the event history is kept again; the %d event(s) before were shown live only", self.unkept)
+            self.unkept = 0
+        return True
+
+    def _refused(self, e, what):
+        """A write the state disk refused: logged once per stretch of refusals; anything else is a bug."""
+        disk = wire.storage_failure(e)
+        if disk is None:
+            raise e
+        if not self.unkept:
+            log.error("%s: %s", what, disk)
 
     def subscribe(self, callback):
         self._subscribers.add(callback)
@@ -180,8 +207,12 @@ class Bus:
                     cost_cache_creation_tokens=cost.get("cache_creation_input_tokens"),
                     tool_call_count=sum(turn["tools"].values()), tools=json.dumps(dict(turn["tools"])),
                     open_loose_ends=open_loose_ends, pending_reminders=pending_reminders)
-        except Exception:
-            log.exception("could not record the turn's statistics; the turn itself is unaffected")
+        except Exception as e:
+            disk = wire.storage_failure(e)
+            if disk is None:
+                log.exception("could not record the turn's statistics; the turn itself is unaffected")
+            else:
+                log.error("could not record the turn's statistics (the turn itself is unaffected): %s", disk)
             return None
 
     # -- model -----------------------------------------------------------------------

@@ -41,6 +41,27 @@ AUTH_MARKERS = ("invalid api key", "invalid x-api-key", "please run /login", "no
 COMPACT = "/compact"
 KINDS = ("ok", "prompt_too_long", "failed", "cancelled", "auth_failed", "claude_missing")
 
+# Resolved here, never in a forked child: claude's preexec may only call it.
+_PRCTL = mcp.prctl()
+
+
+def dies_with_harness():
+    """A preexec_fn: the child is SIGKILLed when the harness dies, however it dies.
+
+    A claude that outlived its harness would finish the old turn and act as
+    the agent while the redelivered turn does the same work again. The
+    kernel sends the signal when the *thread* that forked exits, so claude
+    must be started from the harness's main thread (every greenlet runs there).
+    """
+    harness = os.getpid()
+
+    def preexec():
+        if _PRCTL is not None:
+            _PRCTL(mcp.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != harness:  # it died before the watch was set
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
+
 
 class Outcome:
     """How a turn ended: kind is one of KINDS; `session_id` is the conversation claude named, if it said."""
@@ -158,7 +179,7 @@ class Run:
         try:
             self.proc = subprocess.Popen(argv, cwd=invocation.state_dir, env=invocation.env(),
                                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE)
+                                         stderr=subprocess.PIPE, preexec_fn=dies_with_harness())
         except OSError as e:
             self.proc = None
             self.spawn_error = f"could not run {invocation.claude}: {e.strerror or e}"

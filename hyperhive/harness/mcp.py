@@ -1,7 +1,10 @@
 """The MCP stdio server that claude spawns on every turn.
 
 Owns the tool table the model sees (mcp__hyperhive__send, ...) and turns each
-tool call into one request on the container's hive socket.
+tool call into one request on the container's hive socket. It lives no longer
+than the claude that started it: SIGINT or SIGTERM end it, and so does
+claude's death (a parent-death signal, and stdin's end), without running
+what the dead claude asked last.
 
 Usage:
   hyperhive agent mcp [--socket PATH]
@@ -274,6 +277,8 @@ def _format_statuses(answer, args):
                  f"config {r['deployed_sha']}" if r.get("deployed_sha") else None,
                  "needs update" if r.get("needs_update") else None,
                  "needs login" if r.get("needs_login") else None,
+                 (f"{'restarted' if r['running'] else 'being started again'} after {r['restart']['deaths']} "
+                  f"death(s) in a row ({r['restart']['reason']})") if r.get("restart") else None,
                  f"status: {r['status_text']}" if r.get("status_text") else None]
         lines.append(f"{r['name']}: {state}" + "".join(f", {e}" for e in extra if e))
     return "\n".join(lines)
@@ -411,10 +416,16 @@ def check_arguments(tool, args):
 # -- the JSON-RPC server ----------------------------------------------------------------
 
 class Server:
-    """Newline-delimited JSON-RPC 2.0: request lines in, one answer line per request out."""
+    """Newline-delimited JSON-RPC 2.0: request lines in, one answer line per request out.
 
-    def __init__(self, role, socket_path, out_fd):
+    `parent` is the pid of the claude that started us; once it is gone we
+    are an orphan, and an orphan acts for nobody: what its dead claude asked
+    last is not done (the turn comes again, redelivered, to a new claude).
+    """
+
+    def __init__(self, role, socket_path, out_fd, parent=None):
         self.role, self.socket_path, self.out_fd = role, socket_path, out_fd
+        self.parent = parent
         self.tools = tools_for(role)
         self.write_lock = allocate_lock()
         self.calls = []
@@ -423,11 +434,18 @@ class Server:
 
     def serve(self, lines):
         for line in lines:
+            if self.orphaned():
+                return
             if line.strip():
                 self.handle(line)
+        if self.orphaned():
+            return  # stdin ended because claude died: leave its last calls unanswered
         # a client may write its last requests and close stdin at once: answer them
         for call in self.calls:
             call.join()
+
+    def orphaned(self):
+        return self.parent is not None and os.getppid() != self.parent
 
     def handle(self, line):
         try:
@@ -525,7 +543,41 @@ def _valid_id(msg_id):
 
 
 def _stop(signum, frame):
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt  # the one way to break the blocking read of stdin
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def prctl():
+    """libc's prctl, or None where there is none (not Linux)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _watch_parent(sig):
+    """Ask the kernel for `sig` when the claude that started us dies; False where it cannot.
+
+    Without it (no Linux prctl) stdin's EOF still ends us once claude is gone.
+    """
+    call = prctl()
+    return call is not None and call(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def _hangup(parent):
+    """The parent-death signal's handler: end at once if claude is gone.
+
+    The kernel also sends it when the *thread* that started us exits while
+    claude lives on; then our parent is unchanged and it is ignored.
+    """
+    def handler(signum, frame):
+        if os.getppid() != parent:
+            raise KeyboardInterrupt
+    return handler
 
 
 def main(argv):
@@ -542,13 +594,22 @@ def main(argv):
     out_fd = sys.stdout.fileno()
     # stdout carries the protocol; a stray print anywhere must not corrupt it
     sys.stdout = sys.stderr
+    # Our own SIGINT handler, not Python's: a shell starts a background job
+    # with SIGINT ignored, and Python keeps an ignored SIGINT as it found it,
+    # so claude's SIGINT at the end of a turn would go unheard.
+    signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    parent = os.getppid()
+    signal.signal(signal.SIGHUP, _hangup(parent))
+    _watch_parent(signal.SIGHUP)
     try:
-        Server(role, socket_path, out_fd).serve(sys.stdin.buffer)
+        server = Server(role, socket_path, out_fd, parent)
+        if not server.orphaned():  # claude may have died before the watch was set
+            server.serve(sys.stdin.buffer)
     except KeyboardInterrupt:
         pass  # claude sends SIGINT when its turn ends: a normal exit
     finally:
         # a late SIGINT during interpreter shutdown must not print a traceback
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
     return 0

@@ -262,10 +262,14 @@ class TurnLoop:
         return resume
 
     def run(self):
-        self.boot()
+        booted = False
         while not self.stopping:
             try:
-                self.step()
+                if not booted:
+                    self.boot()
+                    booted = True
+                else:
+                    self.step()
             except Exception as e:
                 if wire.storage_failure(e) is None:
                     raise  # a bug: the harness dies with its traceback and the core reports the crash

@@ -1,7 +1,10 @@
 """The `process` backend: each harness a plain child process with its own state dir.
 
 A pidfile (pid + kernel start time) lets a restarted core adopt harnesses
-that outlived it, so a core crash never kills a turn.
+that outlived it, so a core crash never kills a turn. The harness leads its
+own session and process group, which claude and all it starts inherit:
+whatever is left of that group when the harness is gone (however it went)
+is killed before the next start, and the start waits until it is gone.
 """
 
 import logging
@@ -16,17 +19,52 @@ from hyperhive import wire
 log = logging.getLogger(__name__)
 
 
-def _start_time(pid):
-    """The kernel's start time of pid (clock ticks since boot), or None if gone/zombie."""
+# How long a start waits for the previous harness's leftovers to die of SIGKILL.
+SWEEP_SECONDS = 10.0
+
+
+def _stat(pid):
+    """(state, pgid, sid, start time in clock ticks since boot) of pid, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode(errors="replace")
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
+    return fields[0], int(fields[2]), int(fields[3]), int(fields[19])
+
+
+def _start_time(pid):
+    """The kernel's start time of pid (clock ticks since boot), or None if gone/zombie."""
+    found = _stat(pid)
+    if found is None or found[0] in ("Z", "X"):
         return None
-    return int(fields[19])
+    return found[3]
+
+
+def leftovers(leader, started):
+    """The live processes of the session and group that `leader` (started at `started`) led.
+
+    The kernel keeps a pid number while a group or session still bears it,
+    so processes that bear it once the leader is gone are the old harness's.
+    Only a live process *at* that number with another start time means the
+    number was reused, and the group is someone else's. A process that
+    left with setsid() of its own is out of reach here (docs/gotchas.md).
+    """
+    found, me = [], os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        stat = _stat(pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            continue  # a zombie is dead already; its parent (or init) reaps it
+        state, pgid, sid, start = stat
+        if pid == leader and start != started:
+            return []
+        if leader in (pgid, sid) and start >= started:
+            found.append(pid)
+    return sorted(found)
 
 
 def _parse_cursor(cursor):
@@ -124,6 +162,7 @@ class ProcessBackend:
     def start(self, launch):
         if self.running(launch.name, launch.home_dir):
             raise wire.HiveError(f"agent {launch.name!r} is already running", "conflict")
+        self.sweep(launch.name, launch.home_dir)
         os.makedirs(launch.state_dir, exist_ok=True)
         logfile = open(launch.log_path, "ab")
         try:
@@ -143,6 +182,48 @@ class ProcessBackend:
         log.info("started %s (pid %d)", launch.name, child.pid)
         return child.pid
 
+    def sweep(self, name, home, timeout=SWEEP_SECONDS):
+        """SIGKILL what is left of the group of the harness that last ran for name; wait until it is gone.
+
+        For a harness that is gone (died, killed, stopped): a claude it
+        started, or what claude started, must never act as the agent beside
+        the next one. Returns how many processes were killed; raises when
+        some outlive the deadline (stuck in the kernel, say), since starting
+        beside them would run the agent twice.
+        """
+        found = self._read_pid(home)
+        if found is None:
+            return 0
+        leader, started = found
+        left = leftovers(leader, started)
+        if not left:
+            return 0
+        log.warning("%s: killing %d process(es) left of its last harness (group %d): %s", name, len(left),
+                    leader, " ".join(map(str, left)))
+        killed, deadline = len(left), self.clock() + timeout
+        while left:
+            for pid in left:  # one by one too: a process that changed its group is still in the session
+                self._kill_leftover(pid)
+            self._kill_leftover(-leader)
+            self.exit_code(name)  # reaps the leader if this core started it
+            if self.clock() >= deadline:
+                raise wire.HiveError(
+                    f"{len(left)} process(es) left of {name!r}'s last harness survived SIGKILL for {timeout:g}s "
+                    f"(pids {' '.join(map(str, left))}, maybe stuck in the kernel), so it is not started beside "
+                    "them; check them with `ps -o pid,stat,wchan,cmd -p <pid>` and start it again once they are gone",
+                    "unavailable")
+            time.sleep(0.05)  # bounded poll of external processes; gevent-patched in the core
+            left = leftovers(leader, started)
+        return killed
+
+    @staticmethod
+    def _kill_leftover(pid):
+        """SIGKILL a pid (or a group, negative); one that is gone already is fine."""
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def _wait_gone(self, name, home, timeout):
         deadline = self.clock() + timeout
         while self.running(name, home):
@@ -161,6 +242,7 @@ class ProcessBackend:
         """
         pid = self._live_pid(name, home)
         if pid is None:
+            self._clear(name, home)
             return False
         timeout = timeout if timeout is not None else (60.0 if graceful else 5.0)
         if graceful:
@@ -170,17 +252,23 @@ class ProcessBackend:
         if not self._wait_gone(name, home, timeout):
             log.warning("%s did not stop within %gs of SIGTERM; killing it", name, timeout)
             self.kill(name, home)
-        self._forget(home)
+        self._clear(name, home)
         return True
 
     def kill(self, name, home):
         pid = self._live_pid(name, home)
         if pid is None:
+            self._clear(name, home)
             return False
         self._signal_group(pid, signal.SIGKILL)
         self._wait_gone(name, home, 10.0)
-        self._forget(home)
+        self._clear(name, home)
         return True
+
+    def _clear(self, name, home):
+        """After a stop or kill: nothing of the harness's group stays, nor its pidfile."""
+        self.sweep(name, home)
+        self._forget(home)
 
     def _live_pid(self, name, home):
         child = self._children.get(name)
