@@ -189,9 +189,11 @@ class BwrapHive(Hive):
         super().__init__(state_dir, claude=claude, env=env, extra_args=passed)
 
     def start(self, wait=True):
+        self.starts += 1  # _ready waits for this boot's own "serving" line, not an earlier one's
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([PYZ_PYTHON, "-c", DAEMON, "serve", "--state-dir", self.state_dir,
-                                      "--backend", "bwrap", "--claude", self.claude, *self.extra_args],
+                                      "--backend", "bwrap", "--claude", self.claude, "--dashboard-port", "0",
+                                      *self.extra_args],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
         if wait:
