@@ -85,6 +85,9 @@ def render(text):
         return f"<pre>{escape(text)}</pre>"
     try:
         return _markdown().reset().convert(text)
+    except RecursionError:  # deep nesting an author wrote: theirs, not a bug of ours, and one line in the log
+        log.warning("markdown nests too deep in a %d-character body; showing it as text", len(text))
+        return f"<pre>{escape(text)}</pre>"
     except Exception:  # markdown has no error type of its own; a body must still show
         log.exception("markdown could not render a %d-character body; showing it as text", len(text))
         return f"<pre>{escape(text)}</pre>"

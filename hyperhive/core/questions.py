@@ -19,7 +19,7 @@ import logging
 import time
 
 from hyperhive import markup, wire
-from hyperhive.core import aftermath
+from hyperhive.core import aftermath, renderer
 from hyperhive.schema import Question, core_db
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ def row(q):
 
 
 def shown(q):
-    """A row for the operator's screens: with the question rendered from markdown."""
-    return dict(row(q), question_html=markup.render(q.question))
+    """A row for the operator's screens: with the question rendered from markdown (off the loop)."""
+    return dict(row(q), question_html=renderer.render(q.question))
 
 
 def _whom(name):
