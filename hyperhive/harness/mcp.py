@@ -542,8 +542,16 @@ def _valid_id(msg_id):
     return msg_id if isinstance(msg_id, (str, int)) and not isinstance(msg_id, bool) else None
 
 
-def _stop(signum, frame):
-    raise KeyboardInterrupt  # the one way to break the blocking read of stdin
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop(signum=None, frame=None):
+    """End the server: the one way to break the blocking read of stdin. Once only: the stop
+    signals are ignored from here on, so a second one (claude's SIGINT after its death's SIGHUP)
+    cannot land in the cleanup or the interpreter's shutdown and print a traceback."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -576,7 +584,7 @@ def _hangup(parent):
     """
     def handler(signum, frame):
         if os.getppid() != parent:
-            raise KeyboardInterrupt
+            _stop()
     return handler
 
 
@@ -603,13 +611,14 @@ def main(argv):
     signal.signal(signal.SIGHUP, _hangup(parent))
     _watch_parent(signal.SIGHUP)
     try:
-        server = Server(role, socket_path, out_fd, parent)
-        if not server.orphaned():  # claude may have died before the watch was set
-            server.serve(sys.stdin.buffer)
+        try:
+            server = Server(role, socket_path, out_fd, parent)
+            if not server.orphaned():  # claude may have died before the watch was set
+                server.serve(sys.stdin.buffer)
+        finally:
+            # a late signal during the interpreter's shutdown must not print a traceback
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
     except KeyboardInterrupt:
-        pass  # claude sends SIGINT when its turn ends: a normal exit
-    finally:
-        # a late SIGINT during interpreter shutdown must not print a traceback
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        pass  # claude sends SIGINT when its turn ends, or died: a normal exit either way
     return 0
