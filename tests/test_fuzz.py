@@ -48,7 +48,8 @@ from hypothesis import strategies as st
 from conftest import ROOT, Hive, proof_scale, running, wait_until
 from fakecore import FakeCore, McpClient
 from hyperhive import web, wire
-from hyperhive.core.dashboard import ACTIONS, Dashboard, UnixHTTPConnection
+from hyperhive.core.agentpage import UnixHTTPConnection
+from hyperhive.core.dashboard import ACTIONS, Dashboard
 from hyperhive.harness import mcp, webui
 
 FRAMES = proof_scale(600, 10_000)  # per socket surface, and per MCP role
@@ -386,12 +387,12 @@ HARMLESS_VERBS = frozenset({
     "list", "agent_status", "subscribe_agent_status", "urls", "pending", "inbox", "tombstones", "questions",
     "login_url", "send", "operator_msg", "whoami", "recent", "get_loose_ends", "count_pending_reminders",
     "set_status", "ack_turn", "requeue_inflight", "answer", "cancel_question", "cancel_loose_end", "ask",
-    "approve", "deny", "update_meta", "recv", "remind", "cancel_turn", "retry_cancelled"})
+    "approve", "deny", "update_meta", "recv", "remind", "cancel_turn", "retry_cancelled", "sessions"})
 # Verbs sent valid only with names the hive does not have: they must be refused.
 NAMED_VERBS = frozenset({"start", "stop", "restart", "rebuild", "kill", "set_paused", "destroy", "purge_tombstone"})
 # Verbs never sent valid: each would add an agent, an approval, or flip an agent's login.
 NEVER_VERBS = frozenset({"spawn", "request_spawn", "request_init_config", "request_apply_commit", "update",
-                         "report_login"})
+                         "report_login", "logout"})  # logout: it would end the fuzz's own session
 
 
 def test_every_verb_is_classified_for_the_fuzz():
@@ -714,7 +715,8 @@ PAGE = page_app()
 # a new POST route must be added here, after deciding how the fuzz may send it.
 DASHBOARD_POSTS = {"/op-send", "/spawn", "/approve/<approval_id>", "/deny/<approval_id>",
                    "/answer-question/<question_id>", "/destroy/<name>", "/meta-update",
-                   f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "/agent/<name>/<path:path>"}
+                   f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "/agent/<name>/<path:path>", "/logout",
+                   "/logout/<session_id>"}
 PAGE_POSTS = {"/send", "/api/cancel", "/api/retry", "/api/compact", "/api/new-session", "/api/model", "/login/start",
               "/login/code", "/login/cancel", "/api/loose-ends/cancel"}
 COMPACTIONS = 3  # valid POST /api/compact run the fake claude: a few prove the route, more only load the box
@@ -913,6 +915,8 @@ def dashboard_request_is_harmless(request):
     if found is None or found[0].method != "POST":
         return True  # refused by the router, or a GET: reads only
     route, args = found
+    if route.rule.startswith("/logout"):
+        return False  # it would end the session every request of the fuzz carries
     if route.rule == "/spawn":
         name = local_fields(request).get("name")
         try:
@@ -945,10 +949,10 @@ def judge(h, logs, tally, request, headers, answered, expect):
 
 
 def fuzz_dashboard(h, method, rule, logged_in):
-    cookie = h.cookie()
+    cookie, key = h.cookie(), h.session()["X-Hive-Key"]
     host = dashboard_host(h)
     logs, tally = Logs(h), Tally()
-    wrong_cookies = st.one_of(st.none(), st.just("hive_operator=wrong"), st.just("hive_operator="),
+    wrong_cookies = st.one_of(st.none(), st.just("hive_session=wrong"), st.just("hive_session="),
                               st.just(cookie + "x"), st.just(cookie.upper()), HEADER_TEXT)
     # beside another app's cookies, one of them a name Python's cookie parser refuses
     cookies = st.sampled_from([cookie, f"theme=dark; {cookie}", f"{cookie}; other=1", f"a<b=1; {cookie}"]) \
@@ -963,6 +967,7 @@ def fuzz_dashboard(h, method, rule, logged_in):
                                  }.get(headers["Origin"], headers["Origin"])
         if cookie_header is not None:
             headers["Cookie"] = cookie_header
+        headers.setdefault("X-Hive-Key", key)  # the session's key: without the cookie it opens nothing
         if logged_in and own:
             assume(dashboard_request_is_harmless(request))
 
@@ -1090,6 +1095,7 @@ def http_call(h, method, target, headers=None, body=None, cookie=True):
     headers = dict(headers or {}, Origin=h.url)
     if cookie:
         headers.setdefault("Cookie", h.cookie())
+        headers.setdefault("X-Hive-Key", h.session()["X-Hive-Key"])
     request = {"method": method, "target": target, "body": body}
     return exchange(http.client.HTTPConnection(dashboard_host(h), timeout=WAIT), request, headers)
 

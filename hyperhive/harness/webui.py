@@ -1,12 +1,12 @@
 """The agent's own web page, server side: routes, live-event SSE, operator turn controls.
 
 Owns the page's HTTP data surface (docs/web.md, "Agent page routes"; the
-page shell and its assets are the core's): the snapshot, the event stream and its history, the operator's actions on this
-agent (send, cancel, compact, new session, model, claude's login), the
-loose-ends and stats data, previews of the files this agent may reach, the
-server-side markdown of events (`Presenter`), and the listener: a unix socket `web.sock`
-beside the agent's core socket that answers only requests carrying this
-agent's secret (`web.secret`, written by the core).
+page shell and its assets are the core's): the snapshot, the event stream
+and its history, the operator's actions on this agent (send, cancel, retry,
+compact, new session, model, claude's login), the loose-ends and stats
+data, previews of the files this agent may reach, and the listener: a unix
+socket `web.sock` beside the agent's core socket that answers only requests
+carrying this agent's secret (`web.secret`, written by the core).
 
 The harness handed to `make_app`/`start` must have: `name`, `role`,
 `socket` (the core socket path), `bus`, `loop` (a TurnLoop: `in_turn`,
@@ -17,8 +17,6 @@ says online); for `/api/file` also `state_dir` and `shared_dir` (the
 hive's shared dir, None without one).
 """
 
-import collections
-import copy
 import hmac
 import json
 import logging
@@ -30,7 +28,7 @@ import bottle
 import gevent
 import gevent.queue
 
-from hyperhive import jsonline, markup, reach, resources, web, wire
+from hyperhive import jsonline, reach, resources, web, wire
 from hyperhive.harness import stats
 from hyperhive.schema import Event
 
@@ -46,96 +44,6 @@ HISTORY_DEFAULT, HISTORY_MAX = 200, 2000
 REPLAY_MAX = 2000  # events replayed to a reconnecting EventSource
 LAG_LIMIT = 4096  # events a stream client may fall behind before it is dropped
 CORE_TIMEOUT = 10.0
-PRESENTED_CACHE = 512
-TOOL_NAMES_KEPT = 4096
-PROSE_INPUT = {"send": "body", "ask": "question", "answer": "answer"}  # tool -> its prose argument
-
-
-# -- markdown in events ---------------------------------------------------------------
-
-def short_tool_name(name):
-    """`mcp__hyperhive__send` -> `send` (any MCP server prefix)."""
-    return str(name or "").rsplit("__", 1)[-1]
-
-
-def _result_text(content):
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n\n".join(str(c.get("text") or "") for c in content
-                           if isinstance(c, dict) and c.get("type") == "text")
-    return ""
-
-
-class Presenter:
-    """Events as the page gets them: a copy with `_html` fields rendered on the server.
-
-    Presented events are cached by seq, so a stream with many clients renders
-    each event once. Which tool a tool_use id called is remembered (bounded)
-    as assistant lines pass, so a later `recv` result can be rendered.
-    """
-
-    def __init__(self, cache_size=PRESENTED_CACHE, tools_kept=TOOL_NAMES_KEPT):
-        self.cache = collections.OrderedDict()
-        self.cache_size = cache_size
-        self.tool_names = collections.OrderedDict()
-        self.tools_kept = tools_kept
-
-    def __call__(self, event):
-        seq = event.get("seq")
-        if seq in self.cache:
-            self.cache.move_to_end(seq)
-            return self.cache[seq]
-        shown = self._present(event)
-        if seq is not None:
-            self.cache[seq] = shown
-            while len(self.cache) > self.cache_size:
-                self.cache.popitem(last=False)
-        return shown
-
-    def _present(self, event):
-        kind = event.get("kind")
-        if kind == "turn_start":
-            return dict(event, body_html=markup.render(event.get("body")))
-        if kind == "stream" and isinstance(event.get("line"), dict):
-            shown = copy.deepcopy(event)
-            self._line(shown["line"])
-            return shown
-        return event  # nothing to render: events are never changed once emitted
-
-    def _line(self, line):
-        content = (line.get("message") or {}).get("content") if isinstance(line.get("message"), dict) else None
-        if not isinstance(content, list):
-            return
-        for block in content:
-            if not isinstance(block, dict):
-                continue
-            # only what we render may be inserted as HTML: drop whatever came in under those names
-            block.pop("html", None)
-            block.pop("input_html", None)
-            if line.get("type") == "assistant":
-                self._assistant_block(block)
-            elif line.get("type") == "user" and block.get("type") == "tool_result":
-                if short_tool_name(self.tool_names.get(block.get("tool_use_id"))) == "recv":
-                    block["html"] = markup.render(_result_text(block.get("content")))
-
-    def _assistant_block(self, block):
-        if block.get("type") == "text":
-            block["html"] = markup.render(block.get("text") if isinstance(block.get("text"), str) else "")
-        elif block.get("type") == "tool_use":
-            name = block.get("name")
-            self._remember(block.get("id"), name)
-            field = PROSE_INPUT.get(short_tool_name(name))
-            args = block.get("input") if isinstance(block.get("input"), dict) else {}
-            if field and isinstance(args.get(field), str):
-                block["input_html"] = markup.render(args[field])
-
-    def _remember(self, tool_use_id, name):
-        if tool_use_id:
-            self.tool_names[tool_use_id] = name
-            self.tool_names.move_to_end(tool_use_id)
-            while len(self.tool_names) > self.tools_kept:
-                self.tool_names.popitem(last=False)
 
 
 # -- the event history --------------------------------------------------------------
@@ -213,7 +121,6 @@ class Page:
         self.harness, self.bus, self.loop = harness, harness.bus, harness.loop
         self.clock = clock
         self.secret = Secret(secret_path)
-        self.present = Presenter()
         self.compacting = False
         self.app = self._routes(web.app(f"{harness.name}'s page"))
 
@@ -292,7 +199,7 @@ class Page:
         except wire.HiveError as e:
             log.warning("the page's inbox is empty: %s", e)
             return [], f"the inbox could not be loaded: {e}"
-        return [dict(m, body_html=markup.render(m.get("body"))) for m in messages], None
+        return messages, None
 
     def history(self):
         seq = self.bus.seq
@@ -302,7 +209,7 @@ class Page:
             events = events_after(after, limit, before)
         else:
             events = self.bus.history(limit=limit, before=before)
-        return web.json_response({"seq": seq, "events": [self.present(e) for e in events]})
+        return web.json_response({"seq": seq, "events": events})
 
     def stream(self):
         raw = (bottle.request.environ.get("HTTP_LAST_EVENT_ID") or "").strip()
@@ -344,7 +251,7 @@ class Page:
             self.bus.unsubscribe(deliver)
 
     def _frame(self, event):
-        return web.sse_frame(self.present(event), event["seq"]).encode()
+        return web.sse_frame(event, event["seq"]).encode()
 
     def loose_ends(self):
         return web.json_response({"loose_ends": self.core("get_loose_ends").get("loose_ends", [])})
