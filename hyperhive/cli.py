@@ -28,6 +28,8 @@ Usage:
   hyperhive [options] purge NAME
   hyperhive [options] urls
   hyperhive [options] login-url
+  hyperhive [options] sessions
+  hyperhive [options] logout (ID | --all)
   hyperhive -h | --help | --version
 
 Roles:
@@ -59,6 +61,8 @@ Verbs (one request on the core's admin socket):
   purge           delete a tombstone's state and config for good
   urls            the hive's addresses
   login-url       a one-time link that logs a browser in to the dashboard (10 minutes, once)
+  sessions        the browsers logged in to the dashboard
+  logout          end dashboard session ID (from `sessions`), or --all of them
 
 Options:
   --socket PATH   the core's admin socket (env HIVE_HOST_SOCKET, else <state-dir>/run/host.sock)
@@ -67,6 +71,7 @@ Options:
   --now           do not wait for a running turn to finish
   --purge         also delete the agent's state dir
   --reason TEXT   why an approval is denied [default: ]
+  --all           every session
 """
 
 import json
@@ -113,6 +118,11 @@ def _questions_table(answer):
             for q in answer["questions"]]
     return _table(rows, ["id", "asker", "asked_at", "expires_at", "options", "question"]) \
         if rows else "(no open questions)"
+
+
+def _sessions_table(answer):
+    return _table(answer["sessions"], ["id", "created_at", "last_seen_at", "expires_at", "remote", "user_agent"]) \
+        if answer["sessions"] else "(no sessions)"
 
 
 def _id(args, what):
@@ -166,6 +176,11 @@ def request_for(args):
         return "urls", {}, lambda a: "\n".join(f"{k}: {v or '-'}" for k, v in a["urls"].items()), 30
     if args["login-url"]:
         return "login_url", {}, lambda a: a["url"], 30
+    if args["sessions"]:
+        return "sessions", {}, _sessions_table, 30
+    if args["logout"]:
+        session = None if args["--all"] else _id(args, "a session")
+        return "logout", {"id": session}, lambda a: f"ended {a['ended']} session(s)", 30
     if args["start"]:
         return "start", {"scope": {"agent_names": args["NAME"]}}, lambda a: "started", LONG
     if args["stop"]:

@@ -109,6 +109,19 @@ class Reminder(CoreModel):
     error = pw.TextField(null=True)
 
 
+class WebSession(CoreModel):
+    """A browser logged in to the dashboard: the hashes of its cookie and its key, never the values."""
+
+    cookie_hash = pw.CharField(unique=True)
+    key_hash = pw.CharField()
+    created_at = pw.BigIntegerField(default=now_ms)
+    expires_at = pw.BigIntegerField()
+    last_seen_at = pw.BigIntegerField(null=True)
+    revoked_at = pw.BigIntegerField(null=True)  # logged out
+    remote = pw.CharField(default="")  # the address it logged in from
+    user_agent = pw.TextField(default="")
+
+
 class Meta(CoreModel):
     """Key/value facts about the file itself (schema version)."""
 
@@ -116,7 +129,7 @@ class Meta(CoreModel):
     value = pw.TextField()
 
 
-CORE_TABLES = (Agent, Message, Approval, Question, Reminder, Meta)
+CORE_TABLES = (Agent, Message, Approval, Question, Reminder, WebSession, Meta)
 
 # The pop query reads only undelivered rows of one recipient; a partial index
 # keeps it O(queue) however large the acked history grows.

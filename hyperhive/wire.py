@@ -326,6 +326,8 @@ VERBS = {
     "tombstones": ((), "agents destroyed without purge, whose state is kept"),
     "update_meta": ((), "update the meta flake's inputs now (nixos backend)"),
     "login_url": ((), "a one-time URL that logs a browser in to the dashboard"),
+    "sessions": ((), "the browsers logged in to the dashboard"),
+    "logout": ((Arg("id", "int", False, None, 1),), "end one dashboard session (or, without an id, every one)"),
     "get_loose_ends": ((), "what is still open about you: approvals, questions, reminders"),
     "cancel_loose_end": ((Arg("kind", "choice", choices=LOOSE_END_KINDS), Arg("id", "int", True, None, 1)),
                          "withdraw one of your loose ends (the manager: anyone's)"),
@@ -350,7 +352,7 @@ SURFACE_ARGS = {
 HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending",
               "start", "stop", "restart", "rebuild", "kill", "set_paused", "spawn",
               "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
-              "update_meta", "login_url", "questions", "answer", "cancel_question")
+              "update_meta", "login_url", "sessions", "logout", "questions", "answer", "cancel_question")
 AGENT_VERBS = ("send", "recv", "ack_turn", "cancel_turn", "retry_cancelled", "requeue_inflight", "recent",
                "inbox", "operator_msg", "whoami", "get_loose_ends", "cancel_loose_end", "ask", "answer", "cancel_question",
                "remind", "count_pending_reminders", "set_status", "report_login")

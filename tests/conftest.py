@@ -183,10 +183,30 @@ class Hive:
     def login_url(self):
         return self.call("login_url")["url"]
 
+    def session(self):
+        """The operator's session, logged in once through a login URL as a browser is:
+        {"Cookie": "hive_session=…", "X-Hive-Key": "…"} (the key comes in the redirect's fragment)."""
+        if getattr(self, "_session", None) is None:
+            import http.client
+            import urllib.parse
+
+            parts = urllib.parse.urlsplit(self.login_url())
+            conn = http.client.HTTPConnection(parts.netloc, timeout=30)
+            try:
+                conn.request("GET", f"{parts.path}?{parts.query}")
+                res = conn.getresponse()
+                res.read()
+                cookie = res.getheader("Set-Cookie").split(";")[0]
+                key = urllib.parse.urlsplit(res.getheader("Location")).fragment.partition("hive-key=")[2]
+            finally:
+                conn.close()
+            assert res.status == 303 and cookie.startswith("hive_session=") and key, (res.status, cookie)
+            self._session = {"Cookie": cookie, "X-Hive-Key": key}
+        return dict(self._session)
+
     def cookie(self):
-        """The operator's cookie header, as a browser gets it from a login URL."""
-        with open(os.path.join(self.state_dir, "operator.secret")) as f:
-            return f"hive_operator={f.read().strip()}"
+        """The Cookie header of the operator's session (opens the pages' shells only)."""
+        return self.session()["Cookie"]
 
     def dashboard(self, method, path, body=None):
         """One JSON request to the dashboard as the operator's browser makes it: (status, decoded answer)."""
@@ -195,7 +215,7 @@ class Hive:
 
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Cookie": self.cookie(), "Origin": self.url, "Content-Type": "application/json"})
+            **self.session(), "Origin": self.url, "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as reply:
                 return reply.status, json.loads(reply.read())

@@ -175,9 +175,11 @@ def test_login_url_lands_on_the_dashboard_listing_the_agents(browser, hv):
         page = ctx.new_page()
         url = hv.login_url()
         res = page.goto(url)
-        assert page.url == hv.url + "/" and res.status == 200
-        cookie = {c["name"]: c for c in ctx.cookies()}["hive_operator"]
+        assert page.url == hv.url + "/" and res.status == 200, "the key's fragment is taken off the address"
+        cookie = {c["name"]: c for c in ctx.cookies()}["hive_session"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+        key = page.evaluate("localStorage.getItem('hive.key')")
+        assert key and len(key) >= 40 and key != cookie["value"], "the key stays with this origin's storage"
 
         card = page.locator('#containers [data-agent="a"]')
         expect(card).to_have_attribute("data-state", "running")
@@ -210,7 +212,7 @@ def test_requests_without_the_cookie_are_refused(browser, hv):
             assert_error_shape(res.json(), "unauthorized")
         # with the cookie, an action from another origin is still refused
         res = ctx.request.post(hv.url + "/op-send", data={"to": "a", "body": "hi"},
-                               headers={"Cookie": hv.cookie(), "Origin": "http://evil.example"})
+                               headers={**hv.session(), "Origin": "http://evil.example"})
         assert res.status == 403
         assert_error_shape(res.json(), "forbidden")
     finally:
@@ -446,7 +448,8 @@ APPLIED_JS = """() => {
 }"""
 
 HISTORY_JS = """async (after) => {
-    const res = await fetch('events/history?limit=2000&after=' + after, {cache: 'no-store'});
+    const res = await fetch('events/history?limit=2000&after=' + after,
+                            {cache: 'no-store', headers: {'X-Hive-Key': window.Hive.key()}});
     return (await res.json()).events.map((e) => e.seq);
 }"""
 

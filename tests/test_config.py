@@ -71,7 +71,7 @@ def cli(hive, *args):
 
 def diff_of(hive, approval_id):
     """An approval's diff as the dashboard serves it to the operator."""
-    request = urllib.request.Request(f"{hive.url}/approval/{approval_id}/diff", headers={"Cookie": hive.cookie()})
+    request = urllib.request.Request(f"{hive.url}/approval/{approval_id}/diff", headers=hive.session())
     with urllib.request.urlopen(request, timeout=30) as answer:
         return answer.read().decode()
 

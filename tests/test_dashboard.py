@@ -65,15 +65,19 @@ class Dash:
         self.core.lifecycle.boot()  # creates the manager
         self.dashboard = Dashboard(self.core, self.core.auth)
         self.app = self.dashboard.app
-        self.cookie = f"{COOKIE}={self.core.auth.secret}"
+        cookie, key, _ = self.core.auth.open_session("127.0.0.1", "the tests")
+        self.cookie, self.key = f"{COOKIE}={cookie}", key
+
+    def auth_headers(self):
+        return {"Cookie": self.cookie, "X-Hive-Key": self.key}
 
     def get(self, path, headers=None, auth=True):
-        return call(self.app, "GET", path, headers=dict(headers or {}, **({"Cookie": self.cookie} if auth else {})))
+        return call(self.app, "GET", path, headers=dict(headers or {}, **(self.auth_headers() if auth else {})))
 
     def post(self, path, body=None, headers=None, auth=True, origin=ORIGIN):
         h = dict(headers or {})
         if auth:
-            h["Cookie"] = self.cookie
+            h.update(self.auth_headers())
         if origin:
             h["Origin"] = origin
         return call(self.app, "POST", path, headers=h, body=body if body is not None else {})
@@ -110,25 +114,28 @@ GUARDED = [("GET", "/"), ("GET", "/api/state"), ("GET", "/dashboard/stream"), ("
 def test_every_route_but_login_needs_the_operator(dash, method, path):
     res = call(dash.app, method, path, headers={"Origin": ORIGIN})
     error_of(res, 401, "unauthorized", "hyperhive login-url")
-    res = call(dash.app, method, path, headers={"Origin": ORIGIN, "Cookie": f"{COOKIE}=not-the-secret"})
+    res = call(dash.app, method, path, headers={"Origin": ORIGIN, "Cookie": f"{COOKIE}=not-the-secret",
+                                                "X-Hive-Key": dash.key})
     error_of(res, 401, "unauthorized")
 
 
 def test_a_login_url_sets_the_cookie_once(dash):
     token = dash.core.auth.mint()
     res = call(dash.app, "GET", f"/login?token={token}")
-    assert res.status == 303 and res.headers["location"].endswith("/")
+    assert res.status == 303 and res.headers["location"].startswith("/#hive-key=")
     cookie = res.headers["set-cookie"]
-    assert cookie.startswith(f"{COOKIE}={dash.core.auth.secret};")
+    assert cookie.startswith(f"{COOKIE}=") and len(cookie.split(";")[0]) > len(COOKIE) + 40
     assert "; HttpOnly" in cookie and "; samesite=strict" in cookie.lower() and "; Path=/" in cookie
+    headers = {"Cookie": cookie.split(";")[0], "X-Hive-Key": res.headers["location"].partition("#hive-key=")[2]}
+    assert call(dash.app, "GET", "/api/state", headers=headers).status == 200
     again = call(dash.app, "GET", f"/login?token={token}")
     error_of(again, 401, "unauthorized", "used up or expired")
     error_of(call(dash.app, "GET", "/login"), 401, "unauthorized")
 
 
-def test_a_login_token_expires(tmp_path):
+def test_a_login_token_expires():
     now = [1000.0]
-    auth = Auth(str(tmp_path), clock=lambda: now[0])
+    auth = Auth(tick=lambda: now[0])
     token = auth.mint()
     now[0] += 601
     assert not auth.redeem(token)
@@ -136,12 +143,12 @@ def test_a_login_token_expires(tmp_path):
     assert auth.redeem(fresh) and not auth.redeem(fresh)
 
 
-def test_the_operator_secret_is_private_and_kept(tmp_path):
-    a = Auth(str(tmp_path))
-    path = tmp_path / "operator.secret"
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
-    assert len(a.secret) == 64 and int(a.secret, 16) >= 0  # 256 bits of hex
-    assert Auth(str(tmp_path)).secret == a.secret
+def test_a_session_survives_a_core_restart_but_not_a_logout(dash):
+    assert dash.get("/api/state").status == 200
+    again = Auth()  # a restarted core: sessions live in its database
+    assert again.session(dash.cookie.partition("=")[2], dash.key) is not None
+    again.logout()
+    error_of(dash.get("/api/state"), 401, "unauthorized")
 
 
 def test_posts_must_come_from_the_dashboard_itself(dash):
@@ -226,7 +233,7 @@ def test_op_send_stores_a_message_from_the_operator(dash):
     row = dash.core.broker.inbox("alice", 1)[0]
     assert row["from"] == wire.OPERATOR and row["body"] == "hello" and row["id"] == res.json()["id"]
     form = call(dash.app, "POST", "/op-send", body="to=alice&body=via+form",
-                headers={"Cookie": dash.cookie, "Origin": ORIGIN,
+                headers={**dash.auth_headers(), "Origin": ORIGIN,
                          "Content-Type": "application/x-www-form-urlencoded"})
     assert form.status == 200 and dash.core.broker.inbox("alice", 1)[0]["body"] == "via form"
     error_of(dash.post("/op-send", {"to": "nobody", "body": "x"}), 404, "not_found", "nobody")
@@ -234,7 +241,7 @@ def test_op_send_stores_a_message_from_the_operator(dash):
     error_of(dash.post("/op-send", {"to": "alice", "body": "  "}), 400, "bad_argument", "body")
     error_of(dash.post("/op-send", {"body": "x"}), 400, "bad_argument", "'to' is required")
     bad = call(dash.app, "POST", "/op-send", body=b"{not json", headers={
-        "Cookie": dash.cookie, "Origin": ORIGIN, "Content-Type": "application/json"})
+        **dash.auth_headers(), "Origin": ORIGIN, "Content-Type": "application/json"})
     error_of(bad, 400, "bad_frame", "not valid JSON")
 
 
@@ -411,10 +418,13 @@ def test_only_files_the_reader_may_open_become_refs(dash):
 
 def test_agent_config_shows_the_deployed_files(dash):
     dash.spawn("a")
-    res = dash.get("/agent-config/a").json()
+    shell = dash.get("/agent-config/a", headers={"X-Hive-Key": ""})
+    assert shell.status == 200 and b"config.js" in shell.body, "the page is a shell; its data comes with the key"
+    res = dash.get("/api/agent-config/a").json()
     assert res["name"] == "a" and len(res["sha"]) == 40
     assert "hive.json" in res["files"] and "agent.nix" in res["files"]
     json.loads(res["files"]["hive.json"])
+    error_of(dash.get("/api/agent-config/nobody"), 404, "not_found")
     error_of(dash.get("/agent-config/nobody"), 404, "not_found")
 
 
@@ -477,7 +487,7 @@ def test_the_proxy_adds_the_agent_secret_and_never_the_cookie(dash):
     sock_dir = os.path.dirname(dash.layout.socket("a"))
     page = PageServer(os.path.join(sock_dir, "web.sock"))
     try:
-        res = dash.post("/agent/a/send?x=1", {"body": "hi"})
+        res = dash.post(f"/agent/a/send?x=1&key={dash.key}", {"body": "hi"})
         assert res.status == 201 and "set-cookie" not in res.headers
         # data only, never as something a browser would run on the dashboard's origin
         assert res.headers["x-content-type-options"] == "nosniff"
@@ -485,7 +495,8 @@ def test_the_proxy_adds_the_agent_secret_and_never_the_cookie(dash):
         seen = page.seen[-1]
         with open(os.path.join(sock_dir, "web.secret")) as f:
             assert seen["secret"] == f.read().strip()
-        assert seen["cookie"] is None and seen["path"] == "/send" and seen["query"] == "x=1"
+        assert seen["cookie"] is None and seen["path"] == "/send" and seen["query"] == "x=1", "nor the key"
+        assert dash.key not in json.dumps(page.seen, default=str)
         assert json.loads(seen["body"]) == {"body": "hi"} and seen["method"] == "POST"
         asked = len(page.seen)
         # the page and its assets come from the core's own files; the harness is not asked
@@ -500,11 +511,11 @@ def test_the_proxy_adds_the_agent_secret_and_never_the_cookie(dash):
         redirect = dash.get("/agent/a")
         assert redirect.status == 308 and redirect.headers["location"].endswith("/agent/a/")
         stream = dash.get("/agent/a/events/stream", headers={"Accept": "text/event-stream"})
-        assert stream.headers["content-type"] == "text/event-stream"
+        assert stream.headers["content-type"] == "text/event-stream; charset=utf-8"
         it = stream.stream()
-        assert b"\"seq\": 1" in next(it), "the first frame is through before the page sends the second"
+        assert b'"seq":1' in next(it), "the first frame is through before the page sends the second"
         page.release.set()
-        assert b"\"seq\": 2" in next(it)
+        assert b'"seq":2' in next(it)
         stream.close()
     finally:
         page.server.stop()
@@ -518,7 +529,7 @@ def test_each_agent_has_its_own_page_secret(dash):
     dash.spawn("b")
     secret = {n: open(os.path.join(os.path.dirname(dash.layout.socket(n)), "web.secret")).read().strip()
               for n in ("a", "b")}
-    assert secret["a"] != secret["b"] and secret["a"] != dash.core.auth.secret
+    assert secret["a"] != secret["b"] and secret["a"] not in (dash.key, dash.cookie.partition("=")[2])
     mode = os.stat(os.path.join(os.path.dirname(dash.layout.socket("a")), "web.secret")).st_mode & 0o777
     assert mode == 0o600
 
@@ -529,6 +540,7 @@ def test_login_url_from_the_cli_opens_the_dashboard_of_a_real_core(hive):
     import http.cookiejar
     import subprocess
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     from conftest import pyz_argv
@@ -541,9 +553,14 @@ def test_login_url_from_the_cli_opens_the_dashboard_of_a_real_core(hive):
     assert refused.value.code == 401 and json.loads(refused.value.read())["code"] == "unauthorized"
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    page = opener.open(out, timeout=30)  # 303 to / with the cookie set
+    page = opener.open(out, timeout=30)  # 303 to /#hive-key=… with the cookie set
     assert page.status == 200 and b"<html" in page.read().lower()
-    state = json.loads(opener.open(hive.url + "/api/state", timeout=30).read())
+    key = urllib.parse.urlsplit(page.url).fragment.partition("hive-key=")[2]
+    with pytest.raises(urllib.error.HTTPError) as keyless:
+        opener.open(hive.url + "/api/state", timeout=30)
+    assert keyless.value.code == 401, "the cookie alone opens only the shells"
+    request = urllib.request.Request(hive.url + "/api/state", headers={"X-Hive-Key": key})
+    state = json.loads(opener.open(request, timeout=30).read())
     assert [c["name"] for c in state["containers"]] == ["manager"]
     with pytest.raises(urllib.error.HTTPError) as reused:
         urllib.request.urlopen(out, timeout=30)

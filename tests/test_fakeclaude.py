@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fakecore import MCP_CMD, REPO, WAIT, FakeCore, LineReader, ok, refuse, remove_tree, short_tmpdir, wait_until
+from fakecore import MCP_CMD, WAIT, FakeCore, LineReader, ok, refuse, remove_tree, short_tmpdir, wait_until
 
 FAKECLAUDE = Path(__file__).resolve().parent / "fakeclaude.py"
 ALL_TOOLS = "mcp__hyperhive__send,mcp__hyperhive__recv,mcp__hyperhive__whoami"

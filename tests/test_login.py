@@ -26,8 +26,6 @@ import os
 import re
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 
 import gevent
 import gevent.lock

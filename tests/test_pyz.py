@@ -62,12 +62,17 @@ class Browser:
         self.base = hive.url
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
                                                   NoRedirect())
+        self.key = ""
         self.login = self.request("GET", hive.login_url()[len(self.base):])
         assert self.login[0] == 303, self.login
+        self.key = self.login_location.partition("#hive-key=")[2]  # what the page's script keeps
+        assert self.key
 
     def request(self, method, path, body=None, stream=False, timeout=30):
         data = json.dumps(body).encode() if body is not None else (b"{}" if method == "POST" else None)
         req = urllib.request.Request(self.base + path, data=data, method=method)
+        if self.key:
+            req.add_header("X-Hive-Key", self.key)
         if method == "POST":
             req.add_header("Content-Type", "application/json")
             req.add_header("Origin", self.base)
@@ -77,10 +82,20 @@ class Browser:
             res = self.opener.open(req, timeout=timeout)
         except urllib.error.HTTPError as e:
             res = e
+        self.login_location = res.headers.get("Location") or ""
         if stream and res.status == 200:
             return res.status, res.headers.get("Content-Type", ""), res  # the caller reads and closes
         with res:
             return res.status, res.headers.get("Content-Type", ""), res.read()
+
+
+def _session_id(self):
+    """This browser's session id, as /api/sessions says."""
+    listed = json.loads(judged(self.request("GET", "/api/sessions"))[2])["sessions"]
+    return next(s["id"] for s in listed if s["current"])
+
+
+Browser.session_id = _session_id
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -163,7 +178,7 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
         return event.get("kind") == "note" and "stream check" in event.get("text", "")
 
     cases = {
-        ("GET", "/login"): lambda: judged(b.request("GET", hive.login_url()[len(b.base):]), 303),
+        ("GET", "/login"): lambda: relogin(b, hive),
         ("GET", "/"): lambda: judged(b.request("GET", "/")),
         ("GET", "/static/<path:path>"): lambda: judged(b.request("GET", "/static/dashboard.js")),
         ("GET", "/api/state"): lambda: dashboard_state(b, file_msg, asked, to_approve),
@@ -186,8 +201,12 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
         ("GET", "/journal/<name>/stream"):
             lambda: sse_events(judged(b.request("GET", "/journal/a/stream", stream=True))[2],
                                lambda e: bool(e.get("lines"))),
-        ("GET", "/agent-config/<name>"):
-            lambda: assert_has(judged(b.request("GET", "/agent-config/a")), b'"hive.json"'),
+        ("GET", "/agent-config/<name>"): lambda: assert_has(judged(b.request("GET", "/agent-config/a")), b"config.js"),
+        ("GET", "/api/agent-config/<name>"):
+            lambda: assert_has(judged(b.request("GET", "/api/agent-config/a")), b'"hive.json"'),
+        ("GET", "/api/sessions"): lambda: assert_has(judged(b.request("GET", "/api/sessions")), b'"current":true'),
+        ("POST", "/logout/<session_id>"): lambda: judged(b.request("POST", f"/logout/{Browser(hive).session_id()}")),
+        ("POST", "/logout"): "last",  # it ends this browser's session
         ("GET", "/approval/<approval_id>/diff"): lambda: judged(b.request("GET", f"/approval/{to_approve}/diff")),
         ("GET", "/file-ref/<message_id>/<index>"):
             lambda: assert_has(judged(b.request("GET", f"/file-ref/{file_msg}/0")), b"from v"),
@@ -221,11 +240,25 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
     }
     assert set(cases) == routes_of_the_dashboard(), "a dashboard route has no case here (or a case no route)"
     assert set(page) == routes_of_the_agent_page(tmp_path), "an agent page route has no case here"
-    for key, case in list(cases.items()) + list(page.items()):
+    for key, case in list(cases.items()) + list(page.items()) + [(("POST", "/logout"), lambda: log_out(b))]:
+        if case == "last":
+            continue
         try:
             case()
         except AssertionError as e:
             raise AssertionError(f"{key}: {e}") from None
+
+
+def relogin(b, hive):
+    """A second login in the same browser: a new session, whose key the page's script then keeps."""
+    judged(b.request("GET", hive.login_url()[len(b.base):]), 303)
+    b.key = b.login_location.partition("#hive-key=")[2]
+
+
+def log_out(b):
+    judged(b.request("POST", "/logout"))
+    judged(b.request("GET", "/api/sessions"), 401)
+    judged(b.request("GET", "/"), 401)
 
 
 def idle(b):
@@ -372,6 +405,9 @@ def test_every_verb_of_every_surface_answers_from_the_pyz(hive):
     call("host", "purge_tombstone", name="x")
     call("host", "update_meta", want="conflict")  # the process backend has no meta flake
     assert call("host", "login_url")["url"].startswith("http://")
+    other = Browser(hive).session_id()
+    assert other in [s["id"] for s in call("host", "sessions")["sessions"]]
+    assert call("host", "logout", id=other)["ended"] == 1
     ids["q"] = call("agent", "ask", question="to the operator?")["id"]
     assert ids["q"] in [q["id"] for q in call("host", "questions")["questions"]]
     call("host", "answer", id=ids["q"], answer="yes")

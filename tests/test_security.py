@@ -52,6 +52,7 @@ from hyperhive.core import auth as auth_module
 from hyperhive.core.auth import COOKIE, Auth
 from hyperhive.core.containers import nixos
 from hyperhive.core.dashboard import Dashboard
+from hyperhive.schema import open_core
 from hyperhive.harness import mcp, webui
 
 CANARY = "CANARY-8d1f0c2e-outside-every-reach"
@@ -81,7 +82,7 @@ BAD_URL_VALUES = ("..", ".", "../x", "a/../../b", "%2e%2e", "%2e%2e%2f%2e%2e%2fe
                   "alice%E2%80%8B", "ALICE", "manager%2f..", "-1", "1.5", "0x1", "%20")
 # The dashboard's route parameters: a value each that a request may carry (what a new one takes, add here).
 ROUTE_SAMPLES = {"name": "manager", "approval_id": "1", "question_id": "1", "message_id": "1", "index": "0",
-                 "path": "base.css"}
+                 "path": "base.css", "session_id": "999"}  # a session that is not the rig's own
 PUBLIC_ROUTES = {"/login"}  # docs/web.md: "Every other route answers 401 without that cookie"
 TABLES = {"message": "id", "question": "id", "reminder": "id", "agent": "name", "approval": "id"}
 PAGE_SAMPLES = {"relpath": "agent.js"}
@@ -108,8 +109,10 @@ class Rig:
             h.call("spawn", name=name)
         h.call("stop", scope={"agent_names": list(AGENTS)})
         wait_until(lambda: not any(h.row(n)["running"] for n in AGENTS), 30, "alice and bob to stop")
-        with open(os.path.join(h.state_dir, "operator.secret")) as f:
-            self.operator_secret = f.read().strip()
+        session = h.session()
+        self.session_cookie = session["Cookie"].partition("=")[2]
+        self.session_key = session["X-Hive-Key"]
+        self.operator_secret = self.session_key  # what must never leave the operator's browser
         self.web_secret = {}
         for name in (wire.MANAGER, *AGENTS):
             with open(os.path.join(os.path.dirname(h.sock(name)), auth_module.WEB_SECRET)) as f:
@@ -186,12 +189,14 @@ class Rig:
     def port(self):
         return urllib.parse.urlsplit(self.h.url).port
 
-    def http(self, method, path, cookie=True, origin=True, headers=None, body=None):
+    def http(self, method, path, cookie=True, origin=True, headers=None, body=None, key=True):
         """(status, headers, body bytes) of one request to the dashboard; `path` goes on the request line as is."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         sent = dict(headers or {})
         if cookie:
-            sent["Cookie"] = f"{COOKIE}={self.operator_secret}" if cookie is True else cookie
+            sent["Cookie"] = f"{COOKIE}={self.session_cookie}" if cookie is True else cookie
+        if key:
+            sent.setdefault("X-Hive-Key", self.session_key if key is True else key)
         if origin:
             sent["Origin"] = self.h.url if origin is True else origin
         data = None
@@ -207,7 +212,7 @@ class Rig:
 
     def secrets(self):
         """Texts that must never appear in an answer to anyone but their owner."""
-        return (CANARY, self.operator_secret, *self.web_secret.values())
+        return (CANARY, self.session_cookie, self.session_key, *self.web_secret.values())
 
 
 @pytest.fixture(scope="module")
@@ -556,8 +561,7 @@ def test_alices_mcp_server_reaches_no_manager_tool(rig):
 def test_sockets_and_secrets_are_private_to_the_core_and_their_agent(rig):
     """The modes are what stops another uid (we run as root here); the sandboxes do the rest."""
     h = rig.h
-    assert stat.S_IMODE(os.stat(h.state_dir).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(os.path.join(h.state_dir, "operator.secret")).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(h.state_dir).st_mode) == 0o700  # hive.db, with the sessions' hashes, inside
     dirs = set()
     for name in (wire.MANAGER, *AGENTS):
         sock_dir = os.path.dirname(h.sock(name))
@@ -862,10 +866,10 @@ def test_every_route_parameter_has_a_sample():
 
 
 def test_every_route_but_login_refuses_without_the_operators_cookie(rig):
-    wrong = [None, f"{COOKIE}=", f"{COOKIE}=not-the-secret", f"{COOKIE}={rig.operator_secret}x",
-             f"{COOKIE}={rig.operator_secret[:-1]}", f"{COOKIE}={rig.operator_secret.upper()}",
-             f"other={rig.operator_secret}", f"{COOKIE}={rig.web_secret['alice']}",
-             f"{COOKIE}={rig.web_secret['manager']}"]
+    ours = rig.session_cookie
+    wrong = [None, f"{COOKIE}=", f"{COOKIE}=not-the-secret", f"{COOKIE}={ours}x", f"{COOKIE}={ours[:-1]}",
+             f"{COOKIE}={ours.upper()}", f"other={ours}", f"{COOKIE}={rig.session_key}",
+             f"{COOKIE}={rig.web_secret['alice']}", f"{COOKIE}={rig.web_secret['manager']}", f"hive_operator={ours}"]
     before = rig.db()
     swept = 0
     for method, path, rule in concrete(dashboard_routes()):
@@ -883,28 +887,96 @@ def test_every_route_but_login_refuses_without_the_operators_cookie(rig):
 def test_login_refuses_every_token_but_a_fresh_one_once(rig):
     url = rig.h.login_url()
     token = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
-    for bad in ("", "?token=", f"?token={token}x", f"?token={token[:-1]}", f"?token={rig.operator_secret}",
+    for bad in ("", "?token=", f"?token={token}x", f"?token={token[:-1]}", f"?token={rig.session_key}",
                 f"?token={rig.web_secret['alice']}", "?token=..%2f..%2foperator.secret", "?token=%00"):
         status, headers, body = rig.http("GET", "/login" + bad, cookie=False, origin=False)
         assert status == 401 and "set-cookie" not in headers, (bad, status)
         assert "used up or expired" in assert_error_body(status, body, "unauthorized")["error"]
     status, headers, _ = rig.http("GET", f"/login?token={token}", cookie=False, origin=False)
-    assert status == 303 and headers["set-cookie"].startswith(f"{COOKIE}={rig.operator_secret};")
+    cookie, key = headers["set-cookie"].split(";")[0], headers["location"].partition("#hive-key=")[2]
+    assert status == 303 and cookie.startswith(f"{COOKIE}=") and len(key) >= 40
+    assert cookie != f"{COOKIE}={rig.session_cookie}" and key != rig.session_key, "a new session for a new login"
+    assert "httponly" in headers["set-cookie"].lower() and "samesite=strict" in headers["set-cookie"].lower()
     status, headers, body = rig.http("GET", f"/login?token={token}", cookie=False, origin=False)
     assert status == 401 and "set-cookie" not in headers, "a login link is good once"
 
 
-def test_an_expired_login_token_is_refused_at_the_route(tmp_path):
-    clock = Clock(1000.0)
-    auth = Auth(str(tmp_path), clock=clock)
+@pytest.fixture
+def web_auth(tmp_path):
+    """The dashboard's WSGI app on a real sqlite file, its clocks the test's; (app, auth, wall clock)."""
+    db = open_core(tmp_path / "hive.db")
+    wall, tick = Clock(1_800_000_000.0), Clock(1000.0)
+    auth = Auth(clock=wall, tick=tick)
     app = Dashboard(SimpleNamespace(surfaces=SimpleNamespace(dispatcher=lambda *a: None)), auth).app
+    yield app, auth, wall, tick
+    db.close()
+
+
+def login(app, auth):
+    res = wsgi.call(app, "GET", f"/login?token={auth.mint()}")
+    assert res.status == 303, res.status
+    return res.headers["set-cookie"].split(";")[0], res.headers["location"].partition("#hive-key=")[2]
+
+
+def test_an_expired_login_token_is_refused_at_the_route(web_auth):
+    app, auth, _, tick = web_auth
     late = auth.mint()
-    clock.t += auth_module.TOKEN_SECONDS + 1
+    tick.t += auth_module.TOKEN_SECONDS + 1
     fresh = auth.mint()
     res = wsgi.call(app, "GET", f"/login?token={late}")
     assert res.status == 401 and "set-cookie" not in res.headers and res.json()["code"] == "unauthorized"
-    clock.t += auth_module.TOKEN_SECONDS - 1
+    tick.t += auth_module.TOKEN_SECONDS - 1
     assert wsgi.call(app, "GET", f"/login?token={fresh}").status == 303, "a token is good for its whole life"
+
+
+def test_the_cookie_alone_opens_only_the_pages_shells_never_data(web_auth):
+    """Cookies ignore ports: a link to an agent's port carries this one along. Without the key it opens no data."""
+    app, auth, _, _ = web_auth
+    cookie, key = login(app, auth)
+    assert wsgi.call(app, "GET", "/", headers={"Cookie": cookie}).status == 200
+    assert wsgi.call(app, "GET", "/static/hive.js", headers={"Cookie": cookie}).status == 200
+    for path in ("/api/state", "/api/sessions", "/dashboard/history", "/dashboard/stream", "/approval/1/diff",
+                 "/api/agent-config/alice", "/file-ref/1/0", "/agent/alice/api/state", "/journal/alice/stream"):
+        res = wsgi.call(app, "GET", path, headers={"Cookie": cookie})
+        assert res.status == 401 and res.json()["code"] == "unauthorized", (path, res.status)
+        for wrong in ("", key + "x", key[:-1], cookie.partition("=")[2]):
+            res = wsgi.call(app, "GET", path, headers={"Cookie": cookie, "X-Hive-Key": wrong})
+            assert res.status == 401, (path, wrong, res.status)
+    res = wsgi.call(app, "POST", "/logout", headers={"Cookie": cookie, "Origin": "http://127.0.0.1:7000"})
+    assert res.status == 401, "an action needs the key too"
+    assert wsgi.call(app, "GET", "/api/sessions", headers={"Cookie": cookie, "X-Hive-Key": key}).status == 200
+    assert wsgi.call(app, "GET", f"/api/sessions?key={key}", headers={"Cookie": cookie}).status == 200, \
+        "an EventSource, which sends no header, gives it in the query"
+    res = wsgi.call(app, "GET", "/api/sessions", headers={"X-Hive-Key": key})
+    assert res.status == 401, "and the key alone opens nothing either"
+
+
+def test_sessions_are_random_listed_logged_out_and_expire(web_auth):
+    app, auth, wall, _ = web_auth
+    first, second = login(app, auth), login(app, auth)
+    assert first[0] != second[0] and first[1] != second[1]
+    for cookie, key in (first, second):
+        assert len(cookie.partition("=")[2]) >= 40 and cookie.partition("=")[2] != key
+    rows = auth.sessions()
+    assert [r["id"] for r in rows] == [1, 2] and all(set(r) == {"id", "created_at", "expires_at", "last_seen_at",
+                                                                "remote", "user_agent", "current"} for r in rows)
+    from hyperhive.schema import WebSession
+
+    for session in WebSession.select():  # only hashes are kept: a stolen database opens nothing
+        assert first[0].partition("=")[2] not in (session.cookie_hash, session.key_hash)
+    headers = {"Cookie": first[0], "X-Hive-Key": first[1], "Origin": "http://127.0.0.1:7000"}
+    listed = wsgi.call(app, "GET", "/api/sessions", headers=headers).json()["sessions"]
+    assert [r["current"] for r in listed] == [True, False]
+    assert wsgi.call(app, "POST", "/logout/2", headers=headers).status == 200
+    gone = {"Cookie": second[0], "X-Hive-Key": second[1]}
+    assert wsgi.call(app, "GET", "/api/sessions", headers=gone).status == 401, "logged out by another session"
+    res = wsgi.call(app, "POST", "/logout", headers=headers)
+    assert res.status == 200 and "hive_session=;" in res.headers["set-cookie"].replace('""', "")
+    assert wsgi.call(app, "GET", "/api/sessions", headers=headers).status == 401
+    third = login(app, auth)
+    wall.t += auth_module.SESSION_SECONDS + 1
+    assert wsgi.call(app, "GET", "/", headers={"Cookie": third[0]}).status == 401, "a week on, it has expired"
+    assert auth.sessions() == []
 
 
 def test_every_post_refuses_a_foreign_or_missing_origin_even_with_the_cookie(rig):
@@ -1036,7 +1108,7 @@ def test_an_agents_page_socket_refuses_every_route_without_its_own_secret(rig):
     path = rig.web_sock(wire.MANAGER)
     own = rig.web_secret[wire.MANAGER]
     wrong = [None, "", "wrong", own + "x", own[:-1], own.upper(), rig.web_secret["alice"], rig.web_secret["bob"],
-             rig.operator_secret, f"{COOKIE}={rig.operator_secret}"]
+             rig.session_key, f"{COOKIE}={rig.session_cookie}"]
     routes = concrete(page_routes(), PAGE_SAMPLES) + [("GET", "/nothing/here", None),
                                                       ("GET", "/static/../../hive.db", None)]
     for method, target, _ in routes:

@@ -605,6 +605,27 @@
     denyForm, errorEl);
   }
 
+  /* The raw diff in a new tab: fetched with the session's key (a plain link would carry only the
+   * cookie, which opens no data), shown from a blob of this origin. */
+  function rawDiffLink(id) {
+    const link = h("a", {class: "raw-link", href: "#", title: "the diff as plain text, in a new tab"}, "raw ↗");
+    link.addEventListener("click", async (e) => {
+      e.preventDefault();
+      e.stopPropagation();
+      try {
+        const res = await fetch(`/approval/${enc(id)}/diff`, {credentials: "same-origin", cache: "no-store",
+          headers: {"X-Hive-Key": H.key()}});
+        if (!res.ok) throw new Error(await H.errorOf(res));
+        const url = URL.createObjectURL(new Blob([await res.text()], {type: "text/plain;charset=utf-8"}));
+        window.open(url, "_blank", "noopener");
+        setTimeout(() => URL.revokeObjectURL(url), 60000);
+      } catch (err) {
+        toast(`the raw diff could not be opened: ${err.message}`, "error");
+      }
+    });
+    return link;
+  }
+
   /* A collapsible coloured diff; a big one is drawn only when first opened. */
   function diffBox(id, diff) {
     const st = H.diffStats(diff);
@@ -616,7 +637,7 @@
         h("span", {class: "add"}, `+${st.add}`),
         h("span", {class: "del"}, `−${st.del}`),
         st.files ? h("span", {class: "hint"}, `${st.files} file${st.files === 1 ? "" : "s"}`) : null,
-        h("a", {class: "raw-link", href: `/approval/${enc(id)}/diff`, target: "_blank", rel: "noopener"}, "raw ↗")));
+        rawDiffLink(id)));
     let drawn = false;
     const draw = () => {
       if (drawn || !box.open) return;

@@ -81,6 +81,27 @@
 
   // ------------------------------------------------------------- network
 
+  /* The session's key: handed over once in the login redirect's fragment (#hive-key=…), kept in
+   * this origin's storage, and sent with every data request. The cookie alone opens only the
+   * pages' shells: cookies ignore ports, so a link to another port of this host would carry it
+   * along, while storage stays with this exact origin (docs/web.md, "Who can reach the dashboard"). */
+  const KEY_STORE = "hive.key";
+  (function takeKey() {
+    const found = /(?:^#|&)hive-key=([A-Za-z0-9_-]+)/.exec(location.hash);
+    if (!found) return;
+    try { localStorage.setItem(KEY_STORE, found[1]); } catch (_) { /* storage off: requests will say so */ }
+    history.replaceState(null, "", location.pathname + location.search);
+  })();
+
+  function key() {
+    try { return localStorage.getItem(KEY_STORE) || ""; } catch (_) { return ""; }
+  }
+
+  /* An event stream's URL with the key (EventSource cannot send a header). */
+  function streamUrl(url) {
+    return url + (url.includes("?") ? "&" : "?") + "key=" + encodeURIComponent(key());
+  }
+
   /* The error sentence of a failed response: the wire's `error`, else the status text. */
   async function errorOf(res) {
     try {
@@ -93,7 +114,8 @@
   async function getJSON(url) {
     let res;
     try {
-      res = await fetch(url, {credentials: "same-origin", cache: "no-store", headers: {Accept: "application/json"}});
+      res = await fetch(url, {credentials: "same-origin", cache: "no-store",
+        headers: {Accept: "application/json", "X-Hive-Key": key()}});
     } catch (e) {
       throw new Error(`could not reach ${url}: ${e.message}`);
     }
@@ -114,7 +136,7 @@
       res = await fetch(url, {
         method: "POST",
         credentials: "same-origin",
-        headers: {"Content-Type": "application/json", Accept: "application/json"},
+        headers: {"Content-Type": "application/json", Accept: "application/json", "X-Hive-Key": key()},
         body: JSON.stringify(body || {}),
       });
     } catch (e) {
@@ -419,7 +441,7 @@
 
   window.Hive = {
     h, append, md, plain, clear, clampable,
-    errorOf, getJSON, post, showError, toast,
+    errorOf, getJSON, post, showError, toast, streamUrl, key,
     toMs, duration, ago, until, clock, stamp, agoEl, elapsedEl, tick,
     tokens, shortSha, bytes, fileRefs, nameClass, nameEl,
     diffClass, diffEl, diffLinesEl, diffStats,

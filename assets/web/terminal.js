@@ -327,7 +327,7 @@
     connect() {
       this._teardown();
       const gen = ++this.generation;
-      const es = new EventSource(this.opts.streamUrl, {withCredentials: false});
+      const es = new EventSource(window.Hive.streamUrl(this.opts.streamUrl), {withCredentials: false});
       this.eventSource = es;
       let buffer = [];   // stream events that arrive before the snapshot is in; null once live
       let opened = false;

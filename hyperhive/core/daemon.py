@@ -125,7 +125,8 @@ class Core:
         self.stopping = Event()
         self.hub = Hub()
         self.broker = Broker(self.hub, clock=clock)
-        self.surfaces = Surfaces(self.broker, None, self.hub)
+        self.auth = Auth(clock=clock)
+        self.surfaces = Surfaces(self.broker, None, self.hub, auth=self.auth)
         self.sockets = Sockets(layout, self.surfaces)
         self.repos = Repos(layout.config_dir)
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
@@ -139,7 +140,6 @@ class Core:
         self.surfaces.questions, self.surfaces.reminders = self.questions, self.reminders
         self.host = None
         self.loops = []
-        self.auth = Auth(layout.state_dir)
         self.dashboard = self.web = None
         self.url = None
 
@@ -154,6 +154,7 @@ class Core:
         watch = getattr(self.lifecycle.backend, "watch_seconds", WATCH_SECONDS)
         self.loops = [every(watch, self.lifecycle.watch_step, self.stopping),
                       every(SWEEP_SECONDS, self.sweeper.step, self.stopping),
+                      every(SWEEP_SECONDS, self.auth.sweep, self.stopping),
                       every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping),
                       every(QUESTION_TTL_SECONDS, self.questions.expire_step, self.stopping),
                       every(REMINDER_SECONDS, self.reminders.step, self.stopping)]

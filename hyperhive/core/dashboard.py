@@ -1,51 +1,46 @@
 """The operator's dashboard: the routes of the core's web surface, its login, and the agent-page proxy.
 
-Owns the HTTP face of the core (docs/web.md lists every route): the cold
-`/api/state` snapshot, the `/dashboard/stream` of hub events, the message
-flow backfill, the previews of messages' file references, the journal
-tail, each agent's page (served from the core's files) and the proxy that
-passes a harness's data on to it. Every action is the host surface's verb run as the
-operator, so the dashboard and the admin CLI can never disagree about what
-an action does or which sentence a refusal carries.
+Owns the HTTP face of the core (docs/web.md lists every route): who may
+use each route (`auth`: the session's cookie opens the pages' shells, its
+key every data route too), the cold `/api/state` snapshot, the
+`/dashboard/stream` of hub events, the message flow backfill, the previews
+of messages' file references, the journal tail, the operator's sessions,
+and each agent's page (served from the core's files, its data through
+`agentpage`). Every action is the host surface's verb run as the operator,
+so the dashboard and the admin CLI can never disagree about what an action
+does or which sentence a refusal carries.
 """
 
-import http.client
 import http.cookies
 import json
 import logging
 import os
-import stat
 import time
-import urllib.parse
 import uuid
 
 import bottle
 import gevent
-from gevent import socket  # cooperative even where the stdlib's is not patched (the route tests)
 from gevent.queue import Empty
 
-from hyperhive import markup, resources, web, wire
-from hyperhive.core.auth import COOKIE, WEB_SOCKET
+from hyperhive import resources, web, wire
+from hyperhive.core import agentpage, renderer
+from hyperhive.core import auth as auths
+from hyperhive.core.auth import COOKIE, KEY_HEADER, KEY_PARAM
 from hyperhive.core.broker import listed_row
 from hyperhive.core.events import CLOSED
-from hyperhive.schema import Message
+from hyperhive.schema import Message, WebSession
 
 log = logging.getLogger(__name__)
 
 HISTORY_DEFAULT, HISTORY_MAX = 200, 1000
 INBOX_SIZE = 50
 JOURNAL_SECONDS = 1.0
-PROXY_TIMEOUT = 30.0
-STREAM_TIMEOUT = 3 * web.KEEPALIVE_SECONDS  # a page stream silent this long is a dead harness
-COOKIE_SECONDS = 365 * 24 * 3600
-# What a browser may pass to an agent's page, and what the page may pass back.
-PROXY_REQUEST_HEADERS = ("Content-Type", "Accept", "Last-Event-ID", "If-None-Match")
-PROXY_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "ETag", "X-Accel-Buffering")
-# A harness is the agent's to change, and its answers arrive on the dashboard's
-# origin: only data is passed on, never as something a browser would run.
-PROXY_KINDS = ("application/json", "text/event-stream")
-PROXY_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'; sandbox",
-                "X-Frame-Options": "DENY"}
+# Routes a browser navigates to: the cookie alone opens them, for they hold no data (a shell's
+# script asks for the data with the session's key). /login opens a session.
+OPEN_ROUTES = frozenset({"/login"})
+SHELL_ROUTES = frozenset({"/", "/static/<path:path>", "/journal/<name>", "/agent-config/<name>", "/agent/<name>",
+                          "/agent/<name>/", "/agent/<name>/stats", "/agent/<name>/static/<path:path>"})
+SESSION_RECHECK_SECONDS = web.KEEPALIVE_SECONDS  # an open stream ends this soon after its session does
 AGENT_PAGES = {"": "agent.html", "stats": "stats.html"}  # served by the core, not the harness
 ACTIONS = {  # POST /<action>/<name> -> (verb, fixed arguments)
     "start": ("start", {}), "stop": ("stop", {}), "restart": ("restart", {}), "rebuild": ("rebuild", {}),
@@ -55,20 +50,7 @@ ACTIONS = {  # POST /<action>/<name> -> (verb, fixed arguments)
 
 
 def message_row(message):
-    return dict(message, body_html=markup.render(message["body"]))
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket: how the core reaches an agent's page."""
-
-    def __init__(self, path, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+    return dict(message, body_html=renderer.render(message["body"]))
 
 
 class Dashboard:
@@ -120,13 +102,15 @@ class Dashboard:
                     del self._frames[seq]
         return found
 
-    def stream(self):
+    def stream(self, session=None):
+        """The dashboard's SSE body; it ends once `session` (when given) has been logged out or expired."""
         queue = self.core.hub.subscribe()
+        live = self._live(session)
 
         def frames():
             try:
                 yield web.SSE_HELLO
-                while True:
+                while live():
                     try:
                         event = queue.get(timeout=web.KEEPALIVE_SECONDS)
                     except Empty:
@@ -141,20 +125,48 @@ class Dashboard:
 
         return frames()
 
+    def _live(self, session):
+        """A check an open stream makes as it goes: its session is still live (asked at most every keepalive)."""
+        if session is None:
+            return lambda: True
+        checked = [time.monotonic()]
+
+        def live():
+            if time.monotonic() - checked[0] < SESSION_RECHECK_SECONDS:
+                return True
+            checked[0] = time.monotonic()
+            if self._still_logged_in(session):
+                return True
+            log.info("closing a stream of session %d: it was logged out or expired", session.id)
+            return False
+
+        return live
+
     # -- the guard --------------------------------------------------------------------------
 
     def _guard(self, callback):
         def wrapper(*args, **kwargs):
             request = bottle.request
-            if request.path != "/login":
-                if not self.auth.is_operator(_operator_cookie(request)):
-                    raise wire.HiveError("you are not logged in: run `hyperhive login-url` on the hive's host "
-                                         "and open the URL it prints", "unauthorized")
+            rule = request.route.rule
+            if rule not in OPEN_ROUTES:
+                shell = rule in SHELL_ROUTES
+                session = self.auth.session(_operator_cookie(request), _key(request), need_key=not shell)
+                if session is None:
+                    raise wire.HiveError(
+                        "you are not logged in (or this session ended): run `hyperhive login-url` on the hive's "
+                        "host and open the URL it prints" + ("" if shell else "; a page opened before that "
+                                                             "login needs a reload"), "unauthorized")
+                request.environ["hive.session"] = session
                 if request.method not in ("GET", "HEAD"):
                     self._check_origin(request)
             return callback(*args, **kwargs)
 
         return wrapper
+
+    def _still_logged_in(self, session):
+        """For an open stream: whether its session is still live (checked at most every keepalive)."""
+        return WebSession.get_or_none((WebSession.id == session.id) & WebSession.revoked_at.is_null()
+                                      & (WebSession.expires_at > int(time.time() * 1000))) is not None
 
     @staticmethod
     def _check_origin(request):
@@ -175,6 +187,9 @@ class Dashboard:
         route = app.route
 
         route("/login", callback=self.login)
+        route("/logout", "POST", self.logout)
+        route("/logout/<session_id>", "POST", self.logout)
+        route("/api/sessions", callback=self.sessions)
         route("/", callback=lambda: web.page("dashboard.html"))
         route("/static/<path:path>", callback=lambda path: web.static(path))
         route("/api/state", callback=lambda: web.json_response(self.state()))
@@ -190,7 +205,8 @@ class Dashboard:
         route(f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "POST", self.lifecycle_action)
         route("/journal/<name>", callback=self.journal_page)
         route("/journal/<name>/stream", callback=self.journal_stream)
-        route("/agent-config/<name>", callback=self.agent_config)
+        route("/agent-config/<name>", callback=self.config_page)
+        route("/api/agent-config/<name>", callback=self.agent_config)
         route("/approval/<approval_id>/diff", callback=self.approval_diff)
         route("/file-ref/<message_id>/<index>", callback=self.file_ref)
         route("/agent/<name>", callback=lambda name: bottle.redirect(f"/agent/{wire.check_name(name)}/", 308))
@@ -201,17 +217,33 @@ class Dashboard:
         return app
 
     def login(self):
-        if not self.auth.redeem(bottle.request.query.get("token")):
+        request = bottle.request
+        if not self.auth.redeem(request.query.get("token")):
             raise wire.HiveError("this login link is used up or expired; run `hyperhive login-url` on the "
                                  "hive's host for a new one", "unauthorized")
-        response = bottle.HTTPResponse(status=303, headers={"Location": "/", "Cache-Control": "no-store"})
-        response.set_cookie(COOKIE, self.auth.secret, httponly=True, samesite="strict", path="/",
-                            max_age=COOKIE_SECONDS, secure=bottle.request.urlparts.scheme == "https")
-        log.info("the operator logged in from %s", bottle.request.remote_addr)
+        cookie, key, _ = self.auth.open_session(request.remote_addr, request.get_header("User-Agent", ""))
+        # the key rides in the fragment: the browser keeps it from every server and every Referer
+        response = bottle.HTTPResponse(status=303, headers={"Location": f"/#hive-key={key}", "Cache-Control": "no-store",
+                                                            "Referrer-Policy": "no-referrer"})
+        response.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", path="/",
+                            max_age=auths.SESSION_SECONDS, secure=request.urlparts.scheme == "https")
         return response
 
+    def logout(self, session_id=None):
+        """End this session (the browser's own) or, with an id, another one listed by /api/sessions."""
+        own = bottle.request.environ["hive.session"]
+        target = own.id if session_id is None else _int(session_id, "session id", 1)
+        self.auth.logout(target)
+        response = web.json_response({"ok": True, "ended": target})
+        if target == own.id:
+            response.delete_cookie(COOKIE, path="/")
+        return response
+
+    def sessions(self):
+        return web.json_response({"sessions": self.auth.sessions(current=bottle.request.environ["hive.session"])})
+
     def sse(self):
-        return web.sse(self.stream())
+        return web.sse(self.stream(bottle.request.environ.get("hive.session")))
 
     def get_history(self):
         query = bottle.request.query
@@ -276,6 +308,11 @@ class Dashboard:
         reach = self.core.lifecycle.reader_reach(message.sender, message.recipient)
         return web.json_response(reach.preview(refs[number]["path"]))
 
+    def config_page(self, name):
+        wire.check_name(name)
+        self.core.lifecycle.get(name)
+        return web.page("config.html", name=name)
+
     def agent_config(self, name):
         wire.check_name(name)
         self.core.lifecycle.get(name)
@@ -303,11 +340,12 @@ class Dashboard:
         backend = self.core.lifecycle.backend
         cursor = bottle.request.get_header("Last-Event-ID") or None
         lines, cursor = backend.log_tail(name, home, cursor)  # a first failure is the page's error
+        live = self._live(bottle.request.environ.get("hive.session"))
 
         def frames(lines=lines, cursor=cursor):
             yield web.SSE_HELLO
             quiet_since = time.monotonic()
-            while True:
+            while live():
                 if lines:
                     yield web.sse_frame({"lines": lines}, cursor)
                     quiet_since = time.monotonic()
@@ -335,67 +373,17 @@ class Dashboard:
     def proxy(self, name, path):
         wire.check_name(name)
         self.core.lifecycle.get(name)
-        request = bottle.request
-        layout = self.core.lifecycle.layout
-        sock_dir = os.path.dirname(layout.socket(name))
-        headers = {h: request.get_header(h) for h in PROXY_REQUEST_HEADERS if request.get_header(h)}
-        headers["X-Hive-Secret"] = self.auth.agent_secret(sock_dir)  # never the operator's cookie
-        target = "/" + path + (f"?{request.query_string}" if request.query_string else "")
-        target = urllib.parse.quote(target, safe="/?&=%:@!$'()*+,;~-._")
-        body = request.body.read() if request.method == "POST" else None
-        streaming = "text/event-stream" in request.get_header("Accept", "")
-        path_ = os.path.join(sock_dir, WEB_SOCKET)
-        try:
-            is_socket = stat.S_ISSOCK(os.lstat(path_).st_mode)  # lstat: a link there is not followed
-        except FileNotFoundError:
-            is_socket = False
-        if not is_socket:
-            raise wire.HiveError(f"{name}'s page is not up: its harness is not running or still starting "
-                                 "(start it from the dashboard, or wait a moment)", "unavailable")
-        conn = UnixHTTPConnection(path_, STREAM_TIMEOUT if streaming else PROXY_TIMEOUT)
-        try:
-            conn.request(request.method, target, body=body, headers=headers)
-            upstream = conn.getresponse()
-        except (FileNotFoundError, ConnectionRefusedError):
-            conn.close()
-            raise wire.HiveError(f"{name}'s page is not up: its harness is not running or still starting "
-                                 "(start it from the dashboard, or wait a moment)", "unavailable") from None
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise wire.HiveError(f"{name}'s page did not answer: {e}", "unavailable") from None
-        kind = (upstream.getheader("Content-Type") or "").split(";")[0].strip().lower()
-        if kind not in PROXY_KINDS:
-            conn.close()
-            raise wire.HiveError(f"{name}'s page answered /{path} with {kind or 'no content type'}; only JSON and "
-                                 "event streams are passed on from a harness (its pages come from the core)",
-                                 "unavailable")
-        passed = {h: upstream.getheader(h) for h in PROXY_RESPONSE_HEADERS if upstream.getheader(h)}
-        passed.update(PROXY_SAFETY)
-        if kind != "text/event-stream":
-            try:
-                data = upstream.read()
-            except (OSError, http.client.HTTPException) as e:
-                raise wire.HiveError(f"{name}'s page broke off its answer: {e}", "unavailable") from None
-            finally:
-                conn.close()
-            return bottle.HTTPResponse(data, upstream.status, passed)
+        sock_dir = os.path.dirname(self.core.lifecycle.layout.socket(name))
+        return agentpage.proxy(name, path, sock_dir, self.auth.agent_secret(sock_dir),
+                               live=self._live(bottle.request.environ.get("hive.session")))
 
-        def relay():
-            try:
-                while True:
-                    chunk = upstream.read1(65536)
-                    if not chunk:
-                        return
-                    yield chunk
-            except (OSError, http.client.HTTPException) as e:
-                log.info("%s's page stream ended: %s", name, e)
-            finally:
-                conn.close()
 
-        bottle.response.status = upstream.status
-        for key, value in passed.items():
-            bottle.response.set_header(key, value)
-        return relay()
+def _key(request):
+    """The session key a request carries: its header, or (for an EventSource, which sends no headers) ?key=."""
+    key = request.environ.get("HTTP_" + KEY_HEADER.upper().replace("-", "_"))
+    if not key and request.method == "GET":
+        key = request.query.get(KEY_PARAM)
+    return key or None
 
 
 def _operator_cookie(request):

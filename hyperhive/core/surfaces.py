@@ -21,9 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class Surfaces:
-    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None, reminders=None):
+    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None, reminders=None, auth=None):
         self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
-        self.questions, self.reminders = questions, reminders
+        self.questions, self.reminders, self.auth = questions, reminders, auth
         self.urls = urls or {"domain": None, "home": None, "forge": None}
         self.login_url = None  # () -> a one-time dashboard URL, set when the dashboard serves
 
@@ -192,6 +192,12 @@ class Surfaces:
             raise wire.HiveError("this core serves no dashboard (it was started with --dashboard-port off)",
                                  "unavailable")
         return wire.ok(url=self.login_url())
+
+    def do_sessions(self, caller):
+        return wire.ok(sessions=self.auth.sessions())
+
+    def do_logout(self, caller, id):
+        return wire.ok(ended=self.auth.logout(id))
 
     def do_subscribe_agent_status(self, caller):
         queue = self.hub.subscribe()
