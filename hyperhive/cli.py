@@ -7,7 +7,8 @@ Usage:
   hyperhive [options] list
   hyperhive [options] status
   hyperhive [options] send NAME BODY
-  hyperhive [options] inbox [--limit N]
+  hyperhive [options] inbox [--limit N] [--before ID] [--unread] [--from NAME]
+  hyperhive [options] read (MESSAGE... | --all)
   hyperhive [options] spawn NAME
   hyperhive [options] start NAME...
   hyperhive [options] stop NAME... [--now]
@@ -43,7 +44,9 @@ Verbs (one request on the core's admin socket):
   list            names of every agent
   status          one row per agent: state, model, login, parent, status text
   send            send BODY to NAME as the operator
-  inbox           messages to the operator, newest first
+  inbox           messages to the operator, newest first (unread marked *; --before ID pages back),
+                  and who sent how many
+  read            mark messages to the operator read (unread ones are never swept)
   spawn           create and start an agent
   start, stop     start or stop agents (stop waits for a running turn unless --now)
   restart         stop then start an agent
@@ -68,6 +71,9 @@ Options:
   --socket PATH   the core's admin socket (env HIVE_HOST_SOCKET, else <state-dir>/run/host.sock)
   --json          print the core's raw answer instead of a table
   --limit N       how many messages [default: 20]
+  --before ID     only messages older than message ID
+  --unread        only messages not yet read
+  --from NAME     only messages from NAME
   --now           do not wait for a running turn to finish
   --purge         also delete the agent's state dir
   --reason TEXT   why an approval is denied [default: ]
@@ -104,8 +110,18 @@ def _status_table(answer):
 
 
 def _messages_table(answer):
-    rows = [dict(m, body=m["body"].replace("\n", " ")[:100]) for m in answer["messages"]]
+    rows = [dict(m, body=m["body"].replace("\n", " ")[:100], id=f"{m['id']}{'' if m.get('acked_at') else '*'}")
+            for m in answer["messages"]]
     return _table(rows, ["id", "sent_at", "from", "body"]) if rows else "(no messages)"
+
+
+def _inbox(answer):
+    text = _messages_table(answer)
+    senders = answer.get("senders") or []
+    if senders:
+        text += "\n\n" + "  ".join(f"{s['name']}: {s['unread']} unread, {s['last_hour']} in the last hour"
+                                   for s in senders)
+    return text
 
 
 def _approvals_table(answer):
@@ -146,7 +162,18 @@ def request_for(args):
             limit = int(args["--limit"])
         except ValueError:
             raise wire.HiveError(f"--limit must be a number, got {args['--limit']!r}") from None
-        return "inbox", {"limit": limit}, _messages_table, 30
+        try:
+            before = int(args["--before"]) if args["--before"] else None
+        except ValueError:
+            raise wire.HiveError(f"--before is a message id (a number), got {args['--before']!r}") from None
+        return "inbox", {"limit": limit, "before": before, "unread": args["--unread"], "sender": args["--from"]}, \
+            _inbox, 30
+    if args["read"]:
+        try:
+            ids = None if args["--all"] else [int(i) for i in args["MESSAGE"]]
+        except ValueError:
+            raise wire.HiveError(f"message ids are numbers, got {' '.join(args['MESSAGE'])!r}") from None
+        return "mark_read", {"ids": ids}, lambda a: f"marked {len(a['read'])} message(s) read", 30
     if args["pending"]:
         return "pending", {}, _approvals_table, 30
     if args["approve"] or args["deny"]:

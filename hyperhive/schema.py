@@ -138,6 +138,9 @@ CORE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS message_acked_at ON message (acked_at) WHERE acked_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS message_recipient_sent ON message (recipient, id)",
     "CREATE INDEX IF NOT EXISTS message_sender ON message (sender, id)",
+    # the cap on what one sender leaves unread for the operator, checked at every such send
+    "CREATE INDEX IF NOT EXISTS message_operator_unread ON message (sender) "
+    "WHERE recipient = 'operator' AND acked_at IS NULL",
     "CREATE INDEX IF NOT EXISTS approval_status ON approval (status, id)",
     # open questions: the operator's queue, loose ends, and the ttl watchdog's sweep
     "CREATE INDEX IF NOT EXISTS question_open ON question (target, id) WHERE answered_at IS NULL",

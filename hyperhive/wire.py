@@ -289,8 +289,11 @@ VERBS = {
     "spawn": ((_NAME,), "create and start a new agent"),
     "destroy": ((_NAME, Arg("purge", "bool", False, False)),
                 "remove an agent; its state stays as a tombstone unless purge"),
-    "inbox": ((Arg("limit", "int", False, 20, 1, 1000),),
-              "messages addressed to you (the operator, on host.sock), newest first"),
+    "inbox": ((Arg("limit", "int", False, 20, 1, 1000), Arg("before", "int", False, None, 1),
+               Arg("unread", "bool", False, False), Arg("sender", "str", False)),
+              "messages addressed to you (the operator, on host.sock), newest first; `before` pages back, "
+              "`unread` and `sender` filter"),
+    "mark_read": ((Arg("ids", "ids", False),), "mark messages to you read (without ids: every unread one)"),
     # shared by host and agent surfaces
     "send": ((Arg("to", "name"), Arg("body", "text")), "send a message"),
     # agent verbs
@@ -351,7 +354,7 @@ SURFACE_ARGS = {
 
 HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending",
               "start", "stop", "restart", "rebuild", "kill", "set_paused", "spawn",
-              "destroy", "send", "inbox", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
+              "destroy", "send", "inbox", "mark_read", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
               "update_meta", "login_url", "sessions", "logout", "questions", "answer", "cancel_question")
 AGENT_VERBS = ("send", "recv", "ack_turn", "cancel_turn", "retry_cancelled", "requeue_inflight", "recent",
                "inbox", "operator_msg", "whoami", "get_loose_ends", "cancel_loose_end", "ask", "answer", "cancel_question",

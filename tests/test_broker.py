@@ -5,6 +5,7 @@ import pytest
 from gevent.event import Event
 
 from conftest import RecordingHub
+from hyperhive import wire
 from hyperhive.core.broker import Broker
 from hyperhive.schema import Message, core_db, open_core
 
@@ -142,11 +143,47 @@ def test_requeue_wakes_a_long_poll(broker):
     assert waiter.get(timeout=5) == ["x"]
 
 
-def test_messages_to_the_operator_are_handled_on_arrival(broker):
-    broker.send("a", "operator", "report")
+def test_messages_to_the_operator_stay_unread_until_read_and_are_never_swept_unread(broker):
+    from hyperhive.core.sweeps import Sweeper
+
+    first = broker.send("a", "operator", "report")
     m = Message.get()
-    assert m.delivered_at is not None and m.acked_at is not None
+    assert m.delivered_at is not None and m.acked_at is None, "delivered once stored; read only when read"
     assert bodies(broker.inbox("operator", 10)) == ["report"]
+    assert Sweeper().step(now=2_000_000_000) == {"messages": 0, "questions": 0, "reminders": 0}, \
+        "years later, an unread report is still there"
+    second = broker.send("b", "operator", "another")
+    assert broker.mark_read("operator", [first]) == [first]
+    assert broker.hub.events[-1] == ("read", {"recipient": "operator", "ids": [first]})
+    assert bodies(broker.inbox("operator", 10, unread=True)) == ["another"]
+    assert broker.mark_read("operator") == [second] and broker.mark_read("operator") == []
+
+
+def test_the_inbox_pages_back_to_the_first_message_and_names_who_floods(broker):
+    ids = [broker.send("bulk", "operator", f"line {i}") for i in range(25)]
+    report = broker.send("quiet", "operator", "the report that matters")
+    page, seen = broker.inbox("operator", 10), []
+    while page:
+        seen += [m["id"] for m in page]
+        page = broker.inbox("operator", 10, before=page[-1]["id"])
+    assert seen == [report, *reversed(ids)], "every message, newest first, down to the first"
+    assert broker.senders("operator") == [{"name": "bulk", "unread": 25, "last_hour": 25},
+                                          {"name": "quiet", "unread": 1, "last_hour": 1}]
+
+
+def test_one_sender_may_leave_only_so_many_unread_for_the_operator(broker, monkeypatch):
+    from hyperhive.core import broker as brokers
+
+    monkeypatch.setattr(brokers, "OPERATOR_UNREAD_PER_SENDER", 3)
+    for i in range(3):
+        broker.send("flood", "operator", f"{i}")
+    with pytest.raises(wire.HiveError) as refused:
+        broker.send("flood", "operator", "one too many")
+    assert refused.value.code == "conflict" and "3 unread messages from flood" in str(refused.value)
+    assert broker.send("other", "operator", "still heard")
+    assert broker.send("core", "operator", "the core's own events are capped where they are made")
+    broker.mark_read("operator")
+    assert broker.send("flood", "operator", "read: room again")
 
 
 def test_inbox_is_newest_first(broker):

@@ -96,9 +96,17 @@ def test_inbox_table_and_json(hive):
     ok_out(hive, "send", "manager", "FAKE: send operator second-reply")
     wait_until(lambda: len(hive.call("inbox")["messages"]) == 2, 30, "the manager's second reply")
 
-    table = ok_out(hive, "inbox")
+    out = ok_out(hive, "inbox")
+    table, _, senders = out.partition("\n\n")
     assert header(table) == ["ID", "SENT_AT", "FROM", "BODY"]
     assert [(r[2], r[3]) for r in rows(table)] == [("manager", "second-reply"), ("manager", "first-reply")]
+    assert all(r[0].endswith("*") for r in rows(table)), "unread ones are starred"
+    assert senders == "manager: 2 unread, 2 in the last hour\n"
+    first = rows(table)[1][0].rstrip("*")
+    assert ok_out(hive, "read", first) == "marked 1 message(s) read\n"
+    assert [r[0].endswith("*") for r in rows(ok_out(hive, "inbox").partition("\n\n")[0])] == [True, False]
+    assert ok_out(hive, "read", "--all") == "marked 1 message(s) read\n"
+    assert ok_out(hive, "inbox", "--unread") == "(no messages)\n\nmanager: 0 unread, 2 in the last hour\n"
 
     answer = json.loads(ok_out(hive, "--json", "inbox", "--limit", "1"))
     [newest] = answer["messages"]

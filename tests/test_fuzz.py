@@ -387,7 +387,8 @@ HARMLESS_VERBS = frozenset({
     "list", "agent_status", "subscribe_agent_status", "urls", "pending", "inbox", "tombstones", "questions",
     "login_url", "send", "operator_msg", "whoami", "recent", "get_loose_ends", "count_pending_reminders",
     "set_status", "ack_turn", "requeue_inflight", "answer", "cancel_question", "cancel_loose_end", "ask",
-    "approve", "deny", "update_meta", "recv", "remind", "cancel_turn", "retry_cancelled", "sessions"})
+    "approve", "deny", "update_meta", "recv", "remind", "cancel_turn", "retry_cancelled", "sessions",
+    "mark_read"})
 # Verbs sent valid only with names the hive does not have: they must be refused.
 NAMED_VERBS = frozenset({"start", "stop", "restart", "rebuild", "kill", "set_paused", "destroy", "purge_tombstone"})
 # Verbs never sent valid: each would add an agent, an approval, or flip an agent's login.
@@ -716,7 +717,7 @@ PAGE = page_app()
 DASHBOARD_POSTS = {"/op-send", "/spawn", "/approve/<approval_id>", "/deny/<approval_id>",
                    "/answer-question/<question_id>", "/destroy/<name>", "/meta-update",
                    f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "/agent/<name>/<path:path>", "/logout",
-                   "/logout/<session_id>"}
+                   "/logout/<session_id>", "/inbox/read"}
 PAGE_POSTS = {"/send", "/api/cancel", "/api/retry", "/api/compact", "/api/new-session", "/api/model", "/login/start",
               "/login/code", "/login/cancel", "/api/loose-ends/cancel"}
 COMPACTIONS = 3  # valid POST /api/compact run the fake claude: a few prove the route, more only load the box

@@ -185,6 +185,10 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
         ("GET", "/dashboard/stream"): lambda: stream_renders(b, hive, "/dashboard/stream", dashboard_sees),
         ("GET", "/dashboard/history"): lambda: history_renders(b, file_msg),
         ("POST", "/op-send"): lambda: judged(b.request("POST", "/op-send", {"to": "@a", "body": "hi **a**"})),
+        ("GET", "/api/inbox"): lambda: assert_has(judged(b.request("GET", f"/api/inbox?sender=v&before={10**6}")),
+                                                  b'"senders"'),
+        ("POST", "/inbox/read"): lambda: assert_has(judged(b.request("POST", "/inbox/read", {"ids": [file_msg]})),
+                                                    f"[{file_msg}]".encode()),
         ("POST", "/spawn"): lambda: judged(b.request("POST", "/spawn", {"name": "w2"})),
         ("POST", "/approve/<approval_id>"): lambda: judged(b.request("POST", f"/approve/{to_approve}")),
         ("POST", "/deny/<approval_id>"): lambda: judged(b.request("POST", f"/deny/{to_deny}", {"reason": "no"})),
@@ -395,6 +399,7 @@ def test_every_verb_of_every_surface_answers_from_the_pyz(hive):
     call("host", "kill", name="x")
     call("host", "send", to="v", body="for v's recv")
     call("host", "inbox", limit=5)
+    call("host", "mark_read")
     ids["init"] = call("manager", "request_init_config", name="y", description="a new agent")["id"]
     assert ids["init"] in [a["id"] for a in call("host", "pending")["approvals"]]
     call("host", "approve", id=ids["init"])

@@ -357,7 +357,8 @@ def test_a_login_change_is_recorded_and_told_to_the_manager_and_the_operator_onc
     assert rig.call("agent", "a", "report_login", logged_in=False)["changed"] is False
     rig.call("agent", "a", "report_login", logged_in=True)
     told = ["[helper event] needs_login: a's claude has no valid login, so its turns are parked; the operator logs "
-            "it in on its page (/agent/a/). (auth status: loggedIn false)",
+            'it in on its page (/agent/a/). (its harness says: "auth status: loggedIn false")',
+
             "[helper event] logged_in: a's claude runs again; its waiting messages run."]
     assert [m["body"] for m in rig.inbox("manager")] == told
     assert [m["body"] for m in rig.broker.inbox("operator", 10)][::-1] == told
@@ -374,8 +375,8 @@ def test_a_missing_claude_is_its_own_state_told_once(rig):
     assert agent.claude_missing == said and agent.needs_login is False
     assert rig.call("agent", "a", "report_login", logged_in=False, note=said, claude_missing=True)["changed"] is False
     [told] = [m["body"] for m in rig.inbox("manager")]
-    assert told == f"[helper event] claude_missing: a cannot run claude: {said}. Its messages wait until the binary " \
-        "is there."
+    assert told == ("[helper event] claude_missing: a cannot run claude; its messages wait until the binary is there "
+                    f'(its harness says: "{said}")')
     rig.call("agent", "a", "report_login", logged_in=True)
     assert Agent.get_by_id("a").claude_missing is None
 
@@ -488,3 +489,21 @@ def test_a_reminder_set_for_ten_seconds_later_arrives_when_the_stepped_clock_get
     hive.call("stop", scope={"agent_names": ["a"]})
     wait_until(lambda: not hive.row("a")["running"], 30, "a to stop")
     assert hive.row("a")["status_text"] is None, "a status shows only while the agent runs"
+
+
+def test_helper_events_about_one_subject_are_held_past_a_burst_and_folded_into_the_next(rig):
+    from hyperhive.core.helperevents import HelperEvents
+
+    clock = Clock(1000.0)
+    events = HelperEvents(rig.broker, clock=clock, burst=2, window=600)
+    assert [events.tell("a's login", "manager", f"state {i}") for i in range(5)] == [True, True, False, False, False]
+    assert [m["body"] for m in rig.inbox("manager")] == ["state 0", "state 1"]
+    assert events.tell("b's login", "manager", "b's own") is True, "another subject has its own window"
+    rig.inbox("manager")
+    clock.t += 599
+    assert events.step() == 0
+    clock.t += 1
+    assert events.step() == 1
+    assert [m["body"] for m in rig.inbox("manager")] == ["state 4 (2 earlier change(s) of a's login were folded "
+                                                         "into this one)"]
+    assert events.step() == 0 and events.held == {}

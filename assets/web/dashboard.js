@@ -18,12 +18,13 @@
 
   const LAST_TO_KEY = "hive.compose.to";
   const NOTIFY_KEY = "hive.notify";
-  const INBOX_MAX = 100;
+  const INBOX_MAX = 500;        // messages kept on the page (paging back adds to them)
+  const INBOX_PAGE = 50;        // what /api/state and /api/inbox answer at a time
   const LINGER_MS = 4000;       // a resolved approval/question shows its outcome this long
   const DIFF_OPEN_LINES = 60;   // smaller diffs start open
   const STATE_KINDS = new Set(["sent", "delivered", "approval_added", "approval_resolved", "question_added",
     "question_resolved", "transient_set", "transient_cleared", "container_state_changed",
-    "container_removed", "tombstones_changed", "meta_inputs_changed", "cancelled", "requeued"]);
+    "container_removed", "tombstones_changed", "meta_inputs_changed", "cancelled", "requeued", "read"]);
 
   /* The page's model of the hive: seeded by /api/state, then moved by events. */
   const state = {
@@ -32,7 +33,10 @@
     transients: new Map(),  // name → "restarting" …
     approvals: new Map(),   // id → pending approval
     questions: new Map(),   // id → open question
-    inbox: new Map(),       // id → message addressed to the operator
+    inbox: new Map(),       // id → message addressed to the operator (acked_at: read)
+    senders: [],            // [{name, unread, last_hour}] of the inbox
+    inboxFrom: null,        // the one sender the inbox shows, or null for all
+    inboxEnd: false,        // paged back to the first message
     delivered: new Set(),   // message ids a `delivered` event marked
     cancelled: new Set(),   // message ids a cancelled turn had (until retried)
     tombstones: [],
@@ -139,6 +143,9 @@
     state.questions = new Map((st.questions || []).map((q) => [q.id, q]));
     state.inbox = new Map();
     for (const m of st.inbox || []) if (m && m.id !== undefined) state.inbox.set(m.id, m);
+    state.senders = st.inbox_senders || [];
+    state.inboxFrom = null;
+    state.inboxEnd = (st.inbox || []).length < INBOX_PAGE;
     state.tombstones = st.tombstones || [];
     state.metaInputs = st.meta_inputs === undefined ? null : st.meta_inputs;
 
@@ -170,6 +177,9 @@
       }
       case "delivered":
         markDelivered(ev.ids || []);
+        break;
+      case "read":
+        if (ev.recipient === "operator") markRead(ev.ids || []);
         break;
       case "cancelled":
         markCancelled(ev.ids || [], true);
@@ -481,9 +491,14 @@
   function addInbox(m, live) {
     if (!m || m.id === undefined) return;
     const known = state.inbox.has(m.id);
+    const sender = state.senders.find((s) => s.name === m.from);
+    if (!known && !m.acked_at) {
+      if (sender) { sender.unread += 1; sender.last_hour += 1; } else state.senders.push({name: m.from, unread: 1, last_hour: 1});
+    }
+    if (state.inboxFrom && state.inboxFrom !== m.from) { renderSenders(); return; }  // filtered to another sender
     state.inbox.set(m.id, m);
     const ids = [...state.inbox.keys()].sort((a, b) => a - b);
-    while (ids.length > INBOX_MAX) state.inbox.delete(ids.shift());
+    while (ids.length > INBOX_MAX) { state.inbox.delete(ids.shift()); state.inboxEnd = false; }
     renderInbox();
     if (live && !known) {
       const node = els.inbox.querySelector(`[data-message="${CSS.escape(String(m.id))}"]`);
@@ -493,9 +508,62 @@
 
   function renderInbox() {
     const items = [...state.inbox.values()].sort((a, b) => b.id - a.id); // newest first
-    syncList(els.inbox, items, (m) => m.id, inboxItem, "message");
-    setEmpty(els.inbox, "no messages for you yet");
-    count("#inbox-count", items.length);
+    syncList(els.inbox, items, inboxKey, inboxItem, "inboxKey");  // a message read is drawn anew
+    setEmpty(els.inbox, state.inboxFrom ? `no messages from ${state.inboxFrom}` : "no messages for you yet");
+    count("#inbox-count", state.senders.reduce((n, s) => n + (s.unread || 0), 0));
+    $("#inbox-older").hidden = state.inboxEnd || !items.length;
+    renderSenders();
+  }
+
+  /* Who sent how many: a flood shows, and one click shows a quiet sender's report the flood buried. */
+  function renderSenders() {
+    const box = $("#inbox-senders");
+    const chips = state.senders.filter((s) => s.unread || s.last_hour).map((s) => {
+      const chip = h("button", {type: "button", class: ["chip", "sender-chip", state.inboxFrom === s.name && "active"],
+        data: {sender: s.name}, title: `${s.unread} unread, ${s.last_hour} in the last hour: show only ${s.name}'s`},
+      nameEl(s.name), ` ${s.unread} unread · ${s.last_hour}/h`);
+      chip.addEventListener("click", () => showFrom(state.inboxFrom === s.name ? null : s.name));
+      return chip;
+    });
+    if (state.inboxFrom) {
+      const all = h("button", {type: "button", class: "chip", title: "every sender again"}, "× all senders");
+      all.addEventListener("click", () => showFrom(null));
+      chips.unshift(all);
+    }
+    box.replaceChildren(...chips);
+    box.hidden = !chips.length;
+  }
+
+  async function loadInbox(before) {
+    const q = new URLSearchParams();
+    if (before) q.set("before", before);
+    if (state.inboxFrom) q.set("sender", state.inboxFrom);
+    const page = await getJSON(`/api/inbox?${q}`);
+    for (const m of page.messages || []) state.inbox.set(m.id, m);
+    state.senders = page.senders || state.senders;
+    state.inboxEnd = (page.messages || []).length < INBOX_PAGE;
+    renderInbox();
+  }
+
+  async function showFrom(name) {
+    state.inboxFrom = name;
+    state.inbox = new Map();
+    try { await loadInbox(null); } catch (e) { toast(`the inbox could not be loaded: ${e.message}`, "error"); }
+  }
+
+  function markRead(ids) {
+    const read = new Set(ids);
+    for (const id of ids) {
+      const m = state.inbox.get(id);
+      if (m && !m.acked_at) m.acked_at = new Date().toISOString();
+    }
+    getJSON("/api/inbox?limit=1").then((page) => { state.senders = page.senders || state.senders; renderInbox(); })
+      .catch((e) => console.warn("refreshing the inbox's senders failed:", e));
+    if (read.size) renderInbox();
+  }
+
+  function inboxKey(m) {
+    return `${m.id}:${m.acked_at ? "read" : "unread"}`;
   }
 
   function inboxItem(m) {
@@ -503,8 +571,14 @@
     const reply = h("button", {type: "button", class: "btn btn-sm btn-ghost", data: {action: "reply"},
       title: `reply to ${m.from}`}, "↩ reply");
     reply.addEventListener("click", () => composeTo(m.from));
-    return h("article", {class: "inbox-item", data: {message: m.id}},
-      h("div", {class: "item-head"}, "from", nameEl(m.from), agoEl(m.sent_at), reply),
+    let read = null;
+    if (!m.acked_at) {
+      read = h("button", {type: "button", class: "btn btn-sm btn-ghost", data: {action: "read"}, title: "mark it read"}, "✓ read");
+      read.addEventListener("click", () => post("/inbox/read", {ids: [m.id]}, {button: read}));
+    }
+    return h("article", {class: ["inbox-item", !m.acked_at && "unread"],
+      data: {message: m.id, inboxKey: inboxKey(m), read: m.acked_at ? "true" : "false"}},
+      h("div", {class: "item-head"}, "from", nameEl(m.from), agoEl(m.sent_at), read, reply),
       H.clampable(body, m.body, "var(--bg-2)"), fileRefs(m));
   }
 
@@ -777,6 +851,13 @@
   }
 
   $("#meta-update").addEventListener("click", (e) => post("/meta-update", {}, {button: e.currentTarget}));
+  $("#inbox-read-all").addEventListener("click", (e) => post("/inbox/read", {}, {button: e.currentTarget}));
+  $("#inbox-older").addEventListener("click", async (e) => {
+    const oldest = Math.min(...state.inbox.keys());
+    e.currentTarget.disabled = true;
+    try { await loadInbox(oldest); } catch (err) { toast(`older messages could not be loaded: ${err.message}`, "error"); }
+    finally { e.currentTarget.disabled = false; }
+  });
 
   $("#spawn-form").addEventListener("submit", async (e) => {
     e.preventDefault();

@@ -1,10 +1,17 @@
-"""The message broker: durable queues with lease delivery.
+"""The message broker: durable queues with lease delivery, and the operator's inbox.
 
 A message is committed to sqlite before `send` answers, so an answered send
 survives a kill -9. `recv` pops (stamps delivered_at) and the harness acks
 only after a turn ended well; `requeue_inflight` at harness boot puts every
 popped-but-unacked row back, flagged redelivered. The sweep removes only acked
 rows (`sweeps`), so nothing unhandled is ever lost.
+
+The operator reads on the dashboard and the CLI: a message to the operator
+is delivered once stored, and acked when the operator marks it read
+(`mark_read`), so an unread one is never swept, however old. The inbox pages
+back to the first message, says per sender how many are unread and how many
+came in the last hour (who floods shows), and one sender may leave at most
+OPERATOR_UNREAD_PER_SENDER unread: a flood cannot bury the others' reports.
 """
 
 import json
@@ -38,6 +45,14 @@ def listed_row(m):
     return {"id": m.id, "from": m.sender, "body": m.body, "sent_at": iso(m.sent_at),
             "redelivered": m.redelivered, "file_refs": json.loads(m.file_refs), "to": m.recipient,
             "delivered_at": iso(m.delivered_at), "acked_at": iso(m.acked_at), "cancelled_at": iso(m.cancelled_at)}
+
+
+OPERATOR_UNREAD_PER_SENDER = 1000
+SENDER_RATE_SECONDS = 3600
+_UNREAD_FROM = ("SELECT count(*) FROM message INDEXED BY message_operator_unread "
+                "WHERE recipient = 'operator' AND acked_at IS NULL AND sender = ?")
+# the core's own helper events are not an agent's flood (they are rate-limited where they are made)
+UNCAPPED_SENDERS = frozenset({"core"})
 
 
 class Broker:
@@ -74,16 +89,22 @@ class Broker:
         now = self._now()
         if file_refs is None:
             file_refs = self._refs(sender, recipient, body)
-        # The operator reads on the dashboard: there is no turn to ack, so a
-        # message to the operator is delivered and handled once it is stored.
-        done = now if recipient == wire.OPERATOR else None
+        # The operator has no turn to pop it in: a message to the operator is
+        # delivered once stored, and handled once the operator marks it read.
+        delivered = now if recipient == wire.OPERATOR else None
+        if delivered is not None and sender not in UNCAPPED_SENDERS:
+            unread = core_db.execute_sql(_UNREAD_FROM, (sender,)).fetchone()[0]
+            if unread >= OPERATOR_UNREAD_PER_SENDER:
+                raise wire.HiveError(f"the operator has {unread} unread messages from {sender}, the most one sender "
+                                     "may leave; wait until the operator reads them (or send fewer, longer ones)",
+                                     "conflict")
         refs = json.dumps(list(file_refs))
         # one statement is its own transaction: committed when execute returns
-        mid = core_db.execute_sql(_INSERT, (sender, recipient, body, now, done, done, refs)).lastrowid
+        mid = core_db.execute_sql(_INSERT, (sender, recipient, body, now, delivered, None, refs)).lastrowid
         self._wake(recipient)
         aftermath.after(f"telling the dashboard about message {mid}", self.hub.publish, "sent", message={
             "id": mid, "from": sender, "body": body, "sent_at": iso(now), "redelivered": False,
-            "file_refs": list(file_refs), "to": recipient, "delivered_at": iso(done), "acked_at": iso(done),
+            "file_refs": list(file_refs), "to": recipient, "delivered_at": iso(delivered), "acked_at": None,
             "cancelled_at": None})
         return mid
 
@@ -183,10 +204,39 @@ class Broker:
                  .order_by(Message.id.desc()).limit(limit))
         return [listed_row(m) for m in query]
 
-    def inbox(self, recipient, limit):
-        query = (Message.select().where(Message.recipient == recipient)
-                 .order_by(Message.id.desc()).limit(limit))
-        return [listed_row(m) for m in query]
+    def inbox(self, recipient, limit, before=None, unread=False, sender=None):
+        """Messages to recipient, newest first: below id `before` (a page further back), only unread ones,
+        only one sender's."""
+        query = Message.select().where(Message.recipient == recipient)
+        if sender is not None:
+            query = query.where(Message.sender == sender)
+        if before is not None:
+            query = query.where(Message.id < before)
+        if unread:
+            query = query.where(Message.acked_at.is_null())
+        return [listed_row(m) for m in query.order_by(Message.id.desc()).limit(limit)]
+
+    def senders(self, recipient):
+        """Per sender of recipient's inbox: how many are unread, and how many came in the last hour."""
+        since = self._now() - SENDER_RATE_SECONDS * 1000
+        rows = core_db.execute_sql(
+            "SELECT sender, SUM(acked_at IS NULL), SUM(sent_at >= ?) FROM message WHERE recipient = ? "
+            "AND (acked_at IS NULL OR sent_at >= ?) GROUP BY sender ORDER BY sender", (since, recipient, since))
+        return [{"name": name, "unread": unread, "last_hour": last_hour} for name, unread, last_hour in rows]
+
+    def mark_read(self, recipient, ids=None):
+        """The reader has seen these (None: everything unread); returns the ids newly marked read."""
+        with core_db.atomic():
+            query = Message.select(Message.id).where((Message.recipient == recipient) & Message.acked_at.is_null())
+            if ids is not None:
+                query = query.where(Message.id.in_(ids))
+            found = [mid for (mid,) in query.order_by(Message.id).tuples()]
+            if found:
+                Message.update(acked_at=self._now()).where(Message.id.in_(found)).execute()
+        if found:
+            aftermath.after("telling the dashboard what was read", self.hub.publish, "read", recipient=recipient,
+                            ids=found)
+        return found
 
     def pending_count(self, recipient):
         if recipient in self._held:

@@ -43,6 +43,7 @@ from hyperhive.core.auth import Auth
 from hyperhive.core.broker import Broker
 from hyperhive.core.gitrepos import Repos
 from hyperhive.core.events import Hub
+from hyperhive.core.helperevents import HelperEvents
 from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
 from hyperhive.core.questions import Questions
 from hyperhive.core.reminders import Reminders
@@ -126,7 +127,8 @@ class Core:
         self.hub = Hub()
         self.broker = Broker(self.hub, clock=clock)
         self.auth = Auth(clock=clock)
-        self.surfaces = Surfaces(self.broker, None, self.hub, auth=self.auth)
+        self.helper_events = HelperEvents(self.broker, clock=clock)
+        self.surfaces = Surfaces(self.broker, None, self.hub, auth=self.auth, helper_events=self.helper_events)
         self.sockets = Sockets(layout, self.surfaces)
         self.repos = Repos(layout.config_dir)
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
@@ -157,7 +159,8 @@ class Core:
                       every(SWEEP_SECONDS, self.auth.sweep, self.stopping),
                       every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping),
                       every(QUESTION_TTL_SECONDS, self.questions.expire_step, self.stopping),
-                      every(REMINDER_SECONDS, self.reminders.step, self.stopping)]
+                      every(REMINDER_SECONDS, self.reminders.step, self.stopping),
+                      every(REMINDER_SECONDS, self.helper_events.step, self.stopping)]
         log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
                  self.lifecycle.backend.name, self.layout.run_dir)
 

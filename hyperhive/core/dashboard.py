@@ -76,6 +76,8 @@ class Dashboard:
             "approvals": self.core.approvals.pending(with_diff=True),
             "questions": self.core.questions.pending_for_operator(),
             "inbox": [message_row(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE)],
+            "inbox_unread": [message_row(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE, unread=True)],
+            "inbox_senders": self.core.broker.senders(wire.OPERATOR),
             "tombstones": lifecycle.tombstones(),
             "meta_inputs": lifecycle.meta_inputs(),
         }
@@ -196,6 +198,8 @@ class Dashboard:
         route("/dashboard/stream", callback=self.sse)
         route("/dashboard/history", callback=self.get_history)
         route("/op-send", "POST", self.op_send)
+        route("/api/inbox", callback=self.inbox_page)
+        route("/inbox/read", "POST", self.mark_read)
         route("/spawn", "POST", self.spawn)
         route("/approve/<approval_id>", "POST", self.approve)
         route("/deny/<approval_id>", "POST", self.deny)
@@ -253,6 +257,21 @@ class Dashboard:
 
     def act(self, verb, **args):
         return web.json_response(self.dispatch({"cmd": verb, **args}))
+
+    def inbox_page(self):
+        """A page of the operator's inbox further back (`before`), with who sent how many."""
+        query = bottle.request.query
+        before = _int(query.get("before"), "before", 1) if query.get("before") else None
+        limit = min(INBOX_SIZE, _int(query.get("limit") or INBOX_SIZE, "limit", 1))
+        sender = query.getunicode("sender") or None
+        messages = self.core.broker.inbox(wire.OPERATOR, limit, before=before, unread=query.get("unread") == "1",
+                                          sender=sender)
+        return web.json_response({"messages": [message_row(m) for m in messages],
+                                  "senders": self.core.broker.senders(wire.OPERATOR)})
+
+    def mark_read(self):
+        ids = web.body().get("ids")
+        return self.act("mark_read", **({"ids": ids} if ids is not None else {}))
 
     def op_send(self):
         data = web.body()

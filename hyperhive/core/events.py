@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 KINDS = frozenset({
     "sent", "delivered", "approval_added", "approval_resolved", "question_added",
     "question_resolved", "transient_set", "transient_cleared", "container_state_changed",
-    "container_removed", "tombstones_changed", "meta_inputs_changed", "cancelled", "requeued",
+    "container_removed", "tombstones_changed", "meta_inputs_changed", "cancelled", "requeued", "read",
 })
 CLOSED = object()  # put on a subscriber's queue when the hub drops it
 

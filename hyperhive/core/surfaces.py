@@ -13,6 +13,7 @@ from gevent.queue import Empty
 
 from hyperhive import resources, wire
 from hyperhive.core import aftermath, reminders
+from hyperhive.core.helperevents import HelperEvents
 from hyperhive.core.events import CLOSED
 from hyperhive.core.looseends import LooseEnds
 from hyperhive.schema import Agent, now_ms
@@ -21,9 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class Surfaces:
-    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None, reminders=None, auth=None):
+    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None, reminders=None, auth=None,
+                 helper_events=None):
         self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
         self.questions, self.reminders, self.auth = questions, reminders, auth
+        self.helper_events = helper_events or HelperEvents(broker)
         self.urls = urls or {"domain": None, "home": None, "forge": None}
         self.login_url = None  # () -> a one-time dashboard URL, set when the dashboard serves
 
@@ -97,8 +100,14 @@ class Surfaces:
     def do_recent(self, caller, limit):
         return wire.ok(messages=self.broker.recent(caller, limit))
 
-    def do_inbox(self, caller, limit):
-        return wire.ok(messages=self.broker.inbox(caller, limit))
+    def do_inbox(self, caller, limit, before, unread, sender):
+        answer = wire.ok(messages=self.broker.inbox(caller, limit, before=before, unread=unread, sender=sender))
+        if caller == wire.OPERATOR:  # who floods shows
+            answer["senders"] = self.broker.senders(caller)
+        return answer
+
+    def do_mark_read(self, caller, ids):
+        return wire.ok(read=self.broker.mark_read(caller, ids))
 
     def do_whoami(self, caller):
         role = "manager" if caller == wire.MANAGER else "agent"
@@ -119,8 +128,9 @@ class Surfaces:
         """The harness's word on claude's login (or its binary); a change is told once to the manager and
         the operator."""
         agent = self.lifecycle.get(caller)
-        # the note goes into messages from `core`: one short line, so it cannot pose as another event
-        note = " ".join(note.split())[:300]
+        # the note goes into messages from `core`: one short line, quoted as the harness's words, so it
+        # cannot pose as another event or as the core's own sentence
+        note = " ".join(note.replace('"', "'").split())[:300]
         needs_login = not logged_in and not claude_missing
         missing = (note or "claude not found") if claude_missing else None
         if agent.needs_login == needs_login and agent.claude_missing == missing:
@@ -130,15 +140,16 @@ class Surfaces:
         if logged_in:
             text = f"[helper event] logged_in: {caller}'s claude runs again; its waiting messages run."
         elif claude_missing:
-            text = (f"[helper event] claude_missing: {caller} cannot run claude: {missing}. Its messages wait "
-                    "until the binary is there.")
+            text = (f"[helper event] claude_missing: {caller} cannot run claude; its messages wait until the "
+                    f'binary is there (its harness says: "{note}")')
         else:
             # the note in parentheses at the end: a reader sees where the harness's words start and stop
             text = (f"[helper event] needs_login: {caller}'s claude has no valid login, so its turns are parked; "
-                    f"the operator logs it in on its page (/agent/{caller}/)." + (f" ({note})" if note else ""))
+                    f"the operator logs it in on its page (/agent/{caller}/)." + (f' (its harness says: "{note}")'
+                                                                                 if note else ""))
         for whom in (wire.MANAGER, wire.OPERATOR):
-            if whom != caller:
-                aftermath.after(f"telling the {whom}", self.broker.send, "core", whom, text)
+            if whom != caller:  # rate-limited: an agent flapping its login must not spend the manager's turns
+                self.helper_events.tell(f"{caller}'s login", whom, text)
         log.warning("%s", text)
         return wire.ok(changed=True)
 
