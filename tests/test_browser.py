@@ -382,6 +382,26 @@ def test_cancel_on_the_page_stops_the_turn_marks_its_message_and_retry_runs_it_o
     assert_no_reload(page)
 
 
+def test_a_report_buried_under_a_flood_is_one_click_away_and_marked_read(page, hv):
+    report = hv.agent_call("a", "send", to="operator", body=unique("the report "))["id"]
+    # past the snapshot's 50 and the message flow's backfill of 200
+    flood = [hv.agent_call("manager", "send", to="operator", body=f"flood {i}")["id"] for i in range(250)]
+    open_dashboard(page, hv)
+    inbox = page.locator("#inbox")
+    expect(inbox.locator(f'[data-message="{flood[-1]}"]')).to_have_count(1)
+    expect(inbox.locator(f'[data-message="{report}"]')).to_have_count(0)  # buried
+    chip = page.locator('#inbox-senders [data-sender="manager"]')
+    expect(chip).to_contain_text("250 unread")
+    page.locator('#inbox-senders [data-sender="a"]').click()
+    item = inbox.locator(f'[data-message="{report}"]')
+    expect(item).to_have_attribute("data-read", "false")
+    item.locator('[data-action="read"]').click()
+    expect(inbox.locator(f'[data-message="{report}"]')).to_have_attribute("data-read", "true")
+    hv.call("mark_read")
+    expect(page.locator("#inbox-count")).to_have_text("0")
+    assert_no_reload(page)
+
+
 def test_a_missing_claude_is_named_on_the_card_and_the_page(browser, tmp_path):
     missing = str(tmp_path / "no" / "claude")
     with running(Hive(tmp_path / "state", claude=missing, env={"ANTHROPIC_API_KEY": "k"},

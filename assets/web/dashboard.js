@@ -492,7 +492,7 @@
     if (!m || m.id === undefined) return;
     const known = state.inbox.has(m.id);
     const sender = state.senders.find((s) => s.name === m.from);
-    if (!known && !m.acked_at) {
+    if (live && !known && !m.acked_at) {  // the snapshot's counts include every earlier one
       if (sender) { sender.unread += 1; sender.last_hour += 1; } else state.senders.push({name: m.from, unread: 1, last_hour: 1});
     }
     if (state.inboxFrom && state.inboxFrom !== m.from) { renderSenders(); return; }  // filtered to another sender
