@@ -402,6 +402,32 @@ def test_a_report_buried_under_a_flood_is_one_click_away_and_marked_read(page, h
     assert_no_reload(page)
 
 
+def test_sessions_are_listed_and_logging_out_ends_this_one(browser, hv):
+    ctx = new_context(browser)
+    try:
+        other = ctx.new_page()
+        other.goto(hv.login_url())  # a second browser session beside this one
+        other_key = other.evaluate("localStorage.getItem('hive.key')")
+        mine = new_context(browser)
+        page = mine.new_page()
+        page.goto(hv.login_url())
+        expect(page.locator("#live")).to_have_attribute("data-live", "true")
+        page.locator("#sessions > summary").click()
+        rows = page.locator("#sessions-list .session")
+        expect(rows.filter(has_text="this browser")).to_have_count(1)
+        assert rows.count() >= 2
+        page.locator("#logout").click()
+        expect(page.locator("body")).to_have_class(re.compile(r"\blogged-out\b"))
+        assert page.evaluate("localStorage.getItem('hive.key')") is None
+        res = mine.request.get(hv.url + "/api/state")
+        assert res.status == 401, "the session is over on the server, not only in this tab"
+        res = ctx.request.get(hv.url + "/api/state", headers={"X-Hive-Key": other_key})
+        assert res.status == 200, "the other session lives on"
+        mine.close()
+    finally:
+        ctx.close()
+
+
 def test_a_missing_claude_is_named_on_the_card_and_the_page(browser, tmp_path):
     missing = str(tmp_path / "no" / "claude")
     with running(Hive(tmp_path / "state", claude=missing, env={"ANTHROPIC_API_KEY": "k"},

@@ -852,6 +852,38 @@
 
   $("#meta-update").addEventListener("click", (e) => post("/meta-update", {}, {button: e.currentTarget}));
   $("#inbox-read-all").addEventListener("click", (e) => post("/inbox/read", {}, {button: e.currentTarget}));
+
+  // ========================================================== sessions
+
+  async function renderSessions() {
+    let data;
+    try { data = await getJSON("/api/sessions"); } catch (e) { toast(`the sessions could not be loaded: ${e.message}`, "error"); return; }
+    $("#sessions-list").replaceChildren(...(data.sessions || []).map((s) => {
+      const end = h("button", {type: "button", class: "btn btn-sm btn-ghost", data: {session: s.id}},
+        s.current ? "log out" : "end");
+      end.addEventListener("click", async () => {
+        const r = await post(s.current ? "/logout" : `/logout/${enc(s.id)}`, {}, {button: end});
+        if (r.ok && s.current) loggedOut(); else if (r.ok) renderSessions();
+      });
+      return h("li", {class: ["session", s.current && "current"], data: {session: s.id}},
+        h("span", {class: "mono"}, `#${s.id}`), s.current ? h("span", {class: "chip teal"}, "this browser") : null,
+        h("span", {class: "hint", title: s.user_agent || ""}, `${s.remote || "?"} · since ${H.stamp(toMs(s.created_at))}`),
+        agoEl(s.last_seen_at), end);
+    }));
+  }
+
+  function loggedOut() {
+    try { localStorage.removeItem("hive.key"); } catch (_) { /* nothing kept */ }
+    if (term) term.close();
+    document.body.classList.add("logged-out");
+    toast("logged out: run `hyperhive login-url` on the hive's host to log in again", "warn", 0);
+  }
+
+  $("#sessions").addEventListener("toggle", (e) => { if (e.currentTarget.open) renderSessions(); });
+  $("#logout").addEventListener("click", async (e) => {
+    const r = await post("/logout", {}, {button: e.currentTarget});
+    if (r.ok) loggedOut();
+  });
   $("#inbox-older").addEventListener("click", async (e) => {
     const oldest = Math.min(...state.inbox.keys());
     e.currentTarget.disabled = true;

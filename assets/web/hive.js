@@ -186,7 +186,7 @@
     const remove = () => t.remove();
     close.addEventListener("click", remove);
     toastBox.appendChild(t);
-    setTimeout(remove, ms || (kind === "error" ? 10000 : 5000));
+    if (ms !== 0) setTimeout(remove, ms || (kind === "error" ? 10000 : 5000));  // 0: until dismissed
     while (toastBox.children.length > 5) toastBox.firstChild.remove();
     return t;
   }
