@@ -1,0 +1,77 @@
+"""An agent's row as the pages see it, and the dashboard's stream: each change shows at once, never later.
+
+On the core built in-process over a real sqlite file with a recording
+backend (tests/test_dashboard.py's Dash): a turn that ended well stamps
+`last_turn_at`; `set_status` and a fired reminder publish the changed row at
+once (not at the next pass of the 2 s watch, which would hide a missing
+publish); an agent mid-operation is not `failed` however its harness looks;
+and a dashboard stream that falls too far behind is closed, so a tab never
+shows "live" while it receives nothing.
+"""
+
+from test_dashboard import Dash
+
+from hyperhive import wire
+from hyperhive.core.events import CLOSED, Hub
+
+
+def rows_published(dash, name, since):
+    return [e["container"] for e in list(dash.core.hub.history)[since:]
+            if e["kind"] == "container_state_changed" and e["container"]["name"] == name]
+
+
+def test_a_good_turn_stamps_last_turn_at_and_publishes_the_row(tmp_path):
+    dash = Dash(tmp_path)
+    dash.spawn("alice")
+    agent = dash.core.surfaces.dispatcher("agent", "alice")
+    dash.core.broker.send(wire.OPERATOR, "alice", "hi")
+    agent({"cmd": "recv", "max": 1})
+    before = len(dash.core.hub.history)
+    agent({"cmd": "ack_turn"})
+    [row] = rows_published(dash, "alice", before)
+    assert row["last_turn_at"] is not None
+    assert dash.get("/api/state").json()["containers"][1]["last_turn_at"] == row["last_turn_at"]
+
+
+def test_a_status_line_and_a_fired_reminder_publish_the_row_at_once(tmp_path):
+    dash = Dash(tmp_path)
+    dash.spawn("alice")
+    agent = dash.core.surfaces.dispatcher("agent", "alice")
+    before = len(dash.core.hub.history)
+    agent({"cmd": "set_status", "text": "indexing"})
+    assert [r["status_text"] for r in rows_published(dash, "alice", before)] == ["indexing"]
+    reminder = agent({"cmd": "remind", "message": "later", "in_seconds": 60})["reminder"]
+    assert rows_published(dash, "alice", before)[-1]["pending_reminders"] == 1
+    before = len(dash.core.hub.history)
+    assert dash.core.reminders.step(now=reminder_due(reminder) + 1) == [reminder["id"]]
+    assert [r["pending_reminders"] for r in rows_published(dash, "alice", before)] == [0]
+
+
+def reminder_due(reminder):
+    from hyperhive.wire import parse_when
+
+    return parse_when(reminder["due_at"])
+
+
+def test_an_agent_mid_operation_is_not_failed_though_its_harness_is_down(tmp_path):
+    dash = Dash(tmp_path)
+    dash.spawn("alice")
+    dash.backend.up.discard("alice")  # down, and meant to run: failed ...
+    lifecycle = dash.core.lifecycle
+    assert lifecycle.row(lifecycle.get("alice"))["failed"] is True
+    with lifecycle._busy("alice", "restarting"):  # ... unless it is down because it is being restarted
+        assert lifecycle.row(lifecycle.get("alice"))["failed"] is False
+    assert lifecycle.row(lifecycle.get("alice"))["failed"] is True
+
+
+def test_a_stream_that_falls_too_far_behind_is_closed_not_left_silent():
+    hub = Hub(queue_size=3)
+    slow, quick = hub.subscribe(), hub.subscribe()
+    for i in range(3):
+        hub.publish("transient_cleared", name=f"a{i}")
+        quick.get_nowait()
+    hub.publish("transient_cleared", name="one too many")
+    assert slow.qsize() == 1 and slow.get_nowait() is CLOSED, "told it was dropped, not left to wait"
+    assert quick.get_nowait()["name"] == "one too many"
+    hub.publish("transient_cleared", name="after")
+    assert slow.qsize() == 0, "a dropped subscriber gets nothing more"
