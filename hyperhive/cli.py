@@ -166,7 +166,7 @@ def request_for(args):
             before = int(args["--before"]) if args["--before"] else None
         except ValueError:
             raise wire.HiveError(f"--before is a message id (a number), got {args['--before']!r}") from None
-        return "inbox", {"limit": limit, "before": before, "unread": args["--unread"], "sender": args["--from"]}, \
+        return "inbox", {"limit": limit, "before": before, "unread": args["--unread"], "only_from": args["--from"]}, \
             _inbox, 30
     if args["read"]:
         try:

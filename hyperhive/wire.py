@@ -159,13 +159,17 @@ def check_agent_name(name):
 # -- argument shapes -----------------------------------------------------------
 
 class Arg:
-    """One argument of a verb: its kind, whether required, and its default."""
+    """One argument of a verb: its kind, whether required, its default, its limits and what it means.
 
-    __slots__ = ("name", "kind", "required", "default", "lo", "hi", "choices")
+    `lo`/`hi` bound a number, or a string's length; `help` is the sentence a
+    model reads about it in the MCP tool built from the verb (`json_schema`).
+    """
 
-    def __init__(self, name, kind, required=True, default=None, lo=None, hi=None, choices=()):
+    __slots__ = ("name", "kind", "required", "default", "lo", "hi", "choices", "help")
+
+    def __init__(self, name, kind, required=True, default=None, lo=None, hi=None, choices=(), help=""):
         self.name, self.kind, self.required = name, kind, required
-        self.default, self.lo, self.hi, self.choices = default, lo, hi, choices
+        self.default, self.lo, self.hi, self.choices, self.help = default, lo, hi, choices, help
 
 
 def _type_name(value):
@@ -187,6 +191,10 @@ def _coerce(verb, arg, value):
                 raise HiveError(f"{where} must not be empty")
             if len(value) > MAX_BODY:
                 raise HiveError(f"{where} is {len(value)} characters; the limit is {MAX_BODY}")
+        elif arg.lo is not None and len(value) < arg.lo:
+            raise HiveError(f"{where} must be at least {arg.lo} characters, got {len(value)}")
+        elif arg.hi is not None and len(value) > arg.hi:
+            raise HiveError(f"{where} is {len(value)} characters; the limit is {arg.hi}")
         return value
     if arg.kind == "name":
         return check_name(value, f"{where}:")
@@ -268,9 +276,12 @@ def check_status_text(text):
 # -- verbs -----------------------------------------------------------------------
 # verb -> (args, one-line help). Surfaces list which verbs they answer.
 
-_NAME = Arg("name", "name")
-_WAIT = Arg("wait_seconds", "clamp", False, 0, 0, RECV_MAX_WAIT)
-_MAX = Arg("max", "clamp", False, 1, 1, RECV_MAX_BATCH)
+_NAME = Arg("name", "name", help="The agent's name.")
+_WAIT = Arg("wait_seconds", "clamp", False, 0, 0, RECV_MAX_WAIT,
+            help="How long to wait for the first message; 0 returns at once.")
+_MAX = Arg("max", "clamp", False, 1, 1, RECV_MAX_BATCH, help="Most messages to pop in this call.")
+_WHY = Arg("description", "str", False, "", help="What this changes and why, for the operator who decides.")
+_SHA = "the commit's sha in the agent's proposed repo (7-40 hex chars; never a branch or tag name)"
 
 VERBS = {
     # host (operator) verbs
@@ -290,12 +301,13 @@ VERBS = {
     "destroy": ((_NAME, Arg("purge", "bool", False, False)),
                 "remove an agent; its state stays as a tombstone unless purge"),
     "inbox": ((Arg("limit", "int", False, 20, 1, 1000), Arg("before", "int", False, None, 1),
-               Arg("unread", "bool", False, False), Arg("sender", "str", False)),
+               Arg("unread", "bool", False, False), Arg("only_from", "str", False)),
               "messages addressed to you (the operator, on host.sock), newest first; `before` pages back, "
-              "`unread` and `sender` filter"),
+              "`unread` and `only_from` filter"),
     "mark_read": ((Arg("ids", "ids", False),), "mark messages to you read (without ids: every unread one)"),
     # shared by host and agent surfaces
-    "send": ((Arg("to", "name"), Arg("body", "text")), "send a message"),
+    "send": ((Arg("to", "name", help="Recipient: an agent's name, `manager`, or `operator`."),
+              Arg("body", "text", help="The message text (markdown is fine).")), "send a message"),
     # agent verbs
     "recv": ((_WAIT, _MAX), "pop messages addressed to you"),
     "ack_turn": ((), "mark every message popped since the last ack as handled"),
@@ -308,10 +320,17 @@ VERBS = {
     "operator_msg": ((Arg("body", "text"),), "a message from the operator via your web page"),
     "whoami": ((), "your name, role and the hyperhive revision"),
     # questions: one answer comes back to the asker's inbox as a [question_answered] message
-    "ask": ((Arg("question", "text"), Arg("to", "name", False), Arg("options", "options", False, ()),
-             Arg("ttl_seconds", "int", False, None, 1, QUESTION_MAX_TTL)),
+    "ask": ((Arg("question", "text", help="The question, with the context the answerer needs (markdown is fine)."),
+             Arg("to", "name", False, help="An agent's name or `manager`; leave it out to ask the operator."),
+             Arg("options", "options", False, (), help=f"Up to {MAX_OPTIONS} short choices the answerer may pick "
+                                                       "from (they may still answer in their own words)."),
+             Arg("ttl_seconds", "int", False, None, 1, QUESTION_MAX_TTL,
+                 help="Close the question unanswered after this many seconds (at most 7 days); by default it "
+                      "waits until answered.")),
             "ask the operator (or, with `to`, another agent) a question"),
-    "answer": ((Arg("id", "int", True, None, 1), Arg("answer", "text")), "answer a question put to you"),
+    "answer": ((Arg("id", "int", True, None, 1, help="The question's id, from `[question_asked]`."),
+                Arg("answer", "text", help="Your answer: one of the offered choices, or your own words.")),
+               "answer a question put to you"),
     "cancel_question": ((Arg("id", "int", True, None, 1),),
                         "withdraw an open question; its asker is told it was cancelled"),
     "questions": ((), "questions waiting for the operator's answer"),
@@ -319,26 +338,33 @@ VERBS = {
     "approve": ((Arg("id", "int", True, None, 1),), "approve a pending approval"),
     "deny": ((Arg("id", "int", True, None, 1), Arg("reason", "str", False, "")),
              "deny a pending approval, with a reason"),
-    "request_spawn": ((_NAME, Arg("description", "str", False, ""), Arg("commit_ref", "str", False)),
+    "request_spawn": ((_NAME, _WHY, Arg("commit_ref", "str", False,
+                                        help=f"Optional: {_SHA} to start on. Default: main as it is now.")),
                       "queue an approval to create and start an agent on a pinned commit of its proposed config"),
-    "request_apply_commit": ((Arg("agent", "name"), Arg("commit_ref", "str"), Arg("description", "str", False, "")),
+    "request_apply_commit": ((Arg("agent", "name", help="The agent's name."), Arg("commit_ref", "str", help=_SHA),
+                              _WHY),
                              "queue an approval to deploy a commit of an agent's proposed config"),
-    "request_init_config": ((_NAME, Arg("description", "str", False, "")),
-                            "queue an approval to seed a new agent's config repos from the template"),
-    "update": ((Arg("description", "str", False, ""),), "queue an approval to update the meta flake's inputs"),
+    "request_init_config": ((_NAME, _WHY), "queue an approval to seed a new agent's config repos from the template"),
+    "update": ((_WHY,), "queue an approval to update the meta flake's inputs"),
     "tombstones": ((), "agents destroyed without purge, whose state is kept"),
     "update_meta": ((), "update the meta flake's inputs now (nixos backend)"),
     "login_url": ((), "a one-time URL that logs a browser in to the dashboard"),
     "sessions": ((), "the browsers logged in to the dashboard"),
     "logout": ((Arg("id", "int", False, None, 1),), "end one dashboard session (or, without an id, every one)"),
     "get_loose_ends": ((), "what is still open about you: approvals, questions, reminders"),
-    "cancel_loose_end": ((Arg("kind", "choice", choices=LOOSE_END_KINDS), Arg("id", "int", True, None, 1)),
+    "cancel_loose_end": ((Arg("kind", "choice", choices=LOOSE_END_KINDS, help="question, reminder or approval."),
+                          Arg("id", "int", True, None, 1, help="Its id, from get_loose_ends.")),
                          "withdraw one of your loose ends (the manager: anyone's)"),
-    "remind": ((Arg("message", "text"), Arg("due_at", "when", False),
-                Arg("in_seconds", "int", False, None, 1, REMINDER_MAX_SECONDS), Arg("file_path", "str", False)),
+    "remind": ((Arg("message", "text", help="What you want to be told then, with the context you will need."),
+                Arg("due_at", "when", False, help="Deliver it at this time (RFC 3339 with a zone)."),
+                Arg("in_seconds", "int", False, None, 1, REMINDER_MAX_SECONDS,
+                    help="Deliver it this many seconds from now."),
+                Arg("file_path", "str", False, help="Absolute path of a file to write the message to now "
+                                                     "(its directory must exist).")),
                "have a message delivered to your own inbox later"),
     "count_pending_reminders": ((), "how many of your reminders have not come due yet"),
-    "set_status": ((Arg("text", "str"),), "your one-line status on the dashboard (\"\" clears it)"),
+    "set_status": ((Arg("text", "str", help=f"One short line (at most {MAX_STATUS} characters), or empty to clear."),),
+                   "your one-line status on the dashboard (\"\" clears it)"),
     "report_login": ((Arg("logged_in", "bool"), Arg("note", "str", False, ""),
                       Arg("claude_missing", "bool", False, False)),
                      "the harness says whether claude has a valid login (or no binary to run at all)"),
@@ -349,7 +375,8 @@ VERBS = {
 # manager names one agent where the operator names a scope.
 SURFACE_ARGS = {
     ("manager", "start"): (_NAME,),
-    ("manager", "stop"): (_NAME, Arg("graceful", "bool", False, True)),
+    ("manager", "stop"): (_NAME, Arg("graceful", "bool", False, True,
+                                     help="Wait for its running turn to end first (the default); false cuts it.")),
 }
 
 HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending",
@@ -367,6 +394,87 @@ STREAMING_VERBS = frozenset({"subscribe_agent_status"})
 WAITING_VERBS = STREAMING_VERBS | {"recv"}
 
 
+def args_of(verb, surface=None):
+    """The arguments `verb` takes on `surface` (the manager names one agent where the operator names a scope)."""
+    return SURFACE_ARGS.get((surface, verb), VERBS[verb][0])
+
+
+def check_args(verb, obj, surface=None, strict=False):
+    """The verb's arguments from a decoded object, checked and coerced, defaults filled in.
+
+    The one validator of every argument, whichever surface it came by (a
+    socket, or an MCP tool call with `strict`: an argument the verb does not
+    take is refused there, where a socket ignores unknown keys)."""
+    spec = args_of(verb, surface)
+    if strict:
+        unknown = sorted(set(obj) - {arg.name for arg in spec})
+        if unknown:
+            takes = ", ".join(arg.name for arg in spec) or "no arguments"
+            raise HiveError(f"{verb}: unknown argument {', '.join(map(repr, unknown))}; it takes {takes}")
+    args = {}
+    for arg in spec:
+        if arg.name in obj and obj[arg.name] is not None:
+            args[arg.name] = _coerce(verb, arg, obj[arg.name])
+        elif arg.required:
+            raise HiveError(f"{verb}: missing argument {arg.name!r}")
+        else:
+            args[arg.name] = arg.default
+    return args
+
+
+def json_schema(verb, surface=None, required=()):
+    """The JSON schema of a verb's arguments, as an MCP tool declares them: every limit from the table above.
+
+    `required` adds arguments a tool asks for though the verb lets them go (a description, say)."""
+    properties = {}
+    for arg in args_of(verb, surface):
+        prop = dict(_KIND_SCHEMAS[arg.kind](arg))
+        if arg.help:
+            prop["description"] = arg.help
+        if not arg.required and arg.default not in (None, ()):
+            prop["default"] = arg.default
+        properties[arg.name] = prop
+    needed = [arg.name for arg in args_of(verb, surface) if arg.required] + [n for n in required if n in properties]
+    return {"type": "object", "properties": properties, "required": list(dict.fromkeys(needed)),
+            "additionalProperties": False}
+
+
+def _number_schema(arg):
+    schema = {"type": "integer"}
+    if arg.lo is not None:
+        schema["minimum"] = arg.lo
+    schema["maximum"] = MAX_INT if arg.hi is None else arg.hi
+    return schema
+
+
+def _string_schema(arg):
+    schema = {"type": "string"}
+    if arg.lo is not None:
+        schema["minLength"] = arg.lo
+    if arg.hi is not None:
+        schema["maxLength"] = arg.hi
+    return schema
+
+
+_KIND_SCHEMAS = {
+    "str": _string_schema,
+    "text": lambda arg: {"type": "string", "minLength": 1, "maxLength": MAX_BODY},
+    "name": lambda arg: {"type": "string", "pattern": f"^{NAME_RE.pattern}$"},
+    "bool": lambda arg: {"type": "boolean"},
+    "int": _number_schema,
+    "clamp": _number_schema,
+    "options": lambda arg: {"type": "array", "maxItems": MAX_OPTIONS,
+                            "items": {"type": "string", "minLength": 1, "maxLength": MAX_OPTION}},
+    "when": lambda arg: {"type": "string", "minLength": 1},
+    "choice": lambda arg: {"type": "string", "enum": list(arg.choices)},
+    "ids": lambda arg: {"type": "array", "minItems": 1, "maxItems": RECV_MAX_BATCH,
+                        "items": {"type": "integer", "minimum": 1}},
+    "scope": lambda arg: {"type": "object", "properties": {"agent_names": {
+        "type": "array", "minItems": 1, "items": {"type": "string", "pattern": f"^{NAME_RE.pattern}$"}}},
+        "required": ["agent_names"]},
+}
+
+
 def parse_request(obj, surface):
     """Check a decoded request against a surface; returns (verb, args dict)."""
     if not isinstance(obj, dict):
@@ -379,15 +487,7 @@ def parse_request(obj, surface):
         shown = verb if len(verb) <= 40 else verb[:40] + "…"
         raise HiveError(f"unknown verb {shown!r} on the {surface} socket; known: {', '.join(sorted(allowed))}",
                         "unknown_verb")
-    args = {}
-    for arg in SURFACE_ARGS.get((surface, verb), VERBS[verb][0]):
-        if arg.name in obj and obj[arg.name] is not None:
-            args[arg.name] = _coerce(verb, arg, obj[arg.name])
-        elif arg.required:
-            raise HiveError(f"{verb}: missing argument {arg.name!r}")
-        else:
-            args[arg.name] = arg.default
-    return verb, args
+    return verb, check_args(verb, obj, surface)
 
 
 # -- payload shapes -----------------------------------------------------------------

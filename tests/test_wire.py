@@ -29,7 +29,8 @@ def test_reserved_names_cannot_be_agents(name):
 
 
 def test_parse_known_verb_with_defaults():
-    assert wire.parse_request({"cmd": "inbox"}, "host") == ("inbox", {"limit": 20})
+    assert wire.parse_request({"cmd": "inbox"}, "host") == ("inbox", {"limit": 20, "before": None, "unread": False,
+                                                                      "only_from": None})
     assert wire.parse_request({"cmd": "destroy", "name": "a"}, "host") == ("destroy", {"name": "a", "purge": False})
 
 

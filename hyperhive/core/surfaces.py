@@ -100,8 +100,8 @@ class Surfaces:
     def do_recent(self, caller, limit):
         return wire.ok(messages=self.broker.recent(caller, limit))
 
-    def do_inbox(self, caller, limit, before, unread, sender):
-        answer = wire.ok(messages=self.broker.inbox(caller, limit, before=before, unread=unread, sender=sender))
+    def do_inbox(self, caller, limit, before, unread, only_from):
+        answer = wire.ok(messages=self.broker.inbox(caller, limit, before=before, unread=unread, sender=only_from))
         if caller == wire.OPERATOR:  # who floods shows
             answer["senders"] = self.broker.senders(caller)
         return answer

@@ -31,6 +31,7 @@ SERVER_VERSION = __version__
 # Newest first: a client asking for one we do not know gets our newest.
 PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 ROLES = ("agent", "manager")
+MANAGER = ("manager",)  # the tools only the manager has
 CALL_TIMEOUT = 30.0  # seconds the core gets to answer a tool's request
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
@@ -40,22 +41,29 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR =
 # -- the tool table ---------------------------------------------------------------
 
 class Tool:
-    """One tool: what the model sees, the wire verb it becomes, how its answer reads."""
+    """One tool: what the model sees, the wire verb it becomes, how its answer reads.
 
-    __slots__ = ("name", "description", "input_schema", "verb", "format", "roles", "timeout")
+    Its arguments are the verb's (`wire.VERBS`): their schema, limits and
+    meanings are generated from there and checked by `wire.check_args`, so
+    each limit is written once. `required` asks the model for arguments the
+    verb would let it leave out (a description for the operator, say)."""
 
-    def __init__(self, name, description, input_schema, verb, format, roles=ROLES,
-                 timeout=lambda args: CALL_TIMEOUT):
-        self.name, self.description, self.input_schema = name, description, input_schema
-        self.verb, self.format, self.roles, self.timeout = verb, format, roles, timeout
+    __slots__ = ("name", "description", "verb", "format", "roles", "timeout", "required")
+
+    def __init__(self, name, description, verb, format, roles=ROLES, timeout=lambda args: CALL_TIMEOUT,
+                 required=()):
+        self.name, self.description, self.verb, self.format = name, description, verb, format
+        self.roles, self.timeout, self.required = roles, timeout, required
+
+    def surface(self):
+        return "manager" if self.roles == MANAGER else "agent"
+
+    @property
+    def input_schema(self):
+        return wire.json_schema(self.verb, self.surface(), self.required)
 
     def listing(self):
         return {"name": self.name, "description": self.description, "inputSchema": self.input_schema}
-
-
-def _schema(properties=None, required=()):
-    return {"type": "object", "properties": properties or {}, "required": list(required),
-            "additionalProperties": False}
 
 
 def _format_sent(answer, args):
@@ -99,12 +107,6 @@ TOOLS = (
         "running the hive). It is delivered to their inbox and they see it on their next turn; "
         "any answer arrives later in your own inbox as a new message, not as the result of this "
         "call. Returns the message id.",
-        _schema({
-            "to": {"type": "string", "minLength": 1,
-                   "description": "Recipient: an agent's name, `manager`, or `operator`."},
-            "body": {"type": "string", "minLength": 1,
-                     "description": "The message text (markdown is fine)."},
-        }, required=("to", "body")),
         "send", _format_sent),
     Tool(
         "recv",
@@ -113,20 +115,12 @@ TOOLS = (
         "(up to `max` at once) or to wait up to `wait_seconds` for a reply you expect. Answers "
         "\"(empty)\" when nothing is waiting. A message marked redelivered was in a turn that did "
         "not finish and may already be handled.",
-        _schema({
-            "max": {"type": "integer", "minimum": 1, "maximum": wire.RECV_MAX_BATCH, "default": 1,
-                    "description": "Most messages to pop in this call."},
-            "wait_seconds": {"type": "integer", "minimum": 0, "maximum": wire.RECV_MAX_WAIT,
-                             "default": 0,
-                             "description": "How long to wait for the first message; 0 returns at once."},
-        }),
         "recv", _format_recv,
         # the core may hold the call for wait_seconds before it answers
         timeout=lambda args: args["wait_seconds"] + CALL_TIMEOUT),
     Tool(
         "whoami",
         "Your own agent name, your role (agent or manager) and the hyperhive revision the hive runs.",
-        _schema(),
         "whoami", _format_whoami),
     Tool(
         "ask",
@@ -139,19 +133,6 @@ TOOLS = (
         "this turn: go on with what does not depend on it, or end your turn. With `ttl_seconds`, a question "
         "still open when it runs out is closed by `ttl-watchdog`, whose `[question_answered]` message says "
         "nobody answered in time. For news that needs no answer, use `send`.",
-        _schema({
-            "question": {"type": "string", "minLength": 1,
-                         "description": "The question, with the context the answerer needs (markdown is fine)."},
-            "to": {"type": "string", "minLength": 1,
-                   "description": "An agent's name or `manager`; leave it out to ask the operator."},
-            "options": {"type": "array", "maxItems": wire.MAX_OPTIONS,
-                        "items": {"type": "string", "minLength": 1, "maxLength": wire.MAX_OPTION},
-                        "description": "Up to 10 short choices the answerer may pick from (they may still "
-                                       "answer in their own words)."},
-            "ttl_seconds": {"type": "integer", "minimum": 1, "maximum": wire.QUESTION_MAX_TTL,
-                            "description": "Close the question unanswered after this many seconds "
-                                           "(at most 7 days); by default it waits until answered."},
-        }, required=("question",)),
         "ask", _format_asked),
     Tool(
         "answer",
@@ -159,11 +140,6 @@ TOOLS = (
         "starting with `[question_asked]` that gives the question's id. Your answer goes to the asker's inbox "
         "as a `[question_answered]` message. A question is answered once; questions to the operator are the "
         "operator's alone.",
-        _schema({
-            "id": {"type": "integer", "minimum": 1, "description": "The question's id, from `[question_asked]`."},
-            "answer": {"type": "string", "minLength": 1,
-                       "description": "Your answer: one of the offered choices, or your own words."},
-        }, required=("id", "answer")),
         "answer", _format_answered),
 )
 
@@ -219,40 +195,21 @@ TOOLS += (
         "message starting with `[reminder]`, and wakes you for a turn. Give exactly one of `in_seconds` or "
         "`due_at` (RFC 3339 with a zone, like 2026-01-31T09:00:00Z). For a long payload, give `file_path` (in "
         "your state dir or the shared dir): the message is written there now and the reminder only points to it.",
-        _schema({
-            "message": {"type": "string", "minLength": 1,
-                        "description": "What you want to be told then, with the context you will need."},
-            "in_seconds": {"type": "integer", "minimum": 1, "maximum": wire.REMINDER_MAX_SECONDS,
-                           "description": "Deliver it this many seconds from now."},
-            "due_at": {"type": "string", "minLength": 1,
-                       "description": "Deliver it at this time (RFC 3339 with a zone)."},
-            "file_path": {"type": "string", "minLength": 1,
-                          "description": "Absolute path of a file to write the message to now (its directory "
-                                         "must exist)."},
-        }, required=("message",)),
         "remind", _format_reminded),
     Tool(
         "get_loose_ends",
         "What is still open about you: pending approvals about you, questions you asked that nobody answered "
         "yet, questions put to you that you have not answered, and your reminders that have not fired (or "
-        "failed). The manager sees the whole hive's.",
-        _schema(), "get_loose_ends", _format_loose_ends),
+        "failed). The manager sees the whole hive's.", "get_loose_ends", _format_loose_ends),
     Tool(
         "cancel_loose_end",
         "Withdraw one of your loose ends: a question you asked (its asker is told it was cancelled), a "
         "reminder before it fires, or (manager only) a pending approval. The manager may withdraw anyone's.",
-        _schema({
-            "kind": {"type": "string", "enum": list(wire.LOOSE_END_KINDS),
-                     "description": "question, reminder or approval."},
-            "id": {"type": "integer", "minimum": 1, "description": "Its id, from get_loose_ends."},
-        }, required=("kind", "id")),
         "cancel_loose_end", _format_cancelled),
     Tool(
         "set_status",
         "Set your one-line status (what you are doing now), shown to the operator on the dashboard and your "
         "page while you run. An empty text clears it.",
-        _schema({"text": {"type": "string", "maxLength": wire.MAX_STATUS,
-                          "description": "One short line, or empty to clear."}}, required=("text",)),
         "set_status", _format_status),
 )
 
@@ -284,10 +241,6 @@ def _format_statuses(answer, args):
     return "\n".join(lines)
 
 
-_AGENT_NAME = {"type": "string", "minLength": 1, "description": "The agent's name."}
-_WHY = {"type": "string", "description": "What this changes and why, for the operator who decides."}
-MANAGER = ("manager",)
-
 TOOLS += (
     Tool(
         "request_apply_commit",
@@ -296,18 +249,13 @@ TOOLS += (
         "extra_mcp), `git commit` it there, then call this with the commit's sha (7-40 hex chars; never a "
         "branch or tag name). The operator sees your description and the diff; if approved, the hive rebuilds "
         "the agent on that commit.",
-        _schema({"agent": _AGENT_NAME,
-                 "commit_ref": {"type": "string", "minLength": 7, "maxLength": 40,
-                                "description": "The commit's sha in the agent's proposed repo."},
-                 "description": _WHY}, required=("agent", "commit_ref", "description")),
-        "request_apply_commit", _format_id("queued"), roles=MANAGER),
+        "request_apply_commit", _format_id("queued"), roles=MANAGER, required=("description",)),
     Tool(
         "request_init_config",
         "Step 1 of adding an agent: ask the operator to create its config repos from the template. "
         "Once approved, edit its config if needed and `git commit` it on main in $HIVE_CONFIG_DIR/<name>, "
         "then request_spawn: the agent starts on what you committed.",
-        _schema({"name": _AGENT_NAME, "description": _WHY}, required=("name", "description")),
-        "request_init_config", _format_id("queued"), roles=MANAGER),
+        "request_init_config", _format_id("queued"), roles=MANAGER, required=("description",)),
     Tool(
         "request_spawn",
         "Step 2 of adding an agent (after request_init_config was approved): ask the operator to create "
@@ -315,21 +263,14 @@ TOOLS += (
         "you give) and shows the operator the diff against the template; if approved, the agent starts on "
         "exactly that commit. Commit your edits before calling this: a commit made after it is not part "
         "of this spawn (deploy it later with request_apply_commit).",
-        _schema({"name": _AGENT_NAME,
-                 "commit_ref": {"type": "string", "minLength": 7, "maxLength": 40,
-                                "description": "Optional: the sha of the commit to start on (7-40 hex chars; "
-                                               "never a branch or tag name). Default: main as it is now."},
-                 "description": _WHY}, required=("name", "description")),
-        "request_spawn", _format_id("queued"), roles=MANAGER),
+        "request_spawn", _format_id("queued"), roles=MANAGER, required=("description",)),
     Tool(
         "update",
         "Ask the operator to update the pinned inputs of the hive's meta flake (nixos backend only).",
-        _schema({"description": _WHY}, required=("description",)),
-        "update", _format_id("queued"), roles=MANAGER),
-    Tool("agent_status", "Every agent's state: running/paused/stopped/failed, model, deployed config, status text.",
-         _schema(), "agent_status", _format_statuses, roles=MANAGER),
+        "update", _format_id("queued"), roles=MANAGER, required=("description",)),
+    Tool("agent_status", "Every agent's state: running/paused/stopped/failed, model, deployed config, status text.", "agent_status", _format_statuses, roles=MANAGER),
 ) + tuple(
-    Tool(verb, text, _schema({"name": _AGENT_NAME}, required=("name",)), verb, _format_done(verb), roles=MANAGER,
+    Tool(verb, text, verb, _format_done(verb), roles=MANAGER,
          timeout=lambda args: 180.0)
     for verb, text in (
         ("start", "Start a stopped or crashed agent on its deployed config."),
@@ -358,59 +299,20 @@ class RpcError(Exception):
         self.code = code
 
 
-def _check_value(where, prop, value):
-    kind = prop["type"]
-    if kind == "string":
-        if not isinstance(value, str):
-            raise RpcError(INVALID_PARAMS, f"{where} must be a string")
-        if len(value) < prop.get("minLength", 0):
-            raise RpcError(INVALID_PARAMS, f"{where} must not be empty")
-        if len(value) > prop.get("maxLength", len(value)):
-            raise RpcError(INVALID_PARAMS, f"{where} is {len(value)} characters; the limit is {prop['maxLength']}")
-        if "enum" in prop and value not in prop["enum"]:
-            raise RpcError(INVALID_PARAMS, f"{where} must be one of {', '.join(prop['enum'])}")
-        return value
-    if kind == "integer":
-        # JSON has one number type: 3.0 is an integer, true is not
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RpcError(INVALID_PARAMS, f"{where} must be an integer")
-        lo, hi = prop.get("minimum"), prop.get("maximum")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise RpcError(INVALID_PARAMS, f"{where} must be between {lo} and {hi}, got {value}")
-        return value
-    if kind == "array":
-        if not isinstance(value, list):
-            raise RpcError(INVALID_PARAMS, f"{where} must be a list")
-        if len(value) > prop.get("maxItems", len(value)):
-            raise RpcError(INVALID_PARAMS, f"{where} has {len(value)} items; the limit is {prop['maxItems']}")
-        return [_check_value(f"{where} item {i}", prop["items"], item) for i, item in enumerate(value, 1)]
-    raise AssertionError(f"the tool table uses an unchecked type {kind!r}")
-
-
 def check_arguments(tool, args):
-    """Validate a call's arguments against the tool's schema; returns them with defaults filled in."""
+    """A call's arguments checked as the core will check them (`wire.check_args`), defaults filled in."""
     if args is None:
         args = {}
     if not isinstance(args, dict):
         raise RpcError(INVALID_PARAMS, f"{tool.name}: arguments must be an object")
-    props = tool.input_schema["properties"]
-    unknown = sorted(set(args) - set(props))
-    if unknown:
-        takes = ", ".join(props) or "no arguments"
-        raise RpcError(INVALID_PARAMS, f"{tool.name}: unknown argument {', '.join(map(repr, unknown))}; "
-                                       f"it takes {takes}")
-    for key in tool.input_schema["required"]:
-        if key not in args:
-            raise RpcError(INVALID_PARAMS, f"{tool.name}: missing required argument {key!r}")
-    checked = {}
-    for key, prop in props.items():
-        if key in args:
-            checked[key] = _check_value(f"{tool.name}: {key!r}", prop, args[key])
-        elif "default" in prop:
-            checked[key] = prop["default"]
-    return checked
+    try:
+        return wire.check_args(tool.verb, args, tool.surface(), strict=True)
+    except wire.HiveError as e:
+        raise RpcError(INVALID_PARAMS, str(e)) from None
+    finally:
+        missing = [name for name in tool.required if name not in args]
+        if missing:
+            raise RpcError(INVALID_PARAMS, f"{tool.name}: missing argument {missing[0]!r}")
 
 
 # -- the JSON-RPC server ----------------------------------------------------------------
@@ -526,9 +428,11 @@ class Server:
         tool = self.tools.get(name) if isinstance(name, str) else None
         if tool is None:
             raise RpcError(INVALID_PARAMS, f"unknown tool {name!r}; this server has {', '.join(self.tools)}")
-        args = check_arguments(tool, params.get("arguments"))
+        given = params.get("arguments") or {}
+        args = check_arguments(tool, given)
+        sent = {k: args[k] for k in given if args.get(k) is not None}  # the core fills in its own defaults
         try:
-            answer = jsonline.call(self.socket_path, tool.verb, timeout=tool.timeout(args), **args)
+            answer = jsonline.call(self.socket_path, tool.verb, timeout=tool.timeout(args), **sent)
         except wire.HiveError as e:
             # the model reads this sentence and can act on it, so it is a result, not a protocol error
             return {"content": [{"type": "text", "text": str(e)}], "isError": True}
