@@ -204,9 +204,10 @@ class Lifecycle:
 
     def file_refs(self, sender, recipient, body):
         """The file references of a message, checked against what its reader may open."""
-        if not scan(body):  # most messages name no file: no reach to build, no disk to touch
+        paths = scan(body)
+        if not paths:  # most messages name no file: no reach to build, no disk to touch
             return []
-        return self.reader_reach(sender, recipient).refs(body)
+        return self.reader_reach(sender, recipient).refs(paths)
 
     def row(self, agent):
         running = self.running(agent.name)
