@@ -712,10 +712,7 @@ def test_file_references_are_only_what_the_reader_may_open(rig):
         to_operator = rig.alice("send", to=wire.OPERATOR, body=body)["id"]
         refs = json.loads(rig.msg(to_operator)["file_refs"])
         assert [r["path"] for r in refs] == [f"{state}/notes.md", f"{rig.shared}/plan.txt"], body
-    # to bob, the reader is bob: alice's files are not his to open, his own are
-    to_bob = rig.alice("send", to="bob", body=f"mine: {state}/notes.md; yours: {bob_state}/bob-notes.md")["id"]
-    assert [r["path"] for r in json.loads(rig.msg(to_bob)["file_refs"])] == [f"{bob_state}/bob-notes.md"]
-    # the dashboard opens a reference again, through the reader's reach: a link swapped in is refused
+    # the dashboard opens a reference again, through the reach it was found in: a link swapped in is refused
     status, _, data = rig.http("GET", f"/file-ref/{to_operator}/0")
     assert status == 200 and json.loads(data)["text"] == "alice's notes\n"
     os.rename(f"{state}/notes.md", f"{state}/notes.real")
@@ -727,6 +724,34 @@ def test_file_references_are_only_what_the_reader_may_open(rig):
     finally:
         os.unlink(f"{state}/notes.md")
         os.rename(f"{state}/notes.real", f"{state}/notes.md")
+    outside_untouched(rig)
+
+
+def test_a_sender_learns_nothing_of_the_readers_tree_from_its_references(rig):
+    """alice names files in bob's state dir: whatever she is shown is the same whether they exist or not;
+    bob is shown only what he may open as she named it (the shared dir), and neither is shown a host path."""
+    state, bob_state = rig.state("alice"), rig.state("bob")
+    with open(f"{state}/mine.md", "w") as f:
+        f.write("alice's own\n")
+    with open(f"{rig.shared}/both.txt", "w") as f:
+        f.write("for both\n")
+    seen = []
+    for exists in (False, True):
+        probe = f"{bob_state}/probe-{len(seen)}.md"
+        if exists:
+            with open(probe, "w") as f:
+                f.write(f"{PRIVATE} bob's, {len(seen)}\n")
+        body = f"is there {probe}? see {state}/mine.md and {rig.shared}/both.txt"
+        mid = rig.alice("send", to="bob", body=body)["id"]
+        [mine] = [m for m in rig.alice("recent", limit=10)["messages"] if m["id"] == mid]
+        [bobs] = [m for m in rig.h.agent_call("bob", "recent", limit=10)["messages"] if m["id"] == mid]
+        seen.append((mine["file_refs"], bobs["file_refs"], json.loads(rig.msg(mid)["file_refs"])))
+    shared = {"path": f"{rig.shared}/both.txt", "size": len("for both\n")}
+    stored = dict(shared, host_path=shared["path"])
+    assert seen[0] == seen[1] == ([shared], [shared], [stored])
+    # the operator opens it on the dashboard through alice's reach, as she named it
+    status, _, data = rig.http("GET", f"/file-ref/{mid}/0")
+    assert status == 200 and json.loads(data)["text"] == "for both\n"
     outside_untouched(rig)
 
 

@@ -193,21 +193,35 @@ class Lifecycle:
         return Reach([("state", self.backend.state_in or state, state),
                       ("shared", self.backend.shared_in or shared, shared)])
 
-    def reader_reach(self, sender, recipient):
-        """What the reader of a message may open: an agent its own state dir and the shared dir; the
-        operator (on the pages) what the sender named: the sender's state dir and the shared dir."""
-        reader = sender if recipient == wire.OPERATOR else recipient
-        if reader != wire.OPERATOR and self.known(reader):
-            return self.reach(reader)
+    def _agent(self, name):
+        return name != wire.OPERATOR and self.known(name)
+
+    def ref_reach(self, sender, recipient):
+        """Where the file references of a message are looked up, and opened again for a preview.
+
+        An agent's are in what it may open itself (its state dir and the shared dir), as it names them, so
+        that naming a path teaches it nothing of another's tree. The operator and the core, who may read
+        every agent's files, name them as the agent they write to sees them."""
+        owner = sender if self._agent(sender) else recipient
+        if self._agent(owner):
+            return self.reach(owner)
         shared = self.layout.shared_dir
         return Reach([("shared", self.backend.shared_in or shared, shared)])
 
     def file_refs(self, sender, recipient, body):
-        """The file references of a message, checked against what its reader may open."""
+        """The file references of a message: files its sender may open that its reader may open too.
+
+        An agent writing to another names files in its own reach; the reader is shown only those it may
+        open as named (the shared dir's): another's state dir is not its to read, and under nixos its own
+        /state/x.md is a different file."""
         paths = scan(body)
         if not paths:  # most messages name no file: no reach to build, no disk to touch
             return []
-        return self.reader_reach(sender, recipient).refs(paths)
+        refs = self.ref_reach(sender, recipient).refs(paths)
+        if self._agent(sender) and self._agent(recipient) and sender != recipient:
+            theirs = self.reach(recipient)
+            refs = [ref for ref in refs if _same_file(theirs, ref)]
+        return refs
 
     def row(self, agent):
         running = self.running(agent.name)
@@ -687,6 +701,14 @@ class Lifecycle:
         greenlets = [gevent.spawn(self.backend.stop, a.name, self.layout.home(a.name), graceful, 10.0)
                      for a in Agent.select()]
         gevent.joinall(greenlets, raise_error=False)
+
+
+def _same_file(reach, ref):
+    """Whether `reach` names the file of a ref by the ref's path (no disk is touched)."""
+    try:
+        return reach.host_path(ref["path"]) == ref["host_path"]
+    except wire.HiveError:
+        return False
 
 
 class _Transient:

@@ -20,6 +20,15 @@ from hyperhive.schema import Agent, now_ms
 log = logging.getLogger(__name__)
 
 
+def _for_agent(messages):
+    """Messages as an agent is shown them: a file reference is the path as it names it and the size,
+    never where the core found it on the host (the operator's to know)."""
+    for m in messages:
+        if m.get("file_refs"):
+            m["file_refs"] = [{"path": r.get("path"), "size": r.get("size")} for r in m["file_refs"]]
+    return messages
+
+
 class Surfaces:
     def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None, reminders=None, auth=None):
         self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
@@ -58,7 +67,7 @@ class Surfaces:
 
     def do_recv(self, caller, wait_seconds, max, gone=None):
         messages, unread = self.broker.recv(caller, wait_seconds, max, gone)
-        return wire.ok(messages=messages, unread=unread)
+        return wire.ok(messages=_for_agent(messages), unread=unread)
 
     def do_ack_turn(self, caller):
         acked = self.broker.ack_turn(caller)
@@ -95,10 +104,11 @@ class Surfaces:
         return wire.ok(requeued=self.broker.requeue_inflight(caller))
 
     def do_recent(self, caller, limit):
-        return wire.ok(messages=self.broker.recent(caller, limit))
+        return wire.ok(messages=_for_agent(self.broker.recent(caller, limit)))
 
     def do_inbox(self, caller, limit):
-        return wire.ok(messages=self.broker.inbox(caller, limit))
+        messages = self.broker.inbox(caller, limit)
+        return wire.ok(messages=messages if caller == wire.OPERATOR else _for_agent(messages))
 
     def do_whoami(self, caller):
         role = "manager" if caller == wire.MANAGER else "agent"
