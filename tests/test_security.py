@@ -842,8 +842,15 @@ def test_the_core_reads_no_model_file_linked_out_of_the_state_dir(rig):
         os.mkfifo(model)  # nor may a fifo there hang the core
         rows = {r["name"]: r for r in rig.h.agent_call(wire.MANAGER, "agent_status", timeout=10)["agent_statuses"]}
         assert rows["alice"]["active_model"] is None
-    finally:
         os.unlink(model)
+        os.mkdir(model)  # nor a directory fail every agent's row
+        rows = {r["name"]: r for r in rig.h.agent_call(wire.MANAGER, "agent_status", timeout=10)["agent_statuses"]}
+        assert rows["alice"]["active_model"] is None and rows["bob"]["active_model"]
+    finally:
+        if os.path.isdir(model):
+            os.rmdir(model)
+        else:
+            os.unlink(model)
         with open(model, "w") as f:
             f.write(saved)
     outside_untouched(rig)
@@ -882,6 +889,15 @@ def test_the_nixos_env_file_is_not_written_through_a_link_planted_beside_the_soc
     written = sock_dir / nixos.ENV_FILE
     assert not written.is_symlink() and stat.S_IMODE(written.stat().st_mode) == 0o600
     assert 'ANTHROPIC_API_KEY="k"' in written.read_text()
+    # a directory in its place (os.replace cannot write over one) is moved aside, its contents untouched
+    written.unlink()
+    written.mkdir()
+    os.symlink(canary, written / "out")
+    backend._write_env(SimpleNamespace(name="alice", env={"HIVE_SOCKET": str(sock_dir / "agent.sock"),
+                                                          "ANTHROPIC_API_KEY": "k"}))
+    assert written.is_file() and 'ANTHROPIC_API_KEY="k"' in written.read_text() and canary.read_text() == CANARY
+    [aside] = [p for p in sock_dir.iterdir() if p.name.startswith(f"{nixos.ENV_FILE}.planted-")]
+    assert os.readlink(aside / "out") == str(canary)
 
 
 # -- the dashboard: its routes ----------------------------------------------------------------------
