@@ -86,10 +86,38 @@ import sys
 from hyperhive import jsonline, settings, wire
 
 LONG = 180.0  # lifecycle verbs wait for a harness to stop (its turn may be finishing)
+# Unicode categories a terminal must never be handed raw: controls (C0, DEL, C1: escape sequences, OSC 52
+# clipboard writes, carriage returns and backspaces that overwrite a line), invisible format characters
+# (bidi overrides and isolates that reorder what is shown, zero-width characters and joiners, tag
+# characters), line and paragraph separators, and lone surrogates.
+HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(text):
+    """Text as the operator's terminal may print it: every character of HIDDEN spelled out (`\\x1b`,
+    `\\r`, `\\u202e`), visible and inert. Agents write status lines, messages, questions and approval
+    descriptions; every human output of the CLI passes through here (`--json` is escaped by JSON)."""
+    text = str(text)
+    if text.isprintable():  # the common case: one pass in C
+        return text
+    import unicodedata
+
+    out = []
+    for ch in text:
+        if ch.isprintable() or unicodedata.category(ch) not in HIDDEN:
+            out.append(ch)
+        elif ch in NAMED:
+            out.append(NAMED[ch])
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else
+                       f"\\U{code:08x}")
+    return "".join(out)
 
 
 def _table(rows, columns):
-    cells = [[str("" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]
+    cells = [[shown("" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
@@ -242,9 +270,10 @@ def main(argv):
         print(f"hive-c0re is not running at {path}", file=sys.stderr)
         return 1
     except wire.HiveError as e:
-        print(f"hyperhive: {e}", file=sys.stderr)
+        print(f"hyperhive: {shown(e)}", file=sys.stderr)
         return 1
-    print(json.dumps(answer, indent=2) if args["--json"] else fmt(answer))
+    # a table's cells are escaped before their widths are taken; this pass covers every other answer
+    print(json.dumps(answer, indent=2) if args["--json"] else "\n".join(map(shown, fmt(answer).split("\n"))))
     for warning in answer.get(wire.WARNINGS) or ():  # done, but a step after it failed: say so, still exit 0
-        print(f"hyperhive: warning: {warning}", file=sys.stderr)
+        print(f"hyperhive: warning: {shown(warning)}", file=sys.stderr)
     return 0

@@ -17,22 +17,34 @@ import stat
 
 from hyperhive import wire
 
-# An absolute path whose last segment looks like `name.ext`: a directory mention does not count.
-PATH_RE = re.compile(r"(?<![\w/.~-])(/(?:[\w.@+-]+/)*[\w@+-][\w.@+-]*\.[A-Za-z0-9]{1,12})(?![\w/])")
-MAX_REFS = 16  # file references kept per message
+MAX_REFS = 16  # file references kept per message: the first this many distinct paths a body names
+MAX_MENTIONS = 256  # path mentions read per body, repeats included: later ones are not looked at
 MAX_PATH = 1024
+MAX_DEPTH = 64  # components of a path, its file included
 PREVIEW_BYTES = 64 * 1024
+# An absolute path whose last segment looks like `name.ext` (a directory mention does not count), of at
+# most MAX_DEPTH components of at most 255 characters. Every body an agent sends is scanned on the core's
+# loop, so the scan must stay linear: the "/" comes first (the engine skips to each one in C), a path may
+# not start right after a character a path holds (else "/@/@/@…" starts a match at every slash, each
+# running to the end: one 512 KiB body cost half an hour), and the bounds cap what one start can try.
+PATH_RE = re.compile(r"/(?<![\w/.~@+-]/)(?:[\w.@+-]{1,255}/){0,%d}[\w@+-][\w.@+-]{0,241}\.[A-Za-z0-9]{1,12}(?![\w/])"
+                     % (MAX_DEPTH - 1))
 
 
 def scan(body):
-    """The distinct candidate paths in a message body, in order of appearance."""
+    """The distinct candidate paths in a message body, in order of appearance: at most MAX_REFS, from its
+    first MAX_MENTIONS path mentions."""
     if "/" not in body or "." not in body:  # the common case costs two scans of C code
         return []
     seen = []
-    for match in PATH_RE.finditer(body):
-        path = match.group(1)
+    for mentions, match in enumerate(PATH_RE.finditer(body), 1):
+        path = match.group(0)
         if path not in seen and len(path) <= MAX_PATH:
             seen.append(path)
+            if len(seen) == MAX_REFS:
+                break
+        if mentions == MAX_MENTIONS:
+            break
     return seen
 
 
@@ -49,6 +61,8 @@ def _parts(path):
     parts = [p for p in path.split("/") if p and p != "."]
     if ".." in parts:
         raise wire.HiveError(f"{path!r} climbs with '..'; give the direct path")
+    if len(parts) > MAX_DEPTH:  # each one is a system call on the way down
+        raise wire.HiveError(f"the file path is {len(parts)} directories deep; the limit is {MAX_DEPTH}")
     return parts
 
 
@@ -147,18 +161,18 @@ class Reach:
             os.close(fd)
         return self.host_path(path)
 
-    def refs(self, body):
-        """The file references of a body that resolve to a regular file in reach, as stored on a message."""
+    def refs(self, paths):
+        """Of the candidate paths `scan` found, those naming a regular file in reach, as stored on a message.
+
+        At most MAX_REFS paths of at most MAX_DEPTH components each: a bounded number of system calls."""
         found = []
-        for path in scan(body):
+        for path in paths[:MAX_REFS]:
             try:
                 _, host, rest = self.resolve(path)
                 size = self.size(path)
             except wire.HiveError:
                 continue
             found.append({"path": path, "host_path": os.path.join(host, *rest), "size": size})
-            if len(found) == MAX_REFS:
-                break
         return found
 
 

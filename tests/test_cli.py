@@ -145,6 +145,45 @@ def test_questions_answer_and_cancel(hive):
         "answer. Ask again if you still need one."])
 
 
+def hidden(text):
+    """The characters of text a terminal would act on or hide (a table's own line breaks aside)."""
+    import unicodedata
+
+    return [ch for ch in text if ch != "\n" and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")]
+
+
+def test_what_agents_write_reaches_the_terminal_escaped_never_raw(hive):
+    """An agent writes status lines, messages, questions and approval descriptions: an OSC 52 clipboard
+    write, a clear screen, carriage returns that overwrite a row, bidi overrides. Every table shows them
+    spelled out (`\\x1b`), each agent's text on its own row; `--json` carries them as they are."""
+    manager_ready(hive)
+    osc52, clear = "\x1b]52;c;cm0gLXJmIH4K\x07", "\x1b[2J\x1b[H"
+    status = f"busy{osc52}{clear}"
+    body = f"hi\rmanager  running  fake row\x08\x08\u202eevil\u2066\u200d\x9b31m"
+    question = f"Ship?{osc52}\u202e"
+    description = f"fix\x1b]0;pwned\x07\rX\U000e0041"
+    hive.agent_call("manager", "set_status", text=status)
+    hive.agent_call("manager", "send", to="operator", body=body)
+    hive.agent_call("manager", "ask", question=question, options=["yes\x1b[1A", "no"])
+    hive.agent_call("manager", "request_init_config", name="newbie", description=description)
+    wait_until(lambda: hive.call("inbox")["messages"], 10, "the manager's message")
+    tables = {verb: ok_out(hive, verb) for verb in ("status", "inbox", "pending", "questions")}
+    for verb, table in tables.items():
+        assert hidden(table) == [], (verb, table)
+        assert len(table.splitlines()) == 2, (verb, table)  # the header and the one row
+    assert "busy\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J\\x1b[H" in tables["status"]
+    assert "hi\\rmanager  running  fake row\\x08\\x08\\u202eevil\\u2066\\u200d\\x9b31m" in tables["inbox"]
+    assert "yes\\x1b[1A | no  Ship?\\x1b]52;c;cm0gLXJmIH4K\\x07\\u202e" in tables["questions"]
+    assert "fix\\x1b]0;pwned\\x07\\rX\\U000e0041" in tables["pending"]
+    # the raw answers are JSON, which escapes them itself, and carry the text as the agent wrote it
+    raw = {verb: ok_out(hive, "--json", verb) for verb in ("status", "inbox", "pending", "questions")}
+    assert all(hidden(text) == [] for text in raw.values())
+    assert json.loads(raw["status"])["agent_statuses"][0]["status_text"] == status
+    assert json.loads(raw["inbox"])["messages"][0]["body"] == body
+    assert json.loads(raw["questions"])["questions"][0]["question"] == question
+    assert json.loads(raw["pending"])["approvals"][0]["description"] == description
+
+
 # -- lifecycle ----------------------------------------------------------------------
 
 def test_spawn_pause_resume_stop_start_destroy(hive):

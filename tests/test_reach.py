@@ -2,6 +2,7 @@
 the host's, and opening files under a root without ever following a link out (hyperhive/reach.py)."""
 
 import os
+import time
 
 import pytest
 
@@ -31,6 +32,21 @@ def test_scan_finds_absolute_paths_whose_last_segment_is_name_dot_ext():
     assert reach.scan("no paths here") == [] and reach.scan("a/b") == []
 
 
+def test_a_scan_reads_a_bounded_number_of_paths_in_linear_time():
+    many = " ".join(f"/shared/f{i}.txt" for i in range(100))
+    assert reach.scan(many) == [f"/shared/f{i}.txt" for i in range(reach.MAX_REFS)]
+    repeated = "/shared/same.txt " * reach.MAX_MENTIONS + "/shared/late.txt"
+    assert reach.scan(repeated) == ["/shared/same.txt"], "past the first MAX_MENTIONS mentions, nothing is read"
+    deep = "/" + "d/" * (reach.MAX_DEPTH - 1)
+    assert reach.scan(f"{deep}x.md {deep}d/y.md") == [f"{deep}x.md"], "a path deeper than MAX_DEPTH is no path"
+    assert reach.scan("a@/x/y.md b+/x/y.md") == [], "a path starts where no path character is before it"
+    # bodies whose every slash could start a path took time quadratic in their length (minutes at 512 KiB)
+    for body in ("/@" * 32768 + " .", " /" + "a/" * 32768 + " .", " /" + "a.b/" * 16384, " /a.b" * 13000):
+        started = time.perf_counter()
+        reach.scan(body)
+        assert time.perf_counter() - started < 0.5, body[:20]
+
+
 def test_a_path_translates_from_the_agents_view_to_the_hosts(roots):
     r, state, shared, _ = roots
     assert r.host_path("/state/notes/plan.md") == str(state / "notes" / "plan.md")
@@ -46,6 +62,7 @@ def test_a_path_translates_from_the_agents_view_to_the_hosts(roots):
     ("notes/plan.md", "bad_argument", "is relative"),
     ("/stateful/x.md", "forbidden", "outside"),  # a prefix of a root's name is not the root
     ("/state/a\0b.md", "bad_argument", "NUL"),
+    ("/state" + "/d" * reach.MAX_DEPTH + "/x.md", "bad_argument", f"directories deep; the limit is {reach.MAX_DEPTH}"),
 ])
 def test_paths_out_of_reach_are_refused_with_a_sentence(roots, path, code, fragment):
     r = roots[0]
@@ -103,10 +120,10 @@ def test_refs_keep_only_regular_files_in_reach(roots):
     os.symlink(outside / "key.pem", state / "key.md")
     body = ("/state/notes/plan.md /shared/report.txt /state/key.md /state/gone.md /etc/hostname "
             "/state/../secret/key.pem")
-    assert r.refs(body) == [
+    assert r.refs(reach.scan(body)) == [
         {"path": "/state/notes/plan.md", "host_path": str(state / "notes" / "plan.md"), "size": 15},
         {"path": "/shared/report.txt", "host_path": str(shared / "report.txt"), "size": 9}]
     for i in range(reach.MAX_REFS + 5):
         (shared / f"f{i}.txt").write_text(str(i))
     many = " ".join(f"/shared/f{i}.txt" for i in range(reach.MAX_REFS + 5))
-    assert len(r.refs(many)) == reach.MAX_REFS
+    assert len(r.refs(reach.scan(many))) == reach.MAX_REFS

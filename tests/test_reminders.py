@@ -383,7 +383,7 @@ def test_a_missing_claude_is_its_own_state_told_once(rig):
 
 # -- file references at ingest ----------------------------------------------------------------------------
 
-def test_file_refs_are_checked_against_what_the_reader_may_open(rig):
+def test_file_refs_are_what_the_sender_may_open_and_the_reader_too(rig):
     for name in ("a", "b"):
         with open(os.path.join(rig.state(name), "notes.md"), "w") as f:
             f.write(f"{name}'s notes")
@@ -394,7 +394,11 @@ def test_file_refs_are_checked_against_what_the_reader_may_open(rig):
     body = f"see {a_notes}, {b_notes} and {shared}"
     rig.call("agent", "a", "send", to="b", body=body)
     [to_b] = rig.inbox("b")
-    assert [r["path"] for r in to_b["file_refs"]] == [b_notes, shared], "b reads its own state and the shared dir"
+    # b's notes are not a's to look up, a's are not b's to open: only the shared dir is both's
+    assert [r["path"] for r in to_b["file_refs"]] == [shared]
+    # from the core (a reminder, say) the reader's own state dir is looked up: the core may read it
+    rig.broker.send("core", "b", body)
+    assert [r["path"] for r in rig.inbox("b")[0]["file_refs"]] == [b_notes, shared]
     rig.call("agent", "a", "send", to="operator", body=body)
     to_op = Message.select().where(Message.recipient == "operator").get()
     assert [r["path"] for r in json.loads(to_op.file_refs)] == [a_notes, shared], \
@@ -402,15 +406,31 @@ def test_file_refs_are_checked_against_what_the_reader_may_open(rig):
     assert json.loads(to_op.file_refs)[1] == {"path": shared, "host_path": shared, "size": 7}
 
 
-def test_file_refs_carry_the_host_resolution_of_the_readers_view(tmp_path):
+def test_file_refs_carry_the_host_resolution_of_the_senders_view(tmp_path):
     rig = Rig(tmp_path, backend=NixosView())
     try:
-        with open(os.path.join(rig.state("b"), "plan.md"), "w") as f:
-            f.write("plan")
-        rig.call("agent", "a", "send", to="b", body="read /state/plan.md and /state/missing.md")
+        for name in ("a", "b"):
+            with open(os.path.join(rig.state(name), "plan.md"), "w") as f:
+                f.write(f"{name}'s plan")
+        with open(os.path.join(rig.layout.shared_dir, "all.md"), "w") as f:
+            f.write("ours")
+        body = "read /state/plan.md, /state/missing.md and /shared/all.md"
+        rig.call("agent", "a", "send", to="operator", body=body)
+        to_op = json.loads(Message.select().where(Message.recipient == "operator").get().file_refs)
+        assert to_op == [{"path": "/state/plan.md", "host_path": os.path.join(rig.state("a"), "plan.md"), "size": 8},
+                         {"path": "/shared/all.md", "host_path": os.path.join(rig.layout.shared_dir, "all.md"),
+                          "size": 4}]
+        # to b, /state/plan.md is b's own file of that name, not a's: not a reference b is shown
+        rig.call("agent", "a", "send", to="b", body=body)
         [msg] = rig.inbox("b")
-        assert msg["file_refs"] == [{"path": "/state/plan.md", "host_path": os.path.join(rig.state("b"), "plan.md"),
-                                     "size": 4}]
+        assert msg["file_refs"] == [to_op[1]]
+        # and an agent is shown a reference without the host's path
+        rig.call("agent", "a", "send", to="b", body=body)
+        assert rig.call("agent", "b", "recv", wait_seconds=0)["messages"][0]["file_refs"] == [
+            {"path": "/shared/all.md", "size": 4}]
+        recent = rig.call("agent", "a", "recent", limit=10)["messages"]
+        assert [r["file_refs"] for r in recent] == [[{"path": "/shared/all.md", "size": 4}]] * 2 + [
+            [{"path": "/state/plan.md", "size": 8}, {"path": "/shared/all.md", "size": 4}]]
     finally:
         rig.db.close()
 

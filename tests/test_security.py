@@ -40,6 +40,7 @@ import sqlite3
 import stat
 import subprocess
 import threading
+import time
 import urllib.parse
 from types import SimpleNamespace
 
@@ -47,7 +48,7 @@ import pytest
 
 import wsgi
 from conftest import Clock, Hive, pyz_argv, refused, running, wait_until
-from hyperhive import jsonline, wire
+from hyperhive import jsonline, reach, wire
 from hyperhive.core import auth as auth_module
 from hyperhive.core.auth import COOKIE, Auth
 from hyperhive.core.containers import nixos
@@ -707,14 +708,13 @@ def test_file_references_are_only_what_the_reader_may_open(rig):
     with open(f"{rig.shared}/plan.txt", "w") as f:
         f.write("the shared plan\n")
     named = [p for p, _ in escapes(rig, "alice") if "\x00" not in p] + [f"{bob_state}/bob-notes.md", "/etc/ld.so.conf"]
-    body = "see " + ", ".join(named) + f" and {state}/notes.md and {rig.shared}/plan.txt"
-    to_operator = rig.alice("send", to=wire.OPERATOR, body=body)["id"]
-    refs = json.loads(rig.msg(to_operator)["file_refs"])
-    assert [r["path"] for r in refs] == [f"{state}/notes.md", f"{rig.shared}/plan.txt"]
-    # to bob, the reader is bob: alice's files are not his to open, his own are
-    to_bob = rig.alice("send", to="bob", body=f"mine: {state}/notes.md; yours: {bob_state}/bob-notes.md")["id"]
-    assert [r["path"] for r in json.loads(rig.msg(to_bob)["file_refs"])] == [f"{bob_state}/bob-notes.md"]
-    # the dashboard opens a reference again, through the reader's reach: a link swapped in is refused
+    # a body's first MAX_REFS distinct paths are looked up: the escapes go a few at a time
+    for at in range(0, len(named), reach.MAX_REFS - 2):
+        body = "see " + ", ".join(named[at:at + reach.MAX_REFS - 2]) + f" and {state}/notes.md and {rig.shared}/plan.txt"
+        to_operator = rig.alice("send", to=wire.OPERATOR, body=body)["id"]
+        refs = json.loads(rig.msg(to_operator)["file_refs"])
+        assert [r["path"] for r in refs] == [f"{state}/notes.md", f"{rig.shared}/plan.txt"], body
+    # the dashboard opens a reference again, through the reach it was found in: a link swapped in is refused
     status, _, data = rig.http("GET", f"/file-ref/{to_operator}/0")
     assert status == 200 and json.loads(data)["text"] == "alice's notes\n"
     os.rename(f"{state}/notes.md", f"{state}/notes.real")
@@ -727,6 +727,76 @@ def test_file_references_are_only_what_the_reader_may_open(rig):
         os.unlink(f"{state}/notes.md")
         os.rename(f"{state}/notes.real", f"{state}/notes.md")
     outside_untouched(rig)
+
+
+def test_a_sender_learns_nothing_of_the_readers_tree_from_its_references(rig):
+    """alice names files in bob's state dir: whatever she is shown is the same whether they exist or not;
+    bob is shown only what he may open as she named it (the shared dir), and neither is shown a host path."""
+    state, bob_state = rig.state("alice"), rig.state("bob")
+    with open(f"{state}/mine.md", "w") as f:
+        f.write("alice's own\n")
+    with open(f"{rig.shared}/both.txt", "w") as f:
+        f.write("for both\n")
+    seen = []
+    for exists in (False, True):
+        probe = f"{bob_state}/probe-{len(seen)}.md"
+        if exists:
+            with open(probe, "w") as f:
+                f.write(f"{PRIVATE} bob's, {len(seen)}\n")
+        body = f"is there {probe}? see {state}/mine.md and {rig.shared}/both.txt"
+        mid = rig.alice("send", to="bob", body=body)["id"]
+        [mine] = [m for m in rig.alice("recent", limit=10)["messages"] if m["id"] == mid]
+        [bobs] = [m for m in rig.h.agent_call("bob", "recent", limit=10)["messages"] if m["id"] == mid]
+        seen.append((mine["file_refs"], bobs["file_refs"], json.loads(rig.msg(mid)["file_refs"])))
+    shared = {"path": f"{rig.shared}/both.txt", "size": len("for both\n")}
+    stored = dict(shared, host_path=shared["path"])
+    assert seen[0] == seen[1] == ([shared], [shared], [stored])
+    # the operator opens it on the dashboard through alice's reach, as she named it
+    status, _, data = rig.http("GET", f"/file-ref/{mid}/0")
+    assert status == 200 and json.loads(data)["text"] == "for both\n"
+    outside_untouched(rig)
+
+
+def test_no_body_an_agent_sends_holds_the_core_for_more_than_a_moment(rig):
+    """The core scans every body for file paths on its one loop and looks each up a directory at a time:
+    the scan is linear and the lookups bounded (the first MAX_REFS distinct paths of at most MAX_DEPTH
+    components), so neither a body naming 500 paths 480 directories deep nor one whose every slash could
+    start a path holds up anyone else: the admin socket answers throughout."""
+    state = rig.state("alice")
+    deep = os.path.join(state, "deep", *(["d"] * ((reach.MAX_PATH - len(state) - 20) // 2)))
+    os.makedirs(deep)
+    paths = [f"{deep}/x{i:03d}.md" for i in range(500)]
+    shallow = os.path.join(state, "deep", *(["d"] * 8))
+    for path in (paths[-1], f"{shallow}/late.md", f"{shallow}/ok.md"):
+        with open(path, "w") as f:
+            f.write("x")
+    late = " ".join(f"{shallow}/none{i}.md" for i in range(reach.MAX_REFS)) + f" {shallow}/late.md"
+    padding = " " + "y" * wire.MAX_BODY
+    bodies = [(" ".join(paths) + padding)[:wire.MAX_BODY],
+              ("/@" * 32768 + " .")[:wire.MAX_BODY],  # took half a minute before (quadratic)
+              (f"{shallow}/ok.md " * 20000)[:wire.MAX_BODY], late, f"{shallow}/ok.md"]
+    answers, slowest, done = [], [0.0], threading.Event()
+
+    def ping():
+        while not done.is_set():
+            started = time.monotonic()
+            rig.h.call("list", timeout=60)
+            slowest[0] = max(slowest[0], time.monotonic() - started)
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    try:
+        for body in bodies:
+            started = time.monotonic()
+            mid = rig.alice("send", to=wire.OPERATOR, body=body)["id"]
+            answers.append((time.monotonic() - started, [r["path"] for r in json.loads(rig.msg(mid)["file_refs"])]))
+    finally:
+        done.set()
+        pinger.join()
+    assert max(took for took, _ in answers) < 2.0, answers
+    assert slowest[0] < 1.0, f"the admin socket waited {slowest[0]:.2f}s beside those sends"
+    # past the depth, past the first MAX_REFS distinct paths: not looked up; within them, found
+    assert [refs for _, refs in answers] == [[], [], [f"{shallow}/ok.md"], [], [f"{shallow}/ok.md"]]
 
 
 def test_an_agents_page_previews_only_files_in_its_reach(rig):
@@ -774,8 +844,15 @@ def test_the_core_reads_no_model_file_linked_out_of_the_state_dir(rig):
         os.mkfifo(model)  # nor may a fifo there hang the core
         rows = {r["name"]: r for r in rig.h.agent_call(wire.MANAGER, "agent_status", timeout=10)["agent_statuses"]}
         assert rows["alice"]["active_model"] is None
-    finally:
         os.unlink(model)
+        os.mkdir(model)  # nor a directory fail every agent's row
+        rows = {r["name"]: r for r in rig.h.agent_call(wire.MANAGER, "agent_status", timeout=10)["agent_statuses"]}
+        assert rows["alice"]["active_model"] is None and rows["bob"]["active_model"]
+    finally:
+        if os.path.isdir(model):
+            os.rmdir(model)
+        else:
+            os.unlink(model)
         with open(model, "w") as f:
             f.write(saved)
     outside_untouched(rig)
@@ -814,6 +891,15 @@ def test_the_nixos_env_file_is_not_written_through_a_link_planted_beside_the_soc
     written = sock_dir / nixos.ENV_FILE
     assert not written.is_symlink() and stat.S_IMODE(written.stat().st_mode) == 0o600
     assert 'ANTHROPIC_API_KEY="k"' in written.read_text()
+    # a directory in its place (os.replace cannot write over one) is moved aside, its contents untouched
+    written.unlink()
+    written.mkdir()
+    os.symlink(canary, written / "out")
+    backend._write_env(SimpleNamespace(name="alice", env={"HIVE_SOCKET": str(sock_dir / "agent.sock"),
+                                                          "ANTHROPIC_API_KEY": "k"}))
+    assert written.is_file() and 'ANTHROPIC_API_KEY="k"' in written.read_text() and canary.read_text() == CANARY
+    [aside] = [p for p in sock_dir.iterdir() if p.name.startswith(f"{nixos.ENV_FILE}.planted-")]
+    assert os.readlink(aside / "out") == str(canary)
 
 
 # -- the dashboard: its routes ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ import stat
 import time
 
 from hyperhive import wire
+from hyperhive.core import planted
 from hyperhive.schema import WebSession, core_db
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,12 @@ def _read(path):
     except OSError as e:
         log.warning("%s is not a plain file (%s); replacing it", path, e.strerror)
         return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:  # checked on the fd: fdopen refuses a directory
+        os.close(fd)
+        log.warning("%s is not a small plain file; replacing it", path)
+        return None
     with os.fdopen(fd) as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
-            log.warning("%s is not a small plain file; replacing it", path)
-            return None
         return f.read()
 
 
@@ -80,6 +82,9 @@ def _read_or_create(path):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
+    moved = planted.clear(os.path.dirname(path), os.path.basename(path), only_dirs=True)
+    if moved:  # a directory is the one thing os.replace cannot put a file over
+        log.warning("%s", moved)
     os.replace(tmp, path)  # replaces whatever was at path, a link included, never its target
     return secret
 

@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 
@@ -37,7 +38,7 @@ from docopt import docopt
 from gevent.event import Event
 
 from hyperhive import binaries, jsonline, resources, settings, wire
-from hyperhive.core import containers
+from hyperhive.core import containers, planted
 from hyperhive.core.approvals import Approvals
 from hyperhive.core.auth import Auth
 from hyperhive.core.broker import Broker
@@ -60,27 +61,63 @@ REMINDER_SECONDS = 5.0  # how often due reminders are delivered
 
 
 class Sockets:
-    """The per-agent socket servers, opened and closed as agents come and go."""
+    """The per-agent socket servers, opened and closed as agents come and go.
+
+    An agent's socket directory is bound read-write into its sandbox: what the
+    core keeps there (the directory itself, the socket, the page secret) is
+    checked at every open and cleared when it is not the core's (`planted`),
+    so one agent's plant fails at worst that agent's start, with a sentence."""
 
     def __init__(self, layout, surfaces):
         self.layout, self.surfaces = layout, surfaces
         self.servers = {}
+        self.bound = {}  # name -> (st_dev, st_ino) of the socket file this core bound
 
     def open(self, name, role):
-        if name in self.servers:
+        directory = os.path.dirname(self.layout.socket(name))
+        try:
+            self._open(name, role, directory)
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename else ""
+            raise wire.HiveError(f"could not set up {name}'s socket directory {directory}: {e.strerror or e}"
+                                 f"{where}; the core clears what it keeps there at every start, so start "
+                                 f"{name} again, and if this repeats move the directory away", "unavailable") \
+                from None
+
+    def _open(self, name, role, directory):
+        path = self.layout.socket(name)
+        replaced = planted.own_dir(directory, 0o750)
+        if replaced:
+            log.warning("%s: %s", name, replaced)
+        found = planted.lstat_in(directory, os.path.basename(path))
+        server = self.servers.get(name)
+        ours = (server is not None and found is not None and stat.S_ISSOCK(found.st_mode)
+                and (found.st_dev, found.st_ino) == self.bound.get(name))
+        if not ours:
+            # The last run's socket, or whatever the agent put in its place: the path is the core's.
+            cleared = planted.clear(directory, os.path.basename(path))
+            if cleared:
+                stale = server is None and found is not None and stat.S_ISSOCK(found.st_mode)  # the last run's
+                (log.info if stale else log.warning)("%s: %s; its socket is bound anew", name, cleared)
+            self.close(name)
+        # the agent's page secret lives beside its socket, before its harness can look for it
+        Auth.agent_secret(directory)
+        if ours:
             return
         surface = "manager" if role == "manager" else "agent"
-        os.makedirs(os.path.dirname(self.layout.socket(name)), mode=0o750, exist_ok=True)
-        # the agent's page secret lives beside its socket, before its harness can look for it
-        Auth.agent_secret(os.path.dirname(self.layout.socket(name)))
-        server = jsonline.Server(self.layout.socket(name), self.surfaces.dispatcher(surface, name),
-                                 mode=0o660, name=f"{name}.sock")
+        server = jsonline.Server(path, self.surfaces.dispatcher(surface, name), mode=0o660, name=f"{name}.sock")
+        found = os.lstat(path)
+        self.bound[name] = (found.st_dev, found.st_ino)
         self.servers[name] = server.start()
 
     def close(self, name):
         server = self.servers.pop(name, None)
+        self.bound.pop(name, None)
         if server is not None:
-            server.stop()
+            try:
+                server.stop()
+            except OSError as e:  # it stopped serving; what now lies at its path is the agent's
+                log.warning("%s: the socket server stopped, but its path was not removed: %s", name, e)
 
     def close_all(self):
         for name in list(self.servers):

@@ -310,7 +310,7 @@ class Dashboard:
                                                "Cache-Control": "no-store"})
 
     def file_ref(self, message_id, index):
-        """The head of a message's file reference, read again now through its reader's reach.
+        """The head of a message's file reference, read again now through the reach it was found in.
 
         The stored host path is never opened as it is: the file may have been
         swapped for a symlink (or moved out of reach) since the message was sent."""
@@ -324,7 +324,7 @@ class Dashboard:
             have = f"only {len(refs)} file reference{'' if len(refs) == 1 else 's'}" if refs else "no file references"
             raise wire.HiveError(f"message {mid} has {have}; there is no number {number} (they count from 0)",
                                  "not_found")
-        reach = self.core.lifecycle.reader_reach(message.sender, message.recipient)
+        reach = self.core.lifecycle.ref_reach(message.sender, message.recipient)
         return web.json_response(reach.preview(refs[number]["path"]))
 
     def config_page(self, name):

@@ -23,7 +23,7 @@ import gevent
 from gevent.lock import RLock
 
 from hyperhive import wire
-from hyperhive.core import aftermath, reminders
+from hyperhive.core import aftermath, planted, reminders
 from hyperhive.core.containers import Launch
 from hyperhive.reach import Reach, scan
 from hyperhive.schema import Agent, core_db, now_ms
@@ -182,9 +182,10 @@ class Lifecycle:
             fd = os.open(os.path.join(self.layout.state(name), MODEL_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # on the fd: fdopen raises on a directory, failing every row
+            os.close(fd)
+            return None
         with os.fdopen(fd, errors="replace") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
             return f.read(256).strip() or None
 
     def reach(self, name):
@@ -193,20 +194,35 @@ class Lifecycle:
         return Reach([("state", self.backend.state_in or state, state),
                       ("shared", self.backend.shared_in or shared, shared)])
 
-    def reader_reach(self, sender, recipient):
-        """What the reader of a message may open: an agent its own state dir and the shared dir; the
-        operator (on the pages) what the sender named: the sender's state dir and the shared dir."""
-        reader = sender if recipient == wire.OPERATOR else recipient
-        if reader != wire.OPERATOR and self.known(reader):
-            return self.reach(reader)
+    def _agent(self, name):
+        return name != wire.OPERATOR and self.known(name)
+
+    def ref_reach(self, sender, recipient):
+        """Where the file references of a message are looked up, and opened again for a preview.
+
+        An agent's are in what it may open itself (its state dir and the shared dir), as it names them, so
+        that naming a path teaches it nothing of another's tree. The operator and the core, who may read
+        every agent's files, name them as the agent they write to sees them."""
+        owner = sender if self._agent(sender) else recipient
+        if self._agent(owner):
+            return self.reach(owner)
         shared = self.layout.shared_dir
         return Reach([("shared", self.backend.shared_in or shared, shared)])
 
     def file_refs(self, sender, recipient, body):
-        """The file references of a message, checked against what its reader may open."""
-        if not scan(body):  # most messages name no file: no reach to build, no disk to touch
+        """The file references of a message: files its sender may open that its reader may open too.
+
+        An agent writing to another names files in its own reach; the reader is shown only those it may
+        open as named (the shared dir's): another's state dir is not its to read, and under nixos its own
+        /state/x.md is a different file."""
+        paths = scan(body)
+        if not paths:  # most messages name no file: no reach to build, no disk to touch
             return []
-        return self.reader_reach(sender, recipient).refs(body)
+        refs = self.ref_reach(sender, recipient).refs(paths)
+        if self._agent(sender) and self._agent(recipient) and sender != recipient:
+            theirs = self.reach(recipient)
+            refs = [ref for ref in refs if _same_file(theirs, ref)]
+        return refs
 
     def row(self, agent):
         running = self.running(agent.name)
@@ -455,20 +471,47 @@ class Lifecycle:
         launch.hidden_dirs = [self.layout.state_dir, self.layout.run_dir]
         return launch
 
+    def _dirs(self, name):
+        """The agent's home and state dir, made when missing. Something else at either is refused with a
+        sentence, never removed: the agent's files may be behind it, so the operator moves it."""
+        for what, path in (("home", self.layout.home(name)), ("state dir", self.layout.state(name))):
+            try:
+                st = os.stat(path)  # followed: a link here is the operator's (it lies in a directory of the core's)
+            except FileNotFoundError:
+                st = None
+            except OSError as e:
+                raise wire.HiveError(f"{name}'s {what} {path} cannot be read ({e.strerror}); fix it and start "
+                                     f"{name} again") from None
+            if st is None:
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except OSError as e:  # a dangling link, say
+                    raise wire.HiveError(f"{name}'s {what} {path} cannot be made ({e.strerror}); fix it and start "
+                                         f"{name} again") from None
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise wire.HiveError(f"{name}'s {what} {path} is {planted.kind(st)}, not a directory, so {name} "
+                                     f"cannot start; the core does not remove it (it may hold {name}'s files): "
+                                     f"move it away and start {name} again", "conflict")
+
     def _start(self, agent, rev="main", apply_model=False):
         name = agent.name
-        os.makedirs(self.layout.state(name), exist_ok=True)
+        self._dirs(name)
         self.sockets.open(name, agent.role)
         if self.running(name):
             return
         config = self.config(name, rev)
         self._sync_meta(include=name)
-        model_file = os.path.join(self.layout.state(name), MODEL_FILE)
+        state = self.layout.state(name)
+        model_file = os.path.join(state, MODEL_FILE)
         if config.get("model") and (apply_model or not os.path.exists(model_file)):
             # a fresh temp name, never through a link: the state dir is the agent's to write
             tmp = f"{model_file}.{secrets.token_hex(8)}.tmp"
             with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w") as f:
                 f.write(config["model"] + "\n")
+            moved = planted.clear(state, MODEL_FILE, only_dirs=True)
+            if moved:  # a directory is the one thing os.replace cannot put the file over
+                log.warning("%s: %s", name, moved)
             os.replace(tmp, model_file)
         with self._meta_lock:
             self.backend.start(self.launch(agent, config, rev=None if rev == "main" else rev))
@@ -543,30 +586,58 @@ class Lifecycle:
             self.spawn(wire.MANAGER, parent="core", role="manager")
 
     def boot(self):
-        """At core start: open every socket, adopt or restart every agent meant to run."""
-        for agent in Agent.select():
-            self.broker.hold(agent.name, agent.paused)
-            self.sockets.open(agent.name, agent.role)
-            if self.running(agent.name):
-                log.info("adopted %s's running harness", agent.name)
-                applied = self.repos.deployed_sha(agent.name)
-                if applied and agent.running_sha and applied != agent.running_sha:
-                    log.info("%s runs %s but %s is deployed; rebuilding", agent.name,
-                             agent.running_sha[:12], applied[:12])
-                    try:
-                        self.rebuild(agent.name)
-                    except wire.HiveError as e:
-                        log.error("auto-update of %s failed: %s", agent.name, e)
-            elif agent.desired == "running":
-                try:
-                    # a transient like any other: the host socket already serves
-                    with self._busy(agent.name, "starting"):
-                        self._start(agent)
-                except wire.HiveError as e:
-                    log.error("could not start %s at boot: %s", agent.name, e)
-                    self._died(agent, self.streaks.get(agent.name), self.clock(), f"it could not be started: {e}")
+        """At core start: open every socket, adopt or restart every agent meant to run.
+
+        Each agent on its own: whatever fails for one (a plant in its dirs, a config that does not build,
+        a bug) leaves that one failed, with the reason on its row and in the log, and the rest served."""
+        for agent in list(Agent.select()):
+            try:
+                self._boot(agent)
+            except Exception as e:
+                self._boot_failed(agent, e)
         self.ensure_manager()
         self.watch_step()
+
+    def _boot_failed(self, agent, error):
+        """One agent's boot failed: logged, and when it was meant to run and does not, it is failed with the
+        reason (the restart policy tries again, backing off)."""
+        if isinstance(error, wire.HiveError):
+            log.error("could not start %s at boot: %s", agent.name, error)
+            reason = str(error)
+        else:
+            log.error("could not start %s at boot", agent.name, exc_info=error)
+            reason = f"{type(error).__name__}: {error} (the core's log has the details)"
+        try:
+            down = agent.desired == "running" and not self.running(agent.name)
+        except Exception:
+            log.exception("cannot tell whether %s runs; the watch looks again", agent.name)
+            return
+        if down:
+            self._died(agent, self.streaks.get(agent.name), self.clock(), f"it could not be started: {reason}")
+
+    def _boot(self, agent):
+        name = agent.name
+        self.broker.hold(name, agent.paused)
+        running = self.running(name)
+        try:
+            self.sockets.open(name, agent.role)
+        except Exception:
+            if running:  # it could never reach the core: down it goes, and the restart policy takes it
+                self.backend.kill(name, self.layout.home(name))
+            raise
+        if running:
+            log.info("adopted %s's running harness", name)
+            applied = self.repos.deployed_sha(name)
+            if applied and agent.running_sha and applied != agent.running_sha:
+                log.info("%s runs %s but %s is deployed; rebuilding", name, agent.running_sha[:12], applied[:12])
+                try:
+                    self.rebuild(name)
+                except wire.HiveError as e:
+                    log.error("auto-update of %s failed: %s", name, e)
+        elif agent.desired == "running":
+            # a transient like any other: the host socket already serves
+            with self._busy(name, "starting"):
+                self._start(agent)
 
     def start(self, name):
         agent = self.get(name)
@@ -686,6 +757,14 @@ class Lifecycle:
         greenlets = [gevent.spawn(self.backend.stop, a.name, self.layout.home(a.name), graceful, 10.0)
                      for a in Agent.select()]
         gevent.joinall(greenlets, raise_error=False)
+
+
+def _same_file(reach, ref):
+    """Whether `reach` names the file of a ref by the ref's path (no disk is touched)."""
+    try:
+        return reach.host_path(ref["path"]) == ref["host_path"]
+    except wire.HiveError:
+        return False
 
 
 class _Transient:

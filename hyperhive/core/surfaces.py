@@ -21,6 +21,15 @@ from hyperhive.schema import Agent, now_ms
 log = logging.getLogger(__name__)
 
 
+def _for_agent(messages):
+    """Messages as an agent is shown them: a file reference is the path as it names it and the size,
+    never where the core found it on the host (the operator's to know)."""
+    for m in messages:
+        if m.get("file_refs"):
+            m["file_refs"] = [{"path": r.get("path"), "size": r.get("size")} for r in m["file_refs"]]
+    return messages
+
+
 class Surfaces:
     def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None, reminders=None, auth=None,
                  helper_events=None):
@@ -61,7 +70,7 @@ class Surfaces:
 
     def do_recv(self, caller, wait_seconds, max, gone=None):
         messages, unread = self.broker.recv(caller, wait_seconds, max, gone)
-        return wire.ok(messages=messages, unread=unread)
+        return wire.ok(messages=_for_agent(messages), unread=unread)
 
     def do_ack_turn(self, caller):
         acked = self.broker.ack_turn(caller)
@@ -98,13 +107,13 @@ class Surfaces:
         return wire.ok(requeued=self.broker.requeue_inflight(caller))
 
     def do_recent(self, caller, limit):
-        return wire.ok(messages=self.broker.recent(caller, limit))
+        return wire.ok(messages=_for_agent(self.broker.recent(caller, limit)))
 
     def do_inbox(self, caller, limit, before, unread, only_from):
-        answer = wire.ok(messages=self.broker.inbox(caller, limit, before=before, unread=unread, sender=only_from))
-        if caller == wire.OPERATOR:  # who floods shows
-            answer["senders"] = self.broker.senders(caller)
-        return answer
+        messages = self.broker.inbox(caller, limit, before=before, unread=unread, sender=only_from)
+        if caller != wire.OPERATOR:
+            return wire.ok(messages=_for_agent(messages))
+        return wire.ok(messages=messages, senders=self.broker.senders(caller))  # who floods shows
 
     def do_mark_read(self, caller, ids):
         return wire.ok(read=self.broker.mark_read(caller, ids))

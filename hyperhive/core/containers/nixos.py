@@ -22,6 +22,7 @@ import time
 import sh
 
 from hyperhive import wire
+from hyperhive.core import planted
 from hyperhive.core.metaflake import MetaFlake
 
 log = logging.getLogger(__name__)
@@ -321,6 +322,9 @@ class NixosBackend:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        moved = planted.clear(os.path.dirname(path), ENV_FILE, only_dirs=True)
+        if moved:  # a directory is the one thing os.replace cannot put a file over
+            log.warning("%s: %s", launch.name, moved)
         os.replace(tmp, path)
 
     def start(self, launch):
