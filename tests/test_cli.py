@@ -170,7 +170,8 @@ def test_what_agents_write_reaches_the_terminal_escaped_never_raw(hive):
     tables = {verb: ok_out(hive, verb) for verb in ("status", "inbox", "pending", "questions")}
     for verb, table in tables.items():
         assert hidden(table) == [], (verb, table)
-        assert len(table.splitlines()) == 2, (verb, table)  # the header and the one row
+        assert len(table.split("\n\n")[0].splitlines()) == 2, (verb, table)  # the header and the one row
+    assert tables["inbox"].split("\n\n")[1] == "manager: 1 unread, 1 in the last hour\n"  # the senders' summary
     assert "busy\\x1b]52;c;cm0gLXJmIH4K\\x07\\x1b[2J\\x1b[H" in tables["status"]
     assert "hi\\rmanager  running  fake row\\x08\\x08\\u202eevil\\u2066\\u200d\\x9b31m" in tables["inbox"]
     assert "yes\\x1b[1A | no  Ship?\\x1b]52;c;cm0gLXJmIH4K\\x07\\u202e" in tables["questions"]
