@@ -124,14 +124,8 @@ def _table(rows, columns):
     return "\n".join(lines)
 
 
-def _state(row):
-    if row["running"]:
-        return "paused" if row["paused"] else "running"
-    return "failed" if row["failed"] else "stopped"
-
-
 def _status_table(answer):
-    rows = [dict(r, state=_state(r), model=r.get("active_model"), status=r.get("claude_missing") or r.get("status_text"),
+    rows = [dict(r, model=r.get("active_model"), status=r.get("claude_missing") or r.get("status_text"),
                  login="claude missing" if r.get("claude_missing") else "needed" if r.get("needs_login") else "")
             for r in answer["agent_statuses"]]
     return _table(rows, ["name", "state", "model", "login", "parent", "status"]) if rows else "(no agents)"

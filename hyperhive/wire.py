@@ -496,7 +496,7 @@ def parse_request(obj, surface):
 MESSAGE_FIELDS = ("id", "from", "body", "sent_at", "redelivered", "file_refs")
 # inbox/recent rows also say who a message went to
 LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at", "cancelled_at")
-STATUS_FIELDS = ("name", "running", "failed", "needs_update", "needs_login", "paused",
+STATUS_FIELDS = ("name", "state", "running", "failed", "needs_update", "needs_login", "paused",
                  "parent", "deployed_sha", "active_model", "status_text", "status_set_at",
                  "url", "pending_reminders", "role", "last_turn_at", "claude_missing", "restart")
 # `restart` is null, or {deaths, reason, next_at} while a harness that died on its own is

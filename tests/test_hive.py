@@ -201,9 +201,11 @@ def test_operator_to_a_to_b_to_operator(hive):
     assert b_call["prompt"].startswith("from: a\n\n")
     msg = [m for m in hive.call("inbox")["messages"] if m["body"] == "pong from b"][0]
     assert msg["from"] == "b"
-    # both turns ended well, so every message is acked
-    wait_until(lambda: hive.db_rows("select count(*) from message where acked_at is null") == [(0,)], 10,
-               "every message to be acked")
+    # both turns ended well, so every message to an agent is acked; b's answer waits unread for the operator
+    wait_until(lambda: hive.db_rows("select recipient, count(*) from message where acked_at is null "
+                                    "group by recipient") == [("operator", 1)], 10, "every agent's message to be acked")
+    hive.call("mark_read", ids=[msg["id"]])
+    assert hive.db_rows("select count(*) from message where acked_at is null") == [(0,)]
 
 
 def test_the_conversation_survives_restarts_rebuilds_and_crashes_and_only_new_session_drops_it(hive):

@@ -156,10 +156,10 @@ def test_manager_tools_map_to_manager_verbs_with_their_arguments(core):
     core.answers["request_apply_commit"] = ok(id=7)
     core.answers["stop"] = ok()
     core.answers["agent_status"] = ok(agent_statuses=[{
-        "name": "a", "running": True, "failed": False, "needs_update": True, "needs_login": False,
+        "name": "a", "state": "running", "running": True, "failed": False, "needs_update": True, "needs_login": False,
         "paused": False, "parent": "operator", "deployed_sha": "abcdef012345", "active_model": "sonnet",
         "status_text": "busy", "status_set_at": None, "url": None, "pending_reminders": 0}, {
-        "name": "b", "running": False, "failed": True, "needs_update": False, "needs_login": False,
+        "name": "b", "state": "failed", "running": False, "failed": True, "needs_update": False, "needs_login": False,
         "paused": False, "parent": "operator", "deployed_sha": None, "active_model": None,
         "status_text": None, "status_set_at": None, "url": None, "pending_reminders": 0,
         "restart": {"deaths": 2, "reason": "exit code 1", "next_at": "2026-01-01T00:00:04.000Z"}}])

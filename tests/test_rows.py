@@ -9,15 +9,14 @@ and a dashboard stream that falls too far behind is closed, so a tab never
 shows "live" while it receives nothing.
 """
 
-from test_dashboard import Dash
+from test_dashboard import Dash, heard
 
-from hyperhive import wire
-from hyperhive.core.events import CLOSED, Hub
+from hyperhive import events, wire
+from hyperhive.fanout import CLOSED, Fanout
 
 
-def rows_published(dash, name, since):
-    return [e["container"] for e in list(dash.core.hub.history)[since:]
-            if e["kind"] == "container_state_changed" and e["container"]["name"] == name]
+def rows_published(sub, name):
+    return [e["container"] for e in heard(sub) if e["kind"] == "container_state_changed" and e["container"]["name"] == name]
 
 
 def test_a_good_turn_stamps_last_turn_at_and_publishes_the_row(tmp_path):
@@ -26,9 +25,9 @@ def test_a_good_turn_stamps_last_turn_at_and_publishes_the_row(tmp_path):
     agent = dash.core.surfaces.dispatcher("agent", "alice")
     dash.core.broker.send(wire.OPERATOR, "alice", "hi")
     agent({"cmd": "recv", "max": 1})
-    before = len(dash.core.hub.history)
+    sub = dash.core.hub.subscribe()
     agent({"cmd": "ack_turn"})
-    [row] = rows_published(dash, "alice", before)
+    [row] = rows_published(sub, "alice")
     assert row["last_turn_at"] is not None
     assert dash.get("/api/state").json()["containers"][1]["last_turn_at"] == row["last_turn_at"]
 
@@ -37,14 +36,13 @@ def test_a_status_line_and_a_fired_reminder_publish_the_row_at_once(tmp_path):
     dash = Dash(tmp_path)
     dash.spawn("alice")
     agent = dash.core.surfaces.dispatcher("agent", "alice")
-    before = len(dash.core.hub.history)
+    sub = dash.core.hub.subscribe()
     agent({"cmd": "set_status", "text": "indexing"})
-    assert [r["status_text"] for r in rows_published(dash, "alice", before)] == ["indexing"]
+    assert [r["status_text"] for r in rows_published(sub, "alice")] == ["indexing"]
     reminder = agent({"cmd": "remind", "message": "later", "in_seconds": 60})["reminder"]
-    assert rows_published(dash, "alice", before)[-1]["pending_reminders"] == 1
-    before = len(dash.core.hub.history)
+    assert rows_published(sub, "alice")[-1]["pending_reminders"] == 1
     assert dash.core.reminders.step(now=reminder_due(reminder) + 1) == [reminder["id"]]
-    assert [r["pending_reminders"] for r in rows_published(dash, "alice", before)] == [0]
+    assert [r["pending_reminders"] for r in rows_published(sub, "alice")] == [0]
 
 
 def reminder_due(reminder):
@@ -65,13 +63,14 @@ def test_an_agent_mid_operation_is_not_failed_though_its_harness_is_down(tmp_pat
 
 
 def test_a_stream_that_falls_too_far_behind_is_closed_not_left_silent():
-    hub = Hub(queue_size=3)
+    hub = Fanout(events.DASHBOARD, queue_size=3)
     slow, quick = hub.subscribe(), hub.subscribe()
     for i in range(3):
         hub.publish("transient_cleared", name=f"a{i}")
-        quick.get_nowait()
+        quick.queue.get_nowait()
     hub.publish("transient_cleared", name="one too many")
-    assert slow.qsize() == 1 and slow.get_nowait() is CLOSED, "told it was dropped, not left to wait"
-    assert quick.get_nowait()["name"] == "one too many"
+    assert slow.queue.qsize() == 1 and slow.queue.peek_nowait() is CLOSED, "told it was dropped, not left to wait"
+    assert quick.queue.get_nowait()["name"] == "one too many"
     hub.publish("transient_cleared", name="after")
-    assert slow.qsize() == 0, "a dropped subscriber gets nothing more"
+    assert slow.queue.qsize() == 1, "a dropped subscriber gets nothing more"
+    assert list(slow.events(0)) == [], "its stream ends rather than waiting"

@@ -422,16 +422,16 @@ def frame(chunk):
 
 
 def test_stream_says_hello_then_sends_events_and_unsubscribes_on_close(app, bus):
-    before = len(bus._subscribers)
+    before = len(bus.fanout._subscribers)
     chunks = open_stream(app)
     assert next(chunks) == web.SSE_HELLO.encode()
-    assert len(bus._subscribers) == before + 1  # subscribed before the page reads its snapshot
+    assert len(bus.fanout._subscribers) == before + 1  # subscribed before the page reads its snapshot
     emit_a_turn(bus)
     got = [frame(next(chunks)) for _ in range(4)]
     assert [seq for seq, _ in got] == [1, 2, 3, 4]
     check_as_stored(bus, [data for _, data in got])
     chunks.close()
-    assert len(bus._subscribers) == before
+    assert len(bus.fanout._subscribers) == before
 
 
 def test_stream_sends_keepalives_while_nothing_happens(app, bus, monkeypatch):
@@ -457,16 +457,16 @@ def test_reconnect_replays_after_last_event_id_without_duplicates_or_gaps(app, b
     assert [seq for seq, _ in got] == [3, 4, 5, 6, 7, 8]
     assert [data["text"] for _, data in got] == ["n2", "n3", "n4", "n5", "n6", "n7"]
     chunks.close()
-    assert not bus._subscribers
+    assert not bus.fanout._subscribers
 
 
 def test_a_client_that_falls_too_far_behind_is_dropped(app, bus, monkeypatch):
-    monkeypatch.setattr(webui, "LAG_LIMIT", 3)
+    monkeypatch.setattr(bus.fanout, "queue_size", 3)
     chunks = open_stream(app)
     next(chunks)
     for i in range(4):  # the fourth does not fit
         bus.note(f"n{i}")
-    assert not bus._subscribers
+    assert not bus.fanout._subscribers
     with pytest.raises(StopIteration):
         next(chunks)
     bus.note("after")  # the bus goes on without it

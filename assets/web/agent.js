@@ -33,12 +33,10 @@
 
   // ============================================================ state row
 
-  const STATUS_WORDS = {
+  const STATUS_WORDS = {  // every login status but online (states.LOGIN_STATUSES)
     needs_login_idle: "needs login",
-    needs_login: "needs login",
     needs_login_in_progress: "logging in…",
     claude_missing: "claude not found",
-    offline: "offline",
   };
 
   function applyState(st) {

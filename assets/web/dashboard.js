@@ -60,13 +60,6 @@
     return c && (c.role === "manager" || c.name === "manager");
   }
 
-  function containerState(c) {
-    if (c.failed) return "failed";
-    if (c.paused) return "paused";
-    if (c.running) return "running";
-    return "stopped";
-  }
-
   function isDelivered(m) {
     return !!(m.delivered_at || state.delivered.has(m.id));
   }
@@ -306,7 +299,7 @@
   }
 
   function containerCard(c) {
-    const st = containerState(c);
+    const st = c.state;
     const transient = state.transients.get(c.name) || c.transient || null;
     const mgr = isManager(c);
     const url = c.url || `/agent/${enc(c.name)}/`;
@@ -608,9 +601,9 @@
     count("#approvals-count", items.length);
   }
 
-  const OUTCOME = {
-    approved: ["✓ approved", "ok"], deployed: ["✓ deployed", "ok"],
-    denied: ["✗ denied", "bad"], failed: ["✗ failed", "bad"],
+  const OUTCOME = {  // every resolved status (states.RESOLVED)
+    approved: ["✓ approved", "ok"], denied: ["✗ denied", "bad"], failed: ["✗ failed", "bad"],
+    cancelled: ["⊘ withdrawn", "warn"],
   };
 
   function resolveApproval(a) {
@@ -620,7 +613,7 @@
     const [label, tone] = OUTCOME[a.status] || [a.status || "resolved", "warn"];
     const card = approvalCardOf(a.id);
     if (!card || card.classList.contains("resolved")) {
-      // its card is gone already (e.g. approved, now deployed): say it once
+      // its card is gone already (resolved in another tab, or before this page loaded it): say it once
       const who = a.agent ? ` (${a.agent})` : "";
       toast(`approval #${a.id}${who}: ${label}${a.note ? " — " + a.note : ""}`, tone === "bad" ? "error" : "info");
       return;
@@ -1005,7 +998,7 @@
   function paintSuggest() {
     compose.list.replaceChildren(...compose.items.map((name, i) => {
       const c = state.containers.get(name);
-      const note = isManager(c) || name === "manager" ? "manager" : c ? containerState(c) : "";
+      const note = isManager(c) || name === "manager" ? "manager" : c ? c.state : "";
       const li = h("li", {id: `suggest-${i}`, role: "option", "aria-selected": i === compose.index ? "true" : "false"},
         nameEl(name), note ? h("span", {class: "note"}, note) : null);
       li.addEventListener("mousedown", (e) => { e.preventDefault(); acceptSuggest(name); });

@@ -9,7 +9,8 @@ through `repos` (the git module), containers through `lifecycle`.
 
 import logging
 
-from hyperhive import wire
+from hyperhive import states, wire
+from hyperhive.states import APPROVED, CANCELLED, DENIED, FAILED_APPROVAL, PENDING
 from hyperhive.core import aftermath
 from hyperhive.schema import Agent, Approval, core_db, now_ms
 
@@ -32,7 +33,7 @@ class Approvals:
 
     def pending(self, with_diff=False):
         """Pending approvals, oldest first; `with_diff` adds each one's diff (the dashboard shows it)."""
-        rows = Approval.select().where(Approval.status == "pending").order_by(Approval.id)
+        rows = Approval.select().where(Approval.status == PENDING).order_by(Approval.id)
         return [dict(row(a), diff=a.diff) if with_diff else row(a) for a in rows]
 
     def get(self, approval_id):
@@ -46,9 +47,9 @@ class Approvals:
 
     # -- requests ------------------------------------------------------------------------
 
-    def _queue(self, agent, kind, description, status="pending", **fields):
+    def _queue(self, agent, kind, description, status=PENDING, **fields):
         dup = Approval.get_or_none((Approval.agent == agent) & (Approval.kind == kind)
-                                   & (Approval.status == "pending") & (kind != "apply_commit"))
+                                   & (Approval.status == PENDING) & (kind != "apply_commit"))
         if dup is not None:
             raise wire.HiveError(f"approval {dup.id} already asks for {kind} of {agent!r}", "conflict")
         with core_db.atomic():
@@ -80,7 +81,7 @@ class Approvals:
         except wire.HiveError:
             Approval.delete().where(Approval.id == a.id).execute()
             raise
-        Approval.update(fetched_sha=sha, diff=text, status="pending").where(Approval.id == a.id).execute()
+        Approval.update(fetched_sha=sha, diff=text, status=PENDING).where(Approval.id == a.id).execute()
         return self._added(Approval.get_by_id(a.id))
 
     def request_apply_commit(self, agent, commit_ref, description):
@@ -117,7 +118,7 @@ class Approvals:
 
     def _pending(self, approval_id):
         a = self.get(approval_id)
-        if a.status != "pending":
+        if a.status != PENDING:
             raise wire.HiveError(f"approval {a.id} is already {a.status}", "conflict")
         if a.agent in self.lifecycle.transients:
             raise wire.HiveError(f"agent {a.agent!r} is busy {self.lifecycle.transients[a.agent]}; "
@@ -132,10 +133,11 @@ class Approvals:
                         lambda: self.hub.publish("approval_resolved", approval=row(a)))
         what = f"approval {a.id} ({a.kind} of {a.agent}"
         what += f", commit {a.fetched_sha[:12]})" if a.fetched_sha else ")"
-        text = {"approved": f"{what} was approved and applied.",
-                "denied": f"{what} was denied by the operator" + (f": {note}" if note else "."),
-                "failed": f"{what} was approved but failed: {note}",
-                "cancelled": f"{what} was withdrawn: {note}"}[status]
+        assert status in states.RESOLVED, status
+        text = {APPROVED: f"{what} was approved and applied.",
+                DENIED: f"{what} was denied by the operator" + (f": {note}" if note else "."),
+                FAILED_APPROVAL: f"{what} was approved but failed: {note}",
+                CANCELLED: f"{what} was withdrawn: {note}"}[status]
         aftermath.after("telling the manager", self.broker.send, "core", wire.MANAGER, f"[helper event] {text}")
         log.info("%s", text)
         return row(a)
@@ -154,8 +156,8 @@ class Approvals:
         except wire.HiveError as e:
             if a.fetched_sha:
                 self.repos.tag(a.agent, "failed", a.id, a.fetched_sha, message=str(e))
-            return self._resolve(a, "failed", str(e))
-        return self._resolve(a, "approved")
+            return self._resolve(a, FAILED_APPROVAL, str(e))
+        return self._resolve(a, APPROVED)
 
     def _apply(self, a):
         self.repos.tag(a.agent, "approved", a.id, a.fetched_sha)
@@ -178,7 +180,7 @@ class Approvals:
         a = self._pending(approval_id)
         if a.fetched_sha:
             self.repos.tag(a.agent, "denied", a.id, a.fetched_sha, message=reason or "denied by the operator")
-        return self._resolve(a, "denied", reason or None)
+        return self._resolve(a, DENIED, reason or None)
 
     def cancel(self, approval_id, by):
         """Withdraw a pending approval before the operator decides (the manager, who asked for it)."""
@@ -186,4 +188,4 @@ class Approvals:
         note = f"withdrawn by {by}"
         if a.fetched_sha:
             self.repos.tag(a.agent, "cancelled", a.id, a.fetched_sha, message=note)
-        return self._resolve(a, "cancelled", note)
+        return self._resolve(a, CANCELLED, note)

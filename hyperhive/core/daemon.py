@@ -37,19 +37,19 @@ import gevent
 from docopt import docopt
 from gevent.event import Event
 
-from hyperhive import binaries, jsonline, resources, settings, wire
-from hyperhive.core import containers, planted
+from hyperhive import binaries, events, jsonline, resources, settings, wire
+from hyperhive.core import containers, planted, renderer
 from hyperhive.core.approvals import Approvals
 from hyperhive.core.auth import Auth
 from hyperhive.core.broker import Broker
 from hyperhive.core.gitrepos import Repos
-from hyperhive.core.events import Hub
 from hyperhive.core.helperevents import HelperEvents
 from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
 from hyperhive.core.questions import Questions
 from hyperhive.core.reminders import Reminders
 from hyperhive.core.surfaces import Surfaces
 from hyperhive.core.sweeps import Sweeper
+from hyperhive.fanout import Fanout
 from hyperhive.schema import checkpoint, open_core
 
 log = logging.getLogger("hive-c0re")
@@ -161,7 +161,7 @@ class Core:
         self.layout = layout
         self.dashboard_at = dashboard  # (address, port), or None for no dashboard
         self.stopping = Event()
-        self.hub = Hub()
+        self.hub = Fanout(events.DASHBOARD, shown=renderer.event_shown)
         self.broker = Broker(self.hub, clock=clock)
         self.auth = Auth(clock=clock)
         self.helper_events = HelperEvents(self.broker, clock=clock)

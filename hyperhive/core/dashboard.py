@@ -20,14 +20,12 @@ import uuid
 
 import bottle
 import gevent
-from gevent.queue import Empty
 
 from hyperhive import resources, web, wire
 from hyperhive.core import agentpage, renderer
 from hyperhive.core import auth as auths
 from hyperhive.core.auth import COOKIE, KEY_HEADER, KEY_PARAM
 from hyperhive.core.broker import listed_row
-from hyperhive.core.events import CLOSED
 from hyperhive.schema import Message, WebSession
 
 log = logging.getLogger(__name__)
@@ -49,10 +47,6 @@ ACTIONS = {  # POST /<action>/<name> -> (verb, fixed arguments)
 }
 
 
-def message_row(message):
-    return dict(message, body_html=renderer.render(message["body"]))
-
-
 class Dashboard:
     """`app` is the WSGI application; `layout`, `hub` and friends are the core's parts."""
 
@@ -60,7 +54,6 @@ class Dashboard:
         self.core, self.auth = core, auth
         self.epoch = uuid.uuid4().hex[:12]  # the hub's seq starts over with each core
         self.dispatch = core.surfaces.dispatcher("host", wire.OPERATOR)
-        self._frames = {}  # seq -> SSE frame: one serialization however many pages listen
         self.journal_seconds = JOURNAL_SECONDS
         self.app = self._build()
 
@@ -75,8 +68,8 @@ class Dashboard:
             "transients": dict(lifecycle.transients),
             "approvals": self.core.approvals.pending(with_diff=True),
             "questions": self.core.questions.pending_for_operator(),
-            "inbox": [message_row(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE)],
-            "inbox_unread": [message_row(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE, unread=True)],
+            "inbox": [renderer.message_shown(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE)],
+            "inbox_unread": [renderer.message_shown(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE, unread=True)],
             "inbox_senders": self.core.broker.senders(wire.OPERATOR),
             "tombstones": lifecycle.tombstones(),
             "meta_inputs": lifecycle.meta_inputs(),
@@ -89,43 +82,12 @@ class Dashboard:
             rows = list(query.where(Message.id > after).order_by(Message.id).limit(limit))
         else:
             rows = list(reversed(query.order_by(Message.id.desc()).limit(limit)))
-        events = [{"seq": 0, "kind": "sent", "message": message_row(listed_row(m))} for m in rows]
+        events = [{"seq": 0, "kind": "sent", "message": renderer.message_shown(listed_row(m))} for m in rows]
         return {"seq": seq, "epoch": self.epoch, "events": events}
-
-    def frame(self, event):
-        found = self._frames.get(event["seq"])
-        if found is None:
-            shown = event
-            if event["kind"] == "sent":
-                shown = dict(event, message=message_row(event["message"]))
-            found = self._frames[event["seq"]] = web.sse_frame(shown, event["seq"])
-            if len(self._frames) > 512:
-                for seq in sorted(self._frames)[:256]:
-                    del self._frames[seq]
-        return found
 
     def stream(self, session=None):
         """The dashboard's SSE body; it ends once `session` (when given) has been logged out or expired."""
-        queue = self.core.hub.subscribe()
-        live = self._live(session)
-
-        def frames():
-            try:
-                yield web.SSE_HELLO
-                while live():
-                    try:
-                        event = queue.get(timeout=web.KEEPALIVE_SECONDS)
-                    except Empty:
-                        yield web.SSE_KEEPALIVE
-                        continue
-                    if event is CLOSED:
-                        log.warning("a dashboard page fell too far behind; its stream was closed (it reconnects)")
-                        return
-                    yield self.frame(event)
-            finally:
-                self.core.hub.unsubscribe(queue)
-
-        return frames()
+        return self.core.hub.sse(self.core.hub.subscribe(), live=self._live(session))
 
     def _live(self, session):
         """A check an open stream makes as it goes: its session is still live (asked at most every keepalive)."""
@@ -266,7 +228,7 @@ class Dashboard:
         sender = query.getunicode("sender") or None
         messages = self.core.broker.inbox(wire.OPERATOR, limit, before=before, unread=query.get("unread") == "1",
                                           sender=sender)
-        return web.json_response({"messages": [message_row(m) for m in messages],
+        return web.json_response({"messages": [renderer.message_shown(m) for m in messages],
                                   "senders": self.core.broker.senders(wire.OPERATOR)})
 
     def mark_read(self):

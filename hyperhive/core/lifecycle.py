@@ -22,7 +22,7 @@ import time
 import gevent
 from gevent.lock import RLock
 
-from hyperhive import wire
+from hyperhive import states, wire
 from hyperhive.core import aftermath, planted, reminders
 from hyperhive.core.containers import Launch
 from hyperhive.reach import Reach, scan
@@ -227,10 +227,12 @@ class Lifecycle:
     def row(self, agent):
         running = self.running(agent.name)
         applied = self.repos.deployed_sha(agent.name)
+        failed = agent.desired == "running" and not running and agent.name not in self.transients
         return {
             "name": agent.name,
+            "state": states.agent_state(running, failed, agent.paused),
             "running": running,
-            "failed": agent.desired == "running" and not running and agent.name not in self.transients,
+            "failed": failed,
             "needs_update": bool(applied and agent.running_sha and applied != agent.running_sha),
             "needs_login": agent.needs_login,
             "paused": agent.paused,
@@ -416,6 +418,7 @@ class Lifecycle:
 
     def _busy(self, name, doing):
         """Run an operation as the agent's one transient, refusing a second at once."""
+        assert doing in states.TRANSIENTS, doing
         if name in self.transients:
             raise wire.HiveError(f"agent {name!r} is busy {self.transients[name]}; "
                                  "try again once that finishes", "conflict")

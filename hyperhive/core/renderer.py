@@ -175,3 +175,13 @@ def close():
         _shared.close()
         _shared = None
 
+
+
+def message_shown(message):
+    """A message as a page shows it: its body rendered too."""
+    return dict(message, body_html=render(message["body"]))
+
+
+def event_shown(event):
+    """A dashboard event as a page is sent it: a `sent` event's message rendered."""
+    return dict(event, message=message_shown(event["message"])) if event["kind"] == "sent" else event

@@ -9,12 +9,10 @@ so no request can speak for someone else.
 import logging
 import os
 
-from gevent.queue import Empty
 
 from hyperhive import resources, wire
 from hyperhive.core import aftermath, reminders
 from hyperhive.core.helperevents import HelperEvents
-from hyperhive.core.events import CLOSED
 from hyperhive.core.looseends import LooseEnds
 from hyperhive.schema import Agent, now_ms
 
@@ -220,22 +218,16 @@ class Surfaces:
         return wire.ok(ended=self.auth.logout(id))
 
     def do_subscribe_agent_status(self, caller):
-        queue = self.hub.subscribe()
+        sub = self.hub.subscribe()
 
         def frames():
             try:
                 yield wire.ok()
-                while True:
-                    try:
-                        event = queue.get(timeout=60)
-                    except Empty:
-                        continue
-                    if event is CLOSED:
-                        return
-                    if event["kind"] == "container_state_changed":
+                for event in sub.events(60):
+                    if event is not None and event["kind"] == "container_state_changed":
                         yield wire.ok(agent_statuses=[event["container"]])
             finally:
-                self.hub.unsubscribe(queue)
+                sub.close()
 
         return frames()
 

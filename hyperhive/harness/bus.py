@@ -15,7 +15,8 @@ import logging
 import os
 import time
 
-from hyperhive import wire
+from hyperhive import events, states, wire
+from hyperhive.fanout import Fanout
 from hyperhive.schema import Event, TurnStat, agent_db
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,8 @@ HISTORY_CAP = 2000
 PRUNE_EVERY = 100  # events between prunes: the table never holds more than CAP + this
 KEEP_MS = 7 * 24 * 3600 * 1000
 TURN_STATS_KEEP_MS = 90 * 24 * 3600 * 1000
-KINDS = frozenset({"turn_start", "stream", "note", "turn_end", "status_changed", "model_changed",
-                   "token_usage_changed", "turn_state_changed", "status_text_changed"})
+LAG_LIMIT = 4096  # events a page's stream may fall behind before it is dropped (it reconnects and replays)
 STATUS_TOOL = "set_status"  # the MCP tool (under any server prefix) that sets the agent's status line
-TURN_STATES = ("idle", "thinking", "compacting", "paused")
 MODEL_FILE = wire.MODEL_FILE
 DEFAULT_MODEL = "haiku"
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -38,11 +37,10 @@ class Bus:
         self.state_dir = state_dir
         self.clock = clock
         last = Event.select(Event.seq).order_by(Event.seq.desc()).first()
-        self.seq = last.seq if last else 0
+        self.fanout = Fanout(events.LIVE, queue_size=LAG_LIMIT, seq=last.seq if last else 0)
         self.turn_state = "idle"
         self.turn_state_since = int(clock())
         self.usage = {"ctx": None, "cost": None}
-        self._subscribers = set()
         self._pending_ctx = None
         self._turn = None  # what the running turn has shown so far, for its turn_stat row
         self._status_calls = {}  # tool_use id -> the status text a set_status call asked for
@@ -50,22 +48,18 @@ class Bus:
 
     # -- events ---------------------------------------------------------------------
 
+    @property
+    def seq(self):
+        return self.fanout.seq
+
     def emit(self, kind, **data):
-        assert kind in KINDS, kind
-        self.seq += 1
-        event = {"seq": self.seq, "kind": kind, "at": int(self.clock() * 1000), **data}
+        event = self.fanout.number(kind, at=int(self.clock() * 1000), **data)
         if self._keep(event) and self.seq % PRUNE_EVERY == 0:
             try:
                 self.prune(quiet=True)  # the cap between hourly sweeps; only the sweep logs
             except Exception as e:
                 self._refused(e, "the history's cap was not applied")
-        for callback in list(self._subscribers):
-            try:
-                callback(event)
-            except Exception:
-                log.exception("a live-event subscriber failed; dropping it")
-                self._subscribers.discard(callback)
-        return event
+        return self.fanout.deliver(event)
 
     def _keep(self, event):
         """Write the event to the history. A disk that refuses costs the history, never the turn:
@@ -89,12 +83,6 @@ class Bus:
             raise e
         if not self.unkept:
             log.error("%s: %s", what, disk)
-
-    def subscribe(self, callback):
-        self._subscribers.add(callback)
-
-    def unsubscribe(self, callback):
-        self._subscribers.discard(callback)
 
     def history(self, limit=200, before=None):
         """The newest `limit` events (below seq `before`), oldest first."""
@@ -120,7 +108,7 @@ class Bus:
     # -- turn state ------------------------------------------------------------------
 
     def set_turn_state(self, state):
-        assert state in TURN_STATES, state
+        assert state in states.TURN_STATES, state
         if state != self.turn_state:
             self.turn_state = state
             self.turn_state_since = int(self.clock())

@@ -25,7 +25,7 @@ import sys
 
 import gevent
 
-from hyperhive import resources, wire
+from hyperhive import resources, states, wire
 from hyperhive.harness import mcp
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ AUTH_STATUSES = (401, 403)
 AUTH_MARKERS = ("invalid api key", "invalid x-api-key", "please run /login", "not logged in",
                 "oauth token has been revoked", "authentication_error")
 COMPACT = "/compact"
-KINDS = ("ok", "prompt_too_long", "failed", "cancelled", "auth_failed", "claude_missing")
 
 # Resolved here, never in a forked child: claude's preexec may only call it.
 _PRCTL = mcp.prctl()
@@ -64,10 +63,10 @@ def dies_with_harness():
 
 
 class Outcome:
-    """How a turn ended: kind is one of KINDS; `session_id` is the conversation claude named, if it said."""
+    """How a turn ended: kind is one of `states.OUTCOMES`; `session_id` is the conversation claude named, if it said."""
 
     def __init__(self, kind, reason="", result=None, session_id=None):
-        assert kind in KINDS, kind
+        assert kind in states.OUTCOMES, kind
         self.kind, self.reason, self.result, self.session_id = kind, reason, result, session_id
 
     @property

@@ -229,7 +229,6 @@ def _format_statuses(answer, args):
         return "(no agents)"
     lines = []
     for r in rows:
-        state = ("paused" if r["paused"] else "running") if r["running"] else ("failed" if r["failed"] else "stopped")
         extra = [f"model {r['active_model']}" if r.get("active_model") else None,
                  f"config {r['deployed_sha']}" if r.get("deployed_sha") else None,
                  "needs update" if r.get("needs_update") else None,
@@ -237,7 +236,7 @@ def _format_statuses(answer, args):
                  (f"{'restarted' if r['running'] else 'being started again'} after {r['restart']['deaths']} "
                   f"death(s) in a row ({r['restart']['reason']})") if r.get("restart") else None,
                  f"status: {r['status_text']}" if r.get("status_text") else None]
-        lines.append(f"{r['name']}: {state}" + "".join(f", {e}" for e in extra if e))
+        lines.append(f"{r['name']}: {r['state']}" + "".join(f", {e}" for e in extra if e))
     return "\n".join(lines)
 
 

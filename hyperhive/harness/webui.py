@@ -42,7 +42,6 @@ MODEL_RE = re.compile(r"[A-Za-z0-9._\[\]-]{1,64}")  # fullmatch: it becomes a --
 INBOX_LIMIT = 30
 HISTORY_DEFAULT, HISTORY_MAX = 200, 2000
 REPLAY_MAX = 2000  # events replayed to a reconnecting EventSource
-LAG_LIMIT = 4096  # events a stream client may fall behind before it is dropped
 CORE_TIMEOUT = 10.0
 
 
@@ -218,40 +217,9 @@ class Page:
 
     def _frames(self, last_id):
         """The SSE body: hello, a replay after Last-Event-ID, then live events; ends when dropped."""
-        queue = gevent.queue.Queue(LAG_LIMIT)
-        dropped = []
-
-        def deliver(event):
-            try:
-                queue.put_nowait(event)
-            except gevent.queue.Full:
-                dropped.append(event["seq"])
-                self.bus.unsubscribe(deliver)
-                log.warning("an event stream client fell %d events behind at seq %s; dropping it "
-                            "(it reconnects and replays)", LAG_LIMIT, event["seq"])
-
-        self.bus.subscribe(deliver)  # before the replay is read: nothing falls between the two
-        try:
-            yield web.SSE_HELLO.encode()
-            last = 0
-            if last_id is not None:
-                for event in newest_after(last_id, REPLAY_MAX):
-                    last = event["seq"]
-                    yield self._frame(event)
-            while not dropped:
-                try:
-                    event = queue.get(timeout=web.KEEPALIVE_SECONDS)
-                except gevent.queue.Empty:
-                    yield web.SSE_KEEPALIVE.encode()
-                    continue
-                if event["seq"] > last:  # queued while the replay was read: already sent
-                    last = event["seq"]
-                    yield self._frame(event)
-        finally:
-            self.bus.unsubscribe(deliver)
-
-    def _frame(self, event):
-        return web.sse_frame(event, event["seq"]).encode()
+        sub = self.bus.fanout.subscribe()  # before the replay is read: nothing falls between the two
+        replay = newest_after(last_id, REPLAY_MAX) if last_id is not None else ()
+        return self.bus.fanout.sse(sub, replay=replay)
 
     def loose_ends(self):
         return web.json_response({"loose_ends": self.core("get_loose_ends").get("loose_ends", [])})
