@@ -398,7 +398,6 @@ def test_a_report_buried_under_a_flood_is_one_click_away_and_marked_read(page, h
     item.locator('[data-action="read"]').click()
     expect(inbox.locator(f'[data-message="{report}"]')).to_have_attribute("data-read", "true")
     hv.call("mark_read")
-    expect(inbox.locator(f'[data-message="{flood[-1]}"]')).to_have_attribute("data-read", "true")
     # what earlier tests' agents still send may arrive after: the count is what the core holds unread
     wait_until(lambda: page.locator("#inbox-count").text_content()
                == str(len(hv.call("inbox", unread=True, limit=100)["messages"])), 10, "the unread count to agree")
