@@ -13,6 +13,9 @@ import time
 
 VERSION = 1
 MAX_LINE = 1024 * 1024  # a request line longer than this is refused, not read on
+# An answer is longer than a request can be: a recv may carry one message the core composed
+# around two bodies (a question and its answer, each quoted). A client reads up to this much.
+MAX_ANSWER = 16 * 1024 * 1024
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")  # always fullmatch: "$" would let a trailing "\n" in
 MANAGER = "manager"
 OPERATOR = "operator"
@@ -466,10 +469,11 @@ def error_of(exc):
     return error(str(exc), exc.code)
 
 
-def decode(line):
+def decode(line, limit=MAX_LINE):
     """Parse one request/response line (bytes or str) into a dict, or raise HiveError."""
-    if len(line) > MAX_LINE:
-        raise HiveError(f"the line is {len(line)} bytes; the limit is {MAX_LINE} (1 MiB)", "bad_frame")
+    if len(line) > limit:
+        raise HiveError(f"the line is {len(line)} bytes; the limit is {limit} ({limit // 1024 // 1024} MiB)",
+                        "bad_frame")
     if isinstance(line, bytes):
         try:
             line = line.decode()

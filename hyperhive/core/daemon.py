@@ -58,6 +58,12 @@ QUESTION_TTL_SECONDS = 5.0  # how often the ttl watchdog closes questions nobody
 REMINDER_SECONDS = 5.0  # how often due reminders are delivered
 
 
+# Connections one agent's (or the manager's) socket serves at once. Its harness needs a few
+# (the turn loop's one recv, the MCP server's calls, status reports); past the cap a
+# connection is refused with a sentence, so an agent opening thousands holds 32 descriptors.
+AGENT_SOCKET_CONNECTIONS = 32
+
+
 class Sockets:
     """The per-agent socket servers, opened and closed as agents come and go."""
 
@@ -73,7 +79,7 @@ class Sockets:
         # the agent's page secret lives beside its socket, before its harness can look for it
         Auth.agent_secret(os.path.dirname(self.layout.socket(name)))
         server = jsonline.Server(self.layout.socket(name), self.surfaces.dispatcher(surface, name),
-                                 mode=0o660, name=f"{name}.sock")
+                                 mode=0o660, name=f"{name}.sock", max_connections=AGENT_SOCKET_CONNECTIONS)
         self.servers[name] = server.start()
 
     def close(self, name):

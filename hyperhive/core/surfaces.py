@@ -26,6 +26,7 @@ class Surfaces:
         self.questions, self.reminders, self.auth = questions, reminders, auth
         self.urls = urls or {"domain": None, "home": None, "forge": None}
         self.login_url = None  # () -> a one-time dashboard URL, set when the dashboard serves
+        self._polls = {}  # agent -> Event of its one recv waiting now: set when a newer recv takes over
 
     @property
     def loose_ends(self):
@@ -57,7 +58,30 @@ class Surfaces:
         return wire.ok(id=self.broker.send(wire.OPERATOR, caller, body))
 
     def do_recv(self, caller, wait_seconds, max, gone=None):
-        messages, unread = self.broker.recv(caller, wait_seconds, max, gone)
+        """One recv waits per agent: a newer one takes over, so a harness that reconnects is never
+        locked out by its own dead long-poll, and a flood of them holds one connection, not all."""
+        from gevent.event import Event
+
+        if not wait_seconds:  # answers at once: nothing to take over from
+            messages, unread = self.broker.recv(caller, 0, max, gone)
+            return wire.ok(messages=messages, unread=unread)
+        mine = Event()
+        earlier = self._polls.get(caller)
+        if earlier is not None:
+            earlier.set()
+        self._polls[caller] = mine
+        stop = Event()
+        mine.rawlink(lambda _: stop.set())
+        if gone is not None:
+            gone.rawlink(lambda _: stop.set())
+        try:
+            messages, unread = self.broker.recv(caller, wait_seconds, max, stop)
+        finally:
+            if self._polls.get(caller) is mine:
+                del self._polls[caller]
+        if mine.is_set():
+            raise wire.HiveError(f"a newer recv on {caller}'s socket took over from this one, which took no "
+                                 "message; only one recv waits at a time per agent", "conflict")
         return wire.ok(messages=messages, unread=unread)
 
     def do_ack_turn(self, caller):
