@@ -51,10 +51,14 @@ class Surfaces:
             raise wire.HiveError("you cannot send a message to yourself; use a reminder for a note to self")
         if not self.lifecycle.known(to):
             raise wire.HiveError(f"there is no agent named {to!r}; `list` shows who is in the hive", "not_found")
+        if caller != wire.OPERATOR:  # the operator's own sends always go (docs/architecture.md)
+            self.broker.admit(caller, to)
         return wire.ok(id=self.broker.send(caller, to, body))
 
     def do_operator_msg(self, caller, body):
-        # Relayed by the agent's own web page: it can only ever reach this agent.
+        # Relayed by the agent's own web page: it can only ever reach this agent. The agent
+        # controls that page, so its share of the queue is quota'd as an agent's send is.
+        self.broker.admit(wire.OPERATOR, caller)
         return wire.ok(id=self.broker.send(wire.OPERATOR, caller, body))
 
     def do_recv(self, caller, wait_seconds, max, gone=None):
@@ -119,10 +123,10 @@ class Surfaces:
         return wire.ok(requeued=self.broker.requeue_inflight(caller))
 
     def do_recent(self, caller, limit):
-        return wire.ok(messages=self.broker.recent(caller, limit))
+        return _listing(self.broker.recent(caller, limit), limit)
 
     def do_inbox(self, caller, limit):
-        return wire.ok(messages=self.broker.inbox(caller, limit))
+        return _listing(self.broker.inbox(caller, limit), limit)
 
     def do_whoami(self, caller):
         role = "manager" if caller == wire.MANAGER else "agent"
@@ -326,3 +330,11 @@ class Surfaces:
         return wire.ok(id=self.approvals.request_update(description))
 
 
+def _listing(rows, limit):
+    """A listing's answer; one the answer budget stopped short says so."""
+    if not rows.cut_short:
+        return wire.ok(messages=rows)
+    return wire.ok(messages=rows, **{wire.WARNINGS: [
+        f"the listing stops after the newest {len(rows)} messages (of up to {limit} asked for): one answer "
+        f"carries about {wire.ANSWER_BUDGET // 1024 // 1024} MiB of bodies at most, each cut past "
+        f"{wire.LISTED_BODY_MAX // 1024} KiB; recv hands a message over whole"]})
