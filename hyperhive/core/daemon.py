@@ -168,14 +168,15 @@ class Core:
                  self.lifecycle.backend.name, self.layout.run_dir)
 
     def serve_dashboard(self, address, port):
-        from gevent.pywsgi import WSGIServer
-
+        from hyperhive import web
         from hyperhive.core.dashboard import Dashboard
 
         self.dashboard = Dashboard(self, self.auth)
         try:
-            self.web = WSGIServer((address, port), self.dashboard.app, log=None,
-                                  error_log=logging.getLogger("hive-c0re.http"))
+            # a request the guard let through carried a live session: its connection is the operator's
+            self.web = web.server((address, port), self.dashboard.app,
+                                  trusted=lambda environ: environ.get("hive.session") is not None,
+                                  log=None, error_log=logging.getLogger("hive-c0re.http"))
             self.web.start()
         except OSError as e:
             raise wire.HiveError(f"the dashboard cannot listen on {address}:{port}: {e.strerror or e}; "
