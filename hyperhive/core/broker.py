@@ -57,11 +57,6 @@ def cut_body(body, chars=None):
             "its recipient's recv hands it over whole]"), chars
 
 
-def listed_row(m):
-    return _listed(m.id, m.sender, m.recipient, m.body, len(m.body), m.sent_at, m.delivered_at, m.acked_at,
-                   m.cancelled_at, m.redelivered, m.file_refs)
-
-
 def _listed(mid, sender, recipient, body, chars, sent_at, delivered_at, acked_at, cancelled_at, redelivered, refs):
     body, whole = cut_body(body, chars)
     row = {"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at), "redelivered": bool(redelivered),
@@ -258,6 +253,17 @@ class Broker:
     def inbox(self, recipient, limit):
         """Messages to recipient, newest first (a Listing, as recent)."""
         return self._listing("recipient = ?", (recipient,), limit)
+
+    @staticmethod
+    def flow(after, limit):
+        """The message flow oldest first, each body cut as listed: the last `limit`, or those above id `after`."""
+        if after is None:
+            rows = core_db.execute_sql(_LISTED.format("1"), (wire.LISTED_BODY_MAX, limit)).fetchall()
+            rows.reverse()
+        else:
+            rows = core_db.execute_sql(_LISTED.format("id > ?").replace("DESC", "ASC"),
+                                       (wire.LISTED_BODY_MAX, after, limit)).fetchall()
+        return [_listed(*row) for row in rows]
 
     @staticmethod
     def _listing(where, params, limit):
