@@ -269,8 +269,8 @@ class Server:
         self._refused += 1
         now = time.monotonic()
         if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_SECONDS:
-            self._log().warning("%s: refused %d connection(s) past its cap of %d open at once (the client "
-                                "holds them; whoever runs there is opening too many)", self.name, self._refused,
+            self._log().warning("%s: refused %d connection(s) past its cap of %d open at once: whoever runs there "
+                                "holds too many (said at most once a minute)", self.name, self._refused,
                                 self.max_connections)
             self._refused, self._refusal_logged_at = 0, now
 

@@ -270,7 +270,8 @@ class Gate:
         if self._logged_at is None or now - self._logged_at >= EVICTION_LOG_SECONDS:
             told = ", ".join(f"{n} from {p}" for p, n in sorted(self._evicted.items()))
             log.warning("the dashboard closed idle connections that sent no request (%s): %s waited at once; "
-                        "the operator's logged-in connections are not affected", told, why)
+                        "the operator's logged-in connections are not affected (said at most once a minute)",
+                        told, why)
             self._evicted, self._logged_at = {}, now
 
 
