@@ -269,12 +269,15 @@ class Broker:
     def _listing(where, params, limit):
         rows, total = Listing(), 0
         cursor = core_db.execute_sql(_LISTED.format(where), (wire.LISTED_BODY_MAX, *params, limit))
-        for row in cursor:
-            total += _size(row[3], row[10])
-            if total > wire.ANSWER_BUDGET and rows:
-                rows.cut_short = True
-                break
-            rows.append(_listed(*row))
+        try:
+            for row in cursor:
+                total += _size(row[3], row[10])
+                if total > wire.ANSWER_BUDGET and rows:
+                    rows.cut_short = True
+                    break
+                rows.append(_listed(*row))
+        finally:
+            cursor.close()  # left open part-read, it would hold a read transaction and the WAL with it
         return rows
 
     def pending_count(self, recipient):
