@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+import urllib.parse
 
 from common import BENCH, PYTHON, Children, Row, call, median, percentile
 
@@ -95,11 +96,18 @@ def _get(port, path, headers):
 
 
 def dashboard_of(core):
-    url = call(core.host, "login_url")["url"]
-    port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-    with open(os.path.join(core.state, "operator.secret")) as f:
-        cookie = f"hive_operator={f.read().strip()}"
-    return port, {"Cookie": cookie, "Origin": f"http://127.0.0.1:{port}"}
+    """(port, headers) of a session logged in through a login URL, as a browser is."""
+    url = urllib.parse.urlsplit(call(core.host, "login_url")["url"])
+    conn = http.client.HTTPConnection("127.0.0.1", url.port, timeout=30)
+    try:
+        conn.request("GET", f"{url.path}?{url.query}")
+        res = conn.getresponse()
+        res.read()
+    finally:
+        conn.close()
+    cookie = res.getheader("Set-Cookie").split(";")[0]
+    key = urllib.parse.urlsplit(res.getheader("Location")).fragment.partition("hive-key=")[2]
+    return url.port, {"Cookie": cookie, "X-Hive-Key": key, "Origin": f"http://127.0.0.1:{url.port}"}
 
 
 def run_fanout(core, subscribers, rounds):
@@ -108,7 +116,8 @@ def run_fanout(core, subscribers, rounds):
                               stdout=subprocess.PIPE)
     try:
         base_port = int(baseline.stdout.readline().split()[1])
-        ours = Subscribers(port, "/dashboard/stream", subscribers, f"Cookie: {headers['Cookie']}\r\n")
+        ours = Subscribers(port, "/dashboard/stream", subscribers,
+                           f"Cookie: {headers['Cookie']}\r\nX-Hive-Key: {headers['X-Hive-Key']}\r\n")
         bare = Subscribers(base_port, "/stream", subscribers)
         to = core.names[0]
         times = {"ours": [], "bare": []}

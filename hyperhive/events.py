@@ -22,7 +22,8 @@ def _table(*kinds):
 
 
 DASHBOARD = _table(
-    Kind("sent", "a message was stored", (("message", "a `<message>`"),)),
+    Kind("sent", "a message was stored",
+         (("message", "a `<message>`; a body past 32 KiB characters is cut, with `body_chars`"),)),
     Kind("delivered", "messages reached their recipient's turn",
          (("recipient", "whose"), ("ids", "the message ids now delivered"))),
     Kind("read", "the operator read messages",
@@ -33,7 +34,7 @@ DASHBOARD = _table(
          (("recipient", "whose"), ("ids", "the message ids queued again"))),
     Kind("approval_added", "an approval waits for the operator", (("approval", "an approvals row with its `diff`"),)),
     Kind("approval_resolved", "an approval left `pending`",
-         (("approval", "the row; `status` is one of `states.APPROVAL_STATUSES` past pending, with `note`"),)),
+         (("approval", "the row: `status` is one of `states.RESOLVED`, with `note`"),)),
     Kind("question_added", "a question to the operator (never an agent-to-agent one)",
          (("question", "a questions row"),)),
     Kind("question_resolved", "a question to the operator was closed",

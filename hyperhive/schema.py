@@ -135,6 +135,8 @@ CORE_TABLES = (Agent, Message, Approval, Question, Reminder, WebSession, Meta)
 # keeps it O(queue) however large the acked history grows.
 CORE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS message_undelivered ON message (recipient, id) WHERE delivered_at IS NULL",
+    # the quota on what one sender may queue for one recipient counts here, O(its share)
+    "CREATE INDEX IF NOT EXISTS message_undelivered_from ON message (recipient, sender) WHERE delivered_at IS NULL",
     "CREATE INDEX IF NOT EXISTS message_acked_at ON message (acked_at) WHERE acked_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS message_recipient_sent ON message (recipient, id)",
     "CREATE INDEX IF NOT EXISTS message_sender ON message (sender, id)",

@@ -199,3 +199,182 @@ def app(name):
 
     application.default_error_handler = default_error
     return application
+
+
+# -- the dashboard's server ------------------------------------------------------------
+# pywsgi reads a request for as long as its client likes and keeps every
+# connection a client opens: a few hundred idle ones would spend the core's
+# descriptors. The handler below gives each request HEADER_SECONDS to arrive
+# (also how long a kept-alive connection may idle), each later read or write
+# IO_SECONDS, and makes connections that have not shown a live session take
+# turns: at most PEER_WAITING_MAX of them from one address (and WAITING_MAX in
+# all) may wait for their request, and a newer one pushes the one that has
+# waited longest out. The operator's own connections, once a request of theirs
+# carried a live session, are never counted or pushed.
+
+HEADER_SECONDS = 10.0
+IO_SECONDS = 30.0
+PEER_WAITING_MAX = 64
+WAITING_MAX = 256
+EVICTION_LOG_SECONDS = 60.0
+
+
+class HeadersLate(TimeoutError):
+    """A request's line and headers did not all arrive within HEADER_SECONDS."""
+
+
+class Evicted(ConnectionAbortedError):
+    """A connection waiting for its request was pushed out by newer ones (it was told why)."""
+
+
+class Gate:
+    """Connections that wait for a request without having shown a live session, oldest first."""
+
+    def __init__(self, per_peer=PEER_WAITING_MAX, total=WAITING_MAX, clock=None):
+        import time
+
+        self.per_peer, self.total = per_peer, total
+        self.clock = clock or time.monotonic
+        self.waiting = {}  # handler -> peer, in the order they began to wait
+        self.peers = {}  # peer -> {handler: None}, likewise
+        self._evicted = {}  # peer -> evictions not yet told in the log
+        self._logged_at = None
+
+    def wait(self, handler, peer):
+        """`handler` begins to wait for its request; whoever this pushes over a cap is evicted."""
+        self.waiting[handler] = peer
+        mine = self.peers.setdefault(peer, {})
+        mine[handler] = None
+        if len(mine) > self.per_peer:
+            self._evict(next(iter(mine)), f"more than {self.per_peer} connections from {peer}")
+        if len(self.waiting) > self.total:
+            self._evict(next(iter(self.waiting)), f"more than {self.total} connections in all")
+
+    def leave(self, handler):
+        peer = self.waiting.pop(handler, None)
+        if peer is not None:
+            mine = self.peers[peer]
+            mine.pop(handler, None)
+            if not mine:
+                del self.peers[peer]
+
+    def _evict(self, handler, why):
+        peer = self.waiting[handler]
+        self.leave(handler)
+        handler.evict(f"the dashboard closed this connection: {why} were open without sending a request and "
+                      "without a login, and this one had waited longest. Send the request right after "
+                      f"connecting (a browser does); if this keeps happening, something on {peer} is holding "
+                      "connections open")
+        self._evicted[peer] = self._evicted.get(peer, 0) + 1
+        now = self.clock()
+        if self._logged_at is None or now - self._logged_at >= EVICTION_LOG_SECONDS:
+            told = ", ".join(f"{n} from {p}" for p, n in sorted(self._evicted.items()))
+            log.warning("the dashboard closed idle connections that sent no request (%s): %s waited at once; "
+                        "the operator's logged-in connections are not affected (said at most once a minute)",
+                        told, why)
+            self._evicted, self._logged_at = {}, now
+
+
+def _unavailable_response(sentence):
+    data = dumps(wire.error(sentence, "unavailable")).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+            b"Connection: close\r\nContent-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+
+
+class _NoBody:
+    """Stands in for a request body that is not read on: the connection closes instead."""
+
+    def _discard(self):
+        pass
+
+
+def _server_classes():
+    import gevent
+    from gevent.pywsgi import WSGIHandler, WSGIServer
+
+    class Handler(WSGIHandler):
+        """pywsgi's handler with the deadlines and the gate above."""
+
+        proven = False  # a request on this connection carried a live session
+        greenlet = None
+        _deadline = None
+
+        def handle(self):
+            self.greenlet = gevent.getcurrent()
+            self.socket.settimeout(IO_SECONDS)
+            try:
+                super().handle()
+            finally:
+                self.server.gate.leave(self)
+
+        def handle_one_request(self):
+            self._deadline = gevent.Timeout(HEADER_SECONDS, HeadersLate)
+            self._deadline.start()
+            if not self.proven:
+                self.server.gate.wait(self, self.client_address[0] if self.client_address else "?")
+            try:
+                return super().handle_one_request()
+            finally:
+                self._headers_in()
+
+        def read_request(self, raw_requestline):
+            try:
+                return super().read_request(raw_requestline)
+            finally:
+                self._headers_in()
+
+        def _headers_in(self):
+            self._deadline.close()
+            self.server.gate.leave(self)
+
+        def _handle_client_error(self, ex):
+            if isinstance(ex, (HeadersLate, Evicted)):
+                return None  # closed: late is an idle connection, an evicted one was told why
+            return super()._handle_client_error(ex)
+
+        def run_application(self):
+            try:
+                super().run_application()
+            finally:
+                if self.server.trusted(self.environ):
+                    self.proven = True
+                else:
+                    # A stranger gets one answer per connection, and what it sent
+                    # beyond its headers is not read on (a chunked body may never end).
+                    self.close_connection = True
+                    self.wsgi_input = _NoBody()
+
+        def handle_error(self, t, v, tb):
+            if issubclass(t, TimeoutError):  # a write the client did not read for IO_SECONDS
+                log.warning("the dashboard stopped answering %s %s to %s: it read nothing for %gs",
+                            getattr(self, "command", "?"), getattr(self, "path", "?"),
+                            self.client_address[0] if self.client_address else "?", IO_SECONDS)
+                self.close_connection = True
+                return
+            super().handle_error(t, v, tb)
+
+        def evict(self, sentence):
+            try:
+                # an idle connection's buffer takes it whole; the evicting greenlet never waits here
+                self.socket.send(_unavailable_response(sentence), 0, timeout=0.0)
+            except OSError:
+                pass  # it is closed either way
+            if self.greenlet is not None:
+                self.greenlet.kill(Evicted(sentence), block=False)
+
+    class Server(WSGIServer):
+        """A WSGIServer whose `trusted(environ)` says a request carried a live session."""
+
+        handler_class = Handler
+
+        def __init__(self, listener, application, trusted, gate=None, **kwargs):
+            super().__init__(listener, application, **kwargs)
+            self.trusted = trusted
+            self.gate = gate or Gate()
+
+    return Handler, Server
+
+
+def server(listener, application, trusted, **kwargs):
+    """The dashboard's WSGI server (see above); `trusted(environ)` is true for a request with a live session."""
+    return _server_classes()[1](listener, application, trusted, **kwargs)

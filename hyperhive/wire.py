@@ -13,6 +13,15 @@ import time
 
 VERSION = 1
 MAX_LINE = 1024 * 1024  # a request line longer than this is refused, not read on
+# An answer is longer than a request can be: a recv may carry one message the core composed
+# around two bodies (a question and its answer, each quoted). A client reads up to this much.
+MAX_ANSWER = 16 * 1024 * 1024
+# What a listing or a recv batch packs into one answer, in characters of bodies: past it a
+# recv hands over fewer messages (always at least one) and a listing stops, saying so.
+ANSWER_BUDGET = 1024 * 1024
+# A body longer than this is cut, with a marker, where messages are listed (inbox, recent,
+# the dashboard's live events); recv always hands a message over whole.
+LISTED_BODY_MAX = 32 * 1024
 NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,30}")  # always fullmatch: "$" would let a trailing "\n" in
 MANAGER = "manager"
 OPERATOR = "operator"
@@ -494,7 +503,8 @@ def parse_request(obj, surface):
 # Field order of the rows answered on the wire; tests and clients check against these.
 
 MESSAGE_FIELDS = ("id", "from", "body", "sent_at", "redelivered", "file_refs")
-# inbox/recent rows also say who a message went to
+# inbox/recent rows also say who a message went to. A row whose body was cut at
+# LISTED_BODY_MAX also carries `body_chars`, the whole body's length in characters.
 LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at", "cancelled_at")
 STATUS_FIELDS = ("name", "state", "running", "failed", "needs_update", "needs_login", "paused",
                  "parent", "deployed_sha", "active_model", "status_text", "status_set_at",
@@ -557,7 +567,8 @@ def ok(**payload):
 
 
 # An ok answer may carry `warnings`: sentences for steps that failed after the
-# verb's effect was committed (the effect happened; do not retry it for them).
+# verb's effect was committed (the effect happened; do not retry it for them), or
+# for what a listing left out to stay within its bounds.
 WARNINGS = "warnings"
 
 
@@ -569,10 +580,11 @@ def error_of(exc):
     return error(str(exc), exc.code)
 
 
-def decode(line):
+def decode(line, limit=MAX_LINE):
     """Parse one request/response line (bytes or str) into a dict, or raise HiveError."""
-    if len(line) > MAX_LINE:
-        raise HiveError(f"the line is {len(line)} bytes; the limit is {MAX_LINE} (1 MiB)", "bad_frame")
+    if len(line) > limit:
+        raise HiveError(f"the line is {len(line)} bytes; the limit is {limit} ({limit // 1024 // 1024} MiB)",
+                        "bad_frame")
     if isinstance(line, bytes):
         try:
             line = line.decode()

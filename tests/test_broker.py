@@ -4,8 +4,9 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from conftest import RecordingHub
+from conftest import RecordingHub, refused
 from hyperhive import wire
+from hyperhive.core import broker as brokers
 from hyperhive.core.broker import Broker
 from hyperhive.schema import Message, core_db, open_core
 
@@ -208,3 +209,73 @@ def test_events_are_published(broker):
     kinds = [k for k, _ in broker.hub.events]
     assert kinds == ["sent", "delivered"]
     assert broker.hub.events[0][1]["message"]["to"] == "a"
+
+
+# -- quotas and bounds ------------------------------------------------------------------------
+
+def test_a_sender_may_queue_only_its_share_of_a_recipients_queue(broker):
+    for i in range(brokers.SENDER_QUEUE_MAX):
+        broker.admit("b", "a")
+        broker.send("b", "a", f"m{i}")
+    sentence = refused("unavailable", broker.admit, "b", "a")
+    assert f"b already has {brokers.SENDER_QUEUE_MAX} unread messages waiting for a" in sentence
+    broker.admit("c", "a")  # another sender's share is its own
+    broker.admit("b", "d")  # and so is another recipient's queue
+    broker.pop("a", 1)  # delivered (not even acked) is no longer queued
+    broker.admit("b", "a")
+
+
+def test_a_recipients_queue_is_a_quota_whoever_fills_it(broker, monkeypatch):
+    monkeypatch.setattr(brokers, "QUEUE_MAX", 5)
+    for i in range(5):
+        broker.send(f"s{i}", "a", "x")
+    sentence = refused("unavailable", broker.admit, "t", "a")
+    assert "a already has 5 unread messages waiting, the most its queue takes" in sentence
+    refused("unavailable", broker.admit, wire.OPERATOR, "a")  # the page's share: the surfaces exempt the operator's own
+
+
+def test_a_listing_cuts_long_bodies_and_stops_at_the_answer_budget(broker):
+    long = "y" * (wire.LISTED_BODY_MAX + 10)
+    broker.send("b", "c", "short")
+    for _ in range(wire.ANSWER_BUDGET // wire.LISTED_BODY_MAX + 5):
+        broker.send("b", "a", long)
+    rows = broker.inbox("a", 1000)
+    assert rows.cut_short and len(rows) == wire.ANSWER_BUDGET // (wire.LISTED_BODY_MAX + 2)
+    assert all(r["body_chars"] == len(long) and r["body"].startswith("y" * wire.LISTED_BODY_MAX)
+               and f"the whole message is {len(long):,} characters" in r["body"] for r in rows)
+    few = broker.recent("a", 2)
+    assert not few.cut_short and len(few) == 2
+    [short] = broker.inbox("c", 10)
+    assert short["body"] == "short" and "body_chars" not in short
+
+
+def test_the_dashboard_event_of_a_long_message_carries_it_cut(broker):
+    long = "z" * (wire.LISTED_BODY_MAX * 3)
+    broker.send("b", "a", long)
+    [(kind, data)] = broker.hub.events
+    assert data["message"]["body_chars"] == len(long) and len(data["message"]["body"]) < wire.LISTED_BODY_MAX + 200
+    assert bodies(broker.pop("a", 1)) == [long]  # recv hands it over whole
+
+
+def test_a_recv_batch_stops_at_the_answer_budget_and_leaves_the_rest_queued(broker):
+    big = "q" * (wire.ANSWER_BUDGET // 3 - 10)
+    for i in range(5):
+        broker.send("b", "a", f"{i}{big}")
+    messages, unread = broker.recv("a", 0, wire.RECV_MAX_BATCH)
+    assert [m["body"][0] for m in messages] == ["0", "1", "2"] and unread == 2
+    assert [m["body"][0] for m in broker.pop("a", 32)] == ["3", "4"]
+    assert Message.select().where(Message.delivered_at.is_null()).count() == 0
+    # one message over the whole budget still goes, alone
+    broker.send("b", "a", "w" * (wire.ANSWER_BUDGET + 1))
+    broker.send("b", "a", "after")
+    assert [len(m["body"]) for m in broker.pop("a", 32)] == [wire.ANSWER_BUDGET + 1]
+    assert bodies(broker.pop("a", 32)) == ["after"]
+    assert broker.hub.events[-1][1]["ids"] == [Message.select().order_by(Message.id.desc()).get().id]
+
+
+def test_the_message_flow_lists_bodies_cut_oldest_first(broker):
+    ids = [broker.send("b", "a", f"{i}" + "f" * (wire.LISTED_BODY_MAX * 2)) for i in range(4)]
+    assert [m["id"] for m in broker.flow(None, 2)] == ids[-2:]
+    after = broker.flow(ids[0], 10)
+    assert [m["id"] for m in after] == ids[1:]
+    assert all(m["body_chars"] == wire.LISTED_BODY_MAX * 2 + 1 and "cut here" in m["body"] for m in after)

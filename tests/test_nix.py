@@ -121,6 +121,7 @@ def test_the_service_unit():
     service = unit["serviceConfig"]
     assert service["Group"] == "hyperhive" and service["UMask"] == "0007"  # host.sock root:hyperhive 0660
     assert service["KillMode"] == "process" and service["Restart"] == "on-failure"
+    assert service["LimitNOFILE"] == 65536  # the core raises its soft limit to this hard one at start
     assert service["EnvironmentFile"] == ["/run/secrets/hive.env"]
     assert service["ProtectHome"] is True and "ProtectSystem" not in service  # nixos-container writes /etc
     assert unit["environment"]["X_Y"] == "z" and unit["wantedBy"] == ["multi-user.target"]

@@ -767,3 +767,38 @@ def test_a_stat_row_that_cannot_be_written_does_not_break_the_turn(bus, caplog):
     assert outcome.ok and "ack_turn" in client.verbs()
     assert events(bus, "turn_end")[-1]["ok"] is True
     assert "could not record the turn's statistics" in caplog.text
+
+
+class RefusingClient(FakeClient):
+    """A core that refuses the next recv with `error`, then answers as FakeClient does."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def call(self, verb, timeout=30.0, **args):
+        if verb == "recv" and self.error is not None:
+            self.calls.append((verb, args))
+            error, self.error = self.error, None
+            raise error
+        return super().call(verb, timeout, **args)
+
+
+@pytest.mark.parametrize("code", ["conflict", "unavailable"])
+def test_a_recv_refused_for_another_client_on_the_socket_is_polled_again_later(bus, code):
+    """Another recv took over, or something else in the container holds every connection: the
+    harness waits a little, requeues what a cut-off recv may have popped, and polls again."""
+    client = RefusingClient(wire.HiveError("taken over, or at the cap", code))
+    sleeps = Sleeps()
+    loop = make_loop(bus, client, sleep=sleeps)
+    assert loop.step() is None and sleeps == [turnloop.RECV_REFUSED_SECONDS]
+    assert loop.step() is None
+    assert client.verbs() == ["recv", "requeue_inflight", "recv"]
+
+
+@pytest.mark.parametrize("error", [wire.HiveError("a bug of ours", "bad_argument"),
+                                   wire.HiveError(wire.STORAGE_FAILURE + "is full, so this was not done",
+                                                  "unavailable")])
+def test_a_recv_refused_for_any_other_reason_is_not_waited_out_here(bus, error):
+    with pytest.raises(wire.HiveError):
+        make_loop(bus, RefusingClient(error)).step()

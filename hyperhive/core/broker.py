@@ -39,12 +39,50 @@ _POP = ("UPDATE message SET delivered_at = ? WHERE id IN (SELECT id FROM message
         "RETURNING id, sender, body, sent_at, redelivered, file_refs")
 _UNREAD = ("SELECT count(*) FROM message INDEXED BY message_undelivered "
            "WHERE recipient = ? AND delivered_at IS NULL")
+# Counted only as far as the quota: a check never costs more than the queue it allows.
+_QUEUED = ("SELECT count(*) FROM (SELECT 1 FROM message INDEXED BY message_undelivered "
+           "WHERE recipient = ? AND delivered_at IS NULL LIMIT ?)")
+_QUEUED_FROM = ("SELECT count(*) FROM (SELECT 1 FROM message INDEXED BY message_undelivered_from "
+                "WHERE recipient = ? AND sender = ? AND delivered_at IS NULL LIMIT ?)")
+_UNPOP = "UPDATE message SET delivered_at = NULL WHERE id IN ({})"
+# A listing reads each body only as far as it shows it: a thousand long bodies never sit in memory whole.
+_LISTED = ("SELECT id, sender, recipient, substr(body, 1, ?), length(body), sent_at, delivered_at, acked_at, "
+           "cancelled_at, redelivered, file_refs FROM message WHERE {} ORDER BY id DESC LIMIT ?")
+
+# Quotas on undelivered messages, for what agents send (docs/architecture.md): the operator's
+# own sends and the core's are not refused, but they count.
+QUEUE_MAX = 1000  # in one recipient's queue
+SENDER_QUEUE_MAX = 100  # from one sender in one recipient's queue
 
 
-def listed_row(m):
-    return {"id": m.id, "from": m.sender, "body": m.body, "sent_at": iso(m.sent_at),
-            "redelivered": m.redelivered, "file_refs": json.loads(m.file_refs), "to": m.recipient,
-            "delivered_at": iso(m.delivered_at), "acked_at": iso(m.acked_at), "cancelled_at": iso(m.cancelled_at)}
+def cut_body(body, chars=None):
+    """(body as listed, its whole length when it was cut, else None): past LISTED_BODY_MAX it is cut, with a marker."""
+    chars = len(body) if chars is None else chars
+    if chars <= wire.LISTED_BODY_MAX:
+        return body, None
+    return (body[:wire.LISTED_BODY_MAX] + f"\n\n[… cut here: the whole message is {chars:,} characters; "
+            "its recipient's recv hands it over whole]"), chars
+
+
+def _listed(mid, sender, recipient, body, chars, sent_at, delivered_at, acked_at, cancelled_at, redelivered, refs):
+    body, whole = cut_body(body, chars)
+    row = {"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at), "redelivered": bool(redelivered),
+           "file_refs": json.loads(refs), "to": recipient, "delivered_at": iso(delivered_at),
+           "acked_at": iso(acked_at), "cancelled_at": iso(cancelled_at)}
+    if whole is not None:
+        row["body_chars"] = whole
+    return row
+
+
+class Listing(list):
+    """Rows of an answer; `cut_short` when ANSWER_BUDGET stopped it before the limit asked for."""
+
+    cut_short = False
+
+
+def _size(body, refs):
+    """What a row weighs against ANSWER_BUDGET: its body and references, in characters."""
+    return len(body) + len(refs)
 
 
 OPERATOR_UNREAD_PER_SENDER = 1000
@@ -102,11 +140,24 @@ class Broker:
         # one statement is its own transaction: committed when execute returns
         mid = core_db.execute_sql(_INSERT, (sender, recipient, body, now, delivered, None, refs)).lastrowid
         self._wake(recipient)
-        aftermath.after(f"telling the dashboard about message {mid}", self.hub.publish, "sent", message={
-            "id": mid, "from": sender, "body": body, "sent_at": iso(now), "redelivered": False,
-            "file_refs": list(file_refs), "to": recipient, "delivered_at": iso(delivered), "acked_at": None,
-            "cancelled_at": None})
+        # The event is listed as inbox rows are (a long body cut): every page's queue holds it.
+        aftermath.after(f"telling the dashboard about message {mid}", self.hub.publish, "sent", message=_listed(
+            mid, sender, recipient, body, len(body), now, delivered, None, None, False, refs))
         return mid
+
+    def admit(self, sender, recipient):
+        """Refuse (unavailable) a message `sender` would queue past a quota: the recipient's
+        QUEUE_MAX undelivered, or SENDER_QUEUE_MAX of them from this sender."""
+        who = "the operator" if sender == wire.OPERATOR else sender
+        mine = core_db.execute_sql(_QUEUED_FROM, (recipient, sender, SENDER_QUEUE_MAX)).fetchone()[0]
+        if mine >= SENDER_QUEUE_MAX:
+            raise wire.HiveError(f"{who} already has {SENDER_QUEUE_MAX} unread messages waiting for {recipient}, "
+                                 f"the most one sender may queue for one recipient; send again once {recipient} "
+                                 "has read some (it may be paused or busy)", "unavailable")
+        if core_db.execute_sql(_QUEUED, (recipient, QUEUE_MAX)).fetchone()[0] >= QUEUE_MAX:
+            raise wire.HiveError(f"{recipient} already has {QUEUE_MAX} unread messages waiting, the most its queue "
+                                 f"takes; send again once {recipient} has read some (it may be paused or busy)",
+                                 "unavailable")
 
     def hold(self, recipient, held):
         """Pause (held=True) or resume deliveries to a recipient."""
@@ -119,15 +170,33 @@ class Broker:
     def pop(self, recipient, limit):
         """Stamp and return up to `limit` undelivered messages, oldest first."""
         if recipient in self._held:
-            return []
+            return Listing()
         rows = core_db.execute_sql(_POP, (self._now(), recipient, limit)).fetchall()
         if not rows:
-            return []
+            return Listing()
         rows.sort()  # RETURNING does not promise an order
+        popped = Listing()
+        if limit > 1:
+            rows = self._fit(rows, popped)
         aftermath.after("telling the dashboard what was delivered", self.hub.publish, "delivered",
                         recipient=recipient, ids=[r[0] for r in rows])
-        return [{"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at), "redelivered": bool(redelivered),
-                 "file_refs": json.loads(refs)} for mid, sender, body, sent_at, redelivered, refs in rows]
+        popped.extend({"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at),
+                       "redelivered": bool(redelivered), "file_refs": json.loads(refs)}
+                      for mid, sender, body, sent_at, redelivered, refs in rows)
+        return popped
+
+    @staticmethod
+    def _fit(rows, popped):
+        """The first rows that fit ANSWER_BUDGET (one at least); the rest go back to the queue untouched."""
+        total = 0
+        for i, (_, _, body, _, _, refs) in enumerate(rows):
+            total += _size(body, refs)
+            if total > wire.ANSWER_BUDGET and i:
+                back = [r[0] for r in rows[i:]]
+                core_db.execute_sql(_UNPOP.format(",".join("?" * len(back))), back)
+                popped.cut_short = True
+                return rows[:i]
+        return rows
 
     def recv(self, recipient, wait_seconds, limit, gone=None):
         """Long-poll up to wait_seconds for the first message, then drain up to limit.
@@ -142,8 +211,8 @@ class Broker:
             rows = self.pop(recipient, limit)
             left = deadline - time.monotonic()
             if rows or left <= 0:
-                # fewer than asked means the queue is empty: no need to count
-                return rows, self.pending_count(recipient) if len(rows) == limit else 0
+                # fewer than asked means the queue is empty (unless the budget cut it): no need to count
+                return rows, self.pending_count(recipient) if len(rows) == limit or rows.cut_short else 0
             event = self._wakeups.setdefault(recipient, Event())
             if gone is None:
                 event.wait(timeout=left)
@@ -199,22 +268,22 @@ class Broker:
         return count
 
     def recent(self, name, limit):
-        """Messages to or from name, newest first."""
-        query = (Message.select().where((Message.recipient == name) | (Message.sender == name))
-                 .order_by(Message.id.desc()).limit(limit))
-        return [listed_row(m) for m in query]
+        """Messages to or from name, newest first (a Listing: bounded, each body cut past LISTED_BODY_MAX)."""
+        return self._listing("recipient = ? OR sender = ?", (name, name), limit)
 
     def inbox(self, recipient, limit, before=None, unread=False, sender=None):
-        """Messages to recipient, newest first: below id `before` (a page further back), only unread ones,
-        only one sender's."""
-        query = Message.select().where(Message.recipient == recipient)
+        """Messages to recipient, newest first (a Listing, as recent): below id `before` (a page further
+        back), only unread ones, only one sender's."""
+        where, params = ["recipient = ?"], [recipient]
         if sender is not None:
-            query = query.where(Message.sender == sender)
+            where.append("sender = ?")
+            params.append(sender)
         if before is not None:
-            query = query.where(Message.id < before)
+            where.append("id < ?")
+            params.append(before)
         if unread:
-            query = query.where(Message.acked_at.is_null())
-        return [listed_row(m) for m in query.order_by(Message.id.desc()).limit(limit)]
+            where.append("acked_at IS NULL")
+        return self._listing(" AND ".join(where), params, limit)
 
     def senders(self, recipient):
         """Per sender of recipient's inbox: how many are unread, and how many came in the last hour."""
@@ -237,6 +306,32 @@ class Broker:
             aftermath.after("telling the dashboard what was read", self.hub.publish, "read", recipient=recipient,
                             ids=found)
         return found
+
+    @staticmethod
+    def flow(after, limit):
+        """The message flow oldest first, each body cut as listed: the last `limit`, or those above id `after`."""
+        if after is None:
+            rows = core_db.execute_sql(_LISTED.format("1"), (wire.LISTED_BODY_MAX, limit)).fetchall()
+            rows.reverse()
+        else:
+            rows = core_db.execute_sql(_LISTED.format("id > ?").replace("DESC", "ASC"),
+                                       (wire.LISTED_BODY_MAX, after, limit)).fetchall()
+        return [_listed(*row) for row in rows]
+
+    @staticmethod
+    def _listing(where, params, limit):
+        rows, total = Listing(), 0
+        cursor = core_db.execute_sql(_LISTED.format(where), (wire.LISTED_BODY_MAX, *params, limit))
+        try:
+            for row in cursor:
+                total += _size(row[3], row[10])
+                if total > wire.ANSWER_BUDGET and rows:
+                    rows.cut_short = True
+                    break
+                rows.append(_listed(*row))
+        finally:
+            cursor.close()  # left open part-read, it would hold a read transaction and the WAL with it
+        return rows
 
     def pending_count(self, recipient):
         if recipient in self._held:

@@ -58,6 +58,15 @@ SWEEP_SECONDS = 3600.0
 CHECKPOINT_SECONDS = 1.0
 QUESTION_TTL_SECONDS = 5.0  # how often the ttl watchdog closes questions nobody answered in time
 REMINDER_SECONDS = 5.0  # how often due reminders are delivered
+# Below this many open descriptors the core warns at start: 32 per agent socket, the dashboard's
+# waiting connections and the operator's, the database. nix/modules/hive-c0re.nix grants 65536.
+MIN_DESCRIPTORS = 4096
+
+
+# Connections one agent's (or the manager's) socket serves at once. Its harness needs a few
+# (the turn loop's one recv, the MCP server's calls, status reports); past the cap a
+# connection is refused with a sentence, so an agent opening thousands holds 32 descriptors.
+AGENT_SOCKET_CONNECTIONS = 32
 
 
 class Sockets:
@@ -105,7 +114,8 @@ class Sockets:
         if ours:
             return
         surface = "manager" if role == "manager" else "agent"
-        server = jsonline.Server(path, self.surfaces.dispatcher(surface, name), mode=0o660, name=f"{name}.sock")
+        server = jsonline.Server(path, self.surfaces.dispatcher(surface, name), mode=0o660, name=f"{name}.sock",
+                                 max_connections=AGENT_SOCKET_CONNECTIONS)
         found = os.lstat(path)
         self.bound[name] = (found.st_dev, found.st_ino)
         self.servers[name] = server.start()
@@ -122,6 +132,26 @@ class Sockets:
     def close_all(self):
         for name in list(self.servers):
             self.close(name)
+
+
+def raise_descriptor_limit():
+    """Lift the soft limit on open descriptors to the hard one: every agent's connections, the
+    dashboard's and the database's come out of it, and systemd's soft default is 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-descriptor limit from %d to %s: %s", soft, hard, e)
+            return soft
+        log.info("raised the open-descriptor limit from %d to %d", soft, hard)
+        soft = hard
+    if soft != resource.RLIM_INFINITY and soft < MIN_DESCRIPTORS:
+        log.warning("the core may open only %d descriptors (its hard limit); a busy hive needs more: raise "
+                    "it (LimitNOFILE=65536 in its systemd unit, as the NixOS module sets)", soft)
+    return soft
 
 
 def lock_state_dir(layout):
@@ -202,14 +232,15 @@ class Core:
                  self.lifecycle.backend.name, self.layout.run_dir)
 
     def serve_dashboard(self, address, port):
-        from gevent.pywsgi import WSGIServer
-
+        from hyperhive import web
         from hyperhive.core.dashboard import Dashboard
 
         self.dashboard = Dashboard(self, self.auth)
         try:
-            self.web = WSGIServer((address, port), self.dashboard.app, log=None,
-                                  error_log=logging.getLogger("hive-c0re.http"))
+            # a request the guard let through carried a live session: its connection is the operator's
+            self.web = web.server((address, port), self.dashboard.app,
+                                  trusted=lambda environ: environ.get("hive.session") is not None,
+                                  log=None, error_log=logging.getLogger("hive-c0re.http"))
             self.web.start()
         except OSError as e:
             raise wire.HiveError(f"the dashboard cannot listen on {address}:{port}: {e.strerror or e}; "
@@ -253,6 +284,7 @@ def main(argv, clock=time.time, started=None):
     logging.basicConfig(level=args["--log-level"].upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every command it starts
+    raise_descriptor_limit()
     layout = Layout(args["--state-dir"] or settings.default_state_dir(), args["--run-dir"])
     try:
         layout.makedirs()

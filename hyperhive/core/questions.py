@@ -100,6 +100,8 @@ class Questions:
         if ttl_seconds is not None and not 1 <= ttl_seconds <= wire.QUESTION_MAX_TTL:
             raise wire.HiveError(f"ask: 'ttl_seconds' must be between 1 and {wire.QUESTION_MAX_TTL} "
                                  f"(7 days), got {ttl_seconds}")
+        if target != wire.OPERATOR:  # a question to an agent is a message to it, under the same quota
+            self.broker.admit(asker, target)
         now = self._now()
         expires = now + int(ttl_seconds) * 1000 if ttl_seconds is not None else None
         with core_db.atomic():  # the row and the target's message: both or neither

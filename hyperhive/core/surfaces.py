@@ -36,6 +36,7 @@ class Surfaces:
         self.helper_events = helper_events or HelperEvents(broker)
         self.urls = urls or {"domain": None, "home": None, "forge": None}
         self.login_url = None  # () -> a one-time dashboard URL, set when the dashboard serves
+        self._polls = {}  # agent -> Event of its one recv waiting now: set when a newer recv takes over
 
     @property
     def loose_ends(self):
@@ -60,14 +61,41 @@ class Surfaces:
             raise wire.HiveError("you cannot send a message to yourself; use a reminder for a note to self")
         if not self.lifecycle.known(to):
             raise wire.HiveError(f"there is no agent named {to!r}; `list` shows who is in the hive", "not_found")
+        if caller != wire.OPERATOR:  # the operator's own sends always go (docs/architecture.md)
+            self.broker.admit(caller, to)
         return wire.ok(id=self.broker.send(caller, to, body))
 
     def do_operator_msg(self, caller, body):
-        # Relayed by the agent's own web page: it can only ever reach this agent.
+        # Relayed by the agent's own web page: it can only ever reach this agent. The agent
+        # controls that page, so its share of the queue is quota'd as an agent's send is.
+        self.broker.admit(wire.OPERATOR, caller)
         return wire.ok(id=self.broker.send(wire.OPERATOR, caller, body))
 
     def do_recv(self, caller, wait_seconds, max, gone=None):
-        messages, unread = self.broker.recv(caller, wait_seconds, max, gone)
+        """One recv waits per agent: a newer one takes over, so a harness that reconnects is never
+        locked out by its own dead long-poll, and a flood of them holds one connection, not all."""
+        from gevent.event import Event
+
+        if not wait_seconds:  # answers at once: nothing to take over from
+            messages, unread = self.broker.recv(caller, 0, max, gone)
+            return wire.ok(messages=_for_agent(messages), unread=unread)
+        mine = Event()
+        earlier = self._polls.get(caller)
+        if earlier is not None:
+            earlier.set()
+        self._polls[caller] = mine
+        stop = Event()
+        mine.rawlink(lambda _: stop.set())
+        if gone is not None:
+            gone.rawlink(lambda _: stop.set())
+        try:
+            messages, unread = self.broker.recv(caller, wait_seconds, max, stop)
+        finally:
+            if self._polls.get(caller) is mine:
+                del self._polls[caller]
+        if mine.is_set():
+            raise wire.HiveError(f"a newer recv on {caller}'s socket took over from this one, which took no "
+                                 "message; only one recv waits at a time per agent", "conflict")
         return wire.ok(messages=_for_agent(messages), unread=unread)
 
     def do_ack_turn(self, caller):
@@ -105,13 +133,13 @@ class Surfaces:
         return wire.ok(requeued=self.broker.requeue_inflight(caller))
 
     def do_recent(self, caller, limit):
-        return wire.ok(messages=_for_agent(self.broker.recent(caller, limit)))
+        return _listing(_for_agent(self.broker.recent(caller, limit)), limit)
 
     def do_inbox(self, caller, limit, before, unread, only_from):
         messages = self.broker.inbox(caller, limit, before=before, unread=unread, sender=only_from)
         if caller != wire.OPERATOR:
-            return wire.ok(messages=_for_agent(messages))
-        return wire.ok(messages=messages, senders=self.broker.senders(caller))  # who floods shows
+            return _listing(_for_agent(messages), limit)
+        return dict(_listing(messages, limit), senders=self.broker.senders(caller))  # who floods shows
 
     def do_mark_read(self, caller, ids):
         return wire.ok(read=self.broker.mark_read(caller, ids))
@@ -314,3 +342,11 @@ class Surfaces:
         return wire.ok(id=self.approvals.request_update(description))
 
 
+def _listing(rows, limit):
+    """A listing's answer; one the answer budget stopped short says so."""
+    if not rows.cut_short:
+        return wire.ok(messages=rows)
+    return wire.ok(messages=rows, **{wire.WARNINGS: [
+        f"the listing stops after the newest {len(rows)} messages (of up to {limit} asked for): one answer "
+        f"carries about {wire.ANSWER_BUDGET // 1024 // 1024} MiB of bodies at most, each cut past "
+        f"{wire.LISTED_BODY_MAX // 1024} KiB; recv hands a message over whole"]})

@@ -24,6 +24,7 @@ from hyperhive.harness.claude import Outcome
 log = logging.getLogger(__name__)
 
 RECV_WAIT = 180
+RECV_REFUSED_SECONDS = 5.0  # after the core refused a recv (another took over, or a cap): poll again then
 # After a turn that did not end well its messages are requeued; the retry
 # waits 2 s, doubling per failure in a row up to 5 min, so a message that
 # always fails (or an API outage) costs a turn every few minutes, not a loop.
@@ -133,7 +134,18 @@ class TurnLoop:
         if self.unsettled:
             self.client.call("requeue_inflight")
             self.unsettled = False
-        answer = self.client.call("recv", timeout=RECV_WAIT + 30, wait_seconds=RECV_WAIT, max=self.batch)
+        try:
+            answer = self.client.call("recv", timeout=RECV_WAIT + 30, wait_seconds=RECV_WAIT, max=self.batch)
+        except wire.HiveError as e:
+            if e.code not in ("conflict", "unavailable") or wire.storage_failure(e) is not None:
+                raise
+            # Another client on this socket took the one waiting recv over, or holds every
+            # connection the socket serves: something else in this container. Poll again a little
+            # later; what a cut-off recv may have popped is requeued first.
+            log.warning("recv: %s; polling again in %gs", e, RECV_REFUSED_SECONDS)
+            self.unsettled = True
+            self.sleep(RECV_REFUSED_SECONDS)
+            return None
         messages = answer["messages"]
         if not messages or self.stopping:
             return None  # popped during shutdown: left unacked, requeued at next boot

@@ -255,6 +255,9 @@ in
         # survivors keep running and the restarted core adopts them.
         KillMode = "process";
         TimeoutStopSec = 120;
+        # Every agent's connections (32 at most per socket), the dashboard's and the
+        # database's come out of one limit; systemd's soft default of 1024 is too few.
+        LimitNOFILE = 65536;
         # Hardening that leaves container management alone: nixos-container
         # writes /etc/nixos-containers and /var/lib/nixos-containers and talks to
         # systemd, so no ProtectSystem, PrivateDevices or namespace restrictions.
