@@ -233,7 +233,8 @@ def bwrap():
 class BwrapHive(Hive):
     """A real core on the bwrap backend; probe* agents run PROBE."""
 
-    def __init__(self, state_dir, probes=(), claude=FAKE_CLAUDE, env=None):
+    def __init__(self, state_dir, probes=(), claude=FAKE_CLAUDE, env=None, umask=None):
+        self.umask = umask  # the core's (the NixOS module's unit sets 0007)
         env = dict({"ANTHROPIC_API_KEY": "test-key"}, **(env or {}))
         passed = [arg for name in env for arg in ("--pass-env", name)]
         env.update(HIVE_TEST_PROBE=PROBE, HIVE_TEST_PROBES=",".join(probes))
@@ -245,7 +246,8 @@ class BwrapHive(Hive):
         self.proc = subprocess.Popen([PYZ_PYTHON, "-c", DAEMON, "serve", "--state-dir", self.state_dir,
                                       "--backend", "bwrap", "--claude", self.claude, "--dashboard-port", "0",
                                       *self.extra_args],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     preexec_fn=None if self.umask is None else lambda: os.umask(self.umask))
         log.close()
         if wait:
             wait_until(self._ready, 30, f"the core to answer on {self.host_sock} (log: {self.log_path})")
@@ -380,7 +382,7 @@ def test_argv_masks_the_hive_before_binding_the_agents_own_parts(tmp_path, root)
     uid, gid = trees.ids("a") if root else (-1, -1)
     assert command[:2] == ["/usr/bin/bwrap", "--args"] and command[3] == "--"
     assert command[4:9] == [sys.executable, "-I", "-S", "-c", INIT]
-    assert command[9:] == [str(uid), str(gid), "9", *launch.argv]
+    assert command[9:] == [str(uid), str(gid), "9", layout.state("a"), *launch.argv]  # INIT enters the state dir
     for flag in NAMESPACES:
         assert flag in argv
     assert at(argv, "--cap-drop", "ALL") < len(argv)
@@ -402,7 +404,7 @@ def test_argv_masks_the_hive_before_binding_the_agents_own_parts(tmp_path, root)
     assert mask < at(argv, "--ro-bind", config, config) < at(argv, "--ro-bind", config, "/agents/a/config")
     assert at(argv, "--perms", "1777", "--tmpfs", "/tmp") < mask and ("--tmpfs", "/run") in {p[:2] for p in pairs}
     assert argv[-2:] == ["--remount-ro", "/"]
-    assert argv[at(argv, "--chdir") + 1] == layout.state("a")
+    assert argv[at(argv, "--chdir") + 1] == "/"
     assert ("--ro-bind", "/", "/") not in pairs  # the root stays bwrap's, for /agents/<name>/config
     # of the host, its programs and a few files of /etc; passwd and group are the sandbox's own
     for hidden in ("/root", "/home", "/var", "/etc", "/srv", "/opt", "/mnt", "/sys", "/nix/var"):
@@ -568,7 +570,7 @@ def test_inside_the_sandbox_the_agent_is_an_unprivileged_uid_of_its_own_and_sees
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         cmdline = f.read()
     assert not [e for e in environ if e.startswith((b"ANTHROPIC_API_KEY=", b"HIVE_"))], environ
-    assert b"test-key" not in cmdline and bhive.state_dir.encode() not in cmdline
+    assert b"test-key" not in cmdline and b"--bind" not in cmdline  # bwrap's options came on a descriptor
 
 
 def test_the_manager_commits_to_proposed_repos_but_cannot_touch_applied_ones(bwrap, tmp_path):
@@ -593,6 +595,28 @@ def restart_probe(hive, name):
     os.unlink(os.path.join(hive.home(name), "state", "probe.json"))
     hive.call("restart", name=name)
     return hive.wait(name, lambda: hive.state_file(name, "probe.json"), 30, f"{name}'s report from its new sandbox")
+
+
+def test_under_the_units_umask_an_agent_still_reaches_its_own_parts_and_runs_a_turn(bwrap, tmp_path):
+    """The NixOS unit runs the core with umask 0007: nothing the core makes is anyone else's to read. The
+    agent's uid still reaches its home, state dir, model, extra-mcp.json, page secret and proposed repo."""
+    h = BwrapHive(tmp_path / "state", umask=0o007)
+    try:
+        h.start()
+        found = h.probe()
+        for key in ("state_write", "sock_dir_write", "shared_write", "config_read", "whoami"):
+            assert found[key]["ok"], (key, found[key])
+        assert found["web_secret"] == {"ok": True, "value": 64}
+        status = lambda: h.state_file("probe", "status.json") or {}  # noqa: E731
+        h.call("set_paused", name="probe", paused=True)
+        wait_until(lambda: status().get("paused") is True, 10, "the probe to see its pause marker")
+        h.call("spawn", name="a")  # the real harness: its model file, its extra-mcp.json, a turn
+        h.wait("a", lambda: (h.row("a") or {}).get("active_model"), 30, "a to boot")
+        h.call("send", to="a", body="FAKE: send operator hi under umask 0007")
+        inbox = lambda: [m["body"] for m in h.call("inbox", limit=50)["messages"]]  # noqa: E731
+        h.wait("a", lambda: "hi under umask 0007" in inbox(), 30, "a's turn")
+    finally:
+        shut_down(h)
 
 
 def test_a_link_the_manager_plants_among_the_proposed_repos_is_never_bound_into_its_next_sandbox(bwrap, tmp_path):

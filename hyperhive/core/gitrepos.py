@@ -272,7 +272,7 @@ class Repos:
             if owner is not None:
                 fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                 try:
-                    trees.hand_over(fd, *owner, f"{name}'s new config repo")
+                    trees.hand_over(fd, *owner, f"{name}'s new config repo", readable=True)
                 finally:
                     os.close(fd)
             try:

@@ -39,6 +39,12 @@ def ids(name):
     return n, n
 
 
+def root_of(path, roots):
+    """The one of `roots` (the hive's own directories) that holds path, or path's parent when none does."""
+    path = os.path.abspath(path)
+    return next((r for r in roots if path == r or path.startswith(r.rstrip("/") + "/")), os.path.dirname(path))
+
+
 def refusal(path, why, tree):
     return wire.HiveError(f"refusing {path}: {why}; the core never follows a link planted in {tree} "
                           "(whoever can write there controls where it points). Remove or replace it with a "
@@ -99,20 +105,24 @@ def checked_dir(root, path, tree):
     return os.path.abspath(path)
 
 
-def hand_over(fd, uid, gid, what, deep=True):
+def hand_over(fd, uid, gid, what, deep=True, readable=False):
     """Make the directory at `fd` (and, with `deep`, all below it) the principal's own: uid:gid.
 
     Walks by descriptors and never follows a link (links stay the core's:
     the principal may remove them all the same). A file with a second name
     (a hard link, maybe to a file of the host's, planted while the sandbox
-    ran as root) is left as it is, and said so. Returns how many entries
-    changed owner; only a tree that is not its owner's yet is walked, so a
-    start of an agent that ran before costs one fstat.
+    ran as root) is left as it is, and said so. With `readable`, what it
+    hands over is also readable by all (what the core made under a umask of
+    0007 is a repo other agents read). Returns how many entries changed
+    owner; only a tree that is not its owner's yet is walked, so a start of
+    an agent that ran before costs one fstat.
     """
     st = os.fstat(fd)
     if (st.st_uid, st.st_gid) == (uid, gid):
         return 0
     os.chown(fd, uid, gid)
+    if readable:
+        os.chmod(fd, stat.S_IMODE(st.st_mode) | 0o055)
     changed, kept = 1, []
     if deep:
         for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
@@ -127,6 +137,9 @@ def hand_over(fd, uid, gid, what, deep=True):
                     kept.append(entry)
                     continue
                 os.chown(entry, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+                if readable:  # not a link (skipped above), so chmod acts on the entry itself
+                    more = 0o055 if stat.S_ISDIR(est.st_mode) or est.st_mode & 0o100 else 0o044
+                    os.chmod(entry, stat.S_IMODE(est.st_mode) | more, dir_fd=dir_fd)
                 changed += 1
     if kept:
         log.warning("%s: left %d file(s) with a second name elsewhere to their owner, not to uid %d: %s",

@@ -77,6 +77,7 @@ import time
 
 from hyperhive import wire
 from hyperhive.core import trees
+from hyperhive.core.containers import owners
 from hyperhive.core.containers.process import ProcessBackend, _start_time
 
 log = logging.getLogger(__name__)
@@ -140,11 +141,11 @@ FIND_HARNESS_SECONDS = 2.0
 #   does; whatever the harness left running would go on, unseen by the core.
 #   INIT below replaces it.
 
-# pid 1 inside (--as-pid-1), run as `python -I -S -c INIT <uid> <gid> <env fd> <argv...>`
+# pid 1 inside (--as-pid-1), run as `python -I -S -c INIT <uid> <gid> <env fd> <cwd> <argv...>`
 # with an empty environment: it reads the harness's environment (NUL-separated
 # NAME=value) from the descriptor and closes every other one bwrap passed on;
 # under a root core it then becomes the agent's uid (uid -1: it already is),
-# which ends its capabilities. It runs the harness as its child, passes stop
+# which ends its capabilities, and enters the harness's cwd as that uid. It runs the harness as its child, passes stop
 # signals on to it, reaps orphans, and exits with the harness's status (128+N
 # for signal N, as bwrap's own would) -- which ends the pid namespace. Its
 # handlers are set before the fork: pid 1 ignores any signal it has no handler
@@ -156,8 +157,8 @@ FIND_HARNESS_SECONDS = 2.0
 # it goes on without.
 INIT = r"""
 import os, signal, sys
-uid, gid, env_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-argv = sys.argv[4:]
+uid, gid, env_fd, cwd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+argv = sys.argv[5:]
 with os.fdopen(env_fd, "rb") as f:
     env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
 for fd in os.listdir("/proc/self/fd"):
@@ -170,6 +171,8 @@ if uid >= 0:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+os.umask(0o022)  # not the core's (0007 under systemd): the manager's commits are read by the other agents
+os.chdir(cwd)  # as the agent: its state dir may be its alone (bwrap, root without capabilities, may not enter)
 
 def own_userns():
     import ctypes, errno
@@ -395,8 +398,7 @@ class Sandbox:
         """Bind a directory of a principal-writable tree by descriptor: no link on its way is followed,
         and what is bound is the directory checked, whatever its name points to by the time bwrap mounts."""
         path = _abs(path)
-        root = next((d for d in self.hidden if _under(path, [d])), os.path.dirname(path))
-        fd = trees.open_dir(root, path, tree)
+        fd = trees.open_dir(trees.root_of(path, self.hidden), path, tree)
         self.fds.append(fd)
         self.bound.append(dest)
         self.made.add(dest)
@@ -523,7 +525,8 @@ class Sandbox:
             args += self._bind(shared, _abs(shared), "the shared dir", writable=True)
         if config:
             args += self.config_args(_abs(config))
-        args += ["--chdir", state, "--clearenv", "--remount-ro", "/"]
+        # INIT enters the state dir once it is the agent: bwrap, as root without a capability, may not
+        args += ["--chdir", "/", "--clearenv", "--remount-ro", "/"]
         return args
 
     def config_args(self, config):
@@ -560,76 +563,14 @@ class Sandbox:
         """bwrap's command line: its options from a descriptor, then INIT and the harness's argv."""
         data = b"".join(a.encode() + b"\0" for a in self.options)
         return [self.bwrap, "--args", self._data("bwrap-args", data), "--",
-                sys.executable, "-I", "-S", "-c", INIT, str(self.uid), str(self.gid), env_fd, *self.launch.argv]
+                sys.executable, "-I", "-S", "-c", INIT, str(self.uid), str(self.gid), env_fd,
+                _abs(self.launch.state_dir), *self.launch.argv]
 
     def env_fd(self, env):
         """The harness's environment, for INIT to read: NAME=value pairs, NUL-separated."""
         env = dict(env, TMPDIR="/tmp")  # the host's TMPDIR is not there; the sandbox's /tmp is its own
         data = b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in env.items())
         return self._data("harness-env", data)
-
-    # -- ownership ----------------------------------------------------------------------------
-
-    def hand_over(self):
-        """Under a root core: what the agent must write becomes its uid's; nothing is followed on the way."""
-        if not self.root:
-            return
-        launch = self.launch
-        uid, gid, name = self.uid, self.gid, launch.name
-        state = _abs(launch.state_dir)
-        root_of = lambda p: next((d for d in self.hidden if _under(p, [d])), os.path.dirname(p))  # noqa: E731
-        fd = trees.open_dir(root_of(state), state, f"{name}'s state dir", os.O_RDONLY)
-        try:
-            changed = trees.hand_over(fd, uid, gid, f"{name}'s state dir")
-        finally:
-            os.close(fd)
-        if changed:
-            log.info("handed %d entries of %s's state dir over to its uid %d", changed, name, uid)
-        socket = _abs(launch.env["HIVE_SOCKET"])
-        sock_dir = os.path.dirname(socket)
-        if os.path.basename(sock_dir) == name:
-            fd = trees.open_dir(root_of(sock_dir), sock_dir, f"{name}'s socket dir", os.O_RDONLY)
-            try:
-                # root's, the agent's group, setgid: every socket and secret the core makes there (a
-                # restarted core's too) is the agent's group's, and the harness's web.sock is its own
-                os.fchown(fd, 0, gid)
-                os.fchmod(fd, 0o2770)
-                trees.own_entry(fd, os.path.basename(socket), 0, gid)
-                trees.own_entry(fd, "web.secret", 0, gid, mode=0o640)
-            finally:
-                os.close(fd)
-        shared = getattr(launch, "shared_dir", None)
-        if shared:
-            # every agent adds files, each removes only its own (the sticky bit, as on /tmp)
-            fd = trees.open_dir(root_of(_abs(shared)), _abs(shared), "the shared dir", os.O_RDONLY)
-            try:
-                os.fchmod(fd, 0o1777)
-            finally:
-                os.close(fd)
-        config = getattr(launch, "config_dir", None)
-        if config and launch.role == "manager" and os.path.isdir(config):
-            hand_over_proposed(_abs(config), root_of(_abs(config)), uid, gid)
-
-
-def hand_over_proposed(config, root, uid, gid):
-    """The proposed repos' root and each repo in it become the manager's; a link among them is left alone
-    (its sandbox leaves it out, and says so)."""
-    fd = trees.open_dir(root, config, "the proposed config repos", os.O_RDONLY)
-    try:
-        os.fchown(fd, uid, gid)
-    finally:
-        os.close(fd)
-    for entry in sorted(os.listdir(config)):
-        if not wire.NAME_RE.fullmatch(entry):
-            continue
-        try:
-            fd = trees.open_dir(root, os.path.join(config, entry), "the proposed config repos", os.O_RDONLY)
-        except wire.HiveError:
-            continue
-        try:
-            trees.hand_over(fd, uid, gid, f"{entry}'s proposed config repo")
-        finally:
-            os.close(fd)
 
 
 def sandbox_argv(launch, bwrap="bwrap", root=None):
@@ -734,7 +675,8 @@ class BwrapBackend(ProcessBackend):
         os.makedirs(launch.state_dir, exist_ok=True)
         box = Sandbox(launch, self.bwrap)
         try:
-            box.hand_over()
+            if box.root:
+                owners.hand_over(launch, box.uid, box.gid, box.hidden)
             sandboxed = copy.copy(launch)
             sandboxed.argv = box.command(box.env_fd(launch.env))
             # bwrap itself runs on the host: nothing of the harness's environment (a loader variable
