@@ -11,8 +11,9 @@ agent is an unprivileged uid of its own on the host (`trees.ids`, the gid the
 same number): no user namespace stands between it and the host, so what it
 writes is that uid's on the host too, and of everything root's or another
 user's it may do only what the mode grants "others". bwrap runs as root
-without a user namespace (it must walk into the core's 0700 state dir to bind
-the agent's parts) and keeps no capability but CAP_SETUID and CAP_SETGID,
+without a user namespace (as the agent's uid it could not reach the agent's
+parts under the core's 0700 state dir, not even by descriptor: bwrap looks a
+descriptor's path up) and keeps no capability but CAP_SETUID and CAP_SETGID,
 which INIT (pid 1 inside, the hive's own code, started with an empty
 environment) uses once, first, to become that uid; the harness it starts then
 enters a user namespace of its own that maps only that uid and in which no
@@ -51,7 +52,7 @@ are covered by empty tmpfs mounts before the agent's own parts are bound back.
 Each of those parts is a tree the agent (or, for the config repos, the
 manager) can write, so it is bound by descriptor, opened without following a
 link (`trees.open_dir`), and handed over to the agent's uid at each start
-(`trees.hand_over`).
+(`owners.hand_over`).
 
 pid tree, as the host sees it:
 
@@ -383,14 +384,13 @@ class Sandbox:
 
     # -- descriptors ----------------------------------------------------------------------
 
-    def _fd(self, fd):
-        self.fds.append(fd)
-        return str(fd)
-
     def _data(self, name, data):
+        """A descriptor bwrap (or INIT) reads `data` from: a file in memory, never on a disk."""
         fd = os.memfd_create(name, 0)
         self.fds.append(fd)
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.lseek(fd, 0, os.SEEK_SET)
         return str(fd)
 
