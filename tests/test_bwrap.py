@@ -861,6 +861,19 @@ def test_exit_codes_read_as_the_process_backend_reports_them(bwrap, tmp_path, sc
     assert backend.exit_code("a") == code
 
 
+def test_two_agents_whose_names_share_a_uid_never_both_run(bwrap, tmp_path):
+    """Each agent its own uid: a name that hashes to the uid of another agent here (a tombstone too) is
+    refused with the way out, before bwrap runs. (These two names do collide.)"""
+    assert trees.ids("blos7htl") == trees.ids("gqroiow9")
+    layout, launch = example_launch(tmp_path, name="gqroiow9", config=False)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(layout.socket("gqroiow9"))
+    os.makedirs(layout.home("blos7htl"))
+    with listener, pytest.raises(wire.HiveError, match="the agent 'blos7htl' has that uid too .* give the agent another name") as e:
+        BwrapBackend().start(launch)
+    assert e.value.code == "conflict" and not os.path.exists(os.path.join(layout.home("gqroiow9"), "harness.pid"))
+
+
 def test_a_missing_socket_is_refused_before_bwrap_runs(bwrap, tmp_path):
     layout, launch = example_launch(tmp_path, config=False)
     with pytest.raises(wire.HiveError, match="socket .* does not exist"):

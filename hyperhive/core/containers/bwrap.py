@@ -671,7 +671,8 @@ class BwrapBackend(ProcessBackend):
         if config and not os.path.isdir(config):
             raise wire.HiveError(f"cannot sandbox {launch.name!r}: its config dir {config} does not exist",
                                  "unavailable")
-        self._refuse_shared_ids(launch)
+        if as_root():
+            owners.refuse_shared_ids(launch)
         os.makedirs(launch.state_dir, exist_ok=True)
         box = Sandbox(launch, self.bwrap)
         try:
@@ -687,17 +688,6 @@ class BwrapBackend(ProcessBackend):
             return super().start(sandboxed)
         finally:
             box.close()
-
-    def _refuse_shared_ids(self, launch):
-        """Two agents never share a uid: a name whose uid another agent of this hive has already is refused."""
-        if not as_root():
-            return
-        mine = trees.ids(launch.name)
-        agents = os.path.dirname(_abs(launch.home_dir))
-        for other in os.listdir(agents) if os.path.isdir(agents) else ():
-            if other != launch.name and wire.NAME_RE.fullmatch(other) and trees.ids(other) == mine:
-                raise wire.HiveError(f"cannot sandbox {launch.name!r}: its uid {mine[0]} is also {other!r}'s "
-                                     "(both names hash to it); give the agent another name", "conflict")
 
     def exit_code(self, name):
         """As the process backend reports it: bwrap says 128+N for a harness killed by signal N."""

@@ -350,6 +350,7 @@ class NixosBackend:
         if self.running(name):
             raise wire.HiveError(f"container {c} is already running", "conflict")
         flags = self._binds(launch)
+        owners.refuse_shared_ids(launch)
         uid, gid = self.ids(name)
         owners.hand_over(launch, uid, gid, [os.path.abspath(d) for d in getattr(launch, "hidden_dirs", None) or ()])
         self._write_env(launch)

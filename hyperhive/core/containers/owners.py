@@ -14,6 +14,17 @@ from hyperhive.core import trees
 log = logging.getLogger(__name__)
 
 
+def refuse_shared_ids(launch):
+    """Two agents never share a uid: a name whose uid another agent of this hive (a tombstone included)
+    has already is refused, with the way out."""
+    mine = trees.ids(launch.name)
+    agents = os.path.dirname(os.path.abspath(launch.home_dir))
+    for other in os.listdir(agents) if os.path.isdir(agents) else ():
+        if other != launch.name and wire.NAME_RE.fullmatch(other) and trees.ids(other) == mine:
+            raise wire.HiveError(f"cannot start {launch.name!r} as uid {mine[0]}: the agent {other!r} has that uid "
+                                 "too (both names hash to it); give the agent another name", "conflict")
+
+
 def _opened(path, hidden, tree):
     return trees.open_dir(trees.root_of(path, hidden), path, tree, os.O_RDONLY)
 
