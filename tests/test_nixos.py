@@ -720,7 +720,8 @@ def test_start_hands_the_agents_dirs_to_its_uid_following_no_link(hive, tmp_path
         f.write("its own\n")
     hive.backend.start(launch)
     uid, gid = trees.ids("a")
-    assert os.stat(launch.state_dir).st_uid == uid and os.stat(os.path.join(launch.state_dir, "notes.txt")).st_uid == uid
+    assert os.stat(launch.state_dir).st_uid == uid
+    assert os.stat(os.path.join(launch.state_dir, "notes.txt")).st_uid == uid
     assert os.stat(host_file).st_uid == 0
     sock_dir = os.stat(os.path.dirname(launch.env["HIVE_SOCKET"]))
     assert (sock_dir.st_uid, sock_dir.st_gid, sock_dir.st_mode & 0o7777) == (0, gid, 0o2770)
