@@ -77,8 +77,12 @@ def host(settings, select="ev: ev.config", extra=()):
 def container(base, name, settings=None, select="ev: ev.config", extra=(), pyz="/nix/store/stub-source/hyperhive.pyz",
               check=True):
     """A container template (agent-base.nix or manager.nix) as the meta flake sets it up, plus `settings`."""
+    from hyperhive import wire
+    from hyperhive.core import trees
+
+    uid = trees.ids(name)[0] if wire.NAME_RE.fullmatch(name) else 1000
     modules = [nix_string(os.path.join(TEMPLATES, base)),
-               nix_value({"hyperhive": {"name": name, "pyz": pyz}}),
+               nix_value({"hyperhive": {"name": name, "pyz": pyz, "uid": uid}}),
                nix_value(settings or {}), *extra]
     return evaluate(modules_expr(modules, ["hyperhive"], select), check=check)
 

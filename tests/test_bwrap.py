@@ -14,6 +14,7 @@ turns that into a failure (CI on a host that must have it).
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +25,8 @@ import pytest
 from conftest import FAKE_CLAUDE, PYTHON, PYZ, PYZ_PYTHON, ROOT, Hive, kill_harnesses, wait_until
 from hyperhive import wire
 from hyperhive.core.containers import Launch
-from hyperhive.core.containers.bwrap import (INIT, NAMESPACES, BwrapBackend, descendants, inside,
+from hyperhive.core import trees
+from hyperhive.core.containers.bwrap import (INIT, NAMESPACES, BwrapBackend, Sandbox, descendants, inside,
                                              sandbox_argv)
 from hyperhive.core.lifecycle import Layout
 
@@ -120,6 +122,38 @@ def beside_the_interpreter():
         if os.path.exists(path):
             os.unlink(path)
 
+def unshare_user():
+    code = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True); "
+            "sys.exit(0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno())")
+    done = subprocess.run([sys.executable, "-c", code])
+    if done.returncode:
+        raise OSError(done.returncode, os.strerror(done.returncode))
+    return "a user namespace of its own"
+
+def user_name():
+    import pwd
+    return pwd.getpwuid(os.getuid()).pw_name
+
+def request(verb, **args):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    try:
+        s.connect(os.environ["HIVE_SOCKET"])
+        s.sendall(json.dumps(dict(args, cmd=verb)).encode() + b"\n")
+        return json.loads(s.makefile("rb").readline())
+    finally:
+        s.close()
+
+sock_dir = os.path.dirname(os.environ["HIVE_SOCKET"])
+plant = os.environ.get("HIVE_TEST_PLANT")  # the manager plants a link among the proposed repos
+if plant and os.environ.get("HIVE_ROLE") == "manager" and not os.path.lexists(os.path.join(config, "evil")):
+    os.symlink(plant, os.path.join(config, "evil"))
+exfil = os.environ.get("HIVE_TEST_EXFIL")  # ... or in its own repo's .git, then asks the core to read it
+if exfil and os.environ.get("HIVE_ROLE") == "manager":
+    refs = os.path.join(config, "manager", ".git", "packed-refs")
+    if os.path.lexists(refs):
+        os.unlink(refs)
+    os.symlink(exfil, refs)
 caps = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
 results = {
     "pid": os.getpid(), "uid": os.getuid(), "cap_eff": caps, "hostname": socket.gethostname(),
@@ -145,6 +179,23 @@ results = {
     "host_write": attempt(beside_the_interpreter),
     "core_pattern": attempt(same_core_pattern),
     "whoami": attempt(whoami),
+    "gid": os.getgid(), "groups": os.getgroups(), "user": attempt(user_name),
+    "shadow": attempt(lambda: read("/etc/shadow")),
+    "etc": attempt(lambda: sorted(os.listdir("/etc"))),
+    "root_home": attempt(lambda: sorted(os.listdir("/root"))),
+    "root_claude": attempt(lambda: sorted(os.listdir("/root/.claude"))),
+    "home": attempt(lambda: sorted(os.listdir("/home"))),
+    "var": attempt(lambda: sorted(os.listdir("/var"))),
+    "host_unix_socket": attempt(lambda: connect(os.environ["HIVE_TEST_HOST_SOCKET"])),
+    "nested_userns": attempt(unshare_user),
+    "init_environ": attempt(lambda: read("/proc/1/environ")),
+    "sock_dir_write": attempt(lambda: write(os.path.join(sock_dir, "probe.txt"))),
+    "web_secret": attempt(lambda: len(read(os.path.join(sock_dir, "web.secret")).strip())),
+    "shared_write": attempt(lambda: write(os.path.join(os.environ["HIVE_SHARED_DIR"], me + ".txt"))),
+    "api_key": os.environ.get("ANTHROPIC_API_KEY"),
+    "evil_mount": attempt(lambda: sorted(os.listdir("/agents/evil/config"))),
+    "exfil": attempt(lambda: request("request_apply_commit", agent="manager", commit_ref="abcdef0",
+                                     description="x")) if exfil else None,
 }
 if os.environ.get("HIVE_ROLE") == "manager":  # its config dir is every agent's proposed repo
     applied_root = os.path.join(os.path.dirname(config), "applied")
@@ -182,7 +233,8 @@ def bwrap():
 class BwrapHive(Hive):
     """A real core on the bwrap backend; probe* agents run PROBE."""
 
-    def __init__(self, state_dir, probes=(), claude=FAKE_CLAUDE, env=None):
+    def __init__(self, state_dir, probes=(), claude=FAKE_CLAUDE, env=None, umask=None):
+        self.umask = umask  # the core's (the NixOS module's unit sets 0007)
         env = dict({"ANTHROPIC_API_KEY": "test-key"}, **(env or {}))
         passed = [arg for name in env for arg in ("--pass-env", name)]
         env.update(HIVE_TEST_PROBE=PROBE, HIVE_TEST_PROBES=",".join(probes))
@@ -194,7 +246,8 @@ class BwrapHive(Hive):
         self.proc = subprocess.Popen([PYZ_PYTHON, "-c", DAEMON, "serve", "--state-dir", self.state_dir,
                                       "--backend", "bwrap", "--claude", self.claude, "--dashboard-port", "0",
                                       *self.extra_args],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                     preexec_fn=None if self.umask is None else lambda: os.umask(self.umask))
         log.close()
         if wait:
             wait_until(self._ready, 30, f"the core to answer on {self.host_sock} (log: {self.log_path})")
@@ -234,9 +287,28 @@ def other_secret(tmp_path):
 
 
 @pytest.fixture
-def bhive(bwrap, tmp_path):
+def host_socket():
+    """A unix socket a host service listens on, at a path outside every bind, open to every uid."""
+    import tempfile
+
+    where = tempfile.mkdtemp(prefix="hive-host-socket-", dir="/var/tmp")
+    os.chmod(where, 0o755)
+    path = os.path.join(where, "service.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    os.chmod(path, 0o777)
+    listener.listen(8)
+    try:
+        yield path
+    finally:
+        listener.close()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+def bhive(bwrap, tmp_path, host_socket):
     other_secret(tmp_path)
-    h = BwrapHive(tmp_path / "state")
+    h = BwrapHive(tmp_path / "state", env={"HIVE_TEST_HOST_SOCKET": host_socket})
     try:
         yield h.start()
     finally:
@@ -272,49 +344,73 @@ def sandbox_procs(hive, name):
 # -- the command line (no bwrap needed) -------------------------------------------------
 
 def example_launch(tmp_path, name="a", run_dir=None, config=True):
+    """A Launch as the core makes it, with the directories the core makes before a start."""
     layout = Layout(str(tmp_path / "state"), run_dir)
+    layout.makedirs()
+    os.makedirs(layout.state(name))
+    os.makedirs(os.path.dirname(layout.socket(name)))
     env = {"PATH": os.environ.get("PATH", ""), "HIVE_NAME": name, "HIVE_SOCKET": layout.socket(name),
            "HIVE_STATE_DIR": layout.state(name), "HIVE_PAUSE_FILE": layout.pause_marker(name),
            "HOME": layout.state(name)}
     launch = Launch(name, "agent", [PYTHON, os.path.join(ROOT, "hyperhive.py"), "agent", "serve"], env,
                     layout.state(name), layout.home(name), layout.log(name))
+    launch.shared_dir = layout.shared_dir
     if config:  # as the core's Repos lay them out: <state>/config/proposed/<name>
         launch.config_dir = os.path.join(layout.state_dir, "config", "proposed", name)
+        os.makedirs(launch.config_dir)
     return layout, launch
 
 
-def test_argv_masks_the_hive_before_binding_the_agents_own_parts(tmp_path):
+def at(argv, *words):
+    for i in range(len(argv)):
+        if tuple(argv[i:i + len(words)]) == words:
+            return i
+    raise AssertionError(f"{words} not in {argv}")
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_argv_masks_the_hive_before_binding_the_agents_own_parts(tmp_path, root):
     layout, launch = example_launch(tmp_path)
-    argv = sandbox_argv(launch, "/usr/bin/bwrap")
+    box = Sandbox(launch, "/usr/bin/bwrap", root=root)
+    try:
+        argv = box.described()
+        command = box.command("9")
+    finally:
+        box.close()
     pairs = {(a, b, c) for a, b, c in zip(argv, argv[1:], argv[2:])}
-
-    def at(*words):
-        for i in range(len(argv)):
-            if tuple(argv[i:i + len(words)]) == words:
-                return i
-        raise AssertionError(f"{words} not in {argv}")
-
-    assert argv[0] == "/usr/bin/bwrap" and argv[-4:] == launch.argv
-    assert argv[-10:-4] == ["--", sys.executable, "-I", "-S", "-c", INIT]  # INIT runs the harness as pid 2
+    # the options come from a descriptor; INIT runs the harness as pid 2, as the agent's uid under a root core
+    uid, gid = trees.ids("a") if root else (-1, -1)
+    assert command[:2] == ["/usr/bin/bwrap", "--args"] and command[3] == "--"
+    assert command[4:9] == [sys.executable, "-I", "-S", "-c", INIT]
+    assert command[9:] == [str(uid), str(gid), "9", layout.state("a"), *launch.argv]  # INIT enters the state dir
     for flag in NAMESPACES:
         assert flag in argv
-    assert at("--cap-drop", "ALL") < argv.index("--")
+    assert at(argv, "--cap-drop", "ALL") < len(argv)
+    if root:  # no user namespace of bwrap's: INIT needs setuid for a moment, and uses it to be the agent
+        assert "--unshare-user" not in argv and at(argv, "--cap-add", "CAP_SETUID")
+    else:
+        assert at(argv, "--unshare-user", "--disable-userns") and "--cap-add" not in argv
     assert "--as-pid-1" in argv
-    for absent in ("--die-with-parent", "--new-session", "--unshare-net", "--unshare-all", "--share-net"):
+    for absent in ("--die-with-parent", "--new-session", "--unshare-net", "--unshare-all", "--share-net", "--setenv"):
         assert absent not in argv
-    mask = at("--tmpfs", layout.state_dir)
+    assert "--clearenv" in argv  # INIT starts with nothing; the harness's env comes on a descriptor
+    mask = at(argv, "--tmpfs", layout.state_dir)
     home = layout.home("a")
-    assert mask < at("--ro-bind", home, home) < at("--bind", layout.state("a"), layout.state("a"))
+    assert mask < at(argv, "--ro-bind", home, home) < at(argv, "--bind", layout.state("a"), layout.state("a"))
     sock_dir = os.path.dirname(layout.socket("a"))  # its own directory: a restarted core's socket shows up
     assert ("--bind", sock_dir, sock_dir) in pairs
     assert ("--tmpfs", layout.run_dir) not in pairs  # inside the masked state dir already
     config = launch.config_dir
-    assert mask < at("--ro-bind", config, config) < at("--ro-bind", config, "/agents/a/config")
-    assert at("--tmpfs", "/tmp") < mask and ("--tmpfs", "/run") in {p[:2] for p in pairs}
-    assert argv[at("--remount-ro", "/") + 2] == "--"
-    assert argv.index("--") == len(argv) - 10
-    assert argv[at("--chdir") + 1] == layout.state("a")
+    assert mask < at(argv, "--ro-bind", config, config) < at(argv, "--ro-bind", config, "/agents/a/config")
+    assert at(argv, "--perms", "1777", "--tmpfs", "/tmp") < mask and ("--tmpfs", "/run") in {p[:2] for p in pairs}
+    assert argv[-2:] == ["--remount-ro", "/"]
+    assert argv[at(argv, "--chdir") + 1] == "/"
     assert ("--ro-bind", "/", "/") not in pairs  # the root stays bwrap's, for /agents/<name>/config
+    # of the host, its programs and a few files of /etc; passwd and group are the sandbox's own
+    for hidden in ("/root", "/home", "/var", "/etc", "/srv", "/opt", "/mnt", "/sys", "/nix/var"):
+        assert not [i for i in range(len(argv) - 1) if argv[i].endswith("bind") and argv[i + 1] == hidden], hidden
+    assert at(argv, "--ro-bind-data") and argv[at(argv, "--ro-bind-data") + 2] == "/etc/passwd"
+    assert not [a for a in argv if a.startswith("/etc/shadow")]
 
 
 def test_argv_hides_a_run_dir_outside_the_state_dir_and_keeps_programs_inside_masks(tmp_path):
@@ -328,8 +424,8 @@ def test_argv_hides_a_run_dir_outside_the_state_dir_and_keeps_programs_inside_ma
     launch.argv = [os.path.join(venv, "bin", "python"), os.path.join(checkout, "hyperhive.py"), "agent", "serve"]
     argv = sandbox_argv(launch)
     joined = [" ".join(argv[i:i + 3]) for i in range(len(argv))]
-    run_mask = joined.index(f"--tmpfs {run} --ro-bind")
-    state_mask = joined.index(f"--tmpfs {layout.state_dir} --tmpfs")
+    run_mask = at(argv, "--tmpfs", run)
+    state_mask = at(argv, "--tmpfs", layout.state_dir)
     checkout_bind = joined.index(f"--ro-bind {checkout} {checkout}")
     venv_bind = joined.index(f"--ro-bind {venv} {venv}")
     assert checkout_bind < state_mask < run_mask < venv_bind  # the checkout's state dir is masked again
@@ -340,7 +436,7 @@ def test_argv_hides_a_run_dir_outside_the_state_dir_and_keeps_programs_inside_ma
 
 
 def test_argv_gives_the_manager_the_proposed_repos_writable_and_the_applied_ones_not(tmp_path):
-    layout, launch = example_launch(tmp_path, name="manager")
+    layout, launch = example_launch(tmp_path, name="manager", config=False)
     launch.role = "manager"
     root = launch.config_dir = os.path.join(layout.state_dir, "config", "proposed")
     applied_root = os.path.join(layout.state_dir, "config", "applied")
@@ -357,6 +453,31 @@ def test_argv_gives_the_manager_the_proposed_repos_writable_and_the_applied_ones
         assert f"--bind {os.path.join(root, name)} /agents/{name}/config" in joined
     sock_dir = os.path.dirname(layout.socket("manager"))
     assert f"--bind {sock_dir} {sock_dir}" in joined
+
+
+def test_argv_never_follows_a_link_among_the_proposed_repos(tmp_path, caplog):
+    """A link the manager planted in the proposed root (to the core's state dir) is left out of its
+    sandbox, with a sentence; an agent whose proposed repo is a link is not started at all."""
+    layout, launch = example_launch(tmp_path, name="manager", config=False)
+    launch.role = "manager"
+    root = launch.config_dir = os.path.join(layout.state_dir, "config", "proposed")
+    os.makedirs(os.path.join(root, "manager"))
+    os.symlink(layout.state_dir, os.path.join(root, "evil"))
+    os.symlink("/", os.path.join(root, "rooted"))
+    with caplog.at_level("ERROR"):
+        argv = sandbox_argv(launch)
+    assert "/agents/manager/config" in argv
+    assert "/agents/evil/config" not in argv and "/agents/rooted/config" not in argv
+    assert layout.state_dir not in [argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "--bind"]
+    said = caplog.text
+    assert "leaves out evil's proposed config repo" in said and "is a symbolic link" in said, said
+
+    _, agent = example_launch(tmp_path / "two", name="b")
+    os.rmdir(agent.config_dir)
+    os.symlink(layout.state_dir, agent.config_dir)  # the manager swapped b's proposed repo for a link
+    with pytest.raises(wire.HiveError, match="is a symbolic link") as e:
+        sandbox_argv(agent)
+    assert e.value.code == "forbidden" and "never follows a link" in str(e.value)
 
 
 def test_works_says_why_not():
@@ -405,6 +526,53 @@ def test_inside_the_sandbox_only_the_agents_own_parts_of_the_hive_exist(bhive):
     assert os.path.exists(os.path.join(bhive.home("other"), "state", "secret.txt"))
 
 
+def test_inside_the_sandbox_the_agent_is_an_unprivileged_uid_of_its_own_and_sees_no_host_secret(bhive):
+    """Issue 14, class 8: not uid 0, no /etc/shadow, no /root or /home, no host unix socket, no nested
+    user namespace; its own socket, state dir, shared dir and page secret work, and what it writes is its
+    uid's on the host."""
+    found = bhive.probe()
+    pid = bhive.harness_pid("probe")
+
+    def denied(key, error):
+        assert not found[key]["ok"] and error in found[key]["error"], (key, found[key])
+
+    uid, gid = trees.ids("probe")
+    assert found["uid"] == uid != 0 and found["gid"] == gid and found["groups"] in ([], [gid])
+    assert found["user"] == {"ok": True, "value": "probe"}  # its passwd entry: git and friends ask
+    assert found["cap_eff"] == "0000000000000000"
+    denied("shadow", "FileNotFoundError")
+    assert "shadow" not in found["etc"]["value"] and {"passwd", "group", "hosts"} <= set(found["etc"]["value"])
+    # /root only as far as the path to an interpreter that lives there (pyenv's), nothing of root's own
+    assert not found["root_home"]["ok"] or set(found["root_home"]["value"]) <= {".pyenv"}, found["root_home"]
+    denied("root_claude", "FileNotFoundError")
+    denied("home", "FileNotFoundError")
+    assert set(found["var"]["value"]) == {"run", "tmp"}  # links to its own /run and /tmp
+    denied("host_unix_socket", "FileNotFoundError")
+    denied("nested_userns", "OSError")
+    assert not found["init_environ"]["ok"] or found["init_environ"]["value"] == "", found["init_environ"]
+    # its own parts work
+    assert found["whoami"]["ok"] and found["whoami"]["value"]["name"] == "probe"
+    assert found["state_write"]["ok"] and found["sock_dir_write"]["ok"] and found["shared_write"]["ok"]
+    assert found["web_secret"] == {"ok": True, "value": 64}
+    assert found["api_key"] == "test-key"  # the operator's --pass-env, inside the sandbox only
+    # ... and what it wrote is its uid's on the host, where the core reads it as root
+    for path in (os.path.join(bhive.home("probe"), "state", "written.txt"),
+                 os.path.join(bhive.state_dir, "shared", "probe.txt"),
+                 os.path.join(bhive.state_dir, "run", "agents", "probe", "probe.txt")):
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid) == (uid, gid), path
+    sock_dir = os.stat(os.path.join(bhive.state_dir, "run", "agents", "probe"))
+    assert (sock_dir.st_uid, sock_dir.st_gid, oct(sock_dir.st_mode & 0o7777)) == (0, gid, "0o2770")
+    assert oct(os.stat(os.path.join(bhive.state_dir, "shared")).st_mode & 0o7777) == "0o1777"
+    # the host-side bwrap holds nothing of the harness's environment, in its env or on its command line
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = f.read().split(b"\0")
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read()
+    assert not [e for e in environ if e.startswith((b"ANTHROPIC_API_KEY=", b"HIVE_"))], environ
+    assert b"test-key" not in cmdline and b"--bind" not in cmdline  # bwrap's options came on a descriptor
+
+
 def test_the_manager_commits_to_proposed_repos_but_cannot_touch_applied_ones(bwrap, tmp_path):
     h = BwrapHive(tmp_path / "state", probes=["manager"])
     try:
@@ -418,6 +586,176 @@ def test_the_manager_commits_to_proposed_repos_but_cannot_touch_applied_ones(bwr
         assert not repos["manager"]["applied"]["ok"]  # the applied repos are not even visible
         assert "FileNotFoundError" in found["hive_db"]["error"]
         assert found["config_env_write"]["ok"]  # the root of the repos itself is the manager's to write
+    finally:
+        shut_down(h)
+
+
+def restart_probe(hive, name):
+    """Restart a probe agent and return the report of its new sandbox."""
+    os.unlink(os.path.join(hive.home(name), "state", "probe.json"))
+    hive.call("restart", name=name)
+    return hive.wait(name, lambda: hive.state_file(name, "probe.json"), 30, f"{name}'s report from its new sandbox")
+
+
+def test_under_the_units_umask_an_agent_still_reaches_its_own_parts_and_runs_a_turn(bwrap, tmp_path):
+    """The NixOS unit runs the core with umask 0007: nothing the core makes is anyone else's to read. The
+    agent's uid still reaches its home, state dir, model, extra-mcp.json, page secret and proposed repo."""
+    h = BwrapHive(tmp_path / "state", umask=0o007)
+    try:
+        h.start()
+        found = h.probe()
+        for key in ("state_write", "sock_dir_write", "shared_write", "config_read", "whoami"):
+            assert found[key]["ok"], (key, found[key])
+        assert found["web_secret"] == {"ok": True, "value": 64}
+        status = lambda: h.state_file("probe", "status.json") or {}  # noqa: E731
+        h.call("set_paused", name="probe", paused=True)
+        wait_until(lambda: status().get("paused") is True, 10, "the probe to see its pause marker")
+        h.call("spawn", name="a")  # the real harness: its model file, its extra-mcp.json, a turn
+        h.wait("a", lambda: (h.row("a") or {}).get("active_model"), 30, "a to boot")
+        h.call("send", to="a", body="FAKE: send operator hi under umask 0007")
+        inbox = lambda: [m["body"] for m in h.call("inbox", limit=50)["messages"]]  # noqa: E731
+        h.wait("a", lambda: "hi under umask 0007" in inbox(), 30, "a's turn")
+    finally:
+        shut_down(h)
+
+
+def test_a_link_the_manager_plants_among_the_proposed_repos_is_never_bound_into_its_next_sandbox(bwrap, tmp_path):
+    """Issue 14, class 1: the manager plants proposed/evil -> a host directory, restarts itself; its next
+    sandbox leaves evil out, and the core's log says why. Followed, it would be a read-write mount."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "host-file.txt").write_text("the host's\n")
+    h = BwrapHive(tmp_path / "state", probes=["manager"], env={"HIVE_TEST_PLANT": str(outside)})
+    try:
+        h.start()
+        h.wait("manager", lambda: h.state_file("manager", "probe.json"), 30, "the manager probe's report")
+        assert os.path.islink(os.path.join(h.state_dir, "config", "proposed", "evil"))  # planted from inside
+        found = restart_probe(h, "manager")
+        assert not found["evil_mount"]["ok"] and "FileNotFoundError" in found["evil_mount"]["error"], found
+        assert "evil" not in found["repos"]  # a dangling link inside: its target is nowhere in the sandbox
+        assert found["repos"]["manager"]["proposed"]["ok"]  # its real repos are still its to write
+        assert sorted(os.listdir(outside)) == ["host-file.txt"]
+        assert "leaves out evil's proposed config repo" in h.log() and "is a symbolic link" in h.log()
+    finally:
+        shut_down(h)
+
+
+def test_an_agent_whose_proposed_repo_was_swapped_for_a_link_is_not_started(bhive, tmp_path):
+    """Issue 14, class 1: the manager swaps an agent's proposed repo for a link (to the core's state dir);
+    the agent's next start fails with the reason, and nothing is bound."""
+    bhive.probe()
+    bhive.call("stop", scope={"agent_names": ["probe"]}, graceful=True)
+    repo = os.path.join(bhive.state_dir, "config", "proposed", "probe")
+    os.rename(repo, repo + ".moved")
+    os.symlink(bhive.state_dir, repo)
+    with pytest.raises(wire.HiveError) as e:
+        bhive.call("start", scope={"agent_names": ["probe"]})
+    assert "is a symbolic link" in str(e.value) and repo in str(e.value), str(e.value)
+    assert not bhive.row("probe")["running"]
+
+
+def test_the_core_never_reads_through_a_link_in_a_proposed_repo(bwrap, tmp_path):
+    """Issue 14, class 1: the manager links its proposed repo's .git/packed-refs to a file only root may
+    read and asks for an approval; git, run by the core in place, would quote the file back in its error."""
+    secret = tmp_path / "root-only.txt"
+    secret.write_text("".join(f"{user}:root-only-line:7:::\n" for user in ("root", "daemon", "bin")))
+    secret.chmod(0o600)
+    h = BwrapHive(tmp_path / "state", probes=["manager"], env={"HIVE_TEST_EXFIL": str(secret)})
+    try:
+        h.start()
+        found = h.wait("manager", lambda: h.state_file("manager", "probe.json"), 30, "the manager probe's report")
+        answer = found["exfil"]["value"]
+        assert answer["ok"] is False and "root-only-line" not in json.dumps(answer), answer
+        assert "packed-refs" in answer["error"] and "is a symbolic link" in answer["error"], answer
+        assert h.call("pending")["approvals"] == []
+    finally:
+        shut_down(h)
+
+
+def test_handing_the_state_dir_over_to_the_agents_uid_follows_no_link(bhive, tmp_path):
+    """Issue 14, class 1: a state dir the agent wrote while its sandbox ran as root may hold links and hard
+    links to the host's files; handing it over to its uid changes the owner of neither target."""
+    state = os.path.join(bhive.home("probe"), "state")
+    os.makedirs(os.path.join(state, "sub"))
+    linked, hardlinked = tmp_path / "linked.txt", tmp_path / "hardlinked.txt"
+    for path in (linked, hardlinked):
+        path.write_text("the host's\n")
+        path.chmod(0o600)
+    os.symlink(linked, os.path.join(state, "sub", "link"))
+    os.link(hardlinked, os.path.join(state, "sub", "hardlink"))
+    with open(os.path.join(state, "sub", "own.txt"), "w") as f:
+        f.write("its own\n")
+    found = bhive.probe()
+    uid, gid = trees.ids("probe")
+    assert found["uid"] == uid
+    for path in (linked, hardlinked):
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o600), path
+    assert os.lstat(os.path.join(state, "sub", "link")).st_uid == 0  # the link itself stays the core's
+    own = os.stat(os.path.join(state, "sub", "own.txt"))
+    assert (own.st_uid, own.st_gid) == (uid, gid)
+    assert "left 1 file(s) with a second name elsewhere" in bhive.log()
+
+
+def manager_git(repo, *args):
+    """git in a proposed repo as the manager runs it (that repo is the manager's uid's; this is root)."""
+    env = dict(os.environ, GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="manager",
+               GIT_AUTHOR_EMAIL="m@hive", GIT_COMMITTER_NAME="manager", GIT_COMMITTER_EMAIL="m@hive")
+    return subprocess.run(["git", "-c", "safe.directory=*", "-C", repo, *args], check=True, capture_output=True,
+                          text=True, env=env).stdout.strip()
+
+
+def loader_wrote(where, pid=None):
+    """The files the dynamic loader wrote under LD_DEBUG_OUTPUT=where (one per process: where.<pid>)."""
+    base = os.path.basename(where)
+    found = [f for f in os.listdir(os.path.dirname(where)) if f.startswith(base + ".")]
+    return [f for f in found if pid is None or f == f"{base}.{pid}"]
+
+
+def test_an_approved_config_env_never_runs_code_on_the_host(bwrap, tmp_path):
+    """Issue 14, class 7: hive.json's env with a loader variable is refused, with a sentence, at the
+    approval that would apply it. Handed to the host-side bwrap, the loader would act there (LD_DEBUG
+    writes a file per process it starts in, where LD_PRELOAD would run code)."""
+    ld = tmp_path / "ld"
+    ld.mkdir()
+    h = BwrapHive(tmp_path / "state")
+    try:
+        h.start()
+        h.call("spawn", name="a")
+        h.wait("a", lambda: (h.row("a") or {}).get("active_model"), 30, "a to boot")
+        before = h.row("a")["deployed_sha"]
+        repo = os.path.join(h.state_dir, "config", "proposed", "a")
+        with open(os.path.join(repo, "hive.json")) as f:
+            config = json.load(f)
+        config["env"] = {"LD_DEBUG": "files", "LD_DEBUG_OUTPUT": str(ld / "config"), "GREETING": "hi"}
+        with open(os.path.join(repo, "hive.json"), "w") as f:
+            json.dump(config, f)
+        manager_git(repo, "commit", "-qam", "a loader variable")
+        sha = manager_git(repo, "rev-parse", "HEAD")
+        approval = h.agent_call("manager", "request_apply_commit", agent="a", commit_ref=sha, description="x")["id"]
+        answer = h.call("approve", id=approval)["approval"]
+        assert answer["status"] == "failed" and "LD_DEBUG" in answer["note"], answer
+        assert "dynamic loader" in answer["note"] and "LD_DEBUG_OUTPUT" in answer["note"], answer
+        assert loader_wrote(str(ld / "config")) == []
+        assert h.row("a")["running"] and h.row("a")["deployed_sha"] == before[:12]  # back on its old config
+    finally:
+        shut_down(h)
+
+
+def test_the_operators_env_reaches_the_harness_but_never_the_host_side_bwrap(bwrap, tmp_path):
+    """Issue 14, class 7: an operator's --pass-env variable goes into the sandbox only; bwrap itself runs
+    on the host with a clean environment, so a loader variable there never acts on the host's side."""
+    out = str(tmp_path / "ld")
+    h = BwrapHive(tmp_path / "state", probes=["probe"], env={"LD_DEBUG": "files", "LD_DEBUG_OUTPUT": out})
+    try:
+        h.start()
+        found = h.probe()
+        pid = h.harness_pid("probe")
+        assert found["api_key"] == "test-key"
+        assert loader_wrote(out) != []  # the core itself runs with it, as its operator asked ...
+        assert loader_wrote(out, pid) == []  # ... but not the bwrap it started
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            assert b"LD_DEBUG" not in f.read()
     finally:
         shut_down(h)
 
@@ -521,6 +859,19 @@ def test_exit_codes_read_as_the_process_backend_reports_them(bwrap, tmp_path, sc
         wait_until(lambda: not backend.running("a", layout.home("a")), 10, "the script to end")
     assert os.path.exists(os.path.join(layout.state("a"), "ran")), open(layout.log("a")).read()
     assert backend.exit_code("a") == code
+
+
+def test_two_agents_whose_names_share_a_uid_never_both_run(bwrap, tmp_path):
+    """Each agent its own uid: a name that hashes to the uid of another agent here (a tombstone too) is
+    refused with the way out, before bwrap runs. (These two names do collide.)"""
+    assert trees.ids("blos7htl") == trees.ids("gqroiow9")
+    layout, launch = example_launch(tmp_path, name="gqroiow9", config=False)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(layout.socket("gqroiow9"))
+    os.makedirs(layout.home("blos7htl"))
+    with listener, pytest.raises(wire.HiveError, match="'blos7htl' has that uid too .* another name") as e:
+        BwrapBackend().start(launch)
+    assert e.value.code == "conflict" and not os.path.exists(os.path.join(layout.home("gqroiow9"), "harness.pid"))
 
 
 def test_a_missing_socket_is_refused_before_bwrap_runs(bwrap, tmp_path):

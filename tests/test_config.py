@@ -151,6 +151,30 @@ def test_a_bad_config_fails_and_keeps_the_agent_on_its_old_config(hive):
         hive.call("approve", id=approval)
 
 
+@pytest.mark.parametrize("key", ["LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "DYLD_INSERT_LIBRARIES", "PYTHONPATH",
+                                 "PYTHONSTARTUP", "NODE_OPTIONS", "NODE_PATH", "PERL5OPT", "PERL5LIB", "RUBYOPT",
+                                 "JAVA_TOOL_OPTIONS", "BASH_ENV", "ENV", "SHELLOPTS", "PS4", "GCONV_PATH", "LOCPATH",
+                                 "GLIBC_TUNABLES", "OPENSSL_CONF", "LUA_INIT", "GIT_CONFIG_COUNT", "HOME", "PATH",
+                                 "HIVE_SOCKET"])
+def test_a_config_env_may_not_set_what_chooses_the_code_that_runs(key):
+    """Issue 14, class 7: a variable that makes a loader, an interpreter or a shell run other code is
+    refused with a sentence saying why, whichever backend would run it."""
+    from hyperhive.core.lifecycle import check_config
+
+    with pytest.raises(wire.HiveError) as e:
+        check_config("a", {"env": {key: "/tmp/x", "GREETING": "hi"}})
+    said = str(e.value)
+    assert f"may not set {key} (" in said and "GREETING" not in said and "hive.json" in said, said
+
+
+def test_a_config_env_keeps_what_only_configures():
+    from hyperhive.core.lifecycle import check_config
+
+    env = {"GREETING": "hi", "ANTHROPIC_BASE_URL": "http://x", "HTTPS_PROXY": "http://p", "LANG": "C.UTF-8",
+           "NODE_EXTRA_CA_CERTS": "/etc/ssl/x.pem", "TZ": "UTC"}
+    assert check_config("a", {"env": env})["env"] == env
+
+
 @pytest.mark.parametrize("ref, fragment", [
     ("main", "commit sha"), ("v1.0", "commit sha"), ("abc12", "commit sha"),
     ("0123456789abcdef0123456789abcdef01234567", "is not a commit in a's proposed"),

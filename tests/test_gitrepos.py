@@ -270,3 +270,69 @@ def test_work_tree_commits_only_changes_and_restores_files(tmp_path):
     assert second and second != first
     log = subprocess.run(["git", "-C", path, "log", "--format=%an %s"], capture_output=True, text=True).stdout
     assert log.splitlines() == ["hive-c0re deletions count", "hive-c0re lock v1"]
+
+
+# -- the manager writes proposed/: the core follows nothing it planted there (issue 14, class 1) ----------
+
+def test_a_proposed_repo_or_its_git_dir_that_is_a_link_is_refused(repos, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    subprocess.run(["git", "init", "-q", str(elsewhere)], check=True)
+    os.symlink(elsewhere, repos.proposed("bob"))
+    said = refused("forbidden", repos.resolve, "bob", "abcdef0")
+    assert "is a symbolic link" in said and repos.proposed("bob") in said
+    assert refused("forbidden", repos.init_agent, "bob")
+    os.unlink(repos.proposed("bob"))
+    repo = repos.proposed("alice")
+    os.rename(os.path.join(repo, ".git"), str(tmp_path / "alice.git"))
+    with open(os.path.join(repo, ".git"), "w") as f:  # a gitfile: git would read the repo it names
+        f.write(f"gitdir: {tmp_path / 'alice.git'}\n")
+    assert "gitfile" in refused("forbidden", repos.proposed_main, "alice")
+
+
+def test_git_never_reads_a_file_the_manager_linked_into_a_proposed_repo(repos, tmp_path):
+    """A .git/packed-refs linked to a root-only file: git in place would quote its lines in the error
+    the manager gets back. The core reads a copy that refuses the link, so nothing of it is read."""
+    secret = tmp_path / "shadow"
+    # short lines, as git quotes them (a line of 41 characters or more it reads as a sha and a name)
+    secret.write_text("".join(f"{user}:not-for-the-manager:7:::\n" for user in ("root", "daemon", "bin")))
+    secret.chmod(0o600)
+    refs = os.path.join(repos.proposed("alice"), ".git", "packed-refs")
+    os.symlink(secret, refs)
+    said = []
+    for call in (lambda: repos.read("alice", "hive.json", repo="proposed"), lambda: repos.proposed_main("alice"),
+                 lambda: repos.resolve("alice", "abcdef0"), lambda: repos.pin_proposal("alice", 1, "abcdef0")):
+        try:
+            said.append(("answered", call()))
+        except wire.HiveError as e:
+            said.append((e.code, str(e)))
+    assert not [s for s in said if "not-for-the-manager" in s[1]], said
+    assert all(code == "forbidden" and "packed-refs" in text and "symbolic link" in text for code, text in said), said
+    os.unlink(refs)
+    # alternates (another repo's objects) and the repo's own config are never read at all
+    sha = commit(repos, "alice", sonnet(repos))
+    info = os.path.join(repos.proposed("alice"), ".git", "objects", "info")
+    os.makedirs(info, exist_ok=True)
+    with open(os.path.join(info, "alternates"), "w") as f:
+        f.write(os.path.join(repos.applied("alice"), ".git", "objects") + "\n")
+    with open(os.path.join(repos.proposed("alice"), ".git", "config"), "a") as f:
+        f.write(f"[include]\n\tpath = {secret}\n")
+    assert repos.pin_proposal("alice", 1, sha) == sha
+
+
+def test_new_proposed_repos_are_built_aside_and_handed_to_the_managers_uid(tmp_path):
+    owner = (70123, 70123)
+    repos = Repos(tmp_path / "repos", proposed_owner=owner)
+    planted = tmp_path / "host-file"
+    planted.write_text("the host's\n")
+    os.makedirs(repos.proposed_root)
+    os.symlink(planted, os.path.join(repos.proposed_root, "bob.new"))  # where an older core built it
+    repos.init_agent("bob")
+    assert planted.read_text() == "the host's\n" and os.stat(planted).st_uid == 0
+    for top, dirs, files in os.walk(repos.proposed("bob")):
+        for entry in [top, *(os.path.join(top, n) for n in dirs + files)]:
+            st = os.lstat(entry)
+            assert (st.st_uid, st.st_gid) == owner, entry
+    assert os.stat(repos.proposed("bob")).st_mode & 0o777 == 0o755  # the agent reads its own
+    assert os.stat(repos.applied("bob")).st_uid == 0  # applied stays the core's
+    assert not [e for e in os.listdir(repos.staging)]  # nothing left behind
+    assert repos.read("bob", "hive.json", repo="proposed") == repos.read("bob", "hive.json")

@@ -250,6 +250,23 @@ def test_the_harness_environment_matches_the_backends_bind_mounts():
         assert unit["serviceConfig"]["WorkingDirectory"] == nixos.STATE_IN
 
 
+def test_the_harness_runs_as_an_unprivileged_user_whose_uid_the_core_hands_its_dirs_to():
+    """Issue 14, class 8, under nixos: the harness is the container's user `hive`, never root, with the uid
+    (and gid) the meta flake sets from the agent's name: the same number on the host, where the core hands
+    the agent's state and socket dirs to it."""
+    from hyperhive.core import trees
+
+    for base, name in (("agent-base.nix", "alice"), ("manager.nix", "manager")):
+        uid, gid = trees.ids(name)
+        service = harness(base, name)["serviceConfig"]
+        assert (service["User"], service["Group"]) == ("hive", "hive")
+        users = container(base, name, select="ev: { u = ev.config.users.users.hive; g = ev.config.users.groups.hive; }")
+        assert users["u"]["uid"] == uid and users["u"]["group"] == "hive" and users["u"]["isSystemUser"] is True
+        assert users["g"]["gid"] == gid and uid != 0
+    ok, out = container("agent-base.nix", "alice", {"hyperhive": {"uid": 0}}, "ev: ev.config.users", check=False)
+    assert not ok and "hyperhive.uid" in out  # root is never one
+
+
 def test_extra_mcp_servers_are_written_as_the_harness_reads_them(tmp_path):
     from hyperhive.harness.claude import load_extra_mcp
 

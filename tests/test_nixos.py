@@ -602,8 +602,9 @@ def test_the_core_runs_nixos_containers_and_rebuilds_them_on_approval(tmp_path):
         config["model"] = model
         with open(path, "w") as f:
             json.dump(config, f)
-        run = lambda *a: subprocess.run(["git", "-C", repo, *a], check=True, capture_output=True,  # noqa: E731
-                                        text=True).stdout.strip()
+        # as the manager commits (the repo is its uid's; this test is root, so it says the repo is safe)
+        run = lambda *a: subprocess.run(["git", "-c", "safe.directory=*", "-C", repo, *a], check=True,  # noqa: E731
+                                        capture_output=True, text=True).stdout.strip()
         run("-c", "user.name=m", "-c", "user.email=m@h", "commit", "-qam", f"model {model}")
         return run("rev-parse", "HEAD")
 
@@ -670,6 +671,61 @@ def test_the_manager_container_gets_every_proposed_repo_writable(hive, tmp_path)
     assert f"--bind={root / 'manager'}:/agents/manager/config" in flags
     assert f"--bind={root}:{nixos.MANAGER_CONFIG_IN}" in flags  # its $HIVE_CONFIG_DIR, new agents included
     assert not [f for f in flags if f.startswith("--bind-ro")]
+
+
+def test_a_link_among_the_binds_is_refused_and_left_out_of_the_managers(hive, tmp_path, caplog):
+    """Issue 14, class 1, under nixos: nspawn binds what a link points to, so a proposed repo the manager
+    swapped for one is left out of its container (with a sentence), and an agent whose own is one is not
+    started; the same for a state dir."""
+    root = tmp_path / "config" / "proposed"
+    (root / "manager").mkdir(parents=True)
+    os.symlink(tmp_path, root / "evil")
+    launch = hive.launch("manager", config=False)
+    launch.role, launch.config_dir, launch.hidden_dirs = "manager", str(root), [str(tmp_path)]
+    with caplog.at_level("ERROR"):
+        flags = hive.backend._binds(launch)
+    assert not [f for f in flags if "evil" in f] and f"--bind={root / 'manager'}:/agents/manager/config" in flags
+    assert "leaves out evil's proposed config repo" in caplog.text and "symbolic link" in caplog.text
+    agent = hive.launch("a")
+    agent.hidden_dirs = [str(tmp_path)]
+    os.makedirs(os.path.dirname(agent.config_dir), exist_ok=True)
+    os.symlink(tmp_path, agent.config_dir)  # its proposed repo, swapped for a link
+    with pytest.raises(wire.HiveError, match="is a symbolic link") as e:
+        hive.backend._binds(agent)
+    assert e.value.code == "forbidden"
+    agent = hive.launch("b", config=False)
+    agent.hidden_dirs = [str(tmp_path)]
+    os.makedirs(os.path.dirname(agent.state_dir), exist_ok=True)
+    os.symlink("/", agent.state_dir)
+    with pytest.raises(wire.HiveError, match="is a symbolic link"):
+        hive.backend._binds(agent)
+    assert hive.calls() == []
+
+
+def test_start_hands_the_agents_dirs_to_its_uid_following_no_link(hive, tmp_path):
+    """Issue 14, class 8, under nixos: the harness runs as the agent's uid (harness-base.nix), so its state
+    dir becomes that uid's, its socket dir the core's with the agent's group; a link in the state dir
+    (planted while it ran as root) keeps pointing at a file that stays root's."""
+    from hyperhive.core import trees
+
+    hive.commit("a", "# a\n")
+    hive.sync("a")
+    launch = hive.launch("a", config=False)
+    launch.hidden_dirs = [str(tmp_path)]
+    host_file = tmp_path / "host-file"
+    host_file.write_text("the host's\n")
+    os.makedirs(launch.state_dir)
+    os.symlink(host_file, os.path.join(launch.state_dir, "link"))
+    with open(os.path.join(launch.state_dir, "notes.txt"), "w") as f:
+        f.write("its own\n")
+    hive.backend.start(launch)
+    uid, gid = trees.ids("a")
+    assert os.stat(launch.state_dir).st_uid == uid
+    assert os.stat(os.path.join(launch.state_dir, "notes.txt")).st_uid == uid
+    assert os.stat(host_file).st_uid == 0
+    sock_dir = os.stat(os.path.dirname(launch.env["HIVE_SOCKET"]))
+    assert (sock_dir.st_uid, sock_dir.st_gid, sock_dir.st_mode & 0o7777) == (0, gid, 0o2770)
+    assert f"hyperhive.uid = {uid};" in metaflake.render({"a": {"path": "/x"}}, "nixpkgs", "x86_64-linux", source="/s")
 
 
 # -- the container source: the templates and the pyz in every container ---------------------

@@ -197,7 +197,8 @@ class Core:
         self.helper_events = HelperEvents(self.broker, clock=clock)
         self.surfaces = Surfaces(self.broker, None, self.hub, auth=self.auth, helper_events=self.helper_events)
         self.sockets = Sockets(layout, self.surfaces)
-        self.repos = Repos(layout.config_dir)
+        # the manager's sandbox writes the proposed repos as its own uid, when the backend gives it one
+        self.repos = Repos(layout.config_dir, proposed_owner=getattr(backend, "ids", lambda name: None)(wire.MANAGER))
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
                                    clock=clock)
         self.broker.refs_of = self.lifecycle.file_refs

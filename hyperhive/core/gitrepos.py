@@ -9,14 +9,18 @@ through `sh` with a fixed identity and none of the user's git config; a failed
 call becomes a `wire.HiveError` naming what was attempted and git's own words.
 """
 
+import contextlib
 import os
 import re
 import shutil
+import stat
 import sys
+import tempfile
 
 import sh
 
 from hyperhive import resources, wire
+from hyperhive.core import trees
 
 IDENTITY = ("hive-c0re", "hive-c0re@localhost")
 KINDS = ("proposal", "approved", "building", "deployed", "failed", "denied", "cancelled")
@@ -28,6 +32,11 @@ FETCH_SPEC = "+refs/heads/*:refs/remotes/proposal-src/*"
 # Command-line config outranks the repo's own .git/config, which in proposed the
 # manager can write: never run its hooks or an fsmonitor command as core.
 SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
+# What of a proposed repo's .git the core reads (a snapshot of it, see Repos.snapshot): the history and
+# the refs, never its config, hooks or alternates.
+HISTORY = ("HEAD", "packed-refs", "shallow", "refs", "objects")
+MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+PROPOSED = "the proposed config repos"
 
 
 def _env():
@@ -97,13 +106,59 @@ def _tag_name(kind, approval_id):
     return f"{kind}/{int(approval_id)}"
 
 
+def _copy_history(src_fd, dest, what):
+    """Copy HISTORY of the .git at src_fd into dest, opening nothing through a link; see Repos.snapshot."""
+    owner = os.fstat(src_fd).st_uid
+    total = 0
+    for top, dirs, files, dir_fd in os.fwalk(".", dir_fd=src_fd, follow_symlinks=False):
+        rel = os.path.normpath(top)
+        if rel == ".":
+            dirs[:] = [d for d in dirs if d in HISTORY]
+            files = [f for f in files if f in HISTORY]
+        elif rel == "objects":
+            dirs[:] = [d for d in dirs if d != "info"]  # alternates live there: another repo's objects
+        os.makedirs(os.path.join(dest, rel), exist_ok=True)
+        for entry in dirs + files:
+            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            shown = os.path.join(".git", rel, entry) if rel != "." else os.path.join(".git", entry)
+            if stat.S_ISLNK(st.st_mode):
+                raise trees.refusal(f"{what}'s {shown}", f"it is a symbolic link (to "
+                                    f"{os.readlink(entry, dir_fd=dir_fd)!r})", PROPOSED)
+        for entry in files:
+            shown = os.path.join(".git", rel, entry)
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError as e:
+                raise trees.refusal(f"{what}'s {shown}", f"it cannot be opened as a plain file ({e.strerror})",
+                                    PROPOSED) from None
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise trees.refusal(f"{what}'s {shown}", "it is not a plain file", PROPOSED)
+                if st.st_nlink > 1 and st.st_uid != owner:
+                    raise trees.refusal(f"{what}'s {shown}", "it has a second name elsewhere and is not the "
+                                        "repo's owner's (a hard link to someone else's file)", PROPOSED)
+                total += st.st_size
+                if total > MAX_SNAPSHOT_BYTES:
+                    raise wire.HiveError(f"{what} holds more than {MAX_SNAPSHOT_BYTES >> 20} MiB of history; "
+                                         "the core reads no more than that (git gc it, or start it afresh)",
+                                         "bad_argument")
+                with open(os.path.join(dest, rel, entry), "wb") as out:
+                    shutil.copyfileobj(f, out)
+
+
 class Repos:
     """The config repos of every agent under one root directory."""
 
-    def __init__(self, root):
+    def __init__(self, root, proposed_owner=None):
         self.root = os.path.abspath(root)
         # Separate roots: the manager gets all of proposed/ and none of applied/.
         self.proposed_root = os.path.join(self.root, "proposed")
+        # The core's alone: where a repo is built before it is renamed into place, and where a proposed
+        # repo is copied to be read (never inside proposed/, which the manager writes).
+        self.staging = os.path.join(self.root, "staging")
+        # (uid, gid) the manager's sandbox writes as, when it has its own: new proposed repos are its
+        self.proposed_owner = proposed_owner
 
     def proposed(self, name):
         return os.path.join(self.proposed_root, wire.check_name(name))
@@ -112,14 +167,72 @@ class Repos:
         return os.path.join(self.root, "applied", wire.check_name(name))
 
     def exists(self, name):
-        return _is_repo(self.proposed(name)) and _is_repo(self.applied(name))
+        return self._is_proposed(name) and _is_repo(self.applied(name))
+
+    def _is_proposed(self, name):
+        """Whether name's proposed repo is there, a plain directory with a plain .git (links refused)."""
+        try:
+            self._check_proposed(name)
+        except wire.HiveError as e:
+            if e.code == "not_found":
+                return False
+            raise
+        return True
+
+    def _check_proposed(self, name):
+        """name's proposed repo, once no link leads to it or to its .git (the manager writes them all)."""
+        path = self.proposed(name)
+        trees.checked_dir(self.proposed_root, path, PROPOSED)
+        git_dir = os.path.join(path, ".git")
+        try:
+            st = os.lstat(git_dir)
+        except FileNotFoundError:
+            raise wire.HiveError(f"{path} is not a git repo", "not_found") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise trees.refusal(git_dir, "it is not a plain directory (a link, or a gitfile naming another "
+                                "repository)", PROPOSED)
+        return path
 
     def _need(self, name, which="applied"):
-        path = self.proposed(name) if which == "proposed" else self.applied(name)
-        if not _is_repo(path):
-            raise wire.HiveError(f"agent {name!r} has no {which} config repo; was its config initialised?",
-                                 "not_found")
-        return path
+        if which == "proposed":
+            try:
+                return self._check_proposed(name)
+            except wire.HiveError as e:
+                if e.code != "not_found":
+                    raise
+        elif _is_repo(self.applied(name)):
+            return self.applied(name)
+        raise wire.HiveError(f"agent {name!r} has no {which} config repo; was its config initialised?",
+                             "not_found")
+
+    @contextlib.contextmanager
+    def snapshot(self, name):
+        """A private copy of name's proposed history to run git on; gone when the block ends.
+
+        The manager writes its proposed repo, and git, run by the core on it,
+        would follow whatever it planted: a .git/packed-refs linked to
+        /etc/shadow comes back in git's error message, an alternates file or
+        a linked objects dir reads another agent's applied repo, a config
+        include parses any file. So the core reads none of it in place: it
+        copies the refs and objects (HEAD, packed-refs, refs/, objects/; never
+        the config, hooks or objects/info) into a directory of its own,
+        opening each file without following a link and refusing a link, a
+        special file, or a file with a second name it does not own.
+        """
+        src = self._need(name, "proposed")
+        os.makedirs(self.staging, mode=0o700, exist_ok=True)
+        dest = tempfile.mkdtemp(prefix=f"{name}-proposed-", dir=self.staging)
+        try:
+            fd = trees.open_dir(self.proposed_root, os.path.join(src, ".git"), PROPOSED, os.O_RDONLY)
+            try:
+                _copy_history(fd, dest, f"{name}'s proposed config repo")
+            finally:
+                os.close(fd)
+            with open(os.path.join(dest, "config"), "w") as f:
+                f.write("[core]\n\trepositoryformatversion = 0\n\tbare = true\n")
+            yield dest
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
 
     def _commit_in(self, name, repo, ref, which="applied"):
         """check_commit_ref, then the full sha of that commit in repo, or not_found."""
@@ -136,24 +249,37 @@ class Repos:
         proposed, applied = self.proposed(name), self.applied(name)
         if files is None:
             files = {f: resources.text(f"assets/templates/{f}").replace("{name}", name) for f in TEMPLATES}
-        if not _is_repo(proposed):
-            self._build(name, proposed, lambda tmp: self._seed_proposed(name, tmp, files))
+        if not self._is_proposed(name):
+            self._build(name, proposed, lambda tmp: self._seed_proposed(name, tmp, files), self.proposed_owner)
         if not _is_repo(applied):
-            self._build(name, applied, lambda tmp: self._seed_applied(name, tmp, proposed))
+            shutil.rmtree(applied + ".new", ignore_errors=True)  # where an older core built it
+            self._build(name, applied, lambda tmp: self._seed_applied(name, tmp))
         return self.deployed_sha(name)
 
-    @staticmethod
-    def _build(name, path, fill):
-        # Built aside and renamed into place, so a crash never leaves a half-made repo
-        # that a later init would mistake for a finished one.
-        if os.path.exists(path):
+    def _build(self, name, path, fill, owner=None):
+        # Built aside, in the core's own staging dir, and renamed into place: a crash never leaves a
+        # half-made repo that a later init would mistake for a finished one, and the manager (who writes
+        # proposed/) never sees one half-made, to swap a file of it for a link the core would then write
+        # through. The finished repo becomes `owner`'s (uid, gid) before it appears.
+        if os.path.lexists(path):
             raise wire.HiveError(f"{path} exists but is not a git repo; move it away and try again", "conflict")
-        tmp = path + ".new"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+        os.makedirs(self.staging, mode=0o700, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f"{name}-", dir=self.staging)
         try:
             fill(tmp)
-            os.rename(tmp, path)
+            os.chmod(tmp, 0o755)  # mkdtemp's 0700 would keep the agent from its own (read-only) repo
+            if owner is not None:
+                fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:
+                    trees.hand_over(fd, *owner, f"{name}'s new config repo", readable=True)
+                finally:
+                    os.close(fd)
+            try:
+                os.rename(tmp, path)
+            except OSError as e:
+                raise wire.HiveError(f"cannot put {name}'s new config repo at {path}: {e.strerror} (something "
+                                     "else appeared there meanwhile); move it away and try again", "conflict") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -173,10 +299,10 @@ class Repos:
         _git(repo, "commit", "-q", "--allow-empty", "-m", f"initial config for {name}",
              doing=f"commit {name}'s initial config")
 
-    @staticmethod
-    def _seed_applied(name, repo, proposed):
+    def _seed_applied(self, name, repo):
         _git(repo, "init", "-q", "-b", "main", doing=f"create {name}'s applied config repo")
-        _git(repo, "fetch", "-q", "--no-tags", proposed, FETCH_SPEC, doing=f"fetch {name}'s proposed config")
+        with self.snapshot(name) as proposed:
+            _git(repo, "fetch", "-q", "--no-tags", proposed, FETCH_SPEC, doing=f"fetch {name}'s proposed config")
         sha = _verify(repo, "refs/remotes/proposal-src/main^{commit}", f"find {name}'s proposed main")
         if not sha:
             raise wire.HiveError(f"{name}'s proposed config repo has no main branch to start from", "not_found")
@@ -201,11 +327,14 @@ class Repos:
 
     def resolve(self, name, ref):
         """The full sha of the commit `ref` names in the proposed repo."""
-        return self._commit_in(name, self._need(name, "proposed"), ref, "proposed")
+        self.check_commit_ref(ref)
+        with self.snapshot(name) as proposed:
+            return self._commit_in(name, proposed, ref, "proposed")
 
     def proposed_main(self, name):
         """The full sha proposed's main names now: what a spawn starts on unless told otherwise."""
-        sha = _verify(self._need(name, "proposed"), "refs/heads/main^{commit}", f"find {name}'s proposed main")
+        with self.snapshot(name) as proposed:
+            sha = _verify(proposed, "refs/heads/main^{commit}", f"find {name}'s proposed main")
         if not sha:
             raise wire.HiveError(f"{name}'s proposed config repo has no main branch; commit the config on main "
                                  "or name the commit with commit_ref", "not_found")
@@ -213,12 +342,13 @@ class Repos:
 
     def pin_proposal(self, name, approval_id, ref):
         """Copy the manager's commit into applied and pin it as proposal/<id>; returns its sha."""
-        sha = self.resolve(name, ref)
         applied = self._need(name)
-        # A bare sha is no refspec (fetch wants a remote ref name), so bring over every
-        # branch; --no-tags, or tags the manager made would arrive in applied as if ours.
-        _git(applied, "fetch", "-q", "--no-tags", self.proposed(name), FETCH_SPEC,
-             doing=f"fetch {name}'s proposed config into the applied repo")
+        with self.snapshot(name) as proposed:
+            sha = self._commit_in(name, proposed, ref, "proposed")
+            # A bare sha is no refspec (fetch wants a remote ref name), so bring over every
+            # branch; --no-tags, or tags the manager made would arrive in applied as if ours.
+            _git(applied, "fetch", "-q", "--no-tags", proposed, FETCH_SPEC,
+                 doing=f"fetch {name}'s proposed config into the applied repo")
         if not _verify(applied, f"{sha}^{{commit}}", f"look up {sha[:12]} in {name}'s applied repo"):
             raise wire.HiveError(f"commit {sha[:12]} is on no branch of {name}'s proposed repo; commit it on "
                                  "a branch (e.g. main) and ask again", "not_found")
@@ -323,11 +453,15 @@ class Repos:
         """A file's text at rev in the applied (or proposed) repo."""
         if repo not in ("applied", "proposed"):
             raise wire.HiveError(f"repo must be 'applied' or 'proposed', got {repo!r}")
-        where = self._need(name, repo)
         if not isinstance(rev, str) or not rev or rev.startswith("-") or not isinstance(path, str) or not path:
+            self._need(name, repo)
             raise wire.HiveError(f"cannot read {path!r} at {rev!r}: give a file path and a revision")
         # cat-file, not show: a directory must be 'not found', not a tree listing
-        return _git(where, "cat-file", "blob", f"{rev}:{path}", code="not_found",
+        if repo == "proposed":
+            with self.snapshot(name) as where:
+                return _git(where, "cat-file", "blob", f"{rev}:{path}", code="not_found",
+                            doing=f"read {path} at {rev} in {name}'s {repo} config repo")
+        return _git(self._need(name, repo), "cat-file", "blob", f"{rev}:{path}", code="not_found",
                     doing=f"read {path} at {rev} in {name}'s {repo} config repo")
 
 

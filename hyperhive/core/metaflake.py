@@ -41,6 +41,7 @@ import platform
 import re
 
 from hyperhive import wire
+from hyperhive.core import trees
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def render(agents, nixpkgs, system, source=None):
         harness, base = "", ""
         if source:
             harness = (f"\n            hyperhive.name = {_nix_string(name)};"
+                       f"\n            hyperhive.uid = {trees.ids(name)[0]};"
                        f"\n            hyperhive.pyz = \"{hive}/hyperhive.pyz\";")
             template = "manager.nix" if name == wire.MANAGER else "agent-base.nix"
             base = f"\n          \"{hive}/nix/templates/{template}\""

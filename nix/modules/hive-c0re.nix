@@ -268,7 +268,9 @@ in
         ProtectKernelLogs = true;
         ProtectClock = true;
         RestrictRealtime = true;
-        RestrictSUIDSGID = true;
+        # No RestrictSUIDSGID: the core makes each agent's socket directory setgid to the agent's
+        # group (the bwrap and nixos backends run every agent as its own uid), so that the socket a
+        # restarted core binds there is one the running agent may still connect to.
       };
     };
   };

@@ -58,6 +58,18 @@ in
       description = "Which harness runs; agent-base.nix and manager.nix set it.";
     };
 
+    uid = mkOption {
+      type = types.ints.between 1000 2147483646;
+      description = ''
+        The uid (and gid) the harness runs as, in the container and so on the host:
+        the container shares the host's users, and the core hands the agent's state
+        dir, socket dir and (for the manager) the proposed config repos over to this
+        uid before each start. The core's meta flake sets it, one per agent name
+        (hyperhive/core/trees.py); never root, so what the harness and claude do
+        is only what that uid may.
+      '';
+    };
+
     pyz = mkOption {
       type = types.path;
       description = ''
@@ -112,6 +124,17 @@ in
       inherit (s) command args env allowedTools;
     }) cfg.extraMcpServers);
 
+    # The harness's own unprivileged user (the core's meta flake gives each agent's name its uid): the
+    # container's root stays for systemd, and nothing the model runs is root in here, or on the host.
+    users.users.hive = {
+      uid = cfg.uid;
+      group = "hive";
+      isSystemUser = true;
+      home = "/state";
+      description = "hyperhive ${cfg.role} ${cfg.name}";
+    };
+    users.groups.hive.gid = cfg.uid;
+
     systemd.services.hyperhive-harness = {
       description = "hyperhive ${cfg.role} harness (${cfg.name})";
       wantedBy = [ "multi-user.target" ];
@@ -140,6 +163,8 @@ in
         # HIVE_CLAUDE_BIN (the core's claude); these win over `environment` above
         EnvironmentFile = "-/run/hyperhive/harness.env";
         WorkingDirectory = "/state";
+        User = "hive";
+        Group = "hive";
         Restart = "always";
         RestartSec = 2;
         # SIGTERM reaches the harness alone, which finishes its running turn

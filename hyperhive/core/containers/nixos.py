@@ -22,7 +22,8 @@ import time
 import sh
 
 from hyperhive import wire
-from hyperhive.core import planted
+from hyperhive.core import planted, trees
+from hyperhive.core.containers import owners
 from hyperhive.core.metaflake import MetaFlake
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,12 @@ class NixosBackend:
     def pid(self, home):
         return None  # the harness runs in the container's pid namespace; no host pid to offer
 
+    @staticmethod
+    def ids(name):
+        """The (uid, gid) name's harness runs as, in its container and so on the host (no user namespace
+        between them): the meta flake sets it as hyperhive.uid, harness-base.nix makes it the unit's user."""
+        return trees.ids(name)
+
     def exit_code(self, name):
         return None  # systemd inside the container restarts the harness; no exit code reaches us
 
@@ -249,13 +256,22 @@ class NixosBackend:
         if pause:
             # a directory, not the marker: the core creates and removes the file while the container runs
             wanted.append(("--bind-ro", os.path.dirname(pause), HOST_DIR_IN))
+        hidden = [os.path.abspath(d) for d in getattr(launch, "hidden_dirs", None) or ()]
         if config and launch.role == "manager":
             # the manager edits every agent's proposed repo: all of them at /config ($HIVE_CONFIG_DIR),
-            # and each at /agents/<agent>/config as the agent itself sees it
+            # and each at /agents/<agent>/config as the agent itself sees it; one it swapped for a link is
+            # left out (nspawn would bind the link's target), and the log says so
             wanted.append(("--bind", config, MANAGER_CONFIG_IN))
             for entry in sorted(os.listdir(config) if os.path.isdir(config) else ()):
-                if os.path.isdir(os.path.join(config, entry)) and wire.NAME_RE.fullmatch(entry):
-                    wanted.append(("--bind", os.path.join(config, entry), CONFIG_IN.format(name=entry)))
+                repo = os.path.join(config, entry)
+                if not wire.NAME_RE.fullmatch(entry) or not os.path.lexists(repo):
+                    continue
+                try:
+                    trees.checked_dir(trees.root_of(repo, hidden), repo, "the proposed config repos")
+                except wire.HiveError as e:
+                    log.error("%s leaves out %s's proposed config repo: %s", container(launch.name), entry, e)
+                    continue
+                wanted.append(("--bind", repo, CONFIG_IN.format(name=entry)))
         elif config:
             # read-only: config edits only ever flow through the manager and the approval queue
             wanted.append(("--bind-ro", config, CONFIG_IN.format(name=launch.name)))
@@ -264,11 +280,15 @@ class NixosBackend:
             if not src or not SAFE_PATH.fullmatch(src):
                 raise wire.HiveError(f"cannot bind {src!r} into {container(launch.name)} at {dst}: a bind path "
                                      "must be absolute and use only letters, digits and . _ / @ + -")
-            if src != sock_dir:
-                os.makedirs(src, exist_ok=True)  # a missing source dir would make the container not boot
-            elif not os.path.exists(socket):
+            if src == sock_dir and not os.path.exists(socket):
                 raise wire.HiveError(f"{launch.name!r}'s socket {socket} does not exist; open it before starting",
                                      "unavailable")
+            if not os.path.lexists(src):
+                os.makedirs(src)  # a missing source dir would make the container not boot
+            # each is a tree an agent (or the manager) writes: nspawn binds what a link points to, so none
+            # may be one, on the way or at the end. (It binds by name at the container's start: a link
+            # swapped in between this check and that is what the bwrap backend's descriptors rule out.)
+            trees.checked_dir(trees.root_of(src, hidden), src, f"{container(launch.name)}'s bind at {dst}")
             flags.append(f"{flag}={src}:{dst}")
         return flags
 
@@ -333,6 +353,9 @@ class NixosBackend:
         if self.running(name):
             raise wire.HiveError(f"container {c} is already running", "conflict")
         flags = self._binds(launch)
+        owners.refuse_shared_ids(launch)
+        uid, gid = self.ids(name)
+        owners.hand_over(launch, uid, gid, [os.path.abspath(d) for d in getattr(launch, "hidden_dirs", None) or ()])
         self._write_env(launch)
         if not self.exists(name):
             # a spawn approval's commit is not yet applied main: build that commit, not HEAD

@@ -94,6 +94,11 @@ class ProcessBackend:
         self._children = {}  # name -> Popen, for harnesses this core started
 
     @staticmethod
+    def ids(name):
+        """The (uid, gid) name's harness runs as on the host: None, the core's own (no sandbox)."""
+        return None
+
+    @staticmethod
     def _pidfile(launch_or_home):
         return os.path.join(launch_or_home, "harness.pid")
 
@@ -168,7 +173,8 @@ class ProcessBackend:
         try:
             child = subprocess.Popen(launch.argv, cwd=launch.state_dir, env=launch.env,
                                      stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
-                                     start_new_session=True, close_fds=True)
+                                     start_new_session=True, close_fds=True,
+                                     pass_fds=getattr(launch, "pass_fds", ()))
         except OSError as e:
             raise wire.HiveError(f"could not start the harness for {launch.name!r}: {e}", "unavailable") from None
         finally:
