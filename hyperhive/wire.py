@@ -186,7 +186,7 @@ def _type_name(value):
             int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _coerce(verb, arg, value):
+def _coerce(verb, arg, value, strict=False):
     where = f"{verb}: {arg.name!r}"
     if arg.kind == "str" or arg.kind == "text":
         if not isinstance(value, str):
@@ -214,7 +214,7 @@ def _coerce(verb, arg, value):
     if arg.kind in ("int", "clamp"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise HiveError(f"{where} must be a number, got {_type_name(value)}")
-        if arg.kind == "clamp":  # documented as clamped, never refused (an infinity too)
+        if arg.kind == "clamp" and not strict:  # documented as clamped on a socket, never refused (an infinity too)
             return int(max(arg.lo, min(arg.hi, value)))
         if value in (float("inf"), float("-inf")):  # 1e400 in JSON: int() of it would raise
             raise HiveError(f"{where} must be a finite number, got {value}")
@@ -413,7 +413,8 @@ def check_args(verb, obj, surface=None, strict=False):
 
     The one validator of every argument, whichever surface it came by (a
     socket, or an MCP tool call with `strict`: an argument the verb does not
-    take is refused there, where a socket ignores unknown keys)."""
+    take is refused there, where a socket ignores unknown keys, and a number
+    past the range its schema declares is refused, where a socket clamps it)."""
     spec = args_of(verb, surface)
     if strict:
         unknown = sorted(set(obj) - {arg.name for arg in spec})
@@ -423,7 +424,7 @@ def check_args(verb, obj, surface=None, strict=False):
     args = {}
     for arg in spec:
         if arg.name in obj and obj[arg.name] is not None:
-            args[arg.name] = _coerce(verb, arg, obj[arg.name])
+            args[arg.name] = _coerce(verb, arg, obj[arg.name], strict)
         elif arg.required:
             raise HiveError(f"{verb}: missing argument {arg.name!r}")
         else:
