@@ -154,6 +154,7 @@ class Reach:
             if os.fstat(fd).st_nlink > 1:  # a hard link may share its inode with a file out of reach
                 raise wire.HiveError(f"{path} has other hard links; write to a file of its own", "forbidden")
             os.ftruncate(fd, 0)
+            os.fchmod(fd, 0o644)  # the core's umask (0007 under systemd) must not hide it from its agent's uid
             data = memoryview(text.encode())
             while data:
                 data = data[os.write(fd, data):]

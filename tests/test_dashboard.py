@@ -539,7 +539,7 @@ def test_each_agent_has_its_own_page_secret(dash):
               for n in ("a", "b")}
     assert secret["a"] != secret["b"] and secret["a"] not in (dash.key, dash.cookie.partition("=")[2])
     mode = os.stat(os.path.join(os.path.dirname(dash.layout.socket("a")), "web.secret")).st_mode & 0o777
-    assert mode == 0o600
+    assert mode == 0o640  # the agent's group (its socket dir's) reads it; others nothing
 
 
 # -- over real HTTP, on a real daemon -------------------------------------------------------------

@@ -160,3 +160,44 @@ def test_an_agents_plants_never_keep_the_hive_down(tmp_path):
             assert all(serves(h, n) for n in ("manager", "bystander", *CLEARED))
     finally:
         plants.close()
+
+
+def test_a_tree_an_agent_wrote_is_discarded_off_the_loop_following_no_link(tmp_path, caplog):
+    """Destroying or purging an agent deletes a tree the agent shaped: its name is free at once, the
+    deletion runs in a worker thread, a link inside is removed and never followed, and what cannot be
+    deleted is logged, not ignored."""
+    import gevent
+
+    from hyperhive.core import trees
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("the operator's")
+    home = tmp_path / "agents" / "alice"
+    (home / "state" / "deep").mkdir(parents=True)
+    for i in range(200):
+        (home / "state" / "deep" / f"f{i}").write_text("x")
+    os.symlink(outside, home / "state" / "link")
+    job = trees.discard(str(home), "alice's state")
+    assert not os.path.lexists(home), "the name is free at once"
+    job.get(timeout=30)
+    gevent.sleep(0)
+    assert os.listdir(tmp_path / "agents") == [], "nothing left aside"
+    assert (outside / "keep").read_text() == "the operator's", "the link was followed"
+    stuck = tmp_path / "agents" / "bob"
+    (stuck / "ro").mkdir(parents=True)
+    (stuck / "ro" / "file").write_text("x")
+    os.chmod(stuck / "ro", 0o500)
+    try:
+        if os.geteuid() == 0:  # root deletes through any mode: make the failure another way
+            import unittest.mock
+
+            with unittest.mock.patch("os.unlink", side_effect=PermissionError(13, "refused")):
+                trees.discard(str(stuck), "bob's state").get(timeout=30)
+        else:
+            trees.discard(str(stuck), "bob's state").get(timeout=30)
+    finally:
+        for root, dirs, _ in os.walk(tmp_path / "agents"):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o700)
+    assert "could not delete" in caplog.text and "bob's state" in caplog.text

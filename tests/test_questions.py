@@ -12,6 +12,7 @@ import pytest
 from conftest import Clock, RecordingHub, refused, wait_until
 from hyperhive import wire
 from hyperhive.core.broker import Broker
+from hyperhive.core import questions
 from hyperhive.core.questions import Questions
 from hyperhive.core.reminders import Reminders
 from hyperhive.core.surfaces import Surfaces
@@ -114,14 +115,31 @@ def test_a_question_to_the_manager_is_a_peer_question(rig):
 
 
 def test_asking_yourself_or_nobody_is_refused(rig):
-    assert "cannot ask yourself" in refused("bad_argument", rig.questions.ask, "a", "hm?", to="a")
-    assert "no agent named 'zed'" in refused("not_found", rig.questions.ask, "a", "hm?", to="zed")
-    assert "no agent named 'ttl-watchdog'" in refused("not_found", rig.questions.ask, "a", "hm?",
-                                                      to="ttl-watchdog")
-    assert "not valid" in refused("bad_argument", rig.questions.ask, "a", "hm?", to="../b")
-    assert "must not be empty" in refused("bad_argument", rig.questions.ask, "a", "  ")
-    assert "between 1 and 604800" in refused("bad_argument", rig.questions.ask, "a", "hm?", ttl_seconds=0)
+    """Through the agent's socket, as every question comes: the verb's table checks the arguments
+    (wire.check_args), Questions what the table cannot know."""
+    def ask(code, **args):
+        return rig.refused(code, "agent", "a", "ask", **args)
+
+    assert "cannot ask yourself" in ask("bad_argument", question="hm?", to="a")
+    assert "no agent named 'zed'" in ask("not_found", question="hm?", to="zed")
+    assert "no agent named 'ttl-watchdog'" in ask("not_found", question="hm?", to="ttl-watchdog")
+    assert "not valid" in ask("bad_argument", question="hm?", to="../b")
+    assert "must not be empty" in ask("bad_argument", question="  ")
+    assert "between 1 and 604800" in ask("bad_argument", question="hm?", ttl_seconds=0)
     assert Question.select().count() == 0 and rig.inbox("a") == [] and rig.question_events() == []
+
+
+def test_no_asker_fills_the_operators_questions(rig, monkeypatch):
+    monkeypatch.setattr(questions, "OPEN_FOR_OPERATOR", 3)
+    for i in range(3):
+        rig.call("agent", "a", "ask", question=f"q{i}?")
+    assert "already has 3 questions open for the operator" in rig.refused("conflict", "agent", "a", "ask",
+                                                                         question="one more?")
+    rig.call("agent", "b", "ask", question="mine?")  # another asker is not held up
+    first = rig.questions.pending_for_operator()[0]["id"]
+    rig.call("agent", "a", "cancel_loose_end", kind="question", id=first)
+    rig.call("agent", "a", "ask", question="now there is room?")
+    assert len(rig.questions.pending_for_operator()) == 4
 
 
 # -- answering ------------------------------------------------------------------------------

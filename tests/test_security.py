@@ -571,7 +571,9 @@ def test_sockets_and_secrets_are_private_to_the_core_and_their_agent(rig):
         assert stat.S_IMODE(os.stat(h.sock(name)).st_mode) == 0o660
         assert stat.S_IMODE(os.stat(sock_dir).st_mode) & 0o007 == 0, "no way in for others"
         assert os.stat(sock_dir).st_uid == os.getuid()
-        assert stat.S_IMODE(os.stat(os.path.join(sock_dir, auth_module.WEB_SECRET)).st_mode) == 0o600
+        secret = os.stat(os.path.join(sock_dir, auth_module.WEB_SECRET))
+        # the agent's group reads it (the directory's: setgid to the agent's own under a root core's sandbox)
+        assert stat.S_IMODE(secret.st_mode) == 0o640 and secret.st_gid == os.stat(sock_dir).st_gid
         dirs.add(sock_dir)
     assert len(dirs) == 3, "each agent's socket in a directory of its own (a sandbox binds only its own)"
     assert stat.S_IMODE(os.stat(rig.web_sock("manager")).st_mode) == 0o600
@@ -579,7 +581,8 @@ def test_sockets_and_secrets_are_private_to_the_core_and_their_agent(rig):
     for root, _, files in os.walk(h.run_dir):
         for name in files:
             mode = os.lstat(os.path.join(root, name)).st_mode
-            assert stat.S_IMODE(mode) & (0o007 if stat.S_ISSOCK(mode) else 0o077) == 0, (root, name, oct(mode))
+            shared = stat.S_ISSOCK(mode) or name == auth_module.WEB_SECRET  # with the agent's group, never others
+            assert stat.S_IMODE(mode) & (0o007 if shared else 0o077) == 0, (root, name, oct(mode))
             seen += 1
     assert seen >= 8
 
@@ -1164,6 +1167,31 @@ def test_the_proxy_passes_no_credential_of_the_browser_to_an_agents_page(rig):
             for header in ("Cookie", "Authorization", "Proxy-Authorization", "X-Forwarded-For"):
                 assert f"{header}:" not in seen["headers"], (header, seen)
             assert rig.operator_secret not in seen["headers"] + seen["path"] + seen["body"].decode()
+    finally:
+        recorder.shutdown()
+        recorder.server_close()
+        os.unlink(path)
+
+
+def test_a_link_at_an_agents_page_socket_is_never_what_the_proxy_reaches(rig, tmp_path):
+    """alice's socket dir is hers: a link she lays at web.sock (to another page, to host.sock) is not
+    followed, so no other socket hears her secret or the operator's request."""
+    path = rig.web_sock("alice")
+    if os.path.lexists(path):
+        os.unlink(path)
+    elsewhere = str(tmp_path / "other.sock")
+    recorder = Recorder(elsewhere)
+    thread = threading.Thread(target=recorder.serve_forever, daemon=True)
+    thread.start()
+    try:
+        os.symlink(elsewhere, path)
+        status, _, body = rig.http("GET", "/agent/alice/api/state")
+        assert status == 503 and "page is not up" in json.loads(body)["error"], (status, body)
+        assert recorder.seen == [], "the link was followed"
+        os.unlink(path)
+        os.symlink(rig.h.host_sock, path)
+        status, _, _ = rig.http("GET", "/agent/alice/api/state")
+        assert status == 503
     finally:
         recorder.shutdown()
         recorder.server_close()

@@ -163,9 +163,18 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.path = path
 
     def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+        # The path is in a directory the agent writes: open what is there without following a
+        # link, check it is a socket, and connect to that very inode, so a link swapped in after
+        # the check (to another agent's page, to host.sock) is never what the core reaches.
+        fd = os.open(self.path, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise ConnectionRefusedError(f"{self.path} is not a socket")
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
 
 
 def _down(name):
@@ -188,11 +197,6 @@ def proxy(name, path, sock_dir, secret, live=lambda: True):
     body = request.body.read() if request.method == "POST" else None
     streaming = "text/event-stream" in request.get_header("Accept", "")
     page = os.path.join(sock_dir, WEB_SOCKET)
-    try:
-        if not stat.S_ISSOCK(os.lstat(page).st_mode):  # lstat: a link laid there is not followed
-            raise _down(name)
-    except FileNotFoundError:
-        raise _down(name) from None
     conn = UnixHTTPConnection(page, STREAM_TIMEOUT if streaming else PROXY_TIMEOUT)
     try:
         conn.request(request.method, target_of(path, request.query_string), body=body, headers=headers)

@@ -69,8 +69,8 @@ def _read(path):
         return f.read()
 
 
-def _read_or_create(path):
-    """The secret in `path`, written first (0600, atomically) if there is none."""
+def _read_or_create(path, mode=0o600):
+    """The secret in `path`, written first (`mode`, atomically) if there is none."""
     secret = (_read(path) or "").strip()
     if len(secret) >= 2 * SECRET_BYTES:
         return secret
@@ -79,7 +79,8 @@ def _read_or_create(path):
     secret = secrets.token_hex(SECRET_BYTES)
     tmp = f"{path}.{secrets.token_hex(8)}.tmp"
     # O_EXCL|O_NOFOLLOW: a link planted at the temp name is not followed
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    os.fchmod(fd, mode)  # whatever the umask
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
     moved = planted.clear(os.path.dirname(path), os.path.basename(path), only_dirs=True)
@@ -187,4 +188,6 @@ class Auth:
     @staticmethod
     def agent_secret(socket_dir):
         """The agent's page secret, created with its socket directory and kept across restarts."""
-        return _read_or_create(os.path.join(socket_dir, WEB_SECRET))
+        # 0640: the socket dir is setgid to the agent's group, so its harness (a uid of its own)
+        # reads a secret the core writes anew while it runs
+        return _read_or_create(os.path.join(socket_dir, WEB_SECRET), 0o640)

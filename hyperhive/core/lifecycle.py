@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import signal
 import stat
 import sys
@@ -23,7 +22,7 @@ import gevent
 from gevent.lock import RLock
 
 from hyperhive import states, wire
-from hyperhive.core import aftermath, planted, reminders
+from hyperhive.core import aftermath, planted, reminders, trees
 from hyperhive.core.containers import Launch
 from hyperhive.reach import Reach, scan
 from hyperhive.schema import Agent, core_db, now_ms
@@ -620,7 +619,7 @@ class Lifecycle:
         except wire.HiveError as e:
             log.error("could not stop what the failed spawn of %s started: %s", name, e)
         self.sockets.close(name)
-        shutil.rmtree(os.path.dirname(self.layout.socket(name)), ignore_errors=True)
+        trees.discard(os.path.dirname(self.layout.socket(name)), f"{name}'s socket dir")
         with core_db.atomic():
             Agent.delete().where(Agent.name == name).execute()
         self._names = None
@@ -629,7 +628,7 @@ class Lifecycle:
         except wire.HiveError as e:
             log.error("could not drop %s from the meta flake after its failed spawn: %s", name, e)
         if not revived:
-            shutil.rmtree(self.layout.home(name), ignore_errors=True)
+            trees.discard(self.layout.home(name), f"{name}'s state")
         self.broker.hold(name, False)
 
     def ensure_manager(self):
@@ -766,14 +765,14 @@ class Lifecycle:
                 with self._meta_lock:
                     remove(name)
             self.sockets.close(name)
-            shutil.rmtree(os.path.dirname(self.layout.socket(name)), ignore_errors=True)
+            trees.discard(os.path.dirname(self.layout.socket(name)), f"{name}'s socket dir")
             with core_db.atomic():
                 Agent.delete().where(Agent.name == name).execute()
             self._names = None
             self._operator_acts(name)
             self._sync_meta(exclude=name)
             if purge:
-                shutil.rmtree(self.layout.home(name), ignore_errors=False)
+                trees.discard(self.layout.home(name), f"{name}'s state")
                 self.repos.purge(name)
             self.broker.hold(name, False)
         self._tombstones_changed()
@@ -787,7 +786,7 @@ class Lifecycle:
         wire.check_name(name)
         if name not in self.tombstones():
             raise wire.HiveError(f"there is no tombstone named {name!r}", "not_found")
-        shutil.rmtree(self.layout.home(name))
+        trees.discard(self.layout.home(name), f"{name}'s state")
         self.repos.purge(name)
         self._tombstones_changed()
 

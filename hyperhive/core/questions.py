@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 WATCHDOG = wire.TTL_WATCHDOG
 CORE = "core"  # closes the questions of a destroyed agent
+OPEN_FOR_OPERATOR = 100  # open questions one asker may have waiting for the operator
 
 
 def row(q):
@@ -83,25 +84,24 @@ class Questions:
     # -- asking -----------------------------------------------------------------------
 
     def ask(self, asker, question, to=None, options=(), ttl_seconds=None):
-        """Queue a question from asker to `to` (default: the operator); returns its row."""
-        wire.check_name(asker, "the asker's name")
+        """Queue a question from asker to `to` (default: the operator); returns its row.
+
+        The arguments come checked by `wire.check_args` (the verb's table); what is left here is
+        what the table cannot know: who asks whom, and how many are open."""
         if asker == wire.OPERATOR:
             raise wire.HiveError("the operator answers questions here; to ask an agent something, send it a message")
-        target = wire.OPERATOR if to is None else wire.check_name(to, "ask: 'to'")
+        target = wire.OPERATOR if to is None else to
         if target == asker:
             raise wire.HiveError("you cannot ask yourself a question; ask the operator (leave out `to`) "
                                  "or another agent")
         if not self.lifecycle.known(target):
             raise wire.HiveError(f"there is no agent named {target!r} to ask; ask the operator (leave out `to`) "
                                  "or an agent that exists", "not_found")
-        if not isinstance(question, str) or not question.strip():
-            raise wire.HiveError("ask: the question must not be empty")
-        options = wire.check_options(list(options or ()), "ask: 'options'")
-        if ttl_seconds is not None and not 1 <= ttl_seconds <= wire.QUESTION_MAX_TTL:
-            raise wire.HiveError(f"ask: 'ttl_seconds' must be between 1 and {wire.QUESTION_MAX_TTL} "
-                                 f"(7 days), got {ttl_seconds}")
+        options = list(options or ())
         if target != wire.OPERATOR:  # a question to an agent is a message to it, under the same quota
             self.broker.admit(asker, target)
+        else:
+            self._admit_for_operator(asker)
         now = self._now()
         expires = now + int(ttl_seconds) * 1000 if ttl_seconds is not None else None
         with core_db.atomic():  # the row and the target's message: both or neither
@@ -114,6 +114,15 @@ class Questions:
                             lambda: self.hub.publish("question_added", question=shown(q)))
         log.info("question %d: %s asks %s", q.id, asker, target)
         return row(q)
+
+    @staticmethod
+    def _admit_for_operator(asker):
+        """The operator's open questions are one list on her dashboard: no asker may fill it."""
+        open_ = (Question.select().where((Question.asker == asker) & (Question.target == wire.OPERATOR)
+                                         & Question.answered_at.is_null()).count())
+        if open_ >= OPEN_FOR_OPERATOR:
+            raise wire.HiveError(f"{asker} already has {open_} questions open for the operator, the most one asker "
+                                 "may; wait for answers, or withdraw some (cancel_loose_end)", "conflict")
 
     @staticmethod
     def _asked_body(q, options):

@@ -17,8 +17,11 @@ has a second name elsewhere.
 
 import logging
 import os
+import shutil
 import stat
 import zlib
+
+import gevent
 
 from hyperhive import wire
 
@@ -169,3 +172,23 @@ def own_entry(dir_fd, name, uid, gid, mode=None, kinds=(stat.S_IFREG, stat.S_IFS
         return True
     finally:
         os.close(fd)
+
+
+def discard(path, what):
+    """Remove a tree a principal wrote, off the core's loop: renamed aside at once (its name is
+    free again, and tombstones skip the aside name), then deleted in a worker thread, since an
+    agent decides how many files its tree holds. shutil.rmtree follows no link on Linux; what it
+    cannot delete is logged with the path, never ignored."""
+    if not os.path.lexists(path):
+        return None
+    aside = f"{path}.discarded-{os.urandom(4).hex()}"
+    os.rename(path, aside)
+
+    def failed(function, where, exc_info):
+        log.error("could not delete %s of %s (%s): %s; remove it by hand", where, what,
+                  getattr(function, "__name__", function), exc_info[1])
+
+    def remove():
+        shutil.rmtree(aside, onerror=failed)
+
+    return gevent.get_hub().threadpool.spawn(remove)
