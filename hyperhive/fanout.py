@@ -9,6 +9,7 @@ is serialized into its SSE frame once, however many pages listen.
 
 import logging
 
+from gevent.event import AsyncResult
 from gevent.queue import Empty, Full, Queue
 
 from hyperhive import web
@@ -27,6 +28,7 @@ class Fanout:
         self.shown = shown or (lambda event: event)
         self._subscribers = set()
         self._frames = {}
+        self._making = {}  # seq -> the AsyncResult of a frame being made
 
     def number(self, kind, **data):
         """The next event of `kind`, numbered but not yet delivered (a publisher that keeps events
@@ -55,13 +57,28 @@ class Fanout:
         return sub
 
     def frame(self, event):
-        """The event's SSE frame (bytes), serialized once."""
-        found = self._frames.get(event["seq"])
-        if found is None:
-            found = self._frames[event["seq"]] = web.sse_frame(self.shown(event), event["seq"]).encode()
-            if len(self._frames) > FRAMES_KEPT:
-                for seq in sorted(self._frames)[:FRAMES_KEPT // 2]:
-                    del self._frames[seq]
+        """The event's SSE frame (bytes), made once: every subscriber that asks while it is being made
+        (`shown` may wait on a markdown worker) waits for that one."""
+        seq = event["seq"]
+        found = self._frames.get(seq)
+        if found is not None:
+            return found
+        waiting = self._making.get(seq)
+        if waiting is not None:
+            return waiting.get()
+        self._making[seq] = result = AsyncResult()
+        try:
+            found = web.sse_frame(self.shown(event), seq).encode()
+        except BaseException as e:
+            result.set_exception(e)
+            raise
+        finally:
+            del self._making[seq]
+        result.set(found)
+        self._frames[seq] = found
+        if len(self._frames) > FRAMES_KEPT:
+            for old in sorted(self._frames)[:FRAMES_KEPT // 2]:
+                del self._frames[old]
         return found
 
     def sse(self, sub, replay=(), live=lambda: True):

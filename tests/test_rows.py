@@ -74,3 +74,34 @@ def test_a_stream_that_falls_too_far_behind_is_closed_not_left_silent():
     hub.publish("transient_cleared", name="after")
     assert slow.queue.qsize() == 1, "a dropped subscriber gets nothing more"
     assert list(slow.events(0)) == [], "its stream ends rather than waiting"
+
+
+def test_an_event_many_pages_ask_for_at_once_is_made_once():
+    """500 dashboard streams get one new message at the same moment: its frame (and the markdown in it,
+    rendered by a worker process) is made once, and every stream is sent that one."""
+    import gevent
+
+    from hyperhive.core.renderer import Renderer
+
+    rendered = []
+
+    class Counting(Renderer):
+        def _render(self, text):
+            rendered.append(text)
+            gevent.sleep(0.01)  # a worker's round trip: every other stream asks meanwhile
+            return f"<p>{text}</p>"
+
+    renderer = Counting()
+    shown_calls = []
+
+    def shown(event):
+        shown_calls.append(event["seq"])
+        return dict(event, message=dict(event["message"], body_html=renderer.render(event["message"]["body"])))
+
+    hub = Fanout(events.DASHBOARD, shown=shown)
+    event = hub.publish("sent", message={"id": 1, "body": "hello"})
+    frames = [job.value for job in gevent.joinall([gevent.spawn(hub.frame, event) for _ in range(50)])]
+    assert len(set(frames)) == 1 and b"<p>hello</p>" in frames[0]
+    assert shown_calls == [1] and rendered == ["hello"]
+    texts = [job.value for job in gevent.joinall([gevent.spawn(renderer.render, "new") for _ in range(50)])]
+    assert set(texts) == {"<p>new</p>"} and rendered == ["hello", "new"], "one render per text however many ask"

@@ -25,6 +25,7 @@ import sys
 import time
 
 import gevent
+import gevent.event
 import gevent.lock
 import gevent.socket
 
@@ -112,6 +113,7 @@ class Renderer:
         self.idle = []  # workers ready for a text
         self.slots = gevent.lock.BoundedSemaphore(workers)
         self.timeouts = 0  # texts that ran out of time: a figure for the log and the tests
+        self.rendering = {}  # text -> the AsyncResult every caller that asked meanwhile waits on
 
     def render(self, text):
         if not text:
@@ -122,7 +124,19 @@ class Renderer:
         if found is not None:
             self.cache.move_to_end(text)
             return found
-        html_ = escaped(text) if len(text) > MAX_TEXT else self._render(text)
+        # 500 pages sent one new message ask for it at once: one render, not 500
+        waiting = self.rendering.get(text)
+        if waiting is not None:
+            return waiting.get()
+        self.rendering[text] = result = gevent.event.AsyncResult()
+        try:
+            html_ = escaped(text) if len(text) > MAX_TEXT else self._render(text)
+        except BaseException as e:
+            result.set_exception(e)
+            raise
+        finally:
+            del self.rendering[text]
+        result.set(html_)
         self.cache[text] = html_
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
