@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from conftest import RecordingHub, refused
+from fakes import RecordingBackend
 from hyperhive import wire
 from hyperhive.core.approvals import QUEUING, Approvals
 from hyperhive.core.broker import Broker
@@ -71,7 +72,7 @@ class Repos:
 class Lifecycle:
     def __init__(self):
         self.calls, self.transients, self.fail = [], {}, None
-        self.backend = type("Process", (), {"name": "process"})()
+        self.backend = RecordingBackend()
 
     def get(self, name):
         if name not in ("a", "manager"):
@@ -200,32 +201,6 @@ def git(repo, *args):
                           env=MANAGER_ENV).stdout.strip()
 
 
-class Backend:
-    """Starts nothing: records each Launch and says it runs until stopped; `fail` makes start raise."""
-
-    name = "process"
-    state_in = shared_in = None
-
-    def __init__(self):
-        self.launches, self.up, self.killed, self.fail = [], set(), [], None
-
-    def running(self, name, home=None):
-        return name in self.up
-
-    def start(self, launch):
-        if self.fail:
-            raise wire.HiveError(self.fail, "unavailable")
-        self.launches.append(launch)
-        self.up.add(launch.name)
-
-    def stop(self, name, home=None, graceful=True, timeout=None):
-        self.up.discard(name)
-
-    def kill(self, name, home=None):
-        self.killed.append(name)
-        self.up.discard(name)
-
-
 class Sockets:
     def __init__(self):
         self.open_ = set()
@@ -242,7 +217,7 @@ class Spawns:
         self.db = open_core(tmp_path / "hive.db")
         self.layout = Layout(tmp_path / "hive")
         self.layout.makedirs()
-        self.hub, self.backend, self.sockets = RecordingHub(), Backend(), Sockets()
+        self.hub, self.backend, self.sockets = RecordingHub(), RecordingBackend(), Sockets()
         self.broker = Broker(self.hub)
         self.repos = GitRepos(self.layout.config_dir)
         self.lifecycle = RealLifecycle(self.layout, self.backend, self.broker, self.hub,
@@ -376,10 +351,10 @@ def test_a_spawn_whose_harness_will_not_start_is_undone(spawns):
     spawns.init()
     spawns.commit(lambda c: c.update(model="sonnet"))
     aid = spawns.queue.request_spawn("c", "x")
-    spawns.backend.fail = "bwrap is not installed"
+    spawns.backend.refuse = wire.HiveError("bwrap is not installed", "unavailable")
     row = spawns.queue.approve(aid)
     assert row["status"] == "failed" and row["note"] == "bwrap is not installed"
     assert spawns.tag_message(f"failed/{aid}") == "bwrap is not installed"
-    assert spawns.backend.killed == ["c"] and spawns.sockets.open_ == set()
+    assert spawns.backend.did("kill") == ["c"] and spawns.sockets.open_ == set()
     assert Agent.get_or_none(Agent.name == "c") is None and not os.path.exists(spawns.layout.home("c"))
     assert f"deployed/{aid}" not in spawns.repos.tags("c")

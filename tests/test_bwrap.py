@@ -12,6 +12,7 @@ Skipped, with the reason, where bwrap cannot make a sandbox; HIVE_REQUIRE_BWRAP=
 turns that into a failure (CI on a host that must have it).
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ WORKS, WHY = BwrapBackend.works()
 
 # The core, with the bwrap backend registered and probe* agents running PROBE.
 DAEMON = r"""
-import os, sys, zipimport
+import dataclasses, os, sys, zipimport
 # the core under test is the built pyz's, patched as its __main__ patches the core; its harnesses
 # run the pyz too
 sys.path.insert(0, %(pyz)r)
@@ -51,7 +52,7 @@ _launch = lifecycle.Lifecycle.launch
 def launch(self, agent, *args, **kwargs):
     l = _launch(self, agent, *args, **kwargs)
     if agent.name.startswith("probe") or agent.name in probes:
-        l.argv = [l.argv[0], "-c", os.environ["HIVE_TEST_PROBE"]]
+        l = dataclasses.replace(l, argv=[l.argv[0], "-c", os.environ["HIVE_TEST_PROBE"]])
     return l
 lifecycle.Lifecycle.launch = launch
 from hyperhive.core import daemon
@@ -352,12 +353,13 @@ def example_launch(tmp_path, name="a", run_dir=None, config=True):
     env = {"PATH": os.environ.get("PATH", ""), "HIVE_NAME": name, "HIVE_SOCKET": layout.socket(name),
            "HIVE_STATE_DIR": layout.state(name), "HIVE_PAUSE_FILE": layout.pause_marker(name),
            "HOME": layout.state(name)}
+    # as the core's Repos lay them out: <state>/config/proposed/<name>
+    config_dir = os.path.join(layout.state_dir, "config", "proposed", name) if config else None
+    if config:
+        os.makedirs(config_dir)
     launch = Launch(name, "agent", [PYTHON, os.path.join(ROOT, "hyperhive.py"), "agent", "serve"], env,
-                    layout.state(name), layout.home(name), layout.log(name))
-    launch.shared_dir = layout.shared_dir
-    if config:  # as the core's Repos lay them out: <state>/config/proposed/<name>
-        launch.config_dir = os.path.join(layout.state_dir, "config", "proposed", name)
-        os.makedirs(launch.config_dir)
+                    layout.state(name), layout.home(name), layout.log(name), config_dir=config_dir,
+                    shared_dir=layout.shared_dir)
     return layout, launch
 
 
@@ -421,7 +423,8 @@ def test_argv_hides_a_run_dir_outside_the_state_dir_and_keeps_programs_inside_ma
     open(os.path.join(venv, "pyvenv.cfg"), "w").close()
     checkout = str(tmp_path)  # a checkout under /tmp that holds the state dir
     open(os.path.join(checkout, "hyperhive.py"), "w").close()
-    launch.argv = [os.path.join(venv, "bin", "python"), os.path.join(checkout, "hyperhive.py"), "agent", "serve"]
+    launch = dataclasses.replace(launch, argv=[os.path.join(venv, "bin", "python"),
+                                               os.path.join(checkout, "hyperhive.py"), "agent", "serve"])
     argv = sandbox_argv(launch)
     joined = [" ".join(argv[i:i + 3]) for i in range(len(argv))]
     run_mask = at(argv, "--tmpfs", run)
@@ -431,14 +434,13 @@ def test_argv_hides_a_run_dir_outside_the_state_dir_and_keeps_programs_inside_ma
     assert checkout_bind < state_mask < run_mask < venv_bind  # the checkout's state dir is masked again
     assert "/agents/a/config" not in argv
     with pytest.raises(wire.HiveError, match="whole host"):
-        launch.hidden_dirs = ["/"]
-        sandbox_argv(launch)
+        sandbox_argv(dataclasses.replace(launch, hidden_dirs=("/",)))
 
 
 def test_argv_gives_the_manager_the_proposed_repos_writable_and_the_applied_ones_not(tmp_path):
     layout, launch = example_launch(tmp_path, name="manager", config=False)
-    launch.role = "manager"
-    root = launch.config_dir = os.path.join(layout.state_dir, "config", "proposed")
+    root = os.path.join(layout.state_dir, "config", "proposed")
+    launch = dataclasses.replace(launch, role="manager", config_dir=root)
     applied_root = os.path.join(layout.state_dir, "config", "applied")
     for name in ("manager", "a"):
         os.makedirs(os.path.join(root, name))
@@ -459,8 +461,8 @@ def test_argv_never_follows_a_link_among_the_proposed_repos(tmp_path, caplog):
     """A link the manager planted in the proposed root (to the core's state dir) is left out of its
     sandbox, with a sentence; an agent whose proposed repo is a link is not started at all."""
     layout, launch = example_launch(tmp_path, name="manager", config=False)
-    launch.role = "manager"
-    root = launch.config_dir = os.path.join(layout.state_dir, "config", "proposed")
+    root = os.path.join(layout.state_dir, "config", "proposed")
+    launch = dataclasses.replace(launch, role="manager", config_dir=root)
     os.makedirs(os.path.join(root, "manager"))
     os.symlink(layout.state_dir, os.path.join(root, "evil"))
     os.symlink("/", os.path.join(root, "rooted"))
@@ -843,8 +845,7 @@ def direct_launch(tmp_path, script):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "script.py").write_text(script)
-    launch.argv = [PYTHON, str(bin_dir / "script.py")]
-    return layout, launch, listener
+    return layout, dataclasses.replace(launch, argv=[PYTHON, str(bin_dir / "script.py")]), listener
 
 
 @pytest.mark.parametrize("script, code", [

@@ -10,6 +10,7 @@ from gevent import socket as gsocket  # this process is not monkey-patched
 from gevent.pywsgi import WSGIServer
 
 from conftest import FAKE_CLAUDE, PYZ, PYZ_PYTHON
+from fakes import RecordingBackend
 from hyperhive import wire
 from hyperhive.core.auth import COOKIE, Auth
 from hyperhive.core.containers.process import ProcessBackend
@@ -30,44 +31,12 @@ def heard(sub):
     return out
 
 
-class Backend:
-    """Records every container call; agents 'run' while in `up`. Logs are real files."""
-
-    name = "process"
-    state_in = shared_in = None  # agents name their files by host paths, as under the process backend
-
-    def __init__(self):
-        self.calls, self.up = [], set()
-        self._files = ProcessBackend()
-
-    def running(self, name, home=None):
-        return name in self.up
-
-    def start(self, launch):
-        self.calls.append(("start", launch.name))
-        self.up.add(launch.name)
-        os.makedirs(os.path.dirname(launch.log_path), exist_ok=True)
-        with open(launch.log_path, "a") as f:
-            f.write(f"{launch.name} started\n")
-
-    def stop(self, name, home=None, graceful=True, timeout=None):
-        self.calls.append(("stop", name, graceful))
-        self.up.discard(name)
-
-    def kill(self, name, home=None):
-        self.calls.append(("kill", name))
-        self.up.discard(name)
-
-    def log_tail(self, name, home, cursor=None, lines=500):
-        return self._files.log_tail(name, home, cursor, lines)
-
-
 class Dash:
     def __init__(self, tmp_path):
         self.layout = Layout(tmp_path / "state")
         self.layout.makedirs()
         open_core(self.layout.db_path)
-        self.backend = Backend()
+        self.backend = RecordingBackend()
         self.core = Core(self.layout, self.backend, Harness(PYZ, claude=FAKE_CLAUDE, python=PYZ_PYTHON),
                          dashboard=None)
         self.core.lifecycle.boot()  # creates the manager
@@ -183,7 +152,7 @@ def test_state_is_the_whole_snapshot(dash):
     assert state["inbox"][0]["body"] == "**done**"
     assert state["inbox"][0]["body_html"] == "<p><strong>done</strong></p>"
     assert state["approvals"] == [] and state["questions"] == [] and state["tombstones"] == []
-    assert state["transients"] == {} and state["meta_inputs"] is None and state["backend"] == "process"
+    assert state["transients"] == {} and state["meta_inputs"] is None and state["backend"] == "fake"
 
 
 def test_state_carries_pending_approvals_with_their_diff(dash):

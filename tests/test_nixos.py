@@ -6,6 +6,7 @@ command lines and what a container would have been built from. One test runs
 the generated flake through the real nix when it is installed.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -76,11 +77,8 @@ class Hive:
         run.mkdir(parents=True, exist_ok=True)
         sock = run / "agent.sock"
         sock.touch()
-        launch = Launch(name, "agent", ["unused"], {"HIVE_SOCKET": str(sock)}, str(home / "state"),
-                        str(home), str(home / "harness.log"))
-        if config:
-            launch.config_dir = str(home / "proposed")
-        return launch
+        return Launch(name, "agent", ["unused"], {"HIVE_SOCKET": str(sock)}, str(home / "state"),
+                      str(home), str(home / "harness.log"), config_dir=str(home / "proposed") if config else None)
 
     def up(self, *names):
         for n in names:
@@ -285,8 +283,7 @@ def test_a_spawn_on_a_pinned_commit_creates_the_container_from_it_not_head(hive)
     pinned = hive.commit("a", "# a as approved\n")
     hive.commit("a", "# a edited later\n")
     hive.sync("a")
-    launch = hive.launch("a")
-    launch.rev = pinned
+    launch = dataclasses.replace(hive.launch("a"), rev=pinned)
     hive.backend.start(launch)
     assert hive.box("a")["system"]["rev"] == pinned and hive.meta.locked_revs()["agent-a"] == pinned
     assert f"?rev={pinned}&allRefs=1" in (hive.tmp / "meta" / "flake.nix").read_text()
@@ -306,8 +303,7 @@ def test_bind_paths_nspawn_cannot_carry_are_refused_before_anything_runs(hive):
     hive.commit("a", "# a\n")
     hive.sync("a")
     hive.clear()
-    launch = hive.launch("a")
-    launch.state_dir = str(hive.tmp / "with space")
+    launch = dataclasses.replace(hive.launch("a"), state_dir=str(hive.tmp / "with space"))
     with pytest.raises(wire.HiveError, match="only letters, digits"):
         hive.backend.start(launch)
     launch = hive.launch("a")
@@ -664,8 +660,7 @@ def test_the_manager_container_gets_every_proposed_repo_writable(hive, tmp_path)
     root = tmp_path / "config" / "proposed"
     for name in ("manager", "a"):
         (root / name).mkdir(parents=True)
-    launch = hive.launch("manager", config=False)
-    launch.role, launch.config_dir = "manager", str(root)
+    launch = dataclasses.replace(hive.launch("manager", config=False), role="manager", config_dir=str(root))
     flags = hive.backend._binds(launch)
     assert f"--bind={root / 'a'}:/agents/a/config" in flags
     assert f"--bind={root / 'manager'}:/agents/manager/config" in flags
@@ -680,21 +675,19 @@ def test_a_link_among_the_binds_is_refused_and_left_out_of_the_managers(hive, tm
     root = tmp_path / "config" / "proposed"
     (root / "manager").mkdir(parents=True)
     os.symlink(tmp_path, root / "evil")
-    launch = hive.launch("manager", config=False)
-    launch.role, launch.config_dir, launch.hidden_dirs = "manager", str(root), [str(tmp_path)]
+    launch = dataclasses.replace(hive.launch("manager", config=False), role="manager", config_dir=str(root),
+                                 hidden_dirs=(str(tmp_path),))
     with caplog.at_level("ERROR"):
         flags = hive.backend._binds(launch)
     assert not [f for f in flags if "evil" in f] and f"--bind={root / 'manager'}:/agents/manager/config" in flags
     assert "leaves out evil's proposed config repo" in caplog.text and "symbolic link" in caplog.text
-    agent = hive.launch("a")
-    agent.hidden_dirs = [str(tmp_path)]
+    agent = dataclasses.replace(hive.launch("a"), hidden_dirs=(str(tmp_path),))
     os.makedirs(os.path.dirname(agent.config_dir), exist_ok=True)
     os.symlink(tmp_path, agent.config_dir)  # its proposed repo, swapped for a link
     with pytest.raises(wire.HiveError, match="is a symbolic link") as e:
         hive.backend._binds(agent)
     assert e.value.code == "forbidden"
-    agent = hive.launch("b", config=False)
-    agent.hidden_dirs = [str(tmp_path)]
+    agent = dataclasses.replace(hive.launch("b", config=False), hidden_dirs=(str(tmp_path),))
     os.makedirs(os.path.dirname(agent.state_dir), exist_ok=True)
     os.symlink("/", agent.state_dir)
     with pytest.raises(wire.HiveError, match="is a symbolic link"):
@@ -710,8 +703,7 @@ def test_start_hands_the_agents_dirs_to_its_uid_following_no_link(hive, tmp_path
 
     hive.commit("a", "# a\n")
     hive.sync("a")
-    launch = hive.launch("a", config=False)
-    launch.hidden_dirs = [str(tmp_path)]
+    launch = dataclasses.replace(hive.launch("a", config=False), hidden_dirs=(str(tmp_path),))
     host_file = tmp_path / "host-file"
     host_file.write_text("the host's\n")
     os.makedirs(launch.state_dir)

@@ -14,6 +14,7 @@ import os
 import pytest
 
 from conftest import RecordingHub
+from fakes import RecordingBackend
 from hyperhive import wire
 from hyperhive.core import lifecycle
 from hyperhive.core.broker import Broker
@@ -21,51 +22,6 @@ from hyperhive.core.lifecycle import RESTART_BACKOFF, STABLE_SECONDS, Harness, L
 from hyperhive.schema import Agent, Message, open_core
 
 T0 = 1_700_000_000.0
-
-
-class FakeBackend:
-    """Records every call; `alive` says which harnesses run; a test kills one by taking it out."""
-
-    name = "fake"
-
-    def __init__(self):
-        self.alive, self.calls = set(), []
-        self.codes, self.logs = {}, {}
-        self.refuse = None  # a HiveError the next starts raise
-
-    def running(self, name, home):
-        return name in self.alive
-
-    def start(self, launch):
-        self.calls.append(("start", launch.name))
-        if self.refuse is not None:
-            raise self.refuse
-        self.alive.add(launch.name)
-
-    def stop(self, name, home, graceful=True, timeout=None):
-        self.calls.append(("stop", name))
-        self.alive.discard(name)
-
-    def kill(self, name, home):
-        self.calls.append(("kill", name))
-        self.alive.discard(name)
-
-    def sweep(self, name, home):
-        self.calls.append(("sweep", name))
-
-    def exit_code(self, name):
-        return self.codes.get(name)
-
-    def log_tail(self, name, home, cursor=None, lines=500):
-        return self.logs.get(name, [])[-lines:], None
-
-    def die(self, name, code=None, log=()):
-        self.alive.discard(name)
-        self.codes[name] = code
-        self.logs[name] = list(log)
-
-    def starts(self, name):
-        return self.calls.count(("start", name))
 
 
 class Repos:
@@ -94,14 +50,14 @@ class Rig:
         self.db = open_core(tmp_path / "hive.db")
         self.layout = Layout(tmp_path / "hive")
         self.layout.makedirs()
-        self.backend, self.hub = FakeBackend(), RecordingHub()
+        self.backend, self.hub = RecordingBackend(), RecordingHub()
         self.broker = Broker(self.hub, clock=lambda: T0)
         self.life = Lifecycle(self.layout, self.backend, self.broker, self.hub, Harness("/hyperhive.pyz"),
                               Sockets(), Repos(), clock=lambda: T0)
         for name in ("manager", "a"):
             Agent.create(name=name, role="manager" if name == "manager" else "agent")
             os.makedirs(self.layout.home(name))
-            self.backend.alive.add(name)
+            self.backend.up.add(name)
         self.life.watch_step(T0)
 
     def told(self, to):

@@ -109,7 +109,7 @@ class Approvals:
         return self._pinned(name, "spawn", description, ref, self.repos.spawn_diff, given, requested_by=by)
 
     def request_update(self, description):
-        if not getattr(self.lifecycle.backend, "meta", None):
+        if not self.lifecycle.backend.meta:
             raise wire.HiveError(f"the {self.lifecycle.backend.name} backend has no meta flake to update; "
                                  "its agents read their config at each start", "conflict")
         return self._added(self._queue("manager", "update_meta_inputs", description))

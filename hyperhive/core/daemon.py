@@ -53,7 +53,6 @@ from hyperhive.fanout import Fanout
 from hyperhive.schema import checkpoint, open_core
 
 log = logging.getLogger("hive-c0re")
-WATCH_SECONDS = 2.0  # also the crash watch: a harness that died is seen within this
 SWEEP_SECONDS = 3600.0
 CHECKPOINT_SECONDS = 1.0
 QUESTION_TTL_SECONDS = 5.0  # how often the ttl watchdog closes questions nobody answered in time
@@ -198,7 +197,7 @@ class Core:
         self.surfaces = Surfaces(self.broker, None, self.hub, auth=self.auth, helper_events=self.helper_events)
         self.sockets = Sockets(layout, self.surfaces)
         # the manager's sandbox writes the proposed repos as its own uid, when the backend gives it one
-        self.repos = Repos(layout.config_dir, proposed_owner=getattr(backend, "ids", lambda name: None)(wire.MANAGER))
+        self.repos = Repos(layout.config_dir, proposed_owner=backend.ids(wire.MANAGER))
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
                                    clock=clock)
         self.broker.refs_of = self.lifecycle.file_refs
@@ -221,8 +220,7 @@ class Core:
             self.serve_dashboard(*self.dashboard_at)
         self.lifecycle.boot()
         # nixos asks `nixos-container status` per agent: it watches every 10 s
-        watch = getattr(self.lifecycle.backend, "watch_seconds", WATCH_SECONDS)
-        self.loops = [every(watch, self.lifecycle.watch_step, self.stopping),
+        self.loops = [every(self.lifecycle.backend.watch_seconds, self.lifecycle.watch_step, self.stopping),
                       every(SWEEP_SECONDS, self.sweeper.step, self.stopping),
                       every(SWEEP_SECONDS, self.auth.sweep, self.stopping),
                       every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping),
@@ -292,7 +290,7 @@ def main(argv, clock=time.time, started=None):
         lock = lock_state_dir(layout)
         backend = containers.pick(args["--backend"], layout.state_dir, args["--container-source"])
         claude = args["--claude"] or os.environ.get("HIVE_CLAUDE_BIN") or "claude"
-        missing = binaries.locate_claude(claude, os.environ) if backend.name != "nixos" else None
+        missing = binaries.locate_claude(claude, os.environ) if not backend.own_claude else None
         if missing:  # nixos containers bring their own claude; elsewhere the harnesses run this one
             log.warning("%s: every agent's turns wait until it is there", missing)
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])

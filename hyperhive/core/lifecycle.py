@@ -307,7 +307,7 @@ class Lifecycle:
 
     def meta_inputs(self):
         """The meta flake's locked inputs under nixos (None on backends without one)."""
-        meta = getattr(self.backend, "meta", None)
+        meta = self.backend.meta
         if meta is None:
             return None
         try:
@@ -432,11 +432,8 @@ class Lifecycle:
         return "; ".join(said) or "neither an exit code nor a log line says why"
 
     def _sweep(self, name):
-        sweep = getattr(self.backend, "sweep", None)  # nixos: systemd kills the unit's leftovers itself
-        if sweep is None:
-            return
         try:
-            sweep(name, self.layout.home(name))
+            self.backend.sweep(name, self.layout.home(name))
         except wire.HiveError as e:
             log.error("%s: %s", name, e)
 
@@ -514,12 +511,9 @@ class Lifecycle:
             "PYTHONUNBUFFERED": "1",
         })
         argv = [self.harness.python, self.harness.entry, agent.role, "serve"]
-        launch = Launch(name, agent.role, argv, env, state, self.layout.home(name), self.layout.log(name))
-        launch.config_dir = configs
-        launch.rev = rev
-        launch.shared_dir = self.layout.shared_dir
-        launch.hidden_dirs = [self.layout.state_dir, self.layout.run_dir]
-        return launch
+        return Launch(name, agent.role, argv, env, state, self.layout.home(name), self.layout.log(name),
+                      config_dir=configs, shared_dir=self.layout.shared_dir,
+                      hidden_dirs=(self.layout.state_dir, self.layout.run_dir), rev=rev)
 
     def _dirs(self, name):
         """The agent's home and state dir, made when missing. Something else at either is refused with a
@@ -570,7 +564,7 @@ class Lifecycle:
 
     def _sync_meta(self, include=None, exclude=None):
         """Under nixos, the meta flake pins every agent's applied repo: add or drop one."""
-        meta = getattr(self.backend, "meta", None)
+        meta = self.backend.meta
         if meta is None:
             return
         with self._meta_lock:
@@ -612,10 +606,8 @@ class Lifecycle:
         so the config can be fixed and the spawn asked for again."""
         try:
             self.backend.kill(name, self.layout.home(name))
-            remove = getattr(self.backend, "destroy", None)
-            if remove is not None:  # nixos: a container created before its start failed
-                with self._meta_lock:
-                    remove(name)
+            with self._meta_lock:  # nixos: a container created before its start failed
+                self.backend.destroy(name)
         except wire.HiveError as e:
             log.error("could not stop what the failed spawn of %s started: %s", name, e)
         self.sockets.close(name)
@@ -723,10 +715,8 @@ class Lifecycle:
         rev = sha or "main"
         with self._busy(name, "rebuilding"):
             self._operator_acts(name)
-            build = getattr(self.backend, "build", None)
-            if build is not None:  # nixos: the container is rebuilt from the meta flake at that commit
-                with self._meta_lock:
-                    build(name, rev=sha)
+            with self._meta_lock:  # nixos: the container is rebuilt from the meta flake at that commit
+                self.backend.build(name, rev=sha)
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             try:
@@ -739,8 +729,7 @@ class Lifecycle:
                 deploy()
 
     def update_meta(self):
-        meta = getattr(self.backend, "meta", None)
-        if meta is None:
+        if self.backend.meta is None:
             raise wire.HiveError(f"the {self.backend.name} backend has no meta flake", "conflict")
         with self._meta_lock:
             self.backend.update_all()
@@ -760,10 +749,8 @@ class Lifecycle:
         self.get(name)
         with self._busy(name, "being destroyed"):
             self.backend.kill(name, self.layout.home(name))
-            remove = getattr(self.backend, "destroy", None)
-            if remove is not None:  # nixos: the container itself goes
-                with self._meta_lock:
-                    remove(name)
+            with self._meta_lock:  # nixos: the container itself goes
+                self.backend.destroy(name)
             self.sockets.close(name)
             trees.discard(os.path.dirname(self.layout.socket(name)), f"{name}'s socket dir")
             with core_db.atomic():

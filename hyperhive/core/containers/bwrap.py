@@ -66,7 +66,6 @@ which passes it on to the harness); KILL goes to everything. When INIT ends
 in the pid namespace, even processes that left the session.
 """
 
-import copy
 import logging
 import os
 import shlex
@@ -282,9 +281,8 @@ def hive_dirs(launch):
     the home is <state>/agents/<name>, the socket is in <run> or under
     <run>/agents/ (possibly in a directory of the agent's own).
     """
-    named = getattr(launch, "hidden_dirs", None)
-    if named:
-        dirs = [_abs(d) for d in named]
+    if launch.hidden_dirs:
+        dirs = [_abs(d) for d in launch.hidden_dirs]
     else:
         state_root = os.path.dirname(os.path.dirname(_abs(launch.home_dir)))
         run = os.path.dirname(_abs(launch.env["HIVE_SOCKET"]))
@@ -472,7 +470,7 @@ class Sandbox:
         state = _abs(launch.state_dir)
         socket = _abs(launch.env["HIVE_SOCKET"])
         pause = launch.env.get("HIVE_PAUSE_FILE")
-        config = getattr(launch, "config_dir", None)
+        config = launch.config_dir
         self.hidden = hive_dirs(launch)
         programs = program_paths(launch)
 
@@ -520,7 +518,7 @@ class Sandbox:
             # A file bind pins the socket's inode: a core restarted after a crash
             # binds a new socket at the path, which this sandbox never sees.
             args += _dirs(socket, self.made) + ["--ro-bind", socket, socket]
-        shared = getattr(launch, "shared_dir", None)
+        shared = launch.shared_dir
         if shared:  # every agent's, read-write: files they leave for each other
             args += self._bind(shared, _abs(shared), "the shared dir", writable=True)
         if config:
@@ -667,7 +665,7 @@ class BwrapBackend(ProcessBackend):
         if not socket or not os.path.exists(socket):
             raise wire.HiveError(f"cannot sandbox {launch.name!r}: its socket {socket} does not exist yet "
                                  "(the core opens it before starting the harness)", "unavailable")
-        config = getattr(launch, "config_dir", None)
+        config = launch.config_dir
         if config and not os.path.isdir(config):
             raise wire.HiveError(f"cannot sandbox {launch.name!r}: its config dir {config} does not exist",
                                  "unavailable")
@@ -678,14 +676,11 @@ class BwrapBackend(ProcessBackend):
         try:
             if box.root:
                 owners.hand_over(launch, box.uid, box.gid, box.hidden)
-            sandboxed = copy.copy(launch)
-            sandboxed.argv = box.command(box.env_fd(launch.env))
+            command = box.command(box.env_fd(launch.env))
+            log.debug("sandbox for %s: %s", launch.name, shlex.join(box.described()))
             # bwrap itself runs on the host: nothing of the harness's environment (a loader variable
             # least of all) reaches it; the harness's goes in through INIT's descriptor
-            sandboxed.env = {"PATH": os.environ.get("PATH") or os.defpath}
-            sandboxed.pass_fds = tuple(box.fds)
-            log.debug("sandbox for %s: %s", launch.name, shlex.join(box.described()))
-            return super().start(sandboxed)
+            return self._spawn(launch, command, {"PATH": os.environ.get("PATH") or os.defpath}, tuple(box.fds))
         finally:
             box.close()
 

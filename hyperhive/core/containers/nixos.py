@@ -21,9 +21,10 @@ import time
 
 import sh
 
-from hyperhive import wire
+from hyperhive import resources, wire
 from hyperhive.core import planted, trees
 from hyperhive.core.containers import owners
+from hyperhive.core.containers.base import Backend
 from hyperhive.core.metaflake import MetaFlake
 
 log = logging.getLogger(__name__)
@@ -161,13 +162,14 @@ def env_file(env):
     return "".join(line + "\n" for line in lines)
 
 
-class NixosBackend:
+class NixosBackend(Backend):
     """NixOS containers via `nixos-container`; builds always go through the meta flake's two phases."""
 
     name = "nixos"
     watch_seconds = 10.0  # each status check forks nixos-container: the crash watch runs slower
     # where an agent sees its state dir and the shared dir (file references and reminders translate)
     state_in, shared_in = STATE_IN, SHARED_IN
+    own_claude = True  # the container's system brings claude; the host's --claude is not used
 
     def __init__(self, meta, run=run, conf_dir=CONF_DIR, host_network=True, stop_timeout=90.0):
         self.meta, self.run, self.conf_dir = meta, run, conf_dir
@@ -178,8 +180,19 @@ class NixosBackend:
 
     @classmethod
     def at(cls, state_dir, git, source=None, **kwargs):
-        """The backend over the meta flake at `<state_dir>/meta` (how `serve` wires it up)."""
+        """The backend over the meta flake at `<state_dir>/meta`."""
         return cls(MetaFlake(os.path.join(state_dir, "meta"), nix, git, source=source), **kwargs)
+
+    @classmethod
+    def create(cls, state_dir, source=None):
+        """As `serve` wires it up: the meta flake under the state dir, containers built from `source`
+        (checked) or the directory this hyperhive runs from."""
+        from hyperhive.core.gitrepos import WorkTree
+
+        # HIVE_NIXOS_CONF_DIR: where nixos-container keeps h-<name>.conf, if not the NixOS default
+        conf_dir = os.environ.get("HIVE_NIXOS_CONF_DIR") or CONF_DIR
+        source = check_source(source or os.path.dirname(resources.entry()))
+        return cls.at(state_dir, WorkTree(), source=source, conf_dir=conf_dir)
 
     def _nc(self, *args, timeout=None):
         return self.run("nixos-container", *args, timeout=timeout)
@@ -248,15 +261,15 @@ class NixosBackend:
         """The nspawn flags binding this agent's socket, state and (read-only) config in, checked."""
         socket = launch.env.get("HIVE_SOCKET")
         sock_dir = os.path.dirname(socket) if socket else None
-        config = getattr(launch, "config_dir", None)
+        config = launch.config_dir
         wanted = [("--bind", sock_dir, SOCKET_DIR_IN), ("--bind", launch.state_dir, STATE_IN)]
-        if getattr(launch, "shared_dir", None):
+        if launch.shared_dir:
             wanted.append(("--bind", launch.shared_dir, SHARED_IN))
         pause = launch.env.get("HIVE_PAUSE_FILE")
         if pause:
             # a directory, not the marker: the core creates and removes the file while the container runs
             wanted.append(("--bind-ro", os.path.dirname(pause), HOST_DIR_IN))
-        hidden = [os.path.abspath(d) for d in getattr(launch, "hidden_dirs", None) or ()]
+        hidden = [os.path.abspath(d) for d in launch.hidden_dirs]
         if config and launch.role == "manager":
             # the manager edits every agent's proposed repo: all of them at /config ($HIVE_CONFIG_DIR),
             # and each at /agents/<agent>/config as the agent itself sees it; one it swapped for a link is
@@ -355,11 +368,11 @@ class NixosBackend:
         flags = self._binds(launch)
         owners.refuse_shared_ids(launch)
         uid, gid = self.ids(name)
-        owners.hand_over(launch, uid, gid, [os.path.abspath(d) for d in getattr(launch, "hidden_dirs", None) or ()])
+        owners.hand_over(launch, uid, gid, [os.path.abspath(d) for d in launch.hidden_dirs])
         self._write_env(launch)
         if not self.exists(name):
             # a spawn approval's commit is not yet applied main: build that commit, not HEAD
-            self._create(name, getattr(launch, "rev", None))
+            self._create(name, launch.rev)
         elif self.meta.stale(name):
             # built from an older hyperhive (the package moved): catch up before it runs again
             try:

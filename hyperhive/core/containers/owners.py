@@ -67,7 +67,7 @@ def hand_over(launch, uid, gid, hidden):
             trees.own_entry(fd, "web.secret", 0, gid, mode=0o640)
         finally:
             os.close(fd)
-    shared = getattr(launch, "shared_dir", None)
+    shared = launch.shared_dir
     if shared:
         # every agent adds files, each removes only its own (the sticky bit, as on /tmp)
         fd = _opened(os.path.abspath(shared), hidden, "the shared dir")
@@ -75,7 +75,7 @@ def hand_over(launch, uid, gid, hidden):
             os.fchmod(fd, 0o1777)
         finally:
             os.close(fd)
-    config = getattr(launch, "config_dir", None)
+    config = launch.config_dir
     if config and launch.role == "manager" and os.path.isdir(config):
         hand_over_proposed(os.path.abspath(config), hidden, uid, gid)
 

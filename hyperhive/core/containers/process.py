@@ -15,6 +15,7 @@ import time
 import zlib
 
 from hyperhive import wire
+from hyperhive.core.containers.base import Backend
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,10 @@ def _head(f, offset):
     return zlib.crc32(f.read(min(64, offset)))
 
 
-class ProcessBackend:
+class ProcessBackend(Backend):
     """Each harness a child process in its own session, tracked by pidfile."""
 
     name = "process"
-    # where an agent sees its state dir and the shared dir: None is at the host's own path
-    # (the bwrap sandbox binds them there too)
-    state_in = shared_in = None
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
@@ -165,16 +163,19 @@ class ProcessBackend:
         return [b.decode(errors="replace") for b in complete], f"{st.st_ino}:{end}:{mark}"
 
     def start(self, launch):
+        return self._spawn(launch, launch.argv, launch.env)
+
+    def _spawn(self, launch, argv, env, pass_fds=()):
+        """Run `argv` (the harness, or what wraps it) for the launch's agent, with `env` and `pass_fds`."""
         if self.running(launch.name, launch.home_dir):
             raise wire.HiveError(f"agent {launch.name!r} is already running", "conflict")
         self.sweep(launch.name, launch.home_dir)
         os.makedirs(launch.state_dir, exist_ok=True)
         logfile = open(launch.log_path, "ab")
         try:
-            child = subprocess.Popen(launch.argv, cwd=launch.state_dir, env=launch.env,
+            child = subprocess.Popen(argv, cwd=launch.state_dir, env=env,
                                      stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT,
-                                     start_new_session=True, close_fds=True,
-                                     pass_fds=getattr(launch, "pass_fds", ()))
+                                     start_new_session=True, close_fds=True, pass_fds=pass_fds)
         except OSError as e:
             raise wire.HiveError(f"could not start the harness for {launch.name!r}: {e}", "unavailable") from None
         finally:
