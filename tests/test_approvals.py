@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from conftest import RecordingHub, refused
+from conftest import refused
+from fakes import RecordingHub
 from hyperhive import wire
 from hyperhive.core.approvals import QUEUING, Approvals
 from hyperhive.core.broker import Broker

@@ -157,6 +157,11 @@ class Auth:
 
     # -- listing and ending ---------------------------------------------------------------------
 
+    def still_live(self, session_id):
+        """Whether a session has been neither logged out nor let expire (an open stream asks now and then)."""
+        return WebSession.get_or_none((WebSession.id == session_id) & WebSession.revoked_at.is_null()
+                                      & (WebSession.expires_at > self._now_ms())) is not None
+
     def sessions(self, current=None):
         now = self._now_ms()
         live = (WebSession.select().where(WebSession.revoked_at.is_null() & (WebSession.expires_at > now))

@@ -93,22 +93,25 @@ _UNREAD_FROM = ("SELECT count(*) FROM message INDEXED BY message_operator_unread
 UNCAPPED_SENDERS = frozenset({"core"})
 
 
+def no_refs(sender, recipient, body):
+    """A broker that looks up no file references (the references module does, in the core)."""
+    return []
+
+
 class Broker:
     """Queues per recipient; `hub` gets a `sent`/`delivered` event per change."""
 
-    def __init__(self, hub, clock=time.time):
+    def __init__(self, hub, refs_of=no_refs, clock=time.time):
         self.hub = hub
+        self.refs_of = refs_of  # (sender, recipient, body) -> the file references a message carries
         self.clock = clock
         self._wakeups = {}  # recipient -> Event set on the next send to it
         self._held = set()  # paused recipients: recv answers nothing while held
-        self.refs_of = None  # (sender, recipient, body) -> the file references a message carries
 
     def _now(self):
         return int(self.clock() * 1000)
 
     def _refs(self, sender, recipient, body):
-        if self.refs_of is None:
-            return []
         try:
             return self.refs_of(sender, recipient, body)
         except Exception:  # a reference is a convenience: the message goes out without it
@@ -284,6 +287,14 @@ class Broker:
         if unread:
             where.append("acked_at IS NULL")
         return self._listing(" AND ".join(where), params, limit)
+
+    @staticmethod
+    def refs_of_message(message_id):
+        """(sender, recipient, file references) of one message, for a page's preview."""
+        m = Message.get_or_none(Message.id == message_id)
+        if m is None:
+            raise wire.HiveError(f"there is no message {message_id}", "not_found")
+        return m.sender, m.recipient, json.loads(m.file_refs or "[]")
 
     def senders(self, recipient):
         """Per sender of recipient's inbox: how many are unread, and how many came in the last hour."""
