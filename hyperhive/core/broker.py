@@ -64,11 +64,19 @@ def cut_body(body, chars=None):
             "its recipient's recv hands it over whole]"), chars
 
 
+def _message(mid, sender, body, sent_at, redelivered, refs):
+    """A message as recv hands it over: wire.MESSAGE_FIELDS, built from that tuple."""
+    return dict(zip(wire.MESSAGE_FIELDS, (mid, sender, body, iso(sent_at), bool(redelivered), json.loads(refs))))
+
+
+_LISTED_ONLY = wire.LISTED_MESSAGE_FIELDS[len(wire.MESSAGE_FIELDS):]
+
+
 def _listed(mid, sender, recipient, body, chars, sent_at, delivered_at, acked_at, cancelled_at, redelivered, refs):
+    """A message as listings show it: wire.LISTED_MESSAGE_FIELDS, a long body cut (with `body_chars`)."""
     body, whole = cut_body(body, chars)
-    row = {"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at), "redelivered": bool(redelivered),
-           "file_refs": json.loads(refs), "to": recipient, "delivered_at": iso(delivered_at),
-           "acked_at": iso(acked_at), "cancelled_at": iso(cancelled_at)}
+    row = _message(mid, sender, body, sent_at, redelivered, refs)
+    row.update(zip(_LISTED_ONLY, (recipient, iso(delivered_at), iso(acked_at), iso(cancelled_at))))
     if whole is not None:
         row["body_chars"] = whole
     return row
@@ -183,9 +191,7 @@ class Broker:
             rows = self._fit(rows, popped)
         aftermath.after("telling the dashboard what was delivered", self.hub.publish, "delivered",
                         recipient=recipient, ids=[r[0] for r in rows])
-        popped.extend({"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at),
-                       "redelivered": bool(redelivered), "file_refs": json.loads(refs)}
-                      for mid, sender, body, sent_at, redelivered, refs in rows)
+        popped.extend(_message(*row) for row in rows)
         return popped
 
     @staticmethod

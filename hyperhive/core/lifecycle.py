@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import signal
 import stat
 import sys
@@ -21,7 +20,7 @@ import time
 import gevent
 from gevent.lock import RLock
 
-from hyperhive import states, wire
+from hyperhive import files, states, wire
 from hyperhive.core import aftermath, planted, reminders, trees
 from hyperhive.core.containers import Launch
 from hyperhive.schema import Agent, core_db
@@ -458,10 +457,7 @@ class Lifecycle:
         extra = os.path.join(self.layout.home(name), "extra-mcp.json")
         # a fresh temp name, never through a link (the home is the core's, but under the process backend
         # nothing stops the agent writing it)
-        tmp = f"{extra}.{secrets.token_hex(8)}.tmp"
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w") as f:
-            json.dump(config.get("extra_mcp") or {}, f, indent=2)
-        os.replace(tmp, extra)
+        files.replace(extra, json.dumps(config.get("extra_mcp") or {}, indent=2))
         configs = self.repos.proposed_root if agent.role == "manager" else self.repos.proposed(name)
         env.update({
             "HIVE_NAME": name,
@@ -519,13 +515,10 @@ class Lifecycle:
         model_file = os.path.join(state, MODEL_FILE)
         if config.get("model") and (apply_model or not os.path.exists(model_file)):
             # a fresh temp name, never through a link: the state dir is the agent's to write
-            tmp = f"{model_file}.{secrets.token_hex(8)}.tmp"
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w") as f:
-                f.write(config["model"] + "\n")
             moved = planted.clear(state, MODEL_FILE, only_dirs=True)
             if moved:  # a directory is the one thing os.replace cannot put the file over
                 log.warning("%s: %s", name, moved)
-            os.replace(tmp, model_file)
+            files.replace(model_file, config["model"] + "\n")
         with self._meta_lock:
             self.backend.start(self.launch(agent, config, rev=None if rev == "main" else rev))
         sha = self.repos.deployed_sha(name) if rev == "main" else rev
