@@ -13,8 +13,7 @@ import os
 
 import pytest
 
-from conftest import RecordingHub
-from fakes import RecordingBackend
+from fakes import RecordingBackend, RecordingHub
 from hyperhive import wire
 from hyperhive.core import lifecycle
 from hyperhive.core.broker import Broker
