@@ -11,12 +11,14 @@ import logging
 import shutil
 
 from hyperhive import wire
-from hyperhive.core.containers.base import Backend, Launch  # noqa: F401 (the core's names for them)
+from hyperhive.core.containers.base import Backend, Launch
 from hyperhive.core.containers.bwrap import BwrapBackend
 from hyperhive.core.containers.nixos import NixosBackend
 from hyperhive.core.containers.process import ProcessBackend
 
 log = logging.getLogger(__name__)
+
+__all__ = ["BACKENDS", "Backend", "Launch", "pick"]  # Backend and Launch: the core's names for them
 
 # The registry: every backend `serve --backend` takes, by name.
 BACKENDS = {cls.name: cls for cls in (NixosBackend, BwrapBackend, ProcessBackend)}

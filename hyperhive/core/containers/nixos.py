@@ -16,12 +16,11 @@ Every command goes through `run` (sh); a failure comes back as a
 import logging
 import os
 import re
-import secrets
 import time
 
 import sh
 
-from hyperhive import resources, wire
+from hyperhive import files, resources, wire
 from hyperhive.core import planted, trees
 from hyperhive.core.containers import owners
 from hyperhive.core.containers.base import Backend
@@ -321,11 +320,7 @@ class NixosBackend(Backend):
         if self.host_network:
             lines.append("PRIVATE_NETWORK=0")
         lines.append(f'EXTRA_NSPAWN_FLAGS="{" ".join(flags)}"')
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        files.replace(path, "\n".join(lines) + "\n", 0o644)
 
     def _create(self, name, rev=None):
         c = container(name)
@@ -350,15 +345,12 @@ class NixosBackend(Backend):
         """harness.env beside the socket (0600): rewritten at every start, so nothing stale stays in it."""
         path = os.path.join(os.path.dirname(launch.env["HIVE_SOCKET"]), ENV_FILE)
         text = env_file(container_env(launch.env))
-        # the socket dir is bound into the container: a fresh temp name, never written through a link
-        tmp = f"{path}.{secrets.token_hex(8)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        # the socket dir is bound into the container: the agent may have left a directory at the name,
+        # the one thing files.replace cannot put a file over (it never writes through a link)
         moved = planted.clear(os.path.dirname(path), ENV_FILE, only_dirs=True)
-        if moved:  # a directory is the one thing os.replace cannot put a file over
+        if moved:
             log.warning("%s: %s", launch.name, moved)
-        os.replace(tmp, path)
+        files.replace(path, text, 0o600)
 
     def start(self, launch):
         name = launch.name

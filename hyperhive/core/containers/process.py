@@ -14,7 +14,7 @@ import subprocess
 import time
 import zlib
 
-from hyperhive import wire
+from hyperhive import files, wire
 from hyperhive.core.containers.base import Backend
 
 log = logging.getLogger(__name__)
@@ -182,10 +182,7 @@ class ProcessBackend(Backend):
             logfile.close()
         self._children[launch.name] = child
         started = _start_time(child.pid)
-        tmp = self._pidfile(launch.home_dir) + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{child.pid} {started}\n")
-        os.replace(tmp, self._pidfile(launch.home_dir))
+        files.replace(self._pidfile(launch.home_dir), f"{child.pid} {started}\n", 0o644)
         log.info("started %s (pid %d)", launch.name, child.pid)
         return child.pid
 
