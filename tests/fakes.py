@@ -120,7 +120,9 @@ class RecordingBackend(Backend):
 
     name = "fake"
 
-    def __init__(self):
+    def __init__(self, state_in=None, shared_in=None):
+        # where the agents see their state dir and the shared dir (as nixos's do), when a test says
+        self.state_in, self.shared_in = state_in, shared_in
         self.up, self.calls, self.launches = set(), [], []
         self.codes, self.logs = {}, {}
         self.refuse = None

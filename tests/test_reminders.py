@@ -12,9 +12,8 @@ import signal
 import pytest
 
 from conftest import ROOT, Hive, running, wait_until
-from fakes import Clock, CoreRig
+from fakes import Clock, CoreRig, RecordingBackend
 from hyperhive import wire
-from hyperhive.core.containers.process import ProcessBackend
 from hyperhive.core.sweeps import Sweeper
 from hyperhive.schema import Agent, Approval, Message, Question, Reminder
 
@@ -48,12 +47,6 @@ class Repos:
 
     def tag(self, name, kind, approval_id, sha, message=None):
         pass
-
-
-class NixosView(ProcessBackend):
-    """A backend whose agents name their state dir /state and the shared dir /shared."""
-
-    state_in, shared_in = "/state", "/shared"
 
 
 class Rig(CoreRig):
@@ -158,7 +151,7 @@ def test_a_file_payload_is_written_at_once_and_the_reminder_points_to_it(rig):
 
 
 def test_the_payload_path_is_translated_from_the_containers_view(tmp_path):
-    rig = Rig(tmp_path, backend=NixosView())
+    rig = Rig(tmp_path, backend=RecordingBackend(state_in="/state", shared_in="/shared"))
     try:
         r = rig.remind("a", message="in the shared dir", in_seconds=5, file_path="/shared/handoff.md")["reminder"]
         assert r["file_path"] == "/shared/handoff.md"
@@ -372,7 +365,7 @@ def test_file_refs_are_what_the_sender_may_open_and_the_reader_too(rig):
 
 
 def test_file_refs_carry_the_host_resolution_of_the_senders_view(tmp_path):
-    rig = Rig(tmp_path, backend=NixosView())
+    rig = Rig(tmp_path, backend=RecordingBackend(state_in="/state", shared_in="/shared"))
     try:
         for name in ("a", "b"):
             with open(os.path.join(rig.state(name), "plan.md"), "w") as f:
