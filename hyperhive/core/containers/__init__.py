@@ -8,7 +8,6 @@ container command.
 """
 
 import logging
-import shutil
 
 from hyperhive import wire
 from hyperhive.core.containers.base import Backend, Launch
@@ -32,7 +31,7 @@ def pick(requested, state_dir, source=None):
     one this hyperhive runs from, the installed package's or the checkout.
     """
     if requested in ("auto", None):
-        if shutil.which("nixos-container"):
+        if NixosBackend.works()[0]:
             return NixosBackend.create(state_dir, source)
         ok, why = BwrapBackend.works()
         if ok:

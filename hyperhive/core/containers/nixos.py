@@ -16,6 +16,7 @@ Every command goes through `run` (sh); a failure comes back as a
 import logging
 import os
 import re
+import shutil
 import time
 
 import sh
@@ -178,6 +179,13 @@ class NixosBackend(Backend):
         self.stop_timeout = stop_timeout
 
     @classmethod
+    def works(cls):
+        exe = shutil.which("nixos-container")
+        if not exe:
+            return False, f"nixos-container is not on PATH: {HINTS['nixos-container']}"
+        return True, f"NixOS containers through {exe}"
+
+    @classmethod
     def at(cls, state_dir, git, source=None, **kwargs):
         """The backend over the meta flake at `<state_dir>/meta`."""
         return cls(MetaFlake(os.path.join(state_dir, "meta"), nix, git, source=source), **kwargs)
@@ -245,7 +253,14 @@ class NixosBackend(Backend):
         c = container(name)
         where = ["-M", c] if self.running(name) else ["-u", f"container@{c}.service"]
         at = [f"--after-cursor={cursor}"] if cursor else ["-n", str(lines)]
-        out = self.run("journalctl", *where, *at, "--no-pager", "--show-cursor")
+        try:
+            out = self.run("journalctl", *where, *at, "--no-pager", "--show-cursor")
+        except CommandFailed as e:
+            if not cursor or "cursor" not in e.stderr:
+                raise
+            # one journald no longer knows (the journal was rotated away, or it was the unit's and the
+            # machine runs now): read from the tail again, as the contract says
+            return self.log_tail(name, home, None, lines)
         result = []
         for line in out.splitlines():
             if line.startswith("-- cursor: "):
