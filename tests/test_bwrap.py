@@ -27,8 +27,8 @@ from conftest import FAKE_CLAUDE, PYTHON, PYZ, PYZ_PYTHON, ROOT, Hive, kill_harn
 from hyperhive import wire
 from hyperhive.core.containers import Launch
 from hyperhive.core import trees
-from hyperhive.core.containers.bwrap import (INIT, NAMESPACES, BwrapBackend, Sandbox, descendants, inside,
-                                             sandbox_argv)
+from hyperhive.core.containers.bwrap import INIT, BwrapBackend, command, descendants, inside
+from hyperhive.core.containers.sandbox import NAMESPACES, Sandbox, sandbox_argv
 from hyperhive.core.lifecycle import Layout
 
 WORKS, WHY = BwrapBackend.works()
@@ -373,18 +373,18 @@ def at(argv, *words):
 @pytest.mark.parametrize("root", [True, False])
 def test_argv_masks_the_hive_before_binding_the_agents_own_parts(tmp_path, root):
     layout, launch = example_launch(tmp_path)
-    box = Sandbox(launch, "/usr/bin/bwrap", root=root)
+    box = Sandbox(launch, root=root)
     try:
         argv = box.described()
-        command = box.command("9")
+        line = command("/usr/bin/bwrap", box, "9")
     finally:
         box.close()
     pairs = {(a, b, c) for a, b, c in zip(argv, argv[1:], argv[2:])}
     # the options come from a descriptor; INIT runs the harness as pid 2, as the agent's uid under a root core
     uid, gid = trees.ids("a") if root else (-1, -1)
-    assert command[:2] == ["/usr/bin/bwrap", "--args"] and command[3] == "--"
-    assert command[4:9] == [sys.executable, "-I", "-S", "-c", INIT]
-    assert command[9:] == [str(uid), str(gid), "9", layout.state("a"), *launch.argv]  # INIT enters the state dir
+    assert line[:2] == ["/usr/bin/bwrap", "--args"] and line[3] == "--"
+    assert line[4:9] == [sys.executable, "-I", "-S", "-c", INIT]
+    assert line[9:] == [str(uid), str(gid), "9", layout.state("a"), *launch.argv]  # INIT enters the state dir
     for flag in NAMESPACES:
         assert flag in argv
     assert at(argv, "--cap-drop", "ALL") < len(argv)
