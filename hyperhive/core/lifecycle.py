@@ -23,7 +23,7 @@ from gevent.lock import RLock
 from hyperhive import files, states, wire
 from hyperhive.core import aftermath, planted, reminders, trees
 from hyperhive.core.containers import Launch
-from hyperhive.schema import Agent, core_db
+from hyperhive.schema import Agent, core_db, found
 
 log = logging.getLogger(__name__)
 MODEL_FILE = wire.MODEL_FILE
@@ -197,10 +197,7 @@ class Lifecycle:
         return [a.name for a in Agent.select().order_by(Agent.name)]
 
     def get(self, name):
-        agent = Agent.get_or_none(Agent.name == name)
-        if agent is None:
-            raise wire.HiveError(f"there is no agent named {name!r}", "not_found")
-        return agent
+        return found(Agent, Agent.name == name, f"agent named {name!r}")
 
     def known(self, name):
         if self._names is None:

@@ -20,7 +20,7 @@ import time
 
 from hyperhive import markup, wire
 from hyperhive.core import aftermath, renderer
-from hyperhive.schema import Question, core_db
+from hyperhive.schema import Question, core_db, found
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ class Questions:
     # -- queries -----------------------------------------------------------------------
 
     def get(self, question_id):
-        q = Question.get_or_none(Question.id == question_id)
-        if q is None:
-            raise wire.HiveError(f"there is no question {question_id}", "not_found")
-        return q
+        return found(Question, Question.id == question_id, f"question {question_id}")
 
     def pending_for_operator(self):
         """Open questions put to the operator, oldest first, as the dashboard shows them."""

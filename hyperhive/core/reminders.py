@@ -19,7 +19,7 @@ import logging
 import time
 
 from hyperhive import markup, wire
-from hyperhive.schema import Reminder, core_db
+from hyperhive.schema import Reminder, core_db, found
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,7 @@ class Reminders:
     # -- queries ----------------------------------------------------------------------------
 
     def get(self, reminder_id):
-        r = Reminder.get_or_none(Reminder.id == reminder_id)
-        if r is None:
-            raise wire.HiveError(f"there is no reminder {reminder_id}", "not_found")
-        return r
+        return found(Reminder, Reminder.id == reminder_id, f"reminder {reminder_id}")
 
     def open_for(self, name):
         """Pending reminders and undismissed failures of name; the manager's are the whole hive's."""
