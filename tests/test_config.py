@@ -297,10 +297,15 @@ def test_needs_update_until_rebuilt(hive):
     git(applied(hive, "a"), "merge", "-q", "--ff-only", sha)  # deployed, but a still runs the old config
     row = hive.row("a")
     assert row["needs_update"] is True and row["deployed_sha"] != sha[:12]
+    told = wait_until(lambda: [m for m in manager_inbox(hive) if m.startswith("[helper event] needs_update: a ")],
+                      10, "the manager told that a runs behind its applied main")
+    assert sha[:12] in told[0] and "rebuild a" in told[0]
     done = cli(hive, "rebuild", "a")
     assert done.returncode == 0, done.stderr
     row = hive.row("a")
     assert row["needs_update"] is False and row["deployed_sha"] == sha[:12] and row["active_model"] == "sonnet"
+    hive.call("agent_status")  # the rows the watch publishes are read again; still one telling
+    assert len([m for m in manager_inbox(hive) if "needs_update" in m]) == 1
 
 
 def test_the_operators_cli_decides_and_cleans_up(hive):

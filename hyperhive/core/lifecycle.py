@@ -190,6 +190,7 @@ class Lifecycle:
         # meta flake, which takes one operation at a time: queue them here.
         self._meta_lock = RLock()
         self._last_rows = {}
+        self._behind = {}  # name -> the applied sha the manager was told the agent runs behind
 
     # -- queries -------------------------------------------------------------------
 
@@ -291,9 +292,28 @@ class Lifecycle:
                 self.hub.publish("container_removed", name=name)
             return
         row = self.row(agent)
-        if self._last_rows.get(name) != row:
+        before = self._last_rows.get(name)
+        if before != row:
             self._last_rows[name] = row
             self.hub.publish("container_state_changed", container=row)
+        self._tell_if_behind(name, row, first=before is None)
+
+    def _tell_if_behind(self, name, row, first):
+        """Tell the manager once per applied commit that an agent runs an older config than its applied
+        main (a deploy that failed, a meta update): the original's NeedsUpdate. Not mid-operation (a
+        deploy is behind until its restart), and not for what the core saw at its start: the manager was
+        told before the core restarted."""
+        if not row["needs_update"]:
+            self._behind.pop(name, None)
+            return
+        applied = self.repos.deployed_sha(name)
+        if name in self.transients or self._behind.get(name) == applied:
+            return
+        self._behind[name] = applied
+        if not first:
+            self._tell(wire.MANAGER, f"[helper event] needs_update: {name} runs config {row['deployed_sha']}, "
+                       f"behind its applied main {applied[:12]}; `rebuild {name}` puts it on applied main, "
+                       "or the operator's `rebuild` on the dashboard.")
 
     def watch_step(self, now=None):
         """One pass of the crash/change watch: publish every row that changed, start again what died.
