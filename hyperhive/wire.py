@@ -124,9 +124,8 @@ def check_name(name, what="agent name"):
     if not isinstance(name, str):
         raise HiveError(f"{what} must be a string, got {_type_name(name)}")
     if not NAME_RE.fullmatch(name):
-        shown = name if len(name) <= 40 else name[:40] + "…"
         raise HiveError(
-            f"{what} {shown!r} is not valid: use 1-31 characters, a lowercase "
+            f"{what} {_cut(name)!r} is not valid: use 1-31 characters, a lowercase "
             "letter first, then lowercase letters, digits or '-'")
     return name
 
@@ -163,6 +162,37 @@ def check_agent_name(name):
     if name in RESERVED_NAMES:
         raise HiveError(f"{name!r} is reserved for the hive itself; pick another agent name")
     return name
+
+
+# -- numbers a person types ------------------------------------------------------
+
+def whole_number(raw, what, lo=0, hi=MAX_INT):
+    """A whole number from `lo` to `hi` that a person typed: a CLI argument, a page's query
+    parameter, a URL's part, a form's field. Every surface reads them here, so each refuses in
+    the one sentence: "<what> must be a whole number of <lo> or more[ and at most <hi>], got
+    '<what was typed>'".
+
+    Text is read as Python's int() reads it (spaces around it, a sign, `_` between digits); an
+    int (a JSON body's, a default) is taken as it is. Past `hi`, SQLite's largest integer
+    unless told, is refused: a lookup of it would fail, not miss."""
+    number = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        number = raw
+    elif isinstance(raw, str):
+        try:
+            number = int(raw)
+        except ValueError:  # not a number, or more digits than int() reads (4300)
+            pass
+    if number is not None and lo <= number <= hi:
+        return number
+    bounds = f"of {lo} or more" + (f" and at most {hi}" if hi < MAX_INT or (number or 0) > hi else "")
+    given = repr(_cut(raw)) if isinstance(raw, str) else number if number is not None else _type_name(raw)
+    raise HiveError(f"{what} must be a whole number {bounds}, got {given}")
+
+
+def _cut(text, limit=40):
+    """Text a person sent, short enough to quote back in a sentence."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 # -- argument shapes -----------------------------------------------------------
@@ -265,8 +295,7 @@ def parse_when(value, where="the time"):
     except ValueError:
         when = None
     if when is None or when.tzinfo is None:
-        shown = text if len(text) <= 40 else text[:40] + "…"
-        raise HiveError(f"{where} {shown!r} is not an RFC 3339 time with a zone, like \"2026-01-31T09:00:00Z\" "
+        raise HiveError(f"{where} {_cut(text)!r} is not an RFC 3339 time with a zone, like \"2026-01-31T09:00:00Z\" "
                         "(or give in_seconds instead)")
     return when.timestamp()
 
@@ -494,8 +523,7 @@ def parse_request(obj, surface):
         raise HiveError("a request needs a \"cmd\" string naming the verb", "bad_frame")
     allowed = SURFACES[surface]
     if verb not in allowed:
-        shown = verb if len(verb) <= 40 else verb[:40] + "…"
-        raise HiveError(f"unknown verb {shown!r} on the {surface} socket; known: {', '.join(sorted(allowed))}",
+        raise HiveError(f"unknown verb {_cut(verb)!r} on the {surface} socket; known: {', '.join(sorted(allowed))}",
                         "unknown_verb")
     return verb, check_args(verb, obj, surface)
 

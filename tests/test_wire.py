@@ -99,6 +99,40 @@ def test_result_raises_the_servers_sentence():
     assert str(e.value) == "no such agent" and e.value.code == "not_found" and e.value.status == 404
 
 
+@pytest.mark.parametrize("raw, lo, hi, number", [
+    ("5", 0, wire.MAX_INT, 5), (" 7 ", 0, wire.MAX_INT, 7), ("+3", 1, wire.MAX_INT, 3), ("1_000", 0, 1000, 1000),
+    ("0", 0, wire.MAX_INT, 0), (4, 1, wire.MAX_INT, 4), (str(wire.MAX_INT), 1, wire.MAX_INT, wire.MAX_INT),
+])
+def test_a_typed_whole_number_is_read(raw, lo, hi, number):
+    got = wire.whole_number(raw, "n", lo, hi)
+    assert got == number and type(got) is int
+
+
+@pytest.mark.parametrize("raw, lo, hi, sentence", [
+    ("x", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got 'x'"),
+    ("", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got ''"),
+    ("1.5", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got '1.5'"),
+    ("-1", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got '-1'"),
+    ("0", 1, wire.MAX_INT, "after must be a whole number of 1 or more, got '0'"),
+    (0, 1, wire.MAX_INT, "after must be a whole number of 1 or more, got 0"),
+    ("²", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got '²'"),  # a digit int() does not read
+    ("1001", 1, 1000, "after must be a whole number of 1 or more and at most 1000, got '1001'"),
+    ("lots", 1, 1000, "after must be a whole number of 1 or more and at most 1000, got 'lots'"),
+    (str(wire.MAX_INT + 1), 0, wire.MAX_INT,  # past SQLite's integers: the bound is named only then
+     "after must be a whole number of 0 or more and at most 9223372036854775807, got '9223372036854775808'"),
+    ("9" * 5000, 1, wire.MAX_INT,  # past int()'s 4300 digits: no number at all, quoted cut
+     f"after must be a whole number of 1 or more, got '{'9' * 40}…'"),
+    (True, 0, wire.MAX_INT, "after must be a whole number of 0 or more, got a boolean"),
+    (None, 0, wire.MAX_INT, "after must be a whole number of 0 or more, got null"),
+    ([1], 0, wire.MAX_INT, "after must be a whole number of 0 or more, got a list"),
+    (1.0, 0, wire.MAX_INT, "after must be a whole number of 0 or more, got a number"),
+])
+def test_a_typed_whole_number_is_refused_in_one_sentence(raw, lo, hi, sentence):
+    with pytest.raises(wire.HiveError) as e:
+        wire.whole_number(raw, "after", lo, hi)
+    assert str(e.value) == sentence and e.value.code == "bad_argument"
+
+
 def test_every_surface_verb_has_a_shape():
     for surface, verbs in wire.SURFACES.items():
         for verb in verbs:
