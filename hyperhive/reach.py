@@ -90,14 +90,6 @@ class Reach:
         label, host, rest = self.resolve(path)
         return os.path.join(host, *rest)
 
-    def inside_path(self, host_path):
-        """The path an agent knows a host path under one of its roots by (None when under none)."""
-        host_path = os.path.normpath(host_path)
-        for _, inside, host in self.roots:
-            if host_path == host or host_path.startswith(host.rstrip("/") + "/"):
-                return os.path.join(inside, os.path.relpath(host_path, host)).rstrip("/.") or inside
-        return None
-
     def open(self, path, flags=os.O_RDONLY, mode=0o644):
         """An fd for `path`, walked from its root one component at a time, no symlink followed.
 

@@ -52,16 +52,6 @@ def proof_scale(short, full):
     return full if PROOF_FULL else short
 
 
-class Clock:
-    """An injectable clock (unix seconds) a test moves by setting `t`."""
-
-    def __init__(self, t=1_700_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
-
-
 def refused(code, action, *args, **kwargs):
     """Run action, which must raise a HiveError with this code; returns its sentence."""
     import pytest as _pytest
@@ -85,16 +75,6 @@ def browser_missing():
     if not (shutil.which("chromium") or os.path.exists("/usr/bin/chromium")):
         return "chromium is not installed (apt-get install chromium)"
     return None
-
-
-class RecordingHub:
-    """Stands in for the core's event hub: records every (kind, data) published."""
-
-    def __init__(self):
-        self.events = []
-
-    def publish(self, kind, **data):
-        self.events.append((kind, data))
 
 
 def wait_until(predicate, timeout=15.0, what="the condition"):

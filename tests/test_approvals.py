@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from conftest import RecordingHub, refused
+from conftest import refused
+from fakes import RecordingHub
 from hyperhive import wire
 from hyperhive.core.approvals import QUEUING, Approvals
 from hyperhive.core.broker import Broker
@@ -269,6 +270,9 @@ class Spawns:
     def applied_main(self, name="c"):
         return git(self.repos.applied(name), "rev-parse", "main")
 
+    def tags(self, name="c"):
+        return sorted(git(self.repos.applied(name), "tag", "-l").split())
+
     def tag_message(self, tag, name="c"):
         return git(self.repos.applied(name), "tag", "-l", "--format=%(contents)", tag)
 
@@ -303,7 +307,7 @@ def test_a_spawn_starts_on_the_edit_committed_before_it_was_asked_for(spawns):
     [launch] = spawns.backend.launches
     assert launch.rev == edited and launch.env["FAVOURITE"] == "bees"
     assert spawns.lifecycle.row(agent)["deployed_sha"] == edited[:12]
-    tags = spawns.repos.tags("c")
+    tags = spawns.tags("c")
     assert all(f"{kind}/{aid}" in tags for kind in ("proposal", "approved", "building", "deployed"))
     assert git(spawns.repos.applied("c"), "rev-parse", f"deployed/{aid}^{{commit}}") == edited
     assert any(f"approval {aid} (spawn of c, commit {edited[:12]}) was approved" in b for b in manager_events())
@@ -333,7 +337,7 @@ def test_an_unedited_spawn_shows_the_files_it_will_start_with(spawns):
     assert a.diff.startswith(f"# no change from c's applied main ({template[:12]})")
     assert "+++ b/hive.json" in a.diff and '+  "model": "haiku",' in a.diff and "+++ b/agent.nix" in a.diff
     spawns.queue.approve(aid)
-    assert spawns.applied_main() == template and f"deployed/{aid}" in spawns.repos.tags("c")
+    assert spawns.applied_main() == template and f"deployed/{aid}" in spawns.tags("c")
     assert spawns.model_file() == "haiku"
 
 
@@ -358,7 +362,7 @@ def test_a_spawn_that_cannot_start_fails_tagged_and_leaves_no_agent(spawns):
     assert row["status"] == "failed" and "c's hive.json" in row["note"] and "not valid JSON" in row["note"]
     assert "not valid JSON" in spawns.tag_message(f"failed/{aid}")
     assert git(spawns.repos.applied("c"), "rev-parse", f"failed/{aid}^{{commit}}") == broken
-    assert f"deployed/{aid}" not in spawns.repos.tags("c") and spawns.applied_main() == template
+    assert f"deployed/{aid}" not in spawns.tags("c") and spawns.applied_main() == template
     assert Agent.get_or_none(Agent.name == "c") is None and not spawns.lifecycle.known("c")
     assert spawns.backend.launches == [] and spawns.sockets.open_ == set()
     assert not os.path.exists(spawns.layout.home("c")) and spawns.lifecycle.tombstones() == []
@@ -382,4 +386,4 @@ def test_a_spawn_whose_harness_will_not_start_is_undone(spawns):
     assert spawns.tag_message(f"failed/{aid}") == "bwrap is not installed"
     assert spawns.backend.killed == ["c"] and spawns.sockets.open_ == set()
     assert Agent.get_or_none(Agent.name == "c") is None and not os.path.exists(spawns.layout.home("c"))
-    assert f"deployed/{aid}" not in spawns.repos.tags("c")
+    assert f"deployed/{aid}" not in spawns.tags("c")

@@ -4,19 +4,12 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from conftest import RecordingHub, refused
+from conftest import refused
+from fakes import Clock, RecordingHub
 from hyperhive import wire
 from hyperhive.core import broker as brokers
 from hyperhive.core.broker import Broker
 from hyperhive.schema import Message, core_db, open_core
-
-
-class Clock:
-    def __init__(self, t=1_700_000_000.0):
-        self.t = t
-
-    def __call__(self):
-        return self.t
 
 
 @pytest.fixture

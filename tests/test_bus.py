@@ -13,21 +13,12 @@ import os
 
 import pytest
 
+from fakes import Clock
 from hyperhive.harness import bus as busmod
 from hyperhive.harness.bus import Bus
 from hyperhive.schema import Event, TurnStat, agent_db, now_ms, open_agent
 
 DAY_MS = 24 * 3600 * 1000
-
-
-class Clock:
-    """A settable time.time() for the bus."""
-
-    def __init__(self, now=1_700_000_000.25):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 def open_bus(state_dir, clock=None):
@@ -224,12 +215,12 @@ def test_turn_state_changes_emit_with_since_unix_only_on_change(tmp_path):
         seen = recorder(b)
         b.set_turn_state("idle")  # already idle
         assert seen == []
-        clock.now = 1_700_000_010.9
+        clock.t = 1_700_000_010.9
         b.set_turn_state("thinking")
-        clock.now = 1_700_000_020.0
+        clock.t = 1_700_000_020.0
         b.set_turn_state("thinking")  # no change: no event, since stays
         assert b.turn_state_since == 1_700_000_010
-        clock.now = 1_700_000_030.2
+        clock.t = 1_700_000_030.2
         b.set_turn_state("compacting")
         b.set_turn_state("idle")
         assert [(e["kind"], e["state"], e["since_unix"]) for e in seen] == [

@@ -115,7 +115,7 @@ def test_inbox_table_and_json(hive):
 
 def test_pending_and_urls(hive):
     assert ok_out(hive, "pending") == "(no pending approvals)\n"
-    assert ok_out(hive, "urls") == "domain: -\nhome: -\nforge: -\n"
+    assert ok_out(hive, "urls") == f"domain: -\nhome: {hive.url}\nforge: -\n"
 
 
 def test_questions_answer_and_cancel(hive):

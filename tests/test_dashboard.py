@@ -14,7 +14,6 @@ from hyperhive import wire
 from hyperhive.core.auth import COOKIE, Auth
 from hyperhive.core.containers.process import ProcessBackend
 from hyperhive.core.daemon import Core
-from hyperhive.core.dashboard import Dashboard
 from hyperhive.core.lifecycle import Harness, Layout
 from hyperhive.schema import Agent, Message, open_core
 from wsgi import call
@@ -71,7 +70,7 @@ class Dash:
         self.core = Core(self.layout, self.backend, Harness(PYZ, claude=FAKE_CLAUDE, python=PYZ_PYTHON),
                          dashboard=None)
         self.core.lifecycle.boot()  # creates the manager
-        self.dashboard = Dashboard(self.core, self.core.auth)
+        self.dashboard = self.core.make_dashboard()
         self.app = self.dashboard.app
         cookie, key, _ = self.core.auth.open_session("127.0.0.1", "the tests")
         self.cookie, self.key = f"{COOKIE}={cookie}", key

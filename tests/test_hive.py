@@ -96,7 +96,8 @@ def test_bad_frames_get_one_error_shape_and_the_server_keeps_serving(hive):
 
 
 def test_urls_and_pending_answer_real_shapes(hive):
-    assert hive.call("urls")["urls"] == {"domain": None, "home": None, "forge": None}
+    # home is the dashboard the core serves (the URL it logged); domain and forge are not configured here
+    assert hive.call("urls")["urls"] == {"domain": None, "home": hive.url, "forge": None}
     assert hive.call("pending")["approvals"] == []
 
 

@@ -136,8 +136,7 @@ def judged(answer, want=200):
 def routes_of_the_dashboard():
     from hyperhive.core.dashboard import Dashboard
 
-    stub = types.SimpleNamespace(surfaces=types.SimpleNamespace(dispatcher=lambda *a: None))
-    return {(r.method, r.rule) for r in Dashboard(stub, None).app.routes}
+    return {(r.method, r.rule) for r in Dashboard(views=None, hub=None, dispatch=None, auth=None).app.routes}
 
 
 def routes_of_the_agent_page(tmp_path):

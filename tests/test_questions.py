@@ -9,13 +9,10 @@ import sqlite3
 
 import pytest
 
-from conftest import Clock, RecordingHub, refused, wait_until
+from conftest import refused, wait_until
+from fakes import CoreRig
 from hyperhive import wire
-from hyperhive.core.broker import Broker
 from hyperhive.core import questions
-from hyperhive.core.questions import Questions
-from hyperhive.core.reminders import Reminders
-from hyperhive.core.surfaces import Surfaces
 from hyperhive.schema import Agent, Question, open_core
 
 T0 = 1_700_000_000.0
@@ -38,38 +35,12 @@ class Lifecycle:
         pass
 
 
-class Approvals:
-    def pending(self):
-        return []
-
-
-class Rig:
+class Rig(CoreRig):
     def __init__(self, tmp_path):
-        self.db = open_core(tmp_path / "hive.db")
-        for name in ("manager", "a", "b", "c"):
-            Agent.create(name=name, role="manager" if name == "manager" else "agent")
-        self.hub, self.clock, self.lifecycle = RecordingHub(), Clock(T0), Lifecycle()
-        self.broker = Broker(self.hub, clock=self.clock)
-        self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=self.clock)
-        self.surfaces = Surfaces(self.broker, self.lifecycle, self.hub, Approvals(), questions=self.questions,
-                                 reminders=Reminders(self.broker, self.lifecycle, clock=self.clock))
-        self.tmp_path = tmp_path
-
-    def inbox(self, name):
-        """Everything queued for name, popped (oldest first)."""
-        return self.broker.pop(name, 32)
+        super().__init__(tmp_path, T0, agents=("manager", "a", "b", "c"), lifecycle=Lifecycle(), repos=None)
 
     def question_events(self):
         return [(kind, data) for kind, data in self.hub.events if kind.startswith("question_")]
-
-    def call(self, surface, caller, verb, **args):
-        return self.surfaces.dispatcher(surface, caller)({"cmd": verb, **args})
-
-    def refused(self, code, surface, caller, verb, **args):
-        with pytest.raises(wire.HiveError) as e:
-            self.call(surface, caller, verb, **args)
-        assert e.value.code == code, (e.value.code, str(e.value))
-        return str(e.value)
 
 
 @pytest.fixture

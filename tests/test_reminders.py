@@ -11,17 +11,12 @@ import signal
 
 import pytest
 
-from conftest import ROOT, Clock, Hive, RecordingHub, running, wait_until
+from conftest import ROOT, Hive, running, wait_until
+from fakes import Clock, CoreRig
 from hyperhive import wire
-from hyperhive.core.approvals import Approvals
-from hyperhive.core.broker import Broker
 from hyperhive.core.containers.process import ProcessBackend
-from hyperhive.core.lifecycle import Layout, Lifecycle
-from hyperhive.core.questions import Questions
-from hyperhive.core.reminders import Reminders
-from hyperhive.core.surfaces import Surfaces
 from hyperhive.core.sweeps import Sweeper
-from hyperhive.schema import Agent, Approval, Message, Question, Reminder, open_core
+from hyperhive.schema import Agent, Approval, Message, Question, Reminder
 
 T0 = 1_800_000_000.0
 DAY = 86400
@@ -61,39 +56,9 @@ class NixosView(ProcessBackend):
     state_in, shared_in = "/state", "/shared"
 
 
-class Rig:
+class Rig(CoreRig):
     def __init__(self, tmp_path, backend=None):
-        self.db = open_core(tmp_path / "hive.db")
-        self.layout = Layout(tmp_path / "hive")
-        self.layout.makedirs()
-        for name in ("manager", "a", "b"):
-            Agent.create(name=name, role="manager" if name == "manager" else "agent")
-            os.makedirs(self.layout.state(name))
-        self.hub, self.clock = RecordingHub(), Clock(T0)
-        self.broker = Broker(self.hub, clock=self.clock)
-        self.lifecycle = Lifecycle(self.layout, backend or ProcessBackend(), self.broker, self.hub, None, None,
-                                   Repos())
-        self.broker.refs_of = self.lifecycle.file_refs
-        self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=self.clock)
-        self.reminders = Reminders(self.broker, self.lifecycle, clock=self.clock)
-        self.approvals = Approvals(Repos(), self.lifecycle, self.broker, self.hub)
-        self.surfaces = Surfaces(self.broker, self.lifecycle, self.hub, self.approvals, questions=self.questions,
-                                 reminders=self.reminders)
-
-    def state(self, name):
-        return self.layout.state(name)
-
-    def inbox(self, name):
-        return self.broker.pop(name, 32)
-
-    def call(self, surface, caller, verb, **args):
-        return self.surfaces.dispatcher(surface, caller)({"cmd": verb, **args})
-
-    def refused(self, code, surface, caller, verb, **args):
-        with pytest.raises(wire.HiveError) as e:
-            self.call(surface, caller, verb, **args)
-        assert e.value.code == code, (e.value.code, str(e.value))
-        return str(e.value)
+        super().__init__(tmp_path, T0, backend=backend, repos=Repos())
 
     def remind(self, caller, **args):
         return self.call("manager" if caller == "manager" else "agent", caller, "remind", **args)
@@ -257,7 +222,7 @@ def test_one_reminder_that_cannot_be_delivered_does_not_hold_back_the_others(rig
     def broken(name):
         raise RuntimeError("the disk is on fire")
 
-    monkeypatch.setattr(rig.lifecycle, "reach", broken)
+    monkeypatch.setattr(rig.references, "reach", broken)
     assert rig.reminders.step(now=T0 + 5) == [bad, good]
     assert Reminder.get_by_id(bad).error == "delivery failed: the disk is on fire"
     assert [m["body"][-3:] for m in rig.inbox("b")] == ["> y"]

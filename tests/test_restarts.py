@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from conftest import RecordingHub
+from fakes import RecordingHub
 from hyperhive import wire
 from hyperhive.core import lifecycle
 from hyperhive.core.broker import Broker

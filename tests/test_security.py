@@ -47,7 +47,8 @@ from types import SimpleNamespace
 import pytest
 
 import wsgi
-from conftest import Clock, Hive, pyz_argv, refused, running, wait_until
+from conftest import Hive, pyz_argv, refused, running, wait_until
+from fakes import Clock
 from hyperhive import jsonline, reach, wire
 from hyperhive.core import auth as auth_module
 from hyperhive.core.auth import COOKIE, Auth
@@ -912,8 +913,7 @@ PARAM = re.compile(r"<(\w+)(?::(\w+)(?::([^>]*))?)?>")
 
 def dashboard_routes():
     """(method, rule) of every route of the dashboard app, built as the core builds it."""
-    core = SimpleNamespace(surfaces=SimpleNamespace(dispatcher=lambda surface, caller: None))
-    return [(route.method, route.rule) for route in Dashboard(core, auth=None).app.routes]
+    return [(route.method, route.rule) for route in Dashboard(views=None, hub=None, dispatch=None, auth=None).app.routes]
 
 
 def page_routes():
@@ -998,7 +998,7 @@ def web_auth(tmp_path):
     db = open_core(tmp_path / "hive.db")
     wall, tick = Clock(1_800_000_000.0), Clock(1000.0)
     auth = Auth(clock=wall, tick=tick)
-    app = Dashboard(SimpleNamespace(surfaces=SimpleNamespace(dispatcher=lambda *a: None)), auth).app
+    app = Dashboard(views=None, hub=None, dispatch=None, auth=auth).app
     yield app, auth, wall, tick
     db.close()
 

@@ -139,3 +139,16 @@ def test_the_agent_state_is_computed_once():
         assert not re.search(r'"paused" if [a-z_]+\[?"?paused', text), path
     for name in ("dashboard.js", "agent.js"):
         assert "c.paused) return" not in js(name)
+
+
+def test_the_agent_page_reads_each_loose_end_by_its_rows_fields():
+    """No guessing at fields: each loose end kind names the fields its row has."""
+    from hyperhive import wire
+
+    body = re.search(r"const LOOSE = \{(.*?)\n  \};", js("agent.js"), re.S).group(1)
+    read = {kind: (text, time) for kind, text, time in
+            re.findall(r'(\w+): \{text: "(\w+)", time: "(\w+)"\}', body)}
+    assert set(read) == set(wire.LOOSE_END_KINDS)
+    fields = {"question": wire.QUESTION_FIELDS, "reminder": wire.REMINDER_FIELDS, "approval": wire.APPROVAL_FIELDS}
+    for kind, (text, time) in read.items():
+        assert text in fields[kind] and time in fields[kind], (kind, text, time)

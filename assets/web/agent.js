@@ -648,8 +648,12 @@
     box.replaceChildren(...items.map(looseItem));
   }
 
-  const LOOSE_TEXT = ["summary", "description", "question", "body", "text", "title", "message", "note"];
-  const LOOSE_TIME = ["at", "created_at", "asked_at", "requested_at", "due_at", "fire_at", "since", "sent_at"];
+  /* Each loose end's rows (wire.QUESTION_FIELDS, REMINDER_FIELDS, APPROVAL_FIELDS): its prose and its age. */
+  const LOOSE = {
+    question: {text: "question", time: "asked_at"},
+    reminder: {text: "message", time: "created_at"},
+    approval: {text: "description", time: "requested_at"},
+  };
 
   /* What this agent may withdraw (the core decides; this only offers the button): its own questions and
    * reminders; the manager anything. */
@@ -669,25 +673,17 @@
       return (x.failed_at ? `failed ${H.stamp(x.failed_at)}: ${x.error}` : `due ${H.stamp(x.due_at)}`) +
         (x.file_path ? ` · ${x.file_path}` : "");
     }
-    if (kind === "approval") return `${String(x.kind || "").replace(/_/g, " ")} of ${x.agent} · ${x.status}`;
-    return null;
+    return `${String(x.kind || "").replace(/_/g, " ")} of ${x.agent} · ${x.status}`;  // an approval
   }
 
-  /* A loose end: its kind, id, prose and age; known kinds say who and when, others show the rest as JSON. */
+  /* A loose end: its kind, id, prose and age, who and when; a kind this page does not know is shown whole. */
   function looseItem(x) {
-    if (!x || typeof x !== "object") return h("article", {class: "loose"}, h("p", {}, String(x)));
-    const kind = x.loose_end || x.kind || x.type || "item";
-    const id = x.id !== undefined ? x.id : x.ref;
-    const textKey = LOOSE_TEXT.find((k) => typeof x[k] === "string" && x[k]);
-    const timeKey = LOOSE_TIME.find((k) => x[k]);
+    const kind = x.loose_end;
+    const known = LOOSE[kind];
+    if (!known) return rawRow(x, `unknown loose end ${kind}`);
+    const id = x.id;
     const summary = looseSummary(x, kind);
-    const rest = {};
-    if (summary === null) {
-      for (const [k, v] of Object.entries(x)) {
-        if (!["kind", "type", "id", "ref", textKey, timeKey].includes(k) && v !== null && v !== undefined) rest[k] = v;
-      }
-    }
-    const text = textKey ? x[textKey] : "";
+    const text = x[known.text] || "";
     const error = h("p", {class: "inline-error", role: "alert", hidden: true});
     const withdraw = mayWithdraw(x, kind) && id !== undefined
       ? h("button", {type: "button", class: "btn btn-sm btn-ghost loose-cancel", title: `withdraw this ${kind}`,
@@ -702,10 +698,9 @@
     return h("article", {class: ["loose", x.failed_at ? "failed" : null], data: {kind, id: id === undefined ? null : id}},
       h("div", {class: "item-head"}, h("span", {class: ["chip", x.failed_at ? "orange" : "honey"]}, String(kind).replace(/_/g, " ")),
         id !== undefined ? h("span", {class: "id"}, "#" + id) : null,
-        timeKey ? H.agoEl(x[timeKey]) : null, withdraw),
+        x[known.time] ? H.agoEl(x[known.time]) : null, withdraw),
       text ? h("p", {}, firstLine(text, 300)) : null,
-      summary ? h("p", {class: "hint"}, summary) : null,
-      Object.keys(rest).length ? h("p", {class: "hint mono"}, json(rest, 240)) : null,
+      h("p", {class: "hint"}, summary),
       error);
   }
 

@@ -8,11 +8,12 @@ through `repos` (the git module), containers through `lifecycle`.
 """
 
 import logging
+import time
 
 from hyperhive import states, wire
 from hyperhive.states import APPROVED, CANCELLED, DENIED, FAILED_APPROVAL, PENDING
 from hyperhive.core import aftermath
-from hyperhive.schema import Agent, Approval, core_db, now_ms
+from hyperhive.schema import Agent, Approval, core_db
 
 log = logging.getLogger(__name__)
 KINDS = ("apply_commit", "init_config", "spawn", "update_meta_inputs")
@@ -26,8 +27,11 @@ def row(a):
 
 
 class Approvals:
-    def __init__(self, repos, lifecycle, broker, hub):
-        self.repos, self.lifecycle, self.broker, self.hub = repos, lifecycle, broker, hub
+    def __init__(self, repos, lifecycle, broker, hub, clock=time.time):
+        self.repos, self.lifecycle, self.broker, self.hub, self.clock = repos, lifecycle, broker, hub, clock
+
+    def _now(self):
+        return int(self.clock() * 1000)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -53,7 +57,8 @@ class Approvals:
         if dup is not None:
             raise wire.HiveError(f"approval {dup.id} already asks for {kind} of {agent!r}", "conflict")
         with core_db.atomic():
-            a = Approval.create(agent=agent, kind=kind, description=description, status=status, **fields)
+            a = Approval.create(agent=agent, kind=kind, description=description, status=status,
+                                requested_at=self._now(), **fields)
         return a
 
     def sweep_unfinished(self):
@@ -127,7 +132,7 @@ class Approvals:
 
     def _resolve(self, a, status, note=None):
         with core_db.atomic():
-            Approval.update(status=status, note=note, resolved_at=now_ms()).where(Approval.id == a.id).execute()
+            Approval.update(status=status, note=note, resolved_at=self._now()).where(Approval.id == a.id).execute()
         a = Approval.get_by_id(a.id)
         aftermath.after(f"telling the dashboard that approval {a.id} is {status}",
                         lambda: self.hub.publish("approval_resolved", approval=row(a)))

@@ -29,7 +29,7 @@ import secrets
 import stat
 import time
 
-from hyperhive import wire
+from hyperhive import files, wire
 from hyperhive.core import planted
 from hyperhive.schema import WebSession, core_db
 
@@ -77,16 +77,10 @@ def _read_or_create(path, mode=0o600):
     if os.path.lexists(path):
         log.warning("%s held no usable secret; writing a new one", path)
     secret = secrets.token_hex(SECRET_BYTES)
-    tmp = f"{path}.{secrets.token_hex(8)}.tmp"
-    # O_EXCL|O_NOFOLLOW: a link planted at the temp name is not followed
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    os.fchmod(fd, mode)  # whatever the umask
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
     moved = planted.clear(os.path.dirname(path), os.path.basename(path), only_dirs=True)
     if moved:  # a directory is the one thing os.replace cannot put a file over
         log.warning("%s", moved)
-    os.replace(tmp, path)  # replaces whatever was at path, a link included, never its target
+    files.replace(path, secret + "\n", mode)
     return secret
 
 
@@ -156,6 +150,11 @@ class Auth:
         return session
 
     # -- listing and ending ---------------------------------------------------------------------
+
+    def still_live(self, session_id):
+        """Whether a session has been neither logged out nor let expire (an open stream asks now and then)."""
+        return WebSession.get_or_none((WebSession.id == session_id) & WebSession.revoked_at.is_null()
+                                      & (WebSession.expires_at > self._now_ms())) is not None
 
     def sessions(self, current=None):
         now = self._now_ms()

@@ -64,11 +64,19 @@ def cut_body(body, chars=None):
             "its recipient's recv hands it over whole]"), chars
 
 
+def _message(mid, sender, body, sent_at, redelivered, refs):
+    """A message as recv hands it over: wire.MESSAGE_FIELDS, built from that tuple."""
+    return dict(zip(wire.MESSAGE_FIELDS, (mid, sender, body, iso(sent_at), bool(redelivered), json.loads(refs))))
+
+
+_LISTED_ONLY = wire.LISTED_MESSAGE_FIELDS[len(wire.MESSAGE_FIELDS):]
+
+
 def _listed(mid, sender, recipient, body, chars, sent_at, delivered_at, acked_at, cancelled_at, redelivered, refs):
+    """A message as listings show it: wire.LISTED_MESSAGE_FIELDS, a long body cut (with `body_chars`)."""
     body, whole = cut_body(body, chars)
-    row = {"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at), "redelivered": bool(redelivered),
-           "file_refs": json.loads(refs), "to": recipient, "delivered_at": iso(delivered_at),
-           "acked_at": iso(acked_at), "cancelled_at": iso(cancelled_at)}
+    row = _message(mid, sender, body, sent_at, redelivered, refs)
+    row.update(zip(_LISTED_ONLY, (recipient, iso(delivered_at), iso(acked_at), iso(cancelled_at))))
     if whole is not None:
         row["body_chars"] = whole
     return row
@@ -93,22 +101,25 @@ _UNREAD_FROM = ("SELECT count(*) FROM message INDEXED BY message_operator_unread
 UNCAPPED_SENDERS = frozenset({"core"})
 
 
+def no_refs(sender, recipient, body):
+    """A broker that looks up no file references (the references module does, in the core)."""
+    return []
+
+
 class Broker:
     """Queues per recipient; `hub` gets a `sent`/`delivered` event per change."""
 
-    def __init__(self, hub, clock=time.time):
+    def __init__(self, hub, refs_of=no_refs, clock=time.time):
         self.hub = hub
+        self.refs_of = refs_of  # (sender, recipient, body) -> the file references a message carries
         self.clock = clock
         self._wakeups = {}  # recipient -> Event set on the next send to it
         self._held = set()  # paused recipients: recv answers nothing while held
-        self.refs_of = None  # (sender, recipient, body) -> the file references a message carries
 
     def _now(self):
         return int(self.clock() * 1000)
 
     def _refs(self, sender, recipient, body):
-        if self.refs_of is None:
-            return []
         try:
             return self.refs_of(sender, recipient, body)
         except Exception:  # a reference is a convenience: the message goes out without it
@@ -180,9 +191,7 @@ class Broker:
             rows = self._fit(rows, popped)
         aftermath.after("telling the dashboard what was delivered", self.hub.publish, "delivered",
                         recipient=recipient, ids=[r[0] for r in rows])
-        popped.extend({"id": mid, "from": sender, "body": body, "sent_at": iso(sent_at),
-                       "redelivered": bool(redelivered), "file_refs": json.loads(refs)}
-                      for mid, sender, body, sent_at, redelivered, refs in rows)
+        popped.extend(_message(*row) for row in rows)
         return popped
 
     @staticmethod
@@ -284,6 +293,14 @@ class Broker:
         if unread:
             where.append("acked_at IS NULL")
         return self._listing(" AND ".join(where), params, limit)
+
+    @staticmethod
+    def refs_of_message(message_id):
+        """(sender, recipient, file references) of one message, for a page's preview."""
+        m = Message.get_or_none(Message.id == message_id)
+        if m is None:
+            raise wire.HiveError(f"there is no message {message_id}", "not_found")
+        return m.sender, m.recipient, json.loads(m.file_refs or "[]")
 
     def senders(self, recipient):
         """Per sender of recipient's inbox: how many are unread, and how many came in the last hour."""

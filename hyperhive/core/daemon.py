@@ -46,9 +46,11 @@ from hyperhive.core.gitrepos import Repos
 from hyperhive.core.helperevents import HelperEvents
 from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
 from hyperhive.core.questions import Questions
+from hyperhive.core.references import References
 from hyperhive.core.reminders import Reminders
 from hyperhive.core.surfaces import Surfaces
 from hyperhive.core.sweeps import Sweeper
+from hyperhive.core.views import Views
 from hyperhive.fanout import Fanout
 from hyperhive.schema import checkpoint, open_core
 
@@ -77,8 +79,9 @@ class Sockets:
     checked at every open and cleared when it is not the core's (`planted`),
     so one agent's plant fails at worst that agent's start, with a sentence."""
 
-    def __init__(self, layout, surfaces):
-        self.layout, self.surfaces = layout, surfaces
+    def __init__(self, layout, dispatcher):
+        # dispatcher(surface, name) -> the handler of one agent's socket, asked as each socket opens
+        self.layout, self.dispatcher = layout, dispatcher
         self.servers = {}
         self.bound = {}  # name -> (st_dev, st_ino) of the socket file this core bound
 
@@ -114,7 +117,7 @@ class Sockets:
         if ours:
             return
         surface = "manager" if role == "manager" else "agent"
-        server = jsonline.Server(path, self.surfaces.dispatcher(surface, name), mode=0o660, name=f"{name}.sock",
+        server = jsonline.Server(path, self.dispatcher(surface, name), mode=0o660, name=f"{name}.sock",
                                  max_connections=AGENT_SOCKET_CONNECTIONS)
         found = os.lstat(path)
         self.bound[name] = (found.st_dev, found.st_ino)
@@ -188,30 +191,53 @@ class Core:
     """The daemon's parts wired together: `start()` serves, `stop()` winds everything down."""
 
     def __init__(self, layout, backend, harness, dashboard=("127.0.0.1", 7000), clock=time.time):
+        # Each part is built once, from parts built before it (constructor arguments only). The one
+        # edge the other way: an agent's socket, opened by lifecycle, hands its requests to the
+        # surfaces built last; `Sockets` asks this core for them when a socket opens, which no
+        # part does before `start()`.
         self.layout = layout
         self.dashboard_at = dashboard  # (address, port), or None for no dashboard
+        self.url = None  # the dashboard's, once it serves
         self.stopping = Event()
         self.hub = Fanout(events.DASHBOARD, shown=renderer.event_shown)
-        self.broker = Broker(self.hub, clock=clock)
+        self.references = References(layout, backend)
+        self.broker = Broker(self.hub, refs_of=self.references.file_refs, clock=clock)
         self.auth = Auth(clock=clock)
         self.helper_events = HelperEvents(self.broker, clock=clock)
-        self.surfaces = Surfaces(self.broker, None, self.hub, auth=self.auth, helper_events=self.helper_events)
-        self.sockets = Sockets(layout, self.surfaces)
         # the manager's sandbox writes the proposed repos as its own uid, when the backend gives it one
         self.repos = Repos(layout.config_dir, proposed_owner=getattr(backend, "ids", lambda name: None)(wire.MANAGER))
+        self.sockets = Sockets(layout, self.dispatcher)
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
                                    clock=clock)
-        self.broker.refs_of = self.lifecycle.file_refs
-        self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub)
+        self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub, clock=clock)
         self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=clock)
-        self.reminders = Reminders(self.broker, self.lifecycle, clock=clock)
+        self.reminders = Reminders(self.broker, self.lifecycle, self.references, clock=clock)
         self.sweeper = Sweeper(clock=clock)
-        self.surfaces.lifecycle, self.surfaces.approvals = self.lifecycle, self.approvals
-        self.surfaces.questions, self.surfaces.reminders = self.questions, self.reminders
+        self.surfaces = Surfaces(self.broker, self.lifecycle, self.hub, self.approvals, self.questions, self.reminders,
+                                 self.auth, self.helper_events, urls=self.urls, login_url=self.login_url, clock=clock)
+        self.views = Views(self.lifecycle, self.broker, self.approvals, self.questions, self.repos, self.references)
         self.host = None
         self.loops = []
         self.dashboard = self.web = None
-        self.url = None
+
+    def dispatcher(self, surface, name):
+        return self.surfaces.dispatcher(surface, name)
+
+    def urls(self):
+        """What the `urls` verb answers: the dashboard's URL once it serves (null where unknown)."""
+        return {"domain": None, "home": self.url, "forge": None}
+
+    def login_url(self):
+        """A one-time URL that logs a browser in to the dashboard."""
+        if self.url is None:
+            raise wire.HiveError("this core serves no dashboard (it was started with --dashboard-port off)",
+                                 "unavailable")
+        return f"{self.url}/login?token={self.auth.mint()}"
+
+    def make_dashboard(self):
+        from hyperhive.core.dashboard import Dashboard
+
+        return Dashboard(self.views, self.hub, self.surfaces.dispatcher("host", wire.OPERATOR), self.auth)
 
     def start(self):
         self.host = jsonline.Server(self.layout.host_socket, self.surfaces.dispatcher("host", wire.OPERATOR),
@@ -234,9 +260,8 @@ class Core:
 
     def serve_dashboard(self, address, port):
         from hyperhive import web
-        from hyperhive.core.dashboard import Dashboard
 
-        self.dashboard = Dashboard(self, self.auth)
+        self.dashboard = self.make_dashboard()
         try:
             # a request the guard let through carried a live session: its connection is the operator's
             self.web = web.server((address, port), self.dashboard.app,
@@ -248,7 +273,6 @@ class Core:
                                  "pick another --dashboard-port or --listen", "unavailable") from None
         host = address if address not in ("0.0.0.0", "::", "") else socket.getfqdn()
         self.url = f"http://{'[' + host + ']' if ':' in host else host}:{self.web.server_port}"
-        self.surfaces.login_url = lambda: f"{self.url}/login?token={self.auth.mint()}"
         log.info("dashboard on %s (`hyperhive login-url` prints a link that logs a browser in)", self.url)
 
     def checkpoint(self):

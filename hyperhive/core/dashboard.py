@@ -12,9 +12,7 @@ does or which sentence a refusal carries.
 """
 
 import http.cookies
-import json
 import logging
-import os
 import time
 import uuid
 
@@ -22,15 +20,14 @@ import bottle
 import gevent
 
 from hyperhive import resources, web, wire
-from hyperhive.core import agentpage, renderer
+from hyperhive.core import agentpage
 from hyperhive.core import auth as auths
 from hyperhive.core.auth import COOKIE, KEY_HEADER, KEY_PARAM
-from hyperhive.schema import Message, WebSession
+from hyperhive.core.views import INBOX_SIZE
 
 log = logging.getLogger(__name__)
 
 HISTORY_DEFAULT, HISTORY_MAX = 200, 1000
-INBOX_SIZE = 50
 JOURNAL_SECONDS = 1.0
 # Routes a browser navigates to: the cookie alone opens them, for they hold no data (a shell's
 # script asks for the data with the session's key). /login opens a session.
@@ -47,43 +44,29 @@ ACTIONS = {  # POST /<action>/<name> -> (verb, fixed arguments)
 
 
 class Dashboard:
-    """`app` is the WSGI application; `layout`, `hub` and friends are the core's parts."""
+    """`app` is the WSGI application. It reads through `views` (core/views.py), streams the `hub`,
+    acts through `dispatch` (the host surface as the operator) and logs in through `auth`; it holds
+    nothing else of the core."""
 
-    def __init__(self, core, auth):
-        self.core, self.auth = core, auth
+    def __init__(self, views, hub, dispatch, auth):
+        self.views, self.hub, self.dispatch, self.auth = views, hub, dispatch, auth
         self.epoch = uuid.uuid4().hex[:12]  # the hub's seq starts over with each core
-        self.dispatch = core.surfaces.dispatcher("host", wire.OPERATOR)
         self.journal_seconds = JOURNAL_SECONDS
         self.app = self._build()
 
     # -- snapshots ------------------------------------------------------------------------
 
     def state(self):
-        seq = self.core.hub.seq  # read first: everything below is at least this new
-        lifecycle = self.core.lifecycle
-        return {
-            "seq": seq, "epoch": self.epoch, "rev": resources.revision(), "backend": lifecycle.backend.name,
-            "containers": lifecycle.cached_rows(),
-            "transients": dict(lifecycle.transients),
-            "approvals": self.core.approvals.pending(with_diff=True),
-            "questions": self.core.questions.pending_for_operator(),
-            "inbox": [renderer.message_shown(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE)],
-            "inbox_unread": [renderer.message_shown(m) for m in self.core.broker.inbox(wire.OPERATOR, INBOX_SIZE, unread=True)],
-            "inbox_senders": self.core.broker.senders(wire.OPERATOR),
-            "tombstones": lifecycle.tombstones(),
-            "meta_inputs": lifecycle.meta_inputs(),
-        }
+        seq = self.hub.seq  # read first: everything below is at least this new
+        return {"seq": seq, "epoch": self.epoch, "rev": resources.revision(), **self.views.snapshot()}
 
     def history(self, after=None, limit=HISTORY_DEFAULT):
-        seq = self.core.hub.seq
-        # bodies read only as far as they are listed: a thousand long ones never sit in memory whole
-        events = [{"seq": 0, "kind": "sent", "message": renderer.message_shown(m)}
-                  for m in self.core.broker.flow(after, limit)]
-        return {"seq": seq, "epoch": self.epoch, "events": events}
+        seq = self.hub.seq
+        return {"seq": seq, "epoch": self.epoch, "events": self.views.flow(after, limit)}
 
     def stream(self, session=None):
         """The dashboard's SSE body; it ends once `session` (when given) has been logged out or expired."""
-        return self.core.hub.sse(self.core.hub.subscribe(), live=self._live(session))
+        return self.hub.sse(self.hub.subscribe(), live=self._live(session))
 
     def _live(self, session):
         """A check an open stream makes as it goes: its session is still live (asked at most every keepalive)."""
@@ -95,7 +78,7 @@ class Dashboard:
             if time.monotonic() - checked[0] < SESSION_RECHECK_SECONDS:
                 return True
             checked[0] = time.monotonic()
-            if self._still_logged_in(session):
+            if self.auth.still_live(session.id):
                 return True
             log.info("closing a stream of session %d: it was logged out or expired", session.id)
             return False
@@ -122,11 +105,6 @@ class Dashboard:
             return callback(*args, **kwargs)
 
         return wrapper
-
-    def _still_logged_in(self, session):
-        """For an open stream: whether its session is still live (checked at most every keepalive)."""
-        return WebSession.get_or_none((WebSession.id == session.id) & WebSession.revoked_at.is_null()
-                                      & (WebSession.expires_at > int(time.time() * 1000))) is not None
 
     @staticmethod
     def _check_origin(request):
@@ -221,11 +199,8 @@ class Dashboard:
         query = bottle.request.query
         before = _int(query.get("before"), "before", 1) if query.get("before") else None
         limit = min(INBOX_SIZE, _int(query.get("limit") or INBOX_SIZE, "limit", 1))
-        sender = query.getunicode("sender") or None
-        messages = self.core.broker.inbox(wire.OPERATOR, limit, before=before, unread=query.get("unread") == "1",
-                                          sender=sender)
-        return web.json_response({"messages": [renderer.message_shown(m) for m in messages],
-                                  "senders": self.core.broker.senders(wire.OPERATOR)})
+        return web.json_response(self.views.inbox(limit, before, unread=query.get("unread") == "1",
+                                                  sender=query.getunicode("sender") or None))
 
     def mark_read(self):
         ids = web.body().get("ids")
@@ -263,60 +238,32 @@ class Dashboard:
         return self.act(verb, name=name, **fixed)
 
     def approval_diff(self, approval_id):
-        diff = self.core.approvals.diff(_int(approval_id, "approval id", 1))
+        diff = self.views.approval_diff(_int(approval_id, "approval id", 1))
         return bottle.HTTPResponse(diff, 200, {"Content-Type": "text/plain; charset=utf-8",
                                                "Cache-Control": "no-store"})
 
     def file_ref(self, message_id, index):
-        """The head of a message's file reference, read again now through the reach it was found in.
-
-        The stored host path is never opened as it is: the file may have been
-        swapped for a symlink (or moved out of reach) since the message was sent."""
-        mid = _int(message_id, "message id", 1)
-        number = _int(index, "file reference number", 0)
-        message = Message.get_or_none(Message.id == mid)
-        if message is None:
-            raise wire.HiveError(f"there is no message {mid}", "not_found")
-        refs = json.loads(message.file_refs or "[]")
-        if number >= len(refs):
-            have = f"only {len(refs)} file reference{'' if len(refs) == 1 else 's'}" if refs else "no file references"
-            raise wire.HiveError(f"message {mid} has {have}; there is no number {number} (they count from 0)",
-                                 "not_found")
-        reach = self.core.lifecycle.ref_reach(message.sender, message.recipient)
-        return web.json_response(reach.preview(refs[number]["path"]))
+        """The head of a message's file reference, read again now (views.file_ref says how)."""
+        return web.json_response(self.views.file_ref(_int(message_id, "message id", 1),
+                                                     _int(index, "file reference number", 0)))
 
     def config_page(self, name):
-        wire.check_name(name)
-        self.core.lifecycle.get(name)
+        self.views.agent(name)
         return web.page("config.html", name=name)
 
     def agent_config(self, name):
-        wire.check_name(name)
-        self.core.lifecycle.get(name)
-        repos = self.core.repos
-        sha = repos.deployed_sha(name)
-        files = repos.files(name) if sha else {}
-        return web.json_response({"name": name, "sha": sha, "files": files})
+        return web.json_response(self.views.agent_config(name))
 
     # -- the journal ----------------------------------------------------------------------------
 
-    def _log_home(self, name):
-        """An agent's home, for a live agent or a tombstone (whose log is its last word)."""
-        wire.check_name(name)
-        lifecycle = self.core.lifecycle
-        if not lifecycle.known(name) and name not in lifecycle.tombstones():
-            raise wire.HiveError(f"there is no agent named {name!r}", "not_found")
-        return lifecycle.layout.home(name)
-
     def journal_page(self, name):
-        self._log_home(name)
+        self.views.log_home(name)
         return web.page("journal.html", name=name)
 
     def journal_stream(self, name):
-        home = self._log_home(name)
-        backend = self.core.lifecycle.backend
+        home = self.views.log_home(name)
         cursor = bottle.request.get_header("Last-Event-ID") or None
-        lines, cursor = backend.log_tail(name, home, cursor)  # a first failure is the page's error
+        lines, cursor = self.views.log_tail(name, home, cursor)  # a first failure is the page's error
         live = self._live(bottle.request.environ.get("hive.session"))
 
         def frames(lines=lines, cursor=cursor):
@@ -331,7 +278,7 @@ class Dashboard:
                     quiet_since = time.monotonic()
                 gevent.sleep(self.journal_seconds)
                 try:
-                    lines, cursor = backend.log_tail(name, home, cursor)
+                    lines, cursor = self.views.log_tail(name, home, cursor)
                 except wire.HiveError as e:
                     log.warning("tailing %s's log: %s", name, e)
                     yield web.sse_frame({"lines": [f"[hyperhive: cannot read the log: {e}]"]}, cursor)
@@ -343,14 +290,11 @@ class Dashboard:
 
     def agent_page(self, name, page, asset=None):
         """An agent's page and its assets, from the core's own files: the harness sends only data."""
-        wire.check_name(name)
-        self.core.lifecycle.get(name)
+        self.views.agent(name)
         return web.static(asset) if page == "static" else web.page(AGENT_PAGES[page])
 
     def proxy(self, name, path):
-        wire.check_name(name)
-        self.core.lifecycle.get(name)
-        sock_dir = os.path.dirname(self.core.lifecycle.layout.socket(name))
+        sock_dir = self.views.page_dir(name)
         return agentpage.proxy(name, path, sock_dir, self.auth.agent_secret(sock_dir),
                                live=self._live(bottle.request.environ.get("hive.session")))
 

@@ -392,22 +392,6 @@ class Repos:
         note = ("-a", "--cleanup=verbatim", "-m", str(message)) if message is not None else ()
         _git(applied, "tag", *note, ref, sha, doing=f"tag {name}'s config {ref}")
 
-    def tags(self, name):
-        out = _git(self._need(name), "tag", "-l", doing=f"list {name}'s config tags")
-        return sorted(out.split())
-
-    def tag_message(self, name, tag):
-        """The annotation of an applied tag ('' for a plain one)."""
-        applied = self._need(name)
-        if not isinstance(tag, str) or not TAG_RE.fullmatch(tag):
-            raise wire.HiveError(f"{tag!r} is not a config tag name like deployed/3")
-        out = _git(applied, "for-each-ref", "--format=%(objecttype)%00%(contents)", f"refs/tags/{tag}",
-                   doing=f"read {name}'s tag {tag}")
-        if not out:
-            raise wire.HiveError(f"{name} has no config tag {tag}", "not_found")
-        kind, _, text = out.partition("\0")
-        return text.rstrip("\n") if kind == "tag" else ""
-
     def check_fast_forward(self, name, sha):
         """The full sha, when applied main can fast-forward to it; else a conflict naming both."""
         applied = self._need(name)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import signal
 import stat
 import sys
@@ -21,11 +20,10 @@ import time
 import gevent
 from gevent.lock import RLock
 
-from hyperhive import states, wire
+from hyperhive import files, states, wire
 from hyperhive.core import aftermath, planted, reminders, trees
 from hyperhive.core.containers import Launch
-from hyperhive.reach import Reach, scan
-from hyperhive.schema import Agent, core_db, now_ms
+from hyperhive.schema import Agent, core_db
 
 log = logging.getLogger(__name__)
 MODEL_FILE = wire.MODEL_FILE
@@ -231,42 +229,6 @@ class Lifecycle:
             return None
         with os.fdopen(fd, errors="replace") as f:
             return f.read(256).strip() or None
-
-    def reach(self, name):
-        """What an agent may read and write, as it names the paths inside its container."""
-        state, shared = self.layout.state(name), self.layout.shared_dir
-        return Reach([("state", self.backend.state_in or state, state),
-                      ("shared", self.backend.shared_in or shared, shared)])
-
-    def _agent(self, name):
-        return name != wire.OPERATOR and self.known(name)
-
-    def ref_reach(self, sender, recipient):
-        """Where the file references of a message are looked up, and opened again for a preview.
-
-        An agent's are in what it may open itself (its state dir and the shared dir), as it names them, so
-        that naming a path teaches it nothing of another's tree. The operator and the core, who may read
-        every agent's files, name them as the agent they write to sees them."""
-        owner = sender if self._agent(sender) else recipient
-        if self._agent(owner):
-            return self.reach(owner)
-        shared = self.layout.shared_dir
-        return Reach([("shared", self.backend.shared_in or shared, shared)])
-
-    def file_refs(self, sender, recipient, body):
-        """The file references of a message: files its sender may open that its reader may open too.
-
-        An agent writing to another names files in its own reach; the reader is shown only those it may
-        open as named (the shared dir's): another's state dir is not its to read, and under nixos its own
-        /state/x.md is a different file."""
-        paths = scan(body)
-        if not paths:  # most messages name no file: no reach to build, no disk to touch
-            return []
-        refs = self.ref_reach(sender, recipient).refs(paths)
-        if self._agent(sender) and self._agent(recipient) and sender != recipient:
-            theirs = self.reach(recipient)
-            refs = [ref for ref in refs if _same_file(theirs, ref)]
-        return refs
 
     def row(self, agent):
         running = self.running(agent.name)
@@ -495,10 +457,7 @@ class Lifecycle:
         extra = os.path.join(self.layout.home(name), "extra-mcp.json")
         # a fresh temp name, never through a link (the home is the core's, but under the process backend
         # nothing stops the agent writing it)
-        tmp = f"{extra}.{secrets.token_hex(8)}.tmp"
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w") as f:
-            json.dump(config.get("extra_mcp") or {}, f, indent=2)
-        os.replace(tmp, extra)
+        files.replace(extra, json.dumps(config.get("extra_mcp") or {}, indent=2))
         configs = self.repos.proposed_root if agent.role == "manager" else self.repos.proposed(name)
         env.update({
             "HIVE_NAME": name,
@@ -556,13 +515,10 @@ class Lifecycle:
         model_file = os.path.join(state, MODEL_FILE)
         if config.get("model") and (apply_model or not os.path.exists(model_file)):
             # a fresh temp name, never through a link: the state dir is the agent's to write
-            tmp = f"{model_file}.{secrets.token_hex(8)}.tmp"
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w") as f:
-                f.write(config["model"] + "\n")
             moved = planted.clear(state, MODEL_FILE, only_dirs=True)
             if moved:  # a directory is the one thing os.replace cannot put the file over
                 log.warning("%s: %s", name, moved)
-            os.replace(tmp, model_file)
+            files.replace(model_file, config["model"] + "\n")
         with self._meta_lock:
             self.backend.start(self.launch(agent, config, rev=None if rev == "main" else rev))
         sha = self.repos.deployed_sha(name) if rev == "main" else rev
@@ -795,7 +751,7 @@ class Lifecycle:
         marker = self.layout.pause_marker(name)
         if paused:
             with open(marker, "w") as f:
-                f.write(f"{now_ms()}\n")
+                f.write(f"{int(self.clock() * 1000)}\n")
         elif os.path.exists(marker):
             os.unlink(marker)
         Agent.update(paused=paused).where(Agent.name == name).execute()
@@ -807,14 +763,6 @@ class Lifecycle:
         greenlets = [gevent.spawn(self.backend.stop, a.name, self.layout.home(a.name), graceful, 10.0)
                      for a in Agent.select()]
         gevent.joinall(greenlets, raise_error=False)
-
-
-def _same_file(reach, ref):
-    """Whether `reach` names the file of a ref by the ref's path (no disk is touched)."""
-    try:
-        return reach.host_path(ref["path"]) == ref["host_path"]
-    except wire.HiveError:
-        return False
 
 
 class _Transient:

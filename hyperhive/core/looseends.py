@@ -24,9 +24,6 @@ class LooseEnds:
         ends += [dict(r, loose_end="reminder", kind="reminder") for r in self.reminders.open_for(name)]
         return ends
 
-    def count(self, name):
-        return len(self.list(name))
-
     def cancel(self, name, kind, item_id):
         """Withdraw loose end `kind` `item_id` as name; returns the row as it closed."""
         if kind == "question":

@@ -40,7 +40,7 @@ import os
 import platform
 import re
 
-from hyperhive import wire
+from hyperhive import files, wire
 from hyperhive.core import trees
 
 log = logging.getLogger(__name__)
@@ -203,10 +203,7 @@ class MetaFlake:
         self._end()
 
     def _write(self, name, data):
-        tmp = self._file(name) + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self._file(name))
+        files.replace(self._file(name), data)
 
     def _held(self, key, verb):
         if self._op is None or self._op["key"] != key:

@@ -39,10 +39,11 @@ def pending_count(owner):
 
 
 class Reminders:
-    """`lifecycle` answers `known(name)`, `reach(name)` and `changed(name)`; `clock()` is unix seconds."""
+    """`lifecycle` answers `known(name)` and `changed(name)`, `references` an agent's `reach(name)`;
+    `clock()` is unix seconds."""
 
-    def __init__(self, broker, lifecycle, clock=time.time):
-        self.broker, self.lifecycle, self.clock = broker, lifecycle, clock
+    def __init__(self, broker, lifecycle, references, clock=time.time):
+        self.broker, self.lifecycle, self.references, self.clock = broker, lifecycle, references, clock
 
     def _now(self):
         return int(self.clock() * 1000)
@@ -76,7 +77,7 @@ class Reminders:
         host_path = None
         if file_path is not None:
             try:
-                host_path = self.lifecycle.reach(owner).write(file_path, message)
+                host_path = self.references.reach(owner).write(file_path, message)
             except wire.HiveError as e:
                 raise wire.HiveError(f"remind: cannot write the message to file_path: {e}", e.code) from None
             except OSError as e:
@@ -171,7 +172,7 @@ class Reminders:
 
     def _payload_size(self, r):
         """The payload file's size, found again through the owner's reach (never a link out)."""
-        return self.lifecycle.reach(r.owner).size(r.file_path)
+        return self.references.reach(r.owner).size(r.file_path)
 
     @staticmethod
     def _inline(r, extra):

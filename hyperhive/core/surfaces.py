@@ -9,12 +9,10 @@ so no request can speak for someone else.
 import logging
 import os
 
-
 from hyperhive import resources, wire
 from hyperhive.core import aftermath, reminders
-from hyperhive.core.helperevents import HelperEvents
 from hyperhive.core.looseends import LooseEnds
-from hyperhive.schema import Agent, now_ms
+from hyperhive.schema import Agent
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +27,20 @@ def _for_agent(messages):
 
 
 class Surfaces:
-    def __init__(self, broker, lifecycle, hub, approvals=None, urls=None, questions=None, reminders=None, auth=None,
-                 helper_events=None):
+    """Every verb of the three surfaces, over the core's parts, each handed in built.
+
+    `urls()` answers the `urls` verb; `login_url()` mints a one-time dashboard URL (or raises
+    `unavailable` when the core serves no dashboard); `clock()` is unix seconds."""
+
+    def __init__(self, broker, lifecycle, hub, approvals, questions, reminders, auth, helper_events, urls,
+                 login_url, clock):
         self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
         self.questions, self.reminders, self.auth = questions, reminders, auth
-        self.helper_events = helper_events or HelperEvents(broker)
-        self.urls = urls or {"domain": None, "home": None, "forge": None}
-        self.login_url = None  # () -> a one-time dashboard URL, set when the dashboard serves
+        self.helper_events, self.urls, self.login_url, self.clock = helper_events, urls, login_url, clock
         self._polls = {}  # agent -> Event of its one recv waiting now: set when a newer recv takes over
+
+    def _now(self):
+        return int(self.clock() * 1000)
 
     @property
     def loose_ends(self):
@@ -100,7 +104,7 @@ class Surfaces:
 
     def do_ack_turn(self, caller):
         acked = self.broker.ack_turn(caller)
-        Agent.update(last_turn_at=now_ms()).where(Agent.name == caller).execute()
+        Agent.update(last_turn_at=self._now()).where(Agent.name == caller).execute()
         self.lifecycle.changed(caller)
         return wire.ok(acked=acked)
 
@@ -154,7 +158,7 @@ class Surfaces:
 
     def do_set_status(self, caller, text):
         text = wire.check_status_text(text)
-        at = now_ms() if text else None
+        at = self._now() if text else None
         Agent.update(status_text=text or None, status_set_at=at).where(Agent.name == caller).execute()
         self.lifecycle.changed(caller)
         return wire.ok(status_text=text or None, status_set_at=wire.iso(at))
@@ -228,15 +232,12 @@ class Surfaces:
         return wire.ok(agent_statuses=self.lifecycle.rows())
 
     def do_urls(self, caller):
-        return wire.ok(urls=dict(self.urls))
+        return wire.ok(urls=self.urls())
 
     def do_pending(self, caller):
         return wire.ok(approvals=self.approvals.pending())
 
     def do_login_url(self, caller):
-        if self.login_url is None:
-            raise wire.HiveError("this core serves no dashboard (it was started with --dashboard-port off)",
-                                 "unavailable")
         return wire.ok(url=self.login_url())
 
     def do_sessions(self, caller):

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 
-from hyperhive import events, states, wire
+from hyperhive import events, files, states, wire
 from hyperhive.fanout import Fanout
 from hyperhive.schema import Event, TurnStat, agent_db
 
@@ -214,7 +214,5 @@ class Bus:
 
     def set_model(self, model):
         path = os.path.join(self.state_dir, MODEL_FILE)
-        with open(path + ".tmp", "w") as f:
-            f.write(model + "\n")
-        os.replace(path + ".tmp", path)
+        files.replace(path, model + "\n")
         self.emit("model_changed", model=model)

@@ -25,7 +25,7 @@ import sys
 
 import gevent
 
-from hyperhive import resources, states, wire
+from hyperhive import files, resources, states, wire
 from hyperhive.harness import mcp
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,7 @@ class Invocation:
 
     @staticmethod
     def _write(path, text):
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        files.replace(path, text)
 
     def servers(self):
         ours = {"type": "stdio", "command": self.python, "args": [resources.entry(), self.role, "mcp"],

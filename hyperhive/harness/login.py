@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import subprocess
 import time
 import urllib.error
@@ -34,7 +33,7 @@ import gevent
 import gevent.event
 from gevent import select as gselect
 
-from hyperhive import binaries, wire
+from hyperhive import binaries, files, wire
 
 log = logging.getLogger(__name__)
 
@@ -460,10 +459,7 @@ class Login:
             return
         try:
             os.makedirs(os.path.dirname(self.refused_path), exist_ok=True)
-            tmp = f"{self.refused_path}.{secrets.token_hex(8)}.tmp"
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w") as f:
-                json.dump(self.refusal, f)
-            os.replace(tmp, self.refused_path)
+            files.replace(self.refused_path, json.dumps(self.refusal), 0o600)
         except OSError as e:  # the refusal still holds in memory; a restart spends one turn to learn it again
             log.error("could not record the API's refusal in %s: %s", self.refused_path, e)
 

@@ -19,7 +19,8 @@ argument of claude's command line).
 import logging
 import os
 import re
-import secrets
+
+from hyperhive import files
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,7 @@ class Session:
         if not isinstance(session_id, str) or not ID.fullmatch(session_id) or session_id == self.current():
             return
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.{secrets.token_hex(8)}.tmp"  # a fresh name: never written through a link
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "w") as f:
-            f.write(session_id + "\n")
-        os.replace(tmp, self.path)
+        files.replace(self.path, session_id + "\n", 0o600)
 
     def forget(self):
         try:

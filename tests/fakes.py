@@ -1,0 +1,102 @@
+"""Shared test fakes: the clock, the recording hub and the core rig every in-process test builds on.
+
+Each fake is strict where the real part is: the recording hub refuses a kind
+`hyperhive.events` does not define. The rig builds the core's parts in the
+order and with the arguments the daemon uses (hyperhive/core/daemon.py), over
+a real sqlite file, so a test of questions, reminders or the surfaces runs
+the code the core runs; a test hands in the fakes it needs (a lifecycle, the
+repos, a backend) rather than patching the real ones.
+"""
+
+import os
+
+import pytest
+
+from hyperhive import events, wire
+from hyperhive.core.approvals import Approvals
+from hyperhive.core.broker import Broker
+from hyperhive.core.containers.process import ProcessBackend
+from hyperhive.core.helperevents import HelperEvents
+from hyperhive.core.lifecycle import Layout, Lifecycle
+from hyperhive.core.questions import Questions
+from hyperhive.core.references import References
+from hyperhive.core.reminders import Reminders
+from hyperhive.core.surfaces import Surfaces
+from hyperhive.schema import Agent, open_core
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    """An injectable clock (unix seconds) a test moves by setting `t`."""
+
+    def __init__(self, t=T0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+class RecordingHub:
+    """Stands in for the core's event hub: records every (kind, data) published, of a defined kind only."""
+
+    def __init__(self):
+        self.events = []
+
+    def publish(self, kind, **data):
+        assert kind in events.DASHBOARD, f"{kind!r} is no dashboard event kind (hyperhive/events.py)"
+        self.events.append((kind, data))
+
+
+class CoreRig:
+    """The core's parts, built as the daemon builds them, on a real sqlite file and a moved clock.
+
+    `agents` exist as rows with state dirs (none is started). `lifecycle` and
+    `repos` default to the real ones over a process backend with no harness
+    and no sockets; a test hands in its own where it needs less."""
+
+    def __init__(self, tmp_path, t=T0, agents=("manager", "a", "b"), backend=None, lifecycle=None, repos=None):
+        self.tmp_path = tmp_path
+        self.db = open_core(tmp_path / "hive.db")
+        self.layout = Layout(tmp_path / "hive")
+        self.layout.makedirs()
+        for name in agents:
+            Agent.create(name=name, role="manager" if name == wire.MANAGER else "agent")
+            os.makedirs(self.layout.state(name))
+        self.hub, self.clock = RecordingHub(), Clock(t)
+        self.backend = backend or ProcessBackend()
+        self.references = References(self.layout, self.backend)
+        self.broker = Broker(self.hub, refs_of=self.references.file_refs, clock=self.clock)
+        self.repos = repos
+        self.lifecycle = lifecycle or Lifecycle(self.layout, self.backend, self.broker, self.hub, None, None, repos,
+                                                clock=self.clock)
+        self.approvals = Approvals(repos, self.lifecycle, self.broker, self.hub, clock=self.clock)
+        self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=self.clock)
+        self.reminders = Reminders(self.broker, self.lifecycle, self.references, clock=self.clock)
+        self.surfaces = Surfaces(self.broker, self.lifecycle, self.hub, self.approvals, self.questions,
+                                 self.reminders, auth=None, helper_events=HelperEvents(self.broker, clock=self.clock),
+                                 urls=lambda: {"domain": None, "home": None, "forge": None},
+                                 login_url=self._no_dashboard, clock=self.clock)
+
+    @staticmethod
+    def _no_dashboard():
+        raise wire.HiveError("this rig serves no dashboard", "unavailable")
+
+    def state(self, name):
+        return self.layout.state(name)
+
+    def inbox(self, name):
+        """Everything queued for name, popped (oldest first)."""
+        return self.broker.pop(name, 32)
+
+    def call(self, surface, caller, verb, **args):
+        return self.surfaces.dispatcher(surface, caller)({"cmd": verb, **args})
+
+    def refused(self, code, surface, caller, verb, **args):
+        with pytest.raises(wire.HiveError) as e:
+            self.call(surface, caller, verb, **args)
+        assert e.value.code == code, (e.value.code, str(e.value))
+        return str(e.value)
+
+    def close(self):
+        self.db.close()
