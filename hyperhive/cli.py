@@ -24,7 +24,7 @@ Usage:
   hyperhive [options] questions
   hyperhive [options] answer ID TEXT
   hyperhive [options] cancel-question ID
-  hyperhive [options] request-spawn NAME
+  hyperhive [options] request-spawn NAME [--commit SHA]
   hyperhive [options] tombstones
   hyperhive [options] purge NAME
   hyperhive [options] urls
@@ -59,7 +59,8 @@ Verbs (one request on the core's admin socket):
   questions       questions agents asked the operator, waiting for an answer
   answer          answer question ID with TEXT (also an agent's question to a peer, in its stead)
   cancel-question withdraw question ID; its asker is told it was cancelled
-  request-spawn   queue an approval to create and start NAME from its config
+  request-spawn   queue an approval to create and start NAME from its proposed config (at --commit SHA,
+                  else its main as it is now)
   tombstones      agents destroyed without --purge, whose state is kept
   purge           delete a tombstone's state and config for good
   urls            the hive's addresses
@@ -77,13 +78,14 @@ Options:
   --now           do not wait for a running turn to finish
   --purge         also delete the agent's state dir
   --reason TEXT   why an approval is denied [default: ]
+  --commit SHA    a commit of the agent's proposed config repo (7-40 hex characters)
   --all           every session
 """
 
 import json
 import sys
 
-from hyperhive import jsonline, settings, wire
+from hyperhive import jsonline, settings, verbs, wire
 
 LONG = 180.0  # lifecycle verbs wait for a harness to stop (its turn may be finishing)
 # Unicode categories a terminal must never be handed raw: controls (C0, DEL, C1: escape sequences, OSC 52
@@ -196,12 +198,13 @@ def _scope(args):
 def _number(text, what, verb, arg):
     """A number the operator typed for `arg` of `verb`: read by wire's one parser, within the bounds the
     verb takes (an `ids` list's are whole numbers from 1), so a bad one is refused here in its sentence."""
-    spec = next(a for a in wire.args_of(verb, "host") if a.name == arg)
+    spec = next(a for a in verbs.args_of(verb, "host") if a.name == arg)
     lo = 1 if spec.kind == "ids" else spec.lo or 0
     return wire.whole_number(text, what, lo, wire.MAX_INT if spec.hi is None else spec.hi)
 
 
-# command (the usage's word) -> Command; a test holds it to the usage lines above, one entry a line
+# command (the usage's word) -> Command: the one place a command's verb, arguments, printing and timeout are
+# written; tests/test_cli.py holds it to the usage lines above, one entry a command
 COMMANDS = {
     "list": Command("list", lambda answer, sent: "\n".join(answer["agents"]) or "(no agents)"),
     "status": Command("agent_status", _status_table),
@@ -209,7 +212,7 @@ COMMANDS = {
                     lambda args: {"to": args["NAME"][0], "body": args["BODY"]}),
     "inbox": Command("inbox", _inbox, lambda args: {
         "limit": _number(args["--limit"], "--limit", "inbox", "limit"),
-        "before": _number(args["--before"], "--before", "inbox", "before") if args["--before"] else None,
+        "before": None if args["--before"] is None else _number(args["--before"], "--before", "inbox", "before"),
         "unread": args["--unread"], "only_from": args["--from"]}),
     "read": Command("mark_read", lambda answer, sent: f"marked {len(answer['read'])} message(s) read",
                     lambda args: {"ids": None if args["--all"] else
@@ -236,7 +239,9 @@ COMMANDS = {
     "cancel-question": Command("cancel_question", lambda answer, sent: f"question {sent['id']}: cancelled; "
                                                                        f"{answer['question']['asker']} was told",
                                lambda args: {"id": _number(args["ID"], "question id", "cancel_question", "id")}),
-    "request-spawn": Command("request_spawn", lambda answer, sent: f"queued approval {answer['id']}", _name),
+    "request-spawn": Command("request_spawn", lambda answer, sent: f"queued approval {answer['id']}",
+                             lambda args: dict(_name(args), **({"commit_ref": args["--commit"]} if args["--commit"]
+                                                               else {}))),
     "tombstones": Command("tombstones", lambda answer, sent: "\n".join(answer["tombstones"]) or "(no tombstones)"),
     "purge": Command("purge_tombstone", lambda answer, sent: f"purged {sent['name']}", _name),
     "urls": Command("urls", lambda answer, sent: "\n".join(f"{k}: {v or '-'}" for k, v in answer["urls"].items())),
@@ -246,6 +251,16 @@ COMMANDS = {
                       lambda args: {"id": None if args["--all"] else
                                     _number(args["ID"], "session id", "logout", "id")}),
 }
+
+
+def request_for(args):
+    """(the Command, the arguments it sends) for docopt's dict of a command line: the table's entry for the
+    one command word docopt set. A dict naming none is a usage line the table lacks: a bug, not a typo."""
+    words = [word for word in COMMANDS if args.get(word)]
+    if len(words) != 1:
+        raise AssertionError(f"the usage let through a command line the CLI's table does not know: {words or args}")
+    command = COMMANDS[words[0]]
+    return command, command.build(args)
 
 
 def parse(argv):
@@ -261,10 +276,9 @@ def main(argv):
         # hyperhive.py routes roles before the CLI; only a mistyped one lands here
         print(f"hyperhive: {' '.join(argv)!r} is not a role; see `hyperhive --help`", file=sys.stderr)
         return 2
-    command = next(COMMANDS[word] for word in COMMANDS if args[word])
     path = args["--socket"] or settings.default_host_socket()
     try:
-        sent = command.build(args)
+        command, sent = request_for(args)
         answer = jsonline.call(path, command.verb, timeout=command.timeout, **sent)
     except jsonline.Unreachable:
         print(f"hive-c0re is not running at {path}", file=sys.stderr)
