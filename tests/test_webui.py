@@ -98,7 +98,7 @@ class FakeRun:
 
 
 class FakeHarness:
-    """What webui needs of a Harness: name, role, socket, bus, loop, current, compact()."""
+    """What webui needs of an AgentRuntime (harness/main.py): name, role, socket, bus, loop, current, compact()."""
 
     def __init__(self, bus, socket_path, recvs=None, block=False):
         self.name, self.role, self.socket, self.bus = "alice", "agent", str(socket_path), bus

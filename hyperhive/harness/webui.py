@@ -8,7 +8,7 @@ data, previews of the files this agent may reach, and the listener: a unix
 socket `web.sock` beside the agent's core socket that answers only requests
 carrying this agent's secret (`web.secret`, written by the core).
 
-The harness handed to `make_app`/`start` must have: `name`, `role`,
+The harness handed to `make_app`/`start` (`main.AgentRuntime`) must have: `name`, `role`,
 `socket` (the core socket path), `bus`, `loop` (a TurnLoop: `in_turn`,
 `new_session`, `turn_lock`), `current` (the running claude `Run` or None)
 and `compact()` (runs a compaction, returns an Outcome); for `/login/*` and
