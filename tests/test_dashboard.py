@@ -295,7 +295,7 @@ def test_spawn_approve_and_deny(dash):
     assert res.status == 200 and res.json()["approval"]["status"] == "denied"
     assert res.json()["approval"]["note"] == "not now"
     error_of(dash.post("/approve/999"), 404, "not_found")
-    error_of(dash.post("/approve/0"), 400, "bad_argument", "at least 1")
+    error_of(dash.post("/approve/0"), 400, "bad_argument", "approval id must be a whole number of 1 or more, got '0'")
 
 
 def test_an_operator_question_is_shown_and_answered(dash):
@@ -397,7 +397,8 @@ def test_file_refs_are_stored_at_ingest_and_previewed_again_on_demand(dash, tmp_
              f"message {mid} has only 2 file references; there is no number 2")
     error_of(dash.get(f"/file-ref/{mid + 1000}/0"), 404, "not_found", f"there is no message {mid + 1000}")
     error_of(dash.get("/file-ref/x/0"), 400, "bad_argument", "message id must be a whole number")
-    error_of(dash.get(f"/file-ref/{mid}/-1"), 400, "bad_argument", "at least 0")
+    error_of(dash.get(f"/file-ref/{mid}/-1"), 400, "bad_argument",
+             "file reference number must be a whole number of 0 or more, got '-1'")
     error_of(dash.get(f"/file-ref/{mid}/0", auth=False), 401, "unauthorized", "hyperhive login-url")
 
 

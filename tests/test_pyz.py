@@ -7,7 +7,7 @@ the same pyz, the fake claude. Then, each once:
 - every route of the dashboard and of an agent's page (through the core),
   listed from the apps themselves, so a new route without a case here fails;
 - every verb of every socket surface (host, agent, manager), listed from
-  `wire.SURFACES`, and every MCP tool of both roles;
+  `verbs.SURFACES`, and every MCP tool of both roles;
 - every lookup by name a library does inside the pyz (the entry points of
   every vendored distribution, markdown's extensions by name) and every
   asset through the one loader.
@@ -30,8 +30,8 @@ import urllib.request
 import pytest
 
 from conftest import FAKE_CLAUDE, PYZ, PYZ_PYTHON, ROOT, Hive, kill_harnesses, pyz_argv, wait_until
-from hyperhive import jsonline, wire
-from hyperhive.harness import mcp
+from hyperhive import jsonline, verbs, wire
+from hyperhive.harness import tools
 
 MARKDOWN = "table and code:\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n```\nfenced = True\n```\n"
 
@@ -457,7 +457,7 @@ def test_every_verb_of_every_surface_answers_from_the_pyz(hive):
         call("manager", verb, name="m")
     call("manager", "update", want="conflict", description="no meta flake here")
 
-    every = {(surface, verb) for surface, verbs in wire.SURFACES.items() for verb in verbs}
+    every = {(surface, verb) for surface, names in verbs.SURFACES.items() for verb in names}
     assert done == every, f"not exercised: {sorted(every - done)}"
 
 
@@ -490,13 +490,13 @@ def test_every_mcp_tool_of_both_roles_answers_from_the_pyz(hive):
             "rebuild": {"name": target}, "kill": {"name": target},
         }
         expected_errors = {"update"}  # the process backend has no meta flake: a sentence, not a failure
-        tools, said = mcp.tools_for(role), {}
-        assert list(tools).index("remind") < list(tools).index("cancel_loose_end")
-        for name in tools:  # one session each: a session runs its calls at once, and these must not race
+        mine, said = tools.tools_for(role), {}
+        assert list(mine).index("remind") < list(mine).index("cancel_loose_end")
+        for name in mine:  # one session each: a session runs its calls at once, and these must not race
             if name == "cancel_loose_end":
                 args[name] = {"kind": "reminder", "id": int(re.search(r"reminder (\d+)", said["remind"]).group(1))}
             listed, answer = mcp_run(role, sock, name, args[name])
-            assert listed == set(tools), "the pyz's tools are the checkout's"
+            assert listed == set(mine), "the pyz's tools are the checkout's"
             assert "error" not in answer, (role, name, answer)
             result = answer["result"]
             text = said[name] = result["content"][0]["text"]

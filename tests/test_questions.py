@@ -87,7 +87,7 @@ def test_a_question_to_the_manager_is_a_peer_question(rig):
 
 def test_asking_yourself_or_nobody_is_refused(rig):
     """Through the agent's socket, as every question comes: the verb's table checks the arguments
-    (wire.check_args), Questions what the table cannot know."""
+    (verbs.check_args), Questions what the table cannot know."""
     def ask(code, **args):
         return rig.refused(code, "agent", "a", "ask", **args)
 

@@ -98,7 +98,7 @@ class FakeRun:
 
 
 class FakeHarness:
-    """What webui needs of a Harness: name, role, socket, bus, loop, current, compact()."""
+    """What webui needs of an AgentRuntime (harness/main.py): name, role, socket, bus, loop, current, compact()."""
 
     def __init__(self, bus, socket_path, recvs=None, block=False):
         self.name, self.role, self.socket, self.bus = "alice", "agent", str(socket_path), bus
@@ -531,6 +531,21 @@ def test_a_loose_end_is_withdrawn_through_the_core_as_this_agent(app, core):
                                               "forbidden")
     reply = post(app, "/api/loose-ends/cancel", {"kind": "reminder", "id": 4})
     assert reply.status == 403 and reply.error() == "reminder 4 is bob's: only bob or the manager may cancel it"
+
+
+@pytest.mark.parametrize("route, body, sentence", [
+    ("/api/loose-ends/cancel", {"kind": "reminder", "id": "x"}, "'id' must be a whole number of 1 or more, got 'x'"),
+    ("/api/loose-ends/cancel", {"kind": "reminder", "id": "0"}, "'id' must be a whole number of 1 or more, got '0'"),
+    ("/api/retry", {"ids": ["4", "five"]}, "message id must be a whole number of 1 or more, got 'five'"),
+    ("/api/retry", {"ids": [str(2 ** 63)]},
+     "message id must be a whole number of 1 or more and at most 9223372036854775807, got '9223372036854775808'"),
+])
+def test_a_typed_id_the_page_cannot_read_is_refused_before_the_core(app, core, route, body, sentence):
+    """An id a form posts is text: read by wire's one parser, refused in its sentence, never sent on."""
+    sent = len(core.requests)
+    reply = post(app, route, body)
+    assert reply.status == 400 and reply.error() == sentence
+    assert len(core.requests) == sent
 
 
 def test_the_state_carries_the_agents_status_line_from_the_core(app, core):

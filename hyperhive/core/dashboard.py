@@ -324,13 +324,4 @@ def _operator_cookie(request):
         return None
 
 
-def _int(value, what, lo):
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise wire.HiveError(f"{what} must be a whole number, got {value!r}") from None
-    if number < lo:
-        raise wire.HiveError(f"{what} must be at least {lo}, got {number}")
-    if number > wire.MAX_INT:  # SQLite could not even look it up
-        raise wire.HiveError(f"{what} must be at most {wire.MAX_INT}, got {number}")
-    return number
+_int = wire.whole_number  # (value, what, lo): the one parser of a typed number, its one sentence

@@ -83,7 +83,7 @@ class Questions:
     def ask(self, asker, question, to=None, options=(), ttl_seconds=None):
         """Queue a question from asker to `to` (default: the operator); returns its row.
 
-        The arguments come checked by `wire.check_args` (the verb's table); what is left here is
+        The arguments come checked by `verbs.check_args` (the verb's table); what is left here is
         what the table cannot know: who asks whom, and how many are open."""
         if asker == wire.OPERATOR:
             raise wire.HiveError("the operator answers questions here; to ask an agent something, send it a message")

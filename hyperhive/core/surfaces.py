@@ -9,7 +9,7 @@ so no request can speak for someone else.
 import logging
 import os
 
-from hyperhive import resources, wire
+from hyperhive import resources, verbs, wire
 from hyperhive.core import aftermath, reminders
 from hyperhive.core.looseends import LooseEnds
 from hyperhive.schema import Agent
@@ -50,7 +50,7 @@ class Surfaces:
         """A `dispatch(obj)` for jsonline.Server, bound to one surface and caller."""
 
         def dispatch(obj, gone=None):
-            verb, args = wire.parse_request(obj, surface)
+            verb, args = verbs.parse_request(obj, surface)
             if verb == "recv":
                 args["gone"] = gone
             with aftermath.collecting() as notes:
