@@ -132,7 +132,7 @@ VERBS = {
                         "tell their senders"),
     "retry_cancelled": ((Arg("ids", "ids"),), "queue messages of yours a cancelled turn had, again"),
     "requeue_inflight": ((), "put popped-but-unacked messages back, flagged redelivered"),
-    "recent": ((Arg("limit", "int", False, 20, 1, 200),),
+    "recent": ((Arg("limit", "int", False, 20, 1, 200, help="How many messages at most, newest first (1-200)."),),
                "recent messages to or from you, newest first"),
     "operator_msg": ((Arg("body", "text"),), "a message from the operator via your web page"),
     "whoami": ((), "your name, role and the hyperhive revision"),
@@ -201,7 +201,7 @@ HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending
               "destroy", "send", "inbox", "mark_read", "approve", "deny", "request_spawn", "tombstones", "purge_tombstone",
               "update_meta", "login_url", "sessions", "logout", "questions", "answer", "cancel_question")
 AGENT_VERBS = ("send", "recv", "ack_turn", "cancel_turn", "retry_cancelled", "requeue_inflight", "recent",
-               "inbox", "operator_msg", "whoami", "get_loose_ends", "cancel_loose_end", "ask", "answer", "cancel_question",
+               "inbox", "operator_msg", "whoami", "get_loose_ends", "cancel_loose_end", "ask", "answer",
                "remind", "count_pending_reminders", "set_status", "report_login")
 MANAGER_VERBS = AGENT_VERBS + ("agent_status", "request_apply_commit", "request_init_config",
                                "request_spawn", "start", "stop", "restart", "rebuild", "kill", "update")

@@ -111,7 +111,7 @@ def test_tools_list_shapes(core, role):
     assert "[question_answered]" in ask and "inbox" in ask and "Do not wait" in ask
 
 
-COMMON_TOOLS = ["send", "recv", "whoami", "ask", "answer", "remind", "get_loose_ends", "cancel_loose_end",
+COMMON_TOOLS = ["send", "recv", "recent", "whoami", "ask", "answer", "remind", "get_loose_ends", "cancel_loose_end",
                 "set_status"]
 MANAGER_TOOLS = ["request_apply_commit", "request_init_config", "request_spawn", "update", "agent_status",
                  "start", "stop", "restart", "rebuild", "kill"]
@@ -226,6 +226,21 @@ def test_recv_several_messages(server, core):
         "from: bob\n\none\n---\n"
         "[redelivered: a turn that had this message did not finish — it may already be handled]\nfrom: manager\n\ntwo\n---\n"
         "from: operator\n\nthree")
+
+
+def test_recent_reads_the_conversation_back_with_cut_bodies_said(server, core):
+    core.answers["recent"] = ok(messages=[
+        {"id": 9, "from": "alice", "to": "bob", "sent_at": "2026-12-04T10:00:00Z", "body": "done"},
+        {"id": 8, "from": "bob", "to": "alice", "sent_at": "2026-12-04T09:00:00Z", "body": "x" * 10,
+         "body_chars": 40000}], warnings=["the listing stops after the newest 2 messages"])
+    text = text_of(server.call("recent", {"limit": 5}))
+    assert core.requests == [{"cmd": "recent", "limit": 5}]
+    assert text == ("2 messages, newest first\n\n"
+                    "message 9 from alice to bob at 2026-12-04T10:00:00Z\n\ndone\n---\n"
+                    "message 8 from bob to alice at 2026-12-04T09:00:00Z\n\nxxxxxxxxxx\n"
+                    "[cut: the body has 40000 characters]\n(warning: the listing stops after the newest 2 messages)")
+    core.answers["recent"] = ok(messages=[])
+    assert text_of(server.call("recent", {})) == "(no messages yet)"
 
 
 def test_whoami(server, core):

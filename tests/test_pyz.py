@@ -441,7 +441,7 @@ def test_every_verb_of_every_surface_answers_from_the_pyz(hive):
                      to="v" if surface == "agent" else "manager")["id"]
         call(surface, "answer", id=to_me, answer="peer answer")
         mine = call(surface, "ask", question="withdraw me", to=other)["id"]
-        call(surface, "cancel_question", id=mine)
+        call(surface, "cancel_loose_end", kind="question", id=mine)
         call(surface, "set_status", text=f"checking the {surface} surface")
         call(surface, "report_login", logged_in=True)
 
@@ -473,6 +473,7 @@ def test_every_mcp_tool_of_both_roles_answers_from_the_pyz(hive):
         args = {
             "send": {"to": "operator", "body": "from the tool"},
             "recv": {"max": 2, "wait_seconds": 0},
+            "recent": {"limit": 5},
             "whoami": {},
             "ask": {"question": "from the tool?"},
             "answer": {"id": asked["id"], "answer": "tool answer"},

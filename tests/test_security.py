@@ -443,7 +443,7 @@ def sc_answer(r, victim, s):
 
 def sc_cancel_question(r, victim, s):
     theirs, _, _ = r.items[victim]
-    return [refused("forbidden", r.alice, "cancel_question", id=theirs, **s)]
+    return [refused("forbidden", r.alice, "cancel_loose_end", kind="question", id=theirs, **s)]
 
 
 def sc_remind(r, victim, s):

@@ -155,10 +155,6 @@ def test_the_agent_page_reads_each_loose_end_by_its_rows_fields():
         assert text in fields[kind] and time in fields[kind], (kind, text, time)
 
 
-# agent and manager verbs that no tool and no harness code sends, and why
-UNSENT = {"recent": "only tests read it; issue 15 lists it as test-only, to go",
-          "cancel_question": "an agent withdraws its question with the cancel_loose_end tool; kept for scripts"}
-
 
 def test_every_socket_verb_has_a_caller():
     """A host verb is a CLI command (tests/test_cli.py holds the exceptions), or the dashboard's; an agent or
@@ -176,4 +172,4 @@ def test_every_socket_verb_has_a_caller():
                                                                               "dashboard.py")])
     unsent_host = set(verbs.HOST_VERBS) - by_host
     assert unsent_host == {"subscribe_agent_status"}, "a host verb nobody sends"  # outside clients stream it
-    assert set(verbs.AGENT_VERBS + verbs.MANAGER_VERBS) - by_agents == set(UNSENT), "an agent verb nobody sends"
+    assert set(verbs.AGENT_VERBS + verbs.MANAGER_VERBS) - by_agents == set(), "an agent verb nobody sends"

@@ -163,7 +163,7 @@ class Questions:
             raise wire.HiveError(f"question {q.id} is for the operator: only the operator answers it "
                                  f"(on the dashboard, or `hyperhive answer {q.id} …`)", "forbidden")
         elif by != wire.OPERATOR:  # the operator may answer any agent's question in its stead
-            also = "; you asked it, so withdraw it with cancel_question if you no longer need it" \
+            also = "; you asked it, so withdraw it with cancel_loose_end if you no longer need it" \
                 if by == q.asker else ""
             raise wire.HiveError(f"question {q.id} was put to {q.target}: only {q.target} (or the operator) "
                                  f"may answer it{also}", "forbidden")

@@ -57,6 +57,19 @@ def _format_recv(answer, args):
     return f"popped {len(messages)} messages\n\n" + "\n---\n".join(map(wire.format_message, messages))
 
 
+def _format_recent(answer, args):
+    messages = answer.get("messages") or []
+    if not messages:
+        return "(no messages yet)"
+    rows = []
+    for m in messages:
+        body = m.get("body")
+        if m.get("body_chars"):
+            body += f"\n[cut: the body has {m['body_chars']} characters]"
+        rows.append(f"message {m.get('id')} from {m.get('from')} to {m.get('to')} at {m.get('sent_at')}\n\n{body}")
+    return f"{len(messages)} messages, newest first\n\n" + "\n---\n".join(rows)
+
+
 def _format_whoami(answer, args):
     keys = ("name", "role", "hyperhive_rev") + (("operator_pronouns",) if answer.get("operator_pronouns") else ())
     return "\n".join(f"{key}: {answer.get(key)}" for key in keys)
@@ -96,6 +109,12 @@ TOOLS = (
         "recv", _format_recv,
         # the core may hold the call for wait_seconds before it answers
         timeout=lambda args: args["wait_seconds"] + CALL_TIMEOUT),
+    Tool(
+        "recent",
+        "Read your recent conversation again: the messages sent to you or by you, newest first, those already "
+        "handled included (recv pops only what is unread and marks it yours). Use it after a new session or a "
+        "compaction to recall what was said; long bodies are cut here.",
+        "recent", _format_recent),
     Tool(
         "whoami",
         "Your own agent name, your role (agent or manager) and the hyperhive revision the hive runs.",
