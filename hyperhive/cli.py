@@ -58,7 +58,7 @@ Verbs (one request on the core's admin socket):
   approve, deny   decide an approval (deny tells the manager --reason)
   questions       questions agents asked the operator, waiting for an answer
   answer          answer question ID with TEXT (also an agent's question to a peer, in its stead)
-  cancel-question withdraw question ID; its asker is told it was cancelled
+  cancel-question  withdraw question ID; its asker is told it was cancelled
   request-spawn   queue an approval to create and start NAME from its proposed config (at --commit SHA,
                   else its main as it is now)
   tombstones      agents destroyed without --purge, whose state is kept
@@ -85,7 +85,7 @@ Options:
 import json
 import sys
 
-from hyperhive import jsonline, settings, verbs, wire
+from hyperhive import jsonline, settings, states, verbs, wire
 
 LONG = 180.0  # lifecycle verbs wait for a harness to stop (its turn may be finishing)
 # Unicode categories a terminal must never be handed raw: controls (C0, DEL, C1: escape sequences, OSC 52
@@ -149,8 +149,14 @@ def _inbox(answer, sent):
 
 
 def _approvals_table(answer, sent):
-    return _table(answer["approvals"], ["id", "agent", "kind", "commit_ref", "requested_at", "description"]) \
-        if answer["approvals"] else "(no pending approvals)"
+    """The pending approvals, then each one's diff whole: what approving it deploys."""
+    approvals = answer["approvals"]
+    if not approvals:
+        return "(no pending approvals)"
+    text = _table(approvals, ["id", "agent", "kind", "commit_ref", "requested_at", "description"])
+    for a in approvals:
+        text += f"\n\n=== approval {a['id']}: {a['kind']} of {a['agent']} at {a['commit_ref']}\n{a['diff'].rstrip()}"
+    return text
 
 
 def _questions_table(answer, sent):
@@ -170,16 +176,22 @@ def _approved(answer, sent):
     return f"approval {sent['id']}: {approval['status']}" + (f" ({approval['note']})" if approval["note"] else "")
 
 
+def _approval_failed(answer):
+    return answer["approval"]["status"] == states.FAILED_APPROVAL
+
+
 # -- the commands ------------------------------------------------------------------------
 
 class Command:
     """One CLI command: the wire verb it sends, its arguments built from docopt's (`build(args)`), how
     the answer reads (`show(answer, sent)`, given what was sent) and how long the core may take."""
 
-    __slots__ = ("verb", "show", "build", "timeout")
+    __slots__ = ("verb", "show", "build", "timeout", "failed")
 
-    def __init__(self, verb, show, build=lambda args: {}, timeout=30):
-        self.verb, self.show, self.build, self.timeout = verb, show, build, timeout
+    def __init__(self, verb, show, build=lambda args: {}, timeout=30, failed=lambda answer: False):
+        """`failed(answer)`: an answer the core gave that still means the command did not do its work (an
+        approved config that could not start): the CLI says it on stderr and exits 1."""
+        self.verb, self.show, self.build, self.timeout, self.failed = verb, show, build, timeout, failed
 
 
 def _said(text):
@@ -228,7 +240,8 @@ COMMANDS = {
     "resume": Command("set_paused", _said("resumed"), lambda args: dict(_name(args), paused=False)),
     "pending": Command("pending", _approvals_table),
     "approve": Command("approve", _approved,
-                       lambda args: {"id": _number(args["ID"], "approval id", "approve", "id")}, LONG),
+                       lambda args: {"id": _number(args["ID"], "approval id", "approve", "id")}, LONG,
+                       failed=_approval_failed),
     "deny": Command("deny", lambda answer, sent: f"approval {sent['id']}: denied",
                     lambda args: {"id": _number(args["ID"], "approval id", "deny", "id"),
                                   "reason": args["--reason"]}),
@@ -270,7 +283,60 @@ def parse(argv):
     return usage.parse(__doc__, argv, COMMANDS, version=f"hyperhive {__version__}")
 
 
+ROLES = ("serve", "agent", "manager")
+
+
+def _section(name):
+    """The lines of one section of this usage text ("Verbs", "Options"), below its heading line."""
+    return __doc__.split(f"\n{name}", 1)[1].split("\n", 1)[1].split("\n\n", 1)[0].splitlines()
+
+
+def _entries(lines):
+    """A section's entries: (the words its head names, its lines), a line indented deeper continuing one."""
+    entries = []
+    for line in lines:
+        if line.startswith("    ") and entries:
+            entries[-1][1].append(line)
+        else:
+            head = line.strip().split("  ")[0]
+            entries.append(({w.strip() for w in head.split(",")}, [line]))
+    return entries
+
+
+def help_of(word):
+    """One command's help: its usage lines, what it does, and the options it takes."""
+    from hyperhive import usage
+
+    lines = [line for line in __doc__.split("Usage:", 1)[1].split("\n\n", 1)[0].splitlines()
+             if usage.command_of(line) == word]
+    named = set()
+    for line in lines:
+        named.update(token.strip("[]()|.") for token in line.split() if token.strip("[]()|.").startswith("--"))
+    said = [text for words, texts in _entries(_section("Verbs")) if word in words for text in texts]
+    options = [text for words, texts in _entries(_section("Options")) for text in texts
+               if {w.split()[0] for w in words} & (named | {"--socket", "--json"})]
+    return "\n".join(["Usage:", *lines, "", *said, "", "Options:", *options])
+
+
+def _unknown(word):
+    """The one line for a command word the CLI does not have, with the nearest it does."""
+    import difflib
+
+    near = difflib.get_close_matches(word, list(COMMANDS) + list(ROLES), n=1)
+    hint = f"did you mean {near[0]}?" if near else "`hyperhive --help` lists the verbs"
+    return f"hyperhive: unknown verb {shown(word)!r}; {hint}"
+
+
 def main(argv):
+    from hyperhive import usage
+
+    word, helped = usage.command_word(__doc__, argv)
+    if word is not None and word not in COMMANDS and word not in ROLES:
+        print(_unknown(word), file=sys.stderr)
+        return 2
+    if word in COMMANDS and helped:
+        print(help_of(word))
+        return 0
     args = parse(argv)
     if args["serve"] or args["agent"] or args["manager"]:
         # hyperhive.py routes roles before the CLI; only a mistyped one lands here
@@ -288,7 +354,10 @@ def main(argv):
         return 1
     # a table's cells are escaped before their widths are taken; this pass covers every other answer
     print(json.dumps(answer, indent=2) if args["--json"] else
-          "\n".join(map(shown, command.show(answer, sent).split("\n"))))
+          "\n".join(map(shown, command.show(answer, sent).split("\n"))),
+          file=sys.stderr if command.failed(answer) and not args["--json"] else sys.stdout)
+    if command.failed(answer):
+        return 1
     for warning in answer.get(wire.WARNINGS) or ():  # done, but a step after it failed: say so, still exit 0
         print(f"hyperhive: warning: {shown(warning)}", file=sys.stderr)
     return 0

@@ -35,6 +35,19 @@ def parse(doc, argv, commands, version=None):
     return _docopt.docopt(doc, argv=argv, version=version) if args is None else args
 
 
+def command_word(doc, argv):
+    """(argv's command word or None, whether argv asks for help): what a person typed, read with the usage's
+    options so that `--socket PATH list` finds `list`; (None, False) for a line docopt's tokenizer refuses."""
+    options = _docopt.parse_defaults(doc)
+    try:
+        tokens = _docopt.parse_argv(_docopt.TokenStream(list(argv), DocoptExit), list(options))
+    except DocoptExit:
+        return None, False
+    words = [t.value for t in tokens if type(t) is Argument]
+    helped = any(type(t) is Option and t.name in ("-h", "--help") for t in tokens)
+    return (words[0] if words else None), helped
+
+
 def command_of(line):
     """A usage line's command: its first word after the program's name that is not an option, a bracket,
     an alternative or an ARGUMENT (None for a line of options only)."""

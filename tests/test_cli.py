@@ -134,13 +134,60 @@ def test_a_line_off_the_usage_gets_docopts_own_answer(word):
 
 
 def test_help_and_version_are_docopts_own(capsys):
-    for argv in (["--version"], ["list", "--help"], ["-h"]):
+    for argv in (["--version"], ["-h"], ["--help"]):
         with pytest.raises(SystemExit) as theirs:
             whole(argv)
         said = capsys.readouterr().out
         with pytest.raises(SystemExit) as ours:
             cli.parse(argv)
         assert (ours.value.code, capsys.readouterr().out) == (theirs.value.code, said), argv
+
+
+@pytest.mark.parametrize("word", sorted(cli.COMMANDS))
+def test_a_commands_help_is_its_usage_what_it_does_and_its_options(word, recorder, capsys):
+    assert cli.main(["--socket", "/s", word, "--help"]) == 0 and recorder.sent == []
+    text = capsys.readouterr().out
+    lines = [line for line in USAGE.splitlines() if usage.command_of(line) == word]
+    assert lines and all(line in text for line in lines)
+    said = text.split("\n\n")[1]
+    assert word in [w.strip() for w in said.strip().split("  ")[0].split(",")]  # the Verbs entry that names it
+    for option in {"--socket", "--json"} | set(re.findall(r"--[a-z]+", " ".join(lines))):
+        assert re.search(rf"^  {option} ", text, re.M), (word, option)
+    assert "Roles:" not in text  # its own help, not the whole usage
+
+
+@pytest.mark.parametrize("typed, nearest", [("spwan", "spawn"), ("aprove", "approve"), ("stat", "start"),
+                                             ("request-spwn", "request-spawn"), ("sevre", "serve")])
+def test_a_mistyped_verb_is_one_line_with_the_nearest(typed, nearest, recorder, capsys):
+    assert cli.main(["--socket", "/s", typed, "alice"]) == 2 and recorder.sent == []
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"hyperhive: unknown verb {typed!r}; did you mean {nearest}?\n"
+
+
+def test_a_verb_like_nothing_points_at_the_help(recorder, capsys):
+    assert cli.main(["xyzzy"]) == 2 and recorder.sent == []
+    assert capsys.readouterr().err == "hyperhive: unknown verb 'xyzzy'; `hyperhive --help` lists the verbs\n"
+
+
+def test_pending_prints_each_diff_and_json_carries_it(recorder, capsys):
+    recorder.ANSWERS = dict(Recorder.ANSWERS, pending={"approvals": [
+        {"id": 3, "agent": "alice", "kind": "apply_commit", "commit_ref": "abc1234", "requested_at": "t",
+         "description": "sonnet", "diff": "-model haiku\n+model sonnet\n"},
+        {"id": 4, "agent": "bob", "kind": "spawn", "commit_ref": "def5678", "requested_at": "t",
+         "description": "new", "diff": "+\x1b[31mred\n"}]})
+    assert cli.main(["--socket", "/s", "pending"]) == 0
+    out = capsys.readouterr().out
+    assert "=== approval 3: apply_commit of alice at abc1234\n-model haiku\n+model sonnet\n" in out
+    assert "=== approval 4: spawn of bob at def5678\n+\\x1b[31mred" in out  # escaped like every other output
+    assert cli.main(["--socket", "/s", "--json", "pending"]) == 0
+    assert json.loads(capsys.readouterr().out)["approvals"][0]["diff"] == "-model haiku\n+model sonnet\n"
+
+
+def test_an_approval_that_failed_exits_non_zero_saying_why(recorder, capsys):
+    recorder.ANSWERS = dict(Recorder.ANSWERS, approve={"approval": {"status": "failed", "note": "HOME is the hive's"}})
+    assert cli.main(["--socket", "/s", "approve", "7"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "approval 7: failed (HOME is the hive's)\n"
 
 
 class Recorder:

@@ -139,8 +139,12 @@ def test_a_bad_config_fails_and_keeps_the_agent_on_its_old_config(hive):
     before = git(applied(hive, "a"), "rev-parse", "main")
     sha = commit_config(hive, "a", '{"model": "sonnet", "env": {"HOME": "/evil"}}\n')
     approval = manager_requests(hive, sha)
-    answer = hive.call("approve", id=approval)["approval"]
-    assert answer["status"] == "failed" and "HOME" in answer["note"]
+    shown = cli(hive, "pending")  # the operator reads what approving deploys
+    assert shown.returncode == 0 and f"=== approval {approval}: apply_commit of a at " in shown.stdout
+    assert '+{"model": "sonnet", "env": {"HOME": "/evil"}}' in shown.stdout, shown.stdout
+    done = cli(hive, "approve", str(approval))
+    assert done.returncode == 1 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.startswith(f"approval {approval}: failed (") and "HOME" in done.stderr
     assert git(applied(hive, "a"), "rev-parse", "main") == before
     msg = git(applied(hive, "a"), "tag", "-l", "--format=%(contents)", f"failed/{approval}")
     assert "HOME" in msg

@@ -36,6 +36,11 @@ SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 # the refs, never its config, hooks or alternates.
 HISTORY = ("HEAD", "packed-refs", "shallow", "refs", "objects")
 MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+# An approval's diff is stored, streamed to every dashboard and printed by `pending`: a file past
+# DIFF_FILE_BYTES shows as "Binary files … differ" (git's bigFileThreshold), and the whole is cut at
+# DIFF_BYTES with a line saying where the rest is.
+DIFF_FILE_BYTES = 256 * 1024
+DIFF_BYTES = 1024 * 1024
 PROPOSED = "the proposed config repos"
 
 
@@ -90,6 +95,15 @@ def _verify(repo, rev, doing):
     """The full sha `rev` names in repo, or None (`--verify -q` exits 1 for 'no such object')."""
     out = _git(repo, "rev-parse", "--verify", "-q", "--end-of-options", rev, doing=doing, _ok_code=[0, 1])
     return out.strip() or None
+
+
+def _bounded(diff, whole):
+    """The diff, or its first DIFF_BYTES (by characters, at a line's end) and a line saying how to see it whole."""
+    if len(diff) <= DIFF_BYTES:
+        return diff
+    kept = diff[:diff.rfind("\n", 0, DIFF_BYTES) + 1]
+    return (f"{kept}# … the diff is cut here: {len(diff)} characters in all, {len(kept)} shown; `{whole}` on the "
+            "host shows it whole\n")
 
 
 def _is_repo(path):
@@ -356,11 +370,13 @@ class Repos:
         return sha
 
     def diff(self, name, sha):
-        """Unified diff from what is deployed (applied main) to sha."""
+        """Unified diff from what is deployed (applied main) to sha, bounded (DIFF_BYTES)."""
         applied = self._need(name)
         sha = self._commit_in(name, applied, sha)
-        return _git(applied, "diff", "--no-color", "--no-ext-diff", "--no-textconv", "refs/heads/main", sha, "--",
-                    doing=f"diff {name}'s deployed config against {sha[:12]}")
+        return _bounded(_git(applied, "-c", f"core.bigFileThreshold={DIFF_FILE_BYTES}", "diff", "--no-color",
+                             "--no-ext-diff", "--no-textconv", "refs/heads/main", sha, "--",
+                             doing=f"diff {name}'s deployed config against {sha[:12]}"),
+                        f"git -C {applied} diff main {sha[:12]}")
 
     def spawn_diff(self, name, sha):
         """What a spawn on sha starts with, for the operator: the diff against applied main (the
@@ -371,8 +387,10 @@ class Repos:
         applied = self._need(name)
         # git knows the empty tree without it being stored: diffing from it shows each file whole
         empty = _git(applied, "hash-object", "-t", "tree", "/dev/null", doing="name the empty tree").strip()
-        whole = _git(applied, "diff", "--no-color", "--no-ext-diff", "--no-textconv", empty, sha, "--",
-                     doing=f"list {name}'s config at {sha[:12]}")
+        whole = _bounded(_git(applied, "-c", f"core.bigFileThreshold={DIFF_FILE_BYTES}", "diff", "--no-color",
+                              "--no-ext-diff", "--no-textconv", empty, sha, "--",
+                              doing=f"list {name}'s config at {sha[:12]}"),
+                         f"git -C {applied} show {sha[:12]}")
         return (f"# no change from {name}'s applied main ({self.deployed_sha(name)[:12]}); "
                 f"it starts with these files:\n{whole}")
 
