@@ -99,6 +99,31 @@ def test_a_sub_agents_work_is_a_task_row_with_its_tool_calls_nested_under_it(pag
     expect(task).to_have_attribute("data-status", "completed")
 
 
+def test_a_sub_agent_split_by_the_history_page_is_one_row_in_order_once_older_lines_load(page, hv):
+    open_agent_page(page, hv, "a")
+    idle(page)
+    mark = unique("long-task-")
+    calls = 70  # three events each: more than the newest page of history a cold load shows
+    run_turn(page, mark, f"FAKE: task general-purpose sift the {mark} logs\n" + "FAKE: whoami\n" * calls +
+             f"FAKE: say sifted {mark}\nFAKE: task-end")
+
+    page.goto(f"{hv.url}/agent/a/")  # its start is older than the loaded page: its lines draw the row
+    expect(page.locator("#live")).to_have_attribute("data-live", "true")
+    task = page.locator(f'{TOP}.task:has-text("sift the {mark} logs")')
+    expect(task).to_have_count(1)
+    expect(task.locator("> summary")).to_contain_text(f"sub-agent general-purpose · sift the {mark} logs")
+    shown = task.locator("> .subflow > [data-tool]").count()
+    assert 0 < shown < calls
+    page.locator("#terminal .term-older").click()
+    # the older lines join the same row, before the later ones; its start adds its prompt
+    expect(task.locator("> .subflow > [data-tool]")).to_have_count(calls)
+    expect(task.locator("> .subflow > .task-prompt")).to_have_count(1)
+    expect(page.locator(f'{TOP}.task:has-text("sift the {mark} logs")')).to_have_count(1)
+    keys = task.evaluate("(t) => [...t.querySelectorAll(':scope > .subflow > [data-sub-key]')]"
+                         ".map((n) => Number(n.dataset.subKey))")
+    assert keys == sorted(keys) and len(keys) == len(set(keys)) == calls + 1, keys
+
+
 # -- 2. the badges on a cold load ---------------------------------------------------------------
 
 def badges(page):

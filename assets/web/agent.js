@@ -515,7 +515,11 @@
     node.dataset.subKey = key;
     const old = t.flow.querySelector(`:scope > [data-sub-key="${CSS.escape(key)}"]`);
     if (old) old.replaceWith(node);
-    else t.flow.appendChild(node);
+    else {
+      // in seq order: "load older" brings a sub-agent's earlier lines after its later ones
+      const later = [...t.flow.children].find((c) => c.dataset.subKey !== undefined && Number(c.dataset.subKey) > ev.seq);
+      t.flow.insertBefore(node, later || null);
+    }
     return fresh;
   }
 
