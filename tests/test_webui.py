@@ -308,6 +308,36 @@ def test_state_lists_a_custom_model_and_the_usage(app, bus):
     assert state["ctx"] == 12 and state["cost"]["total"] == 3
 
 
+def test_after_a_harness_restart_the_state_carries_the_last_turns_usage(tmp_path, core, sockdir):
+    """The badges on a cold load of a restarted harness's page: the last turn's numbers, not blanks."""
+    def snapshot():
+        bus = Bus(str(tmp_path), clock=lambda: NOW)
+        app = webui.make_app(FakeHarness(bus, core.path), str(sockdir / "web.secret"), clock=lambda: NOW)
+        return bus, get(app, "/api/state").json()
+
+    open_agent(os.path.join(tmp_path, "events.sqlite"))
+    try:
+        bus, state = snapshot()
+        assert state["ctx"] is None and state["cost"] is None  # no turn ever: nothing to show
+        bus.begin_turn("operator")
+        bus.observe({"type": "assistant", "message": {"usage": {"input_tokens": 5, "cache_read_input_tokens": 700}}})
+        bus.observe({"type": "result", "usage": {"input_tokens": 1, "output_tokens": 2,
+                                                 "cache_read_input_tokens": 30, "cache_creation_input_tokens": 4}})
+        bus.end_turn(Outcome("ok"))
+        live = get(webui.make_app(FakeHarness(bus, core.path), str(sockdir / "web.secret")), "/api/state").json()
+    finally:
+        agent_db.close()
+
+    open_agent(os.path.join(tmp_path, "events.sqlite"))  # the harness starts again on the same file
+    try:
+        _bus, state = snapshot()
+    finally:
+        agent_db.close()
+    assert (state["ctx"], state["cost"]) == (live["ctx"], live["cost"]) == (705, {
+        "input_tokens": 1, "output_tokens": 2, "cache_read_input_tokens": 30, "cache_creation_input_tokens": 4,
+        "total": 37})
+
+
 def test_state_loads_without_an_inbox_when_the_core_is_down(app, core):
     core.stop()
     reply = get(app, "/api/state")
