@@ -106,47 +106,6 @@ def _tag_name(kind, approval_id):
     return f"{kind}/{int(approval_id)}"
 
 
-def _copy_history(src_fd, dest, what):
-    """Copy HISTORY of the .git at src_fd into dest, opening nothing through a link; see Repos.snapshot."""
-    owner = os.fstat(src_fd).st_uid
-    total = 0
-    for top, dirs, files, dir_fd in os.fwalk(".", dir_fd=src_fd, follow_symlinks=False):
-        rel = os.path.normpath(top)
-        if rel == ".":
-            dirs[:] = [d for d in dirs if d in HISTORY]
-            files = [f for f in files if f in HISTORY]
-        elif rel == "objects":
-            dirs[:] = [d for d in dirs if d != "info"]  # alternates live there: another repo's objects
-        os.makedirs(os.path.join(dest, rel), exist_ok=True)
-        for entry in dirs + files:
-            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-            shown = os.path.join(".git", rel, entry) if rel != "." else os.path.join(".git", entry)
-            if stat.S_ISLNK(st.st_mode):
-                raise trees.refusal(f"{what}'s {shown}", f"it is a symbolic link (to "
-                                    f"{os.readlink(entry, dir_fd=dir_fd)!r})", PROPOSED)
-        for entry in files:
-            shown = os.path.join(".git", rel, entry)
-            try:
-                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            except OSError as e:
-                raise trees.refusal(f"{what}'s {shown}", f"it cannot be opened as a plain file ({e.strerror})",
-                                    PROPOSED) from None
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise trees.refusal(f"{what}'s {shown}", "it is not a plain file", PROPOSED)
-                if st.st_nlink > 1 and st.st_uid != owner:
-                    raise trees.refusal(f"{what}'s {shown}", "it has a second name elsewhere and is not the "
-                                        "repo's owner's (a hard link to someone else's file)", PROPOSED)
-                total += st.st_size
-                if total > MAX_SNAPSHOT_BYTES:
-                    raise wire.HiveError(f"{what} holds more than {MAX_SNAPSHOT_BYTES >> 20} MiB of history; "
-                                         "the core reads no more than that (git gc it, or start it afresh)",
-                                         "bad_argument")
-                with open(os.path.join(dest, rel, entry), "wb") as out:
-                    shutil.copyfileobj(f, out)
-
-
 class Repos:
     """The config repos of every agent under one root directory."""
 
@@ -225,7 +184,9 @@ class Repos:
         try:
             fd = trees.open_dir(self.proposed_root, os.path.join(src, ".git"), PROPOSED, os.O_RDONLY)
             try:
-                _copy_history(fd, dest, f"{name}'s proposed config repo")
+                # objects/info is left out: alternates live there, naming another repo's objects
+                trees.copy_tree(fd, dest, f"{name}'s proposed config repo", HISTORY, PROPOSED,
+                                MAX_SNAPSHOT_BYTES, skip={"objects": {"info"}}, prefix=".git")
             finally:
                 os.close(fd)
             with open(os.path.join(dest, "config"), "w") as f:
