@@ -4,7 +4,8 @@ Owns `<root>/proposed/<name>` (the manager commits there) and
 `<root>/applied/<name>` (core only), the tag trail of the approval flow
 (proposal/ → approved/ → building/ → deployed/ | failed/ | denied/, all
 `<kind>/<approval id>`), and the rule that applied `main` only ever
-fast-forwards, and only together with a `deployed/<id>` tag. Every git call goes
+fast-forwards, and only together with a `deployed/<id>` tag, and the push of an
+applied repo to the forge (its mirror, scheduled by core/forge.py). Every git call goes
 through `sh` with a fixed identity and none of the user's git config; a failed
 call becomes a `wire.HiveError` naming what was attempted and git's own words.
 """
@@ -57,8 +58,9 @@ def _tail(stderr, lines=3):
     return " / ".join((key or kept)[-lines:]) or "git gave no reason"
 
 
-def _git(repo, *args, doing, code="internal", **opts):
-    """Run `git -C repo args`; returns stdout text (or the command with `_return_cmd`)."""
+def _git(repo, *args, doing, code="internal", env=None, **opts):
+    """Run `git -C repo args`, with `env` added to its environment; returns stdout text (or the command
+    with `_return_cmd`)."""
     try:
         git = sh.Command("git")
     except sh.CommandNotFound:
@@ -66,7 +68,7 @@ def _git(repo, *args, doing, code="internal", **opts):
 
     def run():
         # sh gives commands a TTY by default: git would start a pager and colour its output.
-        return git("-C", repo, *SAFE_CONFIG, *args, _env=_env(), _tty_out=False,
+        return git("-C", repo, *SAFE_CONFIG, *args, _env=dict(_env(), **(env or {})), _tty_out=False,
                    _decode_errors="replace", **opts)
 
     try:
@@ -109,8 +111,10 @@ def _tag_name(kind, approval_id):
 class Repos:
     """The config repos of every agent under one root directory."""
 
-    def __init__(self, root, proposed_owner=None):
+    def __init__(self, root, proposed_owner=None, refs_changed=None):
         self.root = os.path.abspath(root)
+        # refs_changed(name), after an applied repo's main or tags moved: the forge mirror pushes it
+        self.refs_changed = refs_changed or (lambda name: None)
         # Separate roots: the manager gets all of proposed/ and none of applied/.
         self.proposed_root = os.path.join(self.root, "proposed")
         # The core's alone: where a repo is built before it is renamed into place, and where a proposed
@@ -124,6 +128,11 @@ class Repos:
 
     def applied(self, name):
         return os.path.join(self.root, "applied", wire.check_name(name))
+
+    def applied_names(self):
+        """Every agent with an applied config repo (what the forge mirrors)."""
+        where = os.path.join(self.root, "applied")
+        return sorted(n for n in os.listdir(where) if _is_repo(os.path.join(where, n))) if os.path.isdir(where) else []
 
     def exists(self, name):
         return self._is_proposed(name) and _is_repo(self.applied(name))
@@ -215,6 +224,7 @@ class Repos:
         if not _is_repo(applied):
             shutil.rmtree(applied + ".new", ignore_errors=True)  # where an older core built it
             self._build(name, applied, lambda tmp: self._seed_applied(name, tmp))
+            self.refs_changed(name)
         return self.deployed_sha(name)
 
     def _build(self, name, path, fill, owner=None):
@@ -352,6 +362,7 @@ class Repos:
         # verbatim: an error's lines starting with '#' would otherwise be stripped as comments
         note = ("-a", "--cleanup=verbatim", "-m", str(message)) if message is not None else ()
         _git(applied, "tag", *note, ref, sha, doing=f"tag {name}'s config {ref}")
+        self.refs_changed(name)
 
     def check_fast_forward(self, name, sha):
         """The full sha, when applied main can fast-forward to it; else a conflict naming both."""
@@ -371,6 +382,22 @@ class Repos:
         sha = self.check_fast_forward(name, sha)
         self.tag(name, "deployed", approval_id, sha)
         _git(applied, "merge", "-q", "--ff-only", sha, doing=f"fast-forward {name}'s applied main to {sha[:12]}")
+        self.refs_changed(name)
+
+    def push(self, name, url, header=None):
+        """Push applied main and every tag of its trail to url (the agent's repo on the forge); returns the
+        sha of main pushed. No force: tags never move and main only fast-forwards, so a refusal means the
+        forge holds history this repo does not, which the core will not overwrite (see docs/approvals.md).
+        `header` (the credential) reaches this one git through its environment: never the repo's config,
+        which the manager can read, nor a command line, which every user of the host can."""
+        applied = self._need(name)
+        sha = self.deployed_sha(name)
+        secret = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": header}
+        # a forge that stalls gives up after a minute; a redirect never takes the credential elsewhere
+        _git(applied, "-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60", "-c", "http.followRedirects=false",
+             "push", "-q", "--no-verify", "--", url, "refs/heads/main:refs/heads/main", "refs/tags/*:refs/tags/*",
+             env=secret if header else None, code="unavailable", doing=f"push {name}'s applied config repo to {url}")
+        return sha
 
     def deployed_sha(self, name):
         """applied main's sha. Every status row asks, so the ref is read from
