@@ -391,11 +391,11 @@ class Repos:
         `header` (the credential) reaches this one git through its environment: never the repo's config,
         which the manager can read, nor a command line, which every user of the host can."""
         applied = self._need(name)
-        sha = self.deployed_sha(name)
+        sha = self.deployed_sha(name)  # pushed by its sha: what the row says was pushed is what was
         secret = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": header}
         # a forge that stalls gives up after a minute; a redirect never takes the credential elsewhere
         _git(applied, "-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60", "-c", "http.followRedirects=false",
-             "push", "-q", "--no-verify", "--", url, "refs/heads/main:refs/heads/main", "refs/tags/*:refs/tags/*",
+             "push", "-q", "--no-verify", "--", url, f"{sha}:refs/heads/main", "refs/tags/*:refs/tags/*",
              env=secret if header else None, code="unavailable", doing=f"push {name}'s applied config repo to {url}")
         return sha
 
