@@ -262,13 +262,22 @@ def deploy_a_change(h, name, text):
 
 def test_the_core_mirrors_at_start_spawn_and_approve_and_urls_answer(tmp_path, forge):
     h, cred = core_with_forge(tmp_path, forge)
+    with_forge, h.extra_args = h.extra_args, []
+    with running(h):  # a hive from before the forge: a and the manager have history the forge never saw
+        assert h.call("urls")["urls"] == {"domain": None, "home": h.url, "forge": None}
+        h.spawn("a")
+        deploy_a_change(h, "a", "before the forge")
+        assert h.row("a")["forge"] is None
+    h.extra_args = with_forge
     with running(h):
         assert h.call("urls")["urls"] == {"domain": "hive.example", "home": h.url, "forge": forge.url}
         done = subprocess.run(pyz_argv("--socket", h.host_sock, "urls"), capture_output=True, text=True)
         assert done.stdout.split("\n")[:3] == ["domain: hive.example", f"home: {h.url}", f"forge: {forge.url}"]
-        wait_until(lambda: in_sync(h, forge, "manager"), 30, "the manager's applied repo on the forge")
-        h.spawn("a")
-        wait_until(lambda: in_sync(h, forge, "a"), 30, "a's applied repo on the forge after its spawn")
+        # at start, with no change since: the forge catches up on everything
+        wait_until(lambda: in_sync(h, forge, "manager") and in_sync(h, forge, "a"), 30,
+                   "the manager's and a's applied repos on the forge at the core's start")
+        h.spawn("b")
+        wait_until(lambda: in_sync(h, forge, "b"), 30, "b's applied repo on the forge after its spawn")
         aid = deploy_a_change(h, "a", "first change")
         wait_until(lambda: in_sync(h, forge, "a"), 30, "a's deploy on the forge")
         assert {f"refs/tags/{k}/{aid}" for k in ("proposal", "approved", "building", "deployed")} <= set(forge.refs("a"))
