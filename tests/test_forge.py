@@ -241,11 +241,11 @@ def in_sync(h, forge, name):
     return want and forge.refs(name) == want and ((h.row(name) or {}).get("forge") or {}).get("error") is None
 
 
-def commit_in_proposed(h, name, text):
+def commit_in_proposed(h, name, text, path="NOTES"):
     repo = os.path.join(h.state_dir, "config", "proposed", name)
     env = dict(git_env(), GIT_AUTHOR_NAME="m", GIT_AUTHOR_EMAIL="m@h", GIT_COMMITTER_NAME="m",
                GIT_COMMITTER_EMAIL="m@h")
-    with open(os.path.join(repo, "NOTES"), "a") as f:
+    with open(os.path.join(repo, path), "a") as f:
         f.write(text + "\n")
     subprocess.run(["git", "-C", repo, "add", "-A"], check=True, env=env)
     subprocess.run(["git", "-C", repo, "commit", "-qm", text], check=True, env=env)
@@ -280,10 +280,17 @@ def test_the_core_mirrors_at_start_spawn_and_approve_and_urls_answer(tmp_path, f
         wait_until(lambda: in_sync(h, forge, "b"), 30, "b's applied repo on the forge after its spawn")
         aid = deploy_a_change(h, "a", "first change")
         wait_until(lambda: in_sync(h, forge, "a"), 30, "a's deploy on the forge")
-        assert {f"refs/tags/{k}/{aid}" for k in ("proposal", "approved", "building", "deployed")} <= set(forge.refs("a"))
+        trail = {f"refs/tags/{k}/{aid}" for k in ("proposal", "approved", "building", "deployed")}
+        assert trail <= set(forge.refs("a"))
         row = h.row("a")["forge"]
         assert row["repo"] == f"{forge.url}/a.git" and row["pushed_sha"] == forge.refs("a")["refs/heads/main"]
-        # a denial moves refs too
+        # a failure moves refs too: failed/<id>, main where it was
+        broken = h.agent_call("manager", "request_apply_commit", agent="a", description="x",
+                              commit_ref=commit_in_proposed(h, "a", "{ not json", path="hive.json"))["id"]
+        assert h.call("approve", id=broken)["approval"]["status"] == "failed"
+        wait_until(lambda: f"refs/tags/failed/{broken}" in forge.refs("a") and in_sync(h, forge, "a"), 30,
+                   "the failure's tag on the forge")
+        # and so does a denial
         denied = h.agent_call("manager", "request_apply_commit", agent="a",
                               commit_ref=commit_in_proposed(h, "a", "no thanks"), description="x")["id"]
         h.call("deny", id=denied, reason="not now")
