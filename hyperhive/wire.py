@@ -246,9 +246,10 @@ MESSAGE_FIELDS = ("id", "from", "body", "sent_at", "redelivered", "file_refs")
 LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at", "cancelled_at")
 STATUS_FIELDS = ("name", "state", "running", "failed", "needs_update", "needs_login", "paused",
                  "parent", "deployed_sha", "active_model", "status_text", "status_set_at",
-                 "url", "pending_reminders", "role", "last_turn_at", "claude_missing", "restart")
+                 "url", "pending_reminders", "role", "last_turn_at", "claude_missing", "restart", "forge")
 # `restart` is null, or {deaths, reason, next_at} while a harness that died on its own is
 # being started again by the core (next_at null once it runs again, until it has run a while).
+# `forge` is null without a forge mirror, else {repo, pushed_sha, pushed_at, error, retry_at}.
 APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at",
                    "status", "resolved_at", "note", "description")
 # `target` is an agent's name, `manager` or `operator`; answered_* are null while it is open.

@@ -321,6 +321,7 @@
       c.claude_missing && h("span", {class: "chip red", title: c.claude_missing}, "claude not found"),
       c.needs_update && h("span", {class: "chip orange", title: "the deployed config is behind: rebuild to apply it"}, "needs update"),
       c.restart && restartChip(c),
+      c.forge && c.forge.error && h("span", {class: "chip orange forge", title: `${c.forge.error} (retry at ${c.forge.retry_at})`}, "forge behind"),
       c.parent && c.parent !== "operator" && h("span", {class: "chip", title: "spawned by"}, `by ${c.parent}`));
 
     const status = c.claude_missing

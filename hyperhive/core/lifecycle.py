@@ -176,13 +176,14 @@ class Harness:
 
 
 class Lifecycle:
-    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time):
+    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time, forge=None):
         self.layout, self.backend, self.broker, self.hub = layout, backend, broker, hub
         self.clock = clock  # unix seconds: the watch's now
         self.streaks = {}  # name -> Streak, for a harness that died on its own
         self.held = set()  # names an operator killed: not started again until an operator says so
         self.harness = harness
         self.repos = repos  # the git module: each agent's proposed and applied config
+        self.forge = forge  # the mirror of the applied repos: its state(name) is a row's `forge`
         self.sockets = sockets  # open(name, role) / close(name)
         self.transients = {}  # name -> what it is doing now
         self._names = None  # every send asks `known`; the set is kept in memory
@@ -252,6 +253,7 @@ class Lifecycle:
             "claude_missing": agent.claude_missing,
             # while it keeps dying: how often in a row, why, and when the core starts it next
             "restart": self.streaks[agent.name].row() if agent.name in self.streaks else None,
+            "forge": self.forge.state(agent.name) if self.forge is not None else None,
         }
 
     def rows(self):
