@@ -701,7 +701,32 @@
         x[known.time] ? H.agoEl(x[known.time]) : null, withdraw),
       text ? h("p", {}, firstLine(text, 300)) : null,
       h("p", {class: "hint"}, summary),
+      kind === "question" ? answerBox(x, error) : null,
       error);
+  }
+
+  /* A question put to the operator is answered here, as the operator: through the core's own route
+   * (/answer-question/<id>, this page's origin and session key), never through this agent's harness,
+   * which is the agent's to rewrite. The asker gets the answer in its inbox; the row goes. */
+  function answerBox(x, error) {
+    if (x.target !== "operator" || x.answered_at || x.id === undefined) return null;
+    const answer = async (text, button) => {
+      const res = await H.post(`/answer-question/${encodeURIComponent(x.id)}`, {answer: text}, {button, errorEl: error});
+      if (res.ok) refreshLoose();
+    };
+    const input = h("input", {type: "text", name: "answer", placeholder: "answer as the operator…", "aria-label": `answer question #${x.id}`});
+    const submit = h("button", {type: "submit", class: "btn btn-sm btn-primary", data: {action: "answer"}}, "answer");
+    const form = h("form", {class: "answer-form", autocomplete: "off", on: {submit: (e) => {
+      e.preventDefault();
+      const text = input.value.trim();
+      if (!text) { H.showError(error, "type an answer, or pick one of the options"); input.focus(); return; }
+      answer(text, submit);
+    }}}, input, submit);
+    const options = Array.isArray(x.options) && x.options.length
+      ? h("div", {class: "options"}, x.options.map((o) => h("button", {type: "button", class: "btn btn-sm btn-teal",
+        data: {action: "option", answer: o}, on: {click: (e) => answer(String(o), e.currentTarget)}}, String(o))))
+      : null;
+    return [options, form];
   }
 
   /* On a finished turn (an event, not a timer): the inbox and loose ends move. */
