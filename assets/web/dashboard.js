@@ -1133,6 +1133,7 @@
     onStatus: (live, why) => {
       if (live) hadLive = true;
       H.setLive(els.live, live, "live", why);
+      if (!live) H.probe("/api/sessions"); // no answer at all: the core is down, and the page greys
     },
   });
 
