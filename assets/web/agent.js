@@ -839,7 +839,32 @@
         x[known.time] ? H.agoEl(x[known.time]) : null, withdraw),
       text ? h("p", {}, firstLine(text, 300)) : null,
       h("p", {class: "hint"}, summary),
+      kind === "question" ? answerBox(x, error) : null,
       error);
+  }
+
+  /* A question put to the operator is answered here, as the operator: through the core's own route
+   * (/answer-question/<id>, this page's origin and session key), never through this agent's harness,
+   * which is the agent's to rewrite. The asker gets the answer in its inbox; the row goes. */
+  function answerBox(x, error) {
+    if (x.target !== "operator" || x.answered_at || x.id === undefined) return null;
+    const answer = async (text, button) => {
+      const res = await H.post(`/answer-question/${encodeURIComponent(x.id)}`, {answer: text}, {button, errorEl: error});
+      if (res.ok) refreshLoose();
+    };
+    const input = h("input", {type: "text", name: "answer", placeholder: "answer as the operator…", "aria-label": `answer question #${x.id}`});
+    const submit = h("button", {type: "submit", class: "btn btn-sm btn-primary", data: {action: "answer"}}, "answer");
+    const form = h("form", {class: "answer-form", autocomplete: "off", on: {submit: (e) => {
+      e.preventDefault();
+      const text = input.value.trim();
+      if (!text) { H.showError(error, "type an answer, or pick one of the options"); input.focus(); return; }
+      answer(text, submit);
+    }}}, input, submit);
+    const options = Array.isArray(x.options) && x.options.length
+      ? h("div", {class: "options"}, x.options.map((o) => h("button", {type: "button", class: "btn btn-sm btn-teal",
+        data: {action: "option", answer: o}, on: {click: (e) => answer(String(o), e.currentTarget)}}, String(o))))
+      : null;
+    return [options, form];
   }
 
   /* On a finished turn (an event, not a timer): the inbox and loose ends move. */
@@ -931,6 +956,59 @@
   composeEl.addEventListener("input", () => { H.showError(composeErr, null); autogrow(); });
   $("#agent-compose-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
 
+  // ================================================= when the page is down
+
+  /* The stream failed: the page asks once why (each reconnect of the terminal asks again). No answer
+   * at all is the core being down (hive.js greys the page); a 503 from the core is this agent's
+   * harness not listening, with the sentence and the agent's state: a stopped or failed agent is
+   * offered a Start (the core's own lifecycle route, as the operator), instead of a forever
+   * "reconnecting…". Live again, everything of it goes. */
+  const DOWN_STATES = new Set(["stopped", "failed"]);
+  let down = null; // the last 503 of a page not up: {error, state, transient}
+
+  async function whyDown() {
+    const res = await H.probe("api/state");
+    if (!res || term.live) return; // the core is down (hive.js says so), or it came back meanwhile
+    if (res.status !== 503) { showDown(null); return; }
+    let data = null;
+    try { data = await res.json(); } catch (_) { /* not the core's answer: nothing to say but reconnecting */ }
+    showDown(data && typeof data.error === "string" ? data : null);
+  }
+
+  /* This page's agent: from the address, for its state may never have come. */
+  function pageName() {
+    return state.name || decodeURIComponent((location.pathname.match(/\/agent\/([^/]+)/) || [])[1] || "");
+  }
+
+  function showDown(data) {
+    down = data;
+    if (!state.name) $("#agent-name").textContent = pageName();
+    document.body.classList.toggle("agent-down", !!data);
+    $("#down-panel").hidden = !data;
+    if (!data) return;
+    const stopped = DOWN_STATES.has(data.state) && !data.transient;
+    // a `command` in the sentence is shown as code (as text: the sentence is never markup)
+    $("#down-sentence").replaceChildren(...String(data.error).split("`").map((part, i) => (i % 2 ? h("code", {}, part) : part)));
+    $("#down-state").textContent = data.transient || data.state || "not up";
+    $("#down-start").hidden = !stopped;
+    const live = $("#live .live-text");
+    if (live) live.textContent = stopped ? "not running" : data.transient || "starting…";
+  }
+
+  $("#down-start").addEventListener("click", async (e) => {
+    const res = await post(`/start/${encodeURIComponent(pageName())}`, {}, {button: e.currentTarget, errorEl: $("#down-error")});
+    if (res.ok) term.reconnect(); // its page may take a moment: the terminal keeps trying, and says why
+  });
+
+  function onStatus(live, why) {
+    H.setLive($("#live"), live, "alive", why);
+    if (live) showDown(null);
+    else {
+      if (down) showDown(down); // keep saying why while it asks again, not "reconnecting…"
+      whyDown();
+    }
+  }
+
   // ========================================================= terminal
 
   term = window.HiveTerminal.create({
@@ -950,7 +1028,7 @@
       tasks.clear();
       turnStarts.live = turnStarts.older = null;
     },
-    onStatus: (live, why) => H.setLive($("#live"), live, "alive", why),
+    onStatus,
   });
 
   window.hive = {term, state, send};
