@@ -24,7 +24,7 @@ Usage:
   hyperhive [options] questions
   hyperhive [options] answer ID TEXT
   hyperhive [options] cancel-question ID
-  hyperhive [options] request-spawn NAME
+  hyperhive [options] request-spawn NAME [--commit SHA]
   hyperhive [options] tombstones
   hyperhive [options] purge NAME
   hyperhive [options] urls
@@ -58,8 +58,9 @@ Verbs (one request on the core's admin socket):
   approve, deny   decide an approval (deny tells the manager --reason)
   questions       questions agents asked the operator, waiting for an answer
   answer          answer question ID with TEXT (also an agent's question to a peer, in its stead)
-  cancel-question withdraw question ID; its asker is told it was cancelled
-  request-spawn   queue an approval to create and start NAME from its config
+  cancel-question  withdraw question ID; its asker is told it was cancelled
+  request-spawn   queue an approval to create and start NAME from its proposed config (at --commit SHA,
+                  else its main as it is now)
   tombstones      agents destroyed without --purge, whose state is kept
   purge           delete a tombstone's state and config for good
   urls            the hive's addresses
@@ -77,13 +78,14 @@ Options:
   --now           do not wait for a running turn to finish
   --purge         also delete the agent's state dir
   --reason TEXT   why an approval is denied [default: ]
+  --commit SHA    a commit of the agent's proposed config repo (7-40 hex characters)
   --all           every session
 """
 
 import json
 import sys
 
-from hyperhive import jsonline, settings, wire
+from hyperhive import jsonline, settings, states, verbs, wire
 
 LONG = 180.0  # lifecycle verbs wait for a harness to stop (its turn may be finishing)
 # Unicode categories a terminal must never be handed raw: controls (C0, DEL, C1: escape sequences, OSC 52
@@ -124,7 +126,7 @@ def _table(rows, columns):
     return "\n".join(lines)
 
 
-def _status_table(answer):
+def _status_table(answer, sent):
     rows = [dict(r, model=r.get("active_model"), status=r.get("claude_missing") or r.get("status_text"),
                  login="claude missing" if r.get("claude_missing") else "needed" if r.get("needs_login") else "")
             for r in answer["agent_statuses"]]
@@ -137,7 +139,7 @@ def _messages_table(answer):
     return _table(rows, ["id", "sent_at", "from", "body"]) if rows else "(no messages)"
 
 
-def _inbox(answer):
+def _inbox(answer, sent):
     text = _messages_table(answer)
     senders = answer.get("senders") or []
     if senders:
@@ -146,120 +148,204 @@ def _inbox(answer):
     return text
 
 
-def _approvals_table(answer):
-    return _table(answer["approvals"], ["id", "agent", "kind", "commit_ref", "requested_at", "description"]) \
-        if answer["approvals"] else "(no pending approvals)"
+def _approvals_table(answer, sent):
+    """The pending approvals, then each one's diff whole: what approving it deploys."""
+    approvals = answer["approvals"]
+    if not approvals:
+        return "(no pending approvals)"
+    text = _table(approvals, ["id", "agent", "kind", "commit_ref", "requested_at", "description"])
+    for a in approvals:
+        text += f"\n\n=== approval {a['id']}: {a['kind']} of {a['agent']} at {a['commit_ref']}\n{a['diff'].rstrip()}"
+    return text
 
 
-def _questions_table(answer):
+def _questions_table(answer, sent):
     rows = [dict(q, options=" | ".join(q["options"]), question=" ".join(q["question"].split())[:100])
             for q in answer["questions"]]
     return _table(rows, ["id", "asker", "asked_at", "expires_at", "options", "question"]) \
         if rows else "(no open questions)"
 
 
-def _sessions_table(answer):
+def _sessions_table(answer, sent):
     return _table(answer["sessions"], ["id", "created_at", "last_seen_at", "expires_at", "remote", "user_agent"]) \
         if answer["sessions"] else "(no sessions)"
 
 
-def _id(args, what):
-    try:
-        return int(args["ID"])
-    except ValueError:
-        raise wire.HiveError(f"{what} id is a number, got {args['ID']!r}") from None
+def _approved(answer, sent):
+    approval = answer["approval"]
+    return f"approval {sent['id']}: {approval['status']}" + (f" ({approval['note']})" if approval["note"] else "")
+
+
+def _approval_failed(answer):
+    return answer["approval"]["status"] == states.FAILED_APPROVAL
+
+
+# -- the commands ------------------------------------------------------------------------
+
+class Command:
+    """One CLI command: the wire verb it sends, its arguments built from docopt's (`build(args)`), how
+    the answer reads (`show(answer, sent)`, given what was sent) and how long the core may take."""
+
+    __slots__ = ("verb", "show", "build", "timeout", "failed")
+
+    def __init__(self, verb, show, build=lambda args: {}, timeout=30, failed=lambda answer: False):
+        """`failed(answer)`: an answer the core gave that still means the command did not do its work (an
+        approved config that could not start): the CLI says it on stderr and exits 1."""
+        self.verb, self.show, self.build, self.timeout, self.failed = verb, show, build, timeout, failed
+
+
+def _said(text):
+    """A formatter that prints the same words whatever the answer."""
+    return lambda answer, sent: text
+
+
+def _name(args):
+    return {"name": args["NAME"][0]}
+
+
+def _scope(args):
+    return {"scope": {"agent_names": args["NAME"]}}
+
+
+def _number(text, what, verb, arg):
+    """A number the operator typed for `arg` of `verb`: read by wire's one parser, within the bounds the
+    verb takes (an `ids` list's are whole numbers from 1), so a bad one is refused here in its sentence."""
+    spec = next(a for a in verbs.args_of(verb, "host") if a.name == arg)
+    lo = 1 if spec.kind == "ids" else spec.lo or 0
+    return wire.whole_number(text, what, lo, wire.MAX_INT if spec.hi is None else spec.hi)
+
+
+# command (the usage's word) -> Command: the one place a command's verb, arguments, printing and timeout are
+# written; tests/test_cli.py holds it to the usage lines above, one entry a command
+COMMANDS = {
+    "list": Command("list", lambda answer, sent: "\n".join(answer["agents"]) or "(no agents)"),
+    "status": Command("agent_status", _status_table),
+    "send": Command("send", lambda answer, sent: f"sent (message {answer['id']})",
+                    lambda args: {"to": args["NAME"][0], "body": args["BODY"]}),
+    "inbox": Command("inbox", _inbox, lambda args: {
+        "limit": _number(args["--limit"], "--limit", "inbox", "limit"),
+        "before": None if args["--before"] is None else _number(args["--before"], "--before", "inbox", "before"),
+        "unread": args["--unread"], "only_from": args["--from"]}),
+    "read": Command("mark_read", lambda answer, sent: f"marked {len(answer['read'])} message(s) read",
+                    lambda args: {"ids": None if args["--all"] else
+                                  [_number(i, "message id", "mark_read", "ids") for i in args["MESSAGE"]]}),
+    "spawn": Command("spawn", _said("spawn: done"), _name, LONG),
+    "start": Command("start", _said("started"), _scope, LONG),
+    "stop": Command("stop", _said("stopped"), lambda args: dict(_scope(args), graceful=not args["--now"]), LONG),
+    "restart": Command("restart", _said("restart: done"), _name, LONG),
+    "rebuild": Command("rebuild", _said("rebuild: done"), _name, LONG),
+    "kill": Command("kill", _said("kill: done"), _name, LONG),
+    "destroy": Command("destroy", _said("destroyed"), lambda args: dict(_name(args), purge=args["--purge"]), LONG),
+    "pause": Command("set_paused", _said("paused"), lambda args: dict(_name(args), paused=True)),
+    "resume": Command("set_paused", _said("resumed"), lambda args: dict(_name(args), paused=False)),
+    "pending": Command("pending", _approvals_table),
+    "approve": Command("approve", _approved,
+                       lambda args: {"id": _number(args["ID"], "approval id", "approve", "id")}, LONG,
+                       failed=_approval_failed),
+    "deny": Command("deny", lambda answer, sent: f"approval {sent['id']}: denied",
+                    lambda args: {"id": _number(args["ID"], "approval id", "deny", "id"),
+                                  "reason": args["--reason"]}),
+    "questions": Command("questions", _questions_table),
+    "answer": Command("answer", lambda answer, sent: f"question {sent['id']}: answered; "
+                                                     f"{answer['question']['asker']} has the answer in its inbox",
+                      lambda args: {"id": _number(args["ID"], "question id", "answer", "id"), "answer": args["TEXT"]}),
+    "cancel-question": Command("cancel_question", lambda answer, sent: f"question {sent['id']}: cancelled; "
+                                                                       f"{answer['question']['asker']} was told",
+                               lambda args: {"id": _number(args["ID"], "question id", "cancel_question", "id")}),
+    "request-spawn": Command("request_spawn", lambda answer, sent: f"queued approval {answer['id']}",
+                             lambda args: dict(_name(args), **({"commit_ref": args["--commit"]} if args["--commit"]
+                                                               else {}))),
+    "tombstones": Command("tombstones", lambda answer, sent: "\n".join(answer["tombstones"]) or "(no tombstones)"),
+    "purge": Command("purge_tombstone", lambda answer, sent: f"purged {sent['name']}", _name),
+    "urls": Command("urls", lambda answer, sent: "\n".join(f"{k}: {v or '-'}" for k, v in answer["urls"].items())),
+    "login-url": Command("login_url", lambda answer, sent: answer["url"]),
+    "sessions": Command("sessions", _sessions_table),
+    "logout": Command("logout", lambda answer, sent: f"ended {answer['ended']} session(s)",
+                      lambda args: {"id": None if args["--all"] else
+                                    _number(args["ID"], "session id", "logout", "id")}),
+}
 
 
 def request_for(args):
-    """(verb, wire arguments, formatter, timeout) for parsed CLI arguments."""
-    name = args["NAME"][0] if args["NAME"] else None
-    if args["list"]:
-        return "list", {}, lambda a: "\n".join(a["agents"]) or "(no agents)", 30
-    if args["status"]:
-        return "agent_status", {}, _status_table, 30
-    if args["send"]:
-        return "send", {"to": name, "body": args["BODY"]}, lambda a: f"sent (message {a['id']})", 30
-    if args["inbox"]:
-        try:
-            limit = int(args["--limit"])
-        except ValueError:
-            raise wire.HiveError(f"--limit must be a number, got {args['--limit']!r}") from None
-        try:
-            before = int(args["--before"]) if args["--before"] else None
-        except ValueError:
-            raise wire.HiveError(f"--before is a message id (a number), got {args['--before']!r}") from None
-        return "inbox", {"limit": limit, "before": before, "unread": args["--unread"], "only_from": args["--from"]}, \
-            _inbox, 30
-    if args["read"]:
-        try:
-            ids = None if args["--all"] else [int(i) for i in args["MESSAGE"]]
-        except ValueError:
-            raise wire.HiveError(f"message ids are numbers, got {' '.join(args['MESSAGE'])!r}") from None
-        return "mark_read", {"ids": ids}, lambda a: f"marked {len(a['read'])} message(s) read", 30
-    if args["pending"]:
-        return "pending", {}, _approvals_table, 30
-    if args["approve"] or args["deny"]:
-        approval_id = _id(args, "an approval")
-        if args["approve"]:
-            return "approve", {"id": approval_id}, lambda a: f"approval {approval_id}: {a['approval']['status']}" + \
-                (f" ({a['approval']['note']})" if a["approval"]["note"] else ""), LONG
-        return "deny", {"id": approval_id, "reason": args["--reason"]}, \
-            lambda a: f"approval {approval_id}: denied", 30
-    if args["questions"]:
-        return "questions", {}, _questions_table, 30
-    if args["answer"]:
-        question_id = _id(args, "a question")
-        return "answer", {"id": question_id, "answer": args["TEXT"]}, \
-            lambda a: f"question {question_id}: answered; {a['question']['asker']} has the answer in its inbox", 30
-    if args["cancel-question"]:
-        question_id = _id(args, "a question")
-        return "cancel_question", {"id": question_id}, \
-            lambda a: f"question {question_id}: cancelled; {a['question']['asker']} was told", 30
-    if args["request-spawn"]:
-        return "request_spawn", {"name": name}, lambda a: f"queued approval {a['id']}", 30
-    if args["tombstones"]:
-        return "tombstones", {}, lambda a: "\n".join(a["tombstones"]) or "(no tombstones)", 30
-    if args["purge"]:
-        return "purge_tombstone", {"name": name}, lambda a: f"purged {name}", 30
-    if args["urls"]:
-        return "urls", {}, lambda a: "\n".join(f"{k}: {v or '-'}" for k, v in a["urls"].items()), 30
-    if args["login-url"]:
-        return "login_url", {}, lambda a: a["url"], 30
-    if args["sessions"]:
-        return "sessions", {}, _sessions_table, 30
-    if args["logout"]:
-        session = None if args["--all"] else _id(args, "a session")
-        return "logout", {"id": session}, lambda a: f"ended {a['ended']} session(s)", 30
-    if args["start"]:
-        return "start", {"scope": {"agent_names": args["NAME"]}}, lambda a: "started", LONG
-    if args["stop"]:
-        return ("stop", {"scope": {"agent_names": args["NAME"]}, "graceful": not args["--now"]},
-                lambda a: "stopped", LONG)
-    if args["destroy"]:
-        return "destroy", {"name": name, "purge": args["--purge"]}, lambda a: "destroyed", LONG
-    if args["pause"] or args["resume"]:
-        return "set_paused", {"name": name, "paused": bool(args["pause"])}, \
-            lambda a: "paused" if args["pause"] else "resumed", 30
-    for verb in ("spawn", "restart", "rebuild", "kill"):
-        if args[verb]:
-            return verb, {"name": name}, lambda a, v=verb: f"{v}: done", LONG
-    raise AssertionError("docopt let through a command this CLI does not know")
+    """(the Command, the arguments it sends) for docopt's dict of a command line: the table's entry for the
+    one command word docopt set. A dict naming none is a usage line the table lacks: a bug, not a typo."""
+    words = [word for word in COMMANDS if args.get(word)]
+    if len(words) != 1:
+        raise AssertionError(f"the usage let through a command line the CLI's table does not know: {words or args}")
+    command = COMMANDS[words[0]]
+    return command, command.build(args)
+
+
+def parse(argv):
+    """docopt's dict for argv, from the usage lines of argv's command alone (`usage.parse`)."""
+    from hyperhive import __version__, usage
+
+    return usage.parse(__doc__, argv, COMMANDS, version=f"hyperhive {__version__}")
+
+
+ROLES = ("serve", "agent", "manager")
+
+
+def _section(name):
+    """The lines of one section of this usage text ("Verbs", "Options"), below its heading line."""
+    return __doc__.split(f"\n{name}", 1)[1].split("\n", 1)[1].split("\n\n", 1)[0].splitlines()
+
+
+def _entries(lines):
+    """A section's entries: (the words its head names, its lines), a line indented deeper continuing one."""
+    entries = []
+    for line in lines:
+        if line.startswith("    ") and entries:
+            entries[-1][1].append(line)
+        else:
+            head = line.strip().split("  ")[0]
+            entries.append(({w.strip() for w in head.split(",")}, [line]))
+    return entries
+
+
+def help_of(word):
+    """One command's help: its usage lines, what it does, and the options it takes."""
+    from hyperhive import usage
+
+    lines = [line for line in __doc__.split("Usage:", 1)[1].split("\n\n", 1)[0].splitlines()
+             if usage.command_of(line) == word]
+    named = set()
+    for line in lines:
+        named.update(token.strip("[]()|.") for token in line.split() if token.strip("[]()|.").startswith("--"))
+    said = [text for words, texts in _entries(_section("Verbs")) if word in words for text in texts]
+    options = [text for words, texts in _entries(_section("Options")) for text in texts
+               if {w.split()[0] for w in words} & (named | {"--socket", "--json"})]
+    return "\n".join(["Usage:", *lines, "", *said, "", "Options:", *options])
+
+
+def _unknown(word):
+    """The one line for a command word the CLI does not have, with the nearest it does."""
+    import difflib
+
+    near = difflib.get_close_matches(word, list(COMMANDS) + list(ROLES), n=1)
+    hint = f"did you mean {near[0]}?" if near else "`hyperhive --help` lists the verbs"
+    return f"hyperhive: unknown verb {shown(word)!r}; {hint}"
 
 
 def main(argv):
-    from docopt import docopt
+    from hyperhive import usage
 
-    from hyperhive import __version__
-
-    args = docopt(__doc__, argv=argv, version=f"hyperhive {__version__}")
+    word, helped = usage.command_word(__doc__, argv)
+    if word is not None and word not in COMMANDS and word not in ROLES:
+        print(_unknown(word), file=sys.stderr)
+        return 2
+    if word in COMMANDS and helped:
+        print(help_of(word))
+        return 0
+    args = parse(argv)
     if args["serve"] or args["agent"] or args["manager"]:
         # hyperhive.py routes roles before the CLI; only a mistyped one lands here
         print(f"hyperhive: {' '.join(argv)!r} is not a role; see `hyperhive --help`", file=sys.stderr)
         return 2
     path = args["--socket"] or settings.default_host_socket()
     try:
-        verb, wire_args, fmt, timeout = request_for(args)
-        answer = jsonline.call(path, verb, timeout=timeout, **wire_args)
+        command, sent = request_for(args)
+        answer = jsonline.call(path, command.verb, timeout=command.timeout, **sent)
     except jsonline.Unreachable:
         print(f"hive-c0re is not running at {path}", file=sys.stderr)
         return 1
@@ -267,7 +353,11 @@ def main(argv):
         print(f"hyperhive: {shown(e)}", file=sys.stderr)
         return 1
     # a table's cells are escaped before their widths are taken; this pass covers every other answer
-    print(json.dumps(answer, indent=2) if args["--json"] else "\n".join(map(shown, fmt(answer).split("\n"))))
+    print(json.dumps(answer, indent=2) if args["--json"] else
+          "\n".join(map(shown, command.show(answer, sent).split("\n"))),
+          file=sys.stderr if command.failed(answer) and not args["--json"] else sys.stdout)
+    if command.failed(answer):
+        return 1
     for warning in answer.get(wire.WARNINGS) or ():  # done, but a step after it failed: say so, still exit 0
         print(f"hyperhive: warning: {shown(warning)}", file=sys.stderr)
     return 0

@@ -20,6 +20,29 @@ CLOSED = object()  # the last thing a dropped subscriber's queue holds
 FRAMES_KEPT = 512  # serialized frames kept for the pages that are a little behind
 
 
+class InFlight:
+    """Work made once per key however many greenlets ask for it at the same moment: the first makes it,
+    the others wait on its result (or its exception)."""
+
+    def __init__(self):
+        self._waiting = {}  # key -> the AsyncResult of the one making it
+
+    def make(self, key, make):
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            return waiting.get()
+        self._waiting[key] = result = AsyncResult()
+        try:
+            made = make()
+        except BaseException as e:
+            result.set_exception(e)
+            raise
+        finally:
+            del self._waiting[key]
+        result.set(made)
+        return made
+
+
 class Fanout:
     """`kinds` is the stream's table in `hyperhive.events`; `shown(event)` is what a page is sent."""
 
@@ -28,7 +51,7 @@ class Fanout:
         self.shown = shown or (lambda event: event)
         self._subscribers = set()
         self._frames = {}
-        self._making = {}  # seq -> the AsyncResult of a frame being made
+        self._making = InFlight()
 
     def number(self, kind, **data):
         """The next event of `kind`, numbered but not yet delivered (a publisher that keeps events
@@ -63,18 +86,7 @@ class Fanout:
         found = self._frames.get(seq)
         if found is not None:
             return found
-        waiting = self._making.get(seq)
-        if waiting is not None:
-            return waiting.get()
-        self._making[seq] = result = AsyncResult()
-        try:
-            found = web.sse_frame(self.shown(event), seq).encode()
-        except BaseException as e:
-            result.set_exception(e)
-            raise
-        finally:
-            del self._making[seq]
-        result.set(found)
+        found = self._making.make(seq, lambda: web.sse_frame(self.shown(event), seq).encode())
         self._frames[seq] = found
         if len(self._frames) > FRAMES_KEPT:
             for old in sorted(self._frames)[:FRAMES_KEPT // 2]:

@@ -13,7 +13,7 @@ import os
 import stat
 import time
 
-from hyperhive import wire
+from hyperhive import verbs, wire
 
 READ_TIMEOUT = 30.0  # a client whose request line has not all arrived by then is dropped
 # A client that stops reading its answer for this long loses it: the server stops writing,
@@ -227,7 +227,7 @@ class Server:
         watcher = None
         try:
             line = self._read(sock)
-            if line and any(f'"{verb}"'.encode() in line for verb in wire.WAITING_VERBS):
+            if line and any(f'"{verb}"'.encode() in line for verb in verbs.WAITING_VERBS):
                 # A client sends one line, then only waits: any later read that
                 # returns is its hang-up. (A false positive only costs a
                 # greenlet, so a substring test is enough.)

@@ -12,6 +12,8 @@ import time
 
 import peewee as pw
 
+from hyperhive import wire
+
 core_db = pw.DatabaseProxy()
 agent_db = pw.DatabaseProxy()
 
@@ -27,6 +29,14 @@ PRAGMAS = {
 
 def now_ms():
     return int(time.time() * 1000)
+
+
+def found(model, where, what):
+    """The one row of `model` matching `where`, or `not_found` saying there is no `what`."""
+    row = model.get_or_none(where)
+    if row is None:
+        raise wire.HiveError(f"there is no {what}", "not_found")
+    return row
 
 
 class CoreModel(pw.Model):

@@ -34,5 +34,8 @@ SERVE_OPTIONS = (
     ("--dashboard-port PORT", "7000", "the dashboard's TCP port; 0 picks a free one, off serves none"),
     ("--listen ADDR", "127.0.0.1", "the address the dashboard listens on"),
     ("--log-level LEVEL", "info", "debug, info, warning or error"),
+    ("--domain NAME", None, "the hive's public domain name, as `urls` answers it"),
+    ("--forge-url URL", None, "mirror each agent's applied config repo to <URL>/<name>.git"),
+    ("--forge-credential-file PATH", None, "the file holding user:token for the forge"),
 )
 

@@ -6,8 +6,11 @@ vocabulary) rather than on each other. Every HTTP error of either app is
 `wire.error(...)` as JSON, with the status the error code maps to.
 """
 
+import base64
 import hashlib
+import html
 import json
+import re
 import logging
 import mimetypes
 import posixpath
@@ -40,7 +43,52 @@ def json_response(obj, status=200, headers=None):
 
 
 def error_response(e):
-    return json_response(wire.error_of(e), e.status)
+    """The one error shape; an error may add fields of its own (`e.fields`), never change the others.
+
+    A browser's navigation to an app that shows pages (`app(..., pages=True)`) gets the sentence as
+    a page instead (`error_page`): a person reads it, not a script."""
+    if _navigation():
+        return error_page(e)
+    return json_response({**(getattr(e, "fields", None) or {}), **wire.error_of(e)}, e.status)
+
+
+def _navigation():
+    """Whether the current request is a browser opening a page of an app that shows pages.
+
+    A browser sends `Accept: text/html…` only when it navigates; fetch() as the pages call it asks
+    for JSON, an EventSource for an event stream, so they keep the JSON shape."""
+    request = bottle.request
+    try:
+        pages = request.app.config.get("hive.pages")
+    except (AttributeError, KeyError, RuntimeError):  # not inside a bottle app's request
+        return False
+    return bool(pages) and request.method in ("GET", "HEAD") and "text/html" in request.get_header("Accept", "")
+
+
+ERROR_TITLES = {"unauthorized": "not logged in", "not_found": "not found", "forbidden": "refused",
+                "unavailable": "not up", "conflict": "not now", "internal": "something broke"}
+ERROR_HINTS = {"not_found": "Check the address: the dashboard links every page there is.",
+               "unavailable": "Try again in a moment; the dashboard shows what each agent is doing.",
+               "internal": "The core's log has the rest."}
+
+
+def error_page(e):
+    """An error as a page: its sentence (a `code span` in it shown as code) and a way back.
+
+    Self-contained: the page may be for someone without a session, who could load none of the
+    static files, so its style is inline and the CSP allows that one style by its hash."""
+    css = asset("error.css")[0].decode()
+    sentence = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(e)))
+    values = {"title": ERROR_TITLES.get(e.code, "cannot do that"), "sentence": sentence, "css": css,
+              "hint": ERROR_HINTS.get(e.code, ""), "status": str(e.status), "code": e.code}
+    # one pass: a {{name}} inside the sentence is text, never a placeholder
+    text = re.sub(r"\{\{(\w+)\}\}", lambda m: values[m.group(1)], asset("error.html")[0].decode())
+    digest = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+    csp = (f"default-src 'none'; style-src 'sha256-{digest}'; img-src data:; base-uri 'none'; "
+           "form-action 'none'; frame-ancestors 'none'")
+    return bottle.HTTPResponse(text, e.status, {"Content-Type": "text/html; charset=utf-8",
+                                                "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                                                "X-Frame-Options": "DENY", "Content-Security-Policy": csp})
 
 
 # -- assets ---------------------------------------------------------------------
@@ -172,10 +220,14 @@ def _hive_errors(callback):
     return wrapper
 
 
-def app(name):
-    """A bottle app whose every error (ours, a missing route, a crash) has the one error shape."""
+def app(name, pages=False):
+    """A bottle app whose every error (ours, a missing route, a crash) has the one error shape.
+
+    `pages`: the app serves pages a browser navigates to, so a navigation's error is a page
+    (`error_page`); the harness's app answers only the core's proxy, which passes no HTML on."""
     application = bottle.Bottle(catchall=True)
     application.config["json.enable"] = False
+    application.config["hive.pages"] = pages
     application.install(_hive_errors)
 
     def default_error(res):
@@ -193,6 +245,11 @@ def app(name):
         else:
             e = wire.HiveError(str(res.body or res.status_line))
         bottle.response.status = e.status  # the one table: code -> status
+        if _navigation():
+            page = error_page(e)
+            for key, value in page.headers.items():
+                bottle.response.set_header(key, value)
+            return page.body
         bottle.response.content_type = "application/json"
         bottle.response.set_header("Cache-Control", "no-store")
         return dumps(wire.error_of(e))

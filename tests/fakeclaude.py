@@ -10,7 +10,14 @@ the "model" replaced by directives read from the prompt, one per line:
   FAKE: recv [max [wait]]        call mcp__hyperhive__recv
   FAKE: whoami                   call mcp__hyperhive__whoami
   FAKE: call <tool> [json]       call mcp__hyperhive__<tool> with these arguments
-  FAKE: say <text...>            the final reply text (default: a summary)
+  FAKE: say <text...>            the final reply text (default: a summary); in a task, the
+                                 sub-agent's reply, printed at once
+  FAKE: task <type> <desc...>    call the Agent tool (Claude Code's Task): the directives up to
+                                 `task-end` are its sub-agent's, their lines carry
+                                 `parent_tool_use_id`, framed by the real CLI's `task_started`,
+                                 `task_progress` and `task_notification` system lines
+  FAKE: task-end [status]        the sub-agent ends (completed, failed or stopped; a task still
+                                 open when the prompt ends is completed)
   FAKE: sleep <seconds>          sleep, so a test can kill a turn midway
   FAKE: spawn <seconds>          leave a `sleep <seconds>` running past the turn, as a
                                  Bash tool's `sleep N &` would (its pid: spawned.jsonl)
@@ -66,7 +73,9 @@ from pathlib import Path
 VERSION = "2.1.0 (Claude Code, fake)"
 SERVER = "hyperhive"
 MCP_TIMEOUT = 300.0  # a recv may long-poll for 180s
-BUILTIN_TOOLS = ["Bash", "Edit", "Glob", "Grep", "Read", "Write"]
+BUILTIN_TOOLS = ["Agent", "Bash", "Edit", "Glob", "Grep", "Read", "Write"]
+AGENT_TOOL, LEGACY_AGENT_TOOL = "Agent", "Task"  # 2.1.x renamed Task; a grant of Task still grants it
+TASK_STATUSES = ("completed", "failed", "stopped")
 # flags taking one value / every value up to the next flag (the real CLI's
 # variadic flags swallow a following prompt; the harness must write `--`)
 VALUE_FLAGS = {"--model", "--output-format", "--input-format", "--settings", "--append-system-prompt",
@@ -232,6 +241,7 @@ class Turn:
         self.session_id = self._session()
         self.mcp, self.tools, self.calls, self.denials = None, [], 0, []
         self.reply = None
+        self.task = None  # the sub-agent running now (FAKE: task … task-end)
         self.lazy = None  # the server's entry while FAKE_CLAUDE_MCP=lazy has not started it yet
 
     def _session(self):
@@ -316,12 +326,71 @@ class Turn:
                 print(f"fakeclaude: MCP server {SERVER!r} failed to start: {e}", file=sys.stderr)
         return status
 
+    def whose(self):
+        """The fields that tell the session's own lines from a sub-agent's (as 2.1.197 prints them)."""
+        if self.task is None:
+            return {"parent_tool_use_id": None, "session_id": self.session_id}
+        return {"parent_tool_use_id": self.task["id"], "session_id": self.session_id, "uuid": str(uuid.uuid4()),
+                "subagent_type": self.task["type"], "task_description": self.task["description"]}
+
     def assistant(self, content, stop_reason):
+        # a sub-agent's inference has a context of its own (its prompt, not the session's)
+        usage = _usage(len(self.prompt) // 4 + 10, 10, 0, 0) if self.task is None else _usage(5000, 20, 0, 0)
         self.emit({"type": "assistant", "message": {
             "id": f"msg_fake_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant",
-            "model": self.model, "content": content, "stop_reason": stop_reason,
-            "usage": _usage(len(self.prompt) // 4 + 10, 10, 0, 0)},
-            "parent_tool_use_id": None, "session_id": self.session_id})
+            "model": self.model, "content": content, "stop_reason": stop_reason, "usage": usage},
+            **self.whose()})
+
+    def tool_result(self, use_id, content, is_error, **extra):
+        self.emit({"type": "user", "message": {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": use_id, "content": content, "is_error": is_error}]},
+            **self.whose(), **extra})
+
+    def system(self, subtype, **fields):
+        self.emit({"type": "system", "subtype": subtype, **fields, "uuid": str(uuid.uuid4()),
+                   "session_id": self.session_id})
+
+    def task_usage(self):
+        return {"total_tokens": 5020 * self.task["inferences"], "tool_uses": self.task["calls"],
+                "duration_ms": int((time.monotonic() - self.task["started"]) * 1000)}
+
+    def start_task(self, subagent_type, description):
+        """The Agent tool's call and its sub-agent, as the real CLI prints a foreground one."""
+        if self.task is not None:
+            raise Fail("fakeclaude: a task inside a task is not faked")
+        self.calls += 1
+        use_id = f"toolu_fake_{self.calls:02d}{uuid.uuid4().hex[:12]}"
+        prompt = f"{description} (the sub-agent's prompt)"
+        self.assistant([{"type": "tool_use", "id": use_id, "name": AGENT_TOOL, "input": {
+            "description": description, "prompt": prompt, "subagent_type": subagent_type}}], "tool_use")
+        if not (allowed(AGENT_TOOL, self.grants) or allowed(LEGACY_AGENT_TOOL, self.grants)):
+            self.denials.append({"tool_name": AGENT_TOOL, "tool_use_id": use_id, "tool_input": {}})
+            self.tool_result(use_id, f"Claude requested permissions to use {AGENT_TOOL}, but you haven't "
+                             "granted it yet.", True)
+            return
+        self.task = {"id": use_id, "task_id": f"a{uuid.uuid4().hex[:16]}", "type": subagent_type,
+                     "description": description, "prompt": prompt, "calls": 0, "inferences": 0,
+                     "started": time.monotonic(), "text": None}
+        self.system("task_started", task_id=self.task["task_id"], tool_use_id=use_id, description=description,
+                    subagent_type=subagent_type, task_type="local_agent", prompt=prompt)
+
+    def end_task(self, status="completed"):
+        task = self.task
+        if task is None:
+            raise Fail("fakeclaude: task-end without a task")
+        if task["text"] is None:
+            task["text"] = f"fake sub-agent done after {task['calls']} tool call(s)"
+            self.assistant([{"type": "text", "text": task["text"]}], "end_turn")
+            task["inferences"] += 1
+        usage = self.task_usage()
+        self.task = None
+        self.system("task_notification", task_id=task["task_id"], tool_use_id=task["id"], status=status,
+                    output_file="", summary=task["description"], usage=usage)
+        content = [{"type": "text", "text": task["text"]}]
+        self.tool_result(task["id"], content, status != "completed", tool_use_result={
+            "status": status, "prompt": task["prompt"], "agentId": task["task_id"], "content": content,
+            "totalDurationMs": usage["duration_ms"], "totalTokens": usage["total_tokens"],
+            "totalToolUseCount": usage["tool_uses"]})
 
     def use_tool(self, name, arguments):
         if self.lazy:
@@ -331,6 +400,12 @@ class Turn:
         self.calls += 1
         use_id = f"toolu_fake_{self.calls:02d}{uuid.uuid4().hex[:12]}"
         self.assistant([{"type": "tool_use", "id": use_id, "name": full, "input": arguments}], "tool_use")
+        if self.task is not None:  # the real CLI reports a sub-agent's every tool call
+            self.task["calls"] += 1
+            self.task["inferences"] += 1
+            self.system("task_progress", task_id=self.task["task_id"], tool_use_id=self.task["id"],
+                        description=self.task["description"], subagent_type=self.task["type"],
+                        usage=self.task_usage(), last_tool_name=full)
         # errors the CLI itself raises are plain strings, as the real one prints them
         if full not in self.tools:
             content, is_error = f"<tool_use_error>Error: No such tool available: {full}</tool_use_error>", True
@@ -344,9 +419,7 @@ class Turn:
                 content, is_error = result.get("content", []), bool(result.get("isError"))
             except Fail as e:
                 content, is_error = str(e), True
-        self.emit({"type": "user", "message": {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": use_id, "content": content, "is_error": is_error}]},
-            "parent_tool_use_id": None, "session_id": self.session_id})
+        self.tool_result(use_id, content, is_error)
 
     def run(self):
         """Act on the prompt; returns (result line, exit status)."""
@@ -373,6 +446,8 @@ class Turn:
                     outcome = self.directive(line[len("FAKE:"):])
                     if outcome is not None:
                         return outcome
+            if self.task is not None:
+                self.end_task()
         except (Fail, ValueError) as e:  # ValueError: a directive's malformed number or JSON
             return self.result(str(e), "error_during_execution"), 1
         text = self.reply if self.reply is not None else f"fake reply after {self.calls} tool call(s)"
@@ -393,8 +468,16 @@ class Turn:
         elif verb == "call" and words:
             name, _, arguments = rest.partition(" ")
             self.use_tool(name, json.loads(arguments or "{}"))
+        elif verb == "say" and self.task is not None:
+            self.task["text"] = rest
+            self.task["inferences"] += 1
+            self.assistant([{"type": "text", "text": rest}], "end_turn")
         elif verb == "say":
             self.reply = rest
+        elif verb == "task" and len(words) >= 2:
+            self.start_task(words[0], rest.partition(" ")[2].strip())
+        elif verb == "task-end" and len(words) <= 1 and (not words or words[0] in TASK_STATUSES):
+            self.end_task(*words)
         elif verb == "sleep" and len(words) == 1:
             time.sleep(float(words[0]))
         elif verb == "spawn" and len(words) == 1:

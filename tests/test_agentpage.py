@@ -69,6 +69,30 @@ def test_the_core_renders_every_page_event_itself_from_its_text():
     check_presented([present.event(e) for e in a_turn()])
 
 
+def test_a_sub_agents_lines_are_rendered_by_the_core_like_the_sessions():
+    """A Task's sub-agent: its prose gets the core's html, its task lines stay text, the harness's html goes."""
+    present = agentpage.Presenter()
+    started = present.event({"seq": 1, "kind": "stream", "line": {
+        "type": "system", "subtype": "task_started", "task_id": "a0123456789abcdef", "tool_use_id": "tA",
+        "description": "look <b>around</b>", "description_html": REFRESH, "prompt": "**go**",
+        "task_type": "local_agent"}})
+    said = present.event({"seq": 2, "kind": "stream", "line": dict(assistant(
+        {"type": "text", "text": "found **it** <b>x</b>", "html": REFRESH},
+        {"type": "tool_use", "id": "s1", "name": "mcp__hyperhive__recv", "input": {}}),
+        parent_tool_use_id="tA", subagent_type="Explore", task_description="look around")})
+    heard = present.event({"seq": 3, "kind": "stream", "line": dict(user(
+        {"type": "tool_result", "tool_use_id": "s1", "content": "from: bob\n\n**yo**", "html": REFRESH}),
+        parent_tool_use_id="tA")})
+    done = present.event({"seq": 4, "kind": "stream", "line": {
+        "type": "system", "subtype": "task_notification", "task_id": "a0123456789abcdef", "tool_use_id": "tA",
+        "status": "completed", "summary": "<i>done</i>", "summary_html": REFRESH}})
+    assert started["line"]["description"] == "look <b>around</b>" and "description_html" not in started["line"]
+    assert said["line"]["message"]["content"][0]["html"] == "<p>found <strong>it</strong> &lt;b&gt;x&lt;/b&gt;</p>"
+    assert heard["line"]["message"]["content"][0]["html"] == "<p>from: bob</p>\n<p><strong>yo</strong></p>"
+    assert done["line"]["summary"] == "<i>done</i>" and "summary_html" not in done["line"]
+    assert "http-equiv" not in json.dumps([started, said, heard, done])
+
+
 def test_a_presenter_remembers_a_bounded_number_of_tool_ids():
     present = agentpage.Presenter(tools_kept=2)
     for i, name in enumerate(["mcp__h__recv", "Bash", "Read"]):

@@ -361,3 +361,21 @@ def test_a_spawn_whose_harness_will_not_start_is_undone(spawns):
     assert spawns.backend.did("kill") == ["c"] and spawns.sockets.open_ == set()
     assert Agent.get_or_none(Agent.name == "c") is None and not os.path.exists(spawns.layout.home("c"))
     assert f"deployed/{aid}" not in spawns.tags("c")
+
+
+def test_pending_carries_each_diff_until_its_budget_then_names_the_route(tmp_path, monkeypatch):
+    from fakes import CoreRig
+    from hyperhive.core import surfaces
+
+    rig = CoreRig(tmp_path)
+    try:
+        for n in range(3):
+            Approval.create(agent="a", kind="apply_commit", commit_ref="abc1234", diff=f"+line {n}\n" * 10)
+        monkeypatch.setattr(surfaces, "PENDING_DIFF_BUDGET", 150)  # one diff of 80 characters fits, not two
+        first, second, third = rig.call("host", "operator", "pending")["approvals"]
+        assert first["diff"] == "+line 0\n" * 10
+        assert second["diff"].startswith("# not listed: the diffs above fill this answer")
+        assert third["diff"] == f"# not listed: the diffs above fill this answer; the dashboard's /approval/" \
+                                f"{third['id']}/diff has it\n"
+    finally:
+        rig.close()

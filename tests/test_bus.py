@@ -4,7 +4,8 @@ Proves: `seq` is monotonic and continues from the file after a reopen;
 history pages oldest-first below `before=`; prune keeps the newest
 HISTORY_CAP events and drops those older than 7 days; observe() turns
 claude's stream-json into one `token_usage_changed` (ctx from the last
-inference, cost from the result line); turn state and model changes emit
+inference of the session, never a sub-agent's; cost from the result line),
+and a restarted bus starts with the last turn's usage; turn state and model changes emit
 their events (only on change) and the model persists in its file.
 """
 
@@ -16,6 +17,7 @@ import pytest
 from fakes import Clock
 from hyperhive.harness import bus as busmod
 from hyperhive.harness.bus import Bus
+from hyperhive.harness.claude import Outcome
 from hyperhive.schema import Event, TurnStat, agent_db, now_ms, open_agent
 
 DAY_MS = 24 * 3600 * 1000
@@ -204,6 +206,61 @@ def test_observe_tolerates_missing_usage_fields(bus):
     [event] = seen
     assert event["ctx"] == 5
     assert event["cost"]["total"] == 3 and event["cost"]["input_tokens"] == 0
+
+
+def result(inp, out, read, create):
+    return {"type": "result", "subtype": "success", "is_error": False, "result": "ok", "usage": {
+        "input_tokens": inp, "output_tokens": out, "cache_read_input_tokens": read,
+        "cache_creation_input_tokens": create}}
+
+
+def test_a_sub_agents_inference_is_not_the_sessions_context(bus):
+    seen = recorder(bus)
+    bus.begin_turn("operator")
+    bus.observe(assistant(10, 1000, 200))
+    sub = dict(assistant(90000, 0, 0), parent_tool_use_id="toolu_task01")  # the Task's own context
+    bus.observe(sub)
+    bus.observe(result(1, 2, 3, 4))
+    [event] = seen
+    assert event["ctx"] == 10 + 1000 + 200
+    row = bus.end_turn(Outcome("ok"))
+    assert (row.ctx_input_tokens, row.ctx_cache_read_tokens) == (10, 1000)
+
+
+def test_a_restarted_bus_starts_with_the_last_turns_usage(tmp_path):
+    b = open_bus(tmp_path)
+    assert b.usage == {"ctx": None, "cost": None}  # no turn yet: nothing to show
+    b.begin_turn("operator")
+    b.observe(assistant(12, 1500, 30))
+    b.observe(result(22, 40, 2500, 230))
+    event = b.history()[-1]
+    b.end_turn(Outcome("ok"))
+    b.begin_turn("operator")  # a turn that died before its result line reported no usage
+    b.observe(assistant(99, 99, 99))
+    b.end_turn(Outcome("failed", "killed"))
+    agent_db.close()
+
+    again = open_bus(tmp_path)
+    try:
+        assert again.usage == {"ctx": event["ctx"], "cost": event["cost"]}
+        assert again.usage["ctx"] == 12 + 1500 + 30 and again.usage["cost"]["total"] == 22 + 40 + 2500 + 230
+        again.observe(result(1, 1, 1, 1))  # a result without an inference keeps the context it had
+        assert again.usage["ctx"] == 12 + 1500 + 30
+    finally:
+        agent_db.close()
+
+
+def test_a_restarted_bus_without_any_turn_shows_no_usage(tmp_path):
+    b = open_bus(tmp_path)
+    b.note("a harness that never ran a turn")
+    b.begin_turn("operator")
+    b.end_turn(Outcome("failed", "no result line"))
+    agent_db.close()
+    again = open_bus(tmp_path)
+    try:
+        assert again.usage == {"ctx": None, "cost": None}
+    finally:
+        agent_db.close()
 
 
 # -- turn state ------------------------------------------------------------------------

@@ -139,8 +139,12 @@ def test_a_bad_config_fails_and_keeps_the_agent_on_its_old_config(hive):
     before = git(applied(hive, "a"), "rev-parse", "main")
     sha = commit_config(hive, "a", '{"model": "sonnet", "env": {"HOME": "/evil"}}\n')
     approval = manager_requests(hive, sha)
-    answer = hive.call("approve", id=approval)["approval"]
-    assert answer["status"] == "failed" and "HOME" in answer["note"]
+    shown = cli(hive, "pending")  # the operator reads what approving deploys
+    assert shown.returncode == 0 and f"=== approval {approval}: apply_commit of a at " in shown.stdout
+    assert '+{"model": "sonnet", "env": {"HOME": "/evil"}}' in shown.stdout, shown.stdout
+    done = cli(hive, "approve", str(approval))
+    assert done.returncode == 1 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.stderr.startswith(f"approval {approval}: failed (") and "HOME" in done.stderr
     assert git(applied(hive, "a"), "rev-parse", "main") == before
     msg = git(applied(hive, "a"), "tag", "-l", "--format=%(contents)", f"failed/{approval}")
     assert "HOME" in msg
@@ -297,10 +301,15 @@ def test_needs_update_until_rebuilt(hive):
     git(applied(hive, "a"), "merge", "-q", "--ff-only", sha)  # deployed, but a still runs the old config
     row = hive.row("a")
     assert row["needs_update"] is True and row["deployed_sha"] != sha[:12]
+    told = wait_until(lambda: [m for m in manager_inbox(hive) if m.startswith("[helper event] needs_update: a ")],
+                      10, "the manager told that a runs behind its applied main")
+    assert sha[:12] in told[0] and "rebuild a" in told[0]
     done = cli(hive, "rebuild", "a")
     assert done.returncode == 0, done.stderr
     row = hive.row("a")
     assert row["needs_update"] is False and row["deployed_sha"] == sha[:12] and row["active_model"] == "sonnet"
+    hive.call("agent_status")  # the rows the watch publishes are read again; still one telling
+    assert len([m for m in manager_inbox(hive) if "needs_update" in m]) == 1
 
 
 def test_the_operators_cli_decides_and_cleans_up(hive):

@@ -83,7 +83,8 @@ GUARDED = [("GET", "/"), ("GET", "/api/state"), ("GET", "/dashboard/stream"), ("
            ("GET", "/file-ref/1/0"),
            ("GET", "/agent/manager/"), ("GET", "/static/base.css"), ("POST", "/op-send"), ("POST", "/approve/1"),
            ("POST", "/deny/1"), ("POST", "/restart/manager"), ("POST", "/destroy/a"), ("POST", "/meta-update"),
-           ("POST", "/spawn"), ("POST", "/purge-tombstone/a"), ("POST", "/answer-question/1")]
+           ("POST", "/spawn"), ("POST", "/purge-tombstone/a"), ("POST", "/answer-question/1"),
+           ("POST", "/cancel-question/1")]
 
 
 @pytest.mark.parametrize("method,path", GUARDED)
@@ -264,7 +265,7 @@ def test_spawn_approve_and_deny(dash):
     assert res.status == 200 and res.json()["approval"]["status"] == "denied"
     assert res.json()["approval"]["note"] == "not now"
     error_of(dash.post("/approve/999"), 404, "not_found")
-    error_of(dash.post("/approve/0"), 400, "bad_argument", "at least 1")
+    error_of(dash.post("/approve/0"), 400, "bad_argument", "approval id must be a whole number of 1 or more, got '0'")
 
 
 def test_an_operator_question_is_shown_and_answered(dash):
@@ -301,6 +302,26 @@ def test_an_operator_question_is_shown_and_answered(dash):
     # the operator may answer an agent's question in its stead
     assert dash.post(f"/answer-question/{peer}", {"answer": "main"}).status == 200
     assert dash.core.broker.inbox("alice", 1)[0]["from"] == "operator"
+
+
+def test_the_operator_cancels_a_question_and_its_asker_is_told(dash):
+    dash.spawn("alice")
+    sub = dash.core.hub.subscribe()
+    ask = dash.core.surfaces.dispatcher("agent", "alice")
+    qid = ask({"cmd": "ask", "question": "Deploy on Friday?", "options": ["yes", "no"]})["id"]
+    res = dash.post(f"/cancel-question/{qid}")
+    assert res.status == 200, res.text
+    closed = res.json()["question"]
+    assert (closed["answer"], closed["answered_by"]) == ("[cancelled by operator]", "operator")
+    [told] = [m for m in dash.core.broker.inbox("alice", 10) if f"question {qid}" in m["body"]]
+    assert told["from"] == "operator" and "cancelled by the operator" in told["body"]
+    assert dash.get("/api/state").json()["questions"] == []
+    resolved = [e["question"]["id"] for e in heard(sub) if e["kind"] == "question_resolved"]
+    assert resolved == [qid], "the dashboard's card goes from the event"
+    error_of(dash.post(f"/cancel-question/{qid}"), 409, "conflict", "already closed")
+    error_of(dash.post("/cancel-question/999"), 404, "not_found", "there is no question 999")
+    error_of(dash.post("/cancel-question/x"), 400, "bad_argument", "whole number")
+    error_of(dash.post(f"/cancel-question/{qid}", origin="http://evil.example"), 403, "forbidden")
 
 
 # -- journal, config, assets -------------------------------------------------------------------
@@ -366,7 +387,8 @@ def test_file_refs_are_stored_at_ingest_and_previewed_again_on_demand(dash, tmp_
              f"message {mid} has only 2 file references; there is no number 2")
     error_of(dash.get(f"/file-ref/{mid + 1000}/0"), 404, "not_found", f"there is no message {mid + 1000}")
     error_of(dash.get("/file-ref/x/0"), 400, "bad_argument", "message id must be a whole number")
-    error_of(dash.get(f"/file-ref/{mid}/-1"), 400, "bad_argument", "at least 0")
+    error_of(dash.get(f"/file-ref/{mid}/-1"), 400, "bad_argument",
+             "file reference number must be a whole number of 0 or more, got '-1'")
     error_of(dash.get(f"/file-ref/{mid}/0", auth=False), 401, "unauthorized", "hyperhive login-url")
 
 
@@ -420,6 +442,29 @@ def test_unknown_routes_and_methods_have_the_one_error_shape(dash):
     error_of(dash.get("/nothing/here/at/all"), 404, "not_found", "/nothing/here/at/all")
     error_of(dash.post("/api/state"), 400, "bad_argument", "POST is not allowed")
     error_of(dash.get("/restart/a"), 400, "bad_argument", "GET is not allowed")
+
+
+NAVIGATION = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_a_browser_navigating_to_an_error_gets_a_page_and_a_script_the_json(dash):
+    def page_of(res, status, *words):
+        assert res.status == status and res.headers["content-type"] == "text/html; charset=utf-8", res.text
+        assert "default-src 'none'; style-src 'sha256-" in res.headers["content-security-policy"]
+        for w in words:
+            assert w in res.text, res.text
+        return res.text
+
+    page_of(dash.get("/agent/nobody/", headers=NAVIGATION), 404, "there is no agent named &#x27;nobody&#x27;")
+    page_of(call(dash.app, "GET", "/", headers=NAVIGATION), 401, "not logged in",
+            "<code>hyperhive login-url</code>")
+    page_of(call(dash.app, "GET", "/login?token=spent", headers=NAVIGATION), 401, "used up or expired")
+    hostile = page_of(dash.get("/nothing/<script>alert(1)</script>{{css}}", headers=NAVIGATION), 404)
+    assert "<script>" not in hostile and "&lt;script&gt;" in hostile
+    # the same routes asked by a script, or by anything that does not ask for HTML: the one JSON shape
+    error_of(dash.get("/agent/nobody/", headers={"Accept": "application/json"}), 404, "not_found")
+    error_of(call(dash.app, "GET", "/", headers={"Accept": "*/*"}), 401, "unauthorized")
+    error_of(dash.post("/restart/nobody", headers=NAVIGATION), 404, "not_found")  # a POST is never a page
 
 
 # -- the proxy ---------------------------------------------------------------------------------
@@ -495,8 +540,15 @@ def test_the_proxy_adds_the_agent_secret_and_never_the_cookie(dash):
         stream.close()
     finally:
         page.server.stop()
-    error_of(dash.get("/agent/a/api/state"), 503, "unavailable", "not running")
-    error_of(dash.get("/agent/nobody/"), 404, "not_found")
+    # nothing listens: why, from the agent's row (it runs, so its page is still coming up)
+    body = error_of(dash.get("/agent/a/api/state"), 503, "unavailable", "not up yet")
+    assert dash.get("/agent/a/api/state").json()["state"] == "running"
+    assert dash.post("/stop/a").status == 200
+    down = dash.get("/agent/a/api/state")
+    error_of(down, 503, "unavailable", "a's harness is not running — start it", "`hyperhive start a`")
+    assert (down.json()["state"], down.json()["transient"]) == ("stopped", None), "the page offers a start"
+    assert body != down.json()["error"]
+    error_of(dash.get("/agent/nobody/"), 404, "not_found", "there is no agent named 'nobody'")
     error_of(dash.get("/agent/Bad/"), 400, "bad_argument")
 
 
@@ -560,7 +612,7 @@ def test_traps_in_an_agents_socket_dir_are_not_followed(dash, tmp_path):
     os.mkfifo(secret_path)
     assert len(Auth.agent_secret(sock_dir)) == 64, "a fifo is replaced, not waited on"
     os.symlink(dash.layout.host_socket, os.path.join(sock_dir, "web.sock"))
-    error_of(dash.get("/agent/a/api/state"), 503, "unavailable", "not running")
+    error_of(dash.get("/agent/a/api/state"), 503, "unavailable", "not up yet")
 
 
 def test_a_replaced_or_truncated_log_is_read_from_its_start(tmp_path):

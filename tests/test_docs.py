@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 from hyperhive import cli, settings
-from hyperhive.harness import mcp
+from hyperhive.harness import tools
 from nixstub import NIXOS, STUB, evaluate, nix_string, option_names
 
 PAGES = ("architecture", "approvals", "persistence", "turnloop", "nixos", "conventions", "gotchas", "web")
@@ -103,7 +103,7 @@ def test_the_docs_do_not_count_on_nixos_turning_containers_on():
 
 def test_every_mcp_tool_is_documented():
     text = text_of(os.path.join(ROOT, "docs", "turnloop.md"))
-    missing = [t.name for t in mcp.TOOLS if not re.search(rf"`{re.escape(t.name)}[` ]", text)]
+    missing = [t.name for t in tools.TOOLS if not re.search(rf"`{re.escape(t.name)}[` ]", text)]
     assert not missing, f"MCP tools docs/turnloop.md does not name: {missing}"
 
 

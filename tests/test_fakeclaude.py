@@ -180,6 +180,59 @@ def test_core_refusal_reaches_the_model(hive):
     assert res["is_error"] is True and res["content"][0]["text"] == "there is no agent named 'bobb'"
 
 
+def test_a_task_runs_a_sub_agent_framed_as_the_real_cli_prints_it(hive):
+    """The shapes claude 2.1.197 prints for a foreground Agent (Task) call: read from its bundled
+    source (its `task_started` / `task_progress` / `task_notification` system lines, and a sub-agent's
+    assistant/user lines with `parent_tool_use_id`, `subagent_type`, `task_description`)."""
+    core, state, config = hive
+    rc, lines, stderr = turn(hive, "FAKE: task Explore look around\nFAKE: whoami\nFAKE: say found it\n"
+                             "FAKE: task-end\nFAKE: say main done", allowed=ALL_TOOLS + ",Task")
+    assert rc == 0, stderr
+    assert [(line["type"], line.get("subtype")) for line in lines] == [
+        ("system", "init"), ("assistant", None), ("system", "task_started"), ("assistant", None),
+        ("system", "task_progress"), ("user", None), ("assistant", None), ("system", "task_notification"),
+        ("user", None), ("assistant", None), ("result", "success")]
+    call, started, sub_use, progress, sub_result, sub_say, done, result = lines[1:9]
+    [agent] = call["message"]["content"]
+    assert (agent["type"], agent["name"]) == ("tool_use", "Agent")
+    assert agent["input"] == {"description": "look around", "prompt": "look around (the sub-agent's prompt)",
+                              "subagent_type": "Explore"}
+    assert call["parent_tool_use_id"] is None and "Agent" in lines[0]["tools"]
+    assert set(started) == {"type", "subtype", "task_id", "tool_use_id", "description", "subagent_type",
+                            "task_type", "prompt", "uuid", "session_id"}
+    assert (started["tool_use_id"], started["description"], started["subagent_type"], started["task_type"]) == \
+        (agent["id"], "look around", "Explore", "local_agent")
+    for sub in (sub_use, sub_result, sub_say):
+        assert sub["parent_tool_use_id"] == agent["id"]
+        assert (sub["subagent_type"], sub["task_description"]) == ("Explore", "look around")
+    assert sub_use["message"]["content"][0]["name"] == "mcp__hyperhive__whoami"
+    assert sub_result["message"]["content"][0]["tool_use_id"] == sub_use["message"]["content"][0]["id"]
+    assert sub_say["message"]["content"] == [{"type": "text", "text": "found it"}]
+    assert (progress["tool_use_id"], progress["last_tool_name"]) == (agent["id"], "mcp__hyperhive__whoami")
+    assert set(done) == {"type", "subtype", "task_id", "tool_use_id", "status", "output_file", "summary", "usage",
+                         "uuid", "session_id"}
+    assert (done["task_id"], done["tool_use_id"], done["status"], done["summary"]) == \
+        (started["task_id"], agent["id"], "completed", "look around")
+    assert set(done["usage"]) == {"total_tokens", "tool_uses", "duration_ms"} and done["usage"]["tool_uses"] == 1
+    assert result["parent_tool_use_id"] is None
+    assert result["message"]["content"][0] == {"type": "tool_result", "tool_use_id": agent["id"],
+                                               "content": [{"type": "text", "text": "found it"}], "is_error": False}
+    assert lines[-2]["message"]["content"][0]["text"] == "main done" and lines[-2]["parent_tool_use_id"] is None
+    assert core.requests == [{"cmd": "whoami"}]
+
+
+def test_a_task_left_open_is_completed_and_one_not_granted_is_refused(hive):
+    rc, lines, stderr = turn(hive, "FAKE: task general-purpose tidy up", allowed=ALL_TOOLS + ",Task")
+    assert rc == 0, stderr
+    assert [line.get("subtype") for line in lines if line["type"] == "system"] == [
+        "init", "task_started", "task_notification"]
+    rc, lines, stderr = turn(hive, "FAKE: task Explore look around\nFAKE: whoami")
+    assert rc == 0, stderr
+    refused = tool_results(lines)[0]
+    assert refused["is_error"] is True and "permissions to use Agent" in refused["content"]
+    assert not [line for line in lines if line.get("subtype") == "task_started" or line.get("parent_tool_use_id")]
+
+
 def test_broken_mcp_config_means_no_tools(hive):
     core, state, config = hive
     config.write_text(json.dumps({"mcpServers": {"hyperhive": {"command": "/nonexistent/mcp"}}}))

@@ -8,7 +8,7 @@ What this file proves, on a real core daemon (process backend, fake claude):
   types, unknown verbs, bad names, extra keys) with one JSON line: ok:true only for a
   request that was valid, otherwise the one error shape `wire.error(...)` with a known
   code that is never `internal`, and the very code the wire contract gives that frame
-  (worked out here with `wire.decode`/`wire.parse_request`). The daemon keeps serving.
+  (worked out here with `wire.decode`/`verbs.parse_request`). The daemon keeps serving.
 * The MCP stdio server (`agent mcp` and `manager mcp`, on one long-lived pipe each)
   answers every request line exactly once and every malformed line with a JSON-RPC
   error, never an internal one, and keeps answering.
@@ -47,10 +47,10 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, Hive, proof_scale, running, wait_until
 from fakecore import FakeCore, McpClient
-from hyperhive import web, wire
+from hyperhive import verbs, web, wire
 from hyperhive.core.agentpage import UnixHTTPConnection
 from hyperhive.core.dashboard import ACTIONS, Dashboard
-from hyperhive.harness import mcp, webui
+from hyperhive.harness import mcp, tools, webui
 
 FRAMES = proof_scale(600, 10_000)  # per socket surface, and per MCP role
 REQUESTS = proof_scale(60, 1_000)  # per HTTP route, with auth and again without
@@ -218,20 +218,20 @@ def arg_values(verb, arg):
 
 UNKNOWN_VERBS = st.one_of(st.sampled_from(["", "LIST", "list ", " list", "frobnicate", "do_list", "__init__",
                                            "send\n", "recv\x00", "dispatcher", "list\u200b"]), TEXT)
-ALL_ARG_NAMES = {arg.name for args, _ in wire.VERBS.values() for arg in args} | {"cmd"}
+ALL_ARG_NAMES = {arg.name for args, _ in verbs.VERBS.values() for arg in args} | {"cmd"}
 EXTRA_KEYS = TEXT.filter(lambda k: k not in ALL_ARG_NAMES)
 
 
 def surface_args(surface, verb):
-    return wire.SURFACE_ARGS.get((surface, verb), wire.VERBS[verb][0] if verb in wire.VERBS else ())
+    return verbs.SURFACE_ARGS.get((surface, verb), verbs.VERBS[verb][0] if verb in verbs.VERBS else ())
 
 
 @st.composite
 def requests(draw, surface):
     """A request object: a verb of this surface, of another, or none; each argument plausible, hostile,
     missing or null; sometimes a `cmd` that is not a string, sometimes extra keys."""
-    own = st.sampled_from(wire.SURFACES[surface])
-    verb = draw(weighted((own, 4), (st.sampled_from(sorted(wire.VERBS)), 1), (UNKNOWN_VERBS, 1)))
+    own = st.sampled_from(verbs.SURFACES[surface])
+    verb = draw(weighted((own, 4), (st.sampled_from(sorted(verbs.VERBS)), 1), (UNKNOWN_VERBS, 1)))
     obj = {}
     shape = draw(ONE_IN[20])
     if shape == 0:
@@ -277,7 +277,7 @@ def mutated_requests(draw, surface):
 @st.composite
 def duplicate_keys(draw, surface):
     # json keeps the last of a repeated key: the frame says one thing twice
-    pairs = [("cmd", draw(st.sampled_from(wire.SURFACES[surface])))]
+    pairs = [("cmd", draw(st.sampled_from(verbs.SURFACES[surface])))]
     for _ in range(draw(st.integers(1, 3))):
         pairs.append((draw(st.sampled_from(["cmd", "name", "to", "limit"])), draw(JSON_SCALARS)))
     text = "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs) + "}\n"
@@ -289,7 +289,7 @@ def deep_frames(draw, surface):
     depth = draw(st.one_of(st.integers(1, 300), st.integers(900, 1_100), st.integers(5_000, 100_000)))
     opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"k":', b"}")]))
     nest = opener * depth + (b"0" if opener != b"[" else b"") + closer * depth
-    verb = draw(st.sampled_from(wire.SURFACES[surface]))
+    verb = draw(st.sampled_from(verbs.SURFACES[surface]))
     key = draw(st.sampled_from([a.name for a in surface_args(surface, verb)] + ["extra"]))
     shape = draw(st.sampled_from(["bare", "arg", "cmd", "unclosed"]))
     if shape == "bare":
@@ -367,7 +367,7 @@ class Verdict:
         def judge():
             if len(line) > wire.MAX_LINE or not line.endswith(b"\n"):
                 raise wire.HiveError("cut off or too long", "bad_frame")
-            return wire.parse_request(wire.decode(line), surface)
+            return verbs.parse_request(wire.decode(line), surface)
 
         try:
             self.verb, self.args = unlimited(judge) if self.deep else judge()
@@ -398,7 +398,7 @@ NEVER_VERBS = frozenset({"spawn", "request_spawn", "request_init_config", "reque
 
 def test_every_verb_is_classified_for_the_fuzz():
     """A new verb must be put in one of the sets above before the fuzz may send it valid."""
-    assert HARMLESS_VERBS | NAMED_VERBS | NEVER_VERBS == set(wire.VERBS)
+    assert HARMLESS_VERBS | NAMED_VERBS | NEVER_VERBS == set(verbs.VERBS)
     assert not (HARMLESS_VERBS & NAMED_VERBS or HARMLESS_VERBS & NEVER_VERBS or NAMED_VERBS & NEVER_VERBS)
 
 
@@ -516,11 +516,11 @@ def schema_values(prop):
 
 @st.composite
 def tool_arguments(draw, role):
-    tools = mcp.tools_for(role)
-    name = draw(weighted((st.sampled_from(sorted(tools)), 4), (st.sampled_from([t.name for t in mcp.TOOLS]), 1),
+    mine = tools.tools_for(role)
+    name = draw(weighted((st.sampled_from(sorted(mine)), 4), (st.sampled_from([t.name for t in tools.TOOLS]), 1),
                          (TEXT, 1), (HOSTILE, 1)))
     params = {"name": name}
-    tool = tools.get(name) if isinstance(name, str) else None
+    tool = mine.get(name) if isinstance(name, str) else None
     if tool is not None and draw(ONE_IN[10]):
         args = {}
         for key, prop in tool.input_schema["properties"].items():
@@ -646,13 +646,13 @@ def assert_rpc_shape(reply):
         assert [c["type"] for c in result["content"]] == ["text"] and isinstance(result["isError"], bool), reply
 
 
-@pytest.mark.parametrize("role", mcp.ROLES)
+@pytest.mark.parametrize("role", tools.ROLES)
 def test_mcp_lines(sockdir, role):
     core = FakeCore(sockdir / "hive.sock")
     client = McpClient(core.path, role=role)
     tally, probes = Tally(), itertools.count()
     try:
-        assert client.initialize()["result"]["serverInfo"]["name"] == mcp.SERVER_NAME
+        assert client.initialize()["result"]["serverInfo"]["name"] == tools.SERVER_NAME
 
         def one(data):
             assert data.endswith(b"\n")  # a line left open would swallow the probe after it

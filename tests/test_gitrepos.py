@@ -346,3 +346,31 @@ def test_new_proposed_repos_are_built_aside_and_handed_to_the_managers_uid(tmp_p
     assert os.stat(repos.applied("bob")).st_uid == 0  # applied stays the core's
     assert not [e for e in os.listdir(repos.staging)]  # nothing left behind
     assert repos.read("bob", "hive.json", repo="proposed") == repos.read("bob", "hive.json")
+
+
+def test_an_approvals_diff_is_bounded_whatever_the_manager_commits(repos):
+    """The manager writes the proposed repo: a huge file is one "Binary files … differ" line, and many
+    files' diff is cut at DIFF_BYTES with a line saying how to see it whole on the host."""
+    from hyperhive.core import gitrepos
+
+    repo = repos.proposed("alice")
+
+    def committed(files, message):
+        for path, text in files.items():
+            with open(os.path.join(repo, path), "w") as f:
+                f.write(text)
+        git(repo, "add", ".")
+        git(repo, "commit", "-q", "-m", message)
+        return git(repo, "rev-parse", "HEAD")
+
+    huge = committed({"huge.txt": "x\n" * gitrepos.DIFF_FILE_BYTES}, "add a huge file")
+    repos.pin_proposal("alice", 1, huge)
+    diff = repos.diff("alice", huge)
+    assert "Binary files /dev/null and b/huge.txt differ" in diff and len(diff) < 2048
+    # each under the per-file threshold, together past the whole's bound
+    many = committed({f"part{i}.txt": ("y" * 99 + "\n") * 2000 for i in range(12)}, "many parts")
+    repos.pin_proposal("alice", 2, many)
+    diff = repos.diff("alice", many)
+    assert len(diff) < gitrepos.DIFF_BYTES + 1024
+    last = diff.rstrip("\n").rsplit("\n", 1)[1]
+    assert last.startswith("# … the diff is cut here: ") and f"diff main {many[:12]}` on the host" in last

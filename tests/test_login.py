@@ -36,10 +36,11 @@ from conftest import FAKE_CLAUDE, ROOT, Hive, browser_missing, green_wait, runni
 from fakecore import FakeCore, ok
 from hyperhive import wire
 from hyperhive.harness import login as loginmod
-from hyperhive.harness import turnloop, webui
+from hyperhive.harness import loginsession, turnloop, webui
 from hyperhive.harness.bus import Bus
 from hyperhive.harness.claude import Outcome
-from hyperhive.harness.login import Login, LoginSession, probe
+from hyperhive.harness.login import Login, probe
+from hyperhive.harness.loginsession import LoginSession
 from hyperhive.harness.session import Session
 from hyperhive.schema import agent_db, open_agent
 
@@ -388,7 +389,7 @@ def test_bad_codes_are_refused_before_they_reach_the_cli(home):
     session = LoginSession(FAKE_CLAUDE, keyless_env(home), str(home))
     try:
         for bad, says in (("", "'code' is required"), ("   ", "'code' is required"), (None, "'code' is required"),
-                          ("a\nb", "one line"), ("x" * (loginmod.CODE_MAX + 1), "characters")):
+                          ("a\nb", "one line"), ("x" * (loginsession.CODE_MAX + 1), "characters")):
             with pytest.raises(wire.HiveError) as refused:
                 session.submit_code(bad)
             assert refused.value.code == "bad_argument" and says in str(refused.value)
@@ -447,7 +448,7 @@ def test_output_is_bounded_to_its_newest_part(tmp_path):
     loud.chmod(0o755)
     session = LoginSession(str(loud), dict(os.environ), str(tmp_path))
     assert session.done.wait(WAIT)
-    assert len(session.output) == loginmod.OUTPUT_MAX and session.output.endswith("x\nthe-end\n")
+    assert len(session.output) == loginsession.OUTPUT_MAX and session.output.endswith("x\nthe-end\n")
     assert session.url == "https://example.test/first", "the URL stays once seen"
 
 

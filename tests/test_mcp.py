@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from fakecore import REPO, WAIT, FakeCore, McpClient, ok, refuse, wait_until
-from hyperhive import wire
-from hyperhive.harness import mcp
+from hyperhive import verbs, wire
+from hyperhive.harness import mcp, tools
 
 SUPPORTED = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"]
 
@@ -111,7 +111,7 @@ def test_tools_list_shapes(core, role):
     assert "[question_answered]" in ask and "inbox" in ask and "Do not wait" in ask
 
 
-COMMON_TOOLS = ["send", "recv", "whoami", "ask", "answer", "remind", "get_loose_ends", "cancel_loose_end",
+COMMON_TOOLS = ["send", "recv", "recent", "whoami", "ask", "answer", "remind", "get_loose_ends", "cancel_loose_end",
                 "set_status"]
 MANAGER_TOOLS = ["request_apply_commit", "request_init_config", "request_spawn", "update", "agent_status",
                  "start", "stop", "restart", "rebuild", "kill"]
@@ -119,15 +119,15 @@ MANAGER_TOOLS = ["request_apply_commit", "request_init_config", "request_spawn",
 
 def test_allowed_tools_names_every_tool_of_the_role():
     common = [f"mcp__hyperhive__{t}" for t in COMMON_TOOLS]
-    assert mcp.allowed_tools("agent") == common
-    assert mcp.allowed_tools("manager") == common + [f"mcp__hyperhive__{t}" for t in MANAGER_TOOLS]
-    assert mcp.allowed_tools("nobody") == []
+    assert tools.allowed_tools("agent") == common
+    assert tools.allowed_tools("manager") == common + [f"mcp__hyperhive__{t}" for t in MANAGER_TOOLS]
+    assert tools.allowed_tools("nobody") == []
 
 
 def test_every_tools_arguments_are_its_verbs_arguments_in_wire():
-    for tool in mcp.TOOLS:
+    for tool in tools.TOOLS:
         for role in tool.roles:
-            args = wire.SURFACE_ARGS.get((role, tool.verb), wire.VERBS[tool.verb][0])
+            args = verbs.SURFACE_ARGS.get((role, tool.verb), verbs.VERBS[tool.verb][0])
             assert set(tool.input_schema["properties"]) <= {a.name for a in args}, (role, tool.name)
             assert {a.name for a in args if a.required} <= set(tool.input_schema["required"]), (role, tool.name)
 
@@ -179,7 +179,7 @@ def test_manager_tools_map_to_manager_verbs_with_their_arguments(core):
     assert ("request_apply_commit", {"agent": "a", "commit_ref": "abcdef0", "description": "why"}) in sent
     assert ("stop", {"name": "a"}) in sent
     for wire_verb in MANAGER_TOOLS:
-        assert wire_verb in wire.MANAGER_VERBS
+        assert wire_verb in verbs.MANAGER_VERBS
 
 
 # -- tools/call ---------------------------------------------------------------------------
@@ -226,6 +226,21 @@ def test_recv_several_messages(server, core):
         "from: bob\n\none\n---\n"
         "[redelivered: a turn that had this message did not finish — it may already be handled]\nfrom: manager\n\ntwo\n---\n"
         "from: operator\n\nthree")
+
+
+def test_recent_reads_the_conversation_back_with_cut_bodies_said(server, core):
+    core.answers["recent"] = ok(messages=[
+        {"id": 9, "from": "alice", "to": "bob", "sent_at": "2026-12-04T10:00:00Z", "body": "done"},
+        {"id": 8, "from": "bob", "to": "alice", "sent_at": "2026-12-04T09:00:00Z", "body": "x" * 10,
+         "body_chars": 40000}], warnings=["the listing stops after the newest 2 messages"])
+    text = text_of(server.call("recent", {"limit": 5}))
+    assert core.requests == [{"cmd": "recent", "limit": 5}]
+    assert text == ("2 messages, newest first\n\n"
+                    "message 9 from alice to bob at 2026-12-04T10:00:00Z\n\ndone\n---\n"
+                    "message 8 from bob to alice at 2026-12-04T09:00:00Z\n\nxxxxxxxxxx\n"
+                    "[cut: the body has 40000 characters]\n(warning: the listing stops after the newest 2 messages)")
+    core.answers["recent"] = ok(messages=[])
+    assert text_of(server.call("recent", {})) == "(no messages yet)"
 
 
 def test_whoami(server, core):
@@ -515,8 +530,8 @@ def test_cold_start_imports_only_the_light_modules():
                          capture_output=True, check=True, timeout=WAIT)
     loaded = json.loads(run.stderr)
     ours = {m for m in loaded if m.split(".")[0] == "hyperhive"}
-    assert ours == {"hyperhive", "hyperhive.wire", "hyperhive.jsonline", "hyperhive.harness",
-                    "hyperhive.harness.mcp"}
+    assert ours == {"hyperhive", "hyperhive.wire", "hyperhive.verbs", "hyperhive.jsonline", "hyperhive.harness",
+                    "hyperhive.harness.mcp", "hyperhive.harness.tools"}
     third_party = {m.split(".")[0] for m in loaded} - set(sys.stdlib_module_names) - {"hyperhive"}
     # site may load setuptools' distutils hack from a .pth file: the venv's doing, not ours
     assert third_party - {"_distutils_hack", "__main__"} == {"docopt"}

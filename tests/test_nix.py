@@ -182,6 +182,18 @@ def test_assertions_say_what_to_fix():
     assert any("boot.enableContainers" in m for m in failing({"enable": True, "backend": "auto"},
                                                              ["{ boot.enableContainers = false; }"]))
     assert failing({"enable": True, "backend": "bwrap"}, [no_containers]) == []
+    assert any("forge.credentialFile needs forge.url" in m
+               for m in failing({"enable": True, "forge": {"credentialFile": "/run/secrets/forge"}}))
+
+
+def test_the_forge_and_the_domain_reach_the_daemon_and_stay_off_unless_set():
+    flags = exec_start({"enable": True, "domain": "hive.example.org",
+                        "forge": {"url": "https://forge.example.org/hive", "credentialFile": "/run/secrets/forge"}})[3:]
+    args = docopt(daemon.__doc__, argv=["serve", *flags])
+    assert args["--domain"] == "hive.example.org" and args["--forge-url"] == "https://forge.example.org/hive"
+    assert args["--forge-credential-file"] == "/run/secrets/forge", "a string: the secret stays out of the store"
+    off = exec_start({"enable": True})
+    assert not {"--domain", "--forge-url", "--forge-credential-file"} & set(off)
 
 
 CONTAINERS = ("ev: { on = ev.config.boot.enableContainers; "

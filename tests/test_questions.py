@@ -87,7 +87,7 @@ def test_a_question_to_the_manager_is_a_peer_question(rig):
 
 def test_asking_yourself_or_nobody_is_refused(rig):
     """Through the agent's socket, as every question comes: the verb's table checks the arguments
-    (wire.check_args), Questions what the table cannot know."""
+    (verbs.check_args), Questions what the table cannot know."""
     def ask(code, **args):
         return rig.refused(code, "agent", "a", "ask", **args)
 
@@ -152,7 +152,7 @@ def test_a_peer_question_is_answered_by_its_target_or_the_operator_in_its_stead(
     qid = rig.questions.ask("a", "Which branch?", to="b")["id"]
     sentence = refused("forbidden", rig.questions.answer, qid, "dev", "c")
     assert sentence == f"question {qid} was put to b: only b (or the operator) may answer it"
-    assert "cancel_question" in refused("forbidden", rig.questions.answer, qid, "dev", "a")
+    assert "cancel_loose_end" in refused("forbidden", rig.questions.answer, qid, "dev", "a")
     assert "only b" in refused("forbidden", rig.questions.answer, qid, "dev", "manager")
     assert Question.get_by_id(qid).answered_at is None and rig.inbox("a") == []
 
@@ -294,7 +294,8 @@ def test_the_surfaces_refuse_with_sentences(rig):
     qid = rig.call("agent", "a", "ask", question="Which branch?", to="b")["id"]
     sentence = rig.refused("forbidden", "agent", "c", "answer", id=qid, answer="dev")
     assert sentence == f"question {qid} was put to b: only b (or the operator) may answer it"
-    assert "only a, the manager or the operator" in rig.refused("forbidden", "agent", "c", "cancel_question", id=qid)
+    assert "only a, the manager or the operator" in rig.refused("forbidden", "agent", "c", "cancel_loose_end", kind="question",
+                                                                 id=qid)
     assert "no question 99" in rig.refused("not_found", "agent", "b", "answer", id=99, answer="x")
     assert "between 1 and" in rig.refused("bad_argument", "agent", "b", "answer", id=0, answer="x")
     # the operator does not ask, and agents do not read the operator's queue
@@ -361,7 +362,7 @@ def test_loose_ends_list_open_questions_by_who_they_concern(rig):
     row = rig.call("agent", "b", "get_loose_ends")["loose_ends"][0]
     assert (row["asker"], row["target"], row["question"]) == ("a", "b", "Which branch?")
     rig.call("agent", "b", "answer", id=to_b, answer="main")
-    rig.call("agent", "a", "cancel_question", id=to_op)
+    rig.call("agent", "a", "cancel_loose_end", kind="question", id=to_op)
     assert ends("agent", "a") == [] and ends("agent", "b") == []
     assert ends("manager", "manager") == [from_c]
 

@@ -2,7 +2,7 @@
 dashboard answers only the operator.
 
 Table-driven from the sources of truth, so a verb, tool, route or route parameter added later is swept
-without anyone remembering to: wire's verb tables and argument shapes, the MCP tool table, and the route
+without anyone remembering to: the verb tables and argument shapes of verbs.py, the MCP tool table, and the route
 tables of the dashboard's and the agent page's bottle apps.
 
 - Impersonation. Every socket refuses every verb outside its surface; no verb an agent or the manager
@@ -49,13 +49,13 @@ import pytest
 import wsgi
 from conftest import Hive, pyz_argv, refused, running, wait_until
 from fakes import Clock
-from hyperhive import jsonline, reach, wire
+from hyperhive import jsonline, reach, verbs, wire
 from hyperhive.core import auth as auth_module
 from hyperhive.core.auth import COOKIE, Auth
 from hyperhive.core.containers import nixos
 from hyperhive.core.dashboard import Dashboard
 from hyperhive.schema import open_core
-from hyperhive.harness import mcp, webui
+from hyperhive.harness import mcp, tools, webui
 
 CANARY = "CANARY-8d1f0c2e-outside-every-reach"
 PRIVATE = "PRIVATE"  # in every body, question, reminder and status of the victims: never in alice's answers
@@ -239,7 +239,7 @@ def sample(arg, name="bob"):
 
 
 def shape(surface, verb):
-    return wire.SURFACE_ARGS.get((surface, verb), wire.VERBS[verb][0])
+    return verbs.SURFACE_ARGS.get((surface, verb), verbs.VERBS[verb][0])
 
 
 def belongs(table, row, me):
@@ -280,47 +280,47 @@ def assert_error_body(status, body, *codes):
 def test_every_verb_has_a_surface_and_a_handler():
     from hyperhive.core.surfaces import Surfaces
 
-    surfaced = set(itertools.chain(*wire.SURFACES.values()))
-    assert surfaced == set(wire.VERBS), "a verb on no surface, or a surface verb missing from the table"
-    assert all(callable(getattr(Surfaces, f"do_{verb}", None)) for verb in wire.VERBS)
+    surfaced = set(itertools.chain(*verbs.SURFACES.values()))
+    assert surfaced == set(verbs.VERBS), "a verb on no surface, or a surface verb missing from the table"
+    assert all(callable(getattr(Surfaces, f"do_{verb}", None)) for verb in verbs.VERBS)
     # the manager is an agent with more verbs, never fewer
-    assert set(wire.AGENT_VERBS) <= set(wire.MANAGER_VERBS)
+    assert set(verbs.AGENT_VERBS) <= set(verbs.MANAGER_VERBS)
 
 
 def test_the_operators_decisions_are_on_no_agents_surface():
     for verb in OPERATOR_ONLY:
-        assert verb in wire.HOST_VERBS, verb
-        assert verb not in wire.AGENT_VERBS and verb not in wire.MANAGER_VERBS, \
+        assert verb in verbs.HOST_VERBS, verb
+        assert verb not in verbs.AGENT_VERBS and verb not in verbs.MANAGER_VERBS, \
             f"{verb!r} is the operator's alone: no agent socket may answer it"
 
 
 def test_no_agent_or_manager_verb_takes_an_argument_naming_who_acts():
     for surface in ("agent", "manager"):
-        for verb in wire.SURFACES[surface]:
+        for verb in verbs.SURFACES[surface]:
             names = {arg.name for arg in shape(surface, verb)}
             assert not names & set(IDENTITY_KEYS) - {"name", "agent"}, (surface, verb, names)
-            if surface == "agent" or verb in wire.AGENT_VERBS:
+            if surface == "agent" or verb in verbs.AGENT_VERBS:
                 # an agent's own verbs are about itself: no argument may name an agent to act on
                 assert not names & {"name", "agent", "scope"}, (surface, verb, names)
 
 
 # -- impersonation: every surface refuses what is not its own -------------------------------------
 
-@pytest.mark.parametrize("surface", sorted(wire.SURFACES))
+@pytest.mark.parametrize("surface", sorted(verbs.SURFACES))
 def test_every_socket_refuses_every_verb_outside_its_surface(rig, surface):
     """Built from wire's tables: a verb added to VERBS is refused wherever it was not added to a surface."""
     path = rig.surface_sock(surface)
     before = rig.db()
-    foreign = sorted(set(wire.VERBS) - set(wire.SURFACES[surface]))
+    foreign = sorted(set(verbs.VERBS) - set(verbs.SURFACES[surface]))
     assert foreign
     for verb in [*foreign, *NOT_VERBS]:
-        args = {arg.name: sample(arg) for arg in wire.VERBS[verb][0]} if verb in wire.VERBS else {}
+        args = {arg.name: sample(arg) for arg in verbs.VERBS[verb][0]} if verb in verbs.VERBS else {}
         answer = rig.raw(path, {"cmd": verb, **args, **spoof("bob")})
         assert answer["ok"] is False and answer["code"] == "unknown_verb", (surface, verb, answer)
         assert f"on the {surface} socket" in answer["error"], answer
     assert rig.db() == before, "a refused verb changed something"
     if surface == "agent":  # the manager's own verbs, in the manager's shape (a name, not a scope)
-        for verb in sorted(set(wire.MANAGER_VERBS) - set(wire.AGENT_VERBS)):
+        for verb in sorted(set(verbs.MANAGER_VERBS) - set(verbs.AGENT_VERBS)):
             answer = rig.raw(path, {"cmd": verb, **{a.name: sample(a) for a in shape("manager", verb)}})
             assert answer["code"] == "unknown_verb", (verb, answer)
     assert rig.db() == before
@@ -443,7 +443,7 @@ def sc_answer(r, victim, s):
 
 def sc_cancel_question(r, victim, s):
     theirs, _, _ = r.items[victim]
-    return [refused("forbidden", r.alice, "cancel_question", id=theirs, **s)]
+    return [refused("forbidden", r.alice, "cancel_loose_end", kind="question", id=theirs, **s)]
 
 
 def sc_remind(r, victim, s):
@@ -473,14 +473,14 @@ def sc_report_login(r, victim, s):
     return said
 
 
-SCENARIOS = {verb: globals()[f"sc_{verb}"] for verb in wire.AGENT_VERBS if f"sc_{verb}" in globals()}
+SCENARIOS = {verb: globals()[f"sc_{verb}"] for verb in verbs.AGENT_VERBS if f"sc_{verb}" in globals()}
 # The core tells the manager and the operator of an agent's login change: messages alice causes, about alice.
 ALLOWED = {"report_login": lambda table, row: table == "message" and row["sender"] == "core"
            and row["recipient"] in (wire.MANAGER, wire.OPERATOR) and "alice's claude" in row["body"]}
 
 
 @pytest.mark.parametrize("victim", VICTIMS)
-@pytest.mark.parametrize("verb", wire.AGENT_VERBS)
+@pytest.mark.parametrize("verb", verbs.AGENT_VERBS)
 def test_an_agent_acts_only_as_itself_whatever_the_request_says(rig, verb, victim):
     """alice's socket, every agent verb, every identity key naming bob / the manager / the operator."""
     assert verb in SCENARIOS, f"a new agent verb {verb!r}: write its sc_{verb} (what alice must not do with it)"
@@ -541,8 +541,8 @@ def tool_arguments(tool):
 
 
 def test_alices_mcp_server_reaches_no_manager_tool(rig):
-    manager_only = {name: tool for name, tool in mcp.tools_for("manager").items()
-                    if name not in mcp.tools_for("agent")}
+    manager_only = {name: tool for name, tool in tools.tools_for("manager").items()
+                    if name not in tools.tools_for("agent")}
     assert manager_only
     calls = [(name, tool_arguments(tool)) for name, tool in manager_only.items()]
     before = rig.db()
@@ -612,8 +612,8 @@ def test_binding_a_socket_never_chmods_through_a_link_swapped_in(sockdir, monkey
 
 def name_slots():
     """(surface, verb, argument) for every argument of every surface that names an agent."""
-    for surface, verbs in sorted(wire.SURFACES.items()):
-        for verb in verbs:
+    for surface, names in sorted(verbs.SURFACES.items()):
+        for verb in names:
             for arg in shape(surface, verb):
                 if arg.kind in ("name", "scope"):
                     yield surface, verb, arg
@@ -621,7 +621,7 @@ def name_slots():
 
 def test_every_name_argument_on_every_socket_refuses_traversal_and_lookalikes(rig):
     slots = list(name_slots())
-    assert {s[0] for s in slots} == set(wire.SURFACES)
+    assert {s[0] for s in slots} == set(verbs.SURFACES)
     before, agents = rig.db(), rig.h.call("list")["agents"]
     for surface, verb, arg in slots:
         path = rig.surface_sock(surface)
@@ -1186,7 +1186,7 @@ def test_a_link_at_an_agents_page_socket_is_never_what_the_proxy_reaches(rig, tm
     try:
         os.symlink(elsewhere, path)
         status, _, body = rig.http("GET", "/agent/alice/api/state")
-        assert status == 503 and "page is not up" in json.loads(body)["error"], (status, body)
+        assert status == 503 and json.loads(body)["code"] == "unavailable", (status, body)  # as if none were there
         assert recorder.seen == [], "the link was followed"
         os.unlink(path)
         os.symlink(rig.h.host_sock, path)

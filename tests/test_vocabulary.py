@@ -1,7 +1,8 @@
-"""Each vocabulary is defined once (`hyperhive/events.py`, `hyperhive/states.py`) and everything
-that names its words agrees: docs/web.md's tables are exactly what the definitions say, every kind a
-publisher names is defined and every defined kind is published, and the pages' switches and maps
-name exactly those words.
+"""Each vocabulary is defined once (`hyperhive/events.py`, `hyperhive/states.py`, `hyperhive/verbs.py`)
+and everything that names its words agrees: docs/web.md's tables are exactly what the definitions say,
+every kind a publisher names is defined and every defined kind is published, the pages' switches and
+maps name exactly those words, and every verb a socket answers has a caller: a CLI command, an MCP
+tool, the harness or the dashboard.
 """
 
 import glob
@@ -152,3 +153,23 @@ def test_the_agent_page_reads_each_loose_end_by_its_rows_fields():
     fields = {"question": wire.QUESTION_FIELDS, "reminder": wire.REMINDER_FIELDS, "approval": wire.APPROVAL_FIELDS}
     for kind, (text, time) in read.items():
         assert text in fields[kind] and time in fields[kind], (kind, text, time)
+
+
+
+def test_every_socket_verb_has_a_caller():
+    """A host verb is a CLI command (tests/test_cli.py holds the exceptions), or the dashboard's; an agent or
+    manager verb is an MCP tool's (harness/tools.py) or the harness's own call. A verb nobody sends is dead."""
+    from hyperhive import cli, verbs
+    from hyperhive.harness import tools
+
+    def sent_by(paths):
+        text = "".join(read(p) for p in paths)
+        return {v for v in verbs.VERBS if re.search(rf"[\"']{v}[\"']", text)}
+
+    harness = glob.glob(os.path.join(ROOT, "hyperhive", "harness", "*.py"))
+    by_agents = {t.verb for t in tools.TOOLS} | sent_by(p for p in harness if not p.endswith("tools.py"))
+    by_host = {c.verb for c in cli.COMMANDS.values()} | sent_by([os.path.join(ROOT, "hyperhive", "core",
+                                                                              "dashboard.py")])
+    unsent_host = set(verbs.HOST_VERBS) - by_host
+    assert unsent_host == {"subscribe_agent_status"}, "a host verb nobody sends"  # outside clients stream it
+    assert set(verbs.AGENT_VERBS + verbs.MANAGER_VERBS) - by_agents == set(), "an agent verb nobody sends"

@@ -98,7 +98,7 @@ class FakeRun:
 
 
 class FakeHarness:
-    """What webui needs of a Harness: name, role, socket, bus, loop, current, compact()."""
+    """What webui needs of an AgentRuntime (harness/main.py): name, role, socket, bus, loop, current, compact()."""
 
     def __init__(self, bus, socket_path, recvs=None, block=False):
         self.name, self.role, self.socket, self.bus = "alice", "agent", str(socket_path), bus
@@ -306,6 +306,36 @@ def test_state_lists_a_custom_model_and_the_usage(app, bus):
     state = get(app, "/api/state").json()
     assert state["models"] == ["haiku", "sonnet", "opus", "claude-opus-4-5[1m]"]
     assert state["ctx"] == 12 and state["cost"]["total"] == 3
+
+
+def test_after_a_harness_restart_the_state_carries_the_last_turns_usage(tmp_path, core, sockdir):
+    """The badges on a cold load of a restarted harness's page: the last turn's numbers, not blanks."""
+    def snapshot():
+        bus = Bus(str(tmp_path), clock=lambda: NOW)
+        app = webui.make_app(FakeHarness(bus, core.path), str(sockdir / "web.secret"), clock=lambda: NOW)
+        return bus, get(app, "/api/state").json()
+
+    open_agent(os.path.join(tmp_path, "events.sqlite"))
+    try:
+        bus, state = snapshot()
+        assert state["ctx"] is None and state["cost"] is None  # no turn ever: nothing to show
+        bus.begin_turn("operator")
+        bus.observe({"type": "assistant", "message": {"usage": {"input_tokens": 5, "cache_read_input_tokens": 700}}})
+        bus.observe({"type": "result", "usage": {"input_tokens": 1, "output_tokens": 2,
+                                                 "cache_read_input_tokens": 30, "cache_creation_input_tokens": 4}})
+        bus.end_turn(Outcome("ok"))
+        live = get(webui.make_app(FakeHarness(bus, core.path), str(sockdir / "web.secret")), "/api/state").json()
+    finally:
+        agent_db.close()
+
+    open_agent(os.path.join(tmp_path, "events.sqlite"))  # the harness starts again on the same file
+    try:
+        _bus, state = snapshot()
+    finally:
+        agent_db.close()
+    assert (state["ctx"], state["cost"]) == (live["ctx"], live["cost"]) == (705, {
+        "input_tokens": 1, "output_tokens": 2, "cache_read_input_tokens": 30, "cache_creation_input_tokens": 4,
+        "total": 37})
 
 
 def test_state_loads_without_an_inbox_when_the_core_is_down(app, core):
@@ -531,6 +561,21 @@ def test_a_loose_end_is_withdrawn_through_the_core_as_this_agent(app, core):
                                               "forbidden")
     reply = post(app, "/api/loose-ends/cancel", {"kind": "reminder", "id": 4})
     assert reply.status == 403 and reply.error() == "reminder 4 is bob's: only bob or the manager may cancel it"
+
+
+@pytest.mark.parametrize("route, body, sentence", [
+    ("/api/loose-ends/cancel", {"kind": "reminder", "id": "x"}, "'id' must be a whole number of 1 or more, got 'x'"),
+    ("/api/loose-ends/cancel", {"kind": "reminder", "id": "0"}, "'id' must be a whole number of 1 or more, got '0'"),
+    ("/api/retry", {"ids": ["4", "five"]}, "message id must be a whole number of 1 or more, got 'five'"),
+    ("/api/retry", {"ids": [str(2 ** 63)]},
+     "message id must be a whole number of 1 or more and at most 9223372036854775807, got '9223372036854775808'"),
+])
+def test_a_typed_id_the_page_cannot_read_is_refused_before_the_core(app, core, route, body, sentence):
+    """An id a form posts is text: read by wire's one parser, refused in its sentence, never sent on."""
+    sent = len(core.requests)
+    reply = post(app, route, body)
+    assert reply.status == 400 and reply.error() == sentence
+    assert len(core.requests) == sent
 
 
 def test_the_state_carries_the_agents_status_line_from_the_core(app, core):

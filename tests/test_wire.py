@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from hyperhive import wire
+from hyperhive import verbs, wire
 
 
 @pytest.mark.parametrize("name", ["a", "alice", "a-1", "x" * 31, "b2b"])
@@ -29,18 +29,18 @@ def test_reserved_names_cannot_be_agents(name):
 
 
 def test_parse_known_verb_with_defaults():
-    assert wire.parse_request({"cmd": "inbox"}, "host") == ("inbox", {"limit": 20, "before": None, "unread": False,
+    assert verbs.parse_request({"cmd": "inbox"}, "host") == ("inbox", {"limit": 20, "before": None, "unread": False,
                                                                       "only_from": None})
-    assert wire.parse_request({"cmd": "destroy", "name": "a"}, "host") == ("destroy", {"name": "a", "purge": False})
+    assert verbs.parse_request({"cmd": "destroy", "name": "a"}, "host") == ("destroy", {"name": "a", "purge": False})
 
 
 def test_unknown_keys_are_ignored():
-    assert wire.parse_request({"cmd": "list", "extra": [1, 2]}, "host") == ("list", {})
+    assert verbs.parse_request({"cmd": "list", "extra": [1, 2]}, "host") == ("list", {})
 
 
 def test_unknown_verb_names_the_surface():
     with pytest.raises(wire.HiveError) as e:
-        wire.parse_request({"cmd": "spawn", "name": "a"}, "agent")
+        verbs.parse_request({"cmd": "spawn", "name": "a"}, "agent")
     assert e.value.code == "unknown_verb" and "agent socket" in str(e.value)
 
 
@@ -58,20 +58,20 @@ def test_unknown_verb_names_the_surface():
 ])
 def test_bad_arguments_get_a_sentence(obj, fragment):
     with pytest.raises(wire.HiveError) as e:
-        wire.parse_request(obj, "host")
+        verbs.parse_request(obj, "host")
     assert fragment in str(e.value)
 
 
 def test_recv_limits_are_clamped_not_refused():
-    assert wire.parse_request({"cmd": "recv", "wait_seconds": 9999, "max": 500}, "agent") == \
+    assert verbs.parse_request({"cmd": "recv", "wait_seconds": 9999, "max": 500}, "agent") == \
         ("recv", {"wait_seconds": 180, "max": 32})
-    assert wire.parse_request({"cmd": "recv", "wait_seconds": -5, "max": 0}, "agent") == \
+    assert verbs.parse_request({"cmd": "recv", "wait_seconds": -5, "max": 0}, "agent") == \
         ("recv", {"wait_seconds": 0, "max": 1})
 
 
 def test_body_size_limit():
     with pytest.raises(wire.HiveError, match="limit"):
-        wire.parse_request({"cmd": "send", "to": "a", "body": "x" * (wire.MAX_BODY + 1)}, "host")
+        verbs.parse_request({"cmd": "send", "to": "a", "body": "x" * (wire.MAX_BODY + 1)}, "host")
 
 
 def test_framing_is_compact_and_byte_compatible():
@@ -99,10 +99,44 @@ def test_result_raises_the_servers_sentence():
     assert str(e.value) == "no such agent" and e.value.code == "not_found" and e.value.status == 404
 
 
+@pytest.mark.parametrize("raw, lo, hi, number", [
+    ("5", 0, wire.MAX_INT, 5), (" 7 ", 0, wire.MAX_INT, 7), ("+3", 1, wire.MAX_INT, 3), ("1_000", 0, 1000, 1000),
+    ("0", 0, wire.MAX_INT, 0), (4, 1, wire.MAX_INT, 4), (str(wire.MAX_INT), 1, wire.MAX_INT, wire.MAX_INT),
+])
+def test_a_typed_whole_number_is_read(raw, lo, hi, number):
+    got = wire.whole_number(raw, "n", lo, hi)
+    assert got == number and type(got) is int
+
+
+@pytest.mark.parametrize("raw, lo, hi, sentence", [
+    ("x", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got 'x'"),
+    ("", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got ''"),
+    ("1.5", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got '1.5'"),
+    ("-1", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got '-1'"),
+    ("0", 1, wire.MAX_INT, "after must be a whole number of 1 or more, got '0'"),
+    (0, 1, wire.MAX_INT, "after must be a whole number of 1 or more, got 0"),
+    ("²", 0, wire.MAX_INT, "after must be a whole number of 0 or more, got '²'"),  # a digit int() does not read
+    ("1001", 1, 1000, "after must be a whole number of 1 or more and at most 1000, got '1001'"),
+    ("lots", 1, 1000, "after must be a whole number of 1 or more and at most 1000, got 'lots'"),
+    (str(wire.MAX_INT + 1), 0, wire.MAX_INT,  # past SQLite's integers: the bound is named only then
+     "after must be a whole number of 0 or more and at most 9223372036854775807, got '9223372036854775808'"),
+    ("9" * 5000, 1, wire.MAX_INT,  # past int()'s 4300 digits: no number at all, quoted cut
+     f"after must be a whole number of 1 or more, got '{'9' * 40}…'"),
+    (True, 0, wire.MAX_INT, "after must be a whole number of 0 or more, got a boolean"),
+    (None, 0, wire.MAX_INT, "after must be a whole number of 0 or more, got null"),
+    ([1], 0, wire.MAX_INT, "after must be a whole number of 0 or more, got a list"),
+    (1.0, 0, wire.MAX_INT, "after must be a whole number of 0 or more, got a number"),
+])
+def test_a_typed_whole_number_is_refused_in_one_sentence(raw, lo, hi, sentence):
+    with pytest.raises(wire.HiveError) as e:
+        wire.whole_number(raw, "after", lo, hi)
+    assert str(e.value) == sentence and e.value.code == "bad_argument"
+
+
 def test_every_surface_verb_has_a_shape():
-    for surface, verbs in wire.SURFACES.items():
-        for verb in verbs:
-            assert verb in wire.VERBS, (surface, verb)
+    for surface, names in verbs.SURFACES.items():
+        for verb in names:
+            assert verb in verbs.VERBS, (surface, verb)
 
 
 def test_iso_times_are_rfc3339_utc():

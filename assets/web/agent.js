@@ -6,7 +6,9 @@
  * everything. Rows are keyed by seq. Claude's stream-json lines are drawn
  * as prose, tool calls (collapsible, their result folded in when it
  * arrives), and small grey system/result lines; anything this page does not
- * know is shown raw in the warning colour, never dropped.
+ * know is shown raw in the warning colour, never dropped. A sub-agent (the
+ * Agent/Task tool) is one ⌁ row holding its own lines (those carrying
+ * `parent_tool_use_id`), and its end is another ⌁ row.
  */
 (function () {
   "use strict";
@@ -281,8 +283,8 @@
       case "result": node = resultRows(ev, line); break;
       default: return rawRow(ev, `stream ${line.type || "line"}`, line);
     }
-    // a sub-agent's (Task) traffic is indented under its caller
-    if (node && line.parent_tool_use_id) node.classList.add("sub");
+    // a sub-agent's (Task) traffic goes into its ⌁ row, not the session's flow
+    if (node && line.parent_tool_use_id) return nestUnder(ev, line, String(line.parent_tool_use_id), node);
     return node;
   }
 
@@ -348,6 +350,9 @@
         ` · ${tools} tools`,
         servers.length ? ` · mcp ${servers.map((s) => `${s.name}: ${s.status}`).join(", ")}` : "");
     }
+    if (sub === "task_started") return taskStarted(ev, line);
+    if (sub === "task_notification") return taskNotification(ev, line);
+    if (sub === "task_progress" || sub === "task_updated") return taskProgress(ev, line);
     if (sub === "compact_boundary") {
       const meta = line.compact_metadata || {};
       return row("dim", "⇣", ev.at, "session compacted",
@@ -385,6 +390,139 @@
     return group(out);
   }
 
+  // ------------------------------------------------------- sub-agents
+
+  /* A sub-agent of claude's Agent (Task) tool: one ⌁ row, found by the tool_use id of its call (the
+   * `parent_tool_use_id` of its lines) or by its task_id, whose flow holds its own lines. */
+  const tasks = new Map();
+  const TASK_WORDS = {running: "running", completed: "✓ done", failed: "✗ failed", stopped: "stopped", killed: "stopped"};
+
+  function taskOf(...ids) {
+    for (const id of ids) {
+      const t = id === undefined || id === null ? null : tasks.get(String(id));
+      if (t && t.node.isConnected) return t;
+    }
+    return null;
+  }
+
+  function taskRow(ev, id, info) {
+    const title = h("span", {class: "task-title"});
+    const word = h("span", {class: "task-status"});
+    const stats = h("span", {class: "meta task-stats"});
+    const flow = h("div", {class: "subflow"});
+    const node = h("details", {class: "task", open: true, data: {task: id}},
+      h("summary", {class: "trow task-head"}, h("span", {class: "pfx", title: ev.at ? H.stamp(ev.at) : null}, "⌁"),
+        h("div", {class: "body"}, h("span", {class: "lead"}, "sub-agent "), title, word, stats)),
+      flow);
+    const t = {node, flow, title, word, stats, info: {}, prompted: false};
+    remember(tasks, id, t);
+    updateTask(t, info);
+    return t;
+  }
+
+  /* What a task line says of it (its strings are text, never markup): the row follows. */
+  function updateTask(t, info) {
+    for (const [k, v] of Object.entries(info)) if (v !== undefined && v !== null && v !== "") t.info[k] = v;
+    const i = t.info;
+    if (i.taskId) remember(tasks, String(i.taskId), t);
+    t.title.textContent = [i.type, i.description].filter(Boolean).map(String).join(" · ") || "a task";
+    const status = String(i.status || "running");
+    t.node.dataset.status = status;
+    t.word.textContent = TASK_WORDS[status] || status;
+    t.stats.textContent = taskStats(i.usage, status === "running" ? i.lastTool : null);
+    if (i.prompt && !t.prompted) {
+      t.prompted = true;
+      const text = String(i.prompt);
+      t.flow.prepend(h("details", {class: "trow task-prompt"},
+        h("summary", {}, h("span", {class: "pfx"}), h("span", {}, "prompt · " + firstLine(text, 90))),
+        h("div", {class: "detail"}, plain(text))));
+    }
+  }
+
+  function taskStats(usage, lastTool) {
+    const u = usage && typeof usage === "object" ? usage : {};
+    const bits = [];
+    if (u.tool_uses !== undefined) bits.push(`${fmtInt(u.tool_uses)} tool use${Number(u.tool_uses) === 1 ? "" : "s"}`);
+    if (u.total_tokens !== undefined) bits.push(`${H.tokens(u.total_tokens)} tok`);
+    if (u.duration_ms !== undefined) bits.push(H.duration(Number(u.duration_ms) / 1000));
+    if (lastTool) bits.push(`last ${splitTool(lastTool).base}`);
+    return bits.join(" · ");
+  }
+
+  function taskInfo(line) {
+    return {taskId: line.task_id, type: line.subagent_type, description: line.description, prompt: line.prompt,
+      status: line.status, usage: line.usage, lastTool: line.last_tool_name};
+  }
+
+  function taskStarted(ev, line) {
+    const id = line.tool_use_id || line.task_id;
+    if (!id) return rawRow(ev, "task_started without an id", line);
+    const shown = taskOf(line.tool_use_id, line.task_id);
+    if (shown) { // its lines came first and drew it
+      updateTask(shown, taskInfo(line));
+      return null;
+    }
+    return taskRow(ev, String(id), taskInfo(line)).node;
+  }
+
+  /* A sub-agent's end: its ⌁ row says so, and so does a row of its own (a background one ends much later). */
+  function taskNotification(ev, line) {
+    const t = taskOf(line.tool_use_id, line.task_id);
+    const info = taskInfo(line);
+    delete info.description; // `summary` says what it did; the row keeps what it was asked
+    if (t) updateTask(t, info);
+    const status = String(line.status || "completed");
+    const what = t ? t.title.textContent : String(line.summary || line.task_id || "a task");
+    return row(["task-end", status === "completed" ? "ok" : "warn"], "⌁", ev.at,
+      h("span", {class: "lead"}, `sub-agent ${TASK_WORDS[status] || status}`), " ",
+      h("span", {class: "task-title"}, what),
+      h("span", {class: "meta"}, taskStats(line.usage)),
+      line.summary && String(line.summary) !== what && !what.endsWith(String(line.summary))
+        ? plain(String(line.summary)) : null);
+  }
+
+  /* Progress moves its row; without one on screen it is a small row of its own. */
+  function taskProgress(ev, line) {
+    const info = line.subtype === "task_updated" ? patchInfo(line.patch) : taskInfo(line);
+    const t = taskOf(line.tool_use_id, line.task_id);
+    if (t) {
+      if (line.subtype === "task_progress") delete info.description; // what it does now, not its task
+      updateTask(t, info);
+      return null;
+    }
+    return row("dim", "⌁", ev.at, `sub-agent ${line.subtype === "task_updated" ? "updated" : "at work"}`,
+      line.description ? ` · ${line.description}` : "", info.status ? ` · ${info.status}` : "",
+      ` · ${taskStats(info.usage, info.lastTool) || json(line.patch || {}, 300)}`);
+  }
+
+  function patchInfo(patch) {
+    const p = patch && typeof patch === "object" ? patch : {};
+    return {status: p.status, description: p.description};
+  }
+
+  /* A sub-agent's own line, into its ⌁ row; without one on screen (its start is older than what is
+   * loaded) the line draws one from what it carries. Keyed by seq, so a line is never there twice. */
+  function nestUnder(ev, line, parent, node) {
+    let t = taskOf(parent);
+    let fresh = null;
+    if (!t) {
+      const call = tools.get(parent);
+      t = taskRow(ev, parent, {type: line.subagent_type,
+        description: line.task_description || (call && call.input && call.input.description)});
+      fresh = t.node;
+    }
+    const key = String(ev.seq);
+    node.dataset.subKey = key;
+    const old = t.flow.querySelector(`:scope > [data-sub-key="${CSS.escape(key)}"]`);
+    if (old) old.replaceWith(node);
+    else {
+      // in seq order: "load older" brings a sub-agent's earlier lines after its later ones
+      const later = [...t.flow.children].find((c) => c.dataset.subKey !== undefined && Number(c.dataset.subKey) > ev.seq);
+      t.flow.insertBefore(node, later || null);
+    }
+    return fresh;
+  }
+
   // ----------------------------------------------------------- tools
 
   const tools = new Map();   // tool_use id → {details, result, status}
@@ -419,7 +557,7 @@
     h("summary", {}, h("span", {class: "pfx"}),
       h("span", {class: "tool-line"}, nameNode, h("span", {class: "tool-gist"}, gist(base, input)), status)),
     h("div", {class: "detail"}, toolBody(base, input, b, msgTool), result));
-    const t = {details, result, status, base};
+    const t = {details, result, status, base, input};
     if (b.id) {
       remember(tools, b.id, t);
       const known = results.get(b.id);
@@ -701,7 +839,32 @@
         x[known.time] ? H.agoEl(x[known.time]) : null, withdraw),
       text ? h("p", {}, firstLine(text, 300)) : null,
       h("p", {class: "hint"}, summary),
+      kind === "question" ? answerBox(x, error) : null,
       error);
+  }
+
+  /* A question put to the operator is answered here, as the operator: through the core's own route
+   * (/answer-question/<id>, this page's origin and session key), never through this agent's harness,
+   * which is the agent's to rewrite. The asker gets the answer in its inbox; the row goes. */
+  function answerBox(x, error) {
+    if (x.target !== "operator" || x.answered_at || x.id === undefined) return null;
+    const answer = async (text, button) => {
+      const res = await H.post(`/answer-question/${encodeURIComponent(x.id)}`, {answer: text}, {button, errorEl: error});
+      if (res.ok) refreshLoose();
+    };
+    const input = h("input", {type: "text", name: "answer", placeholder: "answer as the operator…", "aria-label": `answer question #${x.id}`});
+    const submit = h("button", {type: "submit", class: "btn btn-sm btn-primary", data: {action: "answer"}}, "answer");
+    const form = h("form", {class: "answer-form", autocomplete: "off", on: {submit: (e) => {
+      e.preventDefault();
+      const text = input.value.trim();
+      if (!text) { H.showError(error, "type an answer, or pick one of the options"); input.focus(); return; }
+      answer(text, submit);
+    }}}, input, submit);
+    const options = Array.isArray(x.options) && x.options.length
+      ? h("div", {class: "options"}, x.options.map((o) => h("button", {type: "button", class: "btn btn-sm btn-teal",
+        data: {action: "option", answer: o}, on: {click: (e) => answer(String(o), e.currentTarget)}}, String(o))))
+      : null;
+    return [options, form];
   }
 
   /* On a finished turn (an event, not a timer): the inbox and loose ends move. */
@@ -793,6 +956,59 @@
   composeEl.addEventListener("input", () => { H.showError(composeErr, null); autogrow(); });
   $("#agent-compose-form").addEventListener("submit", (e) => { e.preventDefault(); send(); });
 
+  // ================================================= when the page is down
+
+  /* The stream failed: the page asks once why (each reconnect of the terminal asks again). No answer
+   * at all is the core being down (hive.js greys the page); a 503 from the core is this agent's
+   * harness not listening, with the sentence and the agent's state: a stopped or failed agent is
+   * offered a Start (the core's own lifecycle route, as the operator), instead of a forever
+   * "reconnecting…". Live again, everything of it goes. */
+  const DOWN_STATES = new Set(["stopped", "failed"]);
+  let down = null; // the last 503 of a page not up: {error, state, transient}
+
+  async function whyDown() {
+    const res = await H.probe("api/state");
+    if (!res || term.live) return; // the core is down (hive.js says so), or it came back meanwhile
+    if (res.status !== 503) { showDown(null); return; }
+    let data = null;
+    try { data = await res.json(); } catch (_) { /* not the core's answer: nothing to say but reconnecting */ }
+    showDown(data && typeof data.error === "string" ? data : null);
+  }
+
+  /* This page's agent: from the address, for its state may never have come. */
+  function pageName() {
+    return state.name || decodeURIComponent((location.pathname.match(/\/agent\/([^/]+)/) || [])[1] || "");
+  }
+
+  function showDown(data) {
+    down = data;
+    if (!state.name) $("#agent-name").textContent = pageName();
+    document.body.classList.toggle("agent-down", !!data);
+    $("#down-panel").hidden = !data;
+    if (!data) return;
+    const stopped = DOWN_STATES.has(data.state) && !data.transient;
+    // a `command` in the sentence is shown as code (as text: the sentence is never markup)
+    $("#down-sentence").replaceChildren(...String(data.error).split("`").map((part, i) => (i % 2 ? h("code", {}, part) : part)));
+    $("#down-state").textContent = data.transient || data.state || "not up";
+    $("#down-start").hidden = !stopped;
+    const live = $("#live .live-text");
+    if (live) live.textContent = stopped ? "not running" : data.transient || "starting…";
+  }
+
+  $("#down-start").addEventListener("click", async (e) => {
+    const res = await post(`/start/${encodeURIComponent(pageName())}`, {}, {button: e.currentTarget, errorEl: $("#down-error")});
+    if (res.ok) term.reconnect(); // its page may take a moment: the terminal keeps trying, and says why
+  });
+
+  function onStatus(live, why) {
+    H.setLive($("#live"), live, "alive", why);
+    if (live) showDown(null);
+    else {
+      if (down) showDown(down); // keep saying why while it asks again, not "reconnecting…"
+      whyDown();
+    }
+  }
+
   // ========================================================= terminal
 
   term = window.HiveTerminal.create({
@@ -809,9 +1025,10 @@
     onReset: () => {
       tools.clear();
       results.clear();
+      tasks.clear();
       turnStarts.live = turnStarts.older = null;
     },
-    onStatus: (live, why) => H.setLive($("#live"), live, "alive", why),
+    onStatus,
   });
 
   window.hive = {term, state, send};

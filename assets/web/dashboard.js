@@ -321,6 +321,7 @@
       c.claude_missing && h("span", {class: "chip red", title: c.claude_missing}, "claude not found"),
       c.needs_update && h("span", {class: "chip orange", title: "the deployed config is behind: rebuild to apply it"}, "needs update"),
       c.restart && restartChip(c),
+      c.forge && c.forge.error && h("span", {class: "chip orange forge", title: `${c.forge.error} (retry at ${c.forge.retry_at})`}, "forge behind"),
       c.parent && c.parent !== "operator" && h("span", {class: "chip", title: "spawned by"}, `by ${c.parent}`));
 
     const status = c.claude_missing
@@ -749,9 +750,11 @@
     if (!card || card.classList.contains("resolved")) return;
     for (const b of card.querySelectorAll("button, input")) b.disabled = true;
     const by = q.answered_by && q.answered_by !== "operator" ? ` (by ${q.answered_by})` : "";
-    const answer = q.answer === null || q.answer === undefined ? "closed" : `answered: ${q.answer}`;
+    const cancelled = typeof q.answer === "string" && q.answer.startsWith("[cancelled by ");
+    const answer = q.answer === null || q.answer === undefined ? "closed" : cancelled ? "cancelled" : `answered: ${q.answer}`;
     const form = card.querySelector(".answer-form");
-    const outcome = h("p", {class: "outcome ok", role: "status"}, `✓ ${answer}${by}`);
+    const outcome = h("p", {class: ["outcome", cancelled ? "cancelled" : "ok"], role: "status"},
+      `${cancelled ? "✕" : "✓"} ${answer}${by}`);
     if (form) form.replaceWith(outcome); else card.appendChild(outcome);
     const opts = card.querySelector(".options");
     if (opts) opts.remove();
@@ -780,12 +783,20 @@
       }))
       : null;
 
+    // withdrawn as the operator (the host verb cancel_question): its asker is told it has no answer
+    const cancel = h("button", {type: "button", class: "btn btn-sm btn-ghost", data: {action: "cancel-question"},
+      title: "withdraw this question: its asker is told it was cancelled"}, "cancel");
+    cancel.addEventListener("click", () => {
+      if (!window.confirm(`Cancel question #${q.id} from ${q.asker}? It is told the question has no answer.`)) return;
+      post(`/cancel-question/${enc(q.id)}`, {}, {button: cancel, errorEl});
+    });
+
     const expires = toMs(q.expires_at);
     return h("article", {class: "item question", data: {question: q.id}, "aria-label": `question ${q.id} from ${q.asker}`},
       h("div", {class: "item-head"},
         h("span", {class: "id"}, "#" + q.id), nameEl(q.asker), "asks",
         expires ? h("span", {class: "expires", data: {until: expires}}, "expires in " + H.until(expires)) : null,
-        agoEl(q.asked_at)),
+        agoEl(q.asked_at), cancel),
       typeof q.question_html === "string" ? md(q.question_html) : plain(q.question),
       options, form, errorEl);
   }
@@ -1123,6 +1134,7 @@
     onStatus: (live, why) => {
       if (live) hadLive = true;
       H.setLive(els.live, live, "live", why);
+      if (!live) H.probe("/api/sessions"); // no answer at all: the core is down, and the page greys
     },
   });
 

@@ -429,8 +429,41 @@
     } catch (_) { /* private mode: remembering is best effort */ }
   }
 
+  // ------------------------------------------------------------ the core down
+
+  /* Asked when a page's stream fails: does the core answer at all? No HTTP answer (the fetch itself
+   * fails) is the core down: the whole page greys (body.core-down) under a banner saying what to do,
+   * until its stream is live again (setLive). Resolves to the Response, or null. */
+  async function probe(url) {
+    let res = null;
+    try {
+      res = await fetch(url, {credentials: "same-origin", cache: "no-store",
+        headers: {Accept: "application/json", "X-Hive-Key": key()}});
+    } catch (_) {
+      res = null; // no answer: that is what we asked
+    }
+    setCoreDown(res === null);
+    return res;
+  }
+
+  function setCoreDown(isDown) {
+    document.body.classList.toggle("core-down", isDown);
+    let banner = document.getElementById("core-down");
+    if (isDown && !banner) {
+      banner = h("div", {id: "core-down", class: "core-down-banner", role: "alert"},
+        h("b", {}, "The hyperhive core does not answer"), ` at ${location.host}: it is stopped or restarting. ` +
+        "Start it on the hive's host (its service ", h("code", {}, "hive-c0re"), ", or ", h("code", {}, "hyperhive serve"),
+        "); this page reconnects by itself.");
+      document.body.prepend(banner);
+    }
+    if (banner) banner.hidden = !isDown;
+    const word = isDown ? document.querySelector("#live .live-text") : null;
+    if (word) word.textContent = "core down";
+  }
+
   /* The live indicator (#live): a dot and a word; data-live for tests. */
   function setLive(el, live, what, why) {
+    if (live) setCoreDown(false);
     if (!el) return;
     el.dataset.live = live ? "true" : "false";
     const text = el.querySelector(".live-text");
@@ -445,6 +478,6 @@
     toMs, duration, ago, until, clock, stamp, agoEl, elapsedEl, tick,
     tokens, shortSha, bytes, fileRefs, nameClass, nameEl,
     diffClass, diffEl, diffLinesEl, diffStats,
-    load, save, setLive,
+    load, save, setLive, probe,
   };
 })();

@@ -28,7 +28,7 @@ import urllib.parse
 import bottle
 from gevent import socket  # cooperative even where the stdlib's is not patched (the route tests)
 
-from hyperhive import web, wire
+from hyperhive import states, web, wire
 from hyperhive.core import renderer
 from hyperhive.core.auth import KEY_PARAM, WEB_SOCKET
 
@@ -177,9 +177,26 @@ class UnixHTTPConnection(http.client.HTTPConnection):
             os.close(fd)
 
 
-def _down(name):
-    return wire.HiveError(f"{name}'s page is not up: its harness is not running or still starting "
-                          "(start it from the dashboard, or wait a moment)", "unavailable")
+class PageDown(wire.HiveError):
+    """An agent's page that is not up, and why: its answer carries the agent's `state` and `transient`,
+    so the page can offer to start it (docs/web.md)."""
+
+    def __init__(self, sentence, state=None, transient=None):
+        super().__init__(sentence, "unavailable")
+        self.fields = {"state": state, "transient": transient}
+
+
+def down(name, state=None, transient=None):
+    """Why `name`'s page does not answer, from its row as the core last saw it."""
+    if transient:
+        return PageDown(f"{name} is {transient}; its page answers once its harness is up (this page "
+                        "connects by itself)", state, transient)
+    if state in (states.STOPPED, states.FAILED):
+        why = " (it stopped when it should be running: its log says why)" if state == states.FAILED else ""
+        return PageDown(f"{name}'s harness is not running{why} — start it: the Start button here or on the "
+                        f"dashboard, or `hyperhive start {name}` on the hive's host", state, transient)
+    return PageDown(f"{name}'s page is not up yet: its harness is still starting (this page connects by "
+                    "itself once it is)", state, transient)
 
 
 def target_of(path, query_string):
@@ -189,8 +206,10 @@ def target_of(path, query_string):
     return urllib.parse.quote(target, safe="/?&=%:@!$'()*+,;~-._")
 
 
-def proxy(name, path, sock_dir, secret, live=lambda: True):
-    """Answer the current request with agent `name`'s page's answer to it; `live()` says the session still is."""
+def proxy(name, path, sock_dir, secret, live=lambda: True, down=down):
+    """Answer the current request with agent `name`'s page's answer to it; `live()` says the session still is.
+
+    `down(name)` is the PageDown to answer when nothing listens on the page's socket."""
     request = bottle.request
     headers = {h: request.get_header(h) for h in REQUEST_HEADERS if request.get_header(h)}
     headers["X-Hive-Secret"] = secret  # the core's for this agent; never the operator's cookie or key
@@ -203,7 +222,7 @@ def proxy(name, path, sock_dir, secret, live=lambda: True):
         upstream = conn.getresponse()
     except (FileNotFoundError, ConnectionRefusedError):
         conn.close()
-        raise _down(name) from None
+        raise down(name) from None
     except (OSError, http.client.HTTPException) as e:
         conn.close()
         raise wire.HiveError(f"{name}'s page did not answer: {e}", "unavailable") from None

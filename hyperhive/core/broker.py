@@ -24,7 +24,7 @@ from gevent.event import Event
 from hyperhive import wire
 from hyperhive.core import aftermath
 from hyperhive.wire import iso
-from hyperhive.schema import Message, core_db
+from hyperhive.schema import Message, core_db, found
 
 log = logging.getLogger(__name__)
 
@@ -297,9 +297,7 @@ class Broker:
     @staticmethod
     def refs_of_message(message_id):
         """(sender, recipient, file references) of one message, for a page's preview."""
-        m = Message.get_or_none(Message.id == message_id)
-        if m is None:
-            raise wire.HiveError(f"there is no message {message_id}", "not_found")
+        m = found(Message, Message.id == message_id, f"message {message_id}")
         return m.sender, m.recipient, json.loads(m.file_refs or "[]")
 
     def senders(self, recipient):

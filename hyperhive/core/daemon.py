@@ -3,7 +3,8 @@
 Usage:
   hyperhive serve [--state-dir DIR] [--run-dir DIR] [--backend NAME] [--claude PATH]
                   [--container-source DIR] [--pass-env NAME]... [--dashboard-port PORT]
-                  [--listen ADDR] [--log-level LEVEL]
+                  [--listen ADDR] [--log-level LEVEL] [--domain NAME] [--forge-url URL]
+                  [--forge-credential-file PATH]
   hyperhive serve -h | --help
 
 Options:
@@ -21,6 +22,11 @@ Options:
                       none [default: 7000]
   --listen ADDR       the address the dashboard listens on [default: 127.0.0.1]
   --log-level LEVEL   debug, info, warning or error [default: info]
+  --domain NAME       the hive's public domain name, as `urls` answers it
+  --forge-url URL     mirror each agent's applied config repo to <URL>/<name>.git
+                      (http or https), at start and after every change to it
+  --forge-credential-file PATH  the file holding user:token for the forge, mode
+                      0600 (read at each push, never stored in a repo)
 """
 
 import errno
@@ -42,6 +48,7 @@ from hyperhive.core import containers, planted, renderer
 from hyperhive.core.approvals import Approvals
 from hyperhive.core.auth import Auth
 from hyperhive.core.broker import Broker
+from hyperhive.core.forge import Forge
 from hyperhive.core.gitrepos import Repos
 from hyperhive.core.helperevents import HelperEvents
 from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
@@ -189,12 +196,15 @@ def every(seconds, step, stopping):
 class Core:
     """The daemon's parts wired together: `start()` serves, `stop()` winds everything down."""
 
-    def __init__(self, layout, backend, harness, dashboard=("127.0.0.1", 7000), clock=time.time):
+    def __init__(self, layout, backend, harness, dashboard=("127.0.0.1", 7000), clock=time.time, forge=(None, None),
+                 domain=None):
         # Each part is built once, from parts built before it (constructor arguments only). The one
         # edge the other way: an agent's socket, opened by lifecycle, hands its requests to the
         # surfaces built last; `Sockets` asks this core for them when a socket opens, which no
-        # part does before `start()`.
+        # part does before `start()`. Likewise the repos tell the forge mirror, built after them from them,
+        # of every change to an applied repo's refs, which none makes before `start()`.
         self.layout = layout
+        self.domain = domain
         self.dashboard_at = dashboard  # (address, port), or None for no dashboard
         self.url = None  # the dashboard's, once it serves
         self.stopping = Event()
@@ -204,10 +214,12 @@ class Core:
         self.auth = Auth(clock=clock)
         self.helper_events = HelperEvents(self.broker, clock=clock)
         # the manager's sandbox writes the proposed repos as its own uid, when the backend gives it one
-        self.repos = Repos(layout.config_dir, proposed_owner=backend.ids(wire.MANAGER))
+        self.repos = Repos(layout.config_dir, proposed_owner=backend.ids(wire.MANAGER),
+                           refs_changed=lambda name: self.forge.changed(name))
+        self.forge = Forge(self.repos, *forge, clock=clock)  # (url, credential file)
         self.sockets = Sockets(layout, self.dispatcher)
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
-                                   clock=clock)
+                                   clock=clock, forge=self.forge)
         self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub, clock=clock)
         self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=clock)
         self.reminders = Reminders(self.broker, self.lifecycle, self.references, clock=clock)
@@ -223,8 +235,9 @@ class Core:
         return self.surfaces.dispatcher(surface, name)
 
     def urls(self):
-        """What the `urls` verb answers: the dashboard's URL once it serves (null where unknown)."""
-        return {"domain": None, "home": self.url, "forge": None}
+        """What the `urls` verb answers: the dashboard's URL once it serves, the forge's and the domain (null
+        where not configured)."""
+        return {"domain": self.domain, "home": self.url, "forge": self.forge.url}
 
     def login_url(self):
         """A one-time URL that logs a browser in to the dashboard."""
@@ -253,8 +266,12 @@ class Core:
                       every(QUESTION_TTL_SECONDS, self.questions.expire_step, self.stopping),
                       every(REMINDER_SECONDS, self.reminders.step, self.stopping),
                       every(REMINDER_SECONDS, self.helper_events.step, self.stopping)]
+        if self.forge.url is not None:
+            self.loops.append(gevent.spawn(self.forge.run, self.stopping))
         log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
                  self.lifecycle.backend.name, self.layout.run_dir)
+        if self.forge.url is not None:
+            log.info("mirroring every applied config repo to %s/<name>.git", self.forge.url)
 
     def serve_dashboard(self, address, port):
         from hyperhive import web
@@ -320,7 +337,8 @@ def main(argv, clock=time.time, started=None):
         harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
         dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])
         open_core(layout.db_path, background_checkpoint=True)
-        core = Core(layout, backend, harness, dashboard, clock=clock)
+        core = Core(layout, backend, harness, dashboard, clock=clock, domain=args["--domain"],
+                    forge=(args["--forge-url"], args["--forge-credential-file"]))
         # Handlers only set the flag, and go in before anything serves: the
         # host socket answers while boot is still starting agents.
         for sig in (signal.SIGTERM, signal.SIGINT):

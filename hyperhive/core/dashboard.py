@@ -120,7 +120,7 @@ class Dashboard:
     # -- routes -----------------------------------------------------------------------------
 
     def _build(self):
-        app = web.app("the dashboard")
+        app = web.app("the dashboard", pages=True)
         app.install(self._guard)
         route = app.route
 
@@ -140,6 +140,7 @@ class Dashboard:
         route("/approve/<approval_id>", "POST", self.approve)
         route("/deny/<approval_id>", "POST", self.deny)
         route("/answer-question/<question_id>", "POST", self.answer_question)
+        route("/cancel-question/<question_id>", "POST", self.cancel_question)
         route("/destroy/<name>", "POST", self.destroy)
         route("/meta-update", "POST", lambda: self.act("update_meta"))
         route(f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "POST", self.lifecycle_action)
@@ -225,6 +226,10 @@ class Dashboard:
         qid = _int(question_id, "question id", 1)
         return self.act("answer", id=qid, answer=web.field(web.body(), "answer"))
 
+    def cancel_question(self, question_id):
+        """Withdraw a question as the operator (the host verb `cancel_question`): its asker is told."""
+        return self.act("cancel_question", id=_int(question_id, "question id", 1))
+
     def destroy(self, name):
         purge = web.body().get("purge", False)
         if isinstance(purge, str):
@@ -296,7 +301,8 @@ class Dashboard:
     def proxy(self, name, path):
         sock_dir = self.views.page_dir(name)
         return agentpage.proxy(name, path, sock_dir, self.auth.agent_secret(sock_dir),
-                               live=self._live(bottle.request.environ.get("hive.session")))
+                               live=self._live(bottle.request.environ.get("hive.session")),
+                               down=lambda name: agentpage.down(name, *self.views.agent_shown(name)))
 
 
 def _key(request):
@@ -324,13 +330,4 @@ def _operator_cookie(request):
         return None
 
 
-def _int(value, what, lo):
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise wire.HiveError(f"{what} must be a whole number, got {value!r}") from None
-    if number < lo:
-        raise wire.HiveError(f"{what} must be at least {lo}, got {number}")
-    if number > wire.MAX_INT:  # SQLite could not even look it up
-        raise wire.HiveError(f"{what} must be at most {wire.MAX_INT}, got {number}")
-    return number
+_int = wire.whole_number  # (value, what, lo): the one parser of a typed number, its one sentence

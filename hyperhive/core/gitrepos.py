@@ -4,7 +4,8 @@ Owns `<root>/proposed/<name>` (the manager commits there) and
 `<root>/applied/<name>` (core only), the tag trail of the approval flow
 (proposal/ → approved/ → building/ → deployed/ | failed/ | denied/, all
 `<kind>/<approval id>`), and the rule that applied `main` only ever
-fast-forwards, and only together with a `deployed/<id>` tag. Every git call goes
+fast-forwards, and only together with a `deployed/<id>` tag, and the push of an
+applied repo to the forge (its mirror, scheduled by core/forge.py). Every git call goes
 through `sh` with a fixed identity and none of the user's git config; a failed
 call becomes a `wire.HiveError` naming what was attempted and git's own words.
 """
@@ -36,6 +37,11 @@ SAFE_CONFIG = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 # the refs, never its config, hooks or alternates.
 HISTORY = ("HEAD", "packed-refs", "shallow", "refs", "objects")
 MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+# An approval's diff is stored, streamed to every dashboard and printed by `pending`: a file past
+# DIFF_FILE_BYTES shows as "Binary files … differ" (git's bigFileThreshold), and the whole is cut at
+# DIFF_BYTES with a line saying where the rest is.
+DIFF_FILE_BYTES = 256 * 1024
+DIFF_BYTES = 1024 * 1024
 PROPOSED = "the proposed config repos"
 
 
@@ -57,8 +63,9 @@ def _tail(stderr, lines=3):
     return " / ".join((key or kept)[-lines:]) or "git gave no reason"
 
 
-def _git(repo, *args, doing, code="internal", **opts):
-    """Run `git -C repo args`; returns stdout text (or the command with `_return_cmd`)."""
+def _git(repo, *args, doing, code="internal", env=None, **opts):
+    """Run `git -C repo args`, with `env` added to its environment; returns stdout text (or the command
+    with `_return_cmd`)."""
     try:
         git = sh.Command("git")
     except sh.CommandNotFound:
@@ -66,7 +73,7 @@ def _git(repo, *args, doing, code="internal", **opts):
 
     def run():
         # sh gives commands a TTY by default: git would start a pager and colour its output.
-        return git("-C", repo, *SAFE_CONFIG, *args, _env=_env(), _tty_out=False,
+        return git("-C", repo, *SAFE_CONFIG, *args, _env=dict(_env(), **(env or {})), _tty_out=False,
                    _decode_errors="replace", **opts)
 
     try:
@@ -92,6 +99,15 @@ def _verify(repo, rev, doing):
     return out.strip() or None
 
 
+def _bounded(diff, whole):
+    """The diff, or its first DIFF_BYTES (by characters, at a line's end) and a line saying how to see it whole."""
+    if len(diff) <= DIFF_BYTES:
+        return diff
+    kept = diff[:diff.rfind("\n", 0, DIFF_BYTES) + 1]
+    return (f"{kept}# … the diff is cut here: {len(diff)} characters in all, {len(kept)} shown; `{whole}` on the "
+            "host shows it whole\n")
+
+
 def _is_repo(path):
     return os.path.isdir(os.path.join(path, ".git"))
 
@@ -106,52 +122,13 @@ def _tag_name(kind, approval_id):
     return f"{kind}/{int(approval_id)}"
 
 
-def _copy_history(src_fd, dest, what):
-    """Copy HISTORY of the .git at src_fd into dest, opening nothing through a link; see Repos.snapshot."""
-    owner = os.fstat(src_fd).st_uid
-    total = 0
-    for top, dirs, files, dir_fd in os.fwalk(".", dir_fd=src_fd, follow_symlinks=False):
-        rel = os.path.normpath(top)
-        if rel == ".":
-            dirs[:] = [d for d in dirs if d in HISTORY]
-            files = [f for f in files if f in HISTORY]
-        elif rel == "objects":
-            dirs[:] = [d for d in dirs if d != "info"]  # alternates live there: another repo's objects
-        os.makedirs(os.path.join(dest, rel), exist_ok=True)
-        for entry in dirs + files:
-            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-            shown = os.path.join(".git", rel, entry) if rel != "." else os.path.join(".git", entry)
-            if stat.S_ISLNK(st.st_mode):
-                raise trees.refusal(f"{what}'s {shown}", f"it is a symbolic link (to "
-                                    f"{os.readlink(entry, dir_fd=dir_fd)!r})", PROPOSED)
-        for entry in files:
-            shown = os.path.join(".git", rel, entry)
-            try:
-                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            except OSError as e:
-                raise trees.refusal(f"{what}'s {shown}", f"it cannot be opened as a plain file ({e.strerror})",
-                                    PROPOSED) from None
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    raise trees.refusal(f"{what}'s {shown}", "it is not a plain file", PROPOSED)
-                if st.st_nlink > 1 and st.st_uid != owner:
-                    raise trees.refusal(f"{what}'s {shown}", "it has a second name elsewhere and is not the "
-                                        "repo's owner's (a hard link to someone else's file)", PROPOSED)
-                total += st.st_size
-                if total > MAX_SNAPSHOT_BYTES:
-                    raise wire.HiveError(f"{what} holds more than {MAX_SNAPSHOT_BYTES >> 20} MiB of history; "
-                                         "the core reads no more than that (git gc it, or start it afresh)",
-                                         "bad_argument")
-                with open(os.path.join(dest, rel, entry), "wb") as out:
-                    shutil.copyfileobj(f, out)
-
-
 class Repos:
     """The config repos of every agent under one root directory."""
 
-    def __init__(self, root, proposed_owner=None):
+    def __init__(self, root, proposed_owner=None, refs_changed=None):
         self.root = os.path.abspath(root)
+        # refs_changed(name), after an applied repo's main or tags moved: the forge mirror pushes it
+        self.refs_changed = refs_changed or (lambda name: None)
         # Separate roots: the manager gets all of proposed/ and none of applied/.
         self.proposed_root = os.path.join(self.root, "proposed")
         # The core's alone: where a repo is built before it is renamed into place, and where a proposed
@@ -165,6 +142,11 @@ class Repos:
 
     def applied(self, name):
         return os.path.join(self.root, "applied", wire.check_name(name))
+
+    def applied_names(self):
+        """Every agent with an applied config repo (what the forge mirrors)."""
+        where = os.path.join(self.root, "applied")
+        return sorted(n for n in os.listdir(where) if _is_repo(os.path.join(where, n))) if os.path.isdir(where) else []
 
     def exists(self, name):
         return self._is_proposed(name) and _is_repo(self.applied(name))
@@ -225,7 +207,9 @@ class Repos:
         try:
             fd = trees.open_dir(self.proposed_root, os.path.join(src, ".git"), PROPOSED, os.O_RDONLY)
             try:
-                _copy_history(fd, dest, f"{name}'s proposed config repo")
+                # objects/info is left out: alternates live there, naming another repo's objects
+                trees.copy_tree(fd, dest, f"{name}'s proposed config repo", HISTORY, PROPOSED,
+                                MAX_SNAPSHOT_BYTES, skip={"objects": {"info"}}, prefix=".git")
             finally:
                 os.close(fd)
             with open(os.path.join(dest, "config"), "w") as f:
@@ -254,6 +238,7 @@ class Repos:
         if not _is_repo(applied):
             shutil.rmtree(applied + ".new", ignore_errors=True)  # where an older core built it
             self._build(name, applied, lambda tmp: self._seed_applied(name, tmp))
+            self.refs_changed(name)
         return self.deployed_sha(name)
 
     def _build(self, name, path, fill, owner=None):
@@ -356,11 +341,13 @@ class Repos:
         return sha
 
     def diff(self, name, sha):
-        """Unified diff from what is deployed (applied main) to sha."""
+        """Unified diff from what is deployed (applied main) to sha, bounded (DIFF_BYTES)."""
         applied = self._need(name)
         sha = self._commit_in(name, applied, sha)
-        return _git(applied, "diff", "--no-color", "--no-ext-diff", "--no-textconv", "refs/heads/main", sha, "--",
-                    doing=f"diff {name}'s deployed config against {sha[:12]}")
+        return _bounded(_git(applied, "-c", f"core.bigFileThreshold={DIFF_FILE_BYTES}", "diff", "--no-color",
+                             "--no-ext-diff", "--no-textconv", "refs/heads/main", sha, "--",
+                             doing=f"diff {name}'s deployed config against {sha[:12]}"),
+                        f"git -C {applied} diff main {sha[:12]}")
 
     def spawn_diff(self, name, sha):
         """What a spawn on sha starts with, for the operator: the diff against applied main (the
@@ -371,8 +358,10 @@ class Repos:
         applied = self._need(name)
         # git knows the empty tree without it being stored: diffing from it shows each file whole
         empty = _git(applied, "hash-object", "-t", "tree", "/dev/null", doing="name the empty tree").strip()
-        whole = _git(applied, "diff", "--no-color", "--no-ext-diff", "--no-textconv", empty, sha, "--",
-                     doing=f"list {name}'s config at {sha[:12]}")
+        whole = _bounded(_git(applied, "-c", f"core.bigFileThreshold={DIFF_FILE_BYTES}", "diff", "--no-color",
+                              "--no-ext-diff", "--no-textconv", empty, sha, "--",
+                              doing=f"list {name}'s config at {sha[:12]}"),
+                         f"git -C {applied} show {sha[:12]}")
         return (f"# no change from {name}'s applied main ({self.deployed_sha(name)[:12]}); "
                 f"it starts with these files:\n{whole}")
 
@@ -391,6 +380,7 @@ class Repos:
         # verbatim: an error's lines starting with '#' would otherwise be stripped as comments
         note = ("-a", "--cleanup=verbatim", "-m", str(message)) if message is not None else ()
         _git(applied, "tag", *note, ref, sha, doing=f"tag {name}'s config {ref}")
+        self.refs_changed(name)
 
     def check_fast_forward(self, name, sha):
         """The full sha, when applied main can fast-forward to it; else a conflict naming both."""
@@ -410,6 +400,22 @@ class Repos:
         sha = self.check_fast_forward(name, sha)
         self.tag(name, "deployed", approval_id, sha)
         _git(applied, "merge", "-q", "--ff-only", sha, doing=f"fast-forward {name}'s applied main to {sha[:12]}")
+        self.refs_changed(name)
+
+    def push(self, name, url, header=None):
+        """Push applied main and every tag of its trail to url (the agent's repo on the forge); returns the
+        sha of main pushed. No force: tags never move and main only fast-forwards, so a refusal means the
+        forge holds history this repo does not, which the core will not overwrite (see docs/approvals.md).
+        `header` (the credential) reaches this one git through its environment: never the repo's config,
+        which the manager can read, nor a command line, which every user of the host can."""
+        applied = self._need(name)
+        sha = self.deployed_sha(name)  # pushed by its sha: what the row says was pushed is what was
+        secret = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": header}
+        # a forge that stalls gives up after a minute; a redirect never takes the credential elsewhere
+        _git(applied, "-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60", "-c", "http.followRedirects=false",
+             "push", "-q", "--no-verify", "--", url, f"{sha}:refs/heads/main", "refs/tags/*:refs/tags/*",
+             env=secret if header else None, code="unavailable", doing=f"push {name}'s applied config repo to {url}")
+        return sha
 
     def deployed_sha(self, name):
         """applied main's sha. Every status row asks, so the ref is read from

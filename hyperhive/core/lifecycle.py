@@ -23,7 +23,7 @@ from gevent.lock import RLock
 from hyperhive import files, states, wire
 from hyperhive.core import aftermath, planted, reminders, trees
 from hyperhive.core.containers import Launch
-from hyperhive.schema import Agent, core_db
+from hyperhive.schema import Agent, core_db, found
 
 log = logging.getLogger(__name__)
 MODEL_FILE = wire.MODEL_FILE
@@ -176,13 +176,14 @@ class Harness:
 
 
 class Lifecycle:
-    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time):
+    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time, forge=None):
         self.layout, self.backend, self.broker, self.hub = layout, backend, broker, hub
         self.clock = clock  # unix seconds: the watch's now
         self.streaks = {}  # name -> Streak, for a harness that died on its own
         self.held = set()  # names an operator killed: not started again until an operator says so
         self.harness = harness
         self.repos = repos  # the git module: each agent's proposed and applied config
+        self.forge = forge  # the mirror of the applied repos: its state(name) is a row's `forge`
         self.sockets = sockets  # open(name, role) / close(name)
         self.transients = {}  # name -> what it is doing now
         self._names = None  # every send asks `known`; the set is kept in memory
@@ -190,6 +191,7 @@ class Lifecycle:
         # meta flake, which takes one operation at a time: queue them here.
         self._meta_lock = RLock()
         self._last_rows = {}
+        self._behind = {}  # name -> the applied sha the manager was told the agent runs behind
 
     # -- queries -------------------------------------------------------------------
 
@@ -197,10 +199,7 @@ class Lifecycle:
         return [a.name for a in Agent.select().order_by(Agent.name)]
 
     def get(self, name):
-        agent = Agent.get_or_none(Agent.name == name)
-        if agent is None:
-            raise wire.HiveError(f"there is no agent named {name!r}", "not_found")
-        return agent
+        return found(Agent, Agent.name == name, f"agent named {name!r}")
 
     def known(self, name):
         if self._names is None:
@@ -254,6 +253,7 @@ class Lifecycle:
             "claude_missing": agent.claude_missing,
             # while it keeps dying: how often in a row, why, and when the core starts it next
             "restart": self.streaks[agent.name].row() if agent.name in self.streaks else None,
+            "forge": self.forge.state(agent.name) if self.forge is not None else None,
         }
 
     def rows(self):
@@ -294,9 +294,28 @@ class Lifecycle:
                 self.hub.publish("container_removed", name=name)
             return
         row = self.row(agent)
-        if self._last_rows.get(name) != row:
+        before = self._last_rows.get(name)
+        if before != row:
             self._last_rows[name] = row
             self.hub.publish("container_state_changed", container=row)
+        self._tell_if_behind(name, row, first=before is None)
+
+    def _tell_if_behind(self, name, row, first):
+        """Tell the manager once per applied commit that an agent runs an older config than its applied
+        main (a deploy that failed, a meta update): the original's NeedsUpdate. Not mid-operation (a
+        deploy is behind until its restart), and not for what the core saw at its start: the manager was
+        told before the core restarted."""
+        if not row["needs_update"]:
+            self._behind.pop(name, None)
+            return
+        applied = self.repos.deployed_sha(name)
+        if name in self.transients or self._behind.get(name) == applied:
+            return
+        self._behind[name] = applied
+        if not first:
+            self._tell(wire.MANAGER, f"[helper event] needs_update: {name} runs config {row['deployed_sha']}, "
+                       f"behind its applied main {applied[:12]}; `rebuild {name}` puts it on applied main, "
+                       "or the operator's `rebuild` on the dashboard.")
 
     def watch_step(self, now=None):
         """One pass of the crash/change watch: publish every row that changed, start again what died.

@@ -20,7 +20,7 @@ import time
 
 from hyperhive import markup, wire
 from hyperhive.core import aftermath, renderer
-from hyperhive.schema import Question, core_db
+from hyperhive.schema import Question, core_db, found
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ class Questions:
     # -- queries -----------------------------------------------------------------------
 
     def get(self, question_id):
-        q = Question.get_or_none(Question.id == question_id)
-        if q is None:
-            raise wire.HiveError(f"there is no question {question_id}", "not_found")
-        return q
+        return found(Question, Question.id == question_id, f"question {question_id}")
 
     def pending_for_operator(self):
         """Open questions put to the operator, oldest first, as the dashboard shows them."""
@@ -86,7 +83,7 @@ class Questions:
     def ask(self, asker, question, to=None, options=(), ttl_seconds=None):
         """Queue a question from asker to `to` (default: the operator); returns its row.
 
-        The arguments come checked by `wire.check_args` (the verb's table); what is left here is
+        The arguments come checked by `verbs.check_args` (the verb's table); what is left here is
         what the table cannot know: who asks whom, and how many are open."""
         if asker == wire.OPERATOR:
             raise wire.HiveError("the operator answers questions here; to ask an agent something, send it a message")
@@ -166,7 +163,7 @@ class Questions:
             raise wire.HiveError(f"question {q.id} is for the operator: only the operator answers it "
                                  f"(on the dashboard, or `hyperhive answer {q.id} …`)", "forbidden")
         elif by != wire.OPERATOR:  # the operator may answer any agent's question in its stead
-            also = "; you asked it, so withdraw it with cancel_question if you no longer need it" \
+            also = "; you asked it, so withdraw it with cancel_loose_end if you no longer need it" \
                 if by == q.asker else ""
             raise wire.HiveError(f"question {q.id} was put to {q.target}: only {q.target} (or the operator) "
                                  f"may answer it{also}", "forbidden")

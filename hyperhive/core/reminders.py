@@ -19,7 +19,7 @@ import logging
 import time
 
 from hyperhive import markup, wire
-from hyperhive.schema import Reminder, core_db
+from hyperhive.schema import Reminder, core_db, found
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,7 @@ class Reminders:
     # -- queries ----------------------------------------------------------------------------
 
     def get(self, reminder_id):
-        r = Reminder.get_or_none(Reminder.id == reminder_id)
-        if r is None:
-            raise wire.HiveError(f"there is no reminder {reminder_id}", "not_found")
-        return r
+        return found(Reminder, Reminder.id == reminder_id, f"reminder {reminder_id}")
 
     def open_for(self, name):
         """Pending reminders and undismissed failures of name; the manager's are the whole hive's."""
@@ -67,7 +64,7 @@ class Reminders:
 
     def remind(self, owner, message, due_at=None, in_seconds=None, file_path=None):
         """Queue a reminder for owner; returns its row. `due_at` is unix seconds. The arguments come
-        checked by `wire.check_args`; what is left here is what needs the clock and the owner's count."""
+        checked by `verbs.check_args`; what is left here is what needs the clock and the owner's count."""
         now = self._now()
         due = self._due(now, due_at, in_seconds)
         if pending_count(owner) >= wire.MAX_PENDING_REMINDERS:
@@ -95,7 +92,7 @@ class Reminders:
         if (due_at is None) == (in_seconds is None):
             raise wire.HiveError("remind: give exactly one of due_at (an RFC 3339 time like "
                                  "\"2026-01-31T09:00:00Z\") or in_seconds")
-        if in_seconds is not None:  # its range is the verb's (wire.VERBS)
+        if in_seconds is not None:  # its range is the verb's (verbs.VERBS)
             return now + int(in_seconds) * 1000
         due = int(due_at * 1000)
         if due < now - wire.REMINDER_LATE_SECONDS * 1000:

@@ -25,11 +25,11 @@ import sys
 import time
 
 import gevent
-import gevent.event
 import gevent.lock
 import gevent.socket
 
 from hyperhive import markup, resources
+from hyperhive.fanout import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Renderer:
         self.idle = []  # workers ready for a text
         self.slots = gevent.lock.BoundedSemaphore(workers)
         self.timeouts = 0  # texts that ran out of time: a figure for the log and the tests
-        self.rendering = {}  # text -> the AsyncResult every caller that asked meanwhile waits on
+        self.rendering = InFlight()
 
     def render(self, text):
         if not text:
@@ -125,18 +125,7 @@ class Renderer:
             self.cache.move_to_end(text)
             return found
         # 500 pages sent one new message ask for it at once: one render, not 500
-        waiting = self.rendering.get(text)
-        if waiting is not None:
-            return waiting.get()
-        self.rendering[text] = result = gevent.event.AsyncResult()
-        try:
-            html_ = escaped(text) if len(text) > MAX_TEXT else self._render(text)
-        except BaseException as e:
-            result.set_exception(e)
-            raise
-        finally:
-            del self.rendering[text]
-        result.set(html_)
+        html_ = self.rendering.make(text, lambda: escaped(text) if len(text) > MAX_TEXT else self._render(text))
         self.cache[text] = html_
         while len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)

@@ -9,12 +9,14 @@ so no request can speak for someone else.
 import logging
 import os
 
-from hyperhive import resources, wire
+from hyperhive import resources, verbs, wire
 from hyperhive.core import aftermath, reminders
 from hyperhive.core.looseends import LooseEnds
 from hyperhive.schema import Agent
 
 log = logging.getLogger(__name__)
+# Characters of diffs one `pending` answer carries whole (a client reads up to wire.MAX_ANSWER).
+PENDING_DIFF_BUDGET = 8 * 1024 * 1024
 
 
 def _for_agent(messages):
@@ -50,7 +52,7 @@ class Surfaces:
         """A `dispatch(obj)` for jsonline.Server, bound to one surface and caller."""
 
         def dispatch(obj, gone=None):
-            verb, args = wire.parse_request(obj, surface)
+            verb, args = verbs.parse_request(obj, surface)
             if verb == "recv":
                 args["gone"] = gone
             with aftermath.collecting() as notes:
@@ -235,7 +237,15 @@ class Surfaces:
         return wire.ok(urls=self.urls())
 
     def do_pending(self, caller):
-        return wire.ok(approvals=self.approvals.pending())
+        """Pending approvals with their diffs (each at most gitrepos.DIFF_BYTES), as many whole as the answer's
+        budget holds; past it a diff is a line naming the dashboard's route for it."""
+        rows, budget = self.approvals.pending(with_diff=True), PENDING_DIFF_BUDGET
+        for row in rows:
+            budget -= len(row["diff"])
+            if budget < 0:
+                row["diff"] = (f"# not listed: the diffs above fill this answer; the dashboard's "
+                               f"/approval/{row['id']}/diff has it\n")
+        return wire.ok(approvals=rows)
 
     def do_login_url(self, caller):
         return wire.ok(url=self.login_url())

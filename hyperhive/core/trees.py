@@ -174,6 +174,49 @@ def own_entry(dir_fd, name, uid, gid, mode=None, kinds=(stat.S_IFREG, stat.S_IFS
         os.close(fd)
 
 
+def copy_tree(src_fd, dest, what, keep, tree, max_bytes, skip=None, prefix="."):
+    """Copy the entries `keep` of the directory at src_fd (a principal's, in `tree`) into dest, whole,
+    opening nothing through a link: a link, a special file, or a file with a second name its owner does
+    not own is refused, and so is more than max_bytes in all. `skip` maps a subdirectory to the names
+    in it left out; `prefix` is how the copied directory is named in a refusal (e.g. `.git`)."""
+    owner = os.fstat(src_fd).st_uid
+    total = 0
+    for top, dirs, files, dir_fd in os.fwalk(".", dir_fd=src_fd, follow_symlinks=False):
+        rel = os.path.normpath(top)
+        if rel == ".":
+            dirs[:] = [d for d in dirs if d in keep]
+            files = [f for f in files if f in keep]
+        dirs[:] = [d for d in dirs if d not in (skip or {}).get(rel, ())]
+        os.makedirs(os.path.join(dest, rel), exist_ok=True)
+        for entry in dirs + files:
+            st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
+            shown = os.path.normpath(os.path.join(prefix, rel, entry))
+            if stat.S_ISLNK(st.st_mode):
+                raise refusal(f"{what}'s {shown}", f"it is a symbolic link (to "
+                              f"{os.readlink(entry, dir_fd=dir_fd)!r})", tree)
+        for entry in files:
+            shown = os.path.normpath(os.path.join(prefix, rel, entry))
+            try:
+                fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError as e:
+                raise refusal(f"{what}'s {shown}", f"it cannot be opened as a plain file ({e.strerror})",
+                              tree) from None
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise refusal(f"{what}'s {shown}", "it is not a plain file", tree)
+                if st.st_nlink > 1 and st.st_uid != owner:
+                    raise refusal(f"{what}'s {shown}", "it has a second name elsewhere and is not the "
+                                  "repo's owner's (a hard link to someone else's file)", tree)
+                total += st.st_size
+                if total > max_bytes:
+                    raise wire.HiveError(f"{what} holds more than {max_bytes >> 20} MiB of history; "
+                                         "the core reads no more than that (git gc it, or start it afresh)",
+                                         "bad_argument")
+                with open(os.path.join(dest, rel, entry), "wb") as out:
+                    shutil.copyfileobj(f, out)
+
+
 def discard(path, what):
     """Remove a tree a principal wrote, off the core's loop: renamed aside at once (its name is
     free again, and tombstones skip the aside name), then deleted in a worker thread, since an

@@ -66,7 +66,18 @@ class Views:
 
     def agent(self, name):
         """Refuse a name that is no agent (not_found), for the pages of one agent."""
-        self.lifecycle.get(wire.check_name(name))
+        try:
+            self.lifecycle.get(wire.check_name(name))
+        except wire.HiveError as e:
+            if e.code != "not_found":
+                raise
+            raise wire.HiveError(f"there is no agent named {name!r} in this hive: the dashboard lists the agents "
+                                 "there are (and `hyperhive list` on the hive's host)", "not_found") from None
+
+    def agent_shown(self, name):
+        """(state, transient) of an agent as the dashboard last showed it: why its page may not answer."""
+        row = next((r for r in self.lifecycle.cached_rows() if r["name"] == name), None)
+        return (row or {}).get("state"), self.lifecycle.transients.get(name)
 
     def agent_config(self, name):
         self.agent(name)

@@ -3,8 +3,10 @@
 Owns the `seq` counter (monotonic across restarts: it continues from the
 history file), the history in the agent's sqlite (capped to the newest
 HISTORY_CAP rows and pruned to 7 days), the turn state with its since-time,
-the token usage badges, the persisted model choice, and the one `turn_stat`
-row written as each turn ends (what the /stats page reads). A state disk
+the token usage badges (seeded at start from the newest `turn_stat` row
+with a result's usage, so a restarted harness's page shows the last turn's
+numbers before the next turn), the persisted model choice, and the one
+`turn_stat` row written as each turn ends (what the /stats page reads). A state disk
 that refuses a write (full, read-only) costs history and statistics, never
 a turn: the harness goes on and the page still gets every event live.
 """
@@ -32,6 +34,23 @@ DEFAULT_MODEL = "haiku"
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
+def last_usage():
+    """The badges as the last turn that had a result line left them: `{ctx, cost}` shaped as
+    `token_usage_changed` carries them, from the newest turn_stat row with a cost (None each when
+    there is none, or a row has no ctx)."""
+    row = (TurnStat.select().where(TurnStat.cost_input_tokens.is_null(False))
+           .order_by(TurnStat.ended_at.desc(), TurnStat.id.desc()).first())
+    if row is None:
+        return {"ctx": None, "cost": None}
+    parts = (row.ctx_input_tokens, row.ctx_cache_read_tokens, row.ctx_cache_creation_tokens)
+    ctx = None if all(v is None for v in parts) else sum(int(v or 0) for v in parts)
+    cost = dict(zip(USAGE_KEYS, (int(v or 0) for v in (row.cost_input_tokens, row.cost_output_tokens,
+                                                        row.cost_cache_read_tokens,
+                                                        row.cost_cache_creation_tokens))))
+    cost["total"] = sum(cost.values())
+    return {"ctx": ctx, "cost": cost}
+
+
 class Bus:
     def __init__(self, state_dir, clock=time.time):
         self.state_dir = state_dir
@@ -40,8 +59,8 @@ class Bus:
         self.fanout = Fanout(events.LIVE, queue_size=LAG_LIMIT, seq=last.seq if last else 0)
         self.turn_state = "idle"
         self.turn_state_since = int(clock())
-        self.usage = {"ctx": None, "cost": None}
-        self._pending_ctx = None
+        self.usage = last_usage()
+        self._pending_ctx = self.usage["ctx"]
         self._turn = None  # what the running turn has shown so far, for its turn_stat row
         self._status_calls = {}  # tool_use id -> the status text a set_status call asked for
         self.unkept = 0  # events in a row the state disk refused to keep
@@ -124,7 +143,8 @@ class Bus:
         kind = line.get("type")
         if kind == "assistant":
             message = line.get("message") or {}
-            usage = message.get("usage") or {}
+            # a sub-agent's (Task) inference is its own context, not the session's
+            usage = (message.get("usage") or {}) if not line.get("parent_tool_use_id") else {}
             if usage:
                 self._pending_ctx = sum(int(usage.get(k) or 0) for k in (
                     "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))

@@ -26,7 +26,7 @@ import sys
 import gevent
 
 from hyperhive import files, resources, states, wire
-from hyperhive.harness import mcp
+from hyperhive.harness import mcp, tools
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +128,11 @@ class Invocation:
         return {"hyperhive": ours, **extra}
 
     def allowed_tools(self):
-        tools = list(BUILTIN_TOOLS) + mcp.allowed_tools(self.role)
+        granted = list(BUILTIN_TOOLS) + tools.allowed_tools(self.role)
         for key, entry in self.extra.items():
             patterns = entry.get("allowedTools") or []
-            tools += [f"mcp__{key}__{p}" for p in patterns] if patterns else [f"mcp__{key}"]
-        return tools
+            granted += [f"mcp__{key}__{p}" for p in patterns] if patterns else [f"mcp__{key}"]
+        return granted
 
     def argv(self, model, prompt, resume=None):
         """The command line of one run; `resume` is the session id of the conversation to go on with."""

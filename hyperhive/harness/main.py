@@ -41,8 +41,9 @@ EXTRA_MCP_DEFAULT = "/etc/hyperhive/extra-mcp.json"
 PRUNE_SECONDS = 3600.0
 
 
-class Harness:
-    """The harness's parts; `run()` loops until SIGTERM, finishing a running turn first."""
+class AgentRuntime:
+    """One agent's harness at run time: its event bus, login, turn loop, page and pruner, built from the
+    command line; `serve()` runs them until SIGTERM, finishing a running turn first."""
 
     def __init__(self, role, name, socket, state_dir, claude, pause_file=None, extra_mcp_path=None,
                  shared_dir=None):
@@ -143,10 +144,10 @@ def main(argv):
     try:
         wire.check_name(name)
         os.makedirs(state_dir, exist_ok=True)
-        harness = Harness(role, name, socket, state_dir, claude,
-                          pause_file=os.environ.get("HIVE_PAUSE_FILE"),
-                          shared_dir=os.environ.get("HIVE_SHARED_DIR") or None,
-                          extra_mcp_path=os.environ.get("HIVE_EXTRA_MCP") or EXTRA_MCP_DEFAULT)
+        harness = AgentRuntime(role, name, socket, state_dir, claude,
+                               pause_file=os.environ.get("HIVE_PAUSE_FILE"),
+                               shared_dir=os.environ.get("HIVE_SHARED_DIR") or None,
+                               extra_mcp_path=os.environ.get("HIVE_EXTRA_MCP") or EXTRA_MCP_DEFAULT)
     except (wire.HiveError, OSError) as e:
         print(f"{me}: {e}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ data, previews of the files this agent may reach, and the listener: a unix
 socket `web.sock` beside the agent's core socket that answers only requests
 carrying this agent's secret (`web.secret`, written by the core).
 
-The harness handed to `make_app`/`start` must have: `name`, `role`,
+The harness handed to `make_app`/`start` (`main.AgentRuntime`) must have: `name`, `role`,
 `socket` (the core socket path), `bus`, `loop` (a TurnLoop: `in_turn`,
 `new_session`, `turn_lock`), `current` (the running claude `Run` or None)
 and `compact()` (runs a compaction, returns an Outcome); for `/login/*` and
@@ -102,15 +102,7 @@ def _int_param(name, default=None):
     raw = bottle.request.query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise wire.HiveError(f"{name} must be a whole number of 0 or more, got {raw[:40]!r}")
-    if value > wire.MAX_INT:  # past SQLite's integers the lookup itself would fail
-        raise wire.HiveError(f"{name} must be at most {wire.MAX_INT}, got {raw[:40]!r}")
-    return value
+    return wire.whole_number(raw, name)
 
 
 class Page:
@@ -227,11 +219,8 @@ class Page:
     def cancel_loose_end(self):
         body = web.body()
         kind, item = web.field(body, "kind"), web.field(body, "id")
-        if isinstance(item, str) and item.isdigit():  # a form posts text
-            try:
-                item = int(item)
-            except ValueError:  # digits int() does not read ("²"), or more than its 4300
-                raise wire.HiveError(f"'id' must be a whole number, got {item[:40]!r}") from None
+        if isinstance(item, str):  # a form posts text
+            item = wire.whole_number(item, "'id'", 1)
         answer = self.core("cancel_loose_end", kind=kind, id=item)
         self.note(f"withdrew {kind} {item}")
         return web.json_response({"ok": True, "cancelled": answer.get("cancelled")})
@@ -283,7 +272,7 @@ class Page:
         """Queue again what a cancelled turn had: the operator's choice, never the loop's."""
         ids = web.field(web.body(), "ids")
         if isinstance(ids, list):  # a form posts text
-            ids = [int(i) if isinstance(i, str) and i.isdigit() and len(i) < 19 else i for i in ids]
+            ids = [wire.whole_number(i, "message id", 1) if isinstance(i, str) else i for i in ids]
         answer = self.core("retry_cancelled", ids=ids)
         queued = answer.get("requeued") or []
         self.note(f"retry — message(s) {', '.join(f'#{i}' for i in queued)} queued again")

@@ -32,7 +32,10 @@ let
     "--dashboard-port" dashboardPort
     "--listen" cfg.dashboard.listen
     "--log-level" cfg.logLevel
-  ] ++ lib.concatMap (name: [ "--pass-env" name ]) forwarded);
+  ] ++ lib.optionals (cfg.domain != null) [ "--domain" cfg.domain ]
+    ++ lib.optionals (cfg.forge.url != null) [ "--forge-url" cfg.forge.url ]
+    ++ lib.optionals (cfg.forge.credentialFile != null) [ "--forge-credential-file" cfg.forge.credentialFile ]
+    ++ lib.concatMap (name: [ "--pass-env" name ]) forwarded);
 in
 {
   options.services.hyperhive = {
@@ -184,6 +187,39 @@ in
       };
     };
 
+    domain = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "hive.example.org";
+      description = "The hive's public domain name, as `hyperhive urls` answers it.";
+    };
+
+    forge = {
+      url = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "https://forge.example.org/hive";
+        description = ''
+          Mirror every agent's applied config repo to <url>/<name>.git (http or
+          https; e.g. an organisation on a Forgejo or Gitea), at the core's start and
+          after every change to its main or its tags. Best effort: a forge that is
+          down or refuses is logged and shown on the agent's card, never a failed
+          deploy. null mirrors nothing.
+        '';
+      };
+
+      credentialFile = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/run/secrets/hyperhive-forge";
+        description = ''
+          A file holding user:token for the forge (mode 0600, root's), read at each
+          push and sent with that push only, never written into a repo. A string,
+          not a path, so that the secret never enters the Nix store.
+        '';
+      };
+    };
+
     logLevel = mkOption {
       type = types.enum [ "debug" "info" "warning" "error" ];
       default = "info";
@@ -204,6 +240,10 @@ in
       {
         assertion = !(lib.any reserved (lib.attrNames cfg.extraAgentEnv ++ cfg.passEnv));
         message = "services.hyperhive.extraAgentEnv and passEnv may not name HIVE_*, PATH or HOME: the hive sets those for every harness.";
+      }
+      {
+        assertion = cfg.forge.credentialFile == null || cfg.forge.url != null;
+        message = "services.hyperhive.forge.credentialFile needs forge.url: the credential is for that forge.";
       }
     ];
 
