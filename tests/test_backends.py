@@ -15,12 +15,13 @@ Subject here (docs/conventions.md, "Adding a backend").
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 
 import pytest
 
-from conftest import PYTHON, wait_until
+from conftest import PYTHON, ROOT, wait_until
 from fakes import RecordingBackend
 from hyperhive import files, wire
 from hyperhive.core import containers
@@ -234,6 +235,21 @@ def test_every_backend_is_a_named_subclass_in_the_registry():
         assert "name" in vars(cls) and isinstance(cls.name, str), f"{cls.__qualname__} names itself"
         assert containers.BACKENDS[cls.name] is cls
     assert RecordingBackend.name not in containers.BACKENDS
+
+
+def test_every_backend_is_offered_by_name_wherever_backend_is():
+    """`serve --backend`'s help, its usage, the README's options table and the NixOS module's enum."""
+    from hyperhive import settings
+    from hyperhive.core import daemon
+
+    places = {"settings.SERVE_OPTIONS": dict((o, h) for o, _, h in settings.SERVE_OPTIONS)["--backend NAME"],
+              "daemon's usage": next(ln for ln in daemon.__doc__.splitlines() if ln.strip().startswith("--backend")),
+              "README.md": next(ln for ln in open(os.path.join(ROOT, "README.md")) if ln.startswith("| `--backend")),
+              "nix/modules/hive-c0re.nix": next(ln for ln in open(os.path.join(ROOT, "nix", "modules", "hive-c0re.nix"))
+                                                if "types.enum" in ln and '"process"' in ln)}
+    for name in containers.BACKENDS:
+        for where, text in places.items():
+            assert re.search(rf"\b{name}\b", text), f"{where} does not offer the {name} backend: {text.strip()}"
 
 
 def refused(code, action, *args, **kwargs):
