@@ -24,7 +24,8 @@ from hyperhive.core.broker import Broker
 from hyperhive.core.containers.base import Backend
 from hyperhive.core.containers.process import ProcessBackend
 from hyperhive.core.helperevents import HelperEvents
-from hyperhive.core.lifecycle import Layout, Lifecycle
+from hyperhive.core.layout import Layout
+from hyperhive.core.lifecycle import Lifecycle
 from hyperhive.core.questions import Questions
 from hyperhive.core.references import References
 from hyperhive.core.reminders import Reminders

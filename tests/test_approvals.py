@@ -13,7 +13,7 @@ from hyperhive import wire
 from hyperhive.core.approvals import QUEUING, Approvals
 from hyperhive.core.broker import Broker
 from hyperhive.core.gitrepos import Repos as GitRepos
-from hyperhive.core.lifecycle import Harness, Layout
+from hyperhive.core.layout import HarnessCommand, Layout
 from hyperhive.core.lifecycle import Lifecycle as RealLifecycle
 from hyperhive.schema import Agent, Approval, Message, open_core
 
@@ -221,7 +221,7 @@ class Spawns:
         self.broker = Broker(self.hub)
         self.repos = GitRepos(self.layout.config_dir)
         self.lifecycle = RealLifecycle(self.layout, self.backend, self.broker, self.hub,
-                                       Harness("hyperhive.pyz"), self.sockets, self.repos)
+                                       HarnessCommand("hyperhive.pyz"), self.sockets, self.repos)
         self.queue = Approvals(self.repos, self.lifecycle, self.broker, self.hub)
 
     def init(self, name="c"):

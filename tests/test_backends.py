@@ -29,7 +29,7 @@ from hyperhive.core.containers import Launch
 from hyperhive.core.containers.base import Backend
 from hyperhive.core.containers.bwrap import BwrapBackend
 from hyperhive.core.containers.process import ProcessBackend
-from hyperhive.core.lifecycle import Layout
+from hyperhive.core.layout import Layout
 
 # The harness the process and bwrap backends run: each line left in ./say goes to its log.
 ECHO = """\

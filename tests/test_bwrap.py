@@ -29,7 +29,7 @@ from hyperhive.core.containers import Launch
 from hyperhive.core import trees
 from hyperhive.core.containers.bwrap import INIT, BwrapBackend, command, descendants, inside
 from hyperhive.core.containers.sandbox import NAMESPACES, Sandbox, sandbox_argv
-from hyperhive.core.lifecycle import Layout
+from hyperhive.core.layout import Layout
 
 WORKS, WHY = BwrapBackend.works()
 

@@ -15,7 +15,7 @@ from hyperhive import wire
 from hyperhive.core.auth import COOKIE, Auth
 from hyperhive.core.containers.process import ProcessBackend
 from hyperhive.core.daemon import Core
-from hyperhive.core.lifecycle import Harness, Layout
+from hyperhive.core.layout import HarnessCommand, Layout
 from hyperhive.schema import Agent, Message, open_core
 from wsgi import call
 
@@ -36,7 +36,7 @@ class Dash:
         self.layout.makedirs()
         open_core(self.layout.db_path)
         self.backend = RecordingBackend()
-        self.core = Core(self.layout, self.backend, Harness(PYZ, claude=FAKE_CLAUDE, python=PYZ_PYTHON),
+        self.core = Core(self.layout, self.backend, HarnessCommand(PYZ, claude=FAKE_CLAUDE, python=PYZ_PYTHON),
                          dashboard=None)
         self.core.lifecycle.boot()  # creates the manager
         self.dashboard = self.core.make_dashboard()

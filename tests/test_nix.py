@@ -23,7 +23,7 @@ from fakecore import remove_tree, short_tmpdir
 from hyperhive import jsonline, settings
 from hyperhive.core import daemon
 from hyperhive.core.containers import nixos
-from hyperhive.core.lifecycle import Layout
+from hyperhive.core.layout import Layout
 from nixstub import container, evaluate, host, modules_expr, nix_string, require_nix
 
 NIX_FILES = sorted({os.path.relpath(p, ROOT) for pattern in ("flake.nix", "nix/**/*.nix", "tests/nix/*.nix")

@@ -15,9 +15,11 @@ import pytest
 
 from fakes import RecordingBackend, RecordingHub
 from hyperhive import wire
-from hyperhive.core import lifecycle
 from hyperhive.core.broker import Broker
-from hyperhive.core.lifecycle import RESTART_BACKOFF, STABLE_SECONDS, Harness, Layout, Lifecycle
+from hyperhive.core import restarts
+from hyperhive.core.layout import HarnessCommand, Layout
+from hyperhive.core.lifecycle import Lifecycle
+from hyperhive.core.restarts import RESTART_BACKOFF, STABLE_SECONDS
 from hyperhive.schema import Agent, Message, open_core
 
 T0 = 1_700_000_000.0
@@ -51,7 +53,7 @@ class Rig:
         self.layout.makedirs()
         self.backend, self.hub = RecordingBackend(), RecordingHub()
         self.broker = Broker(self.hub, clock=lambda: T0)
-        self.life = Lifecycle(self.layout, self.backend, self.broker, self.hub, Harness("/hyperhive.pyz"),
+        self.life = Lifecycle(self.layout, self.backend, self.broker, self.hub, HarnessCommand("/hyperhive.pyz"),
                               Sockets(), Repos(), clock=lambda: T0)
         for name in ("manager", "a"):
             Agent.create(name=name, role="manager" if name == "manager" else "agent")
@@ -74,7 +76,7 @@ def rig(tmp_path):
 
 
 def test_the_schedule_doubles_from_two_seconds_to_five_minutes():
-    assert [lifecycle.restart_delay(n) for n in range(1, 11)] == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    assert [restarts.restart_delay(n) for n in range(1, 11)] == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
     assert RESTART_BACKOFF == (2.0, 300.0)
 
 
@@ -97,7 +99,7 @@ def test_a_harness_that_keeps_dying_is_started_again_on_the_schedule_and_told_on
 
     waited = []
     for deaths in range(1, 12):
-        delay = lifecycle.restart_delay(deaths)
+        delay = restarts.restart_delay(deaths)
         rig.life.watch_step(now + delay - 0.5)
         assert b.starts("a") == deaths - 1, f"started early after death {deaths}"
         rig.life.watch_step(now + delay)

@@ -57,7 +57,7 @@ def test_an_agent_mid_operation_is_not_failed_though_its_harness_is_down(tmp_pat
     dash.backend.up.discard("alice")  # down, and meant to run: failed ...
     lifecycle = dash.core.lifecycle
     assert lifecycle.row(lifecycle.get("alice"))["failed"] is True
-    with lifecycle._busy("alice", "restarting"):  # ... unless it is down because it is being restarted
+    with lifecycle.busy("alice", "restarting"):  # ... unless it is down because it is being restarted
         assert lifecycle.row(lifecycle.get("alice"))["failed"] is False
     assert lifecycle.row(lifecycle.get("alice"))["failed"] is True
 

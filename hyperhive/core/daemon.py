@@ -51,7 +51,8 @@ from hyperhive.core.broker import Broker
 from hyperhive.core.forge import Forge
 from hyperhive.core.gitrepos import Repos
 from hyperhive.core.helperevents import HelperEvents
-from hyperhive.core.lifecycle import Harness, Layout, Lifecycle
+from hyperhive.core.layout import HarnessCommand, Layout
+from hyperhive.core.lifecycle import Lifecycle
 from hyperhive.core.questions import Questions
 from hyperhive.core.references import References
 from hyperhive.core.reminders import Reminders
@@ -334,7 +335,7 @@ def main(argv, clock=time.time, started=None):
         missing = binaries.locate_claude(claude, os.environ) if not backend.own_claude else None
         if missing:  # nixos containers bring their own claude; elsewhere the harnesses run this one
             log.warning("%s: every agent's turns wait until it is there", missing)
-        harness = Harness(resources.entry(), claude=claude, pass_env=args["--pass-env"])
+        harness = HarnessCommand(resources.entry(), claude=claude, pass_env=args["--pass-env"])
         dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])
         open_core(layout.db_path, background_checkpoint=True)
         core = Core(layout, backend, harness, dashboard, clock=clock, domain=args["--domain"],

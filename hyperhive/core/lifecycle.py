@@ -11,10 +11,7 @@ backoff. Container calls go through the backend handed in, git through
 import json
 import logging
 import os
-import re
-import signal
 import stat
-import sys
 import time
 
 import gevent
@@ -22,165 +19,19 @@ from gevent.lock import RLock
 
 from hyperhive import files, states, wire
 from hyperhive.core import aftermath, planted, reminders, trees
+from hyperhive.core.agentconfig import check_config
 from hyperhive.core.containers import Launch
+from hyperhive.core.restarts import Restarts
 from hyperhive.schema import Agent, core_db, found
 
 log = logging.getLogger(__name__)
 MODEL_FILE = wire.MODEL_FILE
 PRONOUNS_ENV = wire.PRONOUNS_ENV
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# A harness that died on its own is started again: 2 s after its first
-# death, doubling per death in a row up to 5 min, so a hive never sits with
-# messages stalled behind a dead harness and a harness that cannot live
-# costs a start every few minutes, not a loop. One that then runs this long
-# has its streak forgotten: its next death is news again.
-RESTART_BACKOFF = (2.0, 300.0)
-STABLE_SECONDS = 600.0
-
-
-def restart_delay(deaths):
-    """Seconds from the `deaths`-th death in a row to the start that follows it."""
-    first, most = RESTART_BACKOFF
-    return min(first * 2 ** (deaths - 1), most)
-
-
-class Streak:
-    """One agent's deaths in a row: how many, why the last, when the next start is due."""
-
-    def __init__(self):
-        self.deaths = 0
-        self.reason = ""
-        self.next_at = None  # when the next start is due (lifecycle clock); None while it runs
-        self.up_since = None  # when the core last started it again
-
-    def row(self):
-        return {"deaths": self.deaths, "reason": self.reason,
-                "next_at": wire.iso(int(self.next_at * 1000)) if self.next_at is not None else None}
-
-
-# What hive.json's "env" may not set, and why: the hive's own variables, and every one that chooses what
-# code a program runs before or besides its own (a loader's preload or search path, an interpreter's
-# startup hook or module path, a shell's startup file). The harness, INIT and the MCP server are hive
-# code that runs with this env; a config that wants a program in the sandbox names it in extra_mcp.
-REFUSED_ENV = {
-    "HOME": "the hive sets it: the agent's state dir",
-    "PATH": "the hive sets it",
-    "NODE_OPTIONS": "node runs its --require and --import modules first; claude is a node program",
-    "NODE_PATH": "where node finds modules: a bare require could load any file",
-    "PERL5OPT": "perl runs its -M modules first", "PERL5LIB": "where perl finds modules",
-    "PERLLIB": "where perl finds modules", "PERL5DB": "perl runs it as its debugger",
-    "RUBYOPT": "ruby runs its -r libraries first", "RUBYLIB": "where ruby finds libraries",
-    "JAVA_TOOL_OPTIONS": "the JVM loads its -javaagent first", "_JAVA_OPTIONS": "the JVM loads its -javaagent first",
-    "JDK_JAVA_OPTIONS": "the java launcher loads its -javaagent first",
-    "BASH_ENV": "bash runs the file it names before every script (claude's Bash tool is bash)",
-    "ENV": "sh runs the file it names at startup",
-    "SHELLOPTS": "turns on bash's xtrace, which with PS4 runs code", "BASHOPTS": "bash options at startup",
-    "PS4": "bash expands it, command substitutions included, on every traced line",
-    "PROMPT_COMMAND": "bash runs it before every prompt",
-    "GCONV_PATH": "glibc loads character-set modules (shared objects) from it",
-    "LOCPATH": "glibc reads locale data from it", "GLIBC_TUNABLES": "changes glibc's allocator and loader",
-    "HOSTALIASES": "rewrites the host names glibc resolves",
-    "OPENSSL_CONF": "OpenSSL loads the engines and providers (shared objects) it names",
-    "OPENSSL_ENGINES": "where OpenSSL loads engines from", "OPENSSL_MODULES": "where OpenSSL loads providers from",
-    "GIT_EXEC_PATH": "where git finds the programs it runs", "GIT_CONFIG_PARAMETERS": "git config, hooks included",
-    "GIT_CONFIG_GLOBAL": "git config, hooks included", "GIT_CONFIG_SYSTEM": "git config, hooks included",
-}
-REFUSED_ENV_PREFIXES = {
-    "HIVE_": "the hive's own",
-    "LD_": "a dynamic loader variable: LD_PRELOAD, LD_LIBRARY_PATH and LD_AUDIT put shared objects in every program",
-    "DYLD_": "a dynamic loader variable",
-    "PYTHON": "a Python variable: PYTHONPATH, PYTHONSTARTUP and PYTHONHOME choose code the harness imports",
-    "LUA_INIT": "lua runs it at startup",
-    "GIT_CONFIG_": "git config, hooks included",
-}
-
-
-def refused_env(key):
-    """Why hive.json may not set `key` (None when it may)."""
-    return REFUSED_ENV.get(key) or next((why for p, why in REFUSED_ENV_PREFIXES.items() if key.startswith(p)), None)
-
-
-def check_config(name, config):
-    """hive.json as the non-Nix backends read it: {model, env, extra_mcp, packages_note}."""
-    where = f"{name}'s hive.json"
-    if not isinstance(config, dict):
-        raise wire.HiveError(f"{where} must be a JSON object")
-    model = config.get("model")
-    if model is not None and (not isinstance(model, str) or not re.fullmatch(r"[A-Za-z0-9._\[\]-]{1,64}", model)):
-        raise wire.HiveError(f"{where}: \"model\" must be a model name like \"sonnet\", got {model!r}")
-    env = config.get("env") or {}
-    if not isinstance(env, dict) or not all(isinstance(k, str) and ENV_NAME.fullmatch(k) and isinstance(v, str)
-                                            for k, v in env.items()):
-        raise wire.HiveError(f"{where}: \"env\" must map variable names to strings")
-    refused = [f"{k} ({why})" for k in sorted(env) for why in [refused_env(k)] if why]
-    if refused:
-        raise wire.HiveError(f"{where}: \"env\" may not set {'; '.join(refused)}. A config says what runs in "
-                             "plain sight (extra_mcp's commands), never through a variable that reaches hive "
-                             "code; drop these from hive.json")
-    extra = config.get("extra_mcp") or {}
-    if not isinstance(extra, dict) or not all(isinstance(e, dict) and isinstance(e.get("command"), str)
-                                              for e in extra.values()) or "hyperhive" in extra:
-        raise wire.HiveError(f"{where}: \"extra_mcp\" must map server names (not \"hyperhive\") to "
-                             "{command, args, env, allowedTools}")
-    return config
-
-
-class Layout:
-    """Where everything of a hive lives on the host."""
-
-    def __init__(self, state_dir, run_dir=None):
-        self.state_dir = os.path.abspath(state_dir)
-        self.run_dir = os.path.abspath(run_dir or os.path.join(self.state_dir, "run"))
-        self.agents_dir = os.path.join(self.state_dir, "agents")
-        self.db_path = os.path.join(self.state_dir, "hive.db")
-        self.lock_path = os.path.join(self.state_dir, "hive.lock")
-        self.host_socket = os.path.join(self.run_dir, "host.sock")
-        self.config_dir = os.path.join(self.state_dir, "config")
-        # read-write for every agent: where they leave files for each other and the operator
-        self.shared_dir = os.path.join(self.state_dir, "shared")
-
-    def home(self, name):
-        """The agent's host-side directory: its state dir, log, pidfile, markers."""
-        return os.path.join(self.agents_dir, wire.check_name(name))
-
-    def state(self, name):
-        """The directory the harness owns (its cwd; /state inside a container)."""
-        return os.path.join(self.home(name), "state")
-
-    def socket(self, name):
-        # A directory of its own per socket: a sandbox binds the directory, so
-        # the socket a restarted core binds anew shows up inside (a bound file
-        # would pin the dead socket's inode).
-        if name == wire.MANAGER:
-            return os.path.join(self.run_dir, "manager", "manager.sock")
-        return os.path.join(self.run_dir, "agents", wire.check_name(name), "agent.sock")
-
-    def log(self, name):
-        return os.path.join(self.home(name), "harness.log")
-
-    def pause_marker(self, name):
-        return os.path.join(self.home(name), "paused")
-
-    def makedirs(self):
-        for d in (self.state_dir, self.agents_dir, self.run_dir, os.path.join(self.run_dir, "agents"),
-                  self.shared_dir):
-            os.makedirs(d, exist_ok=True)
-        os.chmod(self.state_dir, 0o700)
-
-
-class Harness:
-    """How to launch a harness: the entry file, the claude binary, the env to forward."""
-
-    def __init__(self, entry, claude="claude", pass_env=(), python=sys.executable):
-        self.entry, self.claude, self.pass_env, self.python = entry, claude, tuple(pass_env), python
-
-
 class Lifecycle:
     def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time, forge=None):
         self.layout, self.backend, self.broker, self.hub = layout, backend, broker, hub
         self.clock = clock  # unix seconds: the watch's now
-        self.streaks = {}  # name -> Streak, for a harness that died on its own
-        self.held = set()  # names an operator killed: not started again until an operator says so
+        self.restarts = Restarts(self)  # a harness that died on its own is started again, with backoff
         self.harness = harness
         self.repos = repos  # the git module: each agent's proposed and applied config
         self.forge = forge  # the mirror of the applied repos: its state(name) is a row's `forge`
@@ -252,7 +103,7 @@ class Lifecycle:
             "last_turn_at": wire.iso(agent.last_turn_at),
             "claude_missing": agent.claude_missing,
             # while it keeps dying: how often in a row, why, and when the core starts it next
-            "restart": self.streaks[agent.name].row() if agent.name in self.streaks else None,
+            "restart": self.restarts.row(agent.name),
             "forge": self.forge.state(agent.name) if self.forge is not None else None,
         }
 
@@ -313,7 +164,7 @@ class Lifecycle:
             return
         self._behind[name] = applied
         if not first:
-            self._tell(wire.MANAGER, f"[helper event] needs_update: {name} runs config {row['deployed_sha']}, "
+            self.tell(wire.MANAGER, f"[helper event] needs_update: {name} runs config {row['deployed_sha']}, "
                        f"behind its applied main {applied[:12]}; `rebuild {name}` puts it on applied main, "
                        "or the operator's `rebuild` on the dashboard.")
 
@@ -327,98 +178,16 @@ class Lifecycle:
             self.changed(agent.name, agent)
             gevent.sleep(0)  # a hive of many agents must not stall every socket for the whole pass
             row = self._last_rows.get(agent.name)  # none when its row could not be read (logged)
-            if row is not None and self._mind(agent, row, now):
+            if row is not None and self.restarts.mind(agent, row, now):
                 self.changed(agent.name)
 
-    def _mind(self, agent, row, now):
-        """The restart policy for one agent at `now`; True if its streak moved."""
-        name = agent.name
-        streak = self.streaks.get(name)
-        if row["running"]:
-            if streak is not None and streak.up_since is not None and now - streak.up_since >= STABLE_SECONDS:
-                log.info("%s has run for %s since the core started it again; its crash streak is over",
-                         name, wire.duration(now - streak.up_since))
-                del self.streaks[name]
-                return True
-            return False
-        if not row["failed"] or name in self.held:
-            return False  # meant to be stopped, mid-operation, or killed by the operator
-        if streak is None or streak.next_at is None:
-            self._died(agent, streak, now, self._why_dead(name))
-            return True
-        if now >= streak.next_at or streak.next_at - now > RESTART_BACKOFF[1]:  # due, or the clock went back
-            self._start_again(agent, streak, now)
-            return True
-        return False
-
-    def _died(self, agent, streak, now, reason):
-        """A harness meant to run is not running, and nobody asked for that: a death of the streak."""
-        name = agent.name
-        first = streak is None
-        if first:
-            streak = self.streaks[name] = Streak()
-        streak.deaths += 1
-        streak.reason = reason
-        streak.up_since, streak.next_at = None, now + restart_delay(streak.deaths)
-        delay = wire.duration(restart_delay(streak.deaths))
-        log.error("%s's harness died on its own (%s; death %d in a row); starting it again in %s; see %s",
-                  name, streak.reason, streak.deaths, delay, self.layout.log(name))
-        self._sweep(name)  # what it left running goes now, not at the start minutes later
-        if first:  # once per streak: retrying in silence would hide it, telling every time would flood
-            self._tell(wire.OPERATOR, f"[helper event] harness_crash: {name}'s harness stopped without an "
-                       f"operator action ({streak.reason}). The core starts it again in {delay}, waiting "
-                       f"longer after each death in a row (up to {wire.duration(RESTART_BACKOFF[1])}); the "
-                       "dashboard shows when. `stop` it to keep it down; its journal may say more.")
-            self._tell(wire.MANAGER, f"[helper event] container_crash: {name}'s harness stopped without an "
-                       f"operator action ({streak.reason}). The core starts it again in {delay} and keeps "
-                       "trying, backing off, while it dies; its journal has the reason.")
-
-    def _start_again(self, agent, streak, now):
-        name = agent.name
-        try:
-            with self._busy(name, "restarting"):
-                self._start(agent)
-        except Exception as e:
-            streak.deaths += 1
-            streak.reason = f"starting it again failed: {e}"
-            streak.next_at = now + restart_delay(streak.deaths)
-            if isinstance(e, wire.HiveError):
-                log.error("%s: %s; next try in %s", name, streak.reason, wire.duration(restart_delay(streak.deaths)))
-            else:
-                log.exception("%s: starting it again failed; next try in %s", name,
-                              wire.duration(restart_delay(streak.deaths)))
-            return
-        streak.up_since, streak.next_at = now, None
-        log.info("started %s again after %d death(s) in a row", name, streak.deaths)
-
-    def _why_dead(self, name):
-        """The exit status and the log's last line, as far as the backend can tell."""
-        said = []
-        code = self.backend.exit_code(name)
-        if code is not None and code < 0:
-            try:
-                said.append(f"killed by {signal.Signals(-code).name}")
-            except ValueError:
-                said.append(f"killed by signal {-code}")
-        elif code is not None:
-            said.append(f"exit code {code}")
-        try:
-            lines, _ = self.backend.log_tail(name, self.layout.home(name), lines=20)
-        except (wire.HiveError, OSError) as e:
-            log.warning("cannot read %s's log: %s", name, e)
-            lines = []
-        last = next((line.strip() for line in reversed(lines) if line.strip()), None)
-        if last:
-            said.append(f"its log's last line: {last[:300]}")
-        return "; ".join(said) or "neither an exit code nor a log line says why"
-
-    def _sweep(self, name):
+    def sweep(self, name):
         try:
             self.backend.sweep(name, self.layout.home(name))
         except wire.HiveError as e:
             log.error("%s: %s", name, e)
 
-    def _tell(self, to, body):
+    def tell(self, to, body):
         """A helper event from the core; a disk that refuses it is logged, not the watch's end."""
         try:
             self.broker.send("core", to, body)
@@ -428,17 +197,9 @@ class Lifecycle:
                 raise
             log.error("could not tell %s: %s; it was: %s", to, disk, body)
 
-    def _operator_acts(self, name, held=False):
-        """An operator action takes the agent over from the restart policy (a kill holds it down)."""
-        self.streaks.pop(name, None)
-        if held:
-            self.held.add(name)
-        else:
-            self.held.discard(name)
-
     # -- operations ---------------------------------------------------------------------
 
-    def _busy(self, name, doing):
+    def busy(self, name, doing):
         """Run an operation as the agent's one transient, refusing a second at once."""
         assert doing in states.TRANSIENTS, doing
         if name in self.transients:
@@ -516,7 +277,7 @@ class Lifecycle:
                                      f"cannot start; the core does not remove it (it may hold {name}'s files): "
                                      f"move it away and start {name} again", "conflict")
 
-    def _start(self, agent, rev="main", apply_model=False):
+    def start_harness(self, agent, rev="main", apply_model=False):
         name = agent.name
         self._dirs(name)
         self.sockets.open(name, agent.role)
@@ -555,7 +316,7 @@ class Lifecycle:
             wire.check_agent_name(name)
         if Agent.get_or_none(Agent.name == name) is not None:
             raise wire.HiveError(f"an agent named {name!r} already exists", "conflict")
-        with self._busy(name, "spawning"):
+        with self.busy(name, "spawning"):
             revived = os.path.isdir(self.layout.home(name))
             self.repos.init_agent(name)  # idempotent: a reviewed config is kept
             with core_db.atomic():
@@ -564,7 +325,7 @@ class Lifecycle:
             self._names = None
             self.broker.hold(name, agent.paused)
             try:
-                self._start(agent, rev=sha or "main", apply_model=sha is not None)
+                self.start_harness(agent, rev=sha or "main", apply_model=sha is not None)
                 if deploy is not None:
                     deploy()
             except wire.HiveError as e:
@@ -630,7 +391,7 @@ class Lifecycle:
             log.exception("cannot tell whether %s runs; the watch looks again", agent.name)
             return
         if down:
-            self._died(agent, self.streaks.get(agent.name), self.clock(), f"it could not be started: {reason}")
+            self.restarts.died(agent, self.clock(), f"it could not be started: {reason}")
 
     def _boot(self, agent):
         name = agent.name
@@ -653,31 +414,31 @@ class Lifecycle:
                     log.error("auto-update of %s failed: %s", name, e)
         elif agent.desired == "running":
             # a transient like any other: the host socket already serves
-            with self._busy(name, "starting"):
-                self._start(agent)
+            with self.busy(name, "starting"):
+                self.start_harness(agent)
 
     def start(self, name):
         agent = self.get(name)
-        with self._busy(name, "starting"):
-            self._operator_acts(name)
+        with self.busy(name, "starting"):
+            self.restarts.operator_acts(name)
             Agent.update(desired="running").where(Agent.name == name).execute()
-            self._start(agent)
+            self.start_harness(agent)
 
     def stop(self, name, graceful=True):
         agent = self.get(name)
-        with self._busy(name, "stopping"):
-            self._operator_acts(name)
+        with self.busy(name, "stopping"):
+            self.restarts.operator_acts(name)
             Agent.update(desired="stopped").where(Agent.name == name).execute()
             self.backend.stop(name, self.layout.home(name), graceful=graceful)
             agent.desired = "stopped"
 
     def restart(self, name):
         agent = self.get(name)
-        with self._busy(name, "restarting"):
-            self._operator_acts(name)
+        with self.busy(name, "restarting"):
+            self.restarts.operator_acts(name)
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
-            self._start(agent)
+            self.start_harness(agent)
 
     def rebuild(self, name, sha=None, deploy=None):
         """Apply a config commit (default: the applied main) and restart on it.
@@ -688,17 +449,17 @@ class Lifecycle:
         """
         agent = self.get(name)
         rev = sha or "main"
-        with self._busy(name, "rebuilding"):
-            self._operator_acts(name)
+        with self.busy(name, "rebuilding"):
+            self.restarts.operator_acts(name)
             with self._meta_lock:  # nixos: the container is rebuilt from the meta flake at that commit
                 self.backend.build(name, rev=sha)
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             try:
-                self._start(agent, rev=rev, apply_model=True)
+                self.start_harness(agent, rev=rev, apply_model=True)
             except wire.HiveError as e:
                 log.error("%s did not start on %s: %s; bringing it back on its deployed config", name, rev, e)
-                self._start(agent)
+                self.start_harness(agent)
                 raise
             if deploy is not None:
                 deploy()
@@ -712,17 +473,17 @@ class Lifecycle:
 
     def kill(self, name):
         self.get(name)
-        with self._busy(name, "being killed"):
+        with self.busy(name, "being killed"):
             # desired stays as it was: a killed agent that was meant to run shows failed,
             # and stays down until an operator starts it
-            self._operator_acts(name, held=True)
+            self.restarts.operator_acts(name, held=True)
             self.backend.kill(name, self.layout.home(name))
 
     def destroy(self, name, purge=False):
         if name == wire.MANAGER:
             raise wire.HiveError("the manager is part of the hive and cannot be destroyed", "forbidden")
         self.get(name)
-        with self._busy(name, "being destroyed"):
+        with self.busy(name, "being destroyed"):
             self.backend.kill(name, self.layout.home(name))
             with self._meta_lock:  # nixos: the container itself goes
                 self.backend.destroy(name)
@@ -731,7 +492,7 @@ class Lifecycle:
             with core_db.atomic():
                 Agent.delete().where(Agent.name == name).execute()
             self._names = None
-            self._operator_acts(name)
+            self.restarts.operator_acts(name)
             self._sync_meta(exclude=name)
             if purge:
                 trees.discard(self.layout.home(name), f"{name}'s state")
