@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sqlite3
+import types
 
 import pytest
 
@@ -23,6 +24,7 @@ class Lifecycle:
 
     def __init__(self):
         self.destroyed = []
+        self.watch = types.SimpleNamespace(changed=lambda name: None)  # rows are the dashboard's, not asked here
 
     def known(self, name):
         return name == wire.OPERATOR or Agent.get_or_none(Agent.name == name) is not None
@@ -31,8 +33,6 @@ class Lifecycle:
         Agent.delete().where(Agent.name == name).execute()
         self.destroyed.append(name)
 
-    def changed(self, name):
-        pass
 
 
 class Rig(CoreRig):

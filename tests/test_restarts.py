@@ -59,7 +59,7 @@ class Rig:
             Agent.create(name=name, role="manager" if name == "manager" else "agent")
             os.makedirs(self.layout.home(name))
             self.backend.up.add(name)
-        self.life.watch_step(T0)
+        self.life.watch.step(T0)
 
     def told(self, to):
         return [m.body for m in Message.select().where((Message.recipient == to) & (Message.sender == "core"))]
@@ -84,7 +84,7 @@ def test_a_harness_that_keeps_dying_is_started_again_on_the_schedule_and_told_on
     b = rig.backend
     b.die("a", code=-9, log=["harness INFO turn: claude …", ""])
     now = T0 + 10
-    rig.life.watch_step(now)
+    rig.life.watch.step(now)
     assert b.starts("a") == 0 and ("sweep", "a") in b.calls  # its leftovers go at once
     row = rig.row()
     assert row["failed"] and row["restart"] == {
@@ -100,16 +100,16 @@ def test_a_harness_that_keeps_dying_is_started_again_on_the_schedule_and_told_on
     waited = []
     for deaths in range(1, 12):
         delay = restarts.restart_delay(deaths)
-        rig.life.watch_step(now + delay - 0.5)
+        rig.life.watch.step(now + delay - 0.5)
         assert b.starts("a") == deaths - 1, f"started early after death {deaths}"
-        rig.life.watch_step(now + delay)
+        rig.life.watch.step(now + delay)
         assert b.starts("a") == deaths and rig.row()["running"]
         waited.append(delay)
         assert rig.row()["restart"]["deaths"] == deaths and rig.row()["restart"]["next_at"] is None
         now += delay + 30  # it runs half a minute, then dies again
-        rig.life.watch_step(now - 1)
+        rig.life.watch.step(now - 1)
         b.die("a", code=1, log=["Traceback …", "KeyError: 'x'"])
-        rig.life.watch_step(now)
+        rig.life.watch.step(now)
     assert waited == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
     assert len(rig.told(wire.OPERATOR)) == 1 and len(rig.told(wire.MANAGER)) == 1  # once per streak
     assert rig.row()["restart"]["reason"] == "exit code 1; its log's last line: KeyError: 'x'"
@@ -118,16 +118,16 @@ def test_a_harness_that_keeps_dying_is_started_again_on_the_schedule_and_told_on
 def test_a_harness_that_then_runs_a_while_starts_a_new_streak(rig):
     b = rig.backend
     b.die("a", code=1)
-    rig.life.watch_step(T0 + 1)
-    rig.life.watch_step(T0 + 3)
+    rig.life.watch.step(T0 + 1)
+    rig.life.watch.step(T0 + 3)
     assert b.starts("a") == 1
-    rig.life.watch_step(T0 + 3 + STABLE_SECONDS - 1)
+    rig.life.watch.step(T0 + 3 + STABLE_SECONDS - 1)
     assert rig.row()["restart"] is not None
-    rig.life.watch_step(T0 + 3 + STABLE_SECONDS)
+    rig.life.watch.step(T0 + 3 + STABLE_SECONDS)
     assert rig.row()["restart"] is None
     later = T0 + 2 * STABLE_SECONDS
     b.die("a", code=1)
-    rig.life.watch_step(later)
+    rig.life.watch.step(later)
     assert rig.row()["restart"]["deaths"] == 1 and rig.row()["restart"]["next_at"] == wire.iso(int((later + 2) * 1000))
     assert len(rig.told(wire.OPERATOR)) == 2  # news again
 
@@ -135,17 +135,17 @@ def test_a_harness_that_then_runs_a_while_starts_a_new_streak(rig):
 def test_a_start_that_fails_counts_as_a_death_and_backs_off(rig):
     b = rig.backend
     b.die("a")
-    rig.life.watch_step(T0 + 1)
+    rig.life.watch.step(T0 + 1)
     b.refuse = wire.HiveError("the container would not come up", "unavailable")
-    rig.life.watch_step(T0 + 3)
+    rig.life.watch.step(T0 + 3)
     row = rig.row()
     assert b.starts("a") == 1 and not row["running"] and row["restart"]["deaths"] == 2
     assert row["restart"]["reason"] == "starting it again failed: the container would not come up"
     assert row["restart"]["next_at"] == wire.iso(int((T0 + 3 + 4) * 1000))
     b.refuse = None
-    rig.life.watch_step(T0 + 6.9)
+    rig.life.watch.step(T0 + 6.9)
     assert b.starts("a") == 1
-    rig.life.watch_step(T0 + 7)
+    rig.life.watch.step(T0 + 7)
     assert b.starts("a") == 2 and rig.row()["running"]
     assert "restarting" in [data.get("transient") for kind, data in rig.hub.events if kind == "transient_set"]
 
@@ -154,22 +154,22 @@ def test_an_operators_kill_holds_it_down_until_an_operator_starts_it(rig):
     b = rig.backend
     rig.life.kill("a")
     for t in (1, 10, 1000):
-        rig.life.watch_step(T0 + t)
+        rig.life.watch.step(T0 + t)
     assert b.starts("a") == 0 and rig.row()["failed"] and rig.row()["restart"] is None
     assert rig.told(wire.OPERATOR) == [] and rig.told(wire.MANAGER) == []
     rig.life.start("a")
     b.die("a", code=1)
-    rig.life.watch_step(T0 + 1001)
-    rig.life.watch_step(T0 + 1003)
+    rig.life.watch.step(T0 + 1001)
+    rig.life.watch.step(T0 + 1003)
     assert b.starts("a") == 2  # the operator's, then the policy's again
 
 
 def test_an_operator_action_mid_streak_takes_it_over(rig):
     b = rig.backend
     b.die("a", code=1)
-    rig.life.watch_step(T0 + 1)
+    rig.life.watch.step(T0 + 1)
     rig.life.stop("a")  # desired stopped: nothing to start again
-    rig.life.watch_step(T0 + 100)
+    rig.life.watch.step(T0 + 100)
     assert b.starts("a") == 0 and rig.row()["restart"] is None and not rig.row()["failed"]
     rig.life.start("a")
     assert b.starts("a") == 1 and rig.row()["restart"] is None
@@ -177,12 +177,12 @@ def test_an_operator_action_mid_streak_takes_it_over(rig):
 
 def test_a_stop_is_not_a_death(rig):
     rig.life.stop("a")
-    rig.life.watch_step(T0 + 100)
+    rig.life.watch.step(T0 + 100)
     assert rig.backend.starts("a") == 0 and rig.told(wire.OPERATOR) == []
 
 
 def test_a_clock_that_went_back_does_not_hold_a_restart_for_longer_than_the_longest_wait(rig):
     rig.backend.die("a")
-    rig.life.watch_step(T0 + 1)
-    rig.life.watch_step(T0 - 3600)  # an hour back: the start is not put off by an hour
+    rig.life.watch.step(T0 + 1)
+    rig.life.watch.step(T0 - 3600)  # an hour back: the start is not put off by an hour
     assert rig.backend.starts("a") == 1

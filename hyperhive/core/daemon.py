@@ -260,7 +260,7 @@ class Core:
             self.serve_dashboard(*self.dashboard_at)
         self.lifecycle.boot()
         # nixos asks `nixos-container status` per agent: it watches every 10 s
-        self.loops = [every(self.lifecycle.backend.watch_seconds, self.lifecycle.watch_step, self.stopping),
+        self.loops = [every(self.lifecycle.backend.watch_seconds, self.lifecycle.watch.step, self.stopping),
                       every(SWEEP_SECONDS, self.sweeper.step, self.stopping),
                       every(SWEEP_SECONDS, self.auth.sweep, self.stopping),
                       every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping),

@@ -1,11 +1,13 @@
 """Agents' lives: spawn, start, stop, restart, rebuild, kill, destroy, pause, and their status rows.
 
-Owns the on-disk layout of every agent, the `agent` table, the transient
-state of an agent mid-operation (one operation per agent at a time), the
-config each start reads from the agent's applied repo (hive.json), and the
-watch that notices a harness that died on its own and starts it again with
-backoff. Container calls go through the backend handed in, git through
-`repos`, sockets through the `sockets` seam.
+Owns the `agent` table, the transient state of an agent mid-operation (one
+operation per agent at a time), each agent's row as computed now, and what
+each start is made of: its dirs, its config read from the applied repo
+(hive.json, checked by `agentconfig`) and its `Launch`. Its parts: where
+things are (`layout`), the watch that publishes rows (`watch`) and the
+restart policy for a harness that died on its own (`restarts`). Container
+calls go through the backend handed in, git through `repos`, sockets
+through the `sockets` seam.
 """
 
 import json
@@ -22,6 +24,7 @@ from hyperhive.core import aftermath, planted, reminders, trees
 from hyperhive.core.agentconfig import check_config
 from hyperhive.core.containers import Launch
 from hyperhive.core.restarts import Restarts
+from hyperhive.core.watch import Watch
 from hyperhive.schema import Agent, core_db, found
 
 log = logging.getLogger(__name__)
@@ -41,8 +44,7 @@ class Lifecycle:
         # Under nixos every create, build, destroy and sync goes through the one
         # meta flake, which takes one operation at a time: queue them here.
         self._meta_lock = RLock()
-        self._last_rows = {}
-        self._behind = {}  # name -> the applied sha the manager was told the agent runs behind
+        self.watch = Watch(self)  # publishes each row that changed, and minds the restart policy
 
     # -- queries -------------------------------------------------------------------
 
@@ -110,14 +112,6 @@ class Lifecycle:
     def rows(self):
         return [self.row(a) for a in Agent.select().order_by(Agent.name)]
 
-    def cached_rows(self):
-        """Every row as the watch last saw it (the dashboard's cold load must not ask each backend)."""
-        for name in self.names():
-            if name not in self._last_rows:
-                self.changed(name)
-        rows = sorted(self._last_rows.values(), key=lambda r: (r["role"] != "manager", r["name"]))
-        return [dict(r) for r in rows]
-
     def meta_inputs(self):
         """The meta flake's locked inputs under nixos (None on backends without one)."""
         meta = self.backend.meta
@@ -128,58 +122,6 @@ class Lifecycle:
         except (OSError, ValueError) as e:
             log.warning("cannot read the meta flake's lock: %s", e)
             return None
-
-    # -- the watch -------------------------------------------------------------------
-
-    def changed(self, name, agent=None):
-        """Re-read one agent's row and tell subscribers if it differs.
-
-        Called after an agent's change is committed: a row that cannot be
-        read now is the dashboard's loss, noted, never the change's."""
-        aftermath.after(f"updating {name}'s row on the dashboard", self._changed, name, agent)
-
-    def _changed(self, name, agent=None):
-        agent = agent or Agent.get_or_none(Agent.name == name)
-        if agent is None:
-            if self._last_rows.pop(name, None) is not None:
-                self.hub.publish("container_removed", name=name)
-            return
-        row = self.row(agent)
-        before = self._last_rows.get(name)
-        if before != row:
-            self._last_rows[name] = row
-            self.hub.publish("container_state_changed", container=row)
-        self._tell_if_behind(name, row, first=before is None)
-
-    def _tell_if_behind(self, name, row, first):
-        """Tell the manager once per applied commit that an agent runs an older config than its applied
-        main (a deploy that failed, a meta update): the original's NeedsUpdate. Not mid-operation (a
-        deploy is behind until its restart), and not for what the core saw at its start: the manager was
-        told before the core restarted."""
-        if not row["needs_update"]:
-            self._behind.pop(name, None)
-            return
-        applied = self.repos.deployed_sha(name)
-        if name in self.transients or self._behind.get(name) == applied:
-            return
-        self._behind[name] = applied
-        if not first:
-            self.tell(wire.MANAGER, f"[helper event] needs_update: {name} runs config {row['deployed_sha']}, "
-                       f"behind its applied main {applied[:12]}; `rebuild {name}` puts it on applied main, "
-                       "or the operator's `rebuild` on the dashboard.")
-
-    def watch_step(self, now=None):
-        """One pass of the crash/change watch: publish every row that changed, start again what died.
-
-        `now` is unix seconds (the lifecycle's clock by default); tests step it.
-        """
-        now = self.clock() if now is None else now
-        for agent in list(Agent.select()):
-            self.changed(agent.name, agent)
-            gevent.sleep(0)  # a hive of many agents must not stall every socket for the whole pass
-            row = self._last_rows.get(agent.name)  # none when its row could not be read (logged)
-            if row is not None and self.restarts.mind(agent, row, now):
-                self.changed(agent.name)
 
     def sweep(self, name):
         try:
@@ -374,7 +316,7 @@ class Lifecycle:
             except Exception as e:
                 self._boot_failed(agent, e)
         self.ensure_manager()
-        self.watch_step()
+        self.watch.step()
 
     def _boot_failed(self, agent, error):
         """One agent's boot failed: logged, and when it was meant to run and does not, it is failed with the
@@ -523,7 +465,7 @@ class Lifecycle:
             os.unlink(marker)
         Agent.update(paused=paused).where(Agent.name == name).execute()
         self.broker.hold(name, paused)
-        self.changed(name)
+        self.watch.changed(name)
 
     def shutdown(self, graceful=True):
         """At core stop: stop every harness of ours (their desired state is kept)."""
@@ -543,4 +485,4 @@ class _Transient:
     def __exit__(self, *exc):
         self.lifecycle.transients.pop(self.name, None)
         self.lifecycle.hub.publish("transient_cleared", name=self.name)
-        self.lifecycle.changed(self.name)
+        self.lifecycle.watch.changed(self.name)

@@ -84,7 +84,7 @@ class Reminders:
             r = Reminder.create(owner=owner, message=message, due_at=due, file_path=file_path,
                                 host_path=host_path, created_at=now)
         log.info("reminder %d: %s, due %s%s", r.id, owner, wire.iso(due), f", payload in {host_path}" if host_path else "")
-        self.lifecycle.changed(owner)
+        self.lifecycle.watch.changed(owner)
         return row(r)
 
     @staticmethod
@@ -116,7 +116,7 @@ class Reminders:
             if not Reminder.delete().where((Reminder.id == r.id) & Reminder.fired_at.is_null()).execute():
                 raise wire.HiveError(f"reminder {r.id} fired a moment ago", "conflict")
         log.info("reminder %d of %s cancelled by %s", r.id, r.owner, by)
-        self.lifecycle.changed(r.owner)
+        self.lifecycle.watch.changed(r.owner)
         return dict(row(r), cancelled_by=by)
 
     # -- the scheduler -------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class Reminders:
                 self._fail(r, now_ms, f"delivery failed: {e}")
             owners.add(r.owner)
         for owner in owners:
-            self.lifecycle.changed(owner)
+            self.lifecycle.watch.changed(owner)
         return [r.id for r in due]
 
     def _fail(self, r, at, error):

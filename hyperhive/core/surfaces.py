@@ -107,7 +107,7 @@ class Surfaces:
     def do_ack_turn(self, caller):
         acked = self.broker.ack_turn(caller)
         Agent.update(last_turn_at=self._now()).where(Agent.name == caller).execute()
-        self.lifecycle.changed(caller)
+        self.lifecycle.watch.changed(caller)
         return wire.ok(acked=acked)
 
     def do_cancel_turn(self, caller):
@@ -162,7 +162,7 @@ class Surfaces:
         text = wire.check_status_text(text)
         at = self._now() if text else None
         Agent.update(status_text=text or None, status_set_at=at).where(Agent.name == caller).execute()
-        self.lifecycle.changed(caller)
+        self.lifecycle.watch.changed(caller)
         return wire.ok(status_text=text or None, status_set_at=wire.iso(at))
 
     def do_report_login(self, caller, logged_in, note, claude_missing):
@@ -177,7 +177,7 @@ class Surfaces:
         if agent.needs_login == needs_login and agent.claude_missing == missing:
             return wire.ok(changed=False)
         Agent.update(needs_login=needs_login, claude_missing=missing).where(Agent.name == caller).execute()
-        self.lifecycle.changed(caller)
+        self.lifecycle.watch.changed(caller)
         if logged_in:
             text = f"[helper event] logged_in: {caller}'s claude runs again; its waiting messages run."
         elif claude_missing:

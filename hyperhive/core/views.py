@@ -25,7 +25,7 @@ class Views:
         lifecycle = self.lifecycle
         return {
             "backend": lifecycle.backend.name,
-            "containers": lifecycle.cached_rows(),
+            "containers": lifecycle.watch.cached_rows(),
             "transients": dict(lifecycle.transients),
             "approvals": self.approvals.pending(with_diff=True),
             "questions": self.questions.pending_for_operator(),
@@ -76,7 +76,7 @@ class Views:
 
     def agent_shown(self, name):
         """(state, transient) of an agent as the dashboard last showed it: why its page may not answer."""
-        row = next((r for r in self.lifecycle.cached_rows() if r["name"] == name), None)
+        row = next((r for r in self.lifecycle.watch.cached_rows() if r["name"] == name), None)
         return (row or {}).get("state"), self.lifecycle.transients.get(name)
 
     def agent_config(self, name):
