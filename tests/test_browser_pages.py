@@ -8,52 +8,26 @@ skipped or failed as that module is, by HIVE_REQUIRE_BROWSER. Screenshots go to 
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 
 import pytest
 
 from conftest import Hive, running, wait_until
-from test_browser import (ARTIFACTS, CHROMIUM_ARGS, assert_no_reload, ensure_agent, new_context, open_agent_page,
-                          open_dashboard, unique, wait_page_up, web_sock)
+import test_browser as tb
+from test_browser import (ARTIFACTS, assert_no_reload, ensure_agent, new_context, open_agent_page, open_dashboard,
+                          unique, wait_page_up, web_sock)
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402  (after test_browser's skip)
+from playwright.sync_api import expect  # noqa: E402  (after test_browser's skip)
+
+# the fixtures of test_browser.py: one hive (with `a` spawned and its page up) and one Chromium for this module
+hv, browser, operator = tb.hv, tb.browser, tb.operator
 
 # What Chromium logs by itself for a page that is down (the very thing these tests look at): not a fault.
 EXPECTED_CONSOLE = ("the server responded with a status of 503", "the server responded with a status of 401",
                     "the server responded with a status of 404", "ERR_CONNECTION_REFUSED",
                     "EventSource's response has a MIME type",
                     "Failed to load resource: net::ERR_")  # a connection the killed core cut or refused
-
-
-@pytest.fixture(scope="module")
-def hv(tmp_path_factory):
-    with running(Hive(tmp_path_factory.mktemp("pages") / "state", env={"ANTHROPIC_API_KEY": "test-key"},
-                      extra_args=["--pass-env", "ANTHROPIC_API_KEY"])) as h:
-        h.call("spawn", name="a")
-        wait_page_up(h, "a")
-        yield h
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                              headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def operator(browser, hv):
-    ctx = new_context(browser)
-    p = ctx.new_page()
-    p.goto(hv.login_url())
-    assert p.url == hv.url + "/"
-    p.close()
-    yield ctx
-    ctx.close()
 
 
 def watched(p):
@@ -132,7 +106,7 @@ def test_an_operator_question_is_answered_inline_on_the_agent_page(page, hv):
     wait_until(lambda: inbox_of(hv, "a", f"question {free} "), 10, f"a's answer to question {free}")
     assert inbox_of(hv, "a", f"question {free} ")[0][1].endswith(f"> main, for {mark}")
     assert [q["id"] for q in hv.call("questions")["questions"] if q["id"] in (qid, free)] == []
-    hv.agent_call("a", "cancel_question", id=peer)
+    hv.agent_call("a", "cancel_loose_end", kind="question", id=peer)
     assert_no_reload(page)
 
 

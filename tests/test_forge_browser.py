@@ -3,24 +3,15 @@ lacks carries a `forge behind` chip with git's reason, gone once the forge has c
 tests/test_browser.py (whose browser it shares) when Playwright or Chromium is missing."""
 
 import os
-import shutil
-
-import pytest
 
 from conftest import running
-from test_browser import ARTIFACTS, CHROMIUM_ARGS, new_context  # skips this module as it skips its own
+import test_browser as tb  # skips this module as it skips its own
+from test_browser import ARTIFACTS, new_context
 from test_forge import GitForge, core_with_forge, deploy_a_change
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
-
-@pytest.fixture
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                              headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+browser = tb.browser  # the one Chromium of test_browser.py, for this module
 
 
 def test_a_forge_that_is_behind_shows_on_the_agents_card_until_it_catches_up(browser, tmp_path):
