@@ -28,11 +28,14 @@ T0 = 1_700_000_000.0
 class Repos:
     proposed_root = "/nowhere"
 
+    def __init__(self):
+        self.applied = {}  # name -> applied main's sha; none: no applied repo
+
     def exists(self, name):
         return False
 
     def deployed_sha(self, name):
-        return None
+        return self.applied.get(name)
 
     def proposed(self, name):
         return f"/nowhere/{name}"
@@ -186,3 +189,52 @@ def test_a_clock_that_went_back_does_not_hold_a_restart_for_longer_than_the_long
     rig.life.watch.step(T0 + 1)
     rig.life.watch.step(T0 - 3600)  # an hour back: the start is not put off by an hour
     assert rig.backend.starts("a") == 1
+
+
+def test_the_manager_hears_once_per_applied_commit_that_an_agent_runs_behind_it(rig):
+    """The original's NeedsUpdate: an agent whose running config is not its applied main is news to the
+    manager once per applied commit, not at every pass of the watch, not mid-operation, and not for what
+    the core found at its start (told before it restarted)."""
+    def needs_update():
+        return [b for b in rig.told(wire.MANAGER) if b.startswith("[helper event] needs_update: a ")]
+
+    repos = rig.life.repos
+    Agent.update(running_sha="1" * 40).where(Agent.name == "a").execute()
+    repos.applied["a"] = "1" * 40
+    rig.life.watch.step(T0 + 1)
+    assert not rig.row()["needs_update"] and needs_update() == []
+    with rig.life.busy("a", "rebuilding"):  # a deploy is behind until its restart: not news
+        repos.applied["a"] = "2" * 40
+        rig.life.watch.step(T0 + 2)
+        assert rig.row()["needs_update"] and needs_update() == []
+        Agent.update(running_sha="2" * 40).where(Agent.name == "a").execute()  # restarted on it
+    assert needs_update() == []
+    repos.applied["a"] = "3" * 40  # applied main moved and a still runs 222… (a deploy that failed)
+    for t in (3, 4, 5):
+        rig.life.watch.step(T0 + t)
+    [said] = needs_update()
+    assert said == ("[helper event] needs_update: a runs config 222222222222, behind its applied main 333333333333; "
+                    "`rebuild a` puts it on applied main, or the operator's `rebuild` on the dashboard.")
+    repos.applied["a"] = "4" * 40  # another commit applied, still not run: news again, once
+    rig.life.watch.step(T0 + 6)
+    rig.life.watch.step(T0 + 7)
+    assert len(needs_update()) == 2 and "444444444444" in needs_update()[1]
+    Agent.update(running_sha="4" * 40).where(Agent.name == "a").execute()
+    rig.life.watch.step(T0 + 8)
+    assert not rig.row()["needs_update"] and len(needs_update()) == 2
+
+
+def test_an_agent_already_behind_when_the_core_starts_is_not_news_again(tmp_path):
+    r = Rig(tmp_path)
+    try:
+        Agent.update(running_sha="1" * 40).where(Agent.name == "a").execute()
+        fresh = Lifecycle(r.layout, r.backend, r.broker, r.hub, HarnessCommand("/hyperhive.pyz"), Sockets(), Repos(),
+                          clock=lambda: T0)  # a core started again, its first pass
+        fresh.repos.applied["a"] = "2" * 40
+        fresh.watch.step(T0)
+        fresh.watch.step(T0 + 1)
+        assert fresh.row(Agent.get_by_id("a"))["needs_update"]
+        assert not [b for b in r.told(wire.MANAGER) if "needs_update" in b]
+    finally:
+        r.db.close()
+
