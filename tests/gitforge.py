@@ -2,8 +2,10 @@
 
 Like a Forgejo that creates a repo on its first push: `<url>/<name>.git` is a bare repo under
 `root`, made when a push with the right credential first reaches it. A request without the right
-`user:token` gets 401, as a forge answers. It serves from a thread of the test process (stdlib
-wsgiref) and can be stopped and started again on the same port, to play a forge that is down.
+`user:token` gets 401, as a forge answers. It serves from a process of its own (stdlib wsgiref,
+`python gitforge.py ROOT PORT USER:TOKEN`), so nothing the test process holds (its threads, its
+descriptors) can slow or cut its answers, and can be stopped and started again on the same port, to
+play a forge that is down. Every request is logged to `ROOT/requests.log` (`requests` reads it).
 """
 
 import base64
@@ -11,7 +13,8 @@ import os
 import socket
 import socketserver
 import subprocess
-import threading
+import sys
+import time
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 USER, TOKEN = "hive", "s3cret-forge-token"
@@ -44,24 +47,39 @@ class GitForge:
     def __init__(self, root, port=None, user=USER, token=TOKEN):
         self.root, self.port = str(root), port or free_port()
         self.credential = f"{user}:{token}"
-        self.requests = []  # (method, path, status) of every request, refused ones too
-        self.server = self.thread = None
+        self.server = None
 
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}/hive"
 
     def start(self):
-        self.server = make_server("127.0.0.1", self.port, self.app, server_class=_Threaded, handler_class=_Quiet)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        return self
+        os.makedirs(self.root, exist_ok=True)
+        self.server = subprocess.Popen([sys.executable, __file__, self.root, str(self.port), self.credential])
+        deadline = time.monotonic() + 30
+        while True:  # up once it accepts a connection
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"the test forge did not come up on port {self.port}") from None
+                time.sleep(0.02)
 
     def stop(self):
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+            self.server.terminate()
+            self.server.wait(10)
             self.server = None
+
+    @property
+    def requests(self):
+        """(method, path, status) of every request so far, refused ones too."""
+        try:
+            with open(os.path.join(self.root, "requests.log")) as f:
+                return [(m, p, int(s)) for m, p, s in (line.split() for line in f)]
+        except FileNotFoundError:
+            return []
 
     def refs(self, name):
         """{ref: sha} of name's repo on the forge (tags peeled to nothing: the tag object's own sha)."""
@@ -77,7 +95,7 @@ class GitForge:
         given = environ.get("HTTP_AUTHORIZATION", "")
         wanted = "Basic " + base64.b64encode(self.credential.encode()).decode()
         if given != wanted or not path.startswith("/hive/"):
-            self.requests.append((environ["REQUEST_METHOD"], path, 401))
+            self._log(environ["REQUEST_METHOD"], path, 401)
             start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="forge"'),
                                                 ("Content-Type", "text/plain")])
             return [b"bad credential\n"]
@@ -102,6 +120,20 @@ class GitForge:
                 status = value.strip()
             elif key:
                 headers.append((key, value.strip()))
-        self.requests.append((environ["REQUEST_METHOD"], path, int(status.split()[0])))
+        self._log(environ["REQUEST_METHOD"], path, int(status.split()[0]))
         start_response(status, headers)
         return [payload]
+
+    def _log(self, method, path, status):
+        with open(os.path.join(self.root, "requests.log"), "a") as f:
+            f.write(f"{method} {path or '-'} {status}\n")
+
+    def serve(self):
+        server = make_server("127.0.0.1", self.port, self.app, server_class=_Threaded, handler_class=_Quiet)
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    root, port, credential = sys.argv[1:]
+    user, _, token = credential.partition(":")
+    GitForge(root, int(port), user, token).serve()

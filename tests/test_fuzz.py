@@ -716,7 +716,8 @@ PAGE = page_app()
 # POST routes, each looked at for what a valid request does (see dashboard_request_is_harmless):
 # a new POST route must be added here, after deciding how the fuzz may send it.
 DASHBOARD_POSTS = {"/op-send", "/spawn", "/approve/<approval_id>", "/deny/<approval_id>",
-                   "/answer-question/<question_id>", "/destroy/<name>", "/meta-update",
+                   "/answer-question/<question_id>", "/cancel-question/<question_id>", "/destroy/<name>",
+                   "/meta-update",
                    f"/<action:re:{'|'.join(ACTIONS)}>/<name>", "/agent/<name>/<path:path>", "/logout",
                    "/logout/<session_id>", "/inbox/read"}
 PAGE_POSTS = {"/send", "/api/cancel", "/api/retry", "/api/compact", "/api/new-session", "/api/model", "/login/start",

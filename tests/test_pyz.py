@@ -160,6 +160,7 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
     note = make_file(hive, "v", "notes.md", "# notes\nfrom v\n")
     file_msg = jsonline.call(v, "send", to="operator", body=f"see {note}\n\n" + MARKDOWN)["id"]
     asked = jsonline.call(v, "ask", question="**ship** it?", options=["yes", "no"])["id"]
+    withdrawn = jsonline.call(v, "ask", question="still needed?")["id"]
     to_approve = jsonline.call(manager, "request_init_config", name="cfg-one")["id"]
     to_deny = jsonline.call(manager, "request_init_config", name="cfg-two")["id"]
     reminder = jsonline.call(hive.sock("a"), "remind", message="later", in_seconds=3600)["id"]
@@ -193,6 +194,7 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
         ("POST", "/deny/<approval_id>"): lambda: judged(b.request("POST", f"/deny/{to_deny}", {"reason": "no"})),
         ("POST", "/answer-question/<question_id>"):
             lambda: judged(b.request("POST", f"/answer-question/{asked}", {"answer": "yes"})),
+        ("POST", "/cancel-question/<question_id>"): lambda: judged(b.request("POST", f"/cancel-question/{withdrawn}")),
         ("POST", "/destroy/<name>"): lambda: judged(b.request("POST", "/destroy/w2", {"purge": False})),
         ("POST", "/meta-update"): lambda: judged(b.request("POST", "/meta-update"), 409),  # process: no meta flake
         ("POST", "/<action:re:start|stop|restart|rebuild|kill|pause|resume|purge-tombstone>/<name>"):
