@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import time
 
 import pytest
@@ -167,21 +166,12 @@ class NixosSubject(Subject):
     """The nixos backend against tests/fakebin's nixos-container, nix and journalctl (see test_nixos.py)."""
 
     def __init__(self, tmp_path, monkeypatch):
-        from test_nixos import FAKEBIN, Hive
+        from test_nixos import fake_nixos
 
         super().__init__(tmp_path)
         fakes = tmp_path / "nixos"
         fakes.mkdir()
-        monkeypatch.setenv("PATH", os.pathsep.join([FAKEBIN, os.path.dirname(sys.executable), os.environ["PATH"]]))
-        monkeypatch.setenv("HIVE_FAKE_LOG", str(fakes / "calls.jsonl"))
-        monkeypatch.setenv("HIVE_FAKE_STATE", str(fakes / "fake-state.json"))
-        monkeypatch.setenv("HIVE_FAKE_CONF_DIR", str(fakes / "nixos-containers"))
-        monkeypatch.delenv("HIVE_FAKE_FAIL", raising=False)
-        for var in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
-            monkeypatch.setenv(var, "hive test")
-        for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
-            monkeypatch.setenv(var, "hive@test.invalid")
-        self.hive = Hive(fakes)
+        self.hive = fake_nixos(fakes, monkeypatch)
         self.backend = self.hive.backend
 
     def launch(self, name):

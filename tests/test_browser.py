@@ -543,17 +543,23 @@ def write_file(directory, name, text):
     return path
 
 
-@pytest.fixture
-def lenient_page(operator):
-    """A tab that fails the test on a script error, but lets the browser log the 4xx a test asks for."""
+def tolerant_page(operator, status):
+    """A tab (a generator, for a fixture) that fails the test on a script error, but lets the browser log
+    the one error status the test brings about."""
     p = operator.new_page()
     errors = []
     p.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
     p.on("console", lambda m: errors.append(f"console: {m.text}")
-         if m.type == "error" and "the server responded with a status of 404" not in m.text else None)
+         if m.type == "error" and f"the server responded with a status of {status}" not in m.text else None)
     yield p
     p.close()
     assert not errors, f"errors in the page: {errors}"
+
+
+@pytest.fixture
+def lenient_page(operator):
+    """A tab that lets the browser log the 404 a test asks for."""
+    yield from tolerant_page(operator, 404)
 
 
 def test_dashboard_file_refs_open_into_previews(lenient_page, hv):

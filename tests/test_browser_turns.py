@@ -158,14 +158,7 @@ def web_post(hv, name, path, body):
 def restart_page(operator):
     """A tab that fails the test on a script error, but lets the browser log the 503 of the agent's page
     while its harness is down (what the page says then, not a fault of it)."""
-    p = operator.new_page()
-    errors = []
-    p.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
-    p.on("console", lambda m: errors.append(f"console: {m.text}")
-         if m.type == "error" and "the server responded with a status of 503" not in m.text else None)
-    yield p
-    p.close()
-    assert not errors, f"errors in the page: {errors}"
+    yield from tb.tolerant_page(operator, 503)
 
 
 LIVES_JS = """() => {

@@ -111,8 +111,9 @@ class Hive:
         return self.git("status", "--porcelain") == ""
 
 
-@pytest.fixture
-def hive(tmp_path, monkeypatch):
+def fake_nixos(tmp_path, monkeypatch):
+    """A Hive on the nixos backend whose nixos-container, nix and journalctl are tests/fakebin's, keeping
+    their calls and state under tmp_path."""
     monkeypatch.setenv("PATH", os.pathsep.join([FAKEBIN, os.path.dirname(sys.executable), os.environ["PATH"]]))
     monkeypatch.setenv("HIVE_FAKE_LOG", str(tmp_path / "calls.jsonl"))
     monkeypatch.setenv("HIVE_FAKE_STATE", str(tmp_path / "fake-state.json"))
@@ -123,6 +124,11 @@ def hive(tmp_path, monkeypatch):
     for var in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
         monkeypatch.setenv(var, "hive@test.invalid")
     return Hive(tmp_path)
+
+
+@pytest.fixture
+def hive(tmp_path, monkeypatch):
+    return fake_nixos(tmp_path, monkeypatch)
 
 
 def fail(monkeypatch, what):
