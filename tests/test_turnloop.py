@@ -242,6 +242,26 @@ def test_a_good_turn_is_acked_once(bus):
     assert states == ["thinking", "idle"] and bus.turn_state == "idle"
 
 
+@pytest.mark.parametrize("kind, verb", [("ok", "ack_turn"), ("failed", "requeue_inflight"),
+                                        ("cancelled", "cancel_turn")])
+def test_a_turn_is_in_progress_until_the_core_knows_how_it_ended(bus, kind, verb):
+    """A graceful stop waits for `in_turn`: one that came between claude's exit and the ack, with the loop
+    already out of its turn, would cut the ack and run a finished turn's messages again at the next start."""
+    client = FakeClient({"recv": inbox(message()), "cancel_turn": {"cancelled": 1}})
+    loop = make_loop(bus, client, FakeRunner(Outcome(kind, None if kind == "ok" else "no")))
+    seen = []
+    answer = client.call
+
+    def call(v, timeout=30.0, **args):
+        if v == verb:
+            seen.append(loop.in_turn)
+        return answer(v, timeout, **args)
+
+    client.call = call
+    loop.step()
+    assert seen == [True] and loop.in_turn is False
+
+
 def test_a_failed_turn_is_not_acked_and_says_why(bus):
     client = FakeClient({"recv": inbox(message())})
     runner = FakeRunner(Outcome("failed", "claude exited with code 1 without a result line"))

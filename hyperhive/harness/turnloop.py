@@ -151,6 +151,21 @@ class TurnLoop:
             return None  # popped during shutdown: left unacked, requeued at next boot
         return self.turn(messages, answer.get("unread", 0))
 
+    def _settle(self, outcome):
+        """Tell the core how the turn ended: its messages acked, cancelled, or requeued."""
+        if outcome.ok:
+            self.client.call("ack_turn")
+            self.failures = 0
+        elif outcome.kind == "cancelled":
+            # The operator's stop: handled as cancelled, the senders told, nothing retried unless asked.
+            self.client.call("cancel_turn")
+        else:
+            # Requeued now, not left in flight: `ack_turn` marks every popped
+            # message handled, so the next good turn would ack these unseen.
+            requeued = self.client.call("requeue_inflight")["requeued"]
+            log.warning("turn %s (%s); its %d message(s) come again, flagged redelivered",
+                        outcome.kind, outcome.reason, requeued)
+
     def turn(self, messages, unread):
         with self.turn_lock:  # waits out an operator's compaction
             return self._turn(messages, unread)
@@ -167,24 +182,17 @@ class TurnLoop:
         self.bus.begin_turn(first["from"])
         outcome = Outcome("failed", "the turn loop failed mid-turn; the harness log has why")
         try:
-            outcome = self._run(prompt)
+            try:
+                outcome = self._run(prompt)
+            finally:
+                self.bus.end_turn(outcome, **self._open_counts())
+                self.bus.set_turn_state("idle")
+            self._settle(outcome)
         finally:
+            # only once the core knows how the turn ended: a graceful stop waits for `in_turn`, and one that
+            # came between claude's exit and the ack would leave a finished turn's messages to run again
             self.in_turn = False
-            self.bus.end_turn(outcome, **self._open_counts())
-            self.bus.set_turn_state("idle")
         ids = [m["id"] for m in messages]
-        if outcome.ok:
-            self.client.call("ack_turn")
-            self.failures = 0
-        elif outcome.kind == "cancelled":
-            # The operator's stop: handled as cancelled, the senders told, nothing retried unless asked.
-            self.client.call("cancel_turn")
-        else:
-            # Requeued now, not left in flight: `ack_turn` marks every popped
-            # message handled, so the next good turn would ack these unseen.
-            requeued = self.client.call("requeue_inflight")["requeued"]
-            log.warning("turn %s (%s); its %d message(s) come again, flagged redelivered",
-                        outcome.kind, outcome.reason, requeued)
         parked = self.login is not None and outcome.kind in ("auth_failed", "claude_missing")
         if not outcome.ok and outcome.kind != "cancelled" and not parked:
             self.failures += 1
