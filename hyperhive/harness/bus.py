@@ -34,6 +34,21 @@ DEFAULT_MODEL = "haiku"
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
+CTX_KEYS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")  # what fills the context
+
+
+def ctx_of(usage):
+    """The context's size an inference's usage says: what it read, cached or not."""
+    return sum(int(usage.get(k) or 0) for k in CTX_KEYS)
+
+
+def cost_of(usage):
+    """A result's billed token counts, with their total, as `token_usage_changed` carries them."""
+    cost = {k: int(usage.get(k) or 0) for k in USAGE_KEYS}
+    cost["total"] = sum(cost.values())
+    return cost
+
+
 def last_usage():
     """The badges as the last turn that had a result line left them: `{ctx, cost}` shaped as
     `token_usage_changed` carries them, from the newest turn_stat row with a cost (None each when
@@ -42,13 +57,10 @@ def last_usage():
            .order_by(TurnStat.ended_at.desc(), TurnStat.id.desc()).first())
     if row is None:
         return {"ctx": None, "cost": None}
-    parts = (row.ctx_input_tokens, row.ctx_cache_read_tokens, row.ctx_cache_creation_tokens)
-    ctx = None if all(v is None for v in parts) else sum(int(v or 0) for v in parts)
-    cost = dict(zip(USAGE_KEYS, (int(v or 0) for v in (row.cost_input_tokens, row.cost_output_tokens,
-                                                        row.cost_cache_read_tokens,
-                                                        row.cost_cache_creation_tokens))))
-    cost["total"] = sum(cost.values())
-    return {"ctx": ctx, "cost": cost}
+    ctx = dict(zip(CTX_KEYS, (row.ctx_input_tokens, row.ctx_cache_read_tokens, row.ctx_cache_creation_tokens)))
+    cost = dict(zip(USAGE_KEYS, (row.cost_input_tokens, row.cost_output_tokens, row.cost_cache_read_tokens,
+                                 row.cost_cache_creation_tokens)))
+    return {"ctx": None if all(v is None for v in ctx.values()) else ctx_of(ctx), "cost": cost_of(cost)}
 
 
 class Bus:
@@ -146,8 +158,7 @@ class Bus:
             # a sub-agent's (Task) inference is its own context, not the session's
             usage = (message.get("usage") or {}) if not line.get("parent_tool_use_id") else {}
             if usage:
-                self._pending_ctx = sum(int(usage.get(k) or 0) for k in (
-                    "input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+                self._pending_ctx = ctx_of(usage)
             if self._turn is not None and usage:
                 self._turn["ctx"] = {k: int(usage.get(k) or 0) for k in USAGE_KEYS}
             for block in message.get("content") or ():
@@ -159,9 +170,7 @@ class Bus:
                     self._tool_result(block)
         elif kind == "result":
             usage = line.get("usage") or {}
-            cost = {k: int(usage.get(k) or 0) for k in (
-                "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")}
-            cost["total"] = sum(cost.values())
+            cost = cost_of(usage)
             self.usage = {"ctx": self._pending_ctx, "cost": cost}
             if self._turn is not None:
                 self._turn["cost"] = cost
