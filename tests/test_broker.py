@@ -161,8 +161,10 @@ def test_the_inbox_pages_back_to_the_first_message_and_names_who_floods(broker):
         seen += [m["id"] for m in page]
         page = broker.inbox("operator", 10, before=page[-1]["id"])
     assert seen == [report, *reversed(ids)], "every message, newest first, down to the first"
-    assert broker.senders("operator") == [{"name": "bulk", "unread": 25, "last_hour": 25},
-                                          {"name": "quiet", "unread": 1, "last_hour": 1}]
+    assert broker.senders("operator") == ([{"name": "bulk", "unread": 25, "last_hour": 25},
+                                           {"name": "quiet", "unread": 1, "last_hour": 1}], report)
+    later = broker.send("bulk", "someone", "not for the operator")
+    assert broker.senders("operator")[1] == later, "the counts name the last message they could include"
 
 
 def test_one_sender_may_leave_only_so_many_unread_for_the_operator(broker, monkeypatch):

@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 import uuid
 
 import pytest
@@ -402,6 +403,26 @@ def test_a_report_buried_under_a_flood_is_one_click_away_and_marked_read(page, h
     wait_until(lambda: page.locator("#inbox-count").text_content()
                == str(sum(s["unread"] for s in hv.call("inbox", limit=1)["senders"])), 30, "the unread count to agree")
     assert_no_reload(page)
+
+
+def test_the_unread_count_keeps_a_message_that_arrives_while_its_refresh_is_on_the_way(page, hv):
+    open_dashboard(page, hv)
+    core_count = lambda: str(sum(s["unread"] for s in hv.call("inbox", limit=1)["senders"]))
+    hv.agent_call("a", "send", to="operator", body=unique("read soon "))
+    held = []
+    page.route("**/api/inbox?limit=1",  # the first answer is held back, later ones go through
+               lambda route: route.continue_() if held else held.append((route, route.fetch())))
+    hv.call("mark_read")  # the page refreshes its counts: that answer is held back
+    deadline = time.monotonic() + 15
+    while not held:
+        assert time.monotonic() < deadline, "the page never refreshed its counts after a read"
+        page.wait_for_timeout(20)  # lets the page run while the condition is polled
+    late = hv.agent_call("a", "send", to="operator", body=unique("while the counts are on the way "))["id"]
+    expect(page.locator(f'#inbox [data-message="{late}"]')).to_have_count(1)  # counted as it arrived
+    route, stale = held[0]
+    route.fulfill(response=stale)  # counts taken before `late`
+    wait_until(lambda: page.locator("#inbox-count").text_content() == core_count(), 30, "the unread count to agree")
+    assert core_count() != "0"
 
 
 def test_sessions_are_listed_and_logging_out_ends_this_one(browser, hv):

@@ -35,6 +35,7 @@
     questions: new Map(),   // id → open question
     inbox: new Map(),       // id → message addressed to the operator (acked_at: read)
     senders: [],            // [{name, unread, last_hour}] of the inbox
+    sendersThrough: 0,      // the highest message id those counts include: a live one above it is counted here
     inboxFrom: null,        // the one sender the inbox shows, or null for all
     inboxEnd: false,        // paged back to the first message
     delivered: new Set(),   // message ids a `delivered` event marked
@@ -136,7 +137,7 @@
     state.questions = new Map((st.questions || []).map((q) => [q.id, q]));
     state.inbox = new Map();
     for (const m of st.inbox || []) if (m && m.id !== undefined) state.inbox.set(m.id, m);
-    state.senders = st.inbox_senders || [];
+    setSenders(st.inbox_senders, st.inbox_senders_through);
     state.inboxFrom = null;
     state.inboxEnd = (st.inbox || []).length < INBOX_PAGE;
     state.tombstones = st.tombstones || [];
@@ -486,7 +487,8 @@
     if (!m || m.id === undefined) return;
     const known = state.inbox.has(m.id);
     const sender = state.senders.find((s) => s.name === m.from);
-    if (live && !known && !m.acked_at) {  // the snapshot's counts include every earlier one
+    if (live && m.id > state.sendersThrough && !m.acked_at) {  // the counts fetched include every earlier one
+      state.sendersThrough = m.id;
       if (sender) { sender.unread += 1; sender.last_hour += 1; } else state.senders.push({name: m.from, unread: 1, last_hour: 1});
     }
     if (state.inboxFrom && state.inboxFrom !== m.from) { renderSenders(); return; }  // filtered to another sender
@@ -534,7 +536,7 @@
     if (state.inboxFrom) q.set("sender", state.inboxFrom);
     const page = await getJSON(`/api/inbox?${q}`);
     for (const m of page.messages || []) state.inbox.set(m.id, m);
-    state.senders = page.senders || state.senders;
+    setSenders(page.senders, page.senders_through);
     state.inboxEnd = (page.messages || []).length < INBOX_PAGE;
     renderInbox();
   }
@@ -545,14 +547,31 @@
     try { await loadInbox(null); } catch (e) { toast(`the inbox could not be loaded: ${e.message}`, "error"); }
   }
 
+  /* Counts fetched before a live message this page already counted would lose it: fetch again instead. */
+  function setSenders(senders, through) {
+    if (!senders) return;
+    if ((through || 0) < state.sendersThrough) { refreshSenders(); return; }
+    state.senders = senders;
+    state.sendersThrough = through || 0;
+  }
+
+  let sendersAsked = 0;
+  function refreshSenders() {
+    const asked = ++sendersAsked;
+    getJSON("/api/inbox?limit=1").then((page) => {
+      if (asked !== sendersAsked) return;  // a later refresh is on its way
+      setSenders(page.senders, page.senders_through);
+      renderInbox();
+    }).catch((e) => console.warn("refreshing the inbox's senders failed:", e));
+  }
+
   function markRead(ids) {
     const read = new Set(ids);
     for (const id of ids) {
       const m = state.inbox.get(id);
       if (m && !m.acked_at) m.acked_at = new Date().toISOString();
     }
-    getJSON("/api/inbox?limit=1").then((page) => { state.senders = page.senders || state.senders; renderInbox(); })
-      .catch((e) => console.warn("refreshing the inbox's senders failed:", e));
+    refreshSenders();
     if (read.size) renderInbox();
   }
 

@@ -301,12 +301,15 @@ class Broker:
         return m.sender, m.recipient, json.loads(m.file_refs or "[]")
 
     def senders(self, recipient):
-        """Per sender of recipient's inbox: how many are unread, and how many came in the last hour."""
+        """Per sender of recipient's inbox: how many are unread, and how many came in the last hour; and the
+        highest message id those counts include, so a page adding live `sent` events counts none twice (ids
+        grow in commit order: writes are serialized)."""
         since = self._now() - SENDER_RATE_SECONDS * 1000
+        (through,) = core_db.execute_sql("SELECT COALESCE(MAX(id), 0) FROM message").fetchone()
         rows = core_db.execute_sql(
-            "SELECT sender, SUM(acked_at IS NULL), SUM(sent_at >= ?) FROM message WHERE recipient = ? "
-            "AND (acked_at IS NULL OR sent_at >= ?) GROUP BY sender ORDER BY sender", (since, recipient, since))
-        return [{"name": name, "unread": unread, "last_hour": last_hour} for name, unread, last_hour in rows]
+            "SELECT sender, SUM(acked_at IS NULL), SUM(sent_at >= ?) FROM message WHERE recipient = ? AND id <= ? "
+            "AND (acked_at IS NULL OR sent_at >= ?) GROUP BY sender ORDER BY sender", (since, recipient, through, since))
+        return [{"name": name, "unread": unread, "last_hour": last_hour} for name, unread, last_hour in rows], through
 
     def mark_read(self, recipient, ids=None):
         """The reader has seen these (None: everything unread); returns the ids newly marked read."""

@@ -145,7 +145,8 @@ class Surfaces:
         messages = self.broker.inbox(caller, limit, before=before, unread=unread, sender=only_from)
         if caller != wire.OPERATOR:
             return _listing(_for_agent(messages), limit)
-        return dict(_listing(messages, limit), senders=self.broker.senders(caller))  # who floods shows
+        senders, through = self.broker.senders(caller)  # who floods shows
+        return dict(_listing(messages, limit), senders=senders, senders_through=through)
 
     def do_mark_read(self, caller, ids):
         return wire.ok(read=self.broker.mark_read(caller, ids))

@@ -23,6 +23,7 @@ class Views:
     def snapshot(self):
         """Everything the dashboard's cold load shows (the caller reads the hub's seq first)."""
         lifecycle = self.lifecycle
+        senders, through = self.broker.senders(wire.OPERATOR)
         return {
             "backend": lifecycle.backend.name,
             "containers": lifecycle.watch.cached_rows(),
@@ -31,7 +32,8 @@ class Views:
             "questions": self.questions.pending_for_operator(),
             "inbox": self._shown(self.broker.inbox(wire.OPERATOR, INBOX_SIZE)),
             "inbox_unread": self._shown(self.broker.inbox(wire.OPERATOR, INBOX_SIZE, unread=True)),
-            "inbox_senders": self.broker.senders(wire.OPERATOR),
+            "inbox_senders": senders,
+            "inbox_senders_through": through,
             "tombstones": lifecycle.tombstones(),
             "meta_inputs": lifecycle.meta_inputs(),
         }
@@ -47,7 +49,8 @@ class Views:
     def inbox(self, limit, before=None, unread=False, sender=None):
         """A page of the operator's inbox further back, with who sent how many."""
         messages = self.broker.inbox(wire.OPERATOR, limit, before=before, unread=unread, sender=sender)
-        return {"messages": self._shown(messages), "senders": self.broker.senders(wire.OPERATOR)}
+        senders, through = self.broker.senders(wire.OPERATOR)
+        return {"messages": self._shown(messages), "senders": senders, "senders_through": through}
 
     def approval_diff(self, approval_id):
         return self.approvals.diff(approval_id)
