@@ -31,6 +31,8 @@ the "model" replaced by directives read from the prompt, one per line:
                                  --permission-prompt-tool stdio), else denied as the real CLI does
   FAKE: hang <seconds>           say nothing for that long, deaf to interrupts (a hung CLI)
   FAKE: exit <code>              the process dies on the spot, mid-turn
+  FAKE: exit-once <key>          the same with code 3, the first time this key is seen (per cwd)
+  FAKE: hang-once <key> <secs>   hang, the first time this key is seen (per cwd)
 
 With --input-format stream-json the process lives on: every `user` line on
 stdin is a turn (its own init line, the same session id throughout, one
@@ -545,6 +547,15 @@ class Turn:
         elif verb == "exit" and len(words) == 1:
             sys.stdout.flush()
             os._exit(int(words[0]))
+        elif verb in ("exit-once", "hang-once") and len(words) == (1 if verb == "exit-once" else 2):
+            marker = self.state / f"{verb}-{words[0]}"
+            if not marker.exists():
+                marker.write_text("")
+                if verb == "hang-once":
+                    time.sleep(float(words[1]))
+                else:
+                    sys.stdout.flush()
+                    os._exit(3)
         elif verb == "bash" and words:
             self.bash(rest)
         elif verb == "spawn" and len(words) == 1:
