@@ -182,11 +182,17 @@ class Hived:
         self.agent = self.core.names[0]
         state = os.path.join(self.core.state, "agents", self.agent, "state")
         self.log = os.path.join(self.core.state, "agents", self.agent, "harness.log")
-        self.hive_db = sqlite3.connect(os.path.join(self.core.state, "hive.db"), timeout=10)
-        events = os.path.join(state, "hyperhive-events.sqlite")
-        wait_for(lambda: os.path.exists(events), BOOT_TIMEOUT, f"{self.agent}'s event log", self.core.proc, self.log)
-        self.events_db = sqlite3.connect(events, timeout=10)
-        self.ends = self._turn_ends()
+        self.hive_db = self.events_db = None
+        try:
+            self.hive_db = sqlite3.connect(os.path.join(self.core.state, "hive.db"), timeout=10)
+            events = os.path.join(state, "hyperhive-events.sqlite")
+            wait_for(lambda: os.path.exists(events), BOOT_TIMEOUT, f"{self.agent}'s event log", self.core.proc,
+                     self.log)
+            self.events_db = sqlite3.connect(events, timeout=10)
+            self.ends = self._turn_ends()
+        except BaseException:
+            self.close()  # a half-built hive still has processes to end
+            raise
 
     def _turn_ends(self):
         try:
@@ -209,8 +215,9 @@ class Hived:
         return first - t0
 
     def close(self):
-        self.hive_db.close()
-        self.events_db.close()
+        for db in (self.hive_db, self.events_db):
+            if db is not None:
+                db.close()
         self.core.__exit__()
 
 
