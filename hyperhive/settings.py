@@ -37,5 +37,13 @@ SERVE_OPTIONS = (
     ("--domain NAME", None, "the hive's public domain name, as `urls` answers it"),
     ("--forge-url URL", None, "mirror each agent's applied config repo to <URL>/<name>.git"),
     ("--forge-credential-file PATH", None, "the file holding user:token for the forge"),
+    ("--claude-mode MODE", "session", "session: one long-lived claude per agent, turns written to it; spawn: one "
+                                      "claude per turn, for a CLI without stream-json input"),
+    ("--hang-seconds N", "300", "a turn with no output from claude for N seconds is ended as hung and its "
+                                "messages come again"),
+    ("--recycle-turns N", "200", "a session's claude is replaced (resuming its conversation) between turns "
+                                 "after N turns"),
+    ("--recycle-rss-mb N", "2048", "... or above N MiB resident"),
+    ("--recycle-idle N", "21600", "... or after N seconds idle"),
 )
 

@@ -26,6 +26,20 @@ the "model" replaced by directives read from the prompt, one per line:
   FAKE: fail-once <key>          the same, the first time this key is seen (per cwd)
   FAKE: too-long                 "prompt is too long" result, exit 1 -- unless a
                                  /compact ran since (its marker is consumed)
+  FAKE: bash <command...>        call Claude Code's Bash tool: run when --allowedTools grants
+                                 Bash, else asked of the harness (can_use_tool, with
+                                 --permission-prompt-tool stdio), else denied as the real CLI does
+  FAKE: hang <seconds>           say nothing for that long, deaf to interrupts (a hung CLI)
+  FAKE: exit <code>              the process dies on the spot, mid-turn
+
+With --input-format stream-json the process lives on: every `user` line on
+stdin is a turn (its own init line, the same session id throughout, one
+MCP server for the process's life), and stdin also carries control
+requests -- `interrupt` ends the running turn with the real CLI's
+error_during_execution result (a `sleep` directive wakes for it),
+`set_model` changes the model of the next turns (a replayed user line,
+then the answer) -- and the answers to the can_use_tool requests the
+process sends. Closing stdin ends it with exit 0.
 
 Lines without "FAKE:" are ignored; an unknown directive fails the turn. The
 prompt "/compact" succeeds as the real CLI's does (status lines, a
@@ -232,9 +246,9 @@ def _usage(inp, out, cache_read, cache_create):
 
 
 class Turn:
-    def __init__(self, opts, prompt, state):
-        self.opts, self.prompt, self.state = opts, prompt, state
-        self.model = opts.get("--model", "claude-fake")
+    def __init__(self, opts, prompt, state, stream=None):
+        self.opts, self.prompt, self.state, self.stream = opts, prompt, state, stream
+        self.model = stream.model if stream else opts.get("--model", "claude-fake")
         self.fmt = opts.get("--output-format", "text")
         self.grants = opts.get("--allowedTools", [])
         self.started = time.monotonic()
@@ -246,6 +260,8 @@ class Turn:
 
     def _session(self):
         path = self.state / "session"
+        if self.stream and self.stream.session_id:  # a live process goes on with its conversation
+            return self.stream.session_id
         resume = self.opts.get("--resume")
         if resume:
             if not transcript(resume).exists():
@@ -275,12 +291,11 @@ class Turn:
 
     def emit(self, obj):
         if self.fmt == "stream-json":
-            sys.stdout.write(json.dumps(obj) + "\n")
-            sys.stdout.flush()
+            write_line(obj)
 
     def log_call(self, argv):
         record = {"time": time.time(), "pid": os.getpid(), "cwd": os.getcwd(), "argv": argv,
-                  "prompt": self.prompt, "model": self.opts.get("--model"),
+                  "prompt": self.prompt, "model": self.model, "stream": self.stream is not None,
                   "continue": bool(self.opts.get("--continue")), "resume": self.opts.get("--resume"),
                   "session_id": self.session_id, "history": self.history(),
                   "allowed_tools": self.grants, "mcp_config": self.opts.get("--mcp-config", []),
@@ -296,11 +311,17 @@ class Turn:
 
     def connect(self, servers):
         entry = servers.get(SERVER)
-        if entry and os.environ.get("FAKE_CLAUDE_MCP") == "lazy":
+        if self.stream and self.stream.connected:  # the process's server, started by its first turn
+            self.mcp, self.tools, self.lazy = self.stream.mcp, self.stream.tools, self.stream.lazy
+            status = "connected" if self.mcp else ("pending" if self.lazy else "failed")
+        elif entry and os.environ.get("FAKE_CLAUDE_MCP") == "lazy":
             # the soak's many turns: start the server only for a turn that uses a tool
             self.lazy, status = entry, "pending"
         else:
             status = self.start_mcp(entry) if entry else "failed"
+        if self.stream:
+            self.stream.connected = True
+            self.stream.mcp, self.stream.tools, self.stream.lazy = self.mcp, self.tools, self.lazy
         servers = [{"name": SERVER, "status": status}] if entry else []
         self.emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": self.session_id,
                    "tools": BUILTIN_TOOLS + self.tools, "mcp_servers": servers, "model": self.model,
@@ -396,6 +417,8 @@ class Turn:
         if self.lazy:
             entry, self.lazy = self.lazy, None
             self.start_mcp(entry)
+            if self.stream:
+                self.stream.mcp, self.stream.tools, self.stream.lazy = self.mcp, self.tools, None
         full = f"mcp__{SERVER}__{name}"
         self.calls += 1
         use_id = f"toolu_fake_{self.calls:02d}{uuid.uuid4().hex[:12]}"
@@ -442,6 +465,8 @@ class Turn:
         try:
             for line in self.prompt.splitlines():
                 line = line.strip()
+                if self.stream and self.stream.interrupted.is_set():
+                    return self.interrupted(), 0
                 if line.startswith("FAKE:"):
                     outcome = self.directive(line[len("FAKE:"):])
                     if outcome is not None:
@@ -450,9 +475,41 @@ class Turn:
                 self.end_task()
         except (Fail, ValueError) as e:  # ValueError: a directive's malformed number or JSON
             return self.result(str(e), "error_during_execution"), 1
+        if self.stream and self.stream.interrupted.is_set():
+            return self.interrupted(), 0
         text = self.reply if self.reply is not None else f"fake reply after {self.calls} tool call(s)"
         self.assistant([{"type": "text", "text": text}], "end_turn")
         return self.result(text), 0
+
+    def interrupted(self):
+        """What the real CLI prints when an interrupt ends a turn (2.1.197, measured)."""
+        self.emit({"type": "user", "message": {"role": "user", "content": [
+            {"type": "text", "text": "[Request interrupted by user]"}]}, **self.whose()})
+        return self.result("", "error_during_execution")
+
+    def bash(self, command):
+        """Claude Code's Bash tool: granted, asked of the harness, or denied."""
+        self.calls += 1
+        use_id = f"toolu_fake_{self.calls:02d}{uuid.uuid4().hex[:12]}"
+        arguments = {"command": command, "description": "a fake Bash call"}
+        self.assistant([{"type": "tool_use", "id": use_id, "name": "Bash", "input": arguments}], "tool_use")
+        if allowed("Bash", self.grants):
+            verdict = {"behavior": "allow"}
+        elif self.stream and self.opts.get("--permission-prompt-tool") == "stdio":
+            verdict = self.stream.ask({"subtype": "can_use_tool", "tool_name": "Bash", "display_name": "Bash",
+                                       "input": arguments, "tool_use_id": use_id, "description": "a fake Bash call",
+                                       "permission_suggestions": []})
+        else:
+            verdict = {"behavior": "deny", "message": "Claude requested permissions to use Bash, but you haven't "
+                                                      "granted it yet."}
+            self.denials.append({"tool_name": "Bash", "tool_use_id": use_id, "tool_input": arguments})
+        with open(self.state / "bash.jsonl", "a") as log:
+            log.write(json.dumps({"command": command, "verdict": verdict, "pid": os.getpid()}) + "\n")
+        if verdict.get("behavior") != "allow":
+            self.tool_result(use_id, verdict.get("message") or "denied", True)
+            return
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+        self.tool_result(use_id, (done.stdout + done.stderr).strip(), done.returncode != 0)
 
     def directive(self, text):
         verb, _, rest = text.strip().partition(" ")
@@ -479,7 +536,17 @@ class Turn:
         elif verb == "task-end" and len(words) <= 1 and (not words or words[0] in TASK_STATUSES):
             self.end_task(*words)
         elif verb == "sleep" and len(words) == 1:
+            if self.stream:
+                self.stream.interrupted.wait(float(words[0]))  # an interrupt wakes it
+            else:
+                time.sleep(float(words[0]))
+        elif verb == "hang" and len(words) == 1:
             time.sleep(float(words[0]))
+        elif verb == "exit" and len(words) == 1:
+            sys.stdout.flush()
+            os._exit(int(words[0]))
+        elif verb == "bash" and words:
+            self.bash(rest)
         elif verb == "spawn" and len(words) == 1:
             child = subprocess.Popen(["sleep", str(float(words[0]))], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -515,8 +582,115 @@ class Turn:
                 "uuid": str(uuid.uuid4())}
 
     def close(self):
-        if self.mcp:
+        if self.mcp and not self.stream:  # a live process keeps its server for its next turns
             self.mcp.close()
+
+
+# -- a live process (--input-format stream-json) -------------------------------------------------
+
+_OUT = threading.Lock()
+
+
+def write_line(obj):
+    with _OUT:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+class Stream:
+    """One long-lived process: its conversation, its MCP server, the turns and control requests on stdin."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.model = opts.get("--model", "claude-fake")
+        self.session_id = None
+        self.connected, self.mcp, self.tools, self.lazy = False, None, [], None
+        self.turns = queue.Queue()
+        self.interrupted = threading.Event()
+        self.running = False
+        self.answers = {}  # request_id -> Queue of the harness's control_response
+
+    def read_stdin(self):
+        for raw in sys.stdin:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                print(f"fakeclaude: not JSON on stdin: {raw[:200]!r}", file=sys.stderr, flush=True)
+                continue
+            kind = line.get("type")
+            if kind == "user":
+                content = (line.get("message") or {}).get("content")
+                if isinstance(content, list):
+                    content = "".join(b.get("text", "") for b in content if isinstance(b, dict))
+                self.turns.put(str(content or ""))
+            elif kind == "control_request":
+                self.control(line.get("request_id"), line.get("request") or {})
+            elif kind == "control_response":
+                response = line.get("response") or {}
+                waiter = self.answers.get(response.get("request_id"))
+                if waiter is not None:
+                    waiter.put(response)
+        self.turns.put(None)
+
+    def control(self, rid, request):
+        subtype = request.get("subtype")
+        if subtype == "interrupt":
+            if self.running:
+                self.interrupted.set()
+        elif subtype == "set_model":
+            self.model = request.get("model") or self.model
+            write_line({"type": "user", "message": {"role": "user", "content":
+                        f"<local-command-stdout>Set model to {self.model}</local-command-stdout>"},
+                        "session_id": self.session_id, "parent_tool_use_id": None, "isReplay": True})
+        else:
+            write_line({"type": "control_response", "response": {"subtype": "error", "request_id": rid,
+                                                                  "error": f"unknown request {subtype!r}"}})
+            return
+        write_line({"type": "control_response", "response": {"subtype": "success", "request_id": rid}})
+
+    def ask(self, request):
+        """A can_use_tool request to the harness; its verdict ({behavior, message?})."""
+        rid = str(uuid.uuid4())
+        waiter = self.answers[rid] = queue.Queue()
+        write_line({"type": "control_request", "request_id": rid, "request": request})
+        try:
+            response = waiter.get(timeout=MCP_TIMEOUT)
+        except queue.Empty:
+            return {"behavior": "deny", "message": "no answer to can_use_tool"}
+        finally:
+            self.answers.pop(rid, None)
+        return response.get("response") or {"behavior": "deny", "message": str(response.get("error"))}
+
+    def serve(self, opts, argv, servers, state):
+        """Each user line a turn, until stdin closes."""
+        threading.Thread(target=self.read_stdin, daemon=True).start()
+        try:
+            while True:
+                prompt = self.turns.get()
+                if prompt is None:
+                    return 0
+                self.interrupted.clear()
+                self.running = True
+                try:
+                    turn = Turn(opts, prompt, state, stream=self)
+                except NoConversation as e:
+                    write_line({"type": "result", "subtype": "error_during_execution", "duration_ms": 0,
+                                "is_error": True, "num_turns": 0, "session_id": e.args[0], "total_cost_usd": 0,
+                                "usage": _usage(0, 0, 0, 0), "permission_denials": [],
+                                "errors": [f"No conversation found with session ID: {e.args[0]}"]})
+                    return 1
+                self.session_id = turn.session_id
+                turn.log_call(argv)
+                turn.connect(servers)
+                result, status = turn.run()
+                turn.keep()
+                if status == 0 and not result.get("is_error"):
+                    turn.log_done()
+                self.running = False
+                write_line(result)
+        finally:
+            if self.mcp:
+                self.mcp.close()
 
 
 # -- entry points ---------------------------------------------------------------------------------
@@ -588,8 +762,13 @@ def main(argv):
     if fmt == "stream-json" and not opts.get("--verbose"):
         print("Error: When using --print, --output-format=stream-json requires --verbose", file=sys.stderr)
         return 1
-    prompt = " ".join(positional) if positional else ("" if sys.stdin.isatty() else sys.stdin.read())
-    if not prompt.strip():
+    stream = opts.get("--input-format") == "stream-json"
+    if stream and fmt != "stream-json":
+        print("Error: --input-format=stream-json requires output-format=stream-json.", file=sys.stderr)
+        return 1
+    prompt = "" if stream else (" ".join(positional) if positional else
+                                ("" if sys.stdin.isatty() else sys.stdin.read()))
+    if not stream and not prompt.strip():
         print("Error: Input must be provided either through stdin or as a prompt argument "
               "when using --print", file=sys.stderr)
         return 1
@@ -602,6 +781,11 @@ def main(argv):
     state.mkdir(exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGINT, _interrupted)
+    if stream:
+        try:
+            return Stream(opts).serve(opts, argv, servers, state)
+        except Interrupted as e:
+            return 128 + e.args[0]
     try:
         turn = Turn(opts, prompt, state)
     except NoConversation as e:  # what claude 2.1.197 prints (measured), and nothing else

@@ -184,3 +184,13 @@ class RecordingBackend(Backend):
 
     def starts(self, name):
         return self.did("start").count(name)
+
+
+class IdleEngine:
+    """A harness engine (harness/engine.py) as the page reads it: a session whose claude is not running."""
+
+    mode = "session"
+
+    def info(self):
+        return {"mode": self.mode, "pid": None, "started_at": None, "turns": 0, "rss_bytes": None, "recycled": 0,
+                "hang_seconds": 300.0, "recycle_turns": 200, "recycle_rss_mb": 2048, "recycle_idle_seconds": 21600.0}

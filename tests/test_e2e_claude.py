@@ -58,6 +58,12 @@ class Brain:
             return tool_use(SEND, {"to": "b", "body": "a asks: what is six times seven?"})
         if who == "b" and "six times seven" in prompt:
             return tool_use(SEND, {"to": "operator", "body": "b answers: 42"})
+        if who == "a" and "hang here" in prompt:
+            if wire.REDELIVERED_BANNER in prompt:
+                return tool_use(SEND, {"to": "operator", "body": "a finished the turn that hung"})
+            self.held.set()
+            self.hold.wait(120)  # the API says nothing: the watchdog must end the turn
+            return text("too late")
         if who == "a" and "hold this turn" in prompt:
             if wire.REDELIVERED_BANNER in prompt:
                 return tool_use(SEND, {"to": "operator", "body": "a finished the redelivered turn"})
@@ -122,6 +128,106 @@ def test_kill_9_mid_turn_redelivers_and_completes(e2e):
                "the restarted harness to finish the redelivered turn")
     redelivered = [p for who, p in brain.seen if who == "a" and wire.REDELIVERED_BANNER in p]
     assert redelivered and redelivered[0].startswith(wire.REDELIVERED_BANNER + "\nfrom: operator\n\nhold this turn")
+    assert inbox(hive).count(("a", "a finished the redelivered turn")) == 1, "one ping, one pong"
+    assert ("a", "too late") not in inbox(hive), "the killed turn's claude did not go on acting"
+
+
+# -- the session: one long-lived claude per agent --------------------------------------------------
+
+def claude_process(hive, name):
+    return hive.dashboard("GET", f"/agent/{name}/api/state")[1]["claude_process"]
+
+
+def turn_done(hive, name, body, what):
+    """Send `body` and wait until the turn it woke was acked; returns the message id."""
+    mid = hive.call("send", to=name, body=body)["id"]
+    wait_until(lambda: hive.db_rows("select acked_at from message where id=?", mid)[0][0], 90, what)
+    return mid
+
+
+def test_a_session_runs_every_turn_on_one_claude_and_switches_its_model_in_place(e2e):
+    hive, brain, mock = e2e
+    hive.call("spawn", name="a")
+    turn_done(hive, "a", "first turn", "the first turn")
+    pid = claude_process(hive, "a")["pid"]
+    assert pid and claude_process(hive, "a")["mode"] == "session"
+    turn_done(hive, "a", "second turn", "the second turn")
+    assert claude_process(hive, "a")["pid"] == pid, "the second turn ran on the same claude"
+    status, _ = hive.dashboard("POST", "/agent/a/api/model", {"model": "claude-sonnet-4-5"})
+    assert status == 200
+    turn_done(hive, "a", "third turn, on another model", "the turn on the new model")
+    [asked] = [r for r in mock.requests if r.get("tools") and "third turn" in last_user_text(r)]
+    assert asked["model"] == "claude-sonnet-4-5", "the next request goes out on the new model"
+    info = claude_process(hive, "a")
+    assert info["pid"] == pid and info["turns"] == 3, "switched without a new process"
+
+
+def test_cancel_interrupts_the_turn_and_the_session_lives_on(e2e):
+    hive, brain, mock = e2e
+    hive.call("spawn", name="a")
+    turn_done(hive, "a", "warm up", "the first turn")
+    pid = claude_process(hive, "a")["pid"]
+    mid = hive.call("send", to="a", body="hold this turn")["id"]
+    assert brain.held.wait(90), "the turn never reached the model"
+    status, _ = hive.dashboard("POST", "/agent/a/api/cancel", {})
+    assert status == 200
+    wait_until(lambda: hive.db_rows("select cancelled_at from message where id=?", mid)[0][0], 30,
+               "the message to be handled as cancelled")
+    events = hive.dashboard("GET", "/agent/a/events/history")[1]["events"]
+    [ended] = [e for e in events if e["kind"] == "turn_end" and mid in (e.get("ids") or [])]
+    assert ended["outcome"] == "cancelled"
+    assert claude_process(hive, "a")["pid"] == pid, "an interrupt ends the turn, not the process"
+    brain.hold.set()
+    turn_done(hive, "a", "after the cancel", "a turn after the cancel")
+    assert claude_process(hive, "a")["pid"] == pid
+
+
+def test_new_session_starts_a_fresh_claude_without_the_conversation(e2e):
+    hive, brain, mock = e2e
+    hive.call("spawn", name="a")
+    turn_done(hive, "a", "remember the word MANGO", "the first turn")
+    pid = claude_process(hive, "a")["pid"]
+    assert hive.dashboard("POST", "/agent/a/api/new-session", {})[0] == 200
+    turn_done(hive, "a", "what was the word? (new session)", "the turn in the new session")
+    asked = conversation(mock, "(new session)")
+    assert asked and "MANGO" not in asked, "a new session is sent nothing of the old conversation"
+    assert claude_process(hive, "a")["pid"] != pid
+
+
+@pytest.fixture
+def hangs(tmp_path):
+    brain = Brain()
+    mock = MockAnthropic(brain)
+    url = mock.start()
+    hive = Hive(tmp_path / "state", claude=CLAUDE,
+                env={"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-ant-test-not-a-real-key"},
+                extra_args=["--pass-env", "ANTHROPIC_BASE_URL", "--pass-env", "ANTHROPIC_API_KEY",
+                            "--hang-seconds", "4"])
+    hive.start()
+    try:
+        yield hive, brain, mock
+    finally:
+        brain.hold.set()
+        try:
+            hive.stop()
+        finally:
+            kill_harnesses(hive.state_dir)
+            mock.stop()
+
+
+def test_a_turn_the_api_never_answers_is_ended_as_hung_and_runs_again(hangs):
+    hive, brain, mock = hangs
+    hive.call("spawn", name="a")
+    mid = hive.call("send", to="a", body="hang here")["id"]
+    assert brain.held.wait(90), "the turn never reached the model"
+    wait_until(lambda: ("a", "a finished the turn that hung") in inbox(hive), 90,
+               "the requeued turn to run again and finish")
+    assert hive.db_rows("select redelivered from message where id=?", mid) == [(1,)]
+    told = [body for sender, body in inbox(hive) if sender == "a" and "turn_hung" in body]
+    assert len(told) == 1 and "said nothing for 4 seconds" in told[0], "the operator is told once"
+    events = hive.dashboard("GET", "/agent/a/events/history")[1]["events"]
+    hung = [e for e in events if e["kind"] == "turn_end" and mid in (e.get("ids") or []) and not e["ok"]]
+    assert hung and "hung" in hung[0]["note"]
 
 
 # -- the conversation across restarts --------------------------------------------------------------

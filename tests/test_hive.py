@@ -27,6 +27,15 @@ def inbox_bodies(hive):
 
 # -- the daemon ---------------------------------------------------------------------
 
+@pytest.fixture(params=["session", "spawn"])
+def any_mode(request, tmp_path):
+    """A started hive whose harnesses run claude in one engine mode: the turn loop keeps its promises in both."""
+    with running(Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "test-key"},
+                      extra_args=["--pass-env", "ANTHROPIC_API_KEY", "--claude-mode", request.param])) as h:
+        h.mode = request.param
+        yield h
+
+
 def test_host_socket_mode_and_manager_ensured(hive):
     assert stat.S_IMODE(os.stat(hive.host_sock).st_mode) == 0o660
     assert hive.call("list")["agents"] == ["manager"]
@@ -189,138 +198,142 @@ def test_pass_env_and_claude_path_reach_the_harness(hive):
 
 # -- turns ------------------------------------------------------------------------
 
-def test_operator_to_a_to_b_to_operator(hive):
-    hive.spawn("a", "b")
-    hive.call("send", to="a", body="FAKE: send b FAKE: send operator pong from b")
-    wait_until(lambda: "pong from b" in inbox_bodies(hive), 30, "b's answer in the operator's inbox")
-    [a_call] = hive.claude_calls("a")
+def test_operator_to_a_to_b_to_operator(any_mode):
+    any_mode.spawn("a", "b")
+    any_mode.call("send", to="a", body="FAKE: send b FAKE: send operator pong from b")
+    wait_until(lambda: "pong from b" in inbox_bodies(any_mode), 30, "b's answer in the operator's inbox")
+    [a_call] = any_mode.claude_calls("a")
     assert a_call["prompt"].startswith("from: operator\n\n")
     assert a_call["model"] == "haiku" and a_call["continue"] is False
     assert "mcp__hyperhive__send" in ",".join(a_call["allowed_tools"]).split(",")
     assert a_call["env"]["MCP_CONNECTION_NONBLOCKING"] == "0"
-    [b_call] = hive.claude_calls("b")
+    [b_call] = any_mode.claude_calls("b")
     assert b_call["prompt"].startswith("from: a\n\n")
-    msg = [m for m in hive.call("inbox")["messages"] if m["body"] == "pong from b"][0]
+    msg = [m for m in any_mode.call("inbox")["messages"] if m["body"] == "pong from b"][0]
     assert msg["from"] == "b"
     # both turns ended well, so every message to an agent is acked; b's answer waits unread for the operator
-    wait_until(lambda: hive.db_rows("select recipient, count(*) from message where acked_at is null "
+    wait_until(lambda: any_mode.db_rows("select recipient, count(*) from message where acked_at is null "
                                     "group by recipient") == [("operator", 1)], 10, "every agent's message to be acked")
-    hive.call("mark_read", ids=[msg["id"]])
-    assert hive.db_rows("select count(*) from message where acked_at is null") == [(0,)]
+    any_mode.call("mark_read", ids=[msg["id"]])
+    assert any_mode.db_rows("select count(*) from message where acked_at is null") == [(0,)]
 
 
-def test_the_conversation_survives_restarts_rebuilds_and_crashes_and_only_new_session_drops_it(hive):
-    hive.spawn("a")
+def test_the_conversation_survives_restarts_rebuilds_and_crashes_and_only_new_session_drops_it(any_mode):
+    any_mode.spawn("a")
 
     def turn(word):
-        calls = len(hive.claude_calls("a"))
-        hive.call("send", to="a", body=f"FAKE: send operator {word}")
-        wait_until(lambda: word in inbox_bodies(hive), 30, f"the turn that says {word}")
-        return hive.claude_calls("a")[calls]
+        calls = len(any_mode.claude_calls("a"))
+        any_mode.call("send", to="a", body=f"FAKE: send operator {word}")
+        wait_until(lambda: word in inbox_bodies(any_mode), 30, f"the turn that says {word}")
+        return any_mode.claude_calls("a")[calls]
 
     first = turn("one")
-    assert first["resume"] is None
+    assert first["history"] == []
     session = first["session_id"]
-    assert turn("two")["resume"] == session
-    hive.call("restart", name="a")
-    assert turn("three")["resume"] == session, "a restart keeps the conversation"
-    hive.call("rebuild", name="a")
-    assert turn("four")["resume"] == session, "a rebuild keeps it"
-    os.kill(hive.harness_pid("a"), signal.SIGKILL)
-    wait_until(lambda: hive.row("a")["failed"] or not hive.row("a")["running"], 30, "the crash to be seen")
-    hive.call("start", scope={"agent_names": ["a"]})
+    second = turn("two")
+    assert second["session_id"] == session
+    # a session's turns are lines written to one claude; a spawn's, one claude each
+    assert (second["pid"] == first["pid"]) == (any_mode.mode == "session") and second["stream"] == (any_mode.mode == "session")
+    any_mode.call("restart", name="a")
+    assert turn("three")["session_id"] == session, "a restart keeps the conversation"
+    any_mode.call("rebuild", name="a")
+    assert turn("four")["session_id"] == session, "a rebuild keeps it"
+    os.kill(any_mode.harness_pid("a"), signal.SIGKILL)
+    wait_until(lambda: any_mode.row("a")["failed"] or not any_mode.row("a")["running"], 30, "the crash to be seen")
+    any_mode.call("start", scope={"agent_names": ["a"]})
     fifth = turn("five")
-    assert fifth["resume"] == session, "so does a crash"
+    assert fifth["session_id"] == session, "so does a crash"
     assert [p.split("\n\n", 1)[1] for p in fifth["history"]] == [f"FAKE: send operator {w}" for w in
                                                                    ("one", "two", "three", "four")]
-    status, _ = hive.dashboard("POST", "/agent/a/api/new-session", {})
+    status, _ = any_mode.dashboard("POST", "/agent/a/api/new-session", {})
     assert status == 200
     sixth = turn("six")
     assert sixth["resume"] is None and sixth["session_id"] != session and sixth["history"] == []
-    assert turn("seven")["resume"] == sixth["session_id"]
+    assert turn("seven")["session_id"] == sixth["session_id"]
 
 
-def test_failed_turn_is_not_acked_and_comes_again_flagged(hive):
-    hive.spawn("a")
-    mid = hive.call("send", to="a", body="FAKE: fail")["id"]
-    wait_until(lambda: len(hive.claude_calls("a")) == 2, 30, "the failed turn to be tried again")
-    first, again = hive.claude_calls("a")[:2]
+def test_failed_turn_is_not_acked_and_comes_again_flagged(any_mode):
+    any_mode.spawn("a")
+    mid = any_mode.call("send", to="a", body="FAKE: fail")["id"]
+    wait_until(lambda: len(any_mode.claude_calls("a")) == 2, 30, "the failed turn to be tried again")
+    first, again = any_mode.claude_calls("a")[:2]
     assert first["prompt"].startswith("from: operator") and again["prompt"].startswith(
         wire.REDELIVERED_BANNER + "\nfrom: operator")
     assert again["time"] - first["time"] >= 2.0  # the backoff, not a hot loop
-    assert hive.db_rows("select redelivered, acked_at from message where id=?", mid) == [(1, None)]
+    assert any_mode.db_rows("select redelivered, acked_at from message where id=?", mid) == [(1, None)]
 
 
-def test_kill_mid_turn_redelivers_with_the_banner(hive):
-    hive.spawn("a")
-    hive.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator survived")
-    wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the slow turn to start")
-    os.killpg(hive.harness_pid("a"), signal.SIGKILL)
-    wait_until(lambda: hive.row("a")["failed"], 10, "the core to see the harness gone")
-    hive.call("start", scope={"agent_names": ["a"]})
+def test_kill_mid_turn_redelivers_with_the_banner(any_mode):
+    any_mode.spawn("a")
+    any_mode.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator survived")
+    wait_until(lambda: len(any_mode.claude_calls("a")) == 1, 20, "the slow turn to start")
+    os.killpg(any_mode.harness_pid("a"), signal.SIGKILL)
+    wait_until(lambda: any_mode.row("a")["failed"], 10, "the core to see the harness gone")
+    any_mode.call("start", scope={"agent_names": ["a"]})
     # the second attempt sleeps too; the banner is in its prompt
-    wait_until(lambda: len(hive.claude_calls("a")) == 2, 20, "the redelivered turn")
-    assert hive.claude_calls("a")[1]["prompt"].startswith(wire.REDELIVERED_BANNER)
+    wait_until(lambda: len(any_mode.claude_calls("a")) == 2, 20, "the redelivered turn")
+    assert any_mode.claude_calls("a")[1]["prompt"].startswith(wire.REDELIVERED_BANNER)
 
 
-def test_cancel_means_stop_the_sender_is_told_and_retry_runs_it_again_on_purpose(hive):
-    hive.spawn("a", "b")
-    hive.call("send", to="b", body="FAKE: send a FAKE: sleep 60")  # b asks a for a turn that runs long
-    wait_until(lambda: hive.claude_calls("a"), 30, "a's long turn to start")
-    mid = hive.db_rows("select id from message where sender='b' and recipient='a'")[0][0]
-    wait_until(lambda: hive.dashboard("GET", "/agent/a/api/state")[1]["turn_state"] == "thinking", 30, "a to think")
-    assert hive.dashboard("POST", "/agent/a/api/cancel", {})[0] == 200
-    wait_until(lambda: hive.db_rows("select acked_at is not null, cancelled_at is not null from message where id=?",
+def test_cancel_means_stop_the_sender_is_told_and_retry_runs_it_again_on_purpose(any_mode):
+    any_mode.spawn("a", "b")
+    any_mode.call("send", to="b", body="FAKE: send a FAKE: sleep 60")  # b asks a for a turn that runs long
+    wait_until(lambda: any_mode.claude_calls("a"), 30, "a's long turn to start")
+    mid = any_mode.db_rows("select id from message where sender='b' and recipient='a'")[0][0]
+    wait_until(lambda: any_mode.dashboard("GET", "/agent/a/api/state")[1]["turn_state"] == "thinking", 30, "a to think")
+    assert any_mode.dashboard("POST", "/agent/a/api/cancel", {})[0] == 200
+    wait_until(lambda: any_mode.db_rows("select acked_at is not null, cancelled_at is not null from message where id=?",
                                     mid) == [(1, 1)], 30, "the message to be handled as cancelled")
-    told = wait_until(lambda: hive.db_rows("select body from message where sender='core' and recipient='b'"), 30,
+    told = wait_until(lambda: any_mode.db_rows("select body from message where sender='core' and recipient='b'"), 30,
                       "b to be told")
     assert told[0][0].startswith(f"[cancelled] the operator cancelled a's turn before it finished, so your message "
                                  f"#{mid} to a is marked handled without an answer")
-    hive.call("send", to="a", body="FAKE: send operator after-cancel")
-    wait_until(lambda: "after-cancel" in inbox_bodies(hive), 30, "a's next message")
-    assert [c["prompt"].split("\n\n", 1)[1] for c in hive.claude_calls("a")] == [
+    any_mode.call("send", to="a", body="FAKE: send operator after-cancel")
+    wait_until(lambda: "after-cancel" in inbox_bodies(any_mode), 30, "a's next message")
+    assert [c["prompt"].split("\n\n", 1)[1] for c in any_mode.claude_calls("a")] == [
         "FAKE: sleep 60", "FAKE: send operator after-cancel"], "the cancelled message did not run again"
-    history = hive.dashboard("GET", "/dashboard/history")[1]["events"]
+    history = any_mode.dashboard("GET", "/dashboard/history")[1]["events"]
     assert [e["message"]["cancelled_at"] is not None for e in history if e["message"]["id"] == mid] == [True]
-    events = hive.dashboard("GET", "/agent/a/events/history")[1]["events"]
+    events = any_mode.dashboard("GET", "/agent/a/events/history")[1]["events"]
     [cancelled] = [e for e in events if e["kind"] == "turn_end" and e["outcome"] == "cancelled"]
     assert cancelled["ids"] == [mid]
-    status, answer = hive.dashboard("POST", "/agent/a/api/retry", {"ids": [mid]})
+    status, answer = any_mode.dashboard("POST", "/agent/a/api/retry", {"ids": [mid]})
     assert (status, answer["requeued"]) == (200, [mid])
-    again = wait_until(lambda: hive.claude_calls("a")[2:], 30, "the retried message to run")
+    again = wait_until(lambda: any_mode.claude_calls("a")[2:], 30, "the retried message to run")
     assert again[0]["prompt"] == f"{wire.REDELIVERED_BANNER}\nfrom: b\n\nFAKE: sleep 60"
-    assert hive.dashboard("POST", "/agent/a/api/retry", {"ids": [mid]})[0] == 409, "not cancelled any more"
-    wait_until(lambda: hive.dashboard("GET", "/agent/a/api/state")[1]["turn_state"] == "thinking", 30, "a to think")
-    assert hive.dashboard("POST", "/agent/a/api/cancel", {})[0] == 200
+    assert any_mode.dashboard("POST", "/agent/a/api/retry", {"ids": [mid]})[0] == 409, "not cancelled any more"
+    wait_until(lambda: any_mode.dashboard("GET", "/agent/a/api/state")[1]["turn_state"] == "thinking", 30, "a to think")
+    assert any_mode.dashboard("POST", "/agent/a/api/cancel", {})[0] == 200
 
 
-def test_prompt_too_long_compacts_and_retries_once(hive):
-    hive.spawn("a")
-    hive.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")
-    wait_until(lambda: "fits-now" in inbox_bodies(hive), 20, "the retried turn")
-    prompts = [c["prompt"] for c in hive.claude_calls("a")]
+def test_prompt_too_long_compacts_and_retries_once(any_mode):
+    any_mode.spawn("a")
+    any_mode.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")
+    wait_until(lambda: "fits-now" in inbox_bodies(any_mode), 20, "the retried turn")
+    prompts = [c["prompt"] for c in any_mode.claude_calls("a")]
     assert prompts[1] == "/compact" and len(prompts) == 3
-    first, compact, retry = hive.claude_calls("a")
-    assert compact["resume"] == retry["resume"] == first["session_id"], "compacted and retried on the same conversation"
+    first, compact, retry = any_mode.claude_calls("a")
+    assert compact["session_id"] == retry["session_id"] == first["session_id"], \
+        "compacted and retried on the same conversation"
 
 
-def test_a_failed_compaction_is_a_failed_turn_with_its_reason(hive):
-    hive.spawn("a")
-    fails = os.path.join(hive.home("a"), "state", ".fakeclaude", "compact-fails")
+def test_a_failed_compaction_is_a_failed_turn_with_its_reason(any_mode):
+    any_mode.spawn("a")
+    fails = os.path.join(any_mode.home("a"), "state", ".fakeclaude", "compact-fails")
     os.makedirs(os.path.dirname(fails), exist_ok=True)
     with open(fails, "w") as f:
         f.write("API Error: 400 compaction exploded")
-    mid = hive.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")["id"]
-    wait_until(lambda: "fits-now" in inbox_bodies(hive), 60, "the turn to run once compaction works again")
-    prompts = [c["prompt"] for c in hive.claude_calls("a")]
+    mid = any_mode.call("send", to="a", body="FAKE: too-long\nFAKE: send operator fits-now")["id"]
+    wait_until(lambda: "fits-now" in inbox_bodies(any_mode), 60, "the turn to run once compaction works again")
+    prompts = [c["prompt"] for c in any_mode.claude_calls("a")]
     assert prompts[:2] == [prompts[0], "/compact"] and prompts[2].startswith(wire.REDELIVERED_BANNER), \
         "no blind retry after the failed compaction: the turn failed and its message came again"
-    db = os.path.join(hive.home("a"), "state", "hyperhive-events.sqlite")
+    db = os.path.join(any_mode.home("a"), "state", "hyperhive-events.sqlite")
     with sqlite3.connect(db) as con:
         ends = [json.loads(d) for (d,) in con.execute("select data from event where kind='turn_end' order by seq")]
     assert ends[0]["ok"] is False and ends[0]["outcome"] == "failed"
     assert ends[0]["note"] == "compaction failed: Error during compaction: API Error: 400 compaction exploded"
-    assert hive.db_rows("select redelivered from message where id=?", mid) == [(1,)]
+    assert any_mode.db_rows("select redelivered from message where id=?", mid) == [(1,)]
 
 
 def test_stderr_and_stream_lines_reach_the_event_history(hive):
@@ -541,25 +554,25 @@ def test_leftovers_that_will_not_die_stop_the_start_with_a_sentence(tmp_path, mo
 
 # -- stopping mid-turn ----------------------------------------------------------------
 
-def test_graceful_stop_lets_the_running_turn_finish_and_ack(hive):
-    hive.spawn("a")
-    mid = hive.call("send", to="a", body="FAKE: sleep 2\nFAKE: send operator finished-before-stop")["id"]
-    wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the turn to start")
-    hive.call("stop", scope={"agent_names": ["a"]}, graceful=True)
-    assert "finished-before-stop" in inbox_bodies(hive)
-    assert hive.db_rows("select acked_at is not null from message where id=?", mid) == [(1,)]
-    assert not hive.row("a")["running"]
+def test_graceful_stop_lets_the_running_turn_finish_and_ack(any_mode):
+    any_mode.spawn("a")
+    mid = any_mode.call("send", to="a", body="FAKE: sleep 2\nFAKE: send operator finished-before-stop")["id"]
+    wait_until(lambda: len(any_mode.claude_calls("a")) == 1, 20, "the turn to start")
+    any_mode.call("stop", scope={"agent_names": ["a"]}, graceful=True)
+    assert "finished-before-stop" in inbox_bodies(any_mode)
+    assert any_mode.db_rows("select acked_at is not null from message where id=?", mid) == [(1,)]
+    assert not any_mode.row("a")["running"]
 
 
-def test_stop_now_cuts_the_turn_and_leaves_it_for_redelivery(hive):
-    hive.spawn("a")
-    mid = hive.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator never")["id"]
-    wait_until(lambda: len(hive.claude_calls("a")) == 1, 20, "the turn to start")
-    hive.call("stop", scope={"agent_names": ["a"]}, graceful=False)
-    assert not hive.row("a")["running"]
+def test_stop_now_cuts_the_turn_and_leaves_it_for_redelivery(any_mode):
+    any_mode.spawn("a")
+    mid = any_mode.call("send", to="a", body="FAKE: sleep 60\nFAKE: send operator never")["id"]
+    wait_until(lambda: len(any_mode.claude_calls("a")) == 1, 20, "the turn to start")
+    any_mode.call("stop", scope={"agent_names": ["a"]}, graceful=False)
+    assert not any_mode.row("a")["running"]
     # cut off: requeued by the stopping harness, or still in flight for its next boot; never acked
-    assert hive.db_rows("select acked_at from message where id=?", mid) == [(None,)]
-    assert "never" not in inbox_bodies(hive)
+    assert any_mode.db_rows("select acked_at from message where id=?", mid) == [(None,)]
+    assert "never" not in inbox_bodies(any_mode)
 
 
 # -- the DESIGN table's frames, byte for byte ------------------------------------------

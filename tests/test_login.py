@@ -34,6 +34,7 @@ import pytest
 import wsgi
 from conftest import FAKE_CLAUDE, ROOT, Hive, browser_missing, green_wait, running, wait_until
 from fakecore import FakeCore, ok
+from fakes import IdleEngine
 from hyperhive import wire
 from hyperhive.harness import login as loginmod
 from hyperhive.harness import loginsession, turnloop, webui
@@ -567,6 +568,7 @@ class PageHarness:
     def __init__(self, bus, socket, login):
         self.name, self.role, self.socket, self.bus, self.login = "alice", "agent", socket, bus, login
         self.current = None
+        self.engine = IdleEngine()
         self.loop = turnloop.TurnLoop(Client(), bus, Runner(), self.compact, Session(bus.state_dir),
                                       sleep=lambda s: None,
                                       turn_lock=gevent.lock.Semaphore(), login=login)

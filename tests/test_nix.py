@@ -196,6 +196,23 @@ def test_the_forge_and_the_domain_reach_the_daemon_and_stay_off_unless_set():
     assert not {"--domain", "--forge-url", "--forge-credential-file"} & set(off)
 
 
+def test_the_claude_engine_options_reach_the_daemon_with_the_defaults_serve_has():
+    def engine(config):
+        args = docopt(daemon.__doc__, argv=["serve", *exec_start(config)[3:]])
+        return daemon.engine_env(args)
+    defaults = engine({"enable": True})
+    assert defaults == daemon.engine_env(docopt(daemon.__doc__, argv=["serve"])), "the module and serve agree"
+    assert defaults["HIVE_CLAUDE_MODE"] == "session"
+    chosen = engine({"enable": True, "claude": {"mode": "spawn", "hangSeconds": 60,
+                                                "recycle": {"turns": 5, "rssMb": 512, "idleSeconds": 600}}})
+    assert chosen == {"HIVE_CLAUDE_MODE": "spawn", "HIVE_HANG_SECONDS": "60", "HIVE_RECYCLE_TURNS": "5",
+                      "HIVE_RECYCLE_RSS_MB": "512", "HIVE_RECYCLE_IDLE": "600"}
+    with pytest.raises(AssertionError, match="claude.mode' has a value of the wrong type"):
+        exec_start({"enable": True, "claude": {"mode": "forever"}})
+    with pytest.raises(AssertionError, match="claude.hangSeconds' has a value of the wrong type"):
+        exec_start({"enable": True, "claude": {"hangSeconds": 0}})
+
+
 CONTAINERS = ("ev: { on = ev.config.boot.enableContainers; "
               "failing = map (a: a.message) (builtins.filter (a: !a.assertion) ev.config.assertions); }")
 

@@ -15,7 +15,7 @@ every turn resumes the conversation claude named, across a restart of the
 loop, and only "new session" or a lost transcript starts a fresh one; a
 paused loop never calls recv. CoreClient backs off exponentially (capped) against a socket
 nobody serves, says so through notify, and returns once a real server
-appears. claude.Run.classify reads the real CLI's result lines, and
+appears. claude.Reading.classify reads the real CLI's result lines, and
 Invocation.argv is shaped so the variadic flags cannot swallow the prompt.
 """
 
@@ -582,17 +582,15 @@ def test_core_client_does_not_retry_a_refusal(sockdir):
     assert sleeps == [] and len(core.requests) == 1
 
 
-# -- claude.Run.classify ----------------------------------------------------------------
+# -- claude.Reading.classify ----------------------------------------------------------------
 
 def classify(result, code, too_long=False, cancelled=False, lines=(), compacting=False):
-    """Run.classify on what the stdout pump saw (`lines`, then the result line), without starting a process."""
-    run = object.__new__(claude.Run)
-    run.__dict__.update(result=None, too_long=too_long, cancelled=cancelled, session_id=None, on_session=None,
-                        auth_refused=None, compacting=compacting, compact_result=None, compact_error=None,
-                        proc=None)
+    """Reading.classify on what the stdout pump saw (`lines`, then the result line), without starting a process."""
+    reading = claude.Reading(claude.COMPACT if compacting else "a wake prompt")
+    reading.too_long, reading.cancelled = too_long, cancelled
     for line in list(lines) + ([result] if result else []):
-        run._read(line)
-    return run.classify(code)
+        reading.read(line)
+    return reading.classify(code)
 
 
 def result_line(**fields):

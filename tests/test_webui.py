@@ -34,6 +34,7 @@ import pytest
 
 from conftest import green_wait
 from fakecore import FakeCore, ok, refuse
+from fakes import IdleEngine
 from hyperhive import resources, web
 from hyperhive.harness import turnloop, webui
 from hyperhive.harness.bus import Bus
@@ -105,6 +106,7 @@ class FakeHarness:
         self.state_dir, self.shared_dir = bus.state_dir, None
         self.current = None
         self.compaction = lambda: Outcome("ok")
+        self.engine = IdleEngine()
         self.runner = Runner(self, block)
         self.client = Client(recvs)
         self.loop = turnloop.TurnLoop(self.client, bus, self.runner, self.compact, Session(bus.state_dir),
@@ -273,8 +275,9 @@ def test_state_has_the_documented_shape(app, bus, core):
     assert reply.status == 200 and reply.headers["cache-control"] == "no-store"
     state = reply.json()
     assert list(state) == ["seq", "name", "role", "rev", "status", "turn_state", "turn_state_since", "model",
-                           "models", "ctx", "cost", "new_session_armed", "session_id", "inbox", "status_text",
-                           "status_set_at"]
+                           "models", "ctx", "cost", "new_session_armed", "session_id", "claude_process", "inbox",
+                           "status_text", "status_set_at"]
+    assert state["claude_process"] == IdleEngine().info()
     assert state["seq"] == bus.seq == 1
     assert (state["name"], state["role"], state["rev"], state["status"]) == \
         ("alice", "agent", resources.revision(), "online")

@@ -54,6 +54,7 @@
     state.ctx = st.ctx === undefined ? state.ctx : st.ctx;
     state.cost = st.cost === undefined ? state.cost : st.cost;
     state.armed = !!st.new_session_armed;
+    state.claude = st.claude_process || null;
     if (st.status_text !== undefined) {
       state.statusText = st.status_text;
       state.statusSetAt = st.status_set_at;
@@ -61,6 +62,33 @@
     state.inbox = Array.isArray(st.inbox) ? st.inbox : [];
     paintState();
     renderInbox();
+  }
+
+  /* The engine's process: a session's long-lived claude (pid, age, turns, memory), or the spawn mode. */
+  function paintClaude() {
+    const chip = $("#claude-chip");
+    const c = state.claude;
+    chip.hidden = !c;
+    if (!c) return;
+    chip.dataset.mode = c.mode;
+    chip.dataset.pid = c.pid === null || c.pid === undefined ? "" : String(c.pid);
+    if (c.mode !== "session") {
+      chip.textContent = "claude per turn";
+      chip.title = "spawn mode: one claude process per turn";
+      return;
+    }
+    if (!c.pid) {
+      chip.textContent = "claude not running";
+      chip.title = "the session's claude starts with the next turn (or once claude's login is there)";
+      return;
+    }
+    const started = toMs(c.started_at);
+    const age = started === null ? "" : ` · up ${H.duration((Date.now() - started) / 1000)}`;
+    const mib = c.rss_bytes ? ` · ${Math.round(c.rss_bytes / 1048576)} MiB` : "";
+    chip.textContent = `claude ${c.pid}${age} · ${c.turns} turn${c.turns === 1 ? "" : "s"}${mib}`;
+    chip.title = `claude's long-lived process, pid ${c.pid}; replaced between turns after ${c.recycle_turns} turns, ` +
+      `above ${c.recycle_rss_mb} MiB or after ${H.duration(c.recycle_idle_seconds)} idle (${c.recycled} so far); ` +
+      `a turn silent for ${H.duration(c.hang_seconds)} is ended as hung`;
   }
 
   function paintState() {
@@ -92,6 +120,7 @@
     line.title = state.statusSetAt ? `its status, set ${H.stamp(state.statusSetAt)}` : "its status";
 
     $("#model-chip").textContent = state.model || "–";
+    paintClaude();
     const input = $("#model-input");
     input.placeholder = state.model || "model";
     $("#model-list").replaceChildren(...(state.models || []).map((m) => h("option", {value: m})));
@@ -879,6 +908,7 @@
         // only what no event carries: turn state, model and usage come from events
         state.inbox = Array.isArray(st.inbox) ? st.inbox : state.inbox;
         state.armed = !!st.new_session_armed;
+        state.claude = st.claude_process || state.claude;
         renderInbox();
         paintState();
       } catch (e) { console.warn("refreshing the inbox failed; the next turn_end tries again:", e); }

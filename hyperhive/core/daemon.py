@@ -4,7 +4,8 @@ Usage:
   hyperhive serve [--state-dir DIR] [--run-dir DIR] [--backend NAME] [--claude PATH]
                   [--container-source DIR] [--pass-env NAME]... [--dashboard-port PORT]
                   [--listen ADDR] [--log-level LEVEL] [--domain NAME] [--forge-url URL]
-                  [--forge-credential-file PATH]
+                  [--forge-credential-file PATH] [--claude-mode MODE] [--hang-seconds N]
+                  [--recycle-turns N] [--recycle-rss-mb N] [--recycle-idle N]
   hyperhive serve -h | --help
 
 Options:
@@ -27,6 +28,15 @@ Options:
                       (http or https), at start and after every change to it
   --forge-credential-file PATH  the file holding user:token for the forge, mode
                       0600 (read at each push, never stored in a repo)
+  --claude-mode MODE  session: one long-lived claude per agent, turns written to
+                      it; spawn: one claude per turn, for a CLI without
+                      stream-json input [default: session]
+  --hang-seconds N    a turn with no output from claude for N seconds is ended
+                      as hung and its messages come again [default: 300]
+  --recycle-turns N   a session's claude is replaced (resuming its conversation)
+                      between turns after N turns [default: 200]
+  --recycle-rss-mb N  ... or above N MiB resident [default: 2048]
+  --recycle-idle N    ... or after N seconds idle [default: 21600]
 """
 
 import errno
@@ -307,6 +317,23 @@ class Core:
         gevent.killall(self.loops)
 
 
+# serve's options for the harnesses' engine, each a variable of the harness's environment, and its least value
+ENGINE_OPTIONS = (("--hang-seconds", "HIVE_HANG_SECONDS", 1), ("--recycle-turns", "HIVE_RECYCLE_TURNS", 1),
+                  ("--recycle-rss-mb", "HIVE_RECYCLE_RSS_MB", 64), ("--recycle-idle", "HIVE_RECYCLE_IDLE", 60))
+CLAUDE_MODES = ("session", "spawn")
+
+
+def engine_env(args):
+    """What the harnesses are told of serve's engine options, checked here so a typo fails at start."""
+    mode = args["--claude-mode"]
+    if mode not in CLAUDE_MODES:
+        raise wire.HiveError(f"--claude-mode must be one of {', '.join(CLAUDE_MODES)}, got {mode!r}")
+    env = {"HIVE_CLAUDE_MODE": mode}
+    for option, key, least in ENGINE_OPTIONS:
+        env[key] = str(wire.whole_number(args[option], option, least))
+    return env
+
+
 def dashboard_address(listen, port):
     if port == "off":
         return None
@@ -335,7 +362,8 @@ def main(argv, clock=time.time, started=None):
         missing = binaries.locate_claude(claude, os.environ) if not backend.own_claude else None
         if missing:  # nixos containers bring their own claude; elsewhere the harnesses run this one
             log.warning("%s: every agent's turns wait until it is there", missing)
-        harness = HarnessCommand(resources.entry(), claude=claude, pass_env=args["--pass-env"])
+        harness = HarnessCommand(resources.entry(), claude=claude, pass_env=args["--pass-env"],
+                                 engine=engine_env(args))
         dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])
         open_core(layout.db_path, background_checkpoint=True)
         core = Core(layout, backend, harness, dashboard, clock=clock, domain=args["--domain"],

@@ -56,7 +56,8 @@ class Layout:
 
 class HarnessCommand:
     """How the core runs a harness: the interpreter, the entry file (hyperhive.pyz), the claude binary, the
-    environment variables to forward."""
+    environment variables to forward, and the engine's settings (HIVE_CLAUDE_MODE and its limits)."""
 
-    def __init__(self, entry, claude="claude", pass_env=(), python=sys.executable):
+    def __init__(self, entry, claude="claude", pass_env=(), python=sys.executable, engine=None):
         self.entry, self.claude, self.pass_env, self.python = entry, claude, tuple(pass_env), python
+        self.engine = dict(engine or {})

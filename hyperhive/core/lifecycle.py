@@ -178,6 +178,7 @@ class Lifecycle:
         # nothing stops the agent writing it)
         files.replace(extra, json.dumps(config.get("extra_mcp") or {}, indent=2))
         configs = self.repos.proposed_root if agent.role == "manager" else self.repos.proposed(name)
+        env.update(self.harness.engine)
         env.update({
             "HIVE_NAME": name,
             "HIVE_ROLE": agent.role,

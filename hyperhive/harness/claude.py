@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import gevent
 
@@ -134,14 +135,25 @@ class Invocation:
             granted += [f"mcp__{key}__{p}" for p in patterns] if patterns else [f"mcp__{key}"]
         return granted
 
-    def argv(self, model, prompt, resume=None):
-        """The command line of one run; `resume` is the session id of the conversation to go on with."""
-        argv = [self.claude, "--print", "--output-format", "stream-json", "--verbose", "--model", model,
+    def _flags(self, model):
+        return ["--print", "--output-format", "stream-json", "--verbose", "--model", model,
                 "--mcp-config", self.mcp_config, f"--allowedTools={','.join(self.allowed_tools())}",
                 "--settings", self.settings, "--append-system-prompt", self.system_prompt]
+
+    def argv(self, model, prompt, resume=None):
+        """The command line of one run; `resume` is the session id of the conversation to go on with."""
+        argv = [self.claude, *self._flags(model)]
         if resume:
             argv.append(f"--resume={resume}")
         return argv + ["--", prompt]
+
+    def session_argv(self, model, resume=None):
+        """The command line of a long-lived session: turns arrive as stream-json user lines on stdin, and the
+        tool calls not granted up front come back as can_use_tool control requests."""
+        argv = [self.claude, *self._flags(model), "--input-format", "stream-json", "--permission-prompt-tool", "stdio"]
+        if resume:
+            argv.append(f"--resume={resume}")
+        return argv
 
     def env(self):
         env = dict(os.environ)
@@ -154,74 +166,46 @@ class Invocation:
         return env
 
 
-class Run:
-    """One running claude process; `wait()` pumps it to the end and classifies the outcome.
+class Reading:
+    """What the lines of one turn say: how it goes (its conversation, a refused login, a compaction's
+    report) and, once it is over, how it ended (`classify`). Both engines read a turn through one.
 
-    `on_session(id)` is called as soon as claude names its conversation, so
-    a harness that dies mid-turn still resumes it."""
+    `on_session(id)` is called as soon as claude names its conversation, so a
+    harness that dies mid-turn still resumes it; `on_refused()` as soon as the
+    API refuses the login, so the engine ends the turn instead of letting
+    claude retry for minutes."""
 
-    def __init__(self, invocation, bus, model, prompt, resume=None, on_session=None):
-        self.bus = bus
-        self.on_session = on_session
+    def __init__(self, prompt, on_session=None, on_refused=None):
+        self.on_session, self.on_refused = on_session, on_refused
         self.cancelled = False
+        self.hung = None  # the watchdog's reason, when it ended the turn
         self.result = None
         self.too_long = False
         self.session_id = None
         self.auth_refused = None  # the API's refusal of the login, from an api_retry line
         self.compacting = prompt.strip() == COMPACT
         self.compact_result, self.compact_error = None, None
-        argv = invocation.argv(model, prompt, resume)
-        log.info("turn: %s … (%d chars of prompt, resume=%s)", invocation.claude, len(prompt), resume)
-        self.missing = None
+
+    def stderr(self, bus, text):
+        if any(m in text.lower() for m in TOO_LONG_MARKERS):
+            self.too_long = True
+        bus.emit("note", text=text, stream="stderr")
+
+    def stdout(self, bus, text):
+        """One stdout line: to the bus as it came, and read. Returns the parsed line (None when not JSON)."""
         try:
-            self.proc = subprocess.Popen(argv, cwd=invocation.state_dir, env=invocation.env(),
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, preexec_fn=dies_with_harness())
-        except OSError as e:
-            self.proc = None
-            self.spawn_error = f"could not run {invocation.claude}: {e.strerror or e}"
-            if isinstance(e, (FileNotFoundError, NotADirectoryError, PermissionError)):
-                self.missing = f"claude not found at {invocation.claude} ({e.strerror or e})"
+            line = json.loads(text)
+        except ValueError:
+            line = None
+        if not isinstance(line, dict):
+            bus.emit("note", text=text, stream="stdout")
+            return None
+        bus.emit("stream", line=line)
+        bus.observe(line)
+        self.read(line)
+        return line
 
-    def cancel(self):
-        """Stop the turn: SIGINT first (claude exits cleanly on it), then SIGKILL."""
-        self.cancelled = True
-        self._stop()
-
-    def _stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def _pump_stderr(self):
-        for raw in self.proc.stderr:
-            text = raw.decode(errors="replace").rstrip()
-            if text:
-                if any(m in text.lower() for m in TOO_LONG_MARKERS):
-                    self.too_long = True
-                self.bus.emit("note", text=text, stream="stderr")
-
-    def _pump_stdout(self):
-        for raw in self.proc.stdout:
-            text = raw.decode(errors="replace").strip()
-            if not text:
-                continue
-            try:
-                line = json.loads(text)
-            except ValueError:
-                self.bus.emit("note", text=text, stream="stdout")
-                continue
-            if not isinstance(line, dict):
-                self.bus.emit("note", text=text, stream="stdout")
-                continue
-            self.bus.emit("stream", line=line)
-            self.bus.observe(line)
-            self._read(line)
-
-    def _read(self, line):
+    def read(self, line):
         """What one stream-json line says about how the run goes."""
         kind, subtype = line.get("type"), line.get("subtype")
         if isinstance(line.get("session_id"), str) and line["session_id"] != self.session_id \
@@ -236,24 +220,15 @@ class Run:
                 self.auth_refused = (f"the API refused claude's login ({line.get('error_status')} "
                                      f"{line.get('error') or 'authentication failed'})")
                 log.warning("%s; ending the turn instead of letting claude retry for minutes", self.auth_refused)
-                gevent.spawn(self._stop)  # not inline: the pump must go on reading what claude still says
+                if self.on_refused is not None:
+                    self.on_refused()
         elif kind == "system" and subtype == "status" and line.get("compact_result"):
             self.compact_result, self.compact_error = line.get("compact_result"), line.get("compact_error")
         elif kind == "system" and subtype == "compact_boundary":
             self.compact_result = self.compact_result or "success"
 
-    def wait(self):
-        if self.proc is None:
-            if self.missing:
-                return Outcome("claude_missing", self.missing)
-            return Outcome("failed", self.spawn_error)
-        err = gevent.spawn(self._pump_stderr)
-        self._pump_stdout()
-        code = self.proc.wait()
-        err.join()
-        return self.classify(code)
-
     def classify(self, code):
+        """How the turn ended, claude's exit status `code` (0 for a session process's turn that said its result)."""
         outcome = self._classify(code)
         outcome.session_id = self.session_id
         return outcome
@@ -263,6 +238,8 @@ class Run:
         text = str(result.get("result") or "")
         if self.cancelled:
             return Outcome("cancelled", "the turn was cancelled", result)
+        if self.hung:
+            return Outcome("failed", self.hung, result)
         if self.auth_refused or result.get("api_error_status") in AUTH_STATUSES or (
                 result.get("is_error") and any(m in text.lower() for m in AUTH_MARKERS)):
             return Outcome("auth_failed", self.auth_refused or f"the API refused claude's login: {text}", result)
@@ -280,3 +257,72 @@ class Run:
             why = text or result.get("subtype") or "an error"
             return Outcome("failed", f"claude ended the turn with {why} (exit {code})", result)
         return Outcome("failed", f"claude exited with code {code} without a result line", result)
+
+
+class Run:
+    """One claude process for one turn (the spawn engine); `wait()` pumps it to the end and classifies it."""
+
+    def __init__(self, invocation, bus, model, prompt, resume=None, on_session=None, clock=time.monotonic):
+        self.bus, self.clock = bus, clock
+        self.last_life, self.waiting, self.over = clock(), 0, False  # for the hang watchdog
+        self.reading = Reading(prompt, on_session, on_refused=lambda: gevent.spawn(self._stop))
+        argv = invocation.argv(model, prompt, resume)
+        log.info("turn: %s … (%d chars of prompt, resume=%s)", invocation.claude, len(prompt), resume)
+        self.missing = None
+        try:
+            self.proc = subprocess.Popen(argv, cwd=invocation.state_dir, env=invocation.env(),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, preexec_fn=dies_with_harness())
+        except OSError as e:
+            self.proc = None
+            self.spawn_error, self.missing = spawn_failure(invocation.claude, e)
+
+    def cancel(self):
+        """Stop the turn: SIGINT first (claude exits cleanly on it), then SIGKILL."""
+        self.reading.cancelled = True
+        self._stop()
+
+    def hung(self):
+        """The watchdog's: claude said nothing for too long; it is stopped like a cancel, not marked one."""
+        self._stop()
+
+    def _stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def _pump_stderr(self):
+        for raw in self.proc.stderr:
+            self.last_life = self.clock()
+            text = raw.decode(errors="replace").rstrip()
+            if text:
+                self.reading.stderr(self.bus, text)
+
+    def _pump_stdout(self):
+        for raw in self.proc.stdout:
+            self.last_life = self.clock()
+            text = raw.decode(errors="replace").strip()
+            if text:
+                self.reading.stdout(self.bus, text)
+
+    def wait(self):
+        if self.proc is None:
+            if self.missing:
+                return Outcome("claude_missing", self.missing)
+            return Outcome("failed", self.spawn_error)
+        err = gevent.spawn(self._pump_stderr)
+        self._pump_stdout()
+        code = self.proc.wait()
+        err.join()
+        return self.reading.classify(code)
+
+
+def spawn_failure(claude, e):
+    """(why claude could not be run, and the claude_missing reason when it is not there at all, else None)."""
+    why = f"could not run {claude}: {e.strerror or e}"
+    if isinstance(e, (FileNotFoundError, NotADirectoryError, PermissionError)):
+        return why, f"claude not found at {claude} ({e.strerror or e})"
+    return why, None

@@ -15,13 +15,19 @@ Other environment: HIVE_PAUSE_FILE (the core's pause marker for this agent),
 HIVE_EXTRA_MCP (extra MCP servers JSON, else /etc/hyperhive/extra-mcp.json),
 HIVE_SHARED_DIR (the hive's shared dir, which the page may preview files from),
 HIVE_LOGIN_RECHECK (seconds between checks of claude's login while the loop is
-parked on it, default 30).
+parked on it, default 30), HIVE_CLAUDE_MODE (session: one long-lived claude,
+the default; spawn: one claude per turn), HIVE_HANG_SECONDS (the hang
+watchdog, default 300), HIVE_RECYCLE_TURNS, HIVE_RECYCLE_RSS_MB and
+HIVE_RECYCLE_IDLE (when a session's claude is replaced between turns: after
+200 turns, above 2048 MiB resident, after 21600 s idle), HIVE_PERMISSIONS
+(the agent's tool permission policy, JSON).
 """
 
 import logging
 import os
 import signal
 import sys
+import time
 
 import gevent
 import gevent.event
@@ -29,9 +35,10 @@ import gevent.lock
 from docopt import docopt
 
 from hyperhive import wire
+from hyperhive.harness import engine as engines
 from hyperhive.harness import login, turnloop, webui
 from hyperhive.harness.bus import Bus
-from hyperhive.harness.claude import Invocation, Outcome, Run, load_extra_mcp
+from hyperhive.harness.claude import Invocation, Outcome, load_extra_mcp
 from hyperhive.harness.session import Session
 from hyperhive.schema import open_agent
 
@@ -39,6 +46,7 @@ log = logging.getLogger("harness")
 EVENTS_DB = "hyperhive-events.sqlite"
 EXTRA_MCP_DEFAULT = "/etc/hyperhive/extra-mcp.json"
 PRUNE_SECONDS = 3600.0
+TICK_SECONDS = 2.0  # how often the engine looks after its process between turns
 
 
 class AgentRuntime:
@@ -55,22 +63,33 @@ class AgentRuntime:
             self.bus.set_model(self.bus.model())  # persist the default so the core reports it
         self.invocation = Invocation(claude, role, name, state_dir, socket, load_extra_mcp(extra_mcp_path))
         self.client = turnloop.CoreClient(socket, sleep=gevent.sleep, notify=self.bus.note)
-        self.current = None
         env = self.invocation.env()
         self.login = login.Login(claude, env, state_dir, self.client, self.bus, sleep=gevent.sleep,
                                  reprobe=login_recheck(), state_dir=state_dir)
         # claude keeps its transcripts under its HOME, named after its working dir (the state dir)
         self.session = Session(state_dir, home=env.get("HOME") or state_dir, cwd=state_dir)
+        self.engine = self._engine(engines.mode_from_env())
         self.loop = turnloop.TurnLoop(self.client, self.bus, self.run_claude, self.compact, self.session,
                                       paused=turnloop.pause_marker(pause_file), sleep=gevent.sleep,
                                       turn_lock=gevent.lock.Semaphore(), login=self.login)
 
+    def _engine(self, mode):
+        limits = engines.Limits.from_env()
+        common = dict(limits=limits, tell=self.tell_operator, on_session=self.session.save)
+        if mode == "spawn":
+            return engines.SpawnEngine(self.invocation, self.bus, self.bus.model, **common)
+        return engines.SessionEngine(self.invocation, self.bus, self.bus.model, self.session, **common)
+
+    @property
+    def current(self):
+        """The running turn (what the operator's cancel reaches), or None."""
+        return self.engine.current
+
+    def tell_operator(self, text):
+        self.client.try_call("send", to=wire.OPERATOR, body=text)
+
     def run_claude(self, prompt, resume):
-        self.current = Run(self.invocation, self.bus, self.bus.model(), prompt, resume, on_session=self.session.save)
-        try:
-            return self.current.wait()
-        finally:
-            self.current = None
+        return self.engine.run(prompt, resume)
 
     def compact(self):
         resume = self.loop.resume_id()
@@ -84,6 +103,7 @@ class AgentRuntime:
             gevent.signal_handler(sig, stopping.set)
         worker = gevent.spawn(self.loop.run)
         pruner = gevent.spawn(self._prune_loop, stopping)
+        ticker = gevent.spawn(self._tick_loop, stopping)
         page = self._start_page()
         log.info("%s %s serving (state %s)", self.role, self.name, self.invocation.state_dir)
         gevent.wait([stopping, worker], count=1)
@@ -95,6 +115,8 @@ class AgentRuntime:
             worker.join()
         worker.kill()
         pruner.kill()
+        ticker.kill()
+        self.engine.close()
         self.login.close()
         if page is not None:
             page.stop()
@@ -107,6 +129,15 @@ class AgentRuntime:
         except (wire.HiveError, OSError) as e:
             log.error("the agent's web page could not start: %s; the turn loop runs without it", e)
             return None
+
+    def _tick_loop(self, stopping):
+        paused = self.loop.paused
+        while not stopping.wait(TICK_SECONDS):
+            try:
+                self.engine.tick(time.monotonic(), lambda: self.login.logged_in is True and not paused()
+                                 and not self.loop.stopping)
+            except Exception:
+                log.exception("looking after claude's process failed")
 
     def _prune_loop(self, stopping):
         while not stopping.wait(PRUNE_SECONDS):

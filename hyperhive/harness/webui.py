@@ -168,6 +168,7 @@ class Page:
             "ctx": self.bus.usage.get("ctx"), "cost": self.bus.usage.get("cost"),
             "new_session_armed": bool(self.loop.new_session),
             "session_id": self.loop.session.current(),
+            "claude_process": self.harness.engine.info(),
         }
         session = login.view() if login is not None else None
         if session is not None:

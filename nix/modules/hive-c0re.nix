@@ -32,6 +32,11 @@ let
     "--dashboard-port" dashboardPort
     "--listen" cfg.dashboard.listen
     "--log-level" cfg.logLevel
+    "--claude-mode" cfg.claude.mode
+    "--hang-seconds" (toString cfg.claude.hangSeconds)
+    "--recycle-turns" (toString cfg.claude.recycle.turns)
+    "--recycle-rss-mb" (toString cfg.claude.recycle.rssMb)
+    "--recycle-idle" (toString cfg.claude.recycle.idleSeconds)
   ] ++ lib.optionals (cfg.domain != null) [ "--domain" cfg.domain ]
     ++ lib.optionals (cfg.forge.url != null) [ "--forge-url" cfg.forge.url ]
     ++ lib.optionals (cfg.forge.credentialFile != null) [ "--forge-credential-file" cfg.forge.credentialFile ]
@@ -184,6 +189,41 @@ in
           Open dashboard.port in the firewall when the dashboard listens beyond
           loopback (never for a loopback address, port 0 or no dashboard).
         '';
+      };
+    };
+
+    claude = {
+      mode = mkOption {
+        type = types.enum [ "session" "spawn" ];
+        default = "session";
+        description = ''
+          session: one long-lived claude per agent, each turn written to it (turns
+          start in milliseconds, cancel is an interrupt, tool calls can wait for the
+          operator's approval); spawn: one claude per turn, for a CLI without
+          stream-json input.
+        '';
+      };
+      hangSeconds = mkOption {
+        type = types.ints.positive;
+        default = 300;
+        description = "A turn with no output from claude for this long is ended as hung; its messages come again.";
+      };
+      recycle = {
+        turns = mkOption {
+          type = types.ints.positive;
+          default = 200;
+          description = "A session's claude is replaced between turns (resuming its conversation) after this many turns.";
+        };
+        rssMb = mkOption {
+          type = types.ints.positive;
+          default = 2048;
+          description = "... or when it holds more than this many MiB resident.";
+        };
+        idleSeconds = mkOption {
+          type = types.ints.positive;
+          default = 21600;
+          description = "... or after this long idle.";
+        };
       };
     };
 

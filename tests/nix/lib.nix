@@ -60,6 +60,7 @@ rec {
     port = plainType "port" "16 bit unsigned integer" (v: isInt v && v >= 0 && v <= 65535);
     ints.between = lo: hi: plainType "intBetween" "integer between ${toString lo} and ${toString hi} (both inclusive)"
       (v: isInt v && v >= lo && v <= hi);
+    ints.positive = plainType "positiveInt" "positive integer, meaning >0" (v: isInt v && v > 0);
     path = plainType "path" "absolute path"
       (v: isStringLike v && substring 0 1 (toString v) == "/");
     package = plainType "package" "package" isDerivation;
