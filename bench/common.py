@@ -288,16 +288,19 @@ class Core:
     says it is logged in, e.g. `instant_claude(tmp)`: under `/bin/true` a
     harness never gets its login JSON and parks, polling for a login,
     instead of long-polling for messages). `label` names the state dir in
-    tmp, so a second hive of the same run starts empty.
+    tmp, so a second hive of the same run starts empty. `env` is added to
+    the core's environment, `extra_args` to its `serve` command line.
     """
 
-    def __init__(self, tmp, pyz, agents, keep_harnesses=False, claude="/bin/true", label="core"):
+    def __init__(self, tmp, pyz, agents, keep_harnesses=False, claude="/bin/true", label="core", env=None,
+                 extra_args=()):
         self.pyz = pyz
         self.state = os.path.join(tmp, label)
         self.log = os.path.join(tmp, f"{label}.log")
         self.host = os.path.join(self.state, "run", "host.sock")
         self.names = [f"b{i:02d}" for i in range(agents)]
         self.keep_harnesses, self.claude = keep_harnesses, claude
+        self.env, self.extra_args = dict(os.environ, **(env or {})), list(extra_args)
         self.proc = None
 
     def socket(self, name):
@@ -307,8 +310,8 @@ class Core:
         with open(self.log, "ab") as log:
             self.proc = Children.popen(
                 [PYTHON, self.pyz, "serve", "--state-dir", self.state, "--backend", "process",
-                 "--claude", self.claude, "--log-level", "warning", "--dashboard-port", "0"],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                 "--claude", self.claude, "--log-level", "warning", "--dashboard-port", "0", *self.extra_args],
+                cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for(lambda: call(self.host, "list", timeout=2), 30, "the core answering on host.sock",
                      self.proc, self.log)

@@ -27,11 +27,18 @@ Benchmarks (targets from the issue):
            timed from the core: operator send -> claude started, and claude's
            exit -> the turn's ack; baseline: the same claude spawned from a
            plain Python loop. Target: the sum <= 100 ms at p50.
+  session  operator send -> the first Messages API request of the turn it
+           wakes, p50 and p95, with the real claude CLI (tests/node) against an
+           instant mock API, in a hive with `--claude-mode session` (one
+           long-lived claude per agent) and one with `--claude-mode spawn` (a
+           claude per turn); baseline: the bare long-lived CLI fed the same
+           line on stdin. Target: session p50 <= 1.5x; spawn has none.
 
 wake, cli, fanout and state share one hive whose harnesses are killed (the
 benchmark must be the only reader of the agents' queues); rss, cpu and turn
 share a second one, started after it, whose harnesses all stay up with
-bench/instant_claude.py as their claude.
+bench/instant_claude.py as their claude. session starts a hive of one agent
+per claude mode, last, and is skipped when the CLI is not installed.
 
 Everything runs on unix sockets in a temp dir that is removed afterwards;
 every child process is stopped, also on Ctrl-C. Exit status: 0 when every
@@ -53,15 +60,16 @@ import bench_broker  # noqa: E402
 import bench_coldstart  # noqa: E402
 import bench_dashboard  # noqa: E402
 import bench_idle  # noqa: E402
+import bench_session  # noqa: E402
 import bench_turn  # noqa: E402
 import bench_wake  # noqa: E402
 from common import Children, Core, ensure_pyz, instant_claude, on_sigterm_raise, rmtree, table  # noqa: E402
 
-ALL = ("wake", "broker", "mcp", "cli", "fanout", "state", "rss", "cpu", "turn")
+ALL = ("wake", "broker", "mcp", "cli", "fanout", "state", "rss", "cpu", "turn", "session")
 LIVE = ("rss", "cpu", "turn")  # the benchmarks of the hive whose harnesses stay up
 # (wake rounds, broker messages, cold-start runs, fan-out rounds, state requests, idle CPU window in
-# seconds, turns): --quick keeps the whole run well under two minutes
-SIZES = {"full": (2000, 5000, 21, 50, 500, 60, 200), "quick": (200, 500, 5, 10, 100, 10, 30)}
+# seconds, turns, real-CLI rounds): --quick keeps the whole run well under two minutes
+SIZES = {"full": (2000, 5000, 21, 50, 500, 60, 200, 30), "quick": (200, 500, 5, 10, 100, 10, 30, 10)}
 BOOT_TIMEOUT = 300  # 50 harnesses starting at once on a small machine
 
 
@@ -96,10 +104,10 @@ def raise_fd_limit(wanted):
 def main(argv):
     args = parse_args(argv)
     on_sigterm_raise()
-    rounds, messages, runs, fanouts, requests, window, turns = SIZES["quick" if args.quick else "full"]
+    rounds, messages, runs, fanouts, requests, window, turns, cli_rounds = SIZES["quick" if args.quick else "full"]
     raise_fd_limit(4 * args.subscribers + 256)
     tmp = tempfile.mkdtemp(prefix="hyperhive-bench-")
-    rows, failures = [], []
+    rows, failures, skipped = [], [], []
     started = time.monotonic()
 
     def attempt(name, fn):
@@ -145,6 +153,12 @@ def main(argv):
             except Exception as e:  # a hive that never came up must not hide the figures above
                 failures.append(f"{', '.join(live)}: the live hive: {e}")
                 traceback.print_exc()
+        if "session" in args.only:  # last: its hives run the real CLI, which would disturb the figures above
+            why = bench_session.missing()
+            if why:
+                skipped.append(f"session: {why}")
+            else:
+                attempt("session", lambda: bench_session.run(tmp, pyz, cli_rounds))
     except KeyboardInterrupt:
         print("\ninterrupted; stopping children", file=sys.stderr)
         return 130
@@ -155,11 +169,13 @@ def main(argv):
     print(table(rows))
     for failure in failures:
         print(f"FAILED {failure}")
+    for skip in skipped:
+        print(f"SKIPPED {skip}")
     print(f"({'quick' if args.quick else 'full'} run, {time.monotonic() - started:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"mode": "quick" if args.quick else "full", "rows": [r.as_dict() for r in rows],
-                       "failures": failures}, f, indent=2)
+                       "failures": failures, "skipped": skipped}, f, indent=2)
     if failures:
         return 1
     return 2 if args.strict and not all(r.met for r in rows) else 0
