@@ -26,8 +26,8 @@ import time
 
 import gevent
 
-from hyperhive import files, resources, states, wire
-from hyperhive.harness import mcp, tools
+from hyperhive import files, permissions, resources, states, wire
+from hyperhive.harness import mcp, permits, tools
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,13 @@ def load_extra_mcp(path):
 class Invocation:
     """The files and flags every turn of this agent shares."""
 
-    def __init__(self, claude, role, name, state_dir, socket, extra_mcp=None, python=sys.executable):
+    def __init__(self, claude, role, name, state_dir, socket, extra_mcp=None, python=sys.executable, policy=None,
+                 mode="session"):
         self.claude, self.role, self.name, self.state_dir = claude, role, name, state_dir
         self.socket, self.python = socket, python
         self.extra = extra_mcp or {}
+        self.policy = policy if policy is not None else permissions.Policy.parse(None)
+        self.mode = mode  # the engine's: only a session's calls can wait on the operator
         self.dir = os.path.join(state_dir, ".hyperhive")
         os.makedirs(self.dir, exist_ok=True)
         self.mcp_config = os.path.join(self.dir, "mcp.json")
@@ -128,16 +131,25 @@ class Invocation:
                        "env": dict(e.get("env") or {})} for key, e in self.extra.items()}
         return {"hyperhive": ours, **extra}
 
-    def allowed_tools(self):
+    def default_grants(self):
+        """What an agent may use without asking: claude's own tools, the hive's, the extra servers' patterns."""
         granted = list(BUILTIN_TOOLS) + tools.allowed_tools(self.role)
         for key, entry in self.extra.items():
             patterns = entry.get("allowedTools") or []
             granted += [f"mcp__{key}__{p}" for p in patterns] if patterns else [f"mcp__{key}"]
         return granted
 
+    def allowed_tools(self):
+        return permits.grants(self.default_grants(), self.policy, self.mode)[0]
+
+    def disallowed_tools(self):
+        return permits.grants(self.default_grants(), self.policy, self.mode)[1]
+
     def _flags(self, model):
+        denied = self.disallowed_tools()
         return ["--print", "--output-format", "stream-json", "--verbose", "--model", model,
                 "--mcp-config", self.mcp_config, f"--allowedTools={','.join(self.allowed_tools())}",
+                *([f"--disallowedTools={','.join(denied)}"] if denied else []),
                 "--settings", self.settings, "--append-system-prompt", self.system_prompt]
 
     def argv(self, model, prompt, resume=None):

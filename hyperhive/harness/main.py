@@ -34,11 +34,12 @@ import gevent.event
 import gevent.lock
 from docopt import docopt
 
-from hyperhive import wire
+from hyperhive import permissions, wire
 from hyperhive.harness import engine as engines
 from hyperhive.harness import login, turnloop, webui
 from hyperhive.harness.bus import Bus
 from hyperhive.harness.claude import Invocation, Outcome, load_extra_mcp
+from hyperhive.harness.permits import Permits
 from hyperhive.harness.session import Session
 from hyperhive.schema import open_agent
 
@@ -54,21 +55,27 @@ class AgentRuntime:
     command line; `serve()` runs them until SIGTERM, finishing a running turn first."""
 
     def __init__(self, role, name, socket, state_dir, claude, pause_file=None, extra_mcp_path=None,
-                 shared_dir=None):
+                 shared_dir=None, policy_path=None, mode="session"):
         self.role, self.name, self.socket = role, name, socket
         self.state_dir, self.shared_dir = state_dir, shared_dir  # what the page may preview files from
         open_agent(os.path.join(state_dir, EVENTS_DB))
         self.bus = Bus(state_dir)
         if not os.path.exists(os.path.join(state_dir, wire.MODEL_FILE)):
             self.bus.set_model(self.bus.model())  # persist the default so the core reports it
-        self.invocation = Invocation(claude, role, name, state_dir, socket, load_extra_mcp(extra_mcp_path))
+        policy = permissions.load(policy_path) if policy_path else permissions.Policy.parse(None)
+        self.invocation = Invocation(claude, role, name, state_dir, socket, load_extra_mcp(extra_mcp_path),
+                                     policy=policy, mode=mode)
         self.client = turnloop.CoreClient(socket, sleep=gevent.sleep, notify=self.bus.note)
         env = self.invocation.env()
         self.login = login.Login(claude, env, state_dir, self.client, self.bus, sleep=gevent.sleep,
                                  reprobe=login_recheck(), state_dir=state_dir)
         # claude keeps its transcripts under its HOME, named after its working dir (the state dir)
         self.session = Session(state_dir, home=env.get("HOME") or state_dir, cwd=state_dir)
-        self.engine = self._engine(engines.mode_from_env())
+        self.permits = Permits(policy, self.invocation.default_grants(), self.client, self.bus)
+        self.engine = self._engine(mode)
+        if mode == "spawn" and policy.ask:
+            self.bus.note(f"claude runs once per turn here (spawn mode), where a tool call cannot wait for the "
+                          f"operator: the policy's ask rules ({', '.join(policy.ask)}) deny instead")
         self.loop = turnloop.TurnLoop(self.client, self.bus, self.run_claude, self.compact, self.session,
                                       paused=turnloop.pause_marker(pause_file), sleep=gevent.sleep,
                                       turn_lock=gevent.lock.Semaphore(), login=self.login)
@@ -78,7 +85,8 @@ class AgentRuntime:
         common = dict(limits=limits, tell=self.tell_operator, on_session=self.session.save)
         if mode == "spawn":
             return engines.SpawnEngine(self.invocation, self.bus, self.bus.model, **common)
-        return engines.SessionEngine(self.invocation, self.bus, self.bus.model, self.session, **common)
+        return engines.SessionEngine(self.invocation, self.bus, self.bus.model, self.session, permit=self.permits,
+                                     **common)
 
     @property
     def current(self):
@@ -178,7 +186,8 @@ def main(argv):
         harness = AgentRuntime(role, name, socket, state_dir, claude,
                                pause_file=os.environ.get("HIVE_PAUSE_FILE"),
                                shared_dir=os.environ.get("HIVE_SHARED_DIR") or None,
-                               extra_mcp_path=os.environ.get("HIVE_EXTRA_MCP") or EXTRA_MCP_DEFAULT)
+                               extra_mcp_path=os.environ.get("HIVE_EXTRA_MCP") or EXTRA_MCP_DEFAULT,
+                               policy_path=os.environ.get(permissions.ENV) or None, mode=engines.mode_from_env())
     except (wire.HiveError, OSError) as e:
         print(f"{me}: {e}", file=sys.stderr)
         return 1
