@@ -363,6 +363,28 @@ def test_a_spawn_whose_harness_will_not_start_is_undone(spawns):
     assert f"deployed/{aid}" not in spawns.tags("c")
 
 
+def test_a_start_writes_the_configs_permission_policy_for_the_harness_and_a_bad_one_fails_the_approval(spawns):
+    from hyperhive import permissions
+
+    spawns.init()
+    policy = {"allow": ["Read"], "ask": ["Bash(git push:*)"], "deny": ["WebFetch(domain:evil.example)"]}
+    spawns.commit(lambda c: c.update(permissions=policy))
+    assert spawns.queue.approve(spawns.queue.request_spawn("c", "x"))["status"] == "approved"
+    [launch] = spawns.backend.launches
+    path = launch.env[permissions.ENV]
+    assert path == os.path.join(spawns.layout.home("c"), "permissions.json") and not os.path.islink(path)
+    assert permissions.load(path).to_json() == policy
+    # a config without one: the empty policy, written anew (nothing stale of the last config stays)
+    plain = spawns.commit(lambda c: c.pop("permissions"))
+    spawns.queue.approve(spawns.queue.request_apply_commit("c", plain, "no policy"))
+    assert not permissions.load(spawns.backend.launches[-1].env[permissions.ENV])
+    # a bad rule is refused at the start the approval makes, with the sentence, and the agent stays as it was
+    bad = spawns.commit(lambda c: c.update(permissions={"ask": ["Bash(git push"]}))
+    row = spawns.queue.approve(spawns.queue.request_apply_commit("c", bad, "a typo"))
+    assert row["status"] == "failed" and "c's hive.json: \"permissions\": the ask rule 'Bash(git push'" in row["note"]
+    assert spawns.applied_main() == plain
+
+
 def test_pending_carries_each_diff_until_its_budget_then_names_the_route(tmp_path, monkeypatch):
     from fakes import CoreRig
     from hyperhive.core import surfaces

@@ -19,7 +19,7 @@ import time
 import gevent
 from gevent.lock import RLock
 
-from hyperhive import files, states, wire
+from hyperhive import files, permissions, states, wire
 from hyperhive.core import aftermath, planted, reminders, trees
 from hyperhive.core.agentconfig import check_config
 from hyperhive.core.containers import Launch
@@ -177,6 +177,9 @@ class Lifecycle:
         # a fresh temp name, never through a link (the home is the core's, but under the process backend
         # nothing stops the agent writing it)
         files.replace(extra, json.dumps(config.get("extra_mcp") or {}, indent=2))
+        # the policy the harness decides each tool call with (checked with the rest of the config)
+        policy = os.path.join(self.layout.home(name), "permissions.json")
+        files.replace(policy, json.dumps(permissions.Policy.parse(config.get("permissions")).to_json(), indent=2))
         configs = self.repos.proposed_root if agent.role == "manager" else self.repos.proposed(name)
         env.update({
             "HIVE_NAME": name,
@@ -186,6 +189,7 @@ class Lifecycle:
             "HIVE_PAUSE_FILE": self.layout.pause_marker(name),
             "HIVE_CLAUDE_BIN": self.harness.claude,
             "HIVE_EXTRA_MCP": extra,
+            permissions.ENV: policy,
             "HIVE_CONFIG_DIR": configs,
             "HIVE_SHARED_DIR": self.layout.shared_dir,
             "HOME": state,
