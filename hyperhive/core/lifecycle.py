@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 MODEL_FILE = wire.MODEL_FILE
 PRONOUNS_ENV = wire.PRONOUNS_ENV
 class Lifecycle:
-    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time, forge=None):
+    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time, forge=None,
+                 turn_over=None):
         self.layout, self.backend, self.broker, self.hub = layout, backend, broker, hub
+        # (name, why): the harness's running turn ends here, so what it waits on (its tool calls the
+        # operator has not decided) is cancelled first; the approvals, built after this, say how
+        self.turn_over = turn_over or (lambda name, why: 0)
         self.clock = clock  # unix seconds: the watch's now
         self.restarts = Restarts(self)  # a harness that died on its own is started again, with backoff
         self.harness = harness
@@ -244,6 +248,15 @@ class Lifecycle:
         sha = self.repos.deployed_sha(name) if rev == "main" else rev
         Agent.update(running_sha=sha).where(Agent.name == name).execute()
 
+    def turn_ends(self, name, how):
+        """Its harness goes down: what its turn waits on is cancelled before, so a graceful stop is not held
+        by a tool call nobody will decide. Its failure is logged: the stop goes on regardless."""
+        try:
+            self.turn_over(name, f"{name}'s turn ended ({how})")
+        except Exception as e:
+            log.error("could not cancel %s's tool calls waiting for the operator: %s", name,
+                      wire.storage_failure(e) or e, exc_info=wire.storage_failure(e) is None)
+
     def _sync_meta(self, include=None, exclude=None):
         """Under nixos, the meta flake pins every agent's applied repo: add or drop one."""
         meta = self.backend.meta
@@ -375,6 +388,7 @@ class Lifecycle:
         with self.busy(name, "stopping"):
             self.restarts.operator_acts(name)
             Agent.update(desired="stopped").where(Agent.name == name).execute()
+            self.turn_ends(name, "the operator stopped it")
             self.backend.stop(name, self.layout.home(name), graceful=graceful)
             agent.desired = "stopped"
 
@@ -382,6 +396,7 @@ class Lifecycle:
         agent = self.get(name)
         with self.busy(name, "restarting"):
             self.restarts.operator_acts(name)
+            self.turn_ends(name, "the operator restarted it")
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             self.start_harness(agent)
@@ -399,6 +414,7 @@ class Lifecycle:
             self.restarts.operator_acts(name)
             with self._meta_lock:  # nixos: the container is rebuilt from the meta flake at that commit
                 self.backend.build(name, rev=sha)
+            self.turn_ends(name, "it restarts on a rebuilt config")
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             try:
@@ -423,6 +439,7 @@ class Lifecycle:
             # desired stays as it was: a killed agent that was meant to run shows failed,
             # and stays down until an operator starts it
             self.restarts.operator_acts(name, held=True)
+            self.turn_ends(name, "the operator killed it")
             self.backend.kill(name, self.layout.home(name))
 
     def destroy(self, name, purge=False):
@@ -430,6 +447,7 @@ class Lifecycle:
             raise wire.HiveError("the manager is part of the hive and cannot be destroyed", "forbidden")
         self.get(name)
         with self.busy(name, "being destroyed"):
+            self.turn_ends(name, "the operator destroyed it")
             self.backend.kill(name, self.layout.home(name))
             with self._meta_lock:  # nixos: the container itself goes
                 self.backend.destroy(name)
@@ -473,6 +491,8 @@ class Lifecycle:
 
     def shutdown(self, graceful=True):
         """At core stop: stop every harness of ours (their desired state is kept)."""
+        for agent in Agent.select():
+            self.turn_ends(agent.name, "the core stopped")
         greenlets = [gevent.spawn(self.backend.stop, a.name, self.layout.home(a.name), graceful, 10.0)
                      for a in Agent.select()]
         gevent.joinall(greenlets, raise_error=False)
