@@ -19,7 +19,7 @@ Usage:
   hyperhive [options] pause NAME
   hyperhive [options] resume NAME
   hyperhive [options] pending
-  hyperhive [options] approve ID
+  hyperhive [options] approve ID [--always]
   hyperhive [options] deny ID [--reason TEXT]
   hyperhive [options] questions
   hyperhive [options] answer ID TEXT
@@ -55,7 +55,8 @@ Verbs (one request on the core's admin socket):
   destroy         remove an agent; its state stays as a tombstone unless --purge
   pause, resume   park an agent's turn loop (its messages wait) or let it run again
   pending         approvals waiting for the operator
-  approve, deny   decide an approval (deny tells the manager --reason)
+  approve, deny   decide an approval (deny tells the manager --reason; a tool call's deny tells its agent);
+                  approve --always allows a tool call and asks the manager to allow its rule for good
   questions       questions agents asked the operator, waiting for an answer
   answer          answer question ID with TEXT (also an agent's question to a peer, in its stead)
   cancel-question  withdraw question ID; its asker is told it was cancelled
@@ -78,6 +79,7 @@ Options:
   --now           do not wait for a running turn to finish
   --purge         also delete the agent's state dir
   --reason TEXT   why an approval is denied [default: ]
+  --always        (a tool_use approval) allow this call, and have the manager allow its rule from now on
   --commit SHA    a commit of the agent's proposed config repo (7-40 hex characters)
   --all           every session
 """
@@ -155,6 +157,10 @@ def _approvals_table(answer, sent):
         return "(no pending approvals)"
     text = _table(approvals, ["id", "agent", "kind", "commit_ref", "requested_at", "description"])
     for a in approvals:
+        if a["kind"] == "tool_use":  # no diff: the call itself, as the agent's claude would make it
+            text += (f"\n\n=== approval {a['id']}: tool_use of {a['agent']}: {a['tool']}, asked by the rule "
+                     f"{a['rule'] or '(none)'}\n{json.dumps(a['input'], indent=2, ensure_ascii=False)}")
+            continue
         text += f"\n\n=== approval {a['id']}: {a['kind']} of {a['agent']} at {a['commit_ref']}\n{a['diff'].rstrip()}"
     return text
 
@@ -240,7 +246,8 @@ COMMANDS = {
     "resume": Command("set_paused", _said("resumed"), lambda args: dict(_name(args), paused=False)),
     "pending": Command("pending", _approvals_table),
     "approve": Command("approve", _approved,
-                       lambda args: {"id": _number(args["ID"], "approval id", "approve", "id")}, LONG,
+                       lambda args: {"id": _number(args["ID"], "approval id", "approve", "id"),
+                                     **({"always": True} if args["--always"] else {})}, LONG,
                        failed=_approval_failed),
     "deny": Command("deny", lambda answer, sent: f"approval {sent['id']}: denied",
                     lambda args: {"id": _number(args["ID"], "approval id", "deny", "id"),

@@ -78,7 +78,7 @@ class Message(CoreModel):
 
 class Approval(CoreModel):
     agent = pw.CharField()
-    kind = pw.CharField()  # apply_commit | spawn | init_config | update_meta_inputs
+    kind = pw.CharField()  # apply_commit | spawn | init_config | update_meta_inputs | tool_use
     commit_ref = pw.CharField(null=True)
     fetched_sha = pw.CharField(null=True)
     requested_at = pw.BigIntegerField(default=now_ms)
@@ -88,6 +88,11 @@ class Approval(CoreModel):
     description = pw.TextField(default="")
     diff = pw.TextField(default="")
     requested_by = pw.CharField(null=True)  # manager or operator: a spawned agent's parent
+    # a tool_use approval's call: the tool, its input (JSON object), the ask rule it matched, claude's id of it
+    tool = pw.CharField(null=True)
+    tool_input = pw.TextField(null=True)
+    rule = pw.TextField(null=True)
+    tool_use_id = pw.CharField(null=True)
 
 
 class Question(CoreModel):
@@ -154,6 +159,9 @@ CORE_INDEXES = (
     "CREATE INDEX IF NOT EXISTS message_operator_unread ON message (sender) "
     "WHERE recipient = 'operator' AND acked_at IS NULL",
     "CREATE INDEX IF NOT EXISTS approval_status ON approval (status, id)",
+    # one approval per call of an agent's claude: a retried ask_tool_use finds the one it made
+    "CREATE UNIQUE INDEX IF NOT EXISTS approval_tool_use ON approval (agent, tool_use_id) "
+    "WHERE tool_use_id IS NOT NULL",
     # open questions: the operator's queue, loose ends, and the ttl watchdog's sweep
     "CREATE INDEX IF NOT EXISTS question_open ON question (target, id) WHERE answered_at IS NULL",
     "CREATE INDEX IF NOT EXISTS question_expiring ON question (expires_at) "

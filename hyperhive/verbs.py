@@ -8,9 +8,11 @@ only; it stands on `wire` (errors, limits, names, values), the leaf it shares
 with core and harness, so the two still never need each other.
 """
 
+import json
+
 from hyperhive.wire import (LOOSE_END_KINDS, MAX_BODY, MAX_INT, MAX_OPTION, MAX_OPTIONS, MAX_STATUS, NAME_RE,
-                            QUESTION_MAX_TTL, RECV_MAX_BATCH, RECV_MAX_WAIT, REMINDER_MAX_SECONDS, HiveError,
-                            check_name, check_options, cut, parse_when, type_name)
+                            QUESTION_MAX_TTL, RECV_MAX_BATCH, RECV_MAX_WAIT, REMINDER_MAX_SECONDS, TOOL_INPUT_MAX,
+                            TOOL_USE_MAX_WAIT, HiveError, check_name, check_options, cut, parse_when, type_name)
 
 # -- argument shapes -----------------------------------------------------------
 
@@ -83,6 +85,16 @@ def _coerce(verb, arg, value, strict=False):
         return list(dict.fromkeys(value))
     if arg.kind == "when":
         return parse_when(value, where)
+    if arg.kind == "object":  # `hi` bounds its size as compact JSON, in bytes
+        if not isinstance(value, dict):
+            raise HiveError(f"{where} must be a JSON object, got {type_name(value)}")
+        try:
+            size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        except (UnicodeEncodeError, RecursionError, ValueError) as e:
+            raise HiveError(f"{where} cannot be stored as JSON ({type(e).__name__}): {cut(str(e), 80)}") from None
+        if arg.hi is not None and size > arg.hi:
+            raise HiveError(f"{where} is {size} bytes as JSON; the limit is {arg.hi} ({arg.hi // 1024} KiB)")
+        return value
     if arg.kind == "choice":
         if value not in arg.choices:
             raise HiveError(f"{where} must be one of {', '.join(arg.choices)}, got {str(value)[:40]!r}")
@@ -152,7 +164,10 @@ VERBS = {
                         "withdraw an open question; its asker is told it was cancelled"),
     "questions": ((), "questions waiting for the operator's answer"),
     # config as code
-    "approve": ((Arg("id", "int", True, None, 1),), "approve a pending approval"),
+    "approve": ((Arg("id", "int", True, None, 1),
+                 Arg("always", "bool", False, False, help="A tool_use approval only: allow this call, and ask the "
+                                                          "manager to add its rule to the agent's permissions.allow")),
+                "approve a pending approval"),
     "deny": ((Arg("id", "int", True, None, 1), Arg("reason", "str", False, "")),
              "deny a pending approval, with a reason"),
     "request_spawn": ((_NAME, _WHY, Arg("commit_ref", "str", False,
@@ -182,6 +197,16 @@ VERBS = {
     "count_pending_reminders": ((), "how many of your reminders have not come due yet"),
     "set_status": ((Arg("text", "str", help=f"One short line (at most {MAX_STATUS} characters), or empty to clear."),),
                    "your one-line status on the dashboard (\"\" clears it)"),
+    # the harness, for a tool call its permission policy says to ask about; answered as the operator decides
+    "ask_tool_use": ((Arg("tool", "str", True, None, 1, 128, help="The tool's name, e.g. Bash."),
+                      Arg("input", "object", True, None, None, TOOL_INPUT_MAX, help="The call's input, as claude "
+                                                                                      "gave it."),
+                      Arg("tool_use_id", "str", True, None, 1, 128, help="claude's id of the call: asking again "
+                                                                          "with it finds the same approval."),
+                      Arg("rule", "str", True, None, 0, 256, help="The ask rule it matched, e.g. Bash(git push:*)."),
+                      Arg("wait_seconds", "int", False, 0, 0, TOOL_USE_MAX_WAIT,
+                          help="How long to wait for the operator's decision; 0 answers at once.")),
+                     "ask the operator to approve a tool call; answers the approval, pending until decided"),
     "report_login": ((Arg("logged_in", "bool"), Arg("note", "str", False, ""),
                       Arg("claude_missing", "bool", False, False)),
                      "the harness says whether claude has a valid login (or no binary to run at all)"),
@@ -202,13 +227,13 @@ HOST_VERBS = ("list", "agent_status", "subscribe_agent_status", "urls", "pending
               "update_meta", "login_url", "sessions", "logout", "questions", "answer", "cancel_question")
 AGENT_VERBS = ("send", "recv", "ack_turn", "cancel_turn", "retry_cancelled", "requeue_inflight", "recent",
                "inbox", "operator_msg", "whoami", "get_loose_ends", "cancel_loose_end", "ask", "answer",
-               "remind", "count_pending_reminders", "set_status", "report_login")
+               "remind", "count_pending_reminders", "set_status", "report_login", "ask_tool_use")
 MANAGER_VERBS = AGENT_VERBS + ("agent_status", "request_apply_commit", "request_init_config",
                                "request_spawn", "start", "stop", "restart", "rebuild", "kill", "update")
 SURFACES = {"host": HOST_VERBS, "agent": AGENT_VERBS, "manager": MANAGER_VERBS}
 STREAMING_VERBS = frozenset({"subscribe_agent_status"})
 # Verbs that may wait on the server: their connections are watched for a hang-up.
-WAITING_VERBS = STREAMING_VERBS | {"recv"}
+WAITING_VERBS = STREAMING_VERBS | {"recv", "ask_tool_use"}
 
 
 def args_of(verb, surface=None):
@@ -285,6 +310,7 @@ _KIND_SCHEMAS = {
                             "items": {"type": "string", "minLength": 1, "maxLength": MAX_OPTION}},
     "when": lambda arg: {"type": "string", "minLength": 1},
     "choice": lambda arg: {"type": "string", "enum": list(arg.choices)},
+    "object": lambda arg: {"type": "object"},
     "ids": lambda arg: {"type": "array", "minItems": 1, "maxItems": RECV_MAX_BATCH,
                         "items": {"type": "integer", "minimum": 1}},
     "scope": lambda arg: {"type": "object", "properties": {"agent_names": {

@@ -54,6 +54,12 @@ MAX_PENDING_REMINDERS = 500  # per owner
 MAX_STATUS = 200  # characters of an agent's one-line status
 MAX_INT = 2 ** 63 - 1  # the largest integer SQLite stores: an id or count past it is refused, not a crash
 LOOSE_END_KINDS = ("question", "reminder", "approval")
+# A tool call the agent's permission policy says to ask about (an approval of kind tool_use): its input
+# as compact JSON is at most this many bytes, one call waits at most this long per ask_tool_use, and
+# one agent has at most this many waiting at once (parallel calls of one turn).
+TOOL_INPUT_MAX = 16 * 1024
+TOOL_USE_MAX_WAIT = 300
+TOOL_USE_PENDING_MAX = 8
 
 # Error vocabulary: code -> HTTP status, one table for every surface.
 ERROR_STATUS = {
@@ -250,8 +256,10 @@ STATUS_FIELDS = ("name", "state", "running", "failed", "needs_update", "needs_lo
 # `restart` is null, or {deaths, reason, next_at} while a harness that died on its own is
 # being started again by the core (next_at null once it runs again, until it has run a while).
 # `forge` is null without a forge mirror, else {repo, pushed_sha, pushed_at, error, retry_at}.
+# `tool`, `input` (an object) and `rule` (the ask rule it matched) are a tool_use approval's, null for the
+# other kinds.
 APPROVAL_FIELDS = ("id", "agent", "kind", "commit_ref", "fetched_sha", "requested_at",
-                   "status", "resolved_at", "note", "description")
+                   "status", "resolved_at", "note", "description", "tool", "input", "rule")
 # `target` is an agent's name, `manager` or `operator`; answered_* are null while it is open.
 # `note` says what became of the answer when it could not be delivered. The host's
 # `questions` rows and the dashboard's events add `question_html`.

@@ -77,7 +77,8 @@ class CoreRig:
         self.broker = Broker(self.hub, refs_of=self.references.file_refs, clock=self.clock)
         self.repos = repos
         self.lifecycle = lifecycle or Lifecycle(self.layout, self.backend, self.broker, self.hub, None, None, repos,
-                                                clock=self.clock)
+                                                clock=self.clock,
+                                                turn_over=lambda name, why: self.approvals.turn_over(name, why))
         self.approvals = Approvals(repos, self.lifecycle, self.broker, self.hub, clock=self.clock)
         self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=self.clock)
         self.reminders = Reminders(self.broker, self.lifecycle, self.references, clock=self.clock)

@@ -4,6 +4,7 @@ then spawns on real git repos and the real lifecycle, with a backend that record
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -363,6 +364,28 @@ def test_a_spawn_whose_harness_will_not_start_is_undone(spawns):
     assert f"deployed/{aid}" not in spawns.tags("c")
 
 
+def test_a_start_writes_the_configs_permission_policy_for_the_harness_and_a_bad_one_fails_the_approval(spawns):
+    from hyperhive import permissions
+
+    spawns.init()
+    policy = {"allow": ["Read"], "ask": ["Bash(git push:*)"], "deny": ["WebFetch(domain:evil.example)"]}
+    spawns.commit(lambda c: c.update(permissions=policy))
+    assert spawns.queue.approve(spawns.queue.request_spawn("c", "x"))["status"] == "approved"
+    [launch] = spawns.backend.launches
+    path = launch.env[permissions.ENV]
+    assert path == os.path.join(spawns.layout.home("c"), "permissions.json") and not os.path.islink(path)
+    assert permissions.load(path).to_json() == policy
+    # a config without one: the empty policy, written anew (nothing stale of the last config stays)
+    plain = spawns.commit(lambda c: c.pop("permissions"))
+    spawns.queue.approve(spawns.queue.request_apply_commit("c", plain, "no policy"))
+    assert not permissions.load(spawns.backend.launches[-1].env[permissions.ENV])
+    # a bad rule is refused at the start the approval makes, with the sentence, and the agent stays as it was
+    bad = spawns.commit(lambda c: c.update(permissions={"ask": ["Bash(git push"]}))
+    row = spawns.queue.approve(spawns.queue.request_apply_commit("c", bad, "a typo"))
+    assert row["status"] == "failed" and "c's hive.json: \"permissions\": the ask rule 'Bash(git push'" in row["note"]
+    assert spawns.applied_main() == plain
+
+
 def test_pending_carries_each_diff_until_its_budget_then_names_the_route(tmp_path, monkeypatch):
     from fakes import CoreRig
     from hyperhive.core import surfaces
@@ -379,3 +402,187 @@ def test_pending_carries_each_diff_until_its_budget_then_names_the_route(tmp_pat
                                 f"{third['id']}/diff has it\n"
     finally:
         rig.close()
+
+
+# -- tool calls the operator decides (kind tool_use) ---------------------------------------------------
+
+PUSH = {"command": "git push origin main", "description": "push"}
+
+
+@pytest.fixture
+def rig(tmp_path):
+    from fakes import CoreRig
+
+    rig = CoreRig(tmp_path, backend=RecordingBackend())
+    rig.lifecycle.sockets = Sockets()
+    yield rig
+    rig.close()
+
+
+def ask(rig, caller="a", tool_use_id="toolu_1", tool="Bash", input=PUSH, rule="Bash(git push:*)", **more):
+    return rig.call("agent" if caller != "manager" else "manager", caller, "ask_tool_use", tool=tool, input=input,
+                    tool_use_id=tool_use_id, rule=rule, **more)["approval"]
+
+
+def decided(rig, verb, **args):
+    return rig.call("host", "operator", verb, **args)["approval"]
+
+
+def added(rig):
+    return [d["approval"] for k, d in rig.hub.events if k == "approval_added"]
+
+
+def resolved(rig):
+    return [d["approval"] for k, d in rig.hub.events if k == "approval_resolved"]
+
+
+def test_a_tool_call_asked_about_is_one_pending_approval_however_often_it_is_asked(rig):
+    row = ask(rig)
+    assert list(row) == list(wire.APPROVAL_FIELDS)
+    assert (row["agent"], row["kind"], row["status"], row["tool"], row["input"], row["rule"]) == \
+        ("a", "tool_use", "pending", "Bash", PUSH, "Bash(git push:*)")
+    assert row["description"] == "Bash: git push origin main" and row["commit_ref"] is row["fetched_sha"] is None
+    assert [a["id"] for a in added(rig)] == [row["id"]] and added(rig)[0]["diff"] == ""
+    # retried (the harness reconnected): the same approval, nothing new published
+    again = ask(rig, input={"command": "something else"})
+    assert again == row and len(added(rig)) == 1 and Approval.select().count() == 1
+    # the same id from another agent is that agent's own call
+    other = ask(rig, caller="b")
+    assert other["id"] != row["id"] and other["agent"] == "b"
+    assert [a["id"] for a in rig.call("host", "operator", "pending")["approvals"]] == [row["id"], other["id"]]
+    # the operator's plain decisions tell the manager nothing: it is the agent's business
+    assert decided(rig, "approve", id=row["id"])["status"] == "approved"
+    assert ask(rig)["status"] == "approved"  # asked again after the decision: the decision
+    assert decided(rig, "deny", id=other["id"], reason="not on main")["note"] == "not on main"
+    assert manager_events() == []
+    assert [(a["id"], a["status"]) for a in resolved(rig)] == [(row["id"], "approved"), (other["id"], "denied")]
+
+
+def test_what_a_tool_call_may_carry_is_checked_where_it_enters(rig):
+    big = {"command": "x" * wire.TOOL_INPUT_MAX}
+    said = rig.refused("bad_argument", "agent", "a", "ask_tool_use", tool="Bash", input=big, tool_use_id="t",
+                       rule="Bash")
+    assert "ask_tool_use: 'input' is 16398 bytes as JSON; the limit is 16384 (16 KiB)" == said
+    fits = {"command": "x" * (wire.TOOL_INPUT_MAX - 14)}  # exactly the limit
+    assert ask(rig, tool_use_id="fits", input=fits)["input"] == fits
+    assert "must be a JSON object, got a list" in rig.refused("bad_argument", "agent", "a", "ask_tool_use",
+                                                               tool="Bash", input=["ls"], tool_use_id="t", rule="")
+    assert "the ask rule 'Bash(git' is not a rule" in rig.refused("bad_argument", "agent", "a", "ask_tool_use",
+                                                                   tool="Bash", input={}, tool_use_id="t",
+                                                                   rule="Bash(git")
+    assert "'tool_use_id' is 129 characters" in rig.refused("bad_argument", "agent", "a", "ask_tool_use", tool="Bash",
+                                                           input={}, tool_use_id="t" * 129, rule="")
+    assert "between 0 and 300" in rig.refused("bad_argument", "agent", "a", "ask_tool_use", tool="Bash", input={},
+                                              tool_use_id="t", rule="", wait_seconds=301)
+    assert rig.refused("unknown_verb", "host", "operator", "ask_tool_use", tool="Bash", input={}, tool_use_id="t",
+                       rule="")
+    assert Approval.select().count() == 1
+
+
+def test_one_agent_has_at_most_eight_tool_calls_waiting(rig):
+    ids = [ask(rig, tool_use_id=f"toolu_{i}")["id"] for i in range(wire.TOOL_USE_PENDING_MAX)]
+    said = rig.refused("conflict", "agent", "a", "ask_tool_use", tool="Bash", input=PUSH, tool_use_id="toolu_9",
+                       rule="Bash(git push:*)")
+    assert said.startswith("a already has 8 tool calls waiting for the operator's approval, the most one agent may")
+    assert ask(rig, caller="b", tool_use_id="toolu_9")["status"] == "pending"  # another agent's are its own
+    assert ask(rig, tool_use_id="toolu_3")["id"] == ids[3]  # asking again about one of the eight is no ninth
+    decided(rig, "deny", id=ids[0], reason="")
+    assert ask(rig, tool_use_id="toolu_9")["status"] == "pending"
+
+
+def test_always_allow_is_a_tool_calls_and_asks_the_manager_for_the_rule_never_editing_config(rig):
+    row = ask(rig)
+    done = decided(rig, "approve", id=row["id"], always=True)
+    assert done["status"] == "approved" and "the manager was asked" in done["note"]
+    [event] = manager_events()
+    assert event.startswith(f"[helper event] always_allow: the operator allowed a's Bash call (approval {row['id']})")
+    assert 'Add "Bash(git push:*)" to a\'s permissions.allow and take it out of permissions.ask' in event
+    assert "request_apply_commit" in event
+    # `always` means nothing for a config approval: refused, and the approval is left as it was
+    aid = Approval.create(agent="a", kind="apply_commit", commit_ref="abc1234", status="pending").id
+    said = rig.refused("bad_argument", "host", "operator", "approve", id=aid, always=True)
+    assert said.startswith("approve: 'always' is for a tool_use approval") and f"approval {aid} is apply_commit" in said
+    assert Approval.get_by_id(aid).status == "pending"
+    ruleless = ask(rig, tool_use_id="toolu_2", rule="")
+    assert "matched no ask rule" in rig.refused("bad_argument", "host", "operator", "approve", id=ruleless["id"],
+                                                always=True)
+    assert decided(rig, "approve", id=ruleless["id"])["status"] == "approved" and len(manager_events()) == 1
+
+
+def test_a_waiting_ask_wakes_on_the_decision_and_a_hung_up_one_stops_waiting(rig):
+    import gevent
+    from gevent.event import Event
+
+    row = ask(rig)
+    waiter = gevent.spawn(ask, rig, wait_seconds=30)
+    twin = gevent.spawn(ask, rig, wait_seconds=30)  # a retry while the first still waits: both hear it
+    gevent.sleep(0.05)
+    assert not waiter.ready() and not twin.ready()
+    started = time.monotonic()
+    decided(rig, "deny", id=row["id"], reason="not today")
+    got = waiter.get(timeout=5)
+    assert (got["status"], got["note"]) == ("denied", "not today") and twin.get(timeout=5) == got
+    assert time.monotonic() - started < 2
+    # nobody decides: it answers pending once its wait is over, or at once when its client hangs up
+    other = ask(rig, tool_use_id="toolu_2", wait_seconds=1)
+    assert other["status"] == "pending"
+    gone = Event()
+    hung = gevent.spawn(rig.surfaces.approvals.ask_tool_use, "a", "Bash", PUSH, "toolu_2", "Bash", 30, gone)
+    gevent.sleep(0.05)
+    gone.set()
+    assert hung.get(timeout=5)["status"] == "pending"
+
+
+@pytest.mark.parametrize("verb, how", [("ack_turn", "it finished"), ("cancel_turn", "the operator cancelled it"),
+                                       ("requeue_inflight", "it did not finish")])
+def test_a_turn_that_ends_cancels_its_calls_still_waiting(rig, verb, how):
+    import gevent
+
+    first, second = ask(rig)["id"], ask(rig, tool_use_id="toolu_2")["id"]
+    decided(rig, "approve", id=first)
+    theirs = ask(rig, caller="b")["id"]
+    waiter = gevent.spawn(ask, rig, tool_use_id="toolu_2", wait_seconds=30)
+    gevent.sleep(0.05)
+    rig.call("agent", "a", verb)
+    got = waiter.get(timeout=5)
+    assert got["status"] == "cancelled" and got["note"].startswith(f"a's turn ended ({how}") \
+        and got["note"].endswith("before the operator decided")
+    assert [(a["id"], a["status"]) for a in resolved(rig)] == [(first, "approved"), (second, "cancelled")]
+    assert Approval.get_by_id(theirs).status == "pending"  # b's turn goes on
+    assert "already cancelled" in rig.refused("conflict", "host", "operator", "approve", id=second)
+    assert manager_events() == []
+
+
+def test_taking_a_harness_down_cancels_its_calls_first(rig):
+    """Before the stop: a graceful stop waits for the turn, and the turn waits for the call."""
+    seen = []
+    stop = rig.backend.stop
+    rig.backend.stop = lambda name, *a, **k: (seen.append(Approval.get(Approval.agent == name).status),
+                                              stop(name, *a, **k))[1]
+    rig.backend.up.update({"a", "b", "manager"})  # their harnesses run
+    ask(rig)
+    rig.lifecycle.stop("a")
+    assert seen == ["cancelled"] and "(the operator stopped it)" in Approval.get(Approval.agent == "a").note
+    for action, how in ((rig.lifecycle.kill, "the operator killed it"),
+                        (lambda n: rig.lifecycle.destroy(n), "the operator destroyed it")):
+        aid = ask(rig, caller="b", tool_use_id=f"{how}")["id"]
+        action("b")
+        assert Approval.get_by_id(aid).status == "cancelled" and f"({how})" in Approval.get_by_id(aid).note
+    aid = ask(rig, caller="manager", tool_use_id="m1")["id"]
+    rig.lifecycle.restarts.died(rig.lifecycle.get("manager"), rig.clock(), "exit status 1")
+    assert "(its harness died)" in Approval.get_by_id(aid).note
+    aid = ask(rig, caller="manager", tool_use_id="m2")["id"]
+    rig.lifecycle.shutdown()
+    assert "(the core stopped)" in Approval.get_by_id(aid).note
+    assert Approval.select().where(Approval.status == "pending").count() == 0
+
+
+def test_a_tool_call_is_no_loose_end_and_nobody_but_the_operator_closes_it(rig):
+    aid = ask(rig)["id"]
+    for who in ("a", "manager"):
+        assert rig.call("manager" if who == "manager" else "agent", who, "get_loose_ends")["loose_ends"] == []
+    said = rig.refused("forbidden", "manager", "manager", "cancel_loose_end", kind="approval", id=aid)
+    assert "is a tool call of a's waiting for the operator" in said
+    # a busy agent (mid-start, say) is no reason to hold a decision that changes nothing of it
+    rig.lifecycle.transients["a"] = "starting"
+    assert decided(rig, "approve", id=aid)["status"] == "approved"

@@ -144,7 +144,7 @@ def test_messages_to_the_operator_stay_unread_until_read_and_are_never_swept_unr
     m = Message.get()
     assert m.delivered_at is not None and m.acked_at is None, "delivered once stored; read only when read"
     assert bodies(broker.inbox("operator", 10)) == ["report"]
-    assert Sweeper().step(now=2_000_000_000) == {"messages": 0, "questions": 0, "reminders": 0}, \
+    assert Sweeper().step(now=2_000_000_000) == {"messages": 0, "questions": 0, "reminders": 0, "tool_calls": 0}, \
         "years later, an unread report is still there"
     second = broker.send("b", "operator", "another")
     assert broker.mark_read("operator", [first]) == [first]

@@ -192,6 +192,7 @@ results = {
     "init_environ": attempt(lambda: read("/proc/1/environ")),
     "sock_dir_write": attempt(lambda: write(os.path.join(sock_dir, "probe.txt"))),
     "web_secret": attempt(lambda: len(read(os.path.join(sock_dir, "web.secret")).strip())),
+    "permissions": attempt(lambda: json.loads(read(os.environ["HIVE_PERMISSIONS"]))),
     "shared_write": attempt(lambda: write(os.path.join(os.environ["HIVE_SHARED_DIR"], me + ".txt"))),
     "api_key": os.environ.get("ANTHROPIC_API_KEY"),
     "evil_mount": attempt(lambda: sorted(os.listdir("/agents/evil/config"))),
@@ -601,7 +602,8 @@ def restart_probe(hive, name):
 
 def test_under_the_units_umask_an_agent_still_reaches_its_own_parts_and_runs_a_turn(bwrap, tmp_path):
     """The NixOS unit runs the core with umask 0007: nothing the core makes is anyone else's to read. The
-    agent's uid still reaches its home, state dir, model, extra-mcp.json, page secret and proposed repo."""
+    agent's uid still reaches its home, state dir, model, extra-mcp.json, permission policy, page secret and
+    proposed repo."""
     h = BwrapHive(tmp_path / "state", umask=0o007)
     try:
         h.start()
@@ -609,6 +611,7 @@ def test_under_the_units_umask_an_agent_still_reaches_its_own_parts_and_runs_a_t
         for key in ("state_write", "sock_dir_write", "shared_write", "config_read", "whoami"):
             assert found[key]["ok"], (key, found[key])
         assert found["web_secret"] == {"ok": True, "value": 64}
+        assert found["permissions"] == {"ok": True, "value": {"allow": [], "ask": [], "deny": []}}
         status = lambda: h.state_file("probe", "status.json") or {}  # noqa: E731
         h.call("set_paused", name="probe", paused=True)
         wait_until(lambda: status().get("paused") is True, 10, "the probe to see its pause marker")

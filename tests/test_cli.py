@@ -174,11 +174,16 @@ def test_pending_prints_each_diff_and_json_carries_it(recorder, capsys):
         {"id": 3, "agent": "alice", "kind": "apply_commit", "commit_ref": "abc1234", "requested_at": "t",
          "description": "sonnet", "diff": "-model haiku\n+model sonnet\n"},
         {"id": 4, "agent": "bob", "kind": "spawn", "commit_ref": "def5678", "requested_at": "t",
-         "description": "new", "diff": "+\x1b[31mred\n"}]})
+         "description": "new", "diff": "+\x1b[31mred\n"},
+        {"id": 5, "agent": "carol", "kind": "tool_use", "commit_ref": None, "requested_at": "t",
+         "description": "Bash: git push", "diff": "", "tool": "Bash", "rule": "Bash(git push:*)",
+         "input": {"command": "git push\x1b[2J", "description": "push"}}]})
     assert cli.main(["--socket", "/s", "pending"]) == 0
     out = capsys.readouterr().out
     assert "=== approval 3: apply_commit of alice at abc1234\n-model haiku\n+model sonnet\n" in out
     assert "=== approval 4: spawn of bob at def5678\n+\\x1b[31mred" in out  # escaped like every other output
+    assert ("=== approval 5: tool_use of carol: Bash, asked by the rule Bash(git push:*)\n{\n"
+            '  "command": "git push\\u001b[2J",\n  "description": "push"\n}') in out
     assert cli.main(["--socket", "/s", "--json", "pending"]) == 0
     assert json.loads(capsys.readouterr().out)["approvals"][0]["diff"] == "-model haiku\n+model sonnet\n"
 
@@ -244,6 +249,7 @@ FRAMES = {
     "resume alice": ("set_paused", {"name": "alice", "paused": False}),
     "pending": ("pending", {}),
     "approve 7": ("approve", {"id": 7}),
+    "approve 7 --always": ("approve", {"id": 7, "always": True}),
     "deny 7": ("deny", {"id": 7, "reason": ""}),
     "deny 7 --reason later": ("deny", {"id": 7, "reason": "later"}),
     "questions": ("questions", {}),

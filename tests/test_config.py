@@ -179,6 +179,20 @@ def test_a_config_env_keeps_what_only_configures():
     assert check_config("a", {"env": env})["env"] == env
 
 
+def test_a_config_permission_policy_is_checked_with_a_sentence():
+    from hyperhive.core.agentconfig import check_config
+
+    policy = {"allow": ["Read"], "ask": ["Bash(git push:*)"], "deny": []}
+    assert check_config("a", {"permissions": policy})["permissions"] == policy
+    assert check_config("a", {"permissions": {}}) == {"permissions": {}} and check_config("a", {}) == {}
+    for bad, words in (({"ask": ["Bash(git push:*"]}, "the ask rule 'Bash(git push:*' is not a rule"),
+                       ({"allow": "Read"}, '"allow" must be a list of rules'),
+                       (["Read"], "must be an object"), ({"alow": []}, "'alow'")):
+        with pytest.raises(wire.HiveError) as e:
+            check_config("a", {"permissions": bad})
+        assert str(e.value).startswith("a's hive.json: \"permissions\"") and words in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("ref, fragment", [
     ("main", "commit sha"), ("v1.0", "commit sha"), ("abc12", "commit sha"),
     ("0123456789abcdef0123456789abcdef01234567", "is not a commit in a's proposed"),

@@ -72,7 +72,8 @@ def test_init_seeds_both_repos_from_the_templates(repos):
     assert 'agent "alice"' in nix and 'hyperhive.model = "haiku";' in nix and "{name}" not in nix
     assert "environment.systemPackages = with pkgs; [ ];" in nix and "extraMcpServers" in nix
     hive = repos.read("alice", "hive.json")
-    assert json.loads(hive) == {"model": "haiku", "env": {}, "extra_mcp": {}, "packages_note": ""}
+    assert json.loads(hive) == {"model": "haiku", "env": {}, "extra_mcp": {},
+                                "permissions": {"allow": [], "ask": [], "deny": []}, "packages_note": ""}
     assert hive.endswith("}\n") and '\n  "model"' in hive
     assert repos.read("alice", "agent.nix", repo="proposed") == nix
     head = git(repos.proposed("alice"), "rev-parse", "HEAD")

@@ -5,6 +5,7 @@ tests/fakeclaude.py, which speaks MCP over stdio to our real MCP server,
 which speaks to the core over the agent's real unix socket.
 """
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -640,3 +642,73 @@ def test_run_dir_and_the_claude_from_the_environment(tmp_path):
     finally:
         h.stop()
         kill_harnesses(h.state_dir)
+
+
+# -- tool calls the operator decides -----------------------------------------------------------------
+
+def test_a_tool_call_waits_for_the_operators_decision_over_the_sockets(hive):
+    """Issue 16, item 7, the core's side on the built pyz: what a harness does for a call its policy asks
+    about (ask_tool_use on its own socket, waiting) and what the operator does (approve, --always, deny)."""
+    hive.spawn("a", "b")
+    # stopped, their sockets still serve: what is asked below is asked as their harnesses would, and no
+    # turn of theirs ends (acks) meanwhile
+    hive.call("stop", scope={"agent_names": ["a", "b"]}, graceful=False)
+    push = {"tool": "Bash", "input": {"command": "git push origin main", "description": "push"},
+            "rule": "Bash(git push:*)"}
+
+    def ask(who, tool_use_id, wait_seconds=0):
+        return hive.agent_call(who, "ask_tool_use", tool_use_id=tool_use_id, wait_seconds=wait_seconds,
+                               timeout=wait_seconds + 30, **push)["approval"]
+
+    def waiting_of(who):
+        return [x for x in hive.call("pending")["approvals"] if x["kind"] == "tool_use" and x["agent"] == who]
+
+    def always_asked(approval_id):
+        return hive.db_rows("SELECT body FROM message WHERE sender = 'core' AND recipient = 'manager' "
+                            "AND body LIKE ?", f"[helper event] always_allow:%(approval {approval_id})%")
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        # a waits; the operator allows it always: the waiter hears it within its wait, the manager is asked
+        waiter = pool.submit(ask, "a", "toolu_1", 60)
+        [row] = wait_until(lambda: waiting_of("a"), 10, "a's tool call to wait for the operator")
+        assert (row["tool"], row["input"], row["rule"], row["status"]) == ("Bash", push["input"], push["rule"],
+                                                                           "pending")
+        assert not waiter.done()
+        decided_at = time.monotonic()
+        assert hive.call("approve", id=row["id"], always=True)["approval"]["status"] == "approved"
+        got = waiter.result(timeout=10)
+        assert got["status"] == "approved" and got["id"] == row["id"] and time.monotonic() - decided_at < 5
+        [(event,)] = wait_until(lambda: always_asked(row["id"]), 10, "the manager's always_allow helper event")
+        assert "Add \"Bash(git push:*)\" to a's permissions.allow" in event
+        # asked again with the same id (a harness that reconnected): the same approval, decided
+        assert ask("a", "toolu_1") == got and len([x for x in hive.db_rows("SELECT id FROM approval WHERE "
+                                                                            "tool_use_id = 'toolu_1'")]) == 1
+        # deny with a reason: the reason is what the waiter hears
+        waiter = pool.submit(ask, "a", "toolu_2", 60)
+        [row] = wait_until(lambda: waiting_of("a"), 10, "a's second tool call")
+        assert hive.call("deny", id=row["id"], reason="use the staging remote")["approval"]["status"] == "denied"
+        got = waiter.result(timeout=10)
+        assert (got["status"], got["note"]) == ("denied", "use the staging remote")
+        assert always_asked(row["id"]) == []  # a plain decision is a's business, not the manager's
+
+    # b cannot see, wait on or decide a's: the same id from b is b's own call, and deciding is the operator's
+    mine = ask("a", "toolu_3")
+    theirs = ask("b", "toolu_3")
+    assert theirs["id"] != mine["id"] and theirs["agent"] == "b"
+    assert not [e for e in hive.agent_call("b", "get_loose_ends")["loose_ends"] if e.get("kind") == "tool_use"]
+    for verb in ("approve", "deny"):
+        with pytest.raises(wire.HiveError, match=f"unknown verb '{verb}' on the agent socket"):
+            hive.agent_call("b", verb, id=mine["id"])
+    # at most 8 of one agent's wait at once: the 9th is refused with a sentence
+    for n in range(4, 11):
+        ask("a", f"toolu_{n}")
+    assert len(waiting_of("a")) == wire.TOOL_USE_PENDING_MAX
+    with pytest.raises(wire.HiveError, match="a already has 8 tool calls waiting for the operator's approval") as e:
+        ask("a", "toolu_11")
+    assert e.value.code == "conflict"
+    # the turn that made them ends: every one still waiting is cancelled, saying why; b's wait on
+    assert hive.agent_call("a", "ack_turn")["ok"]
+    assert waiting_of("a") == [] and [x["id"] for x in waiting_of("b")] == [theirs["id"]]
+    cancelled = ask("a", "toolu_3")
+    assert (cancelled["status"], cancelled["note"]) == ("cancelled", "a's turn ended (it finished) before the "
+                                                                      "operator decided")

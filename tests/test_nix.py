@@ -275,6 +275,7 @@ def test_the_harness_environment_matches_the_backends_bind_mounts():
         assert env["HIVE_PAUSE_FILE"] == f"{nixos.HOST_DIR_IN}/{os.path.basename(layout.pause_marker(name))}"
         assert env["HIVE_NAME"] == name and env["HIVE_ROLE"] == ("manager" if name == "manager" else "agent")
         assert env["HIVE_EXTRA_MCP"] == "/etc/hyperhive/extra-mcp.json"
+        assert env["HIVE_PERMISSIONS"] == "/etc/hyperhive/permissions.json"
         assert unit["serviceConfig"]["EnvironmentFile"] == f"-{nixos.SOCKET_DIR_IN}/{nixos.ENV_FILE}"
         assert unit["serviceConfig"]["WorkingDirectory"] == nixos.STATE_IN
 
@@ -311,6 +312,30 @@ def test_extra_mcp_servers_are_written_as_the_harness_reads_them(tmp_path):
     assert load_extra_mcp(str(path)) == expected
     none = container("agent-base.nix", "alice", select="ev: ev.config.environment.etc")
     assert json.loads(none["hyperhive/extra-mcp.json"]["text"]) == {}
+
+
+def test_the_permission_policy_is_written_as_the_harness_reads_it(tmp_path):
+    from hyperhive import permissions
+
+    policy = {"allow": ["Read", "Bash(git status:*)"], "ask": ["Bash(git push:*)"],
+              "deny": ["WebFetch(domain:example.com)"]}
+    for base, name in (("agent-base.nix", "alice"), ("manager.nix", "manager")):
+        etc = container(base, name, {"hyperhive": {"permissions": policy}}, "ev: ev.config.environment.etc")
+        path = tmp_path / f"{name}.json"
+        path.write_text(etc["hyperhive/permissions.json"]["text"])
+        assert permissions.load(str(path)).to_json() == policy
+        assert permissions.load(str(path)).decide("Bash", {"command": "git push"}).verdict == "ask"
+    partial = container("agent-base.nix", "alice", {"hyperhive": {"permissions": {"ask": ["Bash"]}}},
+                        "ev: ev.config.environment.etc")
+    assert json.loads(partial["hyperhive/permissions.json"]["text"]) == {"allow": [], "ask": ["Bash"], "deny": []}
+    none = container("agent-base.nix", "alice", select="ev: ev.config.environment.etc")
+    assert json.loads(none["hyperhive/permissions.json"]["text"]) == {"allow": [], "ask": [], "deny": []}
+    ok, out = container("agent-base.nix", "alice", {"hyperhive": {"permissions": {"alow": ["Read"]}}},
+                        "ev: ev.config.hyperhive.permissions", check=False)
+    assert not ok and "hyperhive.permissions.alow' does not exist" in out
+    ok, out = container("agent-base.nix", "alice", {"hyperhive": {"permissions": {"ask": "Bash"}}},
+                        "ev: ev.config.environment.etc", check=False)
+    assert not ok and "hyperhive.permissions.ask' has a value of the wrong type" in out
 
 
 def test_extra_mcp_servers_refuse_the_hives_own_name_and_unknown_keys():

@@ -164,6 +164,8 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
     to_approve = jsonline.call(manager, "request_init_config", name="cfg-one")["id"]
     to_deny = jsonline.call(manager, "request_init_config", name="cfg-two")["id"]
     reminder = jsonline.call(hive.sock("a"), "remind", message="later", in_seconds=3600)["id"]
+    tool_call = jsonline.call(v, "ask_tool_use", tool="Bash", input={"command": "git push"}, tool_use_id="toolu_1",
+                              rule="Bash(git push:*)")["approval"]["id"]
     hive.call("send", to="a", body="FAKE: say done\n\n" + MARKDOWN)
     wait_until(lambda: any("fenced" in t["prompt"] for t in hive.good_turns("a")), 30, "a's turn on the markdown")
     page_file = make_file(hive, "a", "seen.txt", "a's file\n")
@@ -190,7 +192,11 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
         ("POST", "/inbox/read"): lambda: assert_has(judged(b.request("POST", "/inbox/read", {"ids": [file_msg]})),
                                                     f"[{file_msg}]".encode()),
         ("POST", "/spawn"): lambda: judged(b.request("POST", "/spawn", {"name": "w2"})),
-        ("POST", "/approve/<approval_id>"): lambda: judged(b.request("POST", f"/approve/{to_approve}")),
+        ("GET", "/api/tool-calls/<name>"): lambda: assert_has(judged(b.request("GET", "/api/tool-calls/v")),
+                                                              f'"id":{tool_call}'.encode()),
+        ("GET", "/api/tool-calls/<name>/stream"): lambda: tool_calls_stream(b, v),
+        ("POST", "/approve/<approval_id>"): lambda: [judged(b.request("POST", f"/approve/{to_approve}")),
+                                                     judged(b.request("POST", f"/approve/{tool_call}", {"always": True}))],
         ("POST", "/deny/<approval_id>"): lambda: judged(b.request("POST", f"/deny/{to_deny}", {"reason": "no"})),
         ("POST", "/answer-question/<question_id>"):
             lambda: judged(b.request("POST", f"/answer-question/{asked}", {"answer": "yes"})),
@@ -345,6 +351,17 @@ def stream_renders(b, hive, path, sees):
     assert rendered(seen[-1]["message"]["body_html"])
 
 
+def tool_calls_stream(b, sock):
+    """The stream of one agent's tool calls carries its own call's event, and nothing of the others."""
+    status, kind, res = judged(b.request("GET", "/api/tool-calls/v/stream", stream=True))
+    assert kind.startswith("text/event-stream")
+    jsonline.call(sock, "send", to="operator", body="not a tool call")
+    asked = jsonline.call(sock, "ask_tool_use", tool="Read", input={"file_path": "/x"}, tool_use_id="toolu_2",
+                          rule="Read")["approval"]["id"]
+    seen = sse_events(res, lambda e: e.get("kind") == "approval_added")
+    assert [e["approval"]["id"] for e in seen] == [asked], seen
+
+
 def page_state(b):
     state = json.loads(judged(b.request("GET", "/agent/a/api/state"))[2])
     assert state["name"] == "a" and "inbox_error" not in state
@@ -456,6 +473,11 @@ def test_every_verb_of_every_surface_answers_from_the_pyz(hive):
         call(surface, "cancel_loose_end", kind="question", id=mine)
         call(surface, "set_status", text=f"checking the {surface} surface")
         call(surface, "report_login", logged_in=True)
+        asked = dict(tool="Bash", input={"command": "git push"}, tool_use_id=f"toolu_{surface}", rule="Bash")
+        pending = call(surface, "ask_tool_use", **asked)["approval"]
+        assert pending["status"] == "pending" and pending["input"] == {"command": "git push"}
+        call("host", "approve", id=pending["id"], always=surface == "agent")
+        assert call(surface, "ask_tool_use", wait_seconds=5, **asked)["approval"]["status"] == "approved"
 
     # the manager's own
     call("manager", "agent_status")

@@ -415,16 +415,22 @@ def test_the_sweep_removes_only_closed_rows_past_thirty_days_and_logs_each_count
                         answer="x" if answered else None)
     for i, (fired, failed) in enumerate([(old, None), (None, old), (recent, None), (None, None)]):
         Reminder.create(owner="a", message=f"r{i}", due_at=old, created_at=old, fired_at=fired, failed_at=failed)
+    for i, (kind, status, resolved) in enumerate([("tool_use", "approved", old), ("tool_use", "cancelled", recent),
+                                                  ("tool_use", "pending", None), ("apply_commit", "denied", old)]):
+        Approval.create(agent="a", kind=kind, status=status, requested_at=old, resolved_at=resolved,
+                        description=f"t{i}", tool_use_id=f"toolu_{i}" if kind == "tool_use" else None)
     with caplog.at_level(logging.INFO, logger="hyperhive.core.sweeps"):
-        assert Sweeper(clock=lambda: now).step() == {"messages": 1, "questions": 1, "reminders": 2}
+        assert Sweeper(clock=lambda: now).step() == {"messages": 1, "questions": 1, "reminders": 2, "tool_calls": 1}
     assert sorted(m.body for m in Message.select()) == ["m1", "m2", "m3"], "unacked rows are never swept"
     assert sorted(q.question for q in Question.select()) == ["q1", "q2"], "an open question stays"
     assert sorted(r.message for r in Reminder.select()) == ["r2", "r3"], "a pending reminder stays"
+    assert sorted(a.description for a in Approval.select()) == ["t1", "t2", "t3"], "config approvals stay"
     for line in ("sweep: removed 1 acked messages older than 30 days",
                  "sweep: removed 1 answered questions older than 30 days",
-                 "sweep: removed 2 fired or failed reminders older than 30 days"):
+                 "sweep: removed 2 fired or failed reminders older than 30 days",
+                 "sweep: removed 1 decided tool calls older than 30 days"):
         assert line in caplog.text
-    assert Sweeper().step(now=now) == {"messages": 0, "questions": 0, "reminders": 0}
+    assert Sweeper().step(now=now) == {"messages": 0, "questions": 0, "reminders": 0, "tool_calls": 0}
 
 
 # -- end to end: a real core whose clock the test moves, real harnesses, the fake claude ------------------

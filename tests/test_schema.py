@@ -62,3 +62,30 @@ def test_an_older_file_gains_new_columns(tmp_path):
     schema.open_core(path).close()
     agent = schema.Agent.get(schema.Agent.name == "a")
     assert agent.running_sha is None and agent.status_text is None
+
+
+def test_an_older_approval_table_gains_the_tool_use_columns_and_one_row_per_call(tmp_path):
+    import peewee
+    import pytest
+
+    path = tmp_path / "hive.db"
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "approval" ("id" INTEGER NOT NULL PRIMARY KEY, "agent" VARCHAR(255) NOT NULL, '
+                '"kind" VARCHAR(255) NOT NULL, "commit_ref" VARCHAR(255), "fetched_sha" VARCHAR(255), '
+                '"requested_at" BIGINT NOT NULL, "status" VARCHAR(255) NOT NULL, "resolved_at" BIGINT, "note" TEXT, '
+                '"description" TEXT NOT NULL, "diff" TEXT NOT NULL)')
+    con.execute("insert into approval values (1, 'a', 'apply_commit', 'abc1234', null, 0, 'pending', null, null, "
+                "'kept', '')")
+    con.commit()
+    con.close()
+    for _ in range(2):
+        db = schema.open_core(path)
+        db.close()
+    db = schema.open_core(path)
+    old = schema.Approval.get_by_id(1)
+    assert old.description == "kept" and (old.tool, old.tool_input, old.rule, old.tool_use_id) == (None,) * 4
+    schema.Approval.create(agent="a", kind="tool_use", tool="Bash", tool_input="{}", rule="Bash", tool_use_id="t1")
+    schema.Approval.create(agent="b", kind="tool_use", tool="Bash", tool_input="{}", rule="Bash", tool_use_id="t1")
+    with pytest.raises(peewee.IntegrityError):
+        schema.Approval.create(agent="a", kind="tool_use", tool="Bash", tool_input="{}", rule="Bash", tool_use_id="t1")
+    db.close()

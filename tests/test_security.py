@@ -133,6 +133,9 @@ class Rig:
         q_mgr_bob = h.agent_call(wire.MANAGER, "ask", question=f"{PRIVATE} the manager asks bob", to="bob")["id"]
         h.agent_call("bob", "set_status", text=f"{PRIVATE} bob's status")
         h.agent_call(wire.MANAGER, "set_status", text=f"{PRIVATE} the manager's status")
+        self.bob_tool_use = h.agent_call("bob", "ask_tool_use", tool="Bash", tool_use_id="toolu_bob",
+                                         input={"command": f"git push # {PRIVATE} bob's call"},
+                                         rule="Bash(git push:*)")["approval"]["id"]
         self.approval = h.agent_call(wire.MANAGER, "request_init_config", name="newbie",
                                      description=f"{PRIVATE} the manager's request")["id"]
         # victim -> (a question it asked or owns, a question put to it, its reminder)
@@ -233,7 +236,7 @@ def sample(arg, name="bob"):
     """A valid value of one of wire's argument kinds (a new kind must be taught here)."""
     values = {"name": name, "scope": {"agent_names": [name]}, "bool": False, "str": "x", "text": "x",
               "options": [], "when": "2099-01-01T00:00:00Z", "clamp": arg.lo, "int": arg.lo or 1,
-              "choice": arg.choices[0] if arg.choices else None, "ids": [1]}
+              "choice": arg.choices[0] if arg.choices else None, "ids": [1], "object": {}}
     assert arg.kind in values, f"teach test_security.sample() wire's new argument kind {arg.kind!r}"
     return values[arg.kind]
 
@@ -252,7 +255,9 @@ def belongs(table, row, me):
         return row["owner"] == me
     if table == "agent":
         return row["name"] == me
-    return False  # approvals are the manager's requests and the operator's decisions
+    if table == "approval":  # an agent's own tool calls; the rest are the manager's requests
+        return row["kind"] == "tool_use" and row["agent"] == me
+    return False
 
 
 def foreign_changes(before, after, me="alice", allow=lambda table, row: False):
@@ -471,6 +476,16 @@ def sc_report_login(r, victim, s):
     said.append(r.alice("report_login", logged_in=True, **s))
     assert r.db()["agent"]["alice"]["needs_login"] == 0 and all(a["changed"] for a in said)
     return said
+
+
+def sc_ask_tool_use(r, victim, s):
+    """Asking about bob's call by its id makes alice's own: she never sees, waits on or decides his."""
+    answer = r.alice("ask_tool_use", tool="Bash", input={"command": "git push"}, tool_use_id="toolu_bob",
+                     rule="Bash(git push:*)", wait_seconds=0, **s)
+    mine = answer["approval"]
+    assert mine["agent"] == "alice" and mine["id"] != r.bob_tool_use and mine["input"] == {"command": "git push"}
+    assert r._query("select status from approval where id=?", r.bob_tool_use)[0]["status"] == "pending"
+    return [answer]
 
 
 SCENARIOS = {verb: globals()[f"sc_{verb}"] for verb in verbs.AGENT_VERBS if f"sc_{verb}" in globals()}

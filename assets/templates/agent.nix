@@ -18,4 +18,13 @@
   #   env = { NOTES_DIR = "/state/notes"; };
   #   allowedTools = [ "read_*" "search" ];
   # };
+
+  # Which tool calls claude makes freely, which wait for the operator's approval
+  # and which are refused (deny beats ask beats allow). Rules: Tool, Tool(glob),
+  # Bash(prefix:*), Bash(command), WebFetch(domain:host).
+  # hyperhive.permissions = {
+  #   allow = [ "Read" "Bash(git status:*)" ];
+  #   ask = [ "Bash(git push:*)" ];
+  #   deny = [ "WebFetch(domain:example.com)" ];
+  # };
 }

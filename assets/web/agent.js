@@ -915,6 +915,63 @@
     }, 300);
   }
 
+  // ============================================ tool calls waiting for the operator
+
+  /* This agent's tool calls its permission policy asked the operator about, near the top: from the
+   * core's own routes (/api/tool-calls/<name>, then its stream of their approval events), never this
+   * agent's harness, which is the agent's to rewrite; decided as the operator through /approve and /deny
+   * (hive.js toolCallCard). The agent is the one in this page's address, not whatever its harness says.
+   * Each (re)connect takes the snapshot anew; events that come while it loads are kept and replayed past
+   * its seq, so none is lost between the two. */
+  const toolCalls = {rows: new Map(), seq: null, held: null};
+  const ownName = decodeURIComponent((location.pathname.match(/\/agent\/([^/]+)/) || [])[1] || "");
+
+  function renderToolCalls() {
+    const box = $("#tool-calls");
+    const items = [...toolCalls.rows.values()].sort((a, b) => a.id - b.id);
+    $("#tool-calls-panel").hidden = !items.length;
+    $("#tool-calls-count").textContent = String(items.length);
+    // a card still waiting is kept as it is: a reason half typed survives another call's coming or going
+    const drawn = new Map([...box.children].map((el) => [el.dataset.approval, el]));
+    box.replaceChildren(...items.map((a) => drawn.get(String(a.id)) || H.toolCallCard(a)));
+  }
+
+  function applyToolCall(ev) {
+    if (toolCalls.seq !== null && ev.seq <= toolCalls.seq) return; // the snapshot has it already
+    const a = ev.approval || {};
+    if (ev.kind === "approval_added" && (!a.status || a.status === "pending")) toolCalls.rows.set(a.id, a);
+    else if (ev.kind === "approval_resolved") toolCalls.rows.delete(a.id);
+  }
+
+  async function loadToolCalls() {
+    toolCalls.held = [];
+    try {
+      const data = await getJSON(`/api/tool-calls/${encodeURIComponent(ownName)}`);
+      toolCalls.rows = new Map((data.approvals || []).map((a) => [a.id, a]));
+      toolCalls.seq = data.seq;
+      H.showError($("#tool-calls-error"), null);
+    } catch (e) {
+      H.showError($("#tool-calls-error"), `the tool calls waiting for you could not be read: ${e.message}`);
+    }
+    const held = toolCalls.held;
+    toolCalls.held = null;
+    for (const ev of held) applyToolCall(ev);
+    renderToolCalls();
+  }
+
+  function watchToolCalls() {
+    if (!ownName) return;
+    const source = new EventSource(H.streamUrl(`/api/tool-calls/${encodeURIComponent(ownName)}/stream`));
+    source.onopen = () => { toolCalls.seq = null; loadToolCalls(); };
+    source.onmessage = (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch (_) { return; }
+      if (toolCalls.held) { toolCalls.held.push(ev); return; }
+      applyToolCall(ev);
+      renderToolCalls();
+    };
+  }
+
   // ========================================================= snapshot
 
   async function snapshot(cursor) {
@@ -1061,5 +1118,7 @@
     onStatus,
   });
 
-  window.hive = {term, state, send};
+  watchToolCalls();
+
+  window.hive = {term, state, send, toolCalls};
 })();

@@ -648,6 +648,7 @@
   }
 
   function approvalCard(a) {
+    if (a.kind === "tool_use") return H.toolCallCard(a);  // a tool call: its input, and allow once / always / deny
     const diff = typeof a.diff === "string" ? a.diff : "";
     const errorEl = h("p", {class: "inline-error", role: "alert", hidden: true});
     const approve = h("button", {type: "button", class: "btn btn-sm btn-primary", data: {action: "approve"}}, "✓ approve");

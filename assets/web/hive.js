@@ -413,6 +413,55 @@
     return {add, del, files};
   }
 
+  // ------------------------------------------------------------ tool calls
+
+  /* A tool call an agent's permission policy asked the operator about (an approval of kind tool_use), as
+   * a card: whose, which tool, the ask rule it matched, and its input as pretty JSON in a <pre> (a text
+   * node: the input is the agent's, never markup). The three answers go to the core's own routes as the
+   * operator, from the dashboard and the agent's page alike: allow once (/approve), always allow (/approve
+   * {always}: the call runs and the manager is asked to allow the rule for good) and deny with a reason
+   * (/deny, the reason reaches the model). The page redraws from the event the decision causes; the
+   * card's .item-actions and .deny-form are what a resolved card hides. */
+  function toolCallCard(a) {
+    const id = encodeURIComponent(a.id);
+    const errorEl = h("p", {class: "inline-error", role: "alert", hidden: true});
+    const once = h("button", {type: "button", class: "btn btn-sm btn-primary", data: {action: "allow-once"},
+      title: "run this one call"}, "✓ allow once");
+    const always = h("button", {type: "button", class: "btn btn-sm btn-teal", data: {action: "always-allow"},
+      disabled: !a.rule, title: a.rule
+        ? `run it, and ask the manager to add ${a.rule} to ${a.agent}'s permissions.allow (a config change you approve)`
+        : "no ask rule matched this call: allow it once"}, "✓ always allow");
+    const deny = h("button", {type: "button", class: "btn btn-sm btn-danger", data: {action: "deny"}}, "✗ deny…");
+    const reason = h("input", {type: "text", name: "reason", placeholder: "why? (the agent's model is told)",
+      "aria-label": "reason for denying", data: {test: "deny-reason"}});
+    const denyForm = h("form", {class: "deny-form", hidden: true},
+      reason,
+      h("button", {type: "submit", class: "btn btn-sm btn-danger", data: {action: "deny-confirm"}}, "deny"),
+      h("button", {type: "button", class: "btn btn-sm btn-ghost", data: {action: "deny-cancel"}}, "cancel"));
+    once.addEventListener("click", () => post(`/approve/${id}`, {}, {button: once, errorEl}));
+    always.addEventListener("click", () => post(`/approve/${id}`, {always: true}, {button: always, errorEl}));
+    deny.addEventListener("click", () => { denyForm.hidden = false; reason.focus(); });
+    denyForm.addEventListener("submit", (e) => {
+      e.preventDefault();
+      post(`/deny/${id}`, {reason: reason.value.trim()}, {button: denyForm.querySelector("[type=submit]"), errorEl});
+    });
+    const hide = () => { denyForm.hidden = true; deny.focus(); };
+    denyForm.querySelector('[data-action="deny-cancel"]').addEventListener("click", hide);
+    reason.addEventListener("keydown", (e) => { if (e.key === "Escape") hide(); });
+    let input;
+    try { input = JSON.stringify(a.input, null, 2); } catch (_) { input = String(a.input); }
+    return h("article", {class: ["item", "approval", "tool-call"], data: {approval: a.id, status: a.status || "pending",
+      kind: "tool_use"}, "aria-label": `tool call ${a.id}: ${a.tool} for ${a.agent}`},
+    h("div", {class: "item-head"},
+      h("span", {class: "id"}, "#" + a.id), h("span", {class: "chip honey"}, "tool call"), nameEl(a.agent),
+      agoEl(a.requested_at)),
+    h("p", {class: "tool-line"}, h("code", {class: "tool-name"}, a.tool || "?"),
+      a.rule ? [" matched ", h("code", {class: "tool-rule"}, a.rule)] : " (matched no ask rule)"),
+    h("pre", {class: "tool-input", "aria-label": `the input of ${a.tool || "the call"}`}, input === undefined ? "" : input),
+    h("div", {class: "item-actions"}, once, always, deny),
+    denyForm, errorEl);
+  }
+
   // --------------------------------------------------------------- storage
 
   function load(key, fallback) {
@@ -477,7 +526,7 @@
     errorOf, getJSON, post, showError, toast, streamUrl, key,
     toMs, duration, ago, until, clock, stamp, agoEl, elapsedEl, tick,
     tokens, shortSha, bytes, fileRefs, nameClass, nameEl,
-    diffClass, diffEl, diffLinesEl, diffStats,
+    diffClass, diffEl, diffLinesEl, diffStats, toolCallCard,
     load, save, setLive, probe,
   };
 })();

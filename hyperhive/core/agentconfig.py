@@ -1,13 +1,14 @@
 """An agent's hive.json as the non-Nix backends read it, and what its `env` may never set.
 
 Owns the check every start and every approval runs on hive.json: its shape,
-a model name fit for `--model`, and the variables a config may not set
-because they choose what code the harness, INIT or the MCP server runs.
+a model name fit for `--model`, its tool permission policy (checked by
+`permissions.Policy.parse`), and the variables a config may not set because
+they choose what code the harness, INIT or the MCP server runs.
 """
 
 import re
 
-from hyperhive import wire
+from hyperhive import permissions, wire
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -54,7 +55,7 @@ def refused_env(key):
 
 
 def check_config(name, config):
-    """hive.json as the non-Nix backends read it: {model, env, extra_mcp, packages_note}."""
+    """hive.json as the non-Nix backends read it: {model, env, extra_mcp, permissions, packages_note}."""
     where = f"{name}'s hive.json"
     if not isinstance(config, dict):
         raise wire.HiveError(f"{where} must be a JSON object")
@@ -75,4 +76,5 @@ def check_config(name, config):
                                               for e in extra.values()) or "hyperhive" in extra:
         raise wire.HiveError(f"{where}: \"extra_mcp\" must map server names (not \"hyperhive\") to "
                              "{command, args, env, allowedTools}")
+    permissions.Policy.parse(config.get("permissions"), where=f'{where}: "permissions"')
     return config

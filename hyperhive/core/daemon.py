@@ -213,7 +213,8 @@ class Core:
         # edge the other way: an agent's socket, opened by lifecycle, hands its requests to the
         # surfaces built last; `Sockets` asks this core for them when a socket opens, which no
         # part does before `start()`. Likewise the repos tell the forge mirror, built after them from them,
-        # of every change to an applied repo's refs, which none makes before `start()`.
+        # of every change to an applied repo's refs, which none makes before `start()`; and the lifecycle
+        # tells the approvals, built after it, of a harness it takes down, which none does before `start()`.
         self.layout = layout
         self.domain = domain
         self.dashboard_at = dashboard  # (address, port), or None for no dashboard
@@ -230,7 +231,8 @@ class Core:
         self.forge = Forge(self.repos, *forge, clock=clock)  # (url, credential file)
         self.sockets = Sockets(layout, self.dispatcher)
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
-                                   clock=clock, forge=self.forge)
+                                   clock=clock, forge=self.forge,
+                                   turn_over=lambda name, why: self.approvals.turn_over(name, why))
         self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub, clock=clock)
         self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=clock)
         self.reminders = Reminders(self.broker, self.lifecycle, self.references, clock=clock)

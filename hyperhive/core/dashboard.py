@@ -149,6 +149,8 @@ class Dashboard:
         route("/agent-config/<name>", callback=self.config_page)
         route("/api/agent-config/<name>", callback=self.agent_config)
         route("/approval/<approval_id>/diff", callback=self.approval_diff)
+        route("/api/tool-calls/<name>", callback=self.tool_calls)
+        route("/api/tool-calls/<name>/stream", callback=self.tool_calls_stream)
         route("/file-ref/<message_id>/<index>", callback=self.file_ref)
         route("/agent/<name>", callback=lambda name: bottle.redirect(f"/agent/{wire.check_name(name)}/", 308))
         route("/agent/<name>/", callback=lambda name: self.agent_page(name, ""))
@@ -216,7 +218,8 @@ class Dashboard:
         return self.act("spawn", name=web.field(web.body(), "name"))
 
     def approve(self, approval_id):
-        return self.act("approve", id=_int(approval_id, "approval id", 1))
+        always = web.body().get("always", False)  # "always allow" of a tool call: the host verb says if it may
+        return self.act("approve", id=_int(approval_id, "approval id", 1), **({"always": always} if always else {}))
 
     def deny(self, approval_id):
         return self.act("deny", id=_int(approval_id, "approval id", 1),
@@ -258,6 +261,35 @@ class Dashboard:
 
     def agent_config(self, name):
         return web.json_response(self.views.agent_config(name))
+
+    # -- an agent's tool calls, for its page --------------------------------------------------------
+
+    def tool_calls(self, name):
+        """The agent's tool calls waiting for the operator: its page shows them with the actions, which are
+        this core's own routes (/approve, /deny), never the agent's harness."""
+        seq = self.hub.seq  # read first: the rows below are at least this new
+        return web.json_response({"seq": seq, "epoch": self.epoch, "approvals": self.views.tool_calls(name)})
+
+    def tool_calls_stream(self, name):
+        """The hub's `approval_added` / `approval_resolved` events of the agent's tool calls, nothing else."""
+        self.views.agent(name)
+        sub, live = self.hub.subscribe(), self._live(bottle.request.environ.get("hive.session"))
+
+        def frames():
+            try:  # bytes throughout, as the hub's frames are
+                yield web.SSE_HELLO.encode()
+                for event in sub.events(web.KEEPALIVE_SECONDS):
+                    if not live():
+                        return
+                    if event is None:
+                        yield web.SSE_KEEPALIVE.encode()
+                    elif event["kind"] in ("approval_added", "approval_resolved") and \
+                            event["approval"]["kind"] == "tool_use" and event["approval"]["agent"] == name:
+                        yield self.hub.frame(event)
+            finally:
+                sub.close()
+
+        return web.sse(frames())
 
     # -- the journal ----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import time
 import gevent
 from gevent.lock import RLock
 
-from hyperhive import files, states, wire
+from hyperhive import files, permissions, states, wire
 from hyperhive.core import aftermath, planted, reminders, trees
 from hyperhive.core.agentconfig import check_config
 from hyperhive.core.containers import Launch
@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 MODEL_FILE = wire.MODEL_FILE
 PRONOUNS_ENV = wire.PRONOUNS_ENV
 class Lifecycle:
-    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time, forge=None):
+    def __init__(self, layout, backend, broker, hub, harness, sockets, repos, clock=time.time, forge=None,
+                 turn_over=None):
         self.layout, self.backend, self.broker, self.hub = layout, backend, broker, hub
+        # (name, why): the harness's running turn ends here, so what it waits on (its tool calls the
+        # operator has not decided) is cancelled first; the approvals, built after this, say how
+        self.turn_over = turn_over or (lambda name, why: 0)
         self.clock = clock  # unix seconds: the watch's now
         self.restarts = Restarts(self)  # a harness that died on its own is started again, with backoff
         self.harness = harness
@@ -177,6 +181,9 @@ class Lifecycle:
         # a fresh temp name, never through a link (the home is the core's, but under the process backend
         # nothing stops the agent writing it)
         files.replace(extra, json.dumps(config.get("extra_mcp") or {}, indent=2))
+        # the policy the harness decides each tool call with (checked with the rest of the config)
+        policy = os.path.join(self.layout.home(name), "permissions.json")
+        files.replace(policy, json.dumps(permissions.Policy.parse(config.get("permissions")).to_json(), indent=2))
         configs = self.repos.proposed_root if agent.role == "manager" else self.repos.proposed(name)
         env.update(self.harness.engine)
         env.update({
@@ -187,6 +194,7 @@ class Lifecycle:
             "HIVE_PAUSE_FILE": self.layout.pause_marker(name),
             "HIVE_CLAUDE_BIN": self.harness.claude,
             "HIVE_EXTRA_MCP": extra,
+            permissions.ENV: policy,
             "HIVE_CONFIG_DIR": configs,
             "HIVE_SHARED_DIR": self.layout.shared_dir,
             "HOME": state,
@@ -240,6 +248,15 @@ class Lifecycle:
             self.backend.start(self.launch(agent, config, rev=None if rev == "main" else rev))
         sha = self.repos.deployed_sha(name) if rev == "main" else rev
         Agent.update(running_sha=sha).where(Agent.name == name).execute()
+
+    def turn_ends(self, name, how):
+        """Its harness goes down: what its turn waits on is cancelled before, so a graceful stop is not held
+        by a tool call nobody will decide. Its failure is logged: the stop goes on regardless."""
+        try:
+            self.turn_over(name, f"{name}'s turn ended ({how})")
+        except Exception as e:
+            log.error("could not cancel %s's tool calls waiting for the operator: %s", name,
+                      wire.storage_failure(e) or e, exc_info=wire.storage_failure(e) is None)
 
     def _sync_meta(self, include=None, exclude=None):
         """Under nixos, the meta flake pins every agent's applied repo: add or drop one."""
@@ -372,6 +389,7 @@ class Lifecycle:
         with self.busy(name, "stopping"):
             self.restarts.operator_acts(name)
             Agent.update(desired="stopped").where(Agent.name == name).execute()
+            self.turn_ends(name, "the operator stopped it")
             self.backend.stop(name, self.layout.home(name), graceful=graceful)
             agent.desired = "stopped"
 
@@ -379,6 +397,7 @@ class Lifecycle:
         agent = self.get(name)
         with self.busy(name, "restarting"):
             self.restarts.operator_acts(name)
+            self.turn_ends(name, "the operator restarted it")
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             self.start_harness(agent)
@@ -396,6 +415,7 @@ class Lifecycle:
             self.restarts.operator_acts(name)
             with self._meta_lock:  # nixos: the container is rebuilt from the meta flake at that commit
                 self.backend.build(name, rev=sha)
+            self.turn_ends(name, "it restarts on a rebuilt config")
             self.backend.stop(name, self.layout.home(name), graceful=True)
             Agent.update(desired="running").where(Agent.name == name).execute()
             try:
@@ -420,6 +440,7 @@ class Lifecycle:
             # desired stays as it was: a killed agent that was meant to run shows failed,
             # and stays down until an operator starts it
             self.restarts.operator_acts(name, held=True)
+            self.turn_ends(name, "the operator killed it")
             self.backend.kill(name, self.layout.home(name))
 
     def destroy(self, name, purge=False):
@@ -427,6 +448,7 @@ class Lifecycle:
             raise wire.HiveError("the manager is part of the hive and cannot be destroyed", "forbidden")
         self.get(name)
         with self.busy(name, "being destroyed"):
+            self.turn_ends(name, "the operator destroyed it")
             self.backend.kill(name, self.layout.home(name))
             with self._meta_lock:  # nixos: the container itself goes
                 self.backend.destroy(name)
@@ -470,6 +492,8 @@ class Lifecycle:
 
     def shutdown(self, graceful=True):
         """At core stop: stop every harness of ours (their desired state is kept)."""
+        for agent in Agent.select():
+            self.turn_ends(agent.name, "the core stopped")
         greenlets = [gevent.spawn(self.backend.stop, a.name, self.layout.home(a.name), graceful, 10.0)
                      for a in Agent.select()]
         gevent.joinall(greenlets, raise_error=False)

@@ -17,8 +17,10 @@ class LooseEnds:
     def list(self, name):
         """Every loose end of name (the manager: of the hive), each tagged with `loose_end`: its kind."""
         everyone = name == wire.MANAGER
-        # approval rows keep their own `kind` (apply_commit, spawn, ...)
-        ends = [dict(a, loose_end="approval") for a in self.approvals.pending() if everyone or a["agent"] == name]
+        # approval rows keep their own `kind` (apply_commit, spawn, ...); a tool call waiting for the
+        # operator is none: it ends with its turn, and is its agent's alone (the manager never sees one)
+        ends = [dict(a, loose_end="approval") for a in self.approvals.pending()
+                if (everyone or a["agent"] == name) and a["kind"] != "tool_use"]
         # the agent page labels rows by `kind`
         ends += [dict(q, loose_end="question", kind="question") for q in self.questions.open_for(name)]
         ends += [dict(r, loose_end="reminder", kind="reminder") for r in self.reminders.open_for(name)]

@@ -90,6 +90,7 @@ class Restarts:
         log.error("%s's harness died on its own (%s; death %d in a row); starting it again in %s; see %s",
                   name, streak.reason, streak.deaths, delay, self.life.layout.log(name))
         self.life.sweep(name)  # what it left running goes now, not at the start minutes later
+        self.life.turn_ends(name, "its harness died")  # no decision reaches a call nobody runs
         if first:  # once per streak: retrying in silence would hide it, telling every time would flood
             self.life.tell(wire.OPERATOR, f"[helper event] harness_crash: {name}'s harness stopped without an "
                        f"operator action ({streak.reason}). The core starts it again in {delay}, waiting "

@@ -53,7 +53,7 @@ class Surfaces:
 
         def dispatch(obj, gone=None):
             verb, args = verbs.parse_request(obj, surface)
-            if verb == "recv":
+            if verb in verbs.WAITING_VERBS - verbs.STREAMING_VERBS:  # a long wait ends when its client hangs up
                 args["gone"] = gone
             with aftermath.collecting() as notes:
                 return aftermath.answer(getattr(self, f"do_{verb}")(caller, **args), notes)
@@ -105,6 +105,7 @@ class Surfaces:
         return wire.ok(messages=_for_agent(messages), unread=unread)
 
     def do_ack_turn(self, caller):
+        self._turn_over(caller, "it finished")
         acked = self.broker.ack_turn(caller)
         Agent.update(last_turn_at=self._now()).where(Agent.name == caller).execute()
         self.lifecycle.watch.changed(caller)
@@ -112,6 +113,7 @@ class Surfaces:
 
     def do_cancel_turn(self, caller):
         """The operator's cancel, as the harness that ran the turn reports it: handled, not retried."""
+        self._turn_over(caller, "the operator cancelled it")
         rows = self.broker.cancel_turn(caller)
         for mid, sender in rows:
             if sender != caller and sender != wire.OPERATOR and self.lifecycle.known(sender):
@@ -136,7 +138,17 @@ class Surfaces:
         return wire.ok(requeued=queued)
 
     def do_requeue_inflight(self, caller):
+        self._turn_over(caller, "it did not finish, and its messages are queued again")
         return wire.ok(requeued=self.broker.requeue_inflight(caller))
+
+    def _turn_over(self, caller, how):
+        self.approvals.turn_over(caller, f"{caller}'s turn ended ({how})")
+
+    def do_ask_tool_use(self, caller, tool, input, tool_use_id, rule, wait_seconds, gone=None):
+        """A tool call of the caller's that its policy asks about: the approval it makes (or made before, for
+        this tool_use_id), answered once the operator decides or `wait_seconds` pass, whichever is first."""
+        return wire.ok(approval=self.approvals.ask_tool_use(caller, tool, input, tool_use_id, rule,
+                                                            wait_seconds=wait_seconds, gone=gone))
 
     def do_recent(self, caller, limit):
         return _listing(_for_agent(self.broker.recent(caller, limit)), limit)
@@ -335,8 +347,8 @@ class Surfaces:
 
     # -- config as code ---------------------------------------------------------------------
 
-    def do_approve(self, caller, id):
-        return wire.ok(approval=self.approvals.approve(id))
+    def do_approve(self, caller, id, always):
+        return wire.ok(approval=self.approvals.approve(id, always=always))
 
     def do_deny(self, caller, id, reason):
         return wire.ok(approval=self.approvals.deny(id, reason))

@@ -1,7 +1,9 @@
 """The hourly sweeps that keep the core's database small.
 
 Owns what is old enough to go from hive.db: acked messages, answered
-questions, and fired (or failed) reminders, each after 30 days. A message
+questions, fired (or failed) reminders and decided tool calls (tool_use
+approvals; the config approvals stay, their history is in git too), each
+after 30 days. A message
 nobody acked is never swept, however old. Every sweep takes `now`, so tests
 step it, and logs how many rows it removed. The harness sweeps its own file
 (event history after 7 days, turn stats after 90): `Bus.prune`.
@@ -10,12 +12,12 @@ step it, and logs how many rows it removed. The harness sweeps its own file
 import logging
 import time
 
-from hyperhive.schema import Message, Question, Reminder, core_db
+from hyperhive.schema import Approval, Message, Question, Reminder, core_db
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
-KEEP_DAYS = {"messages": 30, "questions": 30, "reminders": 30}
+KEEP_DAYS = {"messages": 30, "questions": 30, "reminders": 30, "tool_calls": 30}
 
 
 def _queries(cutoffs):
@@ -26,6 +28,9 @@ def _queries(cutoffs):
     yield "reminders", "fired or failed reminders", Reminder.delete().where(
         (Reminder.fired_at.is_null(False) & (Reminder.fired_at < cutoffs["reminders"]))
         | (Reminder.failed_at.is_null(False) & (Reminder.failed_at < cutoffs["reminders"])))
+    yield "tool_calls", "decided tool calls", Approval.delete().where(
+        (Approval.kind == "tool_use") & Approval.resolved_at.is_null(False)
+        & (Approval.resolved_at < cutoffs["tool_calls"]))
 
 
 class Sweeper:

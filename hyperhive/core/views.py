@@ -52,6 +52,11 @@ class Views:
         senders, through = self.broker.senders(wire.OPERATOR)
         return {"messages": self._shown(messages), "senders": senders, "senders_through": through}
 
+    def tool_calls(self, name):
+        """One agent's tool calls waiting for the operator (pending tool_use approvals), oldest first."""
+        self.agent(name)
+        return [a for a in self.approvals.pending() if a["kind"] == "tool_use" and a["agent"] == name]
+
     def approval_diff(self, approval_id):
         return self.approvals.diff(approval_id)
 

@@ -1,7 +1,8 @@
 # What every hyperhive container shares: hyperhive.pyz run by the container's
 # systemd as the `hyperhive-harness` service (`python hyperhive.pyz agent serve`
 # or `manager serve`), its environment, and the agent's options under
-# `hyperhive.*` that its agent.nix sets.
+# `hyperhive.*` that its agent.nix sets (its extra MCP servers, its tool
+# permission policy).
 #
 # The core's meta flake imports agent-base.nix or manager.nix (which import
 # this) beside the agent's own agent.nix and sets hyperhive.name and
@@ -112,6 +113,36 @@ in
         --mcp-config and --allowedTools. The key `hyperhive` is taken.
       '';
     };
+
+    permissions = {
+      allow = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "Read" "Bash(git status:*)" "WebFetch(domain:nixos.org)" ];
+        description = ''
+          Tool calls claude makes without asking: rules like `Tool`, `Tool(glob)`,
+          `Bash(prefix:*)` or `WebFetch(domain:host)` (docs/approvals.md). Written with
+          ask and deny to /etc/hyperhive/permissions.json ($HIVE_PERMISSIONS), which the
+          harness reads at its start; a bad rule stops it there, with a sentence.
+        '';
+      };
+      ask = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "Bash(git push:*)" ];
+        description = ''
+          Tool calls that wait for the operator: each becomes a tool_use approval on the
+          dashboard and the agent's page (allow once, always allow, deny with a reason).
+          Beats allow.
+        '';
+      };
+      deny = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "Bash(rm -rf:*)" ];
+        description = "Tool calls refused without asking; beats ask and allow.";
+      };
+    };
   };
 
   config = {
@@ -123,6 +154,10 @@ in
     environment.etc."hyperhive/extra-mcp.json".text = builtins.toJSON (lib.mapAttrs (key: s: {
       inherit (s) command args env allowedTools;
     }) cfg.extraMcpServers);
+
+    environment.etc."hyperhive/permissions.json".text = builtins.toJSON {
+      inherit (cfg.permissions) allow ask deny;
+    };
 
     # The harness's own unprivileged user (the core's meta flake gives each agent's name its uid): the
     # container's root stays for systemd, and nothing the model runs is root in here, or on the host.
@@ -153,6 +188,7 @@ in
         HIVE_CONFIG_DIR = if manager then "/config" else "/agents/${cfg.name}/config";
         HIVE_PAUSE_FILE = "/run/hyperhive-host/paused";
         HIVE_EXTRA_MCP = "/etc/hyperhive/extra-mcp.json";
+        HIVE_PERMISSIONS = "/etc/hyperhive/permissions.json";
         PYTHONUNBUFFERED = "1";
       };
       serviceConfig = {

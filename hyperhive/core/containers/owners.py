@@ -33,7 +33,7 @@ def hand_over(launch, uid, gid, hidden):
     """The agent's state dir its own (uid:gid), its home and socket dir the core's with its group (the
     socket dir setgid, so what the core makes there later, a restarted core's socket among it, is its
     group's too), the shared dir everyone's (sticky), and for the manager every proposed repo. The
-    files the core writes for it (its model, extra-mcp.json) become readable to it: the core's umask
+    files the core writes for it (its model, extra-mcp.json, permissions.json) become readable to it: the core's umask
     (0007 under the NixOS module) gives them to nobody else. `hidden` are the hive's roots the paths
     are checked from."""
     name = launch.name
@@ -41,8 +41,9 @@ def hand_over(launch, uid, gid, hidden):
     fd = _opened(home, hidden, f"{name}'s home")
     try:
         os.fchown(fd, 0, gid)
-        os.fchmod(fd, 0o750)  # the way to its state dir, pause marker and extra-mcp.json
+        os.fchmod(fd, 0o750)  # the way to its state dir, pause marker, extra-mcp.json and permissions.json
         trees.own_entry(fd, "extra-mcp.json", 0, gid, mode=0o640)
+        trees.own_entry(fd, "permissions.json", 0, gid, mode=0o640)
     finally:
         os.close(fd)
     state = os.path.abspath(launch.state_dir)
