@@ -244,6 +244,28 @@ class Hive:
         wait_until(lambda: all((self.row(n) or {}).get("active_model") for n in names), timeout,
                    f"{names} to boot and persist their model")
 
+    def configure(self, name, change):
+        """Change an agent's hive.json as the manager would: a commit in its proposed repo, applied once the
+        operator approves it (the agent restarts on it). `change(config)` edits the dict in place."""
+        repo = os.path.join(self.state_dir, "config", "proposed", name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env.update(GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME="m",
+                   GIT_AUTHOR_EMAIL="m@h", GIT_COMMITTER_NAME="m", GIT_COMMITTER_EMAIL="m@h")
+        path = os.path.join(repo, "hive.json")
+        with open(path) as f:
+            config = json.load(f)
+        change(config)
+        with open(path, "w") as f:
+            json.dump(config, f, indent=2)
+        subprocess.run(["git", "-C", repo, "commit", "-qam", f"configure {name}"], check=True, env=env)
+        sha = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], check=True, env=env, capture_output=True,
+                             text=True).stdout.strip()
+        aid = self.agent_call("manager", "request_apply_commit", agent=name, commit_ref=sha,
+                              description=f"configure {name}")["id"]
+        approval = self.call("approve", id=aid)["approval"]
+        assert approval["status"] == "approved", approval
+        wait_until(lambda: (self.row(name) or {}).get("running"), 60, f"{name} to run its new config")
+
     def good_turns(self, name):
         """Every turn of an agent the fake claude finished well (done.jsonl): {time, pid, prompt}."""
         path = os.path.join(self.home(name), "state", ".fakeclaude", "done.jsonl")

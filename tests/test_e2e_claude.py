@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT, Hive, kill_harnesses, wait_until
 from hyperhive import wire
-from mockapi import MockAnthropic, last_user_text, text, tool_results, tool_use
+from mockapi import MockAnthropic, last_user_text, text, tool_result_text, tool_results, tool_use
 
 CLAUDE = os.environ.get("HIVE_TEST_CLAUDE") or os.path.join(ROOT, "tests", "node", "node_modules", ".bin", "claude")
 if not os.path.exists(CLAUDE):
@@ -53,11 +53,16 @@ class Brain:
         prompt = last_user_text(request)
         self.seen.append((who, prompt))
         if tool_results(request):
-            return text("done")
+            return text("done: " + " | ".join(tool_result_text(r) for r in tool_results(request))[:300])
         if who == "a" and "ping" in prompt:
             return tool_use(SEND, {"to": "b", "body": "a asks: what is six times seven?"})
         if who == "b" and "six times seven" in prompt:
             return tool_use(SEND, {"to": "operator", "body": "b answers: 42"})
+        if who == "a" and "push it" in prompt:
+            return tool_use("Bash", {"command": "git push origin main || echo pushed-or-not",
+                                     "description": "push the branch"})
+        if who == "a" and "force it" in prompt:
+            return tool_use("Bash", {"command": "git push --force", "description": "force the push"})
         if who == "a" and "hang here" in prompt:
             if wire.REDELIVERED_BANNER in prompt:
                 return tool_use(SEND, {"to": "operator", "body": "a finished the turn that hung"})
@@ -319,3 +324,31 @@ def test_a_refused_key_parks_the_agent_as_needing_a_login_until_the_api_takes_it
     heard = [m["body"] for m in hive.agent_call("manager", "recent", limit=100)["messages"]
              if m["to"] == "manager" and ": a's claude" in m["body"]]
     assert sorted(t.split(":")[0] for t in heard) == ["[helper event] logged_in", "[helper event] needs_login"]
+
+
+# -- tool calls the operator approves ---------------------------------------------------------------
+
+def test_a_bash_call_the_policy_asks_about_waits_for_the_operator_and_a_deny_reaches_the_model(e2e):
+    hive, brain, mock = e2e
+    hive.call("spawn", name="a")
+    hive.configure("a", lambda c: c.update(permissions={"ask": ["Bash(git push:*)"]}))
+    pushed = hive.call("send", to="a", body="push it")["id"]
+    [asked] = wait_until(lambda: [a for a in hive.call("pending")["approvals"] if a["kind"] == "tool_use"], 90,
+                         "claude's Bash call to reach the operator")
+    assert asked["tool"] == "Bash" and asked["input"]["command"] == "git push origin main || echo pushed-or-not"
+    assert not hive.db_rows("select acked_at from message where id=?", pushed)[0][0], "the turn waits"
+    assert hive.call("approve", id=asked["id"])["approval"]["status"] == "approved"
+    wait_until(lambda: hive.db_rows("select acked_at from message where id=?", pushed)[0][0], 90,
+               "the allowed turn to end")
+    ran = [tool_result_text(r) for req in mock.requests if req.get("tools") for r in tool_results(req)]
+    assert any("pushed-or-not" in t for t in ran), f"the command ran once allowed: {ran}"
+
+    forced = hive.call("send", to="a", body="force it")["id"]
+    [asked] = wait_until(lambda: [a for a in hive.call("pending")["approvals"] if a["kind"] == "tool_use"], 90,
+                         "the second call to reach the operator")
+    assert hive.call("deny", id=asked["id"], reason="never force main")["approval"]["status"] == "denied"
+    wait_until(lambda: hive.db_rows("select acked_at from message where id=?", forced)[0][0], 90,
+               "the denied turn to end")
+    denied = [r for req in mock.requests if req.get("tools") for r in tool_results(req)
+              if "never force main" in tool_result_text(r)]
+    assert denied and denied[0].get("is_error"), "the model is told of the denial and its reason"
