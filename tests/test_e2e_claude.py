@@ -10,6 +10,7 @@ with SIGKILL mid-turn and the restarted one finishes the redelivered turn.
 Skipped when no CLI is installed, unless HIVE_REQUIRE_CLAUDE=1 (CI sets it).
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -78,14 +79,15 @@ class Brain:
         return text("nothing to do")
 
 
-@pytest.fixture
-def e2e(tmp_path):
+@contextlib.contextmanager
+def real_hive(tmp_path, *args):
+    """A hive of the real claude against a fresh mock with the scripted Brain; serve gets `args` too."""
     brain = Brain()
     mock = MockAnthropic(brain)
     url = mock.start()
     hive = Hive(tmp_path / "state", claude=CLAUDE,
                 env={"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-ant-test-not-a-real-key"},
-                extra_args=["--pass-env", "ANTHROPIC_BASE_URL", "--pass-env", "ANTHROPIC_API_KEY"])
+                extra_args=["--pass-env", "ANTHROPIC_BASE_URL", "--pass-env", "ANTHROPIC_API_KEY", *args])
     hive.start()
     try:
         yield hive, brain, mock
@@ -97,6 +99,12 @@ def e2e(tmp_path):
             kill_harnesses(hive.state_dir)
             mock.stop()
     assert mock.unknown == [] and mock.brain_errors == []
+
+
+@pytest.fixture
+def e2e(tmp_path):
+    with real_hive(tmp_path) as parts:
+        yield parts
 
 
 def inbox(hive):
@@ -201,23 +209,8 @@ def test_new_session_starts_a_fresh_claude_without_the_conversation(e2e):
 
 @pytest.fixture
 def hangs(tmp_path):
-    brain = Brain()
-    mock = MockAnthropic(brain)
-    url = mock.start()
-    hive = Hive(tmp_path / "state", claude=CLAUDE,
-                env={"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-ant-test-not-a-real-key"},
-                extra_args=["--pass-env", "ANTHROPIC_BASE_URL", "--pass-env", "ANTHROPIC_API_KEY",
-                            "--hang-seconds", "4"])
-    hive.start()
-    try:
-        yield hive, brain, mock
-    finally:
-        brain.hold.set()
-        try:
-            hive.stop()
-        finally:
-            kill_harnesses(hive.state_dir)
-            mock.stop()
+    with real_hive(tmp_path, "--hang-seconds", "4") as parts:
+        yield parts
 
 
 def test_a_turn_the_api_never_answers_is_ended_as_hung_and_runs_again(hangs):
@@ -352,3 +345,18 @@ def test_a_bash_call_the_policy_asks_about_waits_for_the_operator_and_a_deny_rea
     denied = [r for req in mock.requests if req.get("tools") for r in tool_results(req)
               if "never force main" in tool_result_text(r)]
     assert denied and denied[0].get("is_error"), "the model is told of the denial and its reason"
+
+
+def test_in_spawn_mode_an_ask_rule_denies_without_asking_and_claude_enforces_it(tmp_path):
+    with real_hive(tmp_path, "--claude-mode", "spawn") as (hive, brain, mock):
+        hive.call("spawn", name="a")
+        hive.configure("a", lambda c: c.update(permissions={"ask": ["Bash(git push:*)"]}))
+        mid = hive.call("send", to="a", body="push it")["id"]
+        wait_until(lambda: hive.db_rows("select acked_at from message where id=?", mid)[0][0], 90, "the turn to end")
+        results = [tool_result_text(r) for req in mock.requests if req.get("tools") for r in tool_results(req)]
+        assert any("Permission to use Bash with command git push origin main" in t and "denied" in t
+                   for t in results), results
+        assert not [a for a in hive.call("pending")["approvals"] if a["kind"] == "tool_use"], \
+            "nothing can wait on the operator in spawn mode"
+        events = hive.dashboard("GET", "/agent/a/events/history")[1]["events"]
+        assert any("the policy's ask rules (Bash(git push:*)) deny instead" in (e.get("text") or "") for e in events)
