@@ -22,9 +22,9 @@ Each turn appends one JSON line to `.instant-claude.jsonl` in the working
 directory (the agent's state dir, where a harness runs claude):
 `{"pid", "start", "exit"}` in unix seconds, `"mode": "session"` added for a
 session's turns. A spawned turn's `start` is taken before any import but
-`time`; a session turn's when its user line was read. `exit` is taken after
-the result line is flushed. The turn benchmark lines these up against the
-core's send and ack times.
+`time`; a session turn's as soon as its user line was read. `exit` is taken
+as soon as the result line is flushed (before the record is written). The
+turn benchmark lines these up against the core's send and ack times.
 """
 
 import time
@@ -54,7 +54,7 @@ def value(argv, flag, default=None):
 
 
 def answer(session, model):
-    """One turn's output: init, then a successful result."""
+    """One turn's output: init, then a successful result; returns the time it was flushed."""
     emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": session, "tools": [],
           "mcp_servers": [], "model": model})
     emit({"type": "result", "subtype": "success", "is_error": False, "duration_ms": 0, "num_turns": 1,
@@ -62,16 +62,16 @@ def answer(session, model):
           "usage": {"input_tokens": 1, "output_tokens": 1, "cache_read_input_tokens": 0,
                     "cache_creation_input_tokens": 0}})
     sys.stdout.flush()
+    return time.time()
 
 
-def record(start, **extra):
+def record(start, flushed, **extra):
     with open(RECORD, "a") as f:  # one short line per write: appends of concurrent turns never interleave
-        f.write(json.dumps({"pid": os.getpid(), "start": start, "exit": time.time(), **extra}) + "\n")
+        f.write(json.dumps({"pid": os.getpid(), "start": start, "exit": flushed, **extra}) + "\n")
 
 
 def turn(argv):
-    answer(f"instant-{os.getpid()}", value(argv, "--model", "haiku"))
-    record(STARTED)
+    record(STARTED, answer(f"instant-{os.getpid()}", value(argv, "--model", "haiku")))
     return 0
 
 
@@ -117,8 +117,7 @@ def session(argv):
             if not kept:
                 keep_transcript(sid)
                 kept = True
-            answer(sid, model)
-            record(start, mode="session")
+            record(start, answer(sid, model), mode="session")
 
 
 def main(argv):
