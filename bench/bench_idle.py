@@ -3,11 +3,16 @@
 Owns two measurements on a live hive (a common.Core with keep_harnesses:
 every agent's harness up, logged in through the instant fake claude, parked
 in its long-poll recv) beside idle_baseline.py, the same stack (gevent,
-bottle, peewee, a pywsgi and a StreamServer) serving with no hyperhive code:
+bottle, peewee, a pywsgi and a StreamServer) serving with no hyperhive code.
+In session mode (`--claude-mode session`, the default) both wait until
+every harness has started its long-lived claude (instant_claude.py, idle
+on its stdin), so each harness holds its pipes and its process watch as in
+production; those claudes are not hyperhive's and are not counted in the
+figures, only reported beside them.
 
 - rss: VmRSS of the core daemon and of one idle harness (the median of the
-  hive's harnesses), each read once it has settled; baseline: the bare
-  server's. Targets: core <= 3x, harness <= 2x.
+  hive's harnesses; its claude child not included), each read once it has
+  settled; baseline: the bare server's. Targets: core <= 3x, harness <= 2x.
 - cpu: CPU time of the core and every harness over one window, as percent
   of one core; the baseline's over the same window beside it. It idles near
   zero, so the target is absolute: <= 2 % of one core for the whole hive.
@@ -21,7 +26,8 @@ import subprocess
 import tempfile
 import time
 
-from common import BENCH, CLOCK_TICKS, PYTHON, Children, Row, connect, cpu_seconds, median, read_line, rss_mib
+from common import (BENCH, CLOCK_TICKS, PYTHON, Children, Row, connect, cpu_seconds, median, read_line, rss_mib,
+                    session_claudes, wait_for)
 
 READ_EVERY = 0.5
 RSS_STABLE_READS = 3  # three reads 0.5 s apart within RSS_TOLERANCE: the memory has settled
@@ -30,6 +36,7 @@ RSS_DEADLINE = 30.0
 CPU_SETTLED = 10.0  # percent of one core over CPU_SETTLE_SPAN: 5x the target, far below a boot's burst
 CPU_SETTLE_SPAN = 2.0  # the core's status watch runs every 2 s: a shorter span sees it or not
 CPU_DEADLINE = 60.0
+CLAUDES_DEADLINE = 60.0  # a harness starts its session claude at its engine's tick (every 2 s) once logged in
 CORE_MAX_RATIO, HARNESS_MAX_RATIO, HIVE_MAX_PERCENT = 3.0, 2.0, 2.0
 
 
@@ -88,12 +95,28 @@ def settled_rss(pids):
 
 
 def hive_pids(core):
-    """The core's pid and every live harness's; a hive missing a harness is not the hive we mean to time."""
+    """The core's pid, every live harness's, and (in session mode) each harness's live claude's.
+
+    A hive missing a harness, or a session-mode harness without its claude, is not the hive we mean to time."""
     harnesses = core.harness_pids()
     missing = sorted(set(core.names + ["manager"]) - set(harnesses))
     if missing:
         raise RuntimeError(f"no live harness for {', '.join(missing)}; see their harness.log")
-    return core.proc.pid, harnesses
+    claudes = {}
+    if core.claude_mode == "session":
+        def all_up():
+            claudes.clear()
+            claudes.update(session_claudes(harnesses.values()))
+            return len(claudes) == len(harnesses)
+
+        wait_for(all_up, CLAUDES_DEADLINE, f"a session claude under each of the {len(harnesses)} harnesses",
+                 core.proc, core.log)
+    return core.proc.pid, harnesses, claudes
+
+
+def claudes_said(claudes):
+    return (f"each harness in session mode with its live claude (instant_claude.py, idle on stdin; "
+            f"{len(claudes)} of them)" if claudes else "each harness in spawn mode (no claude between turns)")
 
 
 def settle_cpu(pids):
@@ -117,36 +140,40 @@ def settle_cpu(pids):
 
 def run_rss(core, tmp):
     """Rows for the core's and one harness's resident memory; `core` is a live, serving common.Core."""
-    core_pid, harnesses = hive_pids(core)
+    core_pid, harnesses, claudes = hive_pids(core)
     with Baseline(tmp) as base:
         rss, steady = settled_rss([core_pid, base.pid, *harnesses.values()])
     ours = sorted(rss[pid] for pid in harnesses.values())
+    theirs = sorted(rss_mib(pid) for pid in claudes.values())
+    beside = f"; its claude child is not counted (median {median(theirs):.1f} MiB)" if theirs else ""
     unsettled = "" if steady else f"; not every process's RSS held within 1 % for 1 s in {RSS_DEADLINE:g} s"
     n = len(core.names)
     return [
         Row(f"idle RSS: core daemon ({n} agents)", rss[core_pid], rss[base.pid], "MiB",
             max_ratio=CORE_MAX_RATIO,
-            note=f"VmRSS with every harness up and long-polling; baseline: idle_baseline.py, the same "
-                 f"stack with no hyperhive code{unsettled}"),
+            note=f"VmRSS with every harness up and long-polling, {claudes_said(claudes)}; baseline: "
+                 f"idle_baseline.py, the same stack with no hyperhive code{unsettled}"),
         Row("idle RSS: one harness (median)", median(ours), rss[base.pid], "MiB", max_ratio=HARNESS_MAX_RATIO,
             note=f"median over the hive's {len(ours)} harnesses (the manager's included): "
-                 f"min {ours[0]:.1f}, max {ours[-1]:.1f} MiB"),
+                 f"min {ours[0]:.1f}, max {ours[-1]:.1f} MiB{beside}"),
     ]
 
 
 def run_cpu(core, tmp, window):
     """The hive's CPU over `window` seconds as percent of one core, beside the baseline's in the same window."""
-    core_pid, harnesses = hive_pids(core)
+    core_pid, harnesses, claudes = hive_pids(core)
     pids = [core_pid, *harnesses.values()]
     settled = settle_cpu(pids)
     with Baseline(tmp) as base:
-        before = {pid: cpu_seconds(pid) for pid in pids + [base.pid]}
+        before = {pid: cpu_seconds(pid) for pid in pids + [base.pid] + list(claudes.values())}
         t0 = time.monotonic()
         time.sleep(window)  # the measurement itself: a fixed window of doing nothing
         elapsed = time.monotonic() - t0
         used = {pid: cpu_seconds(pid) - before[pid] for pid in before}
     hive = sum(used[pid] for pid in pids) / elapsed * 100
     by_core = used[core_pid] / elapsed * 100
+    by_claudes = sum(used[pid] for pid in claudes.values()) / elapsed * 100
+    beside = f"; the {len(claudes)} idle claudes beside them {by_claudes:.2f} %, not counted" if claudes else ""
     # each process's delta is off by less than a tick, uniformly: the sum's spread grows as its square root
     rounding = math.sqrt(len(pids) / 6) / CLOCK_TICKS / elapsed * 100
     if settled is None:
@@ -155,7 +182,7 @@ def run_cpu(core, tmp, window):
         waited = f"measured once it stayed under {CPU_SETTLED:g} % for {CPU_SETTLE_SPAN:g} s ({settled:.1f} s)"
     return [Row(f"idle CPU: core + {len(harnesses)} harnesses ({window:g} s, % of one core)", hive,
                 used[base.pid] / elapsed * 100, "%", max_value=HIVE_MAX_PERCENT, show_ratio=False,
-                note=f"the core alone {by_core:.2f} %; utime+stime (+ waited-for children) from /proc/PID/stat, "
+                note=f"{claudes_said(claudes)}; the core alone {by_core:.2f} %{beside}; utime+stime (+ waited-for children) from /proc/PID/stat, "
                      f"whose {1000 / CLOCK_TICKS:g} ms ticks round each of the {len(pids)} processes: "
                      f"±{rounding:.2f} % (1σ) over this window; {waited}; "
                      f"baseline: idle_baseline.py over the same window")]

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 
-from common import PYTHON, ROOT, Children, Core, Row, call, percentile, wait_for
+from common import ROOT, Children, Core, Row, call, mode_args, modes_of, percentile, wait_for
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from mockapi import MockAnthropic, is_side_request, text  # noqa: E402
@@ -46,7 +46,6 @@ WARMUP = 2  # the first turns boot the CLI, connect MCP and fill caches: not tim
 BOOT_TIMEOUT = 120.0  # a hive's first turn waits for the harness's login probe and a CLI boot
 TURN_TIMEOUT = 60.0
 MAX_RATIO = 1.5
-MODES = ("session", "spawn")
 AGENT = "b00"  # common.Core's first agent
 
 
@@ -55,17 +54,6 @@ def missing():
     if not os.access(CLAUDE, os.X_OK):
         return f"no claude CLI at {CLAUDE} (run tests/setup, or set HIVE_TEST_CLAUDE)"
     return None
-
-
-def mode_args(mode):
-    """`serve` options for a claude mode; None is the pyz's own default (for a pyz without the option)."""
-    return [] if mode is None else ["--claude-mode", mode]
-
-
-def modes_of(pyz):
-    """The claude modes this pyz's `serve` offers; (None,) for one that predates `--claude-mode`."""
-    done = subprocess.run([PYTHON, pyz, "serve", "--help"], capture_output=True, text=True, timeout=60)
-    return MODES if "--claude-mode" in done.stdout + done.stderr else (None,)
 
 
 # -- the mock API ----------------------------------------------------------------------------------

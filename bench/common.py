@@ -232,6 +232,27 @@ def cpu_seconds(pid):
     return sum(int(ticks) for ticks in fields[11:15]) / CLOCK_TICKS  # utime, stime, cutime, cstime
 
 
+def session_claudes(parents):
+    """{parent pid: pid} of the live session claudes (`--input-format stream-json`) whose parent is in `parents`."""
+    parents, found = set(parents), {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            if ppid not in parents:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if b"--input-format" in argv and b"stream-json" in argv:
+            found[ppid] = int(entry)
+    return found
+
+
 # -- the benchmarks' claude ------------------------------------------------------------------
 
 def instant_claude(tmp):
@@ -247,6 +268,22 @@ def instant_claude(tmp):
         f.write(f'#!/bin/sh\nexec {shlex.quote(PYTHON)} -I -S {shlex.quote(script)} "$@"\n')
     os.chmod(path, 0o755)
     return path
+
+
+# -- the harness's claude modes ----------------------------------------------------------------
+
+MODES = ("session", "spawn")  # `serve --claude-mode`: one long-lived claude per agent (the default), one per turn
+
+
+def mode_args(mode):
+    """`serve` options for a claude mode; None is the pyz's own default (for a pyz without the option)."""
+    return [] if mode is None else ["--claude-mode", mode]
+
+
+def modes_of(pyz):
+    """The claude modes this pyz's `serve` offers; (None,) for one that predates `--claude-mode`."""
+    done = subprocess.run([PYTHON, pyz, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    return MODES if "--claude-mode" in done.stdout + done.stderr else (None,)
 
 
 # -- the pyz ---------------------------------------------------------------------------
@@ -289,18 +326,21 @@ class Core:
     harness never gets its login JSON and parks, polling for a login,
     instead of long-polling for messages). `label` names the state dir in
     tmp, so a second hive of the same run starts empty. `env` is added to
-    the core's environment, `extra_args` to its `serve` command line.
+    the core's environment, `extra_args` to its `serve` command line;
+    `claude_mode` ("session", "spawn") is passed as `--claude-mode` (None:
+    the pyz's default, for a pyz without the option).
     """
 
     def __init__(self, tmp, pyz, agents, keep_harnesses=False, claude="/bin/true", label="core", env=None,
-                 extra_args=()):
+                 extra_args=(), claude_mode=None):
         self.pyz = pyz
         self.state = os.path.join(tmp, label)
         self.log = os.path.join(tmp, f"{label}.log")
         self.host = os.path.join(self.state, "run", "host.sock")
         self.names = [f"b{i:02d}" for i in range(agents)]
         self.keep_harnesses, self.claude = keep_harnesses, claude
-        self.env, self.extra_args = dict(os.environ, **(env or {})), list(extra_args)
+        self.env, self.extra_args = dict(os.environ, **(env or {})), list(extra_args) + mode_args(claude_mode)
+        self.claude_mode = claude_mode
         self.proc = None
 
     def socket(self, name):

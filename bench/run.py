@@ -16,17 +16,26 @@ Benchmarks (targets from the issue):
   state    GET /api/state p99 with 50 agents and 100k messages in the database;
            baseline: a static asset from the same server. Target: <= 50 ms.
   rss      resident memory (VmRSS) of the core daemon and of one harness, idle in
-           a hive of 50 agents whose harnesses all run and long-poll; baseline:
-           a bare gevent + bottle + peewee server (bench/idle_baseline.py).
-           Target: core <= 3x, harness <= 2x.
-  cpu      CPU time of that hive (the core and every harness) over 60 s (10 s
-           with --quick), as percent of one core; baseline: the bare server
-           over the same window. Target: <= 2 % of one core (absolute: the
-           baseline idles near zero, so no ratio is judged).
-  turn     a harness's own time around one claude run (bench/instant_claude.py),
-           timed from the core: operator send -> claude started, and claude's
-           exit -> the turn's ack; baseline: the same claude spawned from a
-           plain Python loop. Target: the sum <= 100 ms at p50.
+           a hive of 50 agents whose harnesses all run and long-poll, in
+           session mode (`--claude-mode session`), each with its live, idle
+           claude (bench/instant_claude.py; not counted, its RSS is noted);
+           baseline: a bare gevent + bottle + peewee server
+           (bench/idle_baseline.py). Target: core <= 3x, harness <= 2x.
+  cpu      CPU time of that hive (the core and every harness; the idle claudes
+           noted beside it, not counted) over 60 s (10 s with --quick), as
+           percent of one core; baseline: the bare server over the same
+           window. Target: <= 2 % of one core (absolute: the baseline idles
+           near zero, so no ratio is judged).
+  turn     a harness's own time around one claude turn (bench/instant_claude.py,
+           which answers at once), timed from the core, per claude mode.
+           session (that hive): operator send -> claude read the user line,
+           and claude's result line -> the turn's ack; baseline: the same
+           claude kept running and fed user lines by a plain Python loop
+           (line written -> read, result flushed -> read). spawn (a second
+           hive of one agent with `--claude-mode spawn`): operator send ->
+           claude started, and claude's exit -> the turn's ack; baseline: the
+           same claude spawned from a plain Python loop (spawn -> started,
+           exit -> reaped). Target, per mode: the sum <= 100 ms at p50.
   session  operator send -> the first Messages API request of the turn it
            wakes, p50 and p95, with the real claude CLI (tests/node) against an
            instant mock API, in a hive with `--claude-mode session` (one
@@ -36,9 +45,12 @@ Benchmarks (targets from the issue):
 
 wake, cli, fanout and state share one hive whose harnesses are killed (the
 benchmark must be the only reader of the agents' queues); rss, cpu and turn
-share a second one, started after it, whose harnesses all stay up with
-bench/instant_claude.py as their claude. session starts a hive of one agent
-per claude mode, last, and is skipped when the CLI is not installed.
+share a second one, started after it, whose harnesses all stay up in session
+mode with bench/instant_claude.py as their claude; turn starts its spawn-mode
+hive of one agent beside it. (A pyz without `--claude-mode` runs its only
+mode, the per-turn spawn, in that second hive, and turn has spawn rows only.)
+session starts a hive of one agent per claude mode, last, and is skipped when
+the CLI is not installed.
 
 Everything runs on unix sockets in a temp dir that is removed afterwards;
 every child process is stopped, also on Ctrl-C. Exit status: 0 when every
@@ -63,7 +75,7 @@ import bench_idle  # noqa: E402
 import bench_session  # noqa: E402
 import bench_turn  # noqa: E402
 import bench_wake  # noqa: E402
-from common import Children, Core, ensure_pyz, instant_claude, on_sigterm_raise, rmtree, table  # noqa: E402
+from common import Children, Core, ensure_pyz, instant_claude, modes_of, on_sigterm_raise, rmtree, table  # noqa: E402
 
 ALL = ("wake", "broker", "mcp", "cli", "fanout", "state", "rss", "cpu", "turn", "session")
 LIVE = ("rss", "cpu", "turn")  # the benchmarks of the hive whose harnesses stay up
@@ -141,15 +153,17 @@ def main(argv):
         if live:
             print(f"· starting a hive of {args.agents} agents with live harnesses …", file=sys.stderr, flush=True)
             claude = instant_claude(tmp)
+            mode = "session" if "session" in modes_of(pyz) else None
             try:
-                with Core(tmp, pyz, args.agents, keep_harnesses=True, claude=claude, label="live") as hive:
+                with Core(tmp, pyz, args.agents, keep_harnesses=True, claude=claude, label="live",
+                          claude_mode=mode) as hive:
                     hive.wait_serving(BOOT_TIMEOUT)
                     if "rss" in live:  # first: before any turn has grown a harness
                         attempt("rss", lambda: bench_idle.run_rss(hive, tmp))
                     if "cpu" in live:
                         attempt("cpu", lambda: bench_idle.run_cpu(hive, tmp, window))
                     if "turn" in live:
-                        attempt("turn", lambda: bench_turn.run(hive, tmp, claude, turns))
+                        attempt("turn", lambda: bench_turn.run(hive, tmp, claude, turns, pyz, mode))
             except Exception as e:  # a hive that never came up must not hide the figures above
                 failures.append(f"{', '.join(live)}: the live hive: {e}")
                 traceback.print_exc()
