@@ -205,3 +205,23 @@ def test_the_badges_show_the_last_turns_numbers_after_a_reload_and_a_harness_res
     expect(page.locator("#loose-ends")).to_contain_text("nothing left open")
     os.makedirs(ARTIFACTS, exist_ok=True)
     page.screenshot(path=os.path.join(ARTIFACTS, "agent-badges-cold.png"))
+
+
+# -- 3. the session's claude -------------------------------------------------------------------------
+
+def test_the_page_shows_the_sessions_claude_and_the_same_one_runs_the_next_turn(page, hv):
+    open_agent_page(page, hv, "a")
+    idle(page)
+    run_turn(page, unique("claude-"), "FAKE: say one")
+    pid = hv.claude_calls("a")[-1]["pid"]
+    page.reload()  # the chip comes with the state: a turn's end does not carry it
+    chip = page.locator("#claude-chip")
+    expect(chip).to_have_attribute("data-pid", str(pid))
+    expect(chip).to_contain_text(f"claude {pid}")
+    expect(chip).to_contain_text(" MiB")
+    turns = int(chip.text_content().split(" turn")[0].rsplit("· ", 1)[1])
+    run_turn(page, unique("claude-"), "FAKE: say two")
+    assert hv.claude_calls("a")[-1]["pid"] == pid, "the next turn ran on the same claude"
+    page.reload()
+    expect(chip).to_contain_text(f"· {turns + 1} turn")
+    assert "replaced between turns after 200 turns" in chip.get_attribute("title")
