@@ -158,14 +158,35 @@ def turn_done(hive, name, body, what):
     return mid
 
 
+def mcp_servers(pid):
+    """The hive's MCP servers claude `pid` runs (its children running `<role> mcp`)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"mcp" in argv and any(a.endswith(b"hyperhive.pyz") for a in argv):
+            found.append(child)
+    return found
+
+
 def test_a_session_runs_every_turn_on_one_claude_and_switches_its_model_in_place(e2e):
     hive, brain, mock = e2e
     hive.call("spawn", name="a")
     turn_done(hive, "a", "first turn", "the first turn")
     pid = claude_process(hive, "a")["pid"]
     assert pid and claude_process(hive, "a")["mode"] == "session"
+    [server] = mcp_servers(pid)
     turn_done(hive, "a", "second turn", "the second turn")
     assert claude_process(hive, "a")["pid"] == pid, "the second turn ran on the same claude"
+    assert mcp_servers(pid) == [server], "and on the same MCP server"
     status, _ = hive.dashboard("POST", "/agent/a/api/model", {"model": "claude-sonnet-4-5"})
     assert status == 200
     turn_done(hive, "a", "third turn, on another model", "the turn on the new model")
