@@ -193,7 +193,7 @@ TIMES = st.one_of(st.tuples(st.datetimes(), st.sampled_from(ZONES)).map(lambda p
 
 def arg_values(verb, arg):
     """Values for one argument: plausible ones of its kind and hostile ones of any kind."""
-    if (verb, arg.name) == ("recv", "wait_seconds"):
+    if (verb, arg.name) in (("recv", "wait_seconds"), ("ask_tool_use", "wait_seconds")):
         # never a positive wait: a long-poll would stall the fuzz (a clamp is never refused)
         return st.one_of(st.integers(max_value=0), st.floats(max_value=0.99), st.just(math.inf), TEXT, st.none(),
                          st.booleans(), st.lists(JSON_SCALARS, max_size=2))
@@ -210,6 +210,8 @@ def arg_values(verb, arg):
         "when": TIMES,
         "choice": st.one_of(st.sampled_from(arg.choices or ("x",)), TEXT),
         "ids": st.one_of(st.lists(st.one_of(st.integers(-3, 1_200), EDGE_NUMBERS), max_size=40), TEXT),
+        "object": st.one_of(st.dictionaries(TEXT, JSON_VALUES, max_size=4),
+                            st.fixed_dictionaries({"command": weighted((TEXT, 4), (LONG_TEXT, 1))})),
     }[arg.kind]
     return weighted((plausible, 2), (HOSTILE, 1))
 
@@ -388,7 +390,7 @@ HARMLESS_VERBS = frozenset({
     "login_url", "send", "operator_msg", "whoami", "recent", "get_loose_ends", "count_pending_reminders",
     "set_status", "ack_turn", "requeue_inflight", "answer", "cancel_question", "cancel_loose_end", "ask",
     "approve", "deny", "update_meta", "recv", "remind", "cancel_turn", "retry_cancelled", "sessions",
-    "mark_read"})
+    "mark_read", "ask_tool_use"})
 # Verbs sent valid only with names the hive does not have: they must be refused.
 NAMED_VERBS = frozenset({"start", "stop", "restart", "rebuild", "kill", "set_paused", "destroy", "purge_tombstone"})
 # Verbs never sent valid: each would add an agent, an approval, or flip an agent's login.
@@ -406,7 +408,7 @@ def frame_is_harmless(verdict):
     if not verdict.request:
         return True  # refused before any handler runs
     verb, args = verdict.verb, verdict.args
-    if verb == "recv":
+    if verb in ("recv", "ask_tool_use"):  # never a wait: it would stall the fuzz
         return args["wait_seconds"] == 0
     if verb == "remind":
         return args["file_path"] is None  # a reminder's file is written where the agent can reach

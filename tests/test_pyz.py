@@ -195,8 +195,9 @@ def test_every_route_of_the_dashboard_and_the_agent_page_answers_from_the_pyz(hi
         ("GET", "/api/tool-calls/<name>"): lambda: assert_has(judged(b.request("GET", "/api/tool-calls/v")),
                                                               f'"id":{tool_call}'.encode()),
         ("GET", "/api/tool-calls/<name>/stream"): lambda: tool_calls_stream(b, v),
-        ("POST", "/approve/<approval_id>"): lambda: [judged(b.request("POST", f"/approve/{to_approve}")),
-                                                     judged(b.request("POST", f"/approve/{tool_call}", {"always": True}))],
+        ("POST", "/approve/<approval_id>"):
+            lambda: [judged(b.request("POST", f"/approve/{to_approve}")),
+                     judged(b.request("POST", f"/approve/{tool_call}", {"always": True}))],
         ("POST", "/deny/<approval_id>"): lambda: judged(b.request("POST", f"/deny/{to_deny}", {"reason": "no"})),
         ("POST", "/answer-question/<question_id>"):
             lambda: judged(b.request("POST", f"/answer-question/{asked}", {"answer": "yes"})),
