@@ -125,6 +125,14 @@ def open_agent_page(page, hv, name):
     page.evaluate("window.__marker = 1")
 
 
+def shot(p, name):
+    """A full-page screenshot in tests/artifacts/, for a person to look at."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, name)
+    p.screenshot(path=path, full_page=True)
+    assert os.path.getsize(path) > 0
+
+
 def assert_no_reload(page):
     assert page.evaluate("window.__marker") == 1, "the page reloaded or navigated"
 

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import Hive, running, wait_until
 import test_browser as tb
-from test_browser import (ARTIFACTS, assert_no_reload, ensure_agent, new_context, open_agent_page, open_dashboard,
+from test_browser import (shot, assert_no_reload, ensure_agent, new_context, open_agent_page, open_dashboard,
                           unique, wait_page_up, web_sock)
 
 from playwright.sync_api import expect  # noqa: E402  (after test_browser's skip)
@@ -46,13 +46,6 @@ def page(operator):
     yield p
     p.close()
     assert not errors, f"errors in the page: {errors}"
-
-
-def shot(p, name):
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    path = os.path.join(ARTIFACTS, name)
-    p.screenshot(path=path, full_page=True)
-    assert os.path.getsize(path) > 0
 
 
 def inbox_of(hv, name, words):

@@ -8,13 +8,12 @@ here); skipped or failed as that module is, by HIVE_REQUIRE_BROWSER. Screenshots
 
 import concurrent.futures
 import json
-import os
 
 import pytest
 
 import test_browser as tb
 from conftest import wait_until
-from test_browser import ARTIFACTS, assert_no_reload, open_agent_page, open_dashboard, unique
+from test_browser import shot, assert_no_reload, open_agent_page, open_dashboard, unique
 
 from playwright.sync_api import expect  # noqa: E402  (after test_browser's skip)
 
@@ -36,13 +35,6 @@ def ask(hv, tool_use_id, wait_seconds=0, command=None, rule="Bash(echo:*)"):
     return hv.agent_call("a", "ask_tool_use", tool="Bash", tool_use_id=tool_use_id, rule=rule,
                          input={"command": command or f"echo {HOSTILE}", "description": "say hello"},
                          wait_seconds=wait_seconds)["approval"]
-
-
-def shot(p, name):
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    path = os.path.join(ARTIFACTS, name)
-    p.screenshot(path=path, full_page=True)
-    assert os.path.getsize(path) > 0
 
 
 def shows_the_input_as_text(p, card, command):
