@@ -129,9 +129,11 @@ def test_harness_kill9_mid_turn_loses_nothing_flags_redeliveries_and_acks_only_g
             at = turn["time"] + rng.uniform(0.0, sum(map(float, SLEEP.findall(turn["prompt"]))))
             time.sleep(max(0.0, at - time.time()))
             pid = hive.harness_pid("a")
-            running = alive(turn["pid"])  # claude exits when its turn ends
+            running = alive(turn["pid"])  # a spawned claude exits when its turn ends; a session's lives on
             os.kill(pid, signal.SIGKILL)
-            mid_turn += running and all(t["pid"] != turn["pid"] for t in hive.good_turns("a"))
+            # mid-turn: no good turn of that claude had this prompt (a session's claude runs many turns)
+            mid_turn += running and not any(t["pid"] == turn["pid"] and t["prompt"] == turn["prompt"]
+                                            for t in hive.good_turns("a"))
             wait_until(lambda: hive.row("a")["failed"], 30, f"the core to see kill {k + 1}")
             hive.call("start", scope={"agent_names": ["a"]})
     sent = stream.sent

@@ -203,12 +203,14 @@ class Reading:
             self.too_long = True
         bus.emit("note", text=text, stream="stderr")
 
-    def stdout(self, bus, text):
-        """One stdout line: to the bus as it came, and read. Returns the parsed line (None when not JSON)."""
-        try:
-            line = json.loads(text)
-        except ValueError:
-            line = None
+    def stdout(self, bus, text, line=None):
+        """One stdout line: to the bus as it came, and read. `line` is the text parsed, when the caller did.
+        Returns the parsed line (None when not JSON)."""
+        if line is None:
+            try:
+                line = json.loads(text)
+            except ValueError:
+                line = None
         if not isinstance(line, dict):
             bus.emit("note", text=text, stream="stdout")
             return None

@@ -373,7 +373,7 @@ class SessionEngine:
                 proc.session_id = line["session_id"]
             return
         turn.last_life = self.clock()
-        parsed = turn.reading.stdout(self.bus, text)
+        parsed = turn.reading.stdout(self.bus, text, line)
         if isinstance(parsed, dict):
             if isinstance(parsed.get("session_id"), str) and parsed.get("type") in ("system", "result"):
                 proc.session_id = parsed["session_id"]
