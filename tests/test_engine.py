@@ -13,6 +13,7 @@ import signal
 import time
 
 import gevent
+import gevent.event
 import pytest
 
 from conftest import FAKE_CLAUDE, Hive, running, wait_until
@@ -193,3 +194,23 @@ def test_a_call_the_policy_asks_about_waits_for_the_operator_and_a_denial_reache
         wait_until(lambda: "after-deny" in inbox_bodies(hive), 30, "the turn to go on once denied")
         assert bash_verdicts(hive, "a")[-1]["verdict"] == {"behavior": "deny", "message":
                                                            "the operator denied this call: not on main"}
+
+
+def test_a_turn_cancelled_while_its_claude_still_starts_is_cancelled_and_writes_nothing(engine, tmp_path):
+    eng, clock = engine
+    starting = gevent.event.Event()
+    ready = eng._ready
+
+    def slow_ready(resume):  # the process is being replaced: the page already shows the turn thinking
+        starting.wait()
+        return ready(resume)
+    eng._ready = slow_ready
+    turn = gevent.spawn(eng.run, "FAKE: say never", None)
+    gevent.sleep(0)
+    assert eng.current is not None, "the operator can cancel the turn from its first moment"
+    eng.current.cancel()
+    starting.set()
+    outcome = turn.get(timeout=30)
+    assert outcome.kind == "cancelled" and eng.current is None
+    calls = tmp_path / "state" / ".fakeclaude" / "calls.jsonl"
+    assert not calls.exists() or "say never" not in calls.read_text(), "no line was written for it"

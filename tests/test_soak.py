@@ -126,6 +126,9 @@ def test_a_hive_running_many_turns_stays_flat(tmp_path):
             h.call("spawn", name=name)
         wait_until(lambda: all((h.row(n) or {}).get("active_model") for n in names), 60 + 3 * AGENTS,
                    "every agent to boot")
+        # at rest, every harness keeps its session's claude: the soak starts from there
+        wait_until(lambda: all((h.dashboard("GET", f"/agent/{n}/api/state")[1].get("claude_process") or {}).get("pid")
+                               for n in names + ["manager"]), 60, "every harness's claude to start")
         soak = Soak(h, names, clock_file)
         for r in range(1, ROUNDS + 1):
             for w in range(WAVES):

@@ -34,13 +34,13 @@ approval is not hung.
 import json
 import logging
 import os
-import subprocess
 import time
 import uuid
 
 import gevent
 import gevent.event
 import gevent.lock
+from gevent import subprocess  # cooperative pipes, whether or not the process patched the stdlib
 
 from hyperhive import wire
 from hyperhive.harness.claude import Outcome, Reading, Run, dies_with_harness, spawn_failure
@@ -230,15 +230,20 @@ class Process:
                         log.exception("reading claude's line failed: %.200s", text)
         finally:
             code = self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):  # now, not when a collector gets to it
+                _close(pipe)
             for waiter in self.pending.values():
                 waiter.set_exception(ProcessGone(f"claude exited with code {code}"))
             self.exited.set(code)
 
     def _pump_stderr(self, on_stderr):
-        for raw in self.proc.stderr:
-            text = raw.decode(errors="replace").rstrip()
-            if text:
-                on_stderr(self, text)
+        try:
+            for raw in self.proc.stderr:
+                text = raw.decode(errors="replace").rstrip()
+                if text:
+                    on_stderr(self, text)
+        finally:
+            _close(self.proc.stderr)
 
     def write(self, obj):
         data = (json.dumps(obj) + "\n").encode()
@@ -272,10 +277,8 @@ class Process:
 
     def stop(self, grace=STOP_GRACE):
         """Between turns: close stdin (claude exits 0), kill it if it does not."""
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
+        with self.write_lock:
+            _close(self.proc.stdin)
         self.kill_after(grace)
 
     def kill_after(self, grace):
@@ -292,6 +295,13 @@ class Process:
 
     def rss(self):
         return rss_bytes(self.pid)
+
+
+def _close(pipe):
+    try:
+        pipe.close()
+    except OSError as e:  # a pipe whose other end is gone: nothing left to lose
+        log.debug("closing claude's pipe: %s", e)
 
 
 class SessionTurn:
@@ -446,19 +456,27 @@ class SessionEngine:
             return self._run(prompt, resume)
 
     def _run(self, prompt, resume):
-        proc = self._ready(resume)
-        fresh = proc is None
-        if fresh:
-            try:
-                proc = self._start(resume)
-            except OSError as e:
-                why, missing = spawn_failure(self.invocation.claude, e)
-                return Outcome("claude_missing", missing) if missing else Outcome("failed", why)
         reading = Reading(prompt, self.on_session, on_refused=lambda: gevent.spawn(self._refused))
-        turn = SessionTurn(self, proc, reading, self.clock)
-        self.turn = turn  # before the pumps run: a fresh process's first lines are this turn's
+        # the turn is the operator's to cancel from its first moment, while its process still starts
+        turn = self.turn = SessionTurn(self, None, reading, self.clock)
+        try:
+            proc = self._ready(resume)
+            fresh = proc is None
+            if fresh:
+                proc = self._start(resume)
+        except OSError as e:
+            self.turn = None
+            why, missing = spawn_failure(self.invocation.claude, e)
+            return Outcome("claude_missing", missing) if missing else Outcome("failed", why)
+        except BaseException:
+            self.turn = None
+            raise
+        turn.proc = proc  # before the pumps run: a fresh process's first lines are this turn's
         if fresh:
             proc.pump(self._on_line, self._on_stderr)
+        if reading.cancelled:  # cancelled before a line was written: nothing ran
+            self.turn = None
+            return reading.classify(0)
         watch = gevent.spawn(self.hang.watch, turn, turn.hung)
         code = None
         try:
@@ -485,6 +503,8 @@ class SessionEngine:
     def interrupt(self, turn, grace):
         """End a running turn: interrupt it; kill the process if the turn has not ended after `grace`."""
         proc = turn.proc
+        if proc is None:
+            return  # its process is still starting: the turn sees its cancel before it writes a line
         try:
             proc.control({"subtype": "interrupt"}, timeout=grace)
         except (ProcessGone, wire.HiveError) as e:
