@@ -155,7 +155,7 @@ class Approvals:
                                           & (Approval.status == PENDING)).count()
         if waiting >= wire.TOOL_USE_PENDING_MAX:
             raise wire.HiveError(f"{agent} already has {waiting} tool calls waiting for the operator's approval, the "
-                                 f"most one agent may; wait for her to decide them (they are cancelled when the "
+                                 f"most one agent may; wait for the operator to decide them (they are cancelled when the "
                                  "turn that made them ends)", "conflict")
         with core_db.atomic():
             a = Approval.create(agent=agent, kind=TOOL_USE, status=PENDING, requested_at=self._now(), tool=tool,
@@ -250,7 +250,7 @@ class Approvals:
 
     def _ask_always(self, a):
         """The operator chose "always allow": the manager is asked for the policy change, which reaches the
-        agent as any change does, through a commit she approves. Nothing here edits a config."""
+        agent as any change does, through a commit the operator approves. Nothing here edits a config."""
         rule = json.dumps(a.rule, ensure_ascii=False)
         text = (f"[helper event] always_allow: the operator allowed {a.agent}'s {a.tool} call (approval {a.id}) and "
                 f"wants calls matching the ask rule {rule} to run without asking from now on. Add {rule} to "
@@ -290,7 +290,7 @@ class Approvals:
         a = self._pending(approval_id)
         if a.kind == TOOL_USE:
             raise wire.HiveError(f"approval {a.id} is a tool call of {a.agent}'s waiting for the operator; it ends "
-                                 f"when she decides or when {a.agent}'s turn ends, and nobody else withdraws it",
+                                 f"when the operator decides or when {a.agent}'s turn ends, and nobody else withdraws it",
                                  "forbidden")
         note = f"withdrawn by {by}"
         if a.fetched_sha:

@@ -114,7 +114,7 @@ class Questions:
 
     @staticmethod
     def _admit_for_operator(asker):
-        """The operator's open questions are one list on her dashboard: no asker may fill it."""
+        """The operator's open questions are one list on the dashboard: no asker may fill it."""
         open_ = (Question.select().where((Question.asker == asker) & (Question.target == wire.OPERATOR)
                                          & Question.answered_at.is_null()).count())
         if open_ >= OPEN_FOR_OPERATOR:
