@@ -109,7 +109,8 @@ def test_an_ask_waits_through_long_polls_and_the_turn_counts_as_waiting_meanwhil
 
 @pytest.mark.parametrize("answer, message", [
     ({"approval": {"id": 7, "status": "denied", "note": "not today"}}, "the operator denied this call: not today"),
-    ({"approval": {"id": 7, "status": "cancelled", "note": "the turn ended"}}, "the approval was cancelled: the turn ended"),
+    ({"approval": {"id": 7, "status": "cancelled", "note": "the turn ended"}},
+     "the approval was cancelled: the turn ended"),
     (wire.HiveError("approval input is 20000 bytes; the limit is 16384"),
      "the operator could not be asked (approval input is 20000 bytes; the limit is 16384)"),
 ])

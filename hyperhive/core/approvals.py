@@ -155,8 +155,8 @@ class Approvals:
                                           & (Approval.status == PENDING)).count()
         if waiting >= wire.TOOL_USE_PENDING_MAX:
             raise wire.HiveError(f"{agent} already has {waiting} tool calls waiting for the operator's approval, the "
-                                 f"most one agent may; wait for the operator to decide them (they are cancelled when the "
-                                 "turn that made them ends)", "conflict")
+                                 "most one agent may; wait for the operator to decide them (they are cancelled when "
+                                 "the turn that made them ends)", "conflict")
         with core_db.atomic():
             a = Approval.create(agent=agent, kind=TOOL_USE, status=PENDING, requested_at=self._now(), tool=tool,
                                 tool_input=json.dumps(tool_input, ensure_ascii=False), rule=rule or None,
@@ -290,8 +290,8 @@ class Approvals:
         a = self._pending(approval_id)
         if a.kind == TOOL_USE:
             raise wire.HiveError(f"approval {a.id} is a tool call of {a.agent}'s waiting for the operator; it ends "
-                                 f"when the operator decides or when {a.agent}'s turn ends, and nobody else withdraws it",
-                                 "forbidden")
+                                 f"when the operator decides or when {a.agent}'s turn ends, and nobody else "
+                                 "withdraws it", "forbidden")
         note = f"withdrawn by {by}"
         if a.fetched_sha:
             self.repos.tag(a.agent, "cancelled", a.id, a.fetched_sha, message=note)
