@@ -21,7 +21,7 @@ from fakes import Clock
 from hyperhive import wire
 from hyperhive.harness import engine as engines
 from hyperhive.harness.bus import Bus
-from hyperhive.harness.claude import Invocation
+from hyperhive.harness.claude import Invocation, Reading
 from hyperhive.harness.session import Session
 from hyperhive.schema import open_agent
 
@@ -108,6 +108,20 @@ def test_a_turn_waiting_on_the_operator_is_not_hung(tmp_path):
     assert not dog.hung(quiet, clock() + 59)
 
 
+def test_a_tool_that_runs_long_and_silent_is_not_a_hang_until_its_own_limit_is_past():
+    clock = Clock(1000.0)
+    dog = engines.Watchdog(60)
+    reading = Reading("build it")
+    building = engines.SessionTurn(None, None, reading, clock)
+    reading.read({"type": "assistant", "message": {"content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "make -j2", "timeout": 600000}}]}})
+    assert not dog.hung(building, clock() + 61), "a build says nothing until it ends"
+    assert dog.hung(building, clock() + 60 + engines.TOOL_SECONDS + 1), "but not for ever"
+    reading.read({"type": "user", "message": {"content": [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "built"}]}})
+    assert dog.hung(building, clock() + 61), "once the tool answered, the usual limit again"
+
+
 def test_the_engine_limits_come_from_the_environment_and_a_bad_one_is_named(caplog):
     limits = engines.Limits.from_env({engines.HANG_ENV: "45", engines.RECYCLE_TURNS_ENV: "7",
                                       engines.RECYCLE_RSS_ENV: "lots", engines.RECYCLE_IDLE_ENV: "5"})
@@ -118,10 +132,49 @@ def test_the_engine_limits_come_from_the_environment_and_a_bad_one_is_named(capl
     assert engines.mode_from_env({engines.MODE_ENV: "bogus"}) == "session"
 
 
-# -- the unit tier: a session engine on a real fake-claude process, stepped with a clock ------------------
+# -- the unit tier: a session engine stepped with a clock, its processes recording fakes ------------------
+
+class FakeProcess:
+    """engine.Process as the engine drives it, with no process: started, stopped, alive."""
+
+    started = []
+
+    def __init__(self, argv, invocation, resume, model, clock):
+        self.argv, self.resumed, self.model = argv, resume, model
+        self.pid = 1000 + len(FakeProcess.started)
+        self.session_id, self.turns, self.last_used = None, 0, clock()
+        self.started_unix = time.time()
+        self.stopped = False
+        self.exited = gevent.event.AsyncResult()
+        self.written = []
+        FakeProcess.started.append(self)
+
+    conversation = engines.Process.conversation
+
+    def alive(self):
+        return not self.stopped
+
+    def pump(self, on_line, on_stderr):
+        pass
+
+    def stop(self):
+        self.die(0)
+
+    def die(self, code):
+        self.stopped = True
+        self.exited.set(code)
+
+    def write(self, line):
+        self.written.append(line)
+
+    def rss(self):
+        return None
+
 
 @pytest.fixture
-def engine(tmp_path):
+def engine(tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "Process", FakeProcess)
+    FakeProcess.started = []
     state = tmp_path / "state"
     state.mkdir()
     open_agent(str(state / "events.sqlite"))
@@ -139,64 +192,33 @@ def test_a_long_idle_session_is_replaced_and_nothing_starts_before_the_login(eng
     eng.tick(clock(), ready=lambda: False)
     assert eng.proc is None, "no claude before its login is there"
     eng.tick(clock(), ready=lambda: True)
-    first = eng.proc.pid
-    assert eng.info()["pid"] == first and eng.info()["turns"] == 0
+    first = eng.proc
+    assert eng.info()["pid"] == first.pid and eng.info()["turns"] == 0
+    assert "--input-format" in first.argv and not [a for a in first.argv if a.startswith("--resume")]
     clock.t += 599
     eng.tick(clock(), ready=lambda: True)
-    assert eng.proc.pid == first, "not idle long enough"
+    assert eng.proc is first, "not idle long enough"
     clock.t += 2
     eng.tick(clock(), ready=lambda: True)
-    assert eng.proc.pid != first and eng.recycled == 1
-    gone = time.monotonic() + 10
-    while os.path.exists(f"/proc/{first}") and open(f"/proc/{first}/stat").read().split()[2] != "Z":
-        assert time.monotonic() < gone, "the replaced claude did not exit"
-        gevent.sleep(0.05)
+    assert first.stopped and eng.proc is not first and eng.recycled == 1
 
 
-# -- tool calls the policy sends to the operator ----------------------------------------------------
-
-def bash_verdicts(hive, name):
-    path = os.path.join(hive.home(name), "state", ".fakeclaude", "bash.jsonl")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def pending_tool_uses(hive):
-    return [a for a in hive.call("pending")["approvals"] if a["kind"] == "tool_use"]
-
-
-def test_a_call_the_policy_asks_about_waits_for_the_operator_and_a_denial_reaches_claude_with_its_reason(tmp_path):
-    with hive_with(tmp_path, "--hang-seconds", "2") as hive:
-        hive.spawn("a")
-        hive.configure("a", lambda c: c.update(permissions={"ask": ["Bash(git push:*)"], "deny": ["Bash(rm -rf:*)"]}))
-        hive.call("send", to="a", body="FAKE: bash echo plain\nFAKE: bash rm -rf /tmp/nothing\n"
-                                       "FAKE: bash git push origin main || echo pushed\nFAKE: send operator after-push")
-        [asked] = wait_until(lambda: pending_tool_uses(hive), 30, "the operator to be asked")
-        assert (asked["agent"], asked["tool"], asked["rule"]) == ("a", "Bash", "Bash(git push:*)")
-        assert asked["input"]["command"] == "git push origin main || echo pushed"
-        # past the watchdog's 2 s while the operator thinks: waiting on the operator is not a hang
-        deadline = time.monotonic() + 4
-        while time.monotonic() < deadline:
-            assert "after-push" not in inbox_bodies(hive), "the turn went on without the operator"
-            time.sleep(0.2)
-        assert not [b for b in inbox_bodies(hive) if "turn_hung" in b]
-        assert hive.call("approve", id=asked["id"])["approval"]["status"] == "approved"
-        wait_until(lambda: "after-push" in inbox_bodies(hive), 30, "the turn to go on once allowed")
-        plain, removed, pushed = bash_verdicts(hive, "a")
-        assert plain["verdict"]["behavior"] == "allow", "a call no rule names runs as before"
-        assert removed["verdict"] == {"behavior": "deny", "message":
-                                      "this agent's permission policy denies it (Bash(rm -rf:*))"}
-        assert pushed["verdict"]["behavior"] == "allow"
-
-        hive.call("send", to="a", body="FAKE: bash git push --force\nFAKE: send operator after-deny")
-        [asked] = wait_until(lambda: pending_tool_uses(hive), 30, "the operator to be asked again")
-        assert hive.call("deny", id=asked["id"], reason="not on main")["approval"]["status"] == "denied"
-        wait_until(lambda: "after-deny" in inbox_bodies(hive), 30, "the turn to go on once denied")
-        assert bash_verdicts(hive, "a")[-1]["verdict"] == {"behavior": "deny", "message":
-                                                           "the operator denied this call: not on main"}
+def test_a_claude_dead_between_turns_starts_again_after_a_backoff_that_doubles(engine):
+    eng, clock = engine
+    eng.tick(clock(), ready=lambda: True)
+    for delay in (2, 4, 8):
+        eng.proc.die(-9)
+        eng.tick(clock(), ready=lambda: True)
+        assert eng.proc is None
+        clock.t += delay - 0.5
+        eng.tick(clock(), ready=lambda: True)
+        assert eng.proc is None, f"not before its {delay} s"
+        clock.t += 0.5
+        eng.tick(clock(), ready=lambda: True)
+        assert eng.proc is not None and not eng.proc.stopped
 
 
-def test_a_turn_cancelled_while_its_claude_still_starts_is_cancelled_and_writes_nothing(engine, tmp_path):
+def test_a_turn_cancelled_while_its_claude_still_starts_is_cancelled_and_writes_nothing(engine):
     eng, clock = engine
     starting = gevent.event.Event()
     ready = eng._ready
@@ -212,5 +234,5 @@ def test_a_turn_cancelled_while_its_claude_still_starts_is_cancelled_and_writes_
     starting.set()
     outcome = turn.get(timeout=30)
     assert outcome.kind == "cancelled" and eng.current is None
-    calls = tmp_path / "state" / ".fakeclaude" / "calls.jsonl"
-    assert not calls.exists() or "say never" not in calls.read_text(), "no line was written for it"
+    [started] = FakeProcess.started
+    assert started.written == [], "no line was written for it"

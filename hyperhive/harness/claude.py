@@ -197,6 +197,7 @@ class Reading:
         self.auth_refused = None  # the API's refusal of the login, from an api_retry line
         self.compacting = prompt.strip() == COMPACT
         self.compact_result, self.compact_error = None, None
+        self.tools_running = set()  # tool_use ids with no result yet: a long build is silent, not hung
 
     def stderr(self, bus, text):
         if any(m in text.lower() for m in TOO_LONG_MARKERS):
@@ -227,6 +228,8 @@ class Reading:
             self.session_id = line["session_id"]
             if self.on_session is not None:
                 self.on_session(self.session_id)
+        if kind in ("assistant", "user"):
+            self._tools(kind, line)
         if kind == "result":
             self.result = line
         elif kind == "system" and subtype == "api_retry" and line.get("error_status") in AUTH_STATUSES:
@@ -240,6 +243,16 @@ class Reading:
             self.compact_result, self.compact_error = line.get("compact_result"), line.get("compact_error")
         elif kind == "system" and subtype == "compact_boundary":
             self.compact_result = self.compact_result or "success"
+
+    def _tools(self, kind, line):
+        content = (line.get("message") or {}).get("content") if isinstance(line.get("message"), dict) else None
+        for block in content if isinstance(content, list) else ():
+            if not isinstance(block, dict):
+                continue
+            if kind == "assistant" and block.get("type") == "tool_use" and isinstance(block.get("id"), str):
+                self.tools_running.add(block["id"])
+            elif kind == "user" and block.get("type") == "tool_result":
+                self.tools_running.discard(block.get("tool_use_id"))
 
     def classify(self, code):
         """How the turn ended, claude's exit status `code` (0 for a session process's turn that said its result)."""

@@ -34,13 +34,13 @@ approval is not hung.
 import json
 import logging
 import os
+import subprocess
 import time
 import uuid
 
 import gevent
 import gevent.event
 import gevent.lock
-from gevent import subprocess  # cooperative pipes, whether or not the process patched the stdlib
 
 from hyperhive import wire
 from hyperhive.harness.claude import Outcome, Reading, Run, dies_with_harness, spawn_failure
@@ -98,14 +98,23 @@ def mode_from_env(env=os.environ):
     return mode
 
 
+# Claude Code's Bash tool runs a command for at most 10 minutes, and says nothing meanwhile: while a tool call
+# has no result yet, a turn may be silent that much longer before it counts as hung.
+TOOL_SECONDS = 600.0
+
+
 class Watchdog:
-    """Whether a turn is hung: no output for `seconds`, and not waiting on the operator. Stepped with `now`."""
+    """Whether a turn is hung: no output for `seconds` (TOOL_SECONDS more while a tool runs), and not waiting
+    on the operator. Stepped with `now`."""
 
     def __init__(self, seconds):
         self.seconds = seconds
 
     def hung(self, turn, now):
-        return not turn.waiting and now - turn.last_life > self.seconds
+        if turn.waiting:
+            return False
+        running = turn.reading is not None and turn.reading.tools_running
+        return now - turn.last_life > self.seconds + (TOOL_SECONDS if running else 0)
 
     def reason(self):
         return (f"claude said nothing for {wire.duration(self.seconds)} (no output, not even an API retry); "
