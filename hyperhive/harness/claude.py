@@ -321,27 +321,21 @@ class Run:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
-    def _pump_stderr(self):
-        for raw in self.proc.stderr:
+    def _pump(self, stream, read, trim):
+        """Each line to `read` as it comes (a stderr line keeps its indent), and the watchdog told of life."""
+        for raw in stream:
             self.last_life = self.clock()
-            text = raw.decode(errors="replace").rstrip()
+            text = trim(raw.decode(errors="replace"))
             if text:
-                self.reading.stderr(self.bus, text)
-
-    def _pump_stdout(self):
-        for raw in self.proc.stdout:
-            self.last_life = self.clock()
-            text = raw.decode(errors="replace").strip()
-            if text:
-                self.reading.stdout(self.bus, text)
+                read(self.bus, text)
 
     def wait(self):
         if self.proc is None:
             if self.missing:
                 return Outcome("claude_missing", self.missing)
             return Outcome("failed", self.spawn_error)
-        err = gevent.spawn(self._pump_stderr)
-        self._pump_stdout()
+        err = gevent.spawn(self._pump, self.proc.stderr, self.reading.stderr, str.rstrip)
+        self._pump(self.proc.stdout, self.reading.stdout, str.strip)
         code = self.proc.wait()
         err.join()
         return self.reading.classify(code)
