@@ -448,16 +448,6 @@ class SessionEngine:
                 self.proc = proc = None
         return proc
 
-    def warm(self, resume):
-        """Start the process ahead of the first turn, so that turn starts in milliseconds."""
-        with self.lock:
-            if self.proc is None and not self.closed:
-                try:
-                    self._start(resume).pump(self._on_line, self._on_stderr)
-                except OSError as e:
-                    log.warning("claude's session process could not start: %s", spawn_failure(
-                        self.invocation.claude, e)[0])
-
     # -- a turn -----------------------------------------------------------------------------
 
     def run(self, prompt, resume):
