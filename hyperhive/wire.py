@@ -59,6 +59,16 @@ LOOSE_END_KINDS = ("question", "reminder", "approval")
 # one agent has at most this many waiting at once (parallel calls of one turn).
 TOOL_INPUT_MAX = 16 * 1024
 TOOL_USE_MAX_WAIT = 300
+
+# The harness's engine (harness/engine.py), set by serve's options and carried to each harness in its
+# environment: the modes, and per limit its attribute, variable, option, least value and default.
+CLAUDE_MODES = ("session", "spawn")
+CLAUDE_MODE_ENV = "HIVE_CLAUDE_MODE"
+ENGINE_LIMITS = (("hang_seconds", "HIVE_HANG_SECONDS", "--hang-seconds", 1, 300),
+                 ("recycle_turns", "HIVE_RECYCLE_TURNS", "--recycle-turns", 1, 200),
+                 ("recycle_rss_mb", "HIVE_RECYCLE_RSS_MB", "--recycle-rss-mb", 64, 2048),
+                 ("recycle_idle_seconds", "HIVE_RECYCLE_IDLE", "--recycle-idle", 60, 21600))
+ENGINE_ENV = (CLAUDE_MODE_ENV, *(key for _, key, _, _, _ in ENGINE_LIMITS))
 TOOL_USE_PENDING_MAX = 8
 
 # Error vocabulary: code -> HTTP status, one table for every surface.

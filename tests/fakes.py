@@ -194,4 +194,4 @@ class IdleEngine:
 
     def info(self):
         return {"mode": self.mode, "pid": None, "started_at": None, "turns": 0, "rss_bytes": None, "recycled": 0,
-                "hang_seconds": 300.0, "recycle_turns": 200, "recycle_rss_mb": 2048, "recycle_idle_seconds": 21600.0}
+                "hang_seconds": 300, "recycle_turns": 200, "recycle_rss_mb": 2048, "recycle_idle_seconds": 21600}

@@ -319,19 +319,13 @@ class Core:
         gevent.killall(self.loops)
 
 
-# serve's options for the harnesses' engine, each a variable of the harness's environment, and its least value
-ENGINE_OPTIONS = (("--hang-seconds", "HIVE_HANG_SECONDS", 1), ("--recycle-turns", "HIVE_RECYCLE_TURNS", 1),
-                  ("--recycle-rss-mb", "HIVE_RECYCLE_RSS_MB", 64), ("--recycle-idle", "HIVE_RECYCLE_IDLE", 60))
-CLAUDE_MODES = ("session", "spawn")
-
-
 def engine_env(args):
     """What the harnesses are told of serve's engine options, checked here so a typo fails at start."""
     mode = args["--claude-mode"]
-    if mode not in CLAUDE_MODES:
-        raise wire.HiveError(f"--claude-mode must be one of {', '.join(CLAUDE_MODES)}, got {mode!r}")
-    env = {"HIVE_CLAUDE_MODE": mode}
-    for option, key, least in ENGINE_OPTIONS:
+    if mode not in wire.CLAUDE_MODES:
+        raise wire.HiveError(f"--claude-mode must be one of {', '.join(wire.CLAUDE_MODES)}, got {mode!r}")
+    env = {wire.CLAUDE_MODE_ENV: mode}
+    for _, key, option, least, _ in wire.ENGINE_LIMITS:
         env[key] = str(wire.whole_number(args[option], option, least))
     return env
 

@@ -47,9 +47,8 @@ from hyperhive.harness.claude import Outcome, Reading, Run, dies_with_harness, s
 
 log = logging.getLogger(__name__)
 
-MODES = ("session", "spawn")
-MODE_ENV, HANG_ENV = "HIVE_CLAUDE_MODE", "HIVE_HANG_SECONDS"
-RECYCLE_TURNS_ENV, RECYCLE_RSS_ENV, RECYCLE_IDLE_ENV = "HIVE_RECYCLE_TURNS", "HIVE_RECYCLE_RSS_MB", "HIVE_RECYCLE_IDLE"
+MODES, MODE_ENV = wire.CLAUDE_MODES, wire.CLAUDE_MODE_ENV
+HANG_ENV, RECYCLE_TURNS_ENV, RECYCLE_RSS_ENV, RECYCLE_IDLE_ENV = (key for _, key, _, _, _ in wire.ENGINE_LIMITS)
 HANG_GRACE = 10.0  # after the watchdog's interrupt, before the process is killed
 CANCEL_GRACE = 5.0  # after the operator's interrupt, likewise
 CONTROL_TIMEOUT = 10.0  # a control request claude does not answer by then: the process is replaced
@@ -62,28 +61,27 @@ LINE_MAX = 64 * 1024 * 1024  # one stream-json line: a tool result may be large,
 class Limits:
     """The watchdog's and recycling's numbers (serve's options reach the harness as environment variables)."""
 
-    def __init__(self, hang_seconds=300.0, recycle_turns=200, recycle_rss_mb=2048, recycle_idle_seconds=6 * 3600.0):
-        self.hang_seconds, self.recycle_turns = hang_seconds, recycle_turns
-        self.recycle_rss_mb, self.recycle_idle_seconds = recycle_rss_mb, recycle_idle_seconds
+    def __init__(self, **given):
+        for attr, _, _, _, default in wire.ENGINE_LIMITS:
+            setattr(self, attr, given.pop(attr, default))
+        if given:
+            raise TypeError(f"no engine limit {', '.join(given)}")
 
     @classmethod
     def from_env(cls, env=os.environ):
         limits = cls()
-        for attr, key, lowest in (("hang_seconds", HANG_ENV, 1.0), ("recycle_turns", RECYCLE_TURNS_ENV, 1),
-                                  ("recycle_rss_mb", RECYCLE_RSS_ENV, 64),
-                                  ("recycle_idle_seconds", RECYCLE_IDLE_ENV, 60.0)):
+        for attr, key, _, lowest, default in wire.ENGINE_LIMITS:
             raw = env.get(key)
             if not raw:
                 continue
-            kind = type(getattr(limits, attr))
             try:
-                value = kind(raw)
+                value = float(raw)
             except ValueError:
                 value = None
             if value is None or value < lowest:
-                log.error("%s=%r is not a number of at least %s; using %s", key, raw, lowest, getattr(limits, attr))
+                log.error("%s=%r is not a number of at least %s; using %s", key, raw, lowest, default)
                 continue
-            setattr(limits, attr, value)
+            setattr(limits, attr, int(value) if value.is_integer() else value)
         return limits
 
     def as_dict(self):

@@ -40,8 +40,7 @@ HOST_DIR_IN = "/run/hyperhive-host"  # the agent's host dir, read-only: the core
 ENV_FILE = "harness.env"  # beside the socket, so on the run dir's tmpfs: it may carry API keys
 # The container's own NixOS config sets these (or they name host paths); never forwarded.
 # HIVE_* variables that name no host path: the same inside a container
-SHARED_HIVE_ENV = frozenset({"HIVE_OPERATOR_PRONOUNS", "HIVE_CLAUDE_MODE", "HIVE_HANG_SECONDS", "HIVE_RECYCLE_TURNS",
-                             "HIVE_RECYCLE_RSS_MB", "HIVE_RECYCLE_IDLE"})
+SHARED_HIVE_ENV = frozenset({"HIVE_OPERATOR_PRONOUNS", *wire.ENGINE_ENV})
 HOST_ONLY_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ", "PYTHONUNBUFFERED"})
 TEMPLATES = ("harness-base.nix", "agent-base.nix", "manager.nix")
 MAX_CONTAINER_NAME = 11  # nixos-container create refuses longer names (its ve-<name> interface)
