@@ -965,7 +965,7 @@
     source.onopen = () => { toolCalls.seq = null; loadToolCalls(); };
     source.onmessage = (m) => {
       let ev;
-      try { ev = JSON.parse(m.data); } catch (_) { return; }
+      try { ev = JSON.parse(m.data); } catch (e) { console.warn("a tool-call event that is not JSON:", e); return; }
       if (toolCalls.held) { toolCalls.held.push(ev); return; }
       applyToolCall(ev);
       renderToolCalls();
