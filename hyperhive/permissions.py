@@ -113,12 +113,19 @@ def _sub_commands(command):
     return subs
 
 
-def _main_field(tool_input):
+def main_field(tool_input):
+    """What a call is about: the first of its input's MAIN_FIELDS that is text, or None."""
     for field in MAIN_FIELDS:
         value = tool_input.get(field)
         if isinstance(value, str):
             return value
     return None
+
+
+def summary(tool, tool_input):
+    """A tool call in one short line, `Bash: git push origin main` (what pages, notes and `pending` show)."""
+    field = main_field(tool_input)
+    return wire.cut(f"{tool}: {' '.join(field.split())}" if field else tool, 200)
 
 
 def _host(url):
@@ -146,7 +153,7 @@ def _matches(rule, tool, tool_input, sub=None):
         value = tool_input.get("url")
         host = _host(value) if isinstance(value, str) else ""
         return bool(host) and (host == rule.spec or host.endswith("." + rule.spec))
-    value = _main_field(tool_input)
+    value = main_field(tool_input)
     return value is not None and fnmatch.fnmatchcase(value, rule.spec)
 
 

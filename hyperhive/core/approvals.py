@@ -40,13 +40,6 @@ def row(a):
             "tool": a.tool, "input": json.loads(a.tool_input) if a.tool_input is not None else None, "rule": a.rule}
 
 
-def _summary(tool, tool_input):
-    """A tool call in one short line (the description `pending` and the loose ends show)."""
-    field = next((tool_input[f] for f in permissions.MAIN_FIELDS if isinstance(tool_input.get(f), str)), None)
-    text = f"{tool}: {' '.join(field.split())}" if field else tool
-    return wire.cut(text, 200)
-
-
 class Approvals:
     def __init__(self, repos, lifecycle, broker, hub, clock=time.time):
         self.repos, self.lifecycle, self.broker, self.hub, self.clock = repos, lifecycle, broker, hub, clock
@@ -160,7 +153,7 @@ class Approvals:
         with core_db.atomic():
             a = Approval.create(agent=agent, kind=TOOL_USE, status=PENDING, requested_at=self._now(), tool=tool,
                                 tool_input=json.dumps(tool_input, ensure_ascii=False), rule=rule or None,
-                                tool_use_id=tool_use_id, description=_summary(tool, tool_input))
+                                tool_use_id=tool_use_id, description=permissions.summary(tool, tool_input))
         self._added(a)
         return a
 

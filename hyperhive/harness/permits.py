@@ -29,7 +29,7 @@ harness says so at its start.
 import fnmatch
 import logging
 
-from hyperhive import wire
+from hyperhive import permissions, wire
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,6 @@ def grants(default, policy, mode):
 def granted(tool, default):
     """Whether the default grants cover a tool: its name, its server (`mcp__notes`), or a glob."""
     return any(tool == g or tool.startswith(g + "__") or fnmatch.fnmatchcase(tool, g) for g in default)
-
-
-def _summary(tool, tool_input):
-    main = next((tool_input.get(k) for k in ("command", "file_path", "path", "url", "pattern")
-                 if isinstance(tool_input.get(k), str)), None)
-    return f"{tool}: {main[:200]}" if main else tool
 
 
 class Permits:
@@ -94,21 +88,21 @@ class Permits:
                                               tool_use_id=tool_use_id, rule=rule, wait_seconds=ASK_WAIT)
                 except wire.HiveError as e:
                     log.warning("ask_tool_use for %s: %s", tool, e)
-                    self.bus.note(f"could not ask the operator about {_summary(tool, tool_input)}: {e}")
+                    self.bus.note(f"could not ask the operator about {permissions.summary(tool, tool_input)}: {e}")
                     return deny(f"the operator could not be asked ({e})")
                 approval = answer.get("approval") or {}
                 status = approval.get("status")
                 if first:
                     first = False
                     if status == "pending":
-                        self.bus.note(f"waiting for the operator to allow {_summary(tool, tool_input)} "
+                        self.bus.note(f"waiting for the operator to allow {permissions.summary(tool, tool_input)} "
                                       f"(approval #{approval.get('id')}, rule {rule})")
                 if status == "approved":
-                    self.bus.note(f"the operator allowed {_summary(tool, tool_input)}")
+                    self.bus.note(f"the operator allowed {permissions.summary(tool, tool_input)}")
                     return allow(tool_input)
                 if status == "denied":
                     why = approval.get("note") or "no reason given"
-                    self.bus.note(f"the operator denied {_summary(tool, tool_input)}: {why}")
+                    self.bus.note(f"the operator denied {permissions.summary(tool, tool_input)}: {why}")
                     return deny(f"the operator denied this call: {why}")
                 if status != "pending":
                     return deny(f"the approval was {status or 'lost'}: {approval.get('note') or 'the turn ended'}")
