@@ -132,6 +132,49 @@ def test_the_engine_limits_come_from_the_environment_and_a_bad_one_is_named(capl
     assert engines.mode_from_env({engines.MODE_ENV: "bogus"}) == "session"
 
 
+# -- tool calls the policy sends to the operator ----------------------------------------------------
+
+def bash_verdicts(hive, name):
+    path = os.path.join(hive.home(name), "state", ".fakeclaude", "bash.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def pending_tool_uses(hive):
+    return [a for a in hive.call("pending")["approvals"] if a["kind"] == "tool_use"]
+
+
+def test_a_call_the_policy_asks_about_waits_for_the_operator_and_a_denial_reaches_claude_with_its_reason(tmp_path):
+    with hive_with(tmp_path, "--hang-seconds", "2") as hive:
+        hive.spawn("a")
+        hive.configure("a", lambda c: c.update(permissions={"ask": ["Bash(git push:*)"], "deny": ["Bash(rm -rf:*)"]}))
+        hive.call("send", to="a", body="FAKE: bash echo plain\nFAKE: bash rm -rf /tmp/nothing\n"
+                                       "FAKE: bash git push origin main || echo pushed\nFAKE: send operator after-push")
+        [asked] = wait_until(lambda: pending_tool_uses(hive), 30, "the operator to be asked")
+        assert (asked["agent"], asked["tool"], asked["rule"]) == ("a", "Bash", "Bash(git push:*)")
+        assert asked["input"]["command"] == "git push origin main || echo pushed"
+        # past the watchdog's 2 s while the operator thinks: waiting on the operator is not a hang
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert "after-push" not in inbox_bodies(hive), "the turn went on without the operator"
+            time.sleep(0.2)
+        assert not [b for b in inbox_bodies(hive) if "turn_hung" in b]
+        assert hive.call("approve", id=asked["id"])["approval"]["status"] == "approved"
+        wait_until(lambda: "after-push" in inbox_bodies(hive), 30, "the turn to go on once allowed")
+        plain, removed, pushed = bash_verdicts(hive, "a")
+        assert plain["verdict"]["behavior"] == "allow", "a call no rule names runs as before"
+        assert removed["verdict"] == {"behavior": "deny", "message":
+                                      "this agent's permission policy denies it (Bash(rm -rf:*))"}
+        assert pushed["verdict"]["behavior"] == "allow"
+
+        hive.call("send", to="a", body="FAKE: bash git push --force\nFAKE: send operator after-deny")
+        [asked] = wait_until(lambda: pending_tool_uses(hive), 30, "the operator to be asked again")
+        assert hive.call("deny", id=asked["id"], reason="not on main")["approval"]["status"] == "denied"
+        wait_until(lambda: "after-deny" in inbox_bodies(hive), 30, "the turn to go on once denied")
+        assert bash_verdicts(hive, "a")[-1]["verdict"] == {"behavior": "deny", "message":
+                                                           "the operator denied this call: not on main"}
+
+
 # -- the unit tier: a session engine stepped with a clock, its processes recording fakes ------------------
 
 class FakeProcess:
