@@ -292,8 +292,13 @@ class Turn:
             return []
 
     def emit(self, obj):
-        if self.fmt == "stream-json":
+        if self.fmt != "stream-json":
+            return
+        if self.stream:  # the stdin reader answers control requests on stdout too
             write_line(obj)
+        else:
+            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.flush()
 
     def log_call(self, argv):
         record = {"time": time.time(), "pid": os.getpid(), "cwd": os.getcwd(), "argv": argv,
