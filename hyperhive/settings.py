@@ -45,5 +45,9 @@ SERVE_OPTIONS = (
                                  "after N turns"),
     ("--recycle-rss-mb N", "2048", "... or above N MiB resident"),
     ("--recycle-idle N", "21600", "... or after N seconds idle"),
+    ("--database URL", "sqlite:///<state-dir>/hive.db",
+     "the hive's database: sqlite:///PATH, or postgresql://… shared by several cores (a password belongs in "
+     "PGPASSFILE, never the URL)"),
+    ("--node NAME", "the host's name", "this core's name in a hive of several; it runs only its own agents"),
 )
 

@@ -2,4 +2,4 @@
 # python3.withPackages: the core's (nix/modules/hive-c0re.nix), the package's
 # wrappers (nix/package.nix) and every container's harness
 # (nix/templates/harness-base.nix). The same names as requirements.txt.
-ps: with ps; [ gevent bottle peewee docopt sh markdown ]
+ps: with ps; [ gevent psycopg2 bottle peewee docopt sh markdown ]

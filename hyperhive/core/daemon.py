@@ -6,6 +6,7 @@ Usage:
                   [--listen ADDR] [--log-level LEVEL] [--domain NAME] [--forge-url URL]
                   [--forge-credential-file PATH] [--claude-mode MODE] [--hang-seconds N]
                   [--recycle-turns N] [--recycle-rss-mb N] [--recycle-idle N]
+                  [--database URL] [--node NAME]
   hyperhive serve -h | --help
 
 Options:
@@ -37,6 +38,11 @@ Options:
                       between turns after N turns [default: 200]
   --recycle-rss-mb N  ... or above N MiB resident [default: 2048]
   --recycle-idle N    ... or after N seconds idle [default: 21600]
+  --database URL      the hive's database: sqlite:///PATH (default: hive.db in
+                      the state dir) or postgresql://… shared by several cores
+                      (a password belongs in PGPASSFILE, never the URL)
+  --node NAME         this core's name in a hive of several; it runs only its
+                      own agents (default: the host's name)
 """
 
 import errno
