@@ -1,12 +1,15 @@
-"""Every table of hyperhive, and the migrations that bring a file up to date.
+"""Every table of hyperhive, and the migrations that bring a database up to date.
 
-Two databases, two proxies, each initialized by the role that owns the file:
-`core_db` (the core's hive.db: agents, messages, approvals, questions, reminders) and `agent_db`
-(one per harness: its live-event history and turn stats). Migrations are idempotent: each
-step checks what is there before it changes anything, so running them on
-every start is safe.
+Two databases, two proxies, each initialized by the role that owns it:
+`core_db` (the hive's: agents, messages, approvals, questions, reminders, and for a hive of several
+cores its nodes, their commands and the dashboards' event log) and `agent_db` (one per harness: its
+live-event history and turn stats). The hive's database is a sqlite file (one core) or PostgreSQL
+(one or several cores, `postgres`); the same tables, indexes and queries serve both, a query written
+for sqlite passing through `sql()`. Migrations are idempotent: each step checks what is there before
+it changes anything, so running them on every start is safe, on either engine and from any core.
 """
 
+import re
 import sqlite3
 import time
 
@@ -14,7 +17,15 @@ import peewee as pw
 
 from hyperhive import wire
 
-core_db = pw.DatabaseProxy()
+class _Proxy(pw.DatabaseProxy):
+    """A proxy whose transactions are the database's own: PostgreSQL's hold its connection's lock from
+    begin to commit (peewee's proxy would build them on itself, around that lock)."""
+
+    def atomic(self, *args, **kwargs):
+        return self.obj.atomic(*args, **kwargs)
+
+
+core_db = _Proxy()
 agent_db = pw.DatabaseProxy()
 
 PRAGMAS = {
@@ -60,6 +71,8 @@ class Agent(CoreModel):
     status_set_at = pw.BigIntegerField(null=True)
     running_sha = pw.CharField(null=True)  # the applied config commit its harness was started with
     last_turn_at = pw.BigIntegerField(null=True)  # when its last good turn ended (acked)
+    node = pw.CharField(null=True)  # the core that runs it (a hive of several); NULL: not yet claimed
+    shown = pw.TextField(null=True)  # JSON: its row as its node last published it, for the other nodes' pages
 
 
 class Message(CoreModel):
@@ -93,6 +106,8 @@ class Approval(CoreModel):
     tool_input = pw.TextField(null=True)
     rule = pw.TextField(null=True)
     tool_use_id = pw.CharField(null=True)
+    node = pw.CharField(null=True)  # the core that made it, which carries out the operator's decision
+
 
 
 class Question(CoreModel):
@@ -144,7 +159,42 @@ class Meta(CoreModel):
     value = pw.TextField()
 
 
-CORE_TABLES = (Agent, Message, Approval, Question, Reminder, WebSession, Meta)
+class Node(CoreModel):
+    """A core of the hive: alive while its heartbeat is recent."""
+
+    name = pw.CharField(primary_key=True)
+    url = pw.TextField(null=True)  # its dashboard, where the other nodes' pages link to its agents
+    started_at = pw.BigIntegerField(default=now_ms)
+    heartbeat_at = pw.BigIntegerField(default=now_ms)
+    pid = pw.IntegerField(null=True)
+    host = pw.CharField(default="")
+
+
+class Command(CoreModel):
+    """A request one core hands to the core that runs the agent it names: carried out once, answered."""
+
+    node = pw.CharField()  # who carries it out
+    surface = pw.CharField()  # host | manager: as whom, as it arrived
+    caller = pw.CharField()
+    request = pw.TextField()  # the request's JSON object, as it arrived
+    asked_by = pw.CharField()  # the node it arrived on
+    asked_at = pw.BigIntegerField(default=now_ms)
+    expires_at = pw.BigIntegerField()  # not begun by then: never begun (its asker gave up)
+    begun_at = pw.BigIntegerField(null=True)
+    done_at = pw.BigIntegerField(null=True)
+    answer = pw.TextField(null=True)  # the answer's JSON object
+
+
+class HiveEvent(CoreModel):
+    """The dashboards' events of a hive of several cores, numbered hive-wide: the id is the seq."""
+
+    id = pw.BigAutoField()
+    at = pw.BigIntegerField(default=now_ms)
+    kind = pw.CharField()
+    data = pw.TextField()  # JSON of the event's fields
+
+
+CORE_TABLES = (Agent, Message, Approval, Question, Reminder, WebSession, Meta, Node, Command, HiveEvent)
 
 # The pop query reads only undelivered rows of one recipient; a partial index
 # keeps it O(queue) however large the acked history grows.
@@ -173,6 +223,18 @@ CORE_INDEXES = (
     # the sweeps: closed rows by age
     "CREATE INDEX IF NOT EXISTS question_answered_at ON question (answered_at) WHERE answered_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS reminder_fired_at ON reminder (fired_at) WHERE fired_at IS NOT NULL",
+    # a node's queue of commands, and the sweep of answered ones
+    "CREATE INDEX IF NOT EXISTS command_waiting ON command (node, id) WHERE begun_at IS NULL",
+    "CREATE INDEX IF NOT EXISTS command_done_at ON command (done_at) WHERE done_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS hive_event_at ON hive_event (at)",
+)
+# PostgreSQL only: every row that becomes deliverable (sent, requeued, retried, put back) wakes its
+# recipient's core in the same commit; no path that queues a message can forget to
+PG_STATEMENTS = (
+    "CREATE OR REPLACE FUNCTION hive_message_ready() RETURNS trigger AS $$ BEGIN "
+    "PERFORM pg_notify('hive_message', NEW.recipient); RETURN NULL; END $$ LANGUAGE plpgsql",
+    "CREATE OR REPLACE TRIGGER message_ready AFTER INSERT OR UPDATE OF delivered_at ON message "
+    "FOR EACH ROW WHEN (NEW.delivered_at IS NULL) EXECUTE FUNCTION hive_message_ready()",
 )
 
 
@@ -223,14 +285,26 @@ SCHEMA_VERSION = 1
 
 
 def add_missing_columns(db, model):
-    """The idempotent migration of a table: add every model column the file lacks (all nullable)."""
+    """The idempotent migration of a table: add every model column the database lacks (all nullable)."""
     have = {c.name for c in db.get_columns(model._meta.table_name)}
     for field in model._meta.sorted_fields:
         if field.column_name not in have:
             assert field.null or field.default is not None, f"{field.name} needs null=True or a default to be added"
-            db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ADD COLUMN '
-                           f'"{field.column_name}" {field.field_type}'
+            kind = db._field_types.get(field.field_type, field.field_type)
+            db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ADD COLUMN "{field.column_name}" {kind}'
                            + ("" if field.null else f" DEFAULT {field.db_value(field.default)!r}"))
+
+
+def migrate(db, tables, indexes, statements=()):
+    """Create what is missing, on either engine; PostgreSQL serializes cores migrating at once."""
+    with db.atomic():
+        if is_postgres(db):
+            db.execute_sql("SELECT pg_advisory_xact_lock(4242)")
+        db.create_tables(tables, safe=True)
+        for model in tables:
+            add_missing_columns(db, model)
+        for stmt in (*indexes, *statements):
+            db.execute_sql(stmt)
 
 
 def open_db(proxy, path, tables, indexes, pragmas=None):
@@ -241,23 +315,69 @@ def open_db(proxy, path, tables, indexes, pragmas=None):
                            thread_safe=False)
     proxy.initialize(db)
     db.connect(reuse_if_open=True)
-    with db.atomic():
-        db.create_tables(tables, safe=True)
-        for model in tables:
-            add_missing_columns(db, model)
-        for stmt in indexes:
-            db.execute_sql(stmt)
+    migrate(db, tables, indexes)
     return db
 
 
-def open_core(path, background_checkpoint=False):
-    """The core's database. With background_checkpoint, sqlite never folds its
-    WAL inside a request (a ~15 ms fsync stall); the caller must run
-    `checkpoint(path)` periodically instead."""
-    pragmas = {"wal_autocheckpoint": 0} if background_checkpoint else None
-    db = open_db(core_db, path, CORE_TABLES, CORE_INDEXES, pragmas)
-    Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_replace().execute()
+def is_postgres(db=None):
+    db = core_db.obj if db is None else db
+    return db is not None and not isinstance(db, pw.SqliteDatabase)
+
+
+SQLITE_SCHEME = "sqlite://"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def database_path(url):
+    """The sqlite file a sqlite:// URL names (None for PostgreSQL); refuses any other kind of URL."""
+    if url.startswith(POSTGRES_SCHEMES):
+        return None
+    if url.startswith(SQLITE_SCHEME) and url[len(SQLITE_SCHEME):].startswith("/"):
+        return url[len(SQLITE_SCHEME):]
+    raise wire.HiveError(f"--database must be sqlite:///ABSOLUTE/PATH or postgresql://…, got {url.split('@')[-1]!r}")
+
+
+def open_core(target, background_checkpoint=False, on_state=None):
+    """The hive's database: a sqlite file (a path, or sqlite:///PATH) or PostgreSQL (postgresql://…).
+
+    With background_checkpoint, sqlite never folds its WAL inside a request (a ~15 ms fsync stall); the
+    caller must run `checkpoint(path)` periodically instead. `on_state(up, sentence)` hears a PostgreSQL
+    connection lost and back."""
+    target = str(target)
+    path = database_path(target) if "://" in target else target
+    if path is None:
+        from hyperhive import postgres
+
+        postgres.green()
+        db = postgres.Database(target, on_state=on_state)
+        core_db.initialize(db)
+        try:
+            db.connect(reuse_if_open=True)
+        except (pw.OperationalError, pw.InterfaceError) as e:
+            raise wire.HiveError(f"cannot reach the hive's database {postgres.redacted(target)}: "
+                                 f"{str(e).strip()}") from None
+        migrate(db, CORE_TABLES, CORE_INDEXES, PG_STATEMENTS)
+    else:
+        pragmas = {"wal_autocheckpoint": 0} if background_checkpoint else None
+        db = open_db(core_db, path, CORE_TABLES, CORE_INDEXES, pragmas)
+    (Meta.insert(key="schema_version", value=str(SCHEMA_VERSION))
+     .on_conflict(conflict_target=[Meta.key], update={Meta.value: str(SCHEMA_VERSION)}).execute())
     return db
+
+
+_INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
+_translated = {}
+
+
+def sql(text):
+    """A query written for sqlite, as the hive's engine takes it: on PostgreSQL without sqlite's index
+    hints, with %s for ? (and a literal % doubled)."""
+    if not is_postgres():
+        return text
+    found = _translated.get(text)
+    if found is None:
+        found = _translated[text] = _INDEXED_BY.sub("", text).replace("%", "%%").replace("?", "%s")
+    return found
 
 
 def checkpoint(path):

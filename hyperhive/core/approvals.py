@@ -41,7 +41,8 @@ def row(a):
 
 
 class Approvals:
-    def __init__(self, repos, lifecycle, broker, hub, clock=time.time):
+    def __init__(self, repos, lifecycle, broker, hub, clock=time.time, node=None):
+        self.node = node  # the core that makes an approval carries out the operator's decision on it
         self.repos, self.lifecycle, self.broker, self.hub, self.clock = repos, lifecycle, broker, hub, clock
         self._decided = {}  # tool_use approval id -> the Event its waiters wait on, set when it is resolved
 
@@ -72,7 +73,7 @@ class Approvals:
         if dup is not None:
             raise wire.HiveError(f"approval {dup.id} already asks for {kind} of {agent!r}", "conflict")
         with core_db.atomic():
-            a = Approval.create(agent=agent, kind=kind, description=description, status=status,
+            a = Approval.create(agent=agent, kind=kind, description=description, status=status, node=self.node,
                                 requested_at=self._now(), **fields)
         return a
 
@@ -151,7 +152,7 @@ class Approvals:
                                  "most one agent may; wait for the operator to decide them (they are cancelled when "
                                  "the turn that made them ends)", "conflict")
         with core_db.atomic():
-            a = Approval.create(agent=agent, kind=TOOL_USE, status=PENDING, requested_at=self._now(), tool=tool,
+            a = Approval.create(agent=agent, kind=TOOL_USE, status=PENDING, requested_at=self._now(), node=self.node, tool=tool,
                                 tool_input=json.dumps(tool_input, ensure_ascii=False), rule=rule or None,
                                 tool_use_id=tool_use_id, description=permissions.summary(tool, tool_input))
         self._added(a)

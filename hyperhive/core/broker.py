@@ -24,26 +24,28 @@ from gevent.event import Event
 from hyperhive import wire
 from hyperhive.core import aftermath
 from hyperhive.wire import iso
-from hyperhive.schema import Message, core_db, found
+from hyperhive.schema import Message, core_db, found, is_postgres, sql
 
 log = logging.getLogger(__name__)
 
 # The hot path in plain SQL: building these through the ORM cost more than
 # sqlite itself (bench/ measured 0.3-0.7 ms per query).
 _INSERT = ("INSERT INTO message (sender, recipient, body, sent_at, delivered_at, acked_at, redelivered, file_refs) "
-           "VALUES (?, ?, ?, ?, ?, ?, 0, ?)")
+           "VALUES (?, ?, ?, ?, ?, ?, FALSE, ?) RETURNING id")
 # INDEXED BY: without statistics the planner prefers the full (recipient, id)
 # index, which makes a pop O(history) instead of O(queue).
 _POP = ("UPDATE message SET delivered_at = ? WHERE id IN (SELECT id FROM message INDEXED BY message_undelivered "
         "WHERE recipient = ? AND delivered_at IS NULL ORDER BY id LIMIT ?) "
         "RETURNING id, sender, body, sent_at, redelivered, file_refs")
+# PostgreSQL: a row another core's pop holds is skipped, never waited on (schema.sql makes the rest of it)
+_POP_PG = _POP.replace("ORDER BY id LIMIT ?)", "ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED)")
 _UNREAD = ("SELECT count(*) FROM message INDEXED BY message_undelivered "
            "WHERE recipient = ? AND delivered_at IS NULL")
 # Counted only as far as the quota: a check never costs more than the queue it allows.
 _QUEUED = ("SELECT count(*) FROM (SELECT 1 FROM message INDEXED BY message_undelivered "
-           "WHERE recipient = ? AND delivered_at IS NULL LIMIT ?)")
+           "WHERE recipient = ? AND delivered_at IS NULL LIMIT ?) AS queued")
 _QUEUED_FROM = ("SELECT count(*) FROM (SELECT 1 FROM message INDEXED BY message_undelivered_from "
-                "WHERE recipient = ? AND sender = ? AND delivered_at IS NULL LIMIT ?)")
+                "WHERE recipient = ? AND sender = ? AND delivered_at IS NULL LIMIT ?) AS queued")
 _UNPOP = "UPDATE message SET delivered_at = NULL WHERE id IN ({})"
 # A listing reads each body only as far as it shows it: a thousand long bodies never sit in memory whole.
 _LISTED = ("SELECT id, sender, recipient, substr(body, 1, ?), length(body), sent_at, delivered_at, acked_at, "
@@ -131,6 +133,15 @@ class Broker:
         if event is not None:
             event.set()
 
+    def wake(self, recipient):
+        """Another core queued a message for `recipient` (a notice): its long-poll here looks again."""
+        self._wake(recipient)
+
+    def wake_all(self):
+        """Every long-poll here looks again (notices may have been missed while the listener was away)."""
+        for recipient in list(self._wakeups):
+            self._wake(recipient)
+
     def send(self, sender, recipient, body, file_refs=None):
         """Commit one message and wake its recipient; returns the message id.
 
@@ -142,14 +153,14 @@ class Broker:
         # delivered once stored, and handled once the operator marks it read.
         delivered = now if recipient == wire.OPERATOR else None
         if delivered is not None and sender not in UNCAPPED_SENDERS:
-            unread = core_db.execute_sql(_UNREAD_FROM, (sender,)).fetchone()[0]
+            unread = core_db.execute_sql(sql(_UNREAD_FROM), (sender,)).fetchone()[0]
             if unread >= OPERATOR_UNREAD_PER_SENDER:
                 raise wire.HiveError(f"the operator has {unread} unread messages from {sender}, the most one sender "
                                      "may leave; wait until the operator reads them (or send fewer, longer ones)",
                                      "conflict")
         refs = json.dumps(list(file_refs))
         # one statement is its own transaction: committed when execute returns
-        mid = core_db.execute_sql(_INSERT, (sender, recipient, body, now, delivered, None, refs)).lastrowid
+        mid = core_db.execute_sql(sql(_INSERT), (sender, recipient, body, now, delivered, None, refs)).fetchone()[0]
         self._wake(recipient)
         # The event is listed as inbox rows are (a long body cut): every page's queue holds it.
         aftermath.after(f"telling the dashboard about message {mid}", self.hub.publish, "sent", message=_listed(
@@ -160,12 +171,12 @@ class Broker:
         """Refuse (unavailable) a message `sender` would queue past a quota: the recipient's
         QUEUE_MAX undelivered, or SENDER_QUEUE_MAX of them from this sender."""
         who = "the operator" if sender == wire.OPERATOR else sender
-        mine = core_db.execute_sql(_QUEUED_FROM, (recipient, sender, SENDER_QUEUE_MAX)).fetchone()[0]
+        mine = core_db.execute_sql(sql(_QUEUED_FROM), (recipient, sender, SENDER_QUEUE_MAX)).fetchone()[0]
         if mine >= SENDER_QUEUE_MAX:
             raise wire.HiveError(f"{who} already has {SENDER_QUEUE_MAX} unread messages waiting for {recipient}, "
                                  f"the most one sender may queue for one recipient; send again once {recipient} "
                                  "has read some (it may be paused or busy)", "unavailable")
-        if core_db.execute_sql(_QUEUED, (recipient, QUEUE_MAX)).fetchone()[0] >= QUEUE_MAX:
+        if core_db.execute_sql(sql(_QUEUED), (recipient, QUEUE_MAX)).fetchone()[0] >= QUEUE_MAX:
             raise wire.HiveError(f"{recipient} already has {QUEUE_MAX} unread messages waiting, the most its queue "
                                  f"takes; send again once {recipient} has read some (it may be paused or busy)",
                                  "unavailable")
@@ -182,7 +193,7 @@ class Broker:
         """Stamp and return up to `limit` undelivered messages, oldest first."""
         if recipient in self._held:
             return Listing()
-        rows = core_db.execute_sql(_POP, (self._now(), recipient, limit)).fetchall()
+        rows = core_db.execute_sql(sql(_POP_PG if is_postgres() else _POP), (self._now(), recipient, limit)).fetchall()
         if not rows:
             return Listing()
         rows.sort()  # RETURNING does not promise an order
@@ -202,7 +213,7 @@ class Broker:
             total += _size(body, refs)
             if total > wire.ANSWER_BUDGET and i:
                 back = [r[0] for r in rows[i:]]
-                core_db.execute_sql(_UNPOP.format(",".join("?" * len(back))), back)
+                core_db.execute_sql(sql(_UNPOP.format(",".join("?" * len(back)))), back)
                 popped.cut_short = True
                 return rows[:i]
         return rows
@@ -306,9 +317,10 @@ class Broker:
         grow in commit order: writes are serialized)."""
         since = self._now() - SENDER_RATE_SECONDS * 1000
         (through,) = core_db.execute_sql("SELECT COALESCE(MAX(id), 0) FROM message").fetchone()
-        rows = core_db.execute_sql(
-            "SELECT sender, SUM(acked_at IS NULL), SUM(sent_at >= ?) FROM message WHERE recipient = ? AND id <= ? "
-            "AND (acked_at IS NULL OR sent_at >= ?) GROUP BY sender ORDER BY sender", (since, recipient, through, since))
+        rows = core_db.execute_sql(sql(
+            "SELECT sender, SUM(CASE WHEN acked_at IS NULL THEN 1 ELSE 0 END), SUM(CASE WHEN sent_at >= ? THEN 1 ELSE 0 END) "
+            "FROM message WHERE recipient = ? AND id <= ? "
+            "AND (acked_at IS NULL OR sent_at >= ?) GROUP BY sender ORDER BY sender"), (since, recipient, through, since))
         return [{"name": name, "unread": unread, "last_hour": last_hour} for name, unread, last_hour in rows], through
 
     def mark_read(self, recipient, ids=None):
@@ -329,17 +341,17 @@ class Broker:
     def flow(after, limit):
         """The message flow oldest first, each body cut as listed: the last `limit`, or those above id `after`."""
         if after is None:
-            rows = core_db.execute_sql(_LISTED.format("1"), (wire.LISTED_BODY_MAX, limit)).fetchall()
+            rows = core_db.execute_sql(sql(_LISTED.format("TRUE")), (wire.LISTED_BODY_MAX, limit)).fetchall()
             rows.reverse()
         else:
-            rows = core_db.execute_sql(_LISTED.format("id > ?").replace("DESC", "ASC"),
+            rows = core_db.execute_sql(sql(_LISTED.format("id > ?").replace("DESC", "ASC")),
                                        (wire.LISTED_BODY_MAX, after, limit)).fetchall()
         return [_listed(*row) for row in rows]
 
     @staticmethod
     def _listing(where, params, limit):
         rows, total = Listing(), 0
-        cursor = core_db.execute_sql(_LISTED.format(where), (wire.LISTED_BODY_MAX, *params, limit))
+        cursor = core_db.execute_sql(sql(_LISTED.format(where)), (wire.LISTED_BODY_MAX, *params, limit))
         try:
             for row in cursor:
                 total += _size(row[3], row[10])
@@ -354,4 +366,4 @@ class Broker:
     def pending_count(self, recipient):
         if recipient in self._held:
             return 0
-        return core_db.execute_sql(_UNREAD, (recipient,)).fetchone()[0]
+        return core_db.execute_sql(sql(_UNREAD), (recipient,)).fetchone()[0]

@@ -38,9 +38,10 @@ Options:
                       between turns after N turns [default: 200]
   --recycle-rss-mb N  ... or above N MiB resident [default: 2048]
   --recycle-idle N    ... or after N seconds idle [default: 21600]
-  --database URL      the hive's database: sqlite:///PATH (default: hive.db in
-                      the state dir) or postgresql://… shared by several cores
-                      (a password belongs in PGPASSFILE, never the URL)
+  --database URL      the hive's database: sqlite:///PATH, or postgresql://…
+                      shared by several cores (a password belongs in
+                      PGPASSFILE, never the URL)
+                      (default: sqlite:///<state-dir>/hive.db)
   --node NAME         this core's name in a hive of several; it runs only its
                       own agents (default: the host's name)
 """
@@ -60,7 +61,7 @@ from docopt import docopt
 from gevent.event import Event
 
 from hyperhive import binaries, events, jsonline, resources, settings, wire
-from hyperhive.core import containers, planted, renderer
+from hyperhive.core import containers, notices, planted, renderer
 from hyperhive.core.approvals import Approvals
 from hyperhive.core.auth import Auth
 from hyperhive.core.broker import Broker
@@ -69,6 +70,8 @@ from hyperhive.core.gitrepos import Repos
 from hyperhive.core.helperevents import HelperEvents
 from hyperhive.core.layout import HarnessCommand, Layout
 from hyperhive.core.lifecycle import Lifecycle
+from hyperhive.core.nodes import HEARTBEAT_SECONDS, Nodes, default_name
+from hyperhive.core.notices import Notices
 from hyperhive.core.questions import Questions
 from hyperhive.core.references import References
 from hyperhive.core.reminders import Reminders
@@ -76,7 +79,7 @@ from hyperhive.core.surfaces import Surfaces
 from hyperhive.core.sweeps import Sweeper
 from hyperhive.core.views import Views
 from hyperhive.fanout import Fanout
-from hyperhive.schema import checkpoint, open_core
+from hyperhive.schema import checkpoint, database_path, is_postgres, open_core
 
 log = logging.getLogger("hive-c0re")
 SWEEP_SECONDS = 3600.0
@@ -214,7 +217,7 @@ class Core:
     """The daemon's parts wired together: `start()` serves, `stop()` winds everything down."""
 
     def __init__(self, layout, backend, harness, dashboard=("127.0.0.1", 7000), clock=time.time, forge=(None, None),
-                 domain=None):
+                 domain=None, node=None, database=None):
         # Each part is built once, from parts built before it (constructor arguments only). The one
         # edge the other way: an agent's socket, opened by lifecycle, hands its requests to the
         # surfaces built last; `Sockets` asks this core for them when a socket opens, which no
@@ -226,9 +229,19 @@ class Core:
         self.dashboard_at = dashboard  # (address, port), or None for no dashboard
         self.url = None  # the dashboard's, once it serves
         self.stopping = Event()
-        self.hub = Fanout(events.DASHBOARD, shown=renderer.event_shown)
+        # a hive of several cores hears the others through PostgreSQL; on sqlite this core is the hive
+        self.notices = Notices(database if is_postgres() else None)
+        if is_postgres():
+            from hyperhive.core.eventlog import EventLog
+
+            self.hub = EventLog(events.DASHBOARD, self.notices, shown=renderer.event_shown)
+        else:
+            self.hub = Fanout(events.DASHBOARD, shown=renderer.event_shown)
+        self.nodes = Nodes(node or default_name(), self.notices, clock=clock, url=lambda: self.url)
         self.references = References(layout, backend)
         self.broker = Broker(self.hub, refs_of=self.references.file_refs, clock=clock)
+        self.notices.on(notices.MESSAGE, self.broker.wake)
+        self.notices.caught_up(self.broker.wake_all)
         self.auth = Auth(clock=clock)
         self.helper_events = HelperEvents(self.broker, clock=clock)
         # the manager's sandbox writes the proposed repos as its own uid, when the backend gives it one
@@ -239,12 +252,18 @@ class Core:
         self.lifecycle = Lifecycle(layout, backend, self.broker, self.hub, harness, self.sockets, self.repos,
                                    clock=clock, forge=self.forge,
                                    turn_over=lambda name, why: self.approvals.turn_over(name, why))
-        self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub, clock=clock)
+        self.lifecycle.node = self.nodes.name
+        self.lifecycle.nodes_rows = self.nodes.rows
+        self.lifecycle.registry_changed = lambda name: self.notices.tell(notices.AGENTS, name)
+        self.notices.on(notices.AGENTS, self.lifecycle.forget_names)
+        self.approvals = Approvals(self.repos, self.lifecycle, self.broker, self.hub, clock=clock, node=self.nodes.name)
         self.questions = Questions(self.broker, self.hub, self.lifecycle, clock=clock)
         self.reminders = Reminders(self.broker, self.lifecycle, self.references, clock=clock)
         self.sweeper = Sweeper(clock=clock)
         self.surfaces = Surfaces(self.broker, self.lifecycle, self.hub, self.approvals, self.questions, self.reminders,
-                                 self.auth, self.helper_events, urls=self.urls, login_url=self.login_url, clock=clock)
+                                 self.auth, self.helper_events, urls=self.urls, login_url=self.login_url, clock=clock,
+                                 nodes=self.nodes)
+        self.nodes.dispatcher = self.surfaces.dispatcher
         self.views = Views(self.lifecycle, self.broker, self.approvals, self.questions, self.repos, self.references)
         self.host = None
         self.loops = []
@@ -273,21 +292,28 @@ class Core:
     def start(self):
         self.host = jsonline.Server(self.layout.host_socket, self.surfaces.dispatcher("host", wire.OPERATOR),
                                     mode=0o660, name="host.sock").start()
-        self.approvals.sweep_unfinished()
         if self.dashboard_at is not None:
             self.serve_dashboard(*self.dashboard_at)
+        self.nodes.join()
+        self.notices.start()
+        self.approvals.sweep_unfinished()
         self.lifecycle.boot()
         # nixos asks `nixos-container status` per agent: it watches every 10 s
         self.loops = [every(self.lifecycle.backend.watch_seconds, self.lifecycle.watch.step, self.stopping),
                       every(SWEEP_SECONDS, self.sweeper.step, self.stopping),
                       every(SWEEP_SECONDS, self.auth.sweep, self.stopping),
-                      every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping),
+                      every(HEARTBEAT_SECONDS, self.nodes.beat, self.stopping),
+                      every(SWEEP_SECONDS, self.nodes.sweep, self.stopping),
                       every(QUESTION_TTL_SECONDS, self.questions.expire_step, self.stopping),
                       every(REMINDER_SECONDS, self.reminders.step, self.stopping),
                       every(REMINDER_SECONDS, self.helper_events.step, self.stopping)]
+        if is_postgres():
+            self.loops.append(every(SWEEP_SECONDS, self.hub.sweep, self.stopping))
+        else:
+            self.loops.append(every(CHECKPOINT_SECONDS, self.checkpoint, self.stopping))
         if self.forge.url is not None:
             self.loops.append(gevent.spawn(self.forge.run, self.stopping))
-        log.info("serving %s (backend %s, sockets in %s)", self.layout.state_dir,
+        log.info("serving %s as node %s (backend %s, sockets in %s)", self.layout.state_dir, self.nodes.name,
                  self.lifecycle.backend.name, self.layout.run_dir)
         if self.forge.url is not None:
             log.info("mirroring every applied config repo to %s/<name>.git", self.forge.url)
@@ -323,6 +349,7 @@ class Core:
         self.lifecycle.shutdown()
         self.sockets.close_all()
         gevent.killall(self.loops)
+        self.notices.stop()
 
 
 def engine_env(args):
@@ -367,9 +394,13 @@ def main(argv, clock=time.time, started=None):
         harness = HarnessCommand(resources.entry(), claude=claude, pass_env=args["--pass-env"],
                                  engine=engine_env(args))
         dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])
-        open_core(layout.db_path, background_checkpoint=True)
+        database = args["--database"] or f"sqlite://{os.path.abspath(layout.db_path)}"
+        node = wire.check_name(args["--node"] or default_name(), "--node")
+        open_core(database, background_checkpoint=True)
+        if database_path(database) not in (None, os.path.abspath(layout.db_path)):
+            layout.db_path = database_path(database)  # what the checkpoint folds
         core = Core(layout, backend, harness, dashboard, clock=clock, domain=args["--domain"],
-                    forge=(args["--forge-url"], args["--forge-credential-file"]))
+                    forge=(args["--forge-url"], args["--forge-credential-file"]), node=node, database=database)
         # Handlers only set the flag, and go in before anything serves: the
         # host socket answers while boot is still starting agents.
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -25,6 +25,8 @@ from hyperhive.core.agentconfig import check_config
 from hyperhive.core.containers import Launch
 from hyperhive.core.restarts import Restarts
 from hyperhive.core.watch import Watch
+import peewee as pw
+
 from hyperhive.schema import Agent, core_db, found
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,10 @@ class Lifecycle:
         self.forge = forge  # the mirror of the applied repos: its state(name) is a row's `forge`
         self.sockets = sockets  # open(name, role) / close(name)
         self.transients = {}  # name -> what it is doing now
-        self._names = None  # every send asks `known`; the set is kept in memory
+        self._names = None  # every send asks `known`; the set is kept in memory (`forget_names` on a change)
+        self.node = None  # this core's node: it runs the agents the registry gives it (None: every agent)
+        self.registry_changed = lambda name: None  # tells the other cores of a spawn or destroy
+        self.nodes_rows = lambda: []  # every node of the hive with its liveness (`nodes.Nodes.rows`)
         # Under nixos every create, build, destroy and sync goes through the one
         # meta flake, which takes one operation at a time: queue them here.
         self._meta_lock = RLock()
@@ -53,7 +58,20 @@ class Lifecycle:
     # -- queries -------------------------------------------------------------------
 
     def names(self):
+        """Every agent of the hive, on whichever node."""
         return [a.name for a in Agent.select().order_by(Agent.name)]
+
+    def own(self):
+        """The agents this core runs."""
+        query = Agent.select().order_by(Agent.name)
+        return query if self.node is None else query.where(Agent.node == self.node)
+
+    def forget_names(self, _=None):
+        self._names = None
+
+    def _registry_changed(self, name):
+        self._names = None
+        aftermath.after(f"telling the other nodes about {name}", self.registry_changed, name)
 
     def get(self, name):
         return found(Agent, Agent.name == name, f"agent named {name!r}")
@@ -111,10 +129,12 @@ class Lifecycle:
             # while it keeps dying: how often in a row, why, and when the core starts it next
             "restart": self.restarts.row(agent.name),
             "forge": self.forge.state(agent.name) if self.forge is not None else None,
+            "node": agent.node,
         }
 
     def rows(self):
-        return [self.row(a) for a in Agent.select().order_by(Agent.name)]
+        """Every agent's row: this node's read now, the others' as their nodes last published them."""
+        return self.watch.cached_rows(fresh=True)
 
     def meta_inputs(self):
         """The meta flake's locked inputs under nixos (None on backends without one)."""
@@ -266,7 +286,7 @@ class Lifecycle:
         with self._meta_lock:
             if include in meta.agents() and exclude is None:
                 return
-            names = (set(self.names()) | {include}) - {exclude, None}
+            names = ({a.name for a in self.own()} | {include}) - {exclude, None}
             meta.sync({n: self.repos.applied(n) for n in sorted(names) if self.repos.exists(n)})
 
     def spawn(self, name, parent=wire.OPERATOR, role="agent", sha=None, deploy=None):
@@ -280,9 +300,9 @@ class Lifecycle:
             revived = os.path.isdir(self.layout.home(name))
             self.repos.init_agent(name)  # idempotent: a reviewed config is kept
             with core_db.atomic():
-                agent = Agent.create(name=name, role=role, parent=parent, desired="running",
+                agent = Agent.create(name=name, role=role, parent=parent, desired="running", node=self.node,
                                      paused=os.path.exists(self.layout.pause_marker(name)))
-            self._names = None
+            self._registry_changed(name)
             self.broker.hold(name, agent.paused)
             try:
                 self.start_harness(agent, rev=sha or "main", apply_model=sha is not None)
@@ -310,7 +330,7 @@ class Lifecycle:
         trees.discard(os.path.dirname(self.layout.socket(name)), f"{name}'s socket dir")
         with core_db.atomic():
             Agent.delete().where(Agent.name == name).execute()
-        self._names = None
+        self._registry_changed(name)
         try:
             self._sync_meta(exclude=name)
         except wire.HiveError as e:
@@ -320,15 +340,19 @@ class Lifecycle:
         self.broker.hold(name, False)
 
     def ensure_manager(self):
+        """The hive has one manager: the first core to start without one runs it."""
         if Agent.get_or_none(Agent.name == wire.MANAGER) is None:
-            self.spawn(wire.MANAGER, parent="core", role="manager")
+            try:
+                self.spawn(wire.MANAGER, parent="core", role="manager")
+            except pw.IntegrityError:  # another node's core made it at the same moment
+                log.info("another node made the manager first; it runs there")
 
     def boot(self):
         """At core start: open every socket, adopt or restart every agent meant to run.
 
         Each agent on its own: whatever fails for one (a plant in its dirs, a config that does not build,
         a bug) leaves that one failed, with the reason on its row and in the log, and the rest served."""
-        for agent in list(Agent.select()):
+        for agent in list(self.own()):
             try:
                 self._boot(agent)
             except Exception as e:
@@ -456,7 +480,7 @@ class Lifecycle:
             trees.discard(os.path.dirname(self.layout.socket(name)), f"{name}'s socket dir")
             with core_db.atomic():
                 Agent.delete().where(Agent.name == name).execute()
-            self._names = None
+            self._registry_changed(name)
             self.restarts.operator_acts(name)
             self._sync_meta(exclude=name)
             if purge:
@@ -492,10 +516,11 @@ class Lifecycle:
 
     def shutdown(self, graceful=True):
         """At core stop: stop every harness of ours (their desired state is kept)."""
-        for agent in Agent.select():
+        mine = list(self.own())
+        for agent in mine:
             self.turn_ends(agent.name, "the core stopped")
         greenlets = [gevent.spawn(self.backend.stop, a.name, self.layout.home(a.name), graceful, 10.0)
-                     for a in Agent.select()]
+                     for a in mine]
         gevent.joinall(greenlets, raise_error=False)
 
 

@@ -35,11 +35,12 @@ class Surfaces:
     `unavailable` when the core serves no dashboard); `clock()` is unix seconds."""
 
     def __init__(self, broker, lifecycle, hub, approvals, questions, reminders, auth, helper_events, urls,
-                 login_url, clock):
+                 login_url, clock, nodes=None):
         self.broker, self.lifecycle, self.hub, self.approvals = broker, lifecycle, hub, approvals
         self.questions, self.reminders, self.auth = questions, reminders, auth
         self.helper_events, self.urls, self.login_url, self.clock = helper_events, urls, login_url, clock
         self._polls = {}  # agent -> Event of its one recv waiting now: set when a newer recv takes over
+        self.nodes = nodes  # the hive's cores: a verb on another node's agent is carried out there
 
     def _now(self):
         return int(self.clock() * 1000)
@@ -55,10 +56,38 @@ class Surfaces:
             verb, args = verbs.parse_request(obj, surface)
             if verb in verbs.WAITING_VERBS - verbs.STREAMING_VERBS:  # a long wait ends when its client hangs up
                 args["gone"] = gone
+            owners = self.nodes.owners(verb, args) if self.nodes is not None else {}
+            if owners:
+                return self._elsewhere(surface, caller, verb, args, obj, owners)
             with aftermath.collecting() as notes:
                 return aftermath.answer(getattr(self, f"do_{verb}")(caller, **args), notes)
 
         return dispatch
+
+    def _elsewhere(self, surface, caller, verb, args, obj, owners):
+        """A verb on agents (or an approval) of other nodes: each node carries out its share, this one
+        included; one answer says how each went."""
+        answers, failures = [], []
+        for node, names in owners.items():
+            request = dict(obj)
+            if names is not None and "scope" in args:
+                request["scope"] = {"agent_names": names}
+            what = f"{verb} of {', '.join(names)}" if names else f"{verb} of approval {args.get('id')}"
+            try:
+                if node == self.nodes.name:
+                    with aftermath.collecting() as notes:
+                        answer = aftermath.answer(getattr(self, f"do_{verb}")(
+                            caller, **dict(args, scope=names)), notes)
+                else:
+                    answer = self.nodes.carry(node, surface, caller, request, what)
+            except wire.HiveError as e:
+                answer = wire.error_of(e)
+            if len(owners) == 1:
+                return answer if answer.get("ok") else _raise(answer)
+            (answers if answer.get("ok") else failures).append((node, answer))
+        if failures:
+            raise wire.HiveError("; ".join(f"on node {node}: {a.get('error')}" for node, a in failures), "conflict")
+        return answers[0][1]
 
     # -- messages ---------------------------------------------------------------------
 
@@ -364,6 +393,11 @@ class Surfaces:
 
     def do_update(self, caller, description):
         return wire.ok(id=self.approvals.request_update(description))
+
+
+def _raise(answer):
+    """An error answer from another node, raised here as it would have been there."""
+    raise wire.HiveError(answer.get("error") or "the other node's answer was malformed", answer.get("code") or "internal")
 
 
 def _listing(rows, limit):

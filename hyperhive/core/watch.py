@@ -7,13 +7,14 @@ event. A change an operation commits asks for its row at once (`changed`),
 so no page waits for the next pass.
 """
 
+import json
 import logging
 
 import gevent
 
 from hyperhive import wire
 from hyperhive.core import aftermath
-from hyperhive.schema import Agent
+from hyperhive.schema import Agent, is_postgres
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,38 @@ class Watch:
         self.seen = {}  # name -> its row as last published
         self.behind = {}  # name -> the applied sha the manager was told the agent runs behind
 
-    def cached_rows(self):
-        """Every row as the watch last saw it (the dashboard's cold load must not ask each backend)."""
-        for name in self.life.names():
-            if name not in self.seen:
-                self.changed(name)
-        rows = sorted(self.seen.values(), key=lambda r: (r["role"] != "manager", r["name"]))
-        return [dict(r) for r in rows]
+    def cached_rows(self, fresh=False):
+        """Every agent's row as the watch last saw it (the dashboard's cold load must not ask each backend),
+        `fresh`: this node's read again now. Another node's agent is shown as its node last published it,
+        with whether that node is alive (`node_alive`)."""
+        rows, nodes = [], None
+        for agent in Agent.select().order_by(Agent.name):
+            if agent.node in (None, self.life.node) or self.life.node is None:
+                if fresh or agent.name not in self.seen:
+                    self._changed(agent.name, agent) if fresh else self.changed(agent.name, agent)
+                row = self.seen.get(agent.name)
+                if row is not None:
+                    rows.append(dict(row, node_alive=True))
+                continue
+            if nodes is None:
+                nodes = {n["name"]: n for n in self.life.nodes_rows()}
+            rows.append(self.elsewhere(agent, nodes.get(agent.node)))
+        return sorted(rows, key=lambda r: (r["role"] != "manager", r["name"]))
+
+    @staticmethod
+    def elsewhere(agent, node):
+        """An agent of another node as it published its row (or the registry's word, before it did)."""
+        try:
+            row = json.loads(agent.shown) if agent.shown else None
+        except ValueError:
+            row = None
+        if row is None:
+            row = {"name": agent.name, "state": "stopped", "running": False, "failed": False, "paused": agent.paused,
+                   "role": agent.role, "parent": agent.parent, "needs_login": agent.needs_login,
+                   "needs_update": False}
+        url = (node or {}).get("url")
+        return dict(row, node=agent.node, node_alive=bool(node and node["alive"]),
+                    url=f"{url}/agent/{agent.name}/" if url else None)
 
     def changed(self, name, agent=None):
         """Re-read one agent's row and tell subscribers if it differs.
@@ -51,7 +77,9 @@ class Watch:
         before = self.seen.get(name)
         if before != row:
             self.seen[name] = row
-            self.life.hub.publish("container_state_changed", container=row)
+            if self.life.node is not None and is_postgres():  # the other nodes' pages read it there
+                Agent.update(shown=json.dumps(row)).where(Agent.name == name).execute()
+            self.life.hub.publish("container_state_changed", container=dict(row, node_alive=True))
         self._tell_if_behind(name, row, first=before is None)
 
     def _tell_if_behind(self, name, row, first):
@@ -77,7 +105,7 @@ class Watch:
         `now` is unix seconds (the lifecycle's clock by default); tests step it.
         """
         now = self.life.clock() if now is None else now
-        for agent in list(Agent.select()):
+        for agent in list(self.life.own()):
             self.changed(agent.name, agent)
             gevent.sleep(0)  # a hive of many agents must not stall every socket for the whole pass
             row = self.seen.get(agent.name)  # none when its row could not be read (logged)
