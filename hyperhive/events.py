@@ -47,6 +47,8 @@ DASHBOARD = _table(
     Kind("container_removed", "an agent was destroyed", (("name", "the agent"),)),
     Kind("tombstones_changed", "the destroyed agents kept on disk changed", (("tombstones", "the full list"),)),
     Kind("meta_inputs_changed", "the meta flake's inputs changed", (("meta_inputs", "the full list, or null"),)),
+    Kind("nodes_changed", "a core of the hive joined, went silent or came back",
+         (("nodes", "every node: `name`, `url`, `alive`, `silent_seconds`, …, as `/api/state`'s `nodes`"),)),
 )
 
 LIVE = _table(

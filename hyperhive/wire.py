@@ -262,7 +262,10 @@ MESSAGE_FIELDS = ("id", "from", "body", "sent_at", "redelivered", "file_refs")
 LISTED_MESSAGE_FIELDS = MESSAGE_FIELDS + ("to", "delivered_at", "acked_at", "cancelled_at")
 STATUS_FIELDS = ("name", "state", "running", "failed", "needs_update", "needs_login", "paused",
                  "parent", "deployed_sha", "active_model", "status_text", "status_set_at",
-                 "url", "pending_reminders", "role", "last_turn_at", "claude_missing", "restart", "forge")
+                 "url", "pending_reminders", "role", "last_turn_at", "claude_missing", "restart", "forge",
+                 "node", "node_alive")
+# `node` is the core that runs the agent, `node_alive` whether that core's heartbeat is recent (a hive of
+# several cores); another node's agent is shown as its node last published it, its `url` on that node's dashboard.
 # `restart` is null, or {deaths, reason, next_at} while a harness that died on its own is
 # being started again by the core (next_at null once it runs again, until it has run a while).
 # `forge` is null without a forge mirror, else {repo, pushed_sha, pushed_at, error, retry_at}.

@@ -106,8 +106,10 @@ class Hive:
     """A real `hyperhive.pyz serve` process on a temp state dir."""
 
     def __init__(self, state_dir, claude=FAKE_CLAUDE, env=None, extra_args=(), backend="process",
-                 run_dir=None, pyz=PYZ, wrapper=None):
-        """`wrapper`: a test script to run instead of the pyz (it imports the core from the pyz)."""
+                 run_dir=None, pyz=PYZ, wrapper=None, database=None, node=None, prefix=()):
+        """`wrapper`: a test script to run instead of the pyz (it imports the core from the pyz);
+        `database`/`node`: serve's --database and --node; `prefix`: argv run before the interpreter (a
+        network namespace's `ip netns exec`)."""
         self.state_dir = str(state_dir)
         self.custom_run_dir = run_dir is not None
         self.run_dir = str(run_dir) if run_dir is not None else os.path.join(self.state_dir, "run")
@@ -115,6 +117,9 @@ class Hive:
         self.claude, self.pyz, self.wrapper = claude, pyz, wrapper
         self.env = dict(os.environ, **(env or {}))
         self.extra_args = list(extra_args)
+        self.database, self.node, self.prefix = database, node, list(prefix)
+        self.extra_args += ["--database", database] if database else []
+        self.extra_args += ["--node", node] if node else []
         self.backend = backend
         self.proc = None
         self.starts = 0  # the log is appended across restarts: count the boots
@@ -123,7 +128,7 @@ class Hive:
     def start(self, wait=True):
         self.starts += 1
         log = open(self.log_path, "ab")
-        argv = [PYZ_PYTHON, self.wrapper or self.pyz, "serve", "--state-dir", self.state_dir,
+        argv = [*self.prefix, PYZ_PYTHON, self.wrapper or self.pyz, "serve", "--state-dir", self.state_dir,
                 "--backend", self.backend]
         argv += ["--claude", self.claude] if self.claude else []  # None: the daemon's own default
         argv += ["--run-dir", self.run_dir] if self.custom_run_dir else []
@@ -275,7 +280,18 @@ class Hive:
             return [json.loads(line) for line in f if line.strip()]
 
     def db_rows(self, sql, *params):
-        """Rows of a query on the core's database, read-only beside the running core."""
+        """Rows of a query on the core's database, read-only beside the running core (sqlite's ?
+        placeholders; on PostgreSQL they become %s)."""
+        if self.database and self.database.startswith("postgresql"):
+            import psycopg2
+
+            con = psycopg2.connect(self.database, connect_timeout=10)
+            try:
+                with con.cursor() as cur:
+                    cur.execute(sql.replace("?", "%s"), params)
+                    return cur.fetchall()
+            finally:
+                con.close()
         import sqlite3
 
         con = sqlite3.connect(f"file:{self.state_dir}/hive.db?mode=ro", uri=True)

@@ -24,7 +24,7 @@
   const DIFF_OPEN_LINES = 60;   // smaller diffs start open
   const STATE_KINDS = new Set(["sent", "delivered", "approval_added", "approval_resolved", "question_added",
     "question_resolved", "transient_set", "transient_cleared", "container_state_changed",
-    "container_removed", "tombstones_changed", "meta_inputs_changed", "cancelled", "requeued", "read"]);
+    "container_removed", "tombstones_changed", "meta_inputs_changed", "cancelled", "requeued", "read", "nodes_changed"]);
 
   /* The page's model of the hive: seeded by /api/state, then moved by events. */
   const state = {
@@ -42,6 +42,8 @@
     cancelled: new Set(),   // message ids a cancelled turn had (until retried)
     tombstones: [],
     metaInputs: null,
+    node: null,             // this dashboard's core, in a hive of several
+    nodes: new Map(),       // name → {name, url, alive, silent_seconds, me, …}
   };
 
   let term = null; // the message flow terminal, created last
@@ -142,6 +144,8 @@
     state.inboxEnd = (st.inbox || []).length < INBOX_PAGE;
     state.tombstones = st.tombstones || [];
     state.metaInputs = st.meta_inputs === undefined ? null : st.meta_inputs;
+    state.node = st.node || null;
+    state.nodes = new Map((st.nodes || []).map((n) => [n.name, n]));
 
     renderHeader();
     renderContainers();
@@ -158,6 +162,26 @@
     const backend = $("#backend");
     backend.hidden = !state.backend;
     backend.textContent = state.backend ? `backend: ${state.backend}` : "";
+    renderNodes();
+  }
+
+  // A hive of several cores: each node and whether it beats; one core alone shows nothing.
+  function renderNodes() {
+    const box = $("#nodes");
+    if (!box) return;
+    const nodes = [...state.nodes.values()];
+    box.hidden = nodes.length < 2;
+    box.replaceChildren(...nodes.map((n) => h(n.url && !n.me ? "a" : "span", {
+      class: ["chip", "node", n.alive ? "green" : "red", n.me && "me"], href: n.url && !n.me ? n.url + "/" : null,
+      data: {node: n.name, alive: n.alive ? "yes" : "no"},
+      title: n.alive ? `node ${n.name}: live${n.me ? " (this dashboard's)" : ""}`
+        : `node ${n.name}: silent for ${n.silent_seconds} s (its core is down or cut off)`},
+    `${n.alive ? "●" : "○"} ${n.name}`)));
+  }
+
+  function nodeAlive(c) {
+    const n = c.node && state.nodes.get(c.node);
+    return n ? n.alive : c.node_alive !== false;
   }
 
   // ============================================================== events
@@ -221,6 +245,11 @@
       case "meta_inputs_changed":
         state.metaInputs = ev.meta_inputs === undefined ? null : ev.meta_inputs;
         renderMeta();
+        break;
+      case "nodes_changed":
+        state.nodes = new Map((ev.nodes || []).map((n) => [n.name, n]));
+        renderNodes();
+        renderContainers();
         break;
       default:
         break; // the flow shows it raw (renderFlow), so it is not lost
@@ -305,6 +334,9 @@
     const mgr = isManager(c);
     const url = c.url || `/agent/${enc(c.name)}/`;
     const base = url.endsWith("/") ? url : url + "/";
+    // another node's agent: its pages are that node's dashboard's
+    const origin = /^https?:/.test(url) ? new URL(url).origin : "";
+    const alive = nodeAlive(c);
 
     const head = h("div", {class: "card-head"},
       h("span", {class: "state-dot", "aria-hidden": "true"}),
@@ -323,7 +355,10 @@
       c.needs_update && h("span", {class: "chip orange", title: "the deployed config is behind: rebuild to apply it"}, "needs update"),
       c.restart && restartChip(c),
       c.forge && c.forge.error && h("span", {class: "chip orange forge", title: `${c.forge.error} (retry at ${c.forge.retry_at})`}, "forge behind"),
-      c.parent && c.parent !== "operator" && h("span", {class: "chip", title: "spawned by"}, `by ${c.parent}`));
+      c.parent && c.parent !== "operator" && h("span", {class: "chip", title: "spawned by"}, `by ${c.parent}`),
+      c.node && state.nodes.size > 1 && h("span", {class: ["chip", "node-of", !alive && "red"], data: {node: c.node},
+        title: alive ? `runs on node ${c.node}` : `node ${c.node} is silent: its core is down or cut off, so this is how it last was`},
+      alive ? `on ${c.node}` : `${c.node} silent`));
 
     const status = c.claude_missing
       ? h("p", {class: "status-text problem", role: "status"}, c.claude_missing)
@@ -333,8 +368,8 @@
 
     const links = h("nav", {class: "card-links", "aria-label": `${c.name} links`},
       h("a", {href: base}, "page"),
-      h("a", {href: `/journal/${enc(c.name)}`}, "journal"),
-      h("a", {href: `/agent-config/${enc(c.name)}`}, "config"),
+      h("a", {href: `${origin}/journal/${enc(c.name)}`}, "journal"),
+      h("a", {href: `${origin}/agent-config/${enc(c.name)}`}, "config"),
       h("a", {href: base + "stats"}, "stats"));
 
     return h("article", {class: ["agent-card", mgr && "is-manager"],

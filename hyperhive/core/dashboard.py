@@ -255,7 +255,14 @@ class Dashboard:
         return web.json_response(self.views.file_ref(_int(message_id, "message id", 1),
                                                      _int(index, "file reference number", 0)))
 
+    def _to_owner(self, name, path):
+        """A page of another node's agent: the browser goes to that node's dashboard."""
+        other = self.views.elsewhere(wire.check_name(name))
+        if other is not None and other[1]:
+            bottle.redirect(f"{other[1]}{path}", 307)
+
     def config_page(self, name):
+        self._to_owner(name, f"/agent-config/{name}")
         self.views.agent(name)
         return web.page("config.html", name=name)
 
@@ -294,6 +301,7 @@ class Dashboard:
     # -- the journal ----------------------------------------------------------------------------
 
     def journal_page(self, name):
+        self._to_owner(name, f"/journal/{name}")
         self.views.log_home(name)
         return web.page("journal.html", name=name)
 
@@ -327,6 +335,8 @@ class Dashboard:
 
     def agent_page(self, name, page, asset=None):
         """An agent's page and its assets, from the core's own files: the harness sends only data."""
+        if page != "static":
+            self._to_owner(name, f"/agent/{name}/{page}")
         self.views.agent(name)
         return web.static(asset) if page == "static" else web.page(AGENT_PAGES[page])
 

@@ -52,6 +52,8 @@ class Nodes:
         self.name = wire.check_name(name, "node name")
         self.notices, self.clock, self.url = notices_, clock, url
         self.dispatcher = None  # set by the core once its surfaces are built
+        self.publish = lambda kind, **data: None  # the hub's: a change in the nodes' liveness is shown
+        self._seen = None  # {node: alive} as this core last saw the hive
         self._answers = {}  # command id -> Event set once it is answered
         self._running = set()  # command ids this core is carrying out
         notices_.on(notices.ANSWER, self._answered)
@@ -88,7 +90,17 @@ class Nodes:
         self.notices.tell(notices.NODES, self.name)
 
     def beat(self):
+        """The heartbeat; and when a node joined, went silent or came back since the last one, the pages are
+        told (every core may tell them: the list is whole each time, so twice is harmless)."""
         Node.update(heartbeat_at=self._now(), url=self.url()).where(Node.name == self.name).execute()
+        rows = self.rows()
+        seen = {n["name"]: n["alive"] for n in rows}
+        if self._seen is not None and seen != self._seen:
+            for name in sorted(set(seen) | set(self._seen)):
+                if seen.get(name) != self._seen.get(name) and name != self.name:
+                    log.warning("node %s is %s", name, "live" if seen.get(name) else "silent")
+            self.publish("nodes_changed", nodes=rows)
+        self._seen = seen
 
     def alive(self, node):
         return self._now() - node.heartbeat_at <= SILENT_SECONDS * 1000

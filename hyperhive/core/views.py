@@ -36,6 +36,8 @@ class Views:
             "inbox_senders_through": through,
             "tombstones": lifecycle.tombstones(),
             "meta_inputs": lifecycle.meta_inputs(),
+            "node": lifecycle.node,
+            "nodes": lifecycle.nodes_rows(),
         }
 
     @staticmethod
@@ -82,6 +84,24 @@ class Views:
             raise wire.HiveError(f"there is no agent named {name!r} in this hive: the dashboard lists the agents "
                                  "there are (and `hyperhive list` on the hive's host)", "not_found") from None
 
+    def elsewhere(self, name):
+        """(node, its dashboard URL or None) when the agent runs on another node of the hive, else None."""
+        from hyperhive.schema import Agent
+
+        agent = Agent.get_or_none(Agent.name == name)
+        if agent is None or self.lifecycle.node is None or agent.node in (None, self.lifecycle.node):
+            return None
+        url = next((n["url"] for n in self.lifecycle.nodes_rows() if n["name"] == agent.node), None)
+        return agent.node, url
+
+    def here(self, name):
+        """Refuse (conflict) what only the node that runs the agent has: its page, its log, its config."""
+        other = self.elsewhere(name)
+        if other is not None:
+            node, url = other
+            where = f"that node's dashboard, {url}/agent/{name}/" if url else "that node (it serves no dashboard)"
+            raise wire.HiveError(f"{name} runs on node {node}: its page, log and config are on {where}", "conflict")
+
     def agent_shown(self, name):
         """(state, transient) of an agent as the dashboard last showed it: why its page may not answer."""
         row = next((r for r in self.lifecycle.watch.cached_rows() if r["name"] == name), None)
@@ -89,12 +109,14 @@ class Views:
 
     def agent_config(self, name):
         self.agent(name)
+        self.here(name)
         sha = self.repos.deployed_sha(name)
         return {"name": name, "sha": sha, "files": self.repos.files(name) if sha else {}}
 
     def page_dir(self, name):
         """Where an agent's page listens (its socket dir), for the proxy."""
         self.agent(name)
+        self.here(name)
         return os.path.dirname(self.lifecycle.layout.socket(name))
 
     def log_home(self, name):
@@ -102,6 +124,7 @@ class Views:
         wire.check_name(name)
         if not self.lifecycle.known(name) and name not in self.lifecycle.tombstones():
             raise wire.HiveError(f"there is no agent named {name!r}", "not_found")
+        self.here(name)
         return self.lifecycle.layout.home(name)
 
     def log_tail(self, name, home, cursor):

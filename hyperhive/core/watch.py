@@ -12,7 +12,7 @@ import logging
 
 import gevent
 
-from hyperhive import wire
+from hyperhive import states, wire
 from hyperhive.core import aftermath
 from hyperhive.schema import Agent, is_postgres
 
@@ -53,9 +53,10 @@ class Watch:
         except ValueError:
             row = None
         if row is None:
-            row = {"name": agent.name, "state": "stopped", "running": False, "failed": False, "paused": agent.paused,
-                   "role": agent.role, "parent": agent.parent, "needs_login": agent.needs_login,
-                   "needs_update": False}
+            row = dict.fromkeys(wire.STATUS_FIELDS)
+            row.update(name=agent.name, state=states.agent_state(False, False, agent.paused), running=False,
+                       failed=False, needs_update=False, paused=agent.paused, role=agent.role, parent=agent.parent,
+                       needs_login=agent.needs_login, pending_reminders=0)
         url = (node or {}).get("url")
         return dict(row, node=agent.node, node_alive=bool(node and node["alive"]),
                     url=f"{url}/agent/{agent.name}/" if url else None)
