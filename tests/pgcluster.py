@@ -62,7 +62,9 @@ def missing():
                 "(apt-get install postgresql, or set PG_BIN to the directory holding initdb and postgres)")
     for tool in ("initdb", "postgres"):
         if not os.access(os.path.join(where, tool), os.X_OK):
-            return f"no executable {tool} in {where} (PG_BIN or the newest /usr/lib/postgresql/*/bin)"
+            told = "PG_BIN names" if os.environ.get("PG_BIN") else "the newest server directory is"
+            return (f"no executable {tool} in {where} ({told} that; set PG_BIN to the directory "
+                    f"holding initdb and postgres)")
     if os.geteuid() == 0 and not (shutil.which("setpriv") or shutil.which("runuser")):
         return "running as root, and neither setpriv nor runuser is here to run postgres unprivileged (util-linux)"
     return None
