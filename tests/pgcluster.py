@@ -65,8 +65,8 @@ def missing():
             told = "PG_BIN names" if os.environ.get("PG_BIN") else "the newest server directory is"
             return (f"no executable {tool} in {where} ({told} that; set PG_BIN to the directory "
                     f"holding initdb and postgres)")
-    if os.geteuid() == 0 and not (shutil.which("setpriv") or shutil.which("runuser")):
-        return "running as root, and neither setpriv nor runuser is here to run postgres unprivileged (util-linux)"
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        return "running as root, and there is no setpriv to run postgres unprivileged (apt-get install util-linux)"
     return None
 
 
@@ -98,17 +98,19 @@ def server_user():
 
 
 def _as_user(argv, user):
-    """argv run as the server's user. setpriv execs (so a Popen's pid is the program's) and sets a
-    parent-death signal after dropping privileges: if the test process dies, postgres gets SIGQUIT
-    (immediate shutdown) instead of running on. PR_SET_PDEATHSIG fires when the *thread* that
-    started it exits: start clusters from the main thread."""
+    """argv run as the server's user. setpriv (not runuser, which forks and waits) execs, so a Popen's
+    pid is the program's, and it sets a parent-death signal after dropping privileges: if the test
+    process dies, postgres gets SIGQUIT (immediate shutdown) instead of running on.
+    PR_SET_PDEATHSIG fires when the *thread* that started it exits: start clusters from the main
+    thread."""
     uid, gid, name = user
     if shutil.which("setpriv"):
         ids = [f"--reuid={uid}", f"--regid={gid}", "--init-groups"] if name else []
         return ["setpriv", *ids, "--pdeathsig", "QUIT", *argv]
     if name:
-        return ["runuser", "-u", name, "--", *argv]
-    return list(argv)
+        raise ClusterError("running as root, and there is no setpriv to run postgres unprivileged "
+                           "(apt-get install util-linux)")
+    return list(argv)  # not root, no setpriv: a killed test run leaves this server running
 
 
 def _stat(pid):
