@@ -153,13 +153,13 @@ class Cluster:
         if self.bin_dir is None:
             raise ClusterError(missing())
         self.listen = list(listen)
+        self.user = server_user()  # before the temp dir: a failure here leaves nothing behind
         self.base = base or tempfile.mkdtemp(prefix="hivepg-", dir="/tmp")  # short: a socket path lives here
         self.data = os.path.join(self.base, "data")
         self.sockdir = os.path.join(self.base, "sock")
         self.log_path = os.path.join(self.base, "postgres.log")
         self.port = None
         self.proc = None
-        self.user = server_user()
         self.initialized = False
 
     # --- life -----------------------------------------------------------------------------------
