@@ -371,3 +371,58 @@ def hive(tmp_path):
     with running(Hive(tmp_path / "state", env={"ANTHROPIC_API_KEY": "test-key"},
                       extra_args=["--pass-env", "ANTHROPIC_API_KEY"])) as h:
         yield h
+
+
+# --- PostgreSQL (issue 17) ------------------------------------------------------------------------
+# One real server for the whole run (tests/pgcluster.py), a fresh database per test on it, and
+# `db_url` to run a test on both engines. Skipped with the reason where no server binaries are
+# installed, unless HIVE_REQUIRE_PG=1 (CI sets it), which makes that a failure.
+
+def pg_missing_or_fail():
+    """Skip (or, under HIVE_REQUIRE_PG=1, fail) when no PostgreSQL server can run here."""
+    import pgcluster
+
+    why = pgcluster.missing()
+    if why:
+        if os.environ.get("HIVE_REQUIRE_PG") == "1":
+            pytest.fail(f"HIVE_REQUIRE_PG=1, but {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A PostgreSQL server started for the whole run (a pgcluster.Cluster on 127.0.0.1); stopped at its end."""
+    import pgcluster
+
+    pg_missing_or_fail()
+    cluster = pgcluster.Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster, request):
+    """The TCP URL of a fresh database for this test on the run's server; dropped after it (FORCE)."""
+    import uuid
+    import warnings
+
+    stem = re.sub(r"[^a-z0-9_]+", "_", request.node.name.lower())[:40].strip("_")
+    name = f"t_{stem}_{uuid.uuid4().hex[:8]}"
+    pg_cluster.create_database(name)
+    yield pg_cluster.url(name)
+    try:
+        pg_cluster.drop_database(name)
+    except Exception as e:  # noqa: BLE001 - the server goes at the run's end anyway; say why it stayed
+        warnings.warn(f"could not drop test database {name}: {e}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A database URL of each engine: a fresh sqlite file, and a fresh database on the run's server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/hive.db"
+    else:
+        yield request.getfixturevalue("pg_url")
