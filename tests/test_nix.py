@@ -28,12 +28,15 @@ from nixstub import container, evaluate, host, modules_expr, nix_string, require
 
 NIX_FILES = sorted({os.path.relpath(p, ROOT) for pattern in ("flake.nix", "nix/**/*.nix", "tests/nix/*.nix")
                     for p in glob.glob(os.path.join(ROOT, pattern), recursive=True)})
-PYTHON_PACKAGES = {"gevent", "bottle", "peewee", "docopt", "sh", "markdown"}
+PYTHON_PACKAGES = {"gevent", "psycopg2", "bottle", "peewee", "docopt", "sh", "markdown"}
+# PyPI ships psycopg2 prebuilt as psycopg2-binary; nixpkgs builds the same module as psycopg2
+PYPI_NAMES = {"psycopg2-binary": "psycopg2"}
 
 
 def requirements():
     with open(os.path.join(ROOT, "requirements.txt")) as f:
         names = {line.split("==")[0].strip().lower() for line in f if line.strip() and not line.startswith("#")}
+    names = {PYPI_NAMES.get(n, n) for n in names}
     return names - {"greenlet", "zope.event", "zope.interface"}  # gevent's own dependencies
 
 

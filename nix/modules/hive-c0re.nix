@@ -61,7 +61,7 @@ in
       default = pkgs.python3.withPackages (import ../python-deps.nix);
       description = ''
         The interpreter that runs hyperhive.pyz on the host, with the packages it
-        needs (gevent, bottle, peewee, docopt, sh, markdown). The containers build
+        needs (gevent, psycopg2, bottle, peewee, docopt, sh, markdown). The containers build
         their own from the same list (nix/python-deps.nix).
       '';
     };
