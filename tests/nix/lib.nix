@@ -66,6 +66,10 @@ rec {
     package = plainType "package" "package" isDerivation;
     strMatching = pattern: plainType "strMatching" "string matching the pattern ${pattern}"
       (v: isString v && match pattern v != null);
+    # as nixpkgs' separatedString "\n": every definition's lines, in turn
+    lines = (plainType "lines" "strings concatenated with \"\\n\"" isString) // {
+      merge = loc: values: concatStringsSep "\n" values;
+    };
     enum = values: plainType "enum" "one of ${concatStringsSep ", " (map showValue values)}"
       (v: elem v values);
 
