@@ -40,8 +40,17 @@ def requirements():
     return names - {"greenlet", "zope.event", "zope.interface"}  # gevent's own dependencies
 
 
+def systemd_words(line):
+    """An ExecStart line's argv as systemd hands it over: split like the shell (which its quoting follows for
+    what escapeShellArg writes), then %% and $$ each one character; a lone % or $ is systemd's to expand."""
+    words = shlex.split(line)
+    loose = [w for w in words if re.search(r"[%$]", w.replace("%%", "").replace("$$", ""))]
+    assert not loose, f"systemd would expand these: {loose}"
+    return [w.replace("%%", "%").replace("$$", "$") for w in words]
+
+
 def exec_start(settings_, extra=()):
-    return shlex.split(host(settings_, "ev: ev.config.systemd.services.hive-c0re.serviceConfig.ExecStart", extra))
+    return systemd_words(host(settings_, "ev: ev.config.systemd.services.hive-c0re.serviceConfig.ExecStart", extra))
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -166,7 +175,7 @@ def test_the_firewall_opens_only_beyond_loopback(dashboard, ports, flag):
                "ev: { ports = ev.config.networking.firewall.allowedTCPPorts; "
                "start = ev.config.systemd.services.hive-c0re.serviceConfig.ExecStart; }")
     assert got["ports"] == ports
-    argv = shlex.split(got["start"])
+    argv = systemd_words(got["start"])
     assert argv[argv.index("--dashboard-port") + 1] == flag
 
 
@@ -207,7 +216,8 @@ def test_the_database_and_the_node_reach_the_daemon_and_stay_off_unless_set():
     for database in ("postgresql://hyperhive@db.example/hyperhive",
                      "postgresql://hyperhive@/hyperhive?host=/run/postgresql",  # the socket: & ? / quoted right
                      "postgresql://hyperhive@db.example:5433/hyperhive?sslmode=require&connect_timeout=10",
-                     "sqlite:///srv/hive/hive.db"):
+                     "postgresql://hyperhive@%2Frun%2Fpostgresql/hyperhive",  # % is a specifier to systemd
+                     "sqlite:///srv/$HOME/hive.db"):  # and $ a variable
         argv = exec_start({"enable": True, "database": database, "node": "builder-1"})
         args = docopt(daemon.__doc__, argv=["serve", *argv[3:]])  # exactly what the daemon parses
         assert (args["--database"], args["--node"]) == (database, "builder-1")
@@ -488,7 +498,7 @@ def test_the_rendered_exec_start_runs_a_core(built_pyz, tmp_path):
                  "dashboard": {"port": port}, "logLevel": "debug", "operatorPronouns": "they/them",
                  "extraAgentEnv": {"HYPERHIVE_TEST_VAR": "from the module"}},
                 "ev: ev.config.systemd.services.hive-c0re")
-    argv = shlex.split(unit["serviceConfig"]["ExecStart"])
+    argv = systemd_words(unit["serviceConfig"]["ExecStart"])
     python, pyz = argv[0], argv[1]
     swap = {python: PYZ_PYTHON, pyz: built_pyz, os.path.dirname(pyz): os.path.dirname(built_pyz)}
     claude = argv[argv.index("--claude") + 1]

@@ -32,7 +32,10 @@ let
   hasPassword = url: builtins.match "[a-z]+://[^/@]*:[^/@]*@.*" url != null
     || builtins.match ".*[?&]password=.*" url != null;
 
-  execStart = lib.escapeShellArgs ([
+  # systemd reads % as a specifier and $ as a variable in ExecStart, quoted or not
+  # (a percent-encoded database URL has both kinds of character)
+  execArg = arg: lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (lib.escapeShellArg arg);
+  execStart = lib.concatMapStringsSep " " execArg ([
     "${cfg.python}/bin/python" "${source}/hyperhive.pyz" "serve"
     "--state-dir" cfg.stateDir
     "--run-dir" cfg.runDir

@@ -132,8 +132,9 @@ rec {
 
   # -- lists, strings, attribute sets ----------------------------------------------------
 
-  inherit concatStringsSep elem any all;
+  inherit concatStringsSep elem any all replaceStrings;
   concatMap = f: list: concatLists (map f list);
+  concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
   optional = cond: x: if cond then [ x ] else [ ];
   optionals = cond: xs: if cond then xs else [ ];
   optionalString = cond: s: if cond then s else "";
