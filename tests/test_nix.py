@@ -24,7 +24,7 @@ from hyperhive import jsonline, settings
 from hyperhive.core import daemon
 from hyperhive.core.containers import nixos
 from hyperhive.core.layout import Layout
-from nixstub import container, evaluate, host, modules_expr, nix_string, require_nix
+from nixstub import container, evaluate, host, modules_expr, nix_string, require_nix, systemd_words
 
 NIX_FILES = sorted({os.path.relpath(p, ROOT) for pattern in ("flake.nix", "nix/**/*.nix", "tests/nix/*.nix")
                     for p in glob.glob(os.path.join(ROOT, pattern), recursive=True)})
@@ -38,15 +38,6 @@ def requirements():
         names = {line.split("==")[0].strip().lower() for line in f if line.strip() and not line.startswith("#")}
     names = {PYPI_NAMES.get(n, n) for n in names}
     return names - {"greenlet", "zope.event", "zope.interface"}  # gevent's own dependencies
-
-
-def systemd_words(line):
-    """An ExecStart line's argv as systemd hands it over: split like the shell (which its quoting follows for
-    what escapeShellArg writes), then %% and $$ each one character; a lone % or $ is systemd's to expand."""
-    words = shlex.split(line)
-    loose = [w for w in words if re.search(r"[%$]", w.replace("%%", "").replace("$$", ""))]
-    assert not loose, f"systemd would expand these: {loose}"
-    return [w.replace("%%", "%").replace("$$", "$") for w in words]
 
 
 def exec_start(settings_, extra=()):
