@@ -8,6 +8,8 @@ module, the container templates and the docs.
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 
@@ -48,6 +50,15 @@ def nix_value(v):
     if isinstance(v, dict):
         return "{ " + " ".join(f"{nix_string(k)} = {nix_value(x)};" for k, x in v.items()) + " }"
     raise TypeError(f"no Nix form for {v!r}")
+
+
+def systemd_words(line):
+    """An ExecStart line's argv as systemd hands it over: split like the shell (which its quoting follows for
+    what escapeShellArg writes), then %% and $$ each one character; a lone % or $ is systemd's to expand."""
+    words = shlex.split(line)
+    loose = [w for w in words if re.search(r"[%$]", w.replace("%%", "").replace("$$", ""))]
+    assert not loose, f"systemd would expand these: {loose}"
+    return [w.replace("%%", "%").replace("$$", "$") for w in words]
 
 
 def evaluate(expr, check=True):

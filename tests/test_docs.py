@@ -1,7 +1,7 @@
 """The docs cannot drift from the code: every admin CLI verb, every option of `serve`, every NixOS
 option of the module and the container templates, and every MCP tool is named in README.md or
-docs/*.md, the host flake of docs/nixos.md evaluates, and every relative link there (with its
-#anchor) resolves.
+docs/*.md, the host flake of docs/nixos.md and its several hosts of one hive evaluate, and every
+relative link there (with its #anchor) resolves.
 """
 
 import glob
@@ -9,11 +9,13 @@ import os
 import re
 
 import pytest
+from docopt import docopt
 
 from conftest import ROOT
 from hyperhive import cli, settings
+from hyperhive.core import daemon
 from hyperhive.harness import tools
-from nixstub import NIXOS, STUB, evaluate, nix_string, option_names
+from nixstub import MODULE, NIXOS, STUB, evaluate, modules_expr, nix_string, option_names, systemd_words
 
 PAGES = ("architecture", "approvals", "persistence", "turnloop", "nixos", "conventions", "gotchas", "web")
 DOCS = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) + [os.path.join(ROOT, "README.md")]
@@ -93,6 +95,39 @@ def test_the_host_flake_of_the_docs_evaluates():
     assert got["failing"] == [] and got["containers"] is True
     # else the hive's lock pins a nixpkgs of its own beside the host's
     assert got["inputs"]["hyperhive"].get("inputs") == {"nixpkgs": {"follows": "nixpkgs"}}
+
+
+def several_hosts(marker):
+    """A host of docs/nixos.md's "Several hosts, one hive": its ```nix block with the module, over NixOS's
+    services.postgresql as the stub declares it (strict: an option NixOS dropped, like ensurePermissions, fails)."""
+    text = text_of(os.path.join(ROOT, "docs", "nixos.md"))
+    block = re.search(rf"```nix\n(# {re.escape(marker)}\n.*?)```", text, re.S).group(1)
+    select = """ev: {
+      failing = map (a: a.message) (builtins.filter (a: !a.assertion) ev.config.assertions);
+      unit = if !ev.config.services.hyperhive.enable then null else {
+        inherit (ev.config.systemd.services.hive-c0re) after environment;
+        start = ev.config.systemd.services.hive-c0re.serviceConfig.ExecStart;
+      };
+    }"""
+    got = evaluate(modules_expr([nix_string(MODULE), nix_string(NIXOS), block],
+                                ["services.hyperhive", "services.postgresql"], select))
+    assert got["failing"] == []
+    if got["unit"] is not None:
+        got["args"] = docopt(daemon.__doc__, argv=["serve", *systemd_words(got["unit"]["start"])[3:]])
+    return got
+
+
+def test_the_several_hosts_of_the_docs_evaluate_to_what_they_say():
+    assert several_hosts("the database host")["unit"] is None
+    node = several_hosts("each node")
+    assert node["args"]["--database"] == "postgresql://hyperhive@db.example/hyperhive"
+    assert node["args"]["--node"] == "builder-1"
+    assert node["unit"]["environment"]["PGPASSFILE"] == "/run/secrets/hyperhive-pgpass"
+    assert not [u for u in node["unit"]["after"] if u.startswith("postgresql")]  # no database on this host
+    one = several_hosts("one host, peer authentication")
+    assert one["args"]["--database"] == "postgresql://hyperhive@/hyperhive?host=/run/postgresql"
+    assert one["args"]["--node"] is None
+    assert {"postgresql.service", "postgresql.target"} <= set(one["unit"]["after"])
 
 
 def test_the_docs_do_not_count_on_nixos_turning_containers_on():

@@ -24,21 +24,24 @@ from hyperhive import jsonline, settings
 from hyperhive.core import daemon
 from hyperhive.core.containers import nixos
 from hyperhive.core.layout import Layout
-from nixstub import container, evaluate, host, modules_expr, nix_string, require_nix
+from nixstub import container, evaluate, host, modules_expr, nix_string, require_nix, systemd_words
 
 NIX_FILES = sorted({os.path.relpath(p, ROOT) for pattern in ("flake.nix", "nix/**/*.nix", "tests/nix/*.nix")
                     for p in glob.glob(os.path.join(ROOT, pattern), recursive=True)})
-PYTHON_PACKAGES = {"gevent", "bottle", "peewee", "docopt", "sh", "markdown"}
+PYTHON_PACKAGES = {"gevent", "psycopg2", "bottle", "peewee", "docopt", "sh", "markdown"}
+# PyPI ships psycopg2 prebuilt as psycopg2-binary; nixpkgs builds the same module as psycopg2
+PYPI_NAMES = {"psycopg2-binary": "psycopg2"}
 
 
 def requirements():
     with open(os.path.join(ROOT, "requirements.txt")) as f:
         names = {line.split("==")[0].strip().lower() for line in f if line.strip() and not line.startswith("#")}
+    names = {PYPI_NAMES.get(n, n) for n in names}
     return names - {"greenlet", "zope.event", "zope.interface"}  # gevent's own dependencies
 
 
 def exec_start(settings_, extra=()):
-    return shlex.split(host(settings_, "ev: ev.config.systemd.services.hive-c0re.serviceConfig.ExecStart", extra))
+    return systemd_words(host(settings_, "ev: ev.config.systemd.services.hive-c0re.serviceConfig.ExecStart", extra))
 
 
 # -- parsing -------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def test_the_firewall_opens_only_beyond_loopback(dashboard, ports, flag):
                "ev: { ports = ev.config.networking.firewall.allowedTCPPorts; "
                "start = ev.config.systemd.services.hive-c0re.serviceConfig.ExecStart; }")
     assert got["ports"] == ports
-    argv = shlex.split(got["start"])
+    argv = systemd_words(got["start"])
     assert argv[argv.index("--dashboard-port") + 1] == flag
 
 
@@ -194,6 +197,71 @@ def test_the_forge_and_the_domain_reach_the_daemon_and_stay_off_unless_set():
     assert args["--forge-credential-file"] == "/run/secrets/forge", "a string: the secret stays out of the store"
     off = exec_start({"enable": True})
     assert not {"--domain", "--forge-url", "--forge-credential-file"} & set(off)
+
+
+def test_the_database_and_the_node_reach_the_daemon_and_stay_off_unless_set():
+    off = exec_start({"enable": True})
+    assert not {"--database", "--node"} & set(off), "null: serve's own defaults, hive.db and the host's name"
+    args = docopt(daemon.__doc__, argv=["serve", *off[3:]])
+    assert args["--database"] is None and args["--node"] is None
+    for database in ("postgresql://hyperhive@db.example/hyperhive",
+                     "postgresql://hyperhive@/hyperhive?host=/run/postgresql",  # the socket: & ? / quoted right
+                     "postgresql://hyperhive@db.example:5433/hyperhive?sslmode=require&connect_timeout=10",
+                     "postgresql://hyperhive@%2Frun%2Fpostgresql/hyperhive",  # % is a specifier to systemd
+                     "sqlite:///srv/$HOME/hive.db"):  # and $ a variable
+        argv = exec_start({"enable": True, "database": database, "node": "builder-1"})
+        args = docopt(daemon.__doc__, argv=["serve", *argv[3:]])  # exactly what the daemon parses
+        assert (args["--database"], args["--node"]) == (database, "builder-1")
+
+
+POSTGRESQL = "{ services.postgresql.enable = true; }"
+ORDER = "ev: { inherit (ev.config.systemd.services.hive-c0re) after wants; }"
+
+
+@pytest.mark.parametrize("database, local, waits", [
+    ("postgresql://hyperhive@/hyperhive?host=/run/postgresql", True, True),
+    ("postgresql://hyperhive@db.example/hyperhive", True, True),  # the host's own server, for all we know
+    ("postgresql://hyperhive@db.example/hyperhive", False, False),
+    ("sqlite:///srv/hive/hive.db", True, False),
+    (None, True, False),
+])
+def test_the_core_waits_for_the_hosts_postgresql_only_when_its_database_is_one(database, local, waits):
+    unit = host({"enable": True, "database": database}, ORDER, [POSTGRESQL] if local else [])
+    # 25.11's postgresql.target is reached once ensureUsers and ensureDatabases are done; 25.05 has only the service
+    ours = ["postgresql.service", "postgresql.target"]
+    assert [u for u in unit["after"] if u.startswith("postgresql")] == (ours if waits else [])
+    assert unit["wants"] == (ours if waits else [])
+    assert "network.target" in unit["after"]
+
+
+def test_the_password_file_is_named_to_libpq_and_never_enters_the_store():
+    settings_ = {"enable": True, "database": "postgresql://hyperhive@db.example/hyperhive",
+                 "databasePasswordFile": "/run/secrets/hyperhive-pgpass"}
+    unit = host(settings_, "ev: ev.config.systemd.services.hive-c0re")
+    assert unit["environment"]["PGPASSFILE"] == "/run/secrets/hyperhive-pgpass"
+    assert "pgpass" not in unit["serviceConfig"]["ExecStart"]
+    assert "PGPASSFILE" not in host({"enable": True, "database": settings_["database"]},
+                                    "ev: ev.config.systemd.services.hive-c0re.environment")
+    with pytest.raises(AssertionError, match="databasePasswordFile' has a value of the wrong type"):
+        host({"enable": True}, "ev: builtins.typeOf ev.config.services.hyperhive.databasePasswordFile",
+             ["{ services.hyperhive.databasePasswordFile = /etc/pgpass; }"])  # a path literal is copied into the store
+
+
+@pytest.mark.parametrize("settings_, refused", [
+    ({"database": "postgresql://hyperhive:s3cret@db.example/hyperhive"}, "database has a password in it"),
+    ({"database": "postgresql://hyperhive:@db.example/hyperhive"}, "database has a password in it"),
+    ({"database": "postgresql://db.example/hyperhive?sslmode=require&password=s3cret"}, "database has a password in it"),
+    ({"database": "postgresql://hyperhive@db.example:5432/hyperhive?host=/run/postgresql"}, None),
+    ({"database": "postgresql://[::1]:5432/hyperhive"}, None),
+    ({"database": "sqlite:///srv/a:b@c/hive.db"}, None),
+    ({"databasePasswordFile": "/run/secrets/pgpass"}, "databasePasswordFile needs a postgresql:// database"),
+    ({"database": "sqlite:///srv/hive.db", "databasePasswordFile": "/run/secrets/pgpass"},
+     "databasePasswordFile needs a postgresql:// database"),
+])
+def test_a_password_stays_out_of_the_database_url(settings_, refused):
+    found = host({"enable": True, **settings_}, "ev: ev.config.assertions")
+    failing = [a["message"] for a in found if not a["assertion"]]
+    assert [refused in m for m in failing] == ([] if refused is None else [True]), failing
 
 
 def test_the_claude_engine_options_reach_the_daemon_with_the_defaults_serve_has():
@@ -421,7 +489,7 @@ def test_the_rendered_exec_start_runs_a_core(built_pyz, tmp_path):
                  "dashboard": {"port": port}, "logLevel": "debug", "operatorPronouns": "they/them",
                  "extraAgentEnv": {"HYPERHIVE_TEST_VAR": "from the module"}},
                 "ev: ev.config.systemd.services.hive-c0re")
-    argv = shlex.split(unit["serviceConfig"]["ExecStart"])
+    argv = systemd_words(unit["serviceConfig"]["ExecStart"])
     python, pyz = argv[0], argv[1]
     swap = {python: PYZ_PYTHON, pyz: built_pyz, os.path.dirname(pyz): os.path.dirname(built_pyz)}
     claude = argv[argv.index("--claude") + 1]

@@ -21,8 +21,21 @@ let
   # the hive sets these for every harness itself
   reserved = name: lib.hasPrefix "HIVE_" name || lib.elem name [ "PATH" "HOME" ];
   source = "${cfg.package}/share/hyperhive";
+  postgresql = cfg.database != null && lib.hasPrefix "postgresql:" cfg.database;
+  # The host's own PostgreSQL, if it runs one: the core waits for it at boot. Since NixOS 25.11
+  # its ensureUsers and ensureDatabases are done by postgresql-setup.service, which
+  # postgresql.target waits for; before, by postgresql.service itself, and there is no such
+  # target (systemd orders nothing after a unit it cannot find, and a missing Wants= fails nothing).
+  localDatabase = lib.optionals (postgresql && config.services.postgresql.enable)
+    [ "postgresql.service" "postgresql.target" ];
+  # user:password@ in the authority, or a password= parameter
+  hasPassword = url: builtins.match "[a-z]+://[^/@]*:[^/@]*@.*" url != null
+    || builtins.match ".*[?&]password=.*" url != null;
 
-  execStart = lib.escapeShellArgs ([
+  # systemd reads % as a specifier and $ as a variable in ExecStart, quoted or not
+  # (a percent-encoded database URL has both kinds of character)
+  execArg = arg: lib.replaceStrings [ "%" "$" ] [ "%%" "$$" ] (lib.escapeShellArg arg);
+  execStart = lib.concatMapStringsSep " " execArg ([
     "${cfg.python}/bin/python" "${source}/hyperhive.pyz" "serve"
     "--state-dir" cfg.stateDir
     "--run-dir" cfg.runDir
@@ -40,6 +53,8 @@ let
   ] ++ lib.optionals (cfg.domain != null) [ "--domain" cfg.domain ]
     ++ lib.optionals (cfg.forge.url != null) [ "--forge-url" cfg.forge.url ]
     ++ lib.optionals (cfg.forge.credentialFile != null) [ "--forge-credential-file" cfg.forge.credentialFile ]
+    ++ lib.optionals (cfg.database != null) [ "--database" cfg.database ]
+    ++ lib.optionals (cfg.node != null) [ "--node" cfg.node ]
     ++ lib.concatMap (name: [ "--pass-env" name ]) forwarded);
 in
 {
@@ -61,7 +76,7 @@ in
       default = pkgs.python3.withPackages (import ../python-deps.nix);
       description = ''
         The interpreter that runs hyperhive.pyz on the host, with the packages it
-        needs (gevent, bottle, peewee, docopt, sh, markdown). The containers build
+        needs (gevent, psycopg2, bottle, peewee, docopt, sh, markdown). The containers build
         their own from the same list (nix/python-deps.nix).
       '';
     };
@@ -260,6 +275,40 @@ in
       };
     };
 
+    database = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "postgresql://hyperhive@db.example/hyperhive";
+      description = ''
+        The hive's database (--database): `sqlite:///PATH`, or `postgresql://USER@HOST/DB`
+        shared by the cores of a hive across hosts (`postgresql://USER@/DB?host=/run/postgresql`
+        for this host's socket). null is serve's default, hive.db in stateDir. Never a
+        password in it: the URL is in the unit's command line and the Nix store. Put it in
+        databasePasswordFile (PGPASSFILE), or use peer authentication over the socket.
+      '';
+    };
+
+    databasePasswordFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/hyperhive-pgpass";
+      description = ''
+        A libpq password file (lines of host:port:database:user:password, mode 0600,
+        root's) for a postgresql database, named to the core as PGPASSFILE. A string,
+        not a path, so that the secret never enters the Nix store.
+      '';
+    };
+
+    node = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "builder-1";
+      description = ''
+        This core's name in a hive of several (--node); it runs only its own agents.
+        null is serve's default, the host's name.
+      '';
+    };
+
     logLevel = mkOption {
       type = types.enum [ "debug" "info" "warning" "error" ];
       default = "info";
@@ -285,6 +334,14 @@ in
         assertion = cfg.forge.credentialFile == null || cfg.forge.url != null;
         message = "services.hyperhive.forge.credentialFile needs forge.url: the credential is for that forge.";
       }
+      {
+        assertion = cfg.database == null || !(hasPassword cfg.database);
+        message = "services.hyperhive.database has a password in it, which would be in the unit's command line and the Nix store: put it in databasePasswordFile (a libpq password file) instead.";
+      }
+      {
+        assertion = cfg.databasePasswordFile == null || postgresql;
+        message = "services.hyperhive.databasePasswordFile needs a postgresql:// database: the password is for that database.";
+      }
     ];
 
     # NixOS 25.11 defaults it to `config.containers != { }`, and the agents'
@@ -309,7 +366,8 @@ in
     systemd.services.hive-c0re = {
       description = "hyperhive core daemon (hive-c0re)";
       wantedBy = [ "multi-user.target" ];
-      after = [ "network.target" "systemd-tmpfiles-setup.service" "nix-daemon.socket" ];
+      after = [ "network.target" "systemd-tmpfiles-setup.service" "nix-daemon.socket" ] ++ localDatabase;
+      wants = localDatabase;
       # git for the config repos; nix and nixos-container for the agents' containers
       path = [ pkgs.git config.nix.package pkgs.nixos-container ]
         ++ lib.optional (lib.elem cfg.backend [ "bwrap" "auto" ]) pkgs.bubblewrap;
@@ -321,6 +379,9 @@ in
         XDG_CACHE_HOME = "/var/cache/hyperhive";
       } // lib.optionalAttrs (cfg.operatorPronouns != null) {
         HIVE_OPERATOR_PRONOUNS = cfg.operatorPronouns;
+      } // lib.optionalAttrs (cfg.databasePasswordFile != null) {
+        # libpq reads it; the core forwards nothing of it to the harnesses
+        PGPASSFILE = cfg.databasePasswordFile;
       };
       serviceConfig = {
         ExecStart = execStart;

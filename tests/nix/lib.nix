@@ -66,6 +66,10 @@ rec {
     package = plainType "package" "package" isDerivation;
     strMatching = pattern: plainType "strMatching" "string matching the pattern ${pattern}"
       (v: isString v && match pattern v != null);
+    # as nixpkgs' separatedString "\n": every definition's lines, in turn
+    lines = (plainType "lines" "strings concatenated with \"\\n\"" isString) // {
+      merge = loc: values: concatStringsSep "\n" values;
+    };
     enum = values: plainType "enum" "one of ${concatStringsSep ", " (map showValue values)}"
       (v: elem v values);
 
@@ -128,8 +132,9 @@ rec {
 
   # -- lists, strings, attribute sets ----------------------------------------------------
 
-  inherit concatStringsSep elem any all;
+  inherit concatStringsSep elem any all replaceStrings;
   concatMap = f: list: concatLists (map f list);
+  concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
   optional = cond: x: if cond then [ x ] else [ ];
   optionals = cond: xs: if cond then xs else [ ];
   optionalString = cond: s: if cond then s else "";

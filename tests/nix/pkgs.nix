@@ -12,7 +12,7 @@ let
   };
 
   pythonPackages = builtins.listToAttrs (map (n: { name = n; value = drv "python3.12-${n}" "0"; })
-    [ "gevent" "bottle" "peewee" "docopt" "sh" "markdown" ]);
+    [ "gevent" "psycopg2" "bottle" "peewee" "docopt" "sh" "markdown" ]);
 
   self = {
     inherit lib;
