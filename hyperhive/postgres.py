@@ -33,9 +33,11 @@ from hyperhive import wire
 
 log = logging.getLogger(__name__)
 
-# libpq's own: a peer that vanished (a cut network) is noticed after idle + interval * count seconds
+# libpq's own: a peer that vanished (a cut network) is noticed after idle + interval * count seconds when the
+# connection is quiet, and after tcp_user_timeout when a statement's bytes go unanswered (else TCP retries
+# for a quarter of an hour, holding the connection and every request waiting on it)
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-              "connect_timeout": 5}
+              "tcp_user_timeout": 10000, "connect_timeout": 5}
 LISTEN_PING_SECONDS = 5.0  # a quiet listener asks the server this often whether it is still there
 PING_TIMEOUT_SECONDS = 10.0
 RECONNECT_FIRST, RECONNECT_MOST = 0.2, 5.0  # the listener's backoff between attempts, doubling
@@ -44,22 +46,19 @@ RECONNECT_FIRST, RECONNECT_MOST = 0.2, 5.0  # the listener's backoff between att
 def gevent_wait(conn, timeout=None):
     """psycopg2's wait callback: poll the connection, waiting on its socket through the gevent hub.
 
-    Interrupted (a timeout, a killed greenlet), the connection is closed: it may be mid-statement, and
-    the next statement opens a fresh one."""
-    try:
-        while True:
-            state = conn.poll()
-            if state == psycopg2.extensions.POLL_OK:
-                return
-            if state == psycopg2.extensions.POLL_READ:
-                wait_read(conn.fileno(), timeout=timeout)
-            elif state == psycopg2.extensions.POLL_WRITE:
-                wait_write(conn.fileno(), timeout=timeout)
-            else:
-                raise psycopg2.OperationalError(f"unexpected state from psycopg2's poll: {state}")
-    except BaseException:
-        conn.close()
-        raise
+    Never closes the connection itself: psycopg2 holds the connection's mutex while it calls this, and a
+    close from here waits on that mutex forever, hub and all. Interrupted (a timeout, a killed greenlet),
+    it leaves the connection mid-statement; `Database` closes it once the statement has unwound."""
+    while True:
+        state = conn.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        if state == psycopg2.extensions.POLL_READ:
+            wait_read(conn.fileno(), timeout=timeout)
+        elif state == psycopg2.extensions.POLL_WRITE:
+            wait_write(conn.fileno(), timeout=timeout)
+        else:
+            raise psycopg2.OperationalError(f"unexpected state from psycopg2's poll: {state}")
 
 
 def green():
@@ -76,9 +75,15 @@ def redacted(url):
     return f"{scheme}://{credentials.split(':', 1)[0]}@{tail}"
 
 
+def said(e):
+    """The first line of what the driver said (libpq's messages run on over several)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def unavailable(e, what):
     """The sentence for a request the database could not serve."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = said(e)
     return wire.HiveError(f"the hive's database could not {what}: {first}; the core reconnects by itself, so "
                           "send again in a moment (whatever was answered ok is kept)", "unavailable")
 
@@ -137,10 +142,12 @@ class Database(pw.PostgresqlDatabase):
                 log.warning("%s", sentence)
                 self.on_state(True, sentence)
 
-    def lost(self, e):
-        if self.lost_at is None:
+    def lost(self, e, quiet=False):
+        """The connection is no more (or is mid-statement for nobody): closed, and opened again by the next
+        statement. `quiet`: a statement its greenlet gave up on, not a lost server."""
+        if self.lost_at is None and not quiet:
             self.lost_at = time.monotonic()
-            sentence = f"lost the connection to the database ({str(e).strip() or type(e).__name__}); reconnecting"
+            sentence = f"lost the connection to the database ({said(e)}); reconnecting"
             log.warning("%s", sentence)
             self.on_state(False, sentence)
         conn, self._state.conn = self._state.conn, None
@@ -161,6 +168,10 @@ class Database(pw.PostgresqlDatabase):
             except (pw.OperationalError, pw.InterfaceError) as e:
                 self.lost(e)
                 raise unavailable(e, "run a statement") from None
+            except BaseException as e:
+                if not isinstance(e, pw.DatabaseError):  # a timeout or a kill mid-statement
+                    self.lost(e, quiet=True)
+                raise
 
     def atomic(self, *args, **kwargs):
         return _Held(self, super().atomic(*args, **kwargs))
@@ -209,8 +220,7 @@ class Listener:
             except psycopg2.Error as e:
                 if lost_at is None:
                     lost_at = time.monotonic()
-                    log.warning("cannot listen for the other cores' notices (%s); trying again",
-                                str(e).strip() or type(e).__name__)
+                    log.warning("cannot listen for the other cores' notices (%s); trying again", said(e))
                 gevent.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MOST)
                 continue
@@ -224,8 +234,7 @@ class Listener:
                 self._listen()
             except (psycopg2.Error, OSError, gevent.Timeout) as e:
                 lost_at = time.monotonic()
-                log.warning("lost the connection the other cores' notices come on (%s); reconnecting",
-                            str(e).strip() or type(e).__name__)
+                log.warning("lost the connection the other cores' notices come on (%s); reconnecting", said(e))
             self.connected.clear()
             self._close()
 
