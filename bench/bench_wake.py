@@ -39,6 +39,7 @@ class Target:
     def __init__(self, host, sockets):
         self.host = host
         self.pollers = [Poller(path) for path in sockets]
+        self.answered = None  # seconds from the last round's send until the send itself was answered
 
     def arm(self):
         for p in self.pollers:
@@ -76,6 +77,7 @@ class Target:
                         woke = time.perf_counter()
                         poll.unregister(fd)
                     elif bufs[fd].endswith(b"\n"):
+                        self.answered = time.perf_counter() - t0
                         poll.unregister(fd)
         finally:
             host.close()

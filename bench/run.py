@@ -42,6 +42,20 @@ Benchmarks (targets from the issue):
            long-lived claude per agent) and one with `--claude-mode spawn` (a
            claude per turn); baseline: the bare long-lived CLI fed the same
            line on stdin. Target: session p50 <= 1.5x; spawn has none.
+  nodes    a hive across hosts, on a throwaway PostgreSQL cluster (tests/pgcluster.py;
+           skipped without PostgreSQL's server): operator send -> a parked
+           long-poll recv answers, p50 and p95, on one core on PostgreSQL and
+           across two cores on one PostgreSQL database (sent on node a, the
+           recipient's recv parked on node b, woken by LISTEN/NOTIFY), rounds
+           interleaved with the baseline: the same on one core on sqlite.
+           Target: cross-node p50 <= 3x. Then Broker.send x N then
+           Broker.pop(r, 1) x N on PostgreSQL, gevent-patched with the core's
+           wait callback; baseline: raw psycopg2 running the broker's
+           statements with the same callback. Target: >= 0.5x. Beside it,
+           psycopg2 with that callback against blocking psycopg2, and psycopg 3
+           (pip-installed into the temp dir for the run, when pip can) under
+           gevent and plain against those, each with how long it stalls the
+           gevent hub; no targets.
 
 wake, cli, fanout and state share one hive whose harnesses are killed (the
 benchmark must be the only reader of the agents' queues); rss, cpu and turn
@@ -49,8 +63,10 @@ share a second one, started after it, whose harnesses all stay up in session
 mode with bench/instant_claude.py as their claude; turn starts its spawn-mode
 hive of one agent beside it. (A pyz without `--claude-mode` runs its only
 mode, the per-turn spawn, in that second hive, and turn has spawn rows only.)
-session starts a hive of one agent per claude mode, last, and is skipped when
-the CLI is not installed.
+nodes starts its cluster and four cores of a few agents each after those (the
+agents' harnesses killed, as for wake), and stops them. session starts a hive
+of one agent per claude mode, last, and is skipped when the CLI is not
+installed.
 
 Everything runs on unix sockets in a temp dir that is removed afterwards;
 every child process is stopped, also on Ctrl-C. Exit status: 0 when every
@@ -72,15 +88,17 @@ import bench_broker  # noqa: E402
 import bench_coldstart  # noqa: E402
 import bench_dashboard  # noqa: E402
 import bench_idle  # noqa: E402
+import bench_nodes  # noqa: E402
 import bench_session  # noqa: E402
 import bench_turn  # noqa: E402
 import bench_wake  # noqa: E402
 from common import Children, Core, ensure_pyz, instant_claude, modes_of, on_sigterm_raise, rmtree, table  # noqa: E402
 
-ALL = ("wake", "broker", "mcp", "cli", "fanout", "state", "rss", "cpu", "turn", "session")
+ALL = ("wake", "broker", "mcp", "cli", "fanout", "state", "rss", "cpu", "turn", "nodes", "session")
 LIVE = ("rss", "cpu", "turn")  # the benchmarks of the hive whose harnesses stay up
 # (wake rounds, broker messages, cold-start runs, fan-out rounds, state requests, idle CPU window in
-# seconds, turns, real-CLI rounds): --quick keeps the whole run well under two minutes
+# seconds, turns, real-CLI rounds): --quick keeps the whole run well under two minutes. nodes takes
+# the wake rounds and the broker messages.
 SIZES = {"full": (2000, 5000, 21, 50, 500, 60, 200, 30), "quick": (200, 500, 5, 10, 100, 10, 30, 10)}
 BOOT_TIMEOUT = 300  # 50 harnesses starting at once on a small machine
 
@@ -167,6 +185,12 @@ def main(argv):
             except Exception as e:  # a hive that never came up must not hide the figures above
                 failures.append(f"{', '.join(live)}: the live hive: {e}")
                 traceback.print_exc()
+        if "nodes" in args.only:  # after the hives above: its cores would disturb their figures
+            why = bench_nodes.missing()
+            if why:
+                skipped.append(f"nodes: {why}")
+            else:
+                attempt("nodes", lambda: bench_nodes.run(tmp, pyz, rounds, messages))
         if "session" in args.only:  # last: its hives run the real CLI, which would disturb the figures above
             why = bench_session.missing()
             if why:
