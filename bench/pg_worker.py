@@ -101,7 +101,7 @@ class Raw:
                 cur.execute(insert, ("operator", "alice", f"message {i}", now_ms(), None, None, "[]"))
                 cur.fetchone()
             for i in range(n):
-                cur.execute(pop, (now_ms(), "alice", 1))
+                cur.execute(pop, (now_ms(), "alice", 1, "alice"))
                 if len(cur.fetchall()) != 1:
                     raise RuntimeError("the raw pop found nothing in a queue that has messages")
             return n / (time.perf_counter() - t0)

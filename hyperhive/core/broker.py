@@ -37,8 +37,12 @@ _INSERT = ("INSERT INTO message (sender, recipient, body, sent_at, delivered_at,
 _POP = ("UPDATE message SET delivered_at = ? WHERE id IN (SELECT id FROM message INDEXED BY message_undelivered "
         "WHERE recipient = ? AND delivered_at IS NULL ORDER BY id LIMIT ?) "
         "RETURNING id, sender, body, sent_at, redelivered, file_refs")
-# PostgreSQL: a row another core's pop holds is skipped, never waited on (schema.sql makes the rest of it)
-_POP_PG = _POP.replace("ORDER BY id LIMIT ?)", "ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED)")
+# PostgreSQL: a row another core's pop holds is skipped, never waited on (schema.sql makes the rest of it);
+# and the queue's length comes in the same round trip (the count sees the queue before the pop, popped
+# rows included), so a recv that took all it asked for does not ask the server again what is left
+_POP_PG = ("WITH popped AS (" + _POP.replace("ORDER BY id LIMIT ?)", "ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED)")
+           + ") SELECT popped.*, (SELECT count(*) FROM message WHERE recipient = ? AND delivered_at IS NULL) "
+             "FROM popped")
 _UNREAD = ("SELECT count(*) FROM message INDEXED BY message_undelivered "
            "WHERE recipient = ? AND delivered_at IS NULL")
 # Counted only as far as the quota: a check never costs more than the queue it allows.
@@ -88,6 +92,7 @@ class Listing(list):
     """Rows of an answer; `cut_short` when ANSWER_BUDGET stopped it before the limit asked for."""
 
     cut_short = False
+    left = None  # what is still queued after a pop, when the pop counted it
 
 
 def _size(body, refs):
@@ -193,11 +198,19 @@ class Broker:
         """Stamp and return up to `limit` undelivered messages, oldest first."""
         if recipient in self._held:
             return Listing()
-        rows = core_db.execute_sql(sql(_POP_PG if is_postgres() else _POP), (self._now(), recipient, limit)).fetchall()
+        left = None
+        if is_postgres():
+            rows = core_db.execute_sql(sql(_POP_PG), (self._now(), recipient, limit, recipient)).fetchall()
+            if rows:
+                left = max(0, rows[0][-1] - len(rows))
+                rows = [row[:-1] for row in rows]
+        else:
+            rows = core_db.execute_sql(sql(_POP), (self._now(), recipient, limit)).fetchall()
         if not rows:
             return Listing()
         rows.sort()  # RETURNING does not promise an order
         popped = Listing()
+        popped.left = left
         if limit > 1:
             rows = self._fit(rows, popped)
         aftermath.after("telling the dashboard what was delivered", self.hub.publish, "delivered",
@@ -232,7 +245,9 @@ class Broker:
             left = deadline - time.monotonic()
             if rows or left <= 0:
                 # fewer than asked means the queue is empty (unless the budget cut it): no need to count
-                return rows, self.pending_count(recipient) if len(rows) == limit or rows.cut_short else 0
+                if len(rows) < limit and not rows.cut_short:
+                    return rows, 0
+                return rows, rows.left if rows.left is not None and not rows.cut_short else self.pending_count(recipient)
             event = self._wakeups.setdefault(recipient, Event())
             if gone is None:
                 event.wait(timeout=left)

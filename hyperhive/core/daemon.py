@@ -234,7 +234,7 @@ class Core:
         if is_postgres():
             from hyperhive.core.eventlog import EventLog
 
-            self.hub = EventLog(events.DASHBOARD, self.notices, shown=renderer.event_shown)
+            self.hub = EventLog(events.DASHBOARD, self.notices, database, shown=renderer.event_shown)
         else:
             self.hub = Fanout(events.DASHBOARD, shown=renderer.event_shown)
         self.nodes = Nodes(node or default_name(), self.notices, clock=clock, url=lambda: self.url)
@@ -351,6 +351,8 @@ class Core:
         self.sockets.close_all()
         gevent.killall(self.loops)
         self.notices.stop()
+        if is_postgres():
+            self.hub.close()
 
 
 def engine_env(args):
