@@ -48,6 +48,6 @@ SERVE_OPTIONS = (
     ("--database URL", "sqlite:///<state-dir>/hive.db",
      "the hive's database: sqlite:///PATH, or postgresql://… shared by several cores (a password belongs in "
      "PGPASSFILE, never the URL)"),
-    ("--node NAME", "the host's name", "this core's name in a hive of several; it runs only its own agents"),
+    ("--node NAME", "the name it ran under before, kept in the state dir, else the host's name", "this core's name in a hive of several; it runs only its own agents"),
 )
 

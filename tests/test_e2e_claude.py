@@ -128,6 +128,42 @@ def test_ping_travels_operator_to_a_to_b_to_operator(e2e):
                             if m["to"] == "a" and m["acked_at"] is None], 30, "a's message to be acked")
 
 
+def test_ping_crosses_two_nodes_of_one_postgresql_hive(tmp_path, pg_url):
+    """a runs on node n1, b on node n2: the operator's ping (sent on n2) wakes a through n1, a's MCP send
+    wakes b through the database's notice, and b's answer is read on n1."""
+    brain = Brain()
+    mock = MockAnthropic(brain)
+    url = mock.start()
+    env = {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_API_KEY": "sk-ant-test-not-a-real-key"}
+    args = ["--pass-env", "ANTHROPIC_BASE_URL", "--pass-env", "ANTHROPIC_API_KEY"]
+    nodes = [Hive(tmp_path / name, claude=CLAUDE, env=env, extra_args=args, database=pg_url, node=name)
+             for name in ("n1", "n2")]
+    try:
+        for h in nodes:
+            h.start()
+        n1, n2 = nodes
+        n1.call("spawn", name="a")
+        n2.call("spawn", name="b")
+        n2.call("send", to="a", body="ping")
+        wait_until(lambda: ("b", "b answers: 42") in inbox(n1), 120, "b's answer, read on n1")
+        assert any(p.startswith("from: a\n\na asks: what is six times seven?") for who, p in brain.seen if who == "b")
+        # each agent ran on its own node only
+        assert os.path.isdir(n1.home("a")) and not os.path.exists(n1.home("b"))
+        assert os.path.isdir(n2.home("b")) and not os.path.exists(n2.home("a"))
+        wait_until(lambda: n1.db_rows("SELECT sender, recipient, acked_at IS NOT NULL FROM message ORDER BY id")[:2]
+                   == [("operator", "a", True), ("a", "b", True)], 30, "both turns acked")
+    finally:
+        brain.hold.set()
+        for h in nodes:
+            try:
+                if h.proc is not None:
+                    h.stop()
+            finally:
+                kill_harnesses(h.state_dir)
+        mock.stop()
+    assert mock.unknown == [] and mock.brain_errors == []
+
+
 def test_kill_9_mid_turn_redelivers_and_completes(e2e):
     hive, brain, mock = e2e
     hive.call("spawn", name="a")

@@ -196,6 +196,11 @@ def test_approvals_and_questions_are_hive_wide_and_carried_out_where_they_were_m
     assert n2.call("approve", id=aid)["approval"]["status"] == "approved"
     wait_until(lambda: rows(n3)["a"]["active_model"] == "sonnet", 30, "a on its new model, as n3 shows it")
     assert n1.db_rows("SELECT node, asked_by FROM command") == [("n1", "n2")]
+    # the manager's config repos are its node's: a change for another node's agent is refused, saying where
+    n2.spawn("b")
+    said = refused(lambda: n1.agent_call("manager", "request_apply_commit", agent="b", commit_ref=sha,
+                                         description="not here"), "conflict")
+    assert "b runs on node n2" in said, said
 
 
 # -- every dashboard shows the whole hive --------------------------------------------------------------
@@ -299,6 +304,8 @@ def test_a_node_killed_mid_send_loses_nothing_committed_and_its_leased_messages_
         n1.call("send", to="b", body="FAKE: hang-once k 600\nFAKE: send operator b answered after all")
         wait_until(lambda: n1.db_rows("SELECT count(*) FROM message WHERE recipient = 'b' AND delivered_at IS NOT "
                                       "NULL AND acked_at IS NULL") == [(1,)], 30, "b's message leased")
+        wait_until(lambda: os.path.exists(os.path.join(n2.home("b"), "state", ".fakeclaude", "hang-once-k")), 30,
+                   "b's claude inside the turn that hangs")
         with Sender(n2, "p") as sender:
             wait_until(lambda: len(sender.ok) >= 50, 30, "sends through n2 under way")
             n2.kill9()

@@ -43,7 +43,8 @@ Options:
                       PGPASSFILE, never the URL)
                       (default: sqlite:///<state-dir>/hive.db)
   --node NAME         this core's name in a hive of several; it runs only its
-                      own agents (default: the host's name)
+                      own agents (default: the name it ran under before, kept
+                      in the state dir, else the host's name)
 """
 
 import errno
@@ -70,7 +71,7 @@ from hyperhive.core.gitrepos import Repos
 from hyperhive.core.helperevents import HelperEvents
 from hyperhive.core.layout import HarnessCommand, Layout
 from hyperhive.core.lifecycle import Lifecycle
-from hyperhive.core.nodes import HEARTBEAT_SECONDS, Nodes, default_name
+from hyperhive.core.nodes import HEARTBEAT_SECONDS, Nodes, default_name, keep_name
 from hyperhive.core.notices import Notices
 from hyperhive.core.questions import Questions
 from hyperhive.core.references import References
@@ -398,7 +399,8 @@ def main(argv, clock=time.time, started=None):
                                  engine=engine_env(args))
         dashboard = dashboard_address(args["--listen"], args["--dashboard-port"])
         database = args["--database"] or f"sqlite://{os.path.abspath(layout.db_path)}"
-        node = wire.check_name(args["--node"] or default_name(), "--node")
+        node = wire.check_name(args["--node"] or default_name(layout.state_dir), "--node")
+        keep_name(layout.state_dir, node)
         open_core(database, background_checkpoint=True)
         if database_path(database) not in (None, os.path.abspath(layout.db_path)):
             layout.db_path = database_path(database)  # what the checkpoint folds

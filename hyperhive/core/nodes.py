@@ -32,13 +32,38 @@ SILENT_SECONDS = 10.0  # no heartbeat for this long: the node is down
 BEGIN_SECONDS = 30.0  # a command its node has not begun by then is dropped, and its asker told
 CHECK_SECONDS = 2.0  # how often an asker looks whether the node carrying out its command is still alive
 KEEP_SECONDS = 86400  # answered commands kept this long (the sweep)
+NODE_FILE = "node"  # in the state dir: the name this core runs under
 # Verbs that act on one agent (by name or scope), and on one approval (by id)
 BY_AGENT = frozenset({"start", "stop", "restart", "rebuild", "kill", "destroy", "set_paused"})
 BY_APPROVAL = frozenset({"approve", "deny"})
 
 
-def default_name():
+def default_name(state_dir=None):
+    """The name this core ran under before (kept in its state dir: a renamed host keeps its agents), else
+    the host's name."""
+    if state_dir is not None:
+        try:
+            with open(os.path.join(state_dir, NODE_FILE)) as f:
+                kept = f.read(256).strip()
+            if kept:
+                return kept
+        except FileNotFoundError:
+            pass
     return socket.gethostname().split(".")[0] or "localhost"
+
+
+def keep_name(state_dir, name):
+    """Remember the node's name in its state dir, for the next start without --node."""
+    from hyperhive import files
+
+    path = os.path.join(state_dir, NODE_FILE)
+    try:
+        with open(path) as f:
+            if f.read(256).strip() == name:
+                return
+    except FileNotFoundError:
+        pass
+    files.replace(path, name + "\n")
 
 
 def silence(seconds):
@@ -83,8 +108,13 @@ class Nodes:
          .on_conflict(conflict_target=[Node.name],
                       update={Node.url: self.url(), Node.started_at: now, Node.heartbeat_at: now, Node.pid: me[0],
                               Node.host: me[1]}).execute())
-        # agents of a hive from before nodes (or made while none claimed them) are this node's
-        claimed = Agent.update(node=self.name).where(Agent.node.is_null()).execute()
+        # agents of a hive from before nodes (or made while none claimed them) are this node's; on sqlite the
+        # one core is the hive, whatever name it ran under before
+        if is_postgres():
+            claimed = Agent.update(node=self.name).where(Agent.node.is_null()).execute()
+        else:
+            claimed = Agent.update(node=self.name).where(Agent.node.is_null() | (Agent.node != self.name)).execute()
+            Node.delete().where(Node.name != self.name).execute()
         if claimed:
             log.info("node %s runs the %d agent(s) no node ran", self.name, claimed)
         self.notices.tell(notices.NODES, self.name)
@@ -116,6 +146,10 @@ class Nodes:
         """Whether an agent runs on this node (an agent no node has yet is taken to be)."""
         agent = Agent.get_or_none(Agent.name == name)
         return agent is None or agent.node in (None, self.name)
+
+    def owner(self, name):
+        agent = Agent.get_or_none(Agent.name == name)
+        return agent.node if agent is not None else None
 
     def check_up(self, node, what):
         """Refuse `what` (`unavailable`) when `node` is down, saying for how long."""

@@ -386,10 +386,19 @@ class Surfaces:
         return wire.ok(id=self.approvals.request_spawn(name, description, by=caller, commit_ref=commit_ref))
 
     def do_request_init_config(self, caller, name, description):
+        self._config_here(name)
         return wire.ok(id=self.approvals.request_init_config(name, description))
 
     def do_request_apply_commit(self, caller, agent, commit_ref, description):
+        self._config_here(agent)
         return wire.ok(id=self.approvals.request_apply_commit(agent, commit_ref, description))
+
+    def _config_here(self, name):
+        """A config change is proposed in this node's repos: refuse one for another node's agent, saying so."""
+        if self.nodes is not None and not self.nodes.mine(name):
+            raise wire.HiveError(f"{name} runs on node {self.nodes.owner(name)}, and the config repos this node keeps "
+                                 f"are of node {self.nodes.name}'s agents only; a change to {name}'s config is "
+                                 "proposed on its own node (docs/architecture.md, A hive across hosts)", "conflict")
 
     def do_update(self, caller, description):
         return wire.ok(id=self.approvals.request_update(description))
