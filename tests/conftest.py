@@ -288,7 +288,7 @@ class Hive:
             con = psycopg2.connect(self.database, connect_timeout=10)
             try:
                 with con.cursor() as cur:
-                    cur.execute(sql.replace("?", "%s"), params)
+                    cur.execute(sql.replace("%", "%%").replace("?", "%s"), params)
                     return cur.fetchall()
             finally:
                 con.close()

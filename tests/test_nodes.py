@@ -203,6 +203,18 @@ def test_approvals_and_questions_are_hive_wide_and_carried_out_where_they_were_m
     assert "b runs on node n2" in said, said
 
 
+def test_an_agents_reminders_fire_on_its_own_node_once_each(hive3):
+    n1, n2, n3 = hive3
+    n3.spawn("c")
+    n3.call("stop", scope={"agent_names": ["c"]})  # its turns would take the reminders; the queue keeps them
+    ids = [n3.agent_call("c", "remind", message=f"note {i}", in_seconds=1 + i)["id"] for i in range(5)]
+    wait_until(lambda: n1.db_rows("SELECT count(*) FROM message WHERE recipient = 'c' AND sender = 'reminder' "
+                                  "AND body LIKE '%[reminder]%'") == [(5,)], 40, "five reminders delivered")
+    for i in ids:  # the node that runs c fired each one; the others none
+        assert f"reminder {i} delivered to c" in n3.log()
+        assert f"reminder {i} delivered" not in n1.log() + n2.log()
+
+
 # -- every dashboard shows the whole hive --------------------------------------------------------------
 
 def stream(h):

@@ -126,6 +126,9 @@ class Reminders:
         now_ms = int((self.clock() if now is None else now) * 1000)
         due = list(Reminder.select().where(PENDING & (Reminder.due_at <= now_ms)).order_by(Reminder.due_at,
                                                                                             Reminder.id))
+        if due and self.lifecycle.node is not None:  # a hive of several: each node fires its own agents' only
+            mine = {a.name for a in self.lifecycle.own()}
+            due = [r for r in due if r.owner in mine or not self.lifecycle.known(r.owner)]
         owners = set()
         for r in due:
             try:
