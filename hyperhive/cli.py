@@ -130,9 +130,13 @@ def _table(rows, columns):
 
 def _status_table(answer, sent):
     rows = [dict(r, model=r.get("active_model"), status=r.get("claude_missing") or r.get("status_text"),
-                 login="claude missing" if r.get("claude_missing") else "needed" if r.get("needs_login") else "")
+                 login="claude missing" if r.get("claude_missing") else "needed" if r.get("needs_login") else "",
+                 node=(r.get("node") or "") + ("" if r.get("node_alive", True) else " (silent)"))
             for r in answer["agent_statuses"]]
-    return _table(rows, ["name", "state", "model", "login", "parent", "status"]) if rows else "(no agents)"
+    columns = ["name", "state", "model", "login", "parent", "status"]
+    if len({r.get("node") for r in answer["agent_statuses"]}) > 1:  # a hive across hosts: where each runs
+        columns.insert(2, "node")
+    return _table(rows, columns) if rows else "(no agents)"
 
 
 def _messages_table(answer):

@@ -45,8 +45,10 @@ DASHBOARD = _table(
     Kind("transient_cleared", "an agent's operation ended", (("name", "the agent"),)),
     Kind("container_state_changed", "an agent's container row changed", (("container", "a containers row"),)),
     Kind("container_removed", "an agent was destroyed", (("name", "the agent"),)),
-    Kind("tombstones_changed", "the destroyed agents kept on disk changed", (("tombstones", "the full list"),)),
-    Kind("meta_inputs_changed", "the meta flake's inputs changed", (("meta_inputs", "the full list, or null"),)),
+    Kind("tombstones_changed", "the destroyed agents kept on a node's disk changed",
+         (("tombstones", "the full list"), ("node", "whose disk (each node keeps its own)"))),
+    Kind("meta_inputs_changed", "a node's meta flake's inputs changed",
+         (("meta_inputs", "the full list, or null"), ("node", "whose meta flake (each node has its own)"))),
     Kind("nodes_changed", "a core of the hive joined, went silent or came back",
          (("nodes", "every node: `name`, `url`, `alive`, `silent_seconds`, …, as `/api/state`'s `nodes`"),)),
 )

@@ -97,6 +97,13 @@ def test_a_message_crosses_three_nodes_hop_by_hop_and_every_core_lists_the_whole
         assert h.call("list")["agents"] == ["a", "b", "c", "manager"]
     # a name is unique hive-wide: n3 cannot make another a
     assert "already exists" in refused(lambda: n3.call("spawn", name="a"), "conflict")
+    # the operator's CLI on any node says where each agent runs
+    from test_cli import ok_out
+
+    table = ok_out(n2, "status").splitlines()
+    assert table[0].split()[:3] == ["NAME", "STATE", "NODE"]
+    assert {line.split()[0]: line.split()[2] for line in table[1:]} == {"manager": "n1", "a": "n1", "b": "n2",
+                                                                        "c": "n3"}
 
 
 def test_a_long_poll_on_one_node_wakes_at_once_when_another_node_sends(hive3):

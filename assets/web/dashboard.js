@@ -239,10 +239,12 @@
         removeContainer(ev.name);
         break;
       case "tombstones_changed":
+        if (ev.node && state.node && ev.node !== state.node) break; // another node's disk: its dashboard's
         state.tombstones = ev.tombstones || [];
         renderTombstones();
         break;
       case "meta_inputs_changed":
+        if (ev.node && state.node && ev.node !== state.node) break; // another node's meta flake
         state.metaInputs = ev.meta_inputs === undefined ? null : ev.meta_inputs;
         renderMeta();
         break;

@@ -79,7 +79,10 @@ class Approvals:
 
     def sweep_unfinished(self):
         """At boot: drop rows a crash left half-queued (their proposal was never pinned)."""
-        removed = Approval.delete().where(Approval.status == QUEUING).execute()
+        half = Approval.status == QUEUING
+        if self.node is not None:  # another node's are its own to sweep: it may be queuing them now
+            half &= (Approval.node == self.node) | Approval.node.is_null()
+        removed = Approval.delete().where(half).execute()
         if removed:
             log.warning("dropped %d approval request(s) a crash left half-queued", removed)
         return removed

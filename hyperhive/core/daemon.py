@@ -254,7 +254,7 @@ class Core:
                                    clock=clock, forge=self.forge,
                                    turn_over=lambda name, why: self.approvals.turn_over(name, why))
         self.lifecycle.node = self.nodes.name
-        self.nodes.publish = self.hub.publish
+        self.nodes.hub = self.hub
         self.lifecycle.nodes_rows = self.nodes.rows
         self.lifecycle.registry_changed = lambda name: self.notices.tell(notices.AGENTS, name)
         self.notices.on(notices.AGENTS, self.lifecycle.forget_names)

@@ -456,7 +456,7 @@ class Lifecycle:
             raise wire.HiveError(f"the {self.backend.name} backend has no meta flake", "conflict")
         with self._meta_lock:
             self.backend.update_all()
-        self.hub.publish("meta_inputs_changed", meta_inputs=self.meta_inputs())
+        self.hub.publish("meta_inputs_changed", meta_inputs=self.meta_inputs(), node=self.node)
 
     def kill(self, name):
         self.get(name)
@@ -492,7 +492,7 @@ class Lifecycle:
 
     def _tombstones_changed(self):
         aftermath.after("updating the dashboard's tombstones", lambda: self.hub.publish(
-            "tombstones_changed", tombstones=self.tombstones()))
+            "tombstones_changed", tombstones=self.tombstones(), node=self.node))
 
     def purge_tombstone(self, name):
         wire.check_name(name)

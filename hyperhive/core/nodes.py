@@ -77,7 +77,7 @@ class Nodes:
         self.name = wire.check_name(name, "node name")
         self.notices, self.clock, self.url = notices_, clock, url
         self.dispatcher = None  # set by the core once its surfaces are built
-        self.publish = lambda kind, **data: None  # the hub's: a change in the nodes' liveness is shown
+        self.hub = None  # the dashboards' (set by the core): a change in the nodes' liveness is shown
         self._seen = None  # {node: alive} as this core last saw the hive
         self._answers = {}  # command id -> Event set once it is answered
         self._running = set()  # command ids this core is carrying out
@@ -129,7 +129,8 @@ class Nodes:
             for name in sorted(set(seen) | set(self._seen)):
                 if seen.get(name) != self._seen.get(name) and name != self.name:
                     log.warning("node %s is %s", name, "live" if seen.get(name) else "silent")
-            self.publish("nodes_changed", nodes=rows)
+            if self.hub is not None:
+                self.hub.publish("nodes_changed", nodes=rows)
         self._seen = seen
 
     def alive(self, node):
@@ -220,7 +221,7 @@ class Nodes:
             with core_db.atomic():
                 row = (Command.select().where((Command.node == self.name) & Command.begun_at.is_null()
                                               & (Command.expires_at > now))
-                       .order_by(Command.id).limit(1).for_update(of=Command, nowait=False).first()) \
+                       .order_by(Command.id).limit(1).for_update("FOR UPDATE SKIP LOCKED").first()) \
                     if is_postgres() else None
                 if row is None:
                     return
