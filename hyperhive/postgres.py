@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # for a quarter of an hour, holding the connection and every request waiting on it)
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
               "tcp_user_timeout": 10000, "connect_timeout": 5}
+# libpq's connect_timeout is the caller's to enforce on an asynchronous connection: these are ours
+CONNECT_SECONDS = 5.0
 LISTEN_PING_SECONDS = 5.0  # a quiet listener asks the server this often whether it is still there
 PING_TIMEOUT_SECONDS = 10.0
 RECONNECT_FIRST, RECONNECT_MOST = 0.2, 5.0  # the listener's backoff between attempts, doubling
@@ -100,6 +102,10 @@ class _Held:
         try:
             self.db.alive()
             return self.inner.__enter__()
+        except (pw.OperationalError, pw.InterfaceError) as e:  # BEGIN on a connection the server dropped
+            self.db.lost(e)
+            self.db.lock.release()
+            raise unavailable(e, "begin a transaction") from None
         except BaseException:
             self.db.lock.release()
             raise
@@ -115,14 +121,12 @@ class _Held:
 
 
 class Database(pw.PostgresqlDatabase):
-    """One connection per core, lent to one greenlet at a time; `on_state(up, sentence)` hears it lost
-    and back."""
+    """One connection per core, lent to one greenlet at a time; its loss and return are logged."""
 
-    def __init__(self, url, on_state=None):
+    def __init__(self, url):
         super().__init__(url, thread_safe=False, **KEEPALIVES)
         self.url = url
         self.lock = RLock()
-        self.on_state = on_state or (lambda up, sentence: None)
         self.lost_at = None  # monotonic, while the connection is lost
 
     def alive(self):
@@ -131,25 +135,24 @@ class Database(pw.PostgresqlDatabase):
             self._state.reset()
         if self.is_closed():
             try:
-                self.connect()
+                with gevent.Timeout(CONNECT_SECONDS, pw.OperationalError(
+                        f"no answer to a connection within {CONNECT_SECONDS:g} s")):
+                    self.connect()
             except (pw.OperationalError, pw.InterfaceError) as e:
+                self._state.reset()
                 self.lost(e)
                 raise unavailable(e, "be reached") from None
             if self.lost_at is not None:
                 took = time.monotonic() - self.lost_at
                 self.lost_at = None
-                sentence = f"reconnected to the database after {took:.1f} s"
-                log.warning("%s", sentence)
-                self.on_state(True, sentence)
+                log.warning("reconnected to the database after %.1f s", took)
 
     def lost(self, e, quiet=False):
         """The connection is no more (or is mid-statement for nobody): closed, and opened again by the next
         statement. `quiet`: a statement its greenlet gave up on, not a lost server."""
         if self.lost_at is None and not quiet:
             self.lost_at = time.monotonic()
-            sentence = f"lost the connection to the database ({said(e)}); reconnecting"
-            log.warning("%s", sentence)
-            self.on_state(False, sentence)
+            log.warning("lost the connection to the database (%s); reconnecting", said(e))
         conn, self._state.conn = self._state.conn, None
         self._state.reset()
         if conn is not None:
@@ -205,7 +208,9 @@ class Listener:
                 pass
 
     def _connect(self):
-        conn = psycopg2.connect(self.url, **KEEPALIVES)
+        with gevent.Timeout(CONNECT_SECONDS, psycopg2.OperationalError(
+                f"no answer to a connection within {CONNECT_SECONDS:g} s")):
+            conn = psycopg2.connect(self.url, **KEEPALIVES)
         conn.autocommit = True
         with conn.cursor() as cur:
             for channel in self.channels:

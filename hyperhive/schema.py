@@ -337,19 +337,18 @@ def database_path(url):
     raise wire.HiveError(f"--database must be sqlite:///ABSOLUTE/PATH or postgresql://…, got {url.split('@')[-1]!r}")
 
 
-def open_core(target, background_checkpoint=False, on_state=None):
+def open_core(target, background_checkpoint=False):
     """The hive's database: a sqlite file (a path, or sqlite:///PATH) or PostgreSQL (postgresql://…).
 
     With background_checkpoint, sqlite never folds its WAL inside a request (a ~15 ms fsync stall); the
-    caller must run `checkpoint(path)` periodically instead. `on_state(up, sentence)` hears a PostgreSQL
-    connection lost and back."""
+    caller must run `checkpoint(path)` periodically instead."""
     target = str(target)
     path = database_path(target) if "://" in target else target
     if path is None:
         from hyperhive import postgres
 
         postgres.green()
-        db = postgres.Database(target, on_state=on_state)
+        db = postgres.Database(target)
         core_db.initialize(db)
         try:
             db.connect(reuse_if_open=True)
