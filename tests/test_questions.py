@@ -36,16 +36,17 @@ class Lifecycle:
 
 
 class Rig(CoreRig):
-    def __init__(self, tmp_path):
-        super().__init__(tmp_path, T0, agents=("manager", "a", "b", "c"), lifecycle=Lifecycle(), repos=None)
+    def __init__(self, tmp_path, database=None):
+        super().__init__(tmp_path, T0, agents=("manager", "a", "b", "c"), lifecycle=Lifecycle(), repos=None,
+                         database=database)
 
     def question_events(self):
         return [(kind, data) for kind, data in self.hub.events if kind.startswith("question_")]
 
 
 @pytest.fixture
-def rig(tmp_path):
-    h = Rig(tmp_path)
+def rig(tmp_path, db_url):
+    h = Rig(tmp_path, db_url)
     yield h
     h.db.close()
 

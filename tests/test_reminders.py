@@ -50,8 +50,8 @@ class Repos:
 
 
 class Rig(CoreRig):
-    def __init__(self, tmp_path, backend=None):
-        super().__init__(tmp_path, T0, backend=backend, repos=Repos())
+    def __init__(self, tmp_path, backend=None, database=None):
+        super().__init__(tmp_path, T0, backend=backend, repos=Repos(), database=database)
 
     def remind(self, caller, **args):
         return self.call("manager" if caller == "manager" else "agent", caller, "remind", **args)
@@ -65,8 +65,8 @@ class Rig(CoreRig):
 
 
 @pytest.fixture
-def rig(tmp_path):
-    r = Rig(tmp_path)
+def rig(tmp_path, db_url):
+    r = Rig(tmp_path, database=db_url)
     yield r
     r.db.close()
 
