@@ -14,7 +14,7 @@ from conftest import refused, wait_until
 from fakes import CoreRig
 from hyperhive import wire
 from hyperhive.core import questions
-from hyperhive.schema import Agent, Question, open_core
+from hyperhive.schema import Agent, Question, core_db, is_postgres, open_core
 
 T0 = 1_700_000_000.0
 
@@ -270,6 +270,16 @@ def test_destroying_an_agent_closes_its_questions(rig):
     gone = Question.get_by_id(from_c)
     assert gone.answered_by == "core" and gone.note == "closed: its asker c was destroyed"
     assert rig.questions.pending_for_operator() == [] and rig.questions.open_for("manager") == []
+
+
+def test_the_askers_of_a_destroyed_agent_hear_of_their_questions_in_the_order_they_asked(rig):
+    asked = [rig.questions.ask(asker, f"q{i}?", to="c")["id"] for i, asker in enumerate(("a", "b", "a", "a"))]
+    Question.update(note=None).where(Question.id == asked[0]).execute()  # touched since: PostgreSQL moves the row
+    if is_postgres():  # and reads it where a plan with statistics may: in the table's order, not an index's
+        core_db.execute_sql("SET enable_indexscan = off; SET enable_bitmapscan = off")
+    rig.call("host", wire.OPERATOR, "destroy", name="c")
+    heard = [int(re.search(r"Your question (\d+)", m["body"]).group(1)) for m in rig.inbox("a")]
+    assert heard == [asked[0], asked[2], asked[3]]
 
 
 # -- through the surfaces: identity is the socket -------------------------------------------------------
