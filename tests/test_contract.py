@@ -128,7 +128,7 @@ def test_a_long_poll_of_a_held_recipient_wakes_on_release_and_takes_the_oldest(b
     broker.send("operator", "a", "first")
     broker.send("operator", "a", "second")
     waiter = gevent.spawn(broker.recv, "a", 30, 1)
-    gevent.sleep(0.05)
+    green_wait(lambda: "a" in broker._wakeups, "the long-poll to wait")
     assert not waiter.ready() and broker.pending_count("a") == 0, "held: nothing is delivered, nothing counted"
     broker.hold("a", False)
     messages, unread = waiter.get(timeout=5)
@@ -507,7 +507,7 @@ def test_a_long_poll_on_one_core_wakes_at_a_send_through_another(pg_url):
     try:
         green_wait(listener.connected.is_set, "the listener to connect")
         waiter = gevent.spawn(receiver.recv, "a", 30, 5)
-        gevent.sleep(0.1)
+        green_wait(lambda: "a" in receiver._wakeups, "the long-poll to wait")
         assert not waiter.ready()
         started = time.monotonic()
         sender.send("operator", "a", "across")  # wakes the sender's own long-polls only: the rest is the NOTIFY

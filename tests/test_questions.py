@@ -1,6 +1,7 @@
-"""Questions in-process: the rules of ask / answer / cancel / the ttl watchdog, on a real sqlite file
-with a real broker, then the same through the socket surfaces' dispatchers (identity from the surface),
-and once end to end on a real daemon whose agents run the fake claude."""
+"""Questions in-process: the rules of ask / answer / cancel / the ttl watchdog, on each engine (a real
+sqlite file, a real PostgreSQL database) with a real broker, then the same through the socket surfaces'
+dispatchers (identity from the surface), and once end to end on a real daemon whose agents run the fake
+claude."""
 
 import json
 import logging

@@ -1,7 +1,7 @@
 """Reminders, loose ends, status lines, login reports, file references at ingest and the core's sweeps:
-the rules in-process on a real sqlite file with a real broker and the real lifecycle's reach, then
-through the socket surfaces (identity from the surface), then once end to end on a real daemon whose
-clock the test moves and whose scheduler it steps."""
+the rules in-process on each engine (a real sqlite file, a real PostgreSQL database) with a real broker
+and the real lifecycle's reach, then through the socket surfaces (identity from the surface), then once
+end to end on a real daemon whose clock the test moves and whose scheduler it steps."""
 
 import json
 import logging
