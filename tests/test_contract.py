@@ -11,7 +11,6 @@ the pop shared by two cores and the NOTIFY that wakes them.
 """
 
 import json
-import os
 import select
 import subprocess
 import time
@@ -20,7 +19,7 @@ import gevent
 import peewee as pw
 import pytest
 
-from conftest import PYTHON, ROOT, green_wait, refused
+from conftest import PYTHON, ROOT, green_wait
 from fakes import Clock, CoreRig, RecordingHub
 from hyperhive import schema, wire
 from hyperhive.core import broker as brokers
