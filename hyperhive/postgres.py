@@ -44,22 +44,20 @@ RECONNECT_FIRST, RECONNECT_MOST = 0.2, 5.0  # the listener's backoff between att
 def gevent_wait(conn, timeout=None):
     """psycopg2's wait callback: poll the connection, waiting on its socket through the gevent hub.
 
-    Interrupted (a timeout, a killed greenlet), the connection is closed: it may be mid-statement, and
-    the next statement opens a fresh one."""
-    try:
-        while True:
-            state = conn.poll()
-            if state == psycopg2.extensions.POLL_OK:
-                return
-            if state == psycopg2.extensions.POLL_READ:
-                wait_read(conn.fileno(), timeout=timeout)
-            elif state == psycopg2.extensions.POLL_WRITE:
-                wait_write(conn.fileno(), timeout=timeout)
-            else:
-                raise psycopg2.OperationalError(f"unexpected state from psycopg2's poll: {state}")
-    except BaseException:
-        conn.close()
-        raise
+    Interrupted (a timeout, a killed greenlet, a server gone), psycopg2 closes the connection itself
+    (it may be mid-statement), and the next statement opens a fresh one. Never close it here: a
+    statement's callback runs with the connection's lock held, so a close from inside it waits on
+    that lock forever, and with it the whole process."""
+    while True:
+        state = conn.poll()
+        if state == psycopg2.extensions.POLL_OK:
+            return
+        if state == psycopg2.extensions.POLL_READ:
+            wait_read(conn.fileno(), timeout=timeout)
+        elif state == psycopg2.extensions.POLL_WRITE:
+            wait_write(conn.fileno(), timeout=timeout)
+        else:
+            raise psycopg2.OperationalError(f"unexpected state from psycopg2's poll: {state}")
 
 
 def green():
