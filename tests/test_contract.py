@@ -542,3 +542,67 @@ def test_the_sender_counts_miss_no_message_another_core_commits_late(pg_url):
     finally:
         other.close()
         core_db.close()
+
+
+INTERRUPTED = """
+import sys, time
+sys.path.insert(0, {root!r})
+import gevent, psycopg2
+from hyperhive import wire
+from hyperhive.schema import core_db, open_core
+
+url = sys.argv[1]
+open_core(url)
+watcher = psycopg2.connect(url)
+watcher.autocommit = True
+
+
+def running(sql):
+    deadline = time.monotonic() + 10
+    while True:
+        with watcher.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE query = %s AND state = 'active'", (sql,))
+            row = cur.fetchone()
+        if row:
+            return row[0]
+        assert time.monotonic() < deadline, f"{{sql}} never ran"
+        gevent.sleep(0.01)
+
+
+try:
+    with gevent.Timeout(0.2):
+        core_db.execute_sql("SELECT pg_sleep(31)")
+except gevent.Timeout:
+    print("timed out", flush=True)
+assert core_db.execute_sql("SELECT 1").fetchone() == (1,)
+job = gevent.spawn(core_db.execute_sql, "SELECT pg_sleep(32)")
+running("SELECT pg_sleep(32)")
+job.kill()
+assert core_db.execute_sql("SELECT 2").fetchone() == (2,)
+print("killed", flush=True)
+job = gevent.spawn(core_db.execute_sql, "SELECT pg_sleep(33)")
+with watcher.cursor() as cur:
+    cur.execute("SELECT pg_terminate_backend(%s)", (running("SELECT pg_sleep(33)"),))
+try:
+    job.get(timeout=10)
+except wire.HiveError as e:
+    print(e.code, flush=True)
+assert core_db.execute_sql("SELECT 3").fetchone() == (3,)
+print("reconnected", flush=True)
+"""
+
+
+def test_a_statement_cut_short_closes_its_connection_and_the_next_one_opens_a_new_one(pg_url):
+    """A timeout, a killed greenlet or a server that ends the session mid-statement: the core goes on, the
+    next statement on a fresh connection. (Closing the connection from inside psycopg2's wait callback
+    hung the whole process on the connection's own lock.) In a process of its own, so a hang fails."""
+    core = subprocess.Popen([PYTHON, "-c", INTERRUPTED.format(root=ROOT), pg_url], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = core.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        core.kill()
+        out, err = core.communicate()
+        pytest.fail(f"the core hung on an interrupted statement; it had said {out.split()}")
+    assert core.returncode == 0, err
+    assert out.splitlines() == ["timed out", "killed", "unavailable", "reconnected"], err
