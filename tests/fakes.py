@@ -3,8 +3,9 @@
 Each fake is strict where the real part is: the recording hub refuses a kind
 `hyperhive.events` does not define. The rig builds the core's parts in the
 order and with the arguments the daemon uses (hyperhive/core/daemon.py), over
-a real sqlite file, so a test of questions, reminders or the surfaces runs
-the code the core runs; a test hands in the fakes it needs (a lifecycle, the
+a real database (a sqlite file, or the `db_url` a test hands in: either
+engine), so a test of questions, reminders or the surfaces runs the code the
+core runs; a test hands in the fakes it needs (a lifecycle, the
 repos, a backend) rather than patching the real ones.
 
 `RecordingBackend`: a container backend that starts nothing. It keeps the
@@ -57,15 +58,17 @@ class RecordingHub:
 
 
 class CoreRig:
-    """The core's parts, built as the daemon builds them, on a real sqlite file and a moved clock.
+    """The core's parts, built as the daemon builds them, on a real database and a moved clock.
 
     `agents` exist as rows with state dirs (none is started). `lifecycle` and
     `repos` default to the real ones over a process backend with no harness
-    and no sockets; a test hands in its own where it needs less."""
+    and no sockets; a test hands in its own where it needs less. `database`: a URL
+    of either engine (`db_url`), else a sqlite file in tmp_path."""
 
-    def __init__(self, tmp_path, t=T0, agents=("manager", "a", "b"), backend=None, lifecycle=None, repos=None):
+    def __init__(self, tmp_path, t=T0, agents=("manager", "a", "b"), backend=None, lifecycle=None, repos=None,
+                 database=None):
         self.tmp_path = tmp_path
-        self.db = open_core(tmp_path / "hive.db")
+        self.db = open_core(database or tmp_path / "hive.db")
         self.layout = Layout(tmp_path / "hive")
         self.layout.makedirs()
         for name in agents:

@@ -28,8 +28,8 @@ class BrokenHub:
 
 
 @pytest.fixture
-def rig(tmp_path):
-    h = Rig(tmp_path)
+def rig(tmp_path, db_url):
+    h = Rig(tmp_path, db_url)
     broken = BrokenHub()
     h.hub = broken
     h.broker.hub = h.questions.hub = h.surfaces.hub = broken
@@ -69,8 +69,8 @@ def test_a_destroy_is_done_even_when_closing_its_questions_fails(rig, monkeypatc
     assert "I/O error" in answer[wire.WARNINGS][0]  # a disk failure reads as one
 
 
-def test_nothing_failed_means_no_warnings_and_a_refusal_stays_a_refusal(tmp_path):
-    h = Rig(tmp_path)
+def test_nothing_failed_means_no_warnings_and_a_refusal_stays_a_refusal(tmp_path, db_url):
+    h = Rig(tmp_path, db_url)
     try:
         assert wire.WARNINGS not in h.call("agent", "a", "ask", question="fine?")
         with pytest.raises(wire.HiveError) as e:

@@ -1,5 +1,6 @@
-"""The approval queue in-process: recording fakes for git and lifecycle, a real broker on sqlite;
-then spawns on real git repos and the real lifecycle, with a backend that records what it would start."""
+"""The approval queue in-process: recording fakes for git and lifecycle, a real broker on each engine
+(sqlite and PostgreSQL); then spawns on real git repos and the real lifecycle, with a backend that
+records what it would start."""
 
 import json
 import os
@@ -92,8 +93,8 @@ class Lifecycle:
 
 
 @pytest.fixture
-def queue(tmp_path):
-    db = open_core(tmp_path / "hive.db")
+def queue(db_url):
+    db = open_core(db_url)
     Agent.create(name="a")
     hub = RecordingHub()
     q = Approvals(Repos(), Lifecycle(), Broker(hub), hub)
@@ -214,8 +215,8 @@ class Sockets:
 
 
 class Spawns:
-    def __init__(self, tmp_path):
-        self.db = open_core(tmp_path / "hive.db")
+    def __init__(self, tmp_path, database):
+        self.db = open_core(database)
         self.layout = Layout(tmp_path / "hive")
         self.layout.makedirs()
         self.hub, self.backend, self.sockets = RecordingHub(), RecordingBackend(), Sockets()
@@ -257,8 +258,8 @@ class Spawns:
 
 
 @pytest.fixture
-def spawns(tmp_path):
-    rig = Spawns(tmp_path)
+def spawns(tmp_path, db_url):
+    rig = Spawns(tmp_path, db_url)
     yield rig
     rig.db.close()
 
@@ -386,11 +387,11 @@ def test_a_start_writes_the_configs_permission_policy_for_the_harness_and_a_bad_
     assert spawns.applied_main() == plain
 
 
-def test_pending_carries_each_diff_until_its_budget_then_names_the_route(tmp_path, monkeypatch):
+def test_pending_carries_each_diff_until_its_budget_then_names_the_route(tmp_path, db_url, monkeypatch):
     from fakes import CoreRig
     from hyperhive.core import surfaces
 
-    rig = CoreRig(tmp_path)
+    rig = CoreRig(tmp_path, database=db_url)
     try:
         for n in range(3):
             Approval.create(agent="a", kind="apply_commit", commit_ref="abc1234", diff=f"+line {n}\n" * 10)
@@ -410,10 +411,10 @@ PUSH = {"command": "git push origin main", "description": "push"}
 
 
 @pytest.fixture
-def rig(tmp_path):
+def rig(tmp_path, db_url):
     from fakes import CoreRig
 
-    rig = CoreRig(tmp_path, backend=RecordingBackend())
+    rig = CoreRig(tmp_path, backend=RecordingBackend(), database=db_url)
     rig.lifecycle.sockets = Sockets()
     yield rig
     rig.close()

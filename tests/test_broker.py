@@ -1,4 +1,4 @@
-"""The broker's lease rules, one test each, on a real sqlite file."""
+"""The broker's lease rules, one test each, on each engine: a real sqlite file and a real PostgreSQL database."""
 
 import gevent
 import pytest
@@ -13,11 +13,11 @@ from hyperhive.schema import Message, core_db, open_core
 
 
 @pytest.fixture
-def broker(tmp_path):
-    db = open_core(tmp_path / "hive.db")
+def broker(db_url):
+    open_core(db_url)
     b = Broker(RecordingHub(), clock=Clock())
     yield b
-    db.close()
+    core_db.close()  # the database open now (a test may have opened it again)
 
 
 def bodies(rows):
@@ -118,12 +118,12 @@ def test_requeue_leaves_acked_rows_alone(broker):
     assert broker.pop("a", 1) == []
 
 
-def test_redelivered_flag_is_persisted(broker, tmp_path):
+def test_redelivered_flag_is_persisted(broker, db_url):
     broker.send("operator", "a", "x")
     broker.pop("a", 1)
     broker.requeue_inflight("a")
     core_db.close()
-    open_core(tmp_path / "hive.db")  # as after a core restart
+    open_core(db_url)  # as after a core restart
     [row] = Broker(RecordingHub()).pop("a", 1)
     assert row["redelivered"] is True
 

@@ -1,5 +1,6 @@
-"""The dashboard's routes in-process (WSGI): a real core's parts on a real sqlite file and real git repos,
-a recording container backend, and a real agent page server on a unix socket for the proxy."""
+"""The dashboard's routes in-process (WSGI): a real core's parts on a real database of each engine
+(a sqlite file, a PostgreSQL database) and real git repos, a recording container backend, and a real
+agent page server on a unix socket for the proxy."""
 
 import json
 import os
@@ -31,10 +32,11 @@ def heard(sub):
 
 
 class Dash:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, database=None):
+        """`database`: a URL of either engine (`db_url`), else the layout's sqlite file."""
         self.layout = Layout(tmp_path / "state")
         self.layout.makedirs()
-        open_core(self.layout.db_path)
+        self.db = open_core(database or self.layout.db_path)
         self.backend = RecordingBackend()
         self.core = Core(self.layout, self.backend, HarnessCommand(PYZ, claude=FAKE_CLAUDE, python=PYZ_PYTHON),
                          dashboard=None)
@@ -63,8 +65,10 @@ class Dash:
 
 
 @pytest.fixture
-def dash(tmp_path):
-    return Dash(tmp_path)
+def dash(tmp_path, db_url):
+    d = Dash(tmp_path, db_url)
+    yield d
+    d.db.close()
 
 
 def error_of(res, status, code, *words):

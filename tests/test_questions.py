@@ -1,6 +1,7 @@
-"""Questions in-process: the rules of ask / answer / cancel / the ttl watchdog, on a real sqlite file
-with a real broker, then the same through the socket surfaces' dispatchers (identity from the surface),
-and once end to end on a real daemon whose agents run the fake claude."""
+"""Questions in-process: the rules of ask / answer / cancel / the ttl watchdog, on each engine (a real
+sqlite file, a real PostgreSQL database) with a real broker, then the same through the socket surfaces'
+dispatchers (identity from the surface), and once end to end on a real daemon whose agents run the fake
+claude."""
 
 import json
 import logging
@@ -14,7 +15,7 @@ from conftest import refused, wait_until
 from fakes import CoreRig
 from hyperhive import wire
 from hyperhive.core import questions
-from hyperhive.schema import Agent, Question, open_core
+from hyperhive.schema import Agent, Question, core_db, is_postgres, open_core
 
 T0 = 1_700_000_000.0
 
@@ -36,16 +37,17 @@ class Lifecycle:
 
 
 class Rig(CoreRig):
-    def __init__(self, tmp_path):
-        super().__init__(tmp_path, T0, agents=("manager", "a", "b", "c"), lifecycle=Lifecycle(), repos=None)
+    def __init__(self, tmp_path, database=None):
+        super().__init__(tmp_path, T0, agents=("manager", "a", "b", "c"), lifecycle=Lifecycle(), repos=None,
+                         database=database)
 
     def question_events(self):
         return [(kind, data) for kind, data in self.hub.events if kind.startswith("question_")]
 
 
 @pytest.fixture
-def rig(tmp_path):
-    h = Rig(tmp_path)
+def rig(tmp_path, db_url):
+    h = Rig(tmp_path, db_url)
     yield h
     h.db.close()
 
@@ -269,6 +271,16 @@ def test_destroying_an_agent_closes_its_questions(rig):
     gone = Question.get_by_id(from_c)
     assert gone.answered_by == "core" and gone.note == "closed: its asker c was destroyed"
     assert rig.questions.pending_for_operator() == [] and rig.questions.open_for("manager") == []
+
+
+def test_the_askers_of_a_destroyed_agent_hear_of_their_questions_in_the_order_they_asked(rig):
+    asked = [rig.questions.ask(asker, f"q{i}?", to="c")["id"] for i, asker in enumerate(("a", "b", "a", "a"))]
+    Question.update(note=None).where(Question.id == asked[0]).execute()  # touched since: PostgreSQL moves the row
+    if is_postgres():  # and reads it where a plan with statistics may: in the table's order, not an index's
+        core_db.execute_sql("SET enable_indexscan = off; SET enable_bitmapscan = off")
+    rig.call("host", wire.OPERATOR, "destroy", name="c")
+    heard = [int(re.search(r"Your question (\d+)", m["body"]).group(1)) for m in rig.inbox("a")]
+    assert heard == [asked[0], asked[2], asked[3]]
 
 
 # -- through the surfaces: identity is the socket -------------------------------------------------------

@@ -1,7 +1,7 @@
 """Reminders, loose ends, status lines, login reports, file references at ingest and the core's sweeps:
-the rules in-process on a real sqlite file with a real broker and the real lifecycle's reach, then
-through the socket surfaces (identity from the surface), then once end to end on a real daemon whose
-clock the test moves and whose scheduler it steps."""
+the rules in-process on each engine (a real sqlite file, a real PostgreSQL database) with a real broker
+and the real lifecycle's reach, then through the socket surfaces (identity from the surface), then once
+end to end on a real daemon whose clock the test moves and whose scheduler it steps."""
 
 import json
 import logging
@@ -50,8 +50,8 @@ class Repos:
 
 
 class Rig(CoreRig):
-    def __init__(self, tmp_path, backend=None):
-        super().__init__(tmp_path, T0, backend=backend, repos=Repos())
+    def __init__(self, tmp_path, backend=None, database=None):
+        super().__init__(tmp_path, T0, backend=backend, repos=Repos(), database=database)
 
     def remind(self, caller, **args):
         return self.call("manager" if caller == "manager" else "agent", caller, "remind", **args)
@@ -65,8 +65,8 @@ class Rig(CoreRig):
 
 
 @pytest.fixture
-def rig(tmp_path):
-    r = Rig(tmp_path)
+def rig(tmp_path, db_url):
+    r = Rig(tmp_path, database=db_url)
     yield r
     r.db.close()
 
@@ -150,8 +150,8 @@ def test_a_file_payload_is_written_at_once_and_the_reminder_points_to_it(rig):
     assert [ref["path"] for ref in msg["file_refs"]] == [f"{path}/todo.md"]
 
 
-def test_the_payload_path_is_translated_from_the_containers_view(tmp_path):
-    rig = Rig(tmp_path, backend=RecordingBackend(state_in="/state", shared_in="/shared"))
+def test_the_payload_path_is_translated_from_the_containers_view(tmp_path, db_url):
+    rig = Rig(tmp_path, backend=RecordingBackend(state_in="/state", shared_in="/shared"), database=db_url)
     try:
         r = rig.remind("a", message="in the shared dir", in_seconds=5, file_path="/shared/handoff.md")["reminder"]
         assert r["file_path"] == "/shared/handoff.md"
@@ -364,8 +364,8 @@ def test_file_refs_are_what_the_sender_may_open_and_the_reader_too(rig):
     assert json.loads(to_op.file_refs)[1] == {"path": shared, "host_path": shared, "size": 7}
 
 
-def test_file_refs_carry_the_host_resolution_of_the_senders_view(tmp_path):
-    rig = Rig(tmp_path, backend=RecordingBackend(state_in="/state", shared_in="/shared"))
+def test_file_refs_carry_the_host_resolution_of_the_senders_view(tmp_path, db_url):
+    rig = Rig(tmp_path, backend=RecordingBackend(state_in="/state", shared_in="/shared"), database=db_url)
     try:
         for name in ("a", "b"):
             with open(os.path.join(rig.state(name), "plan.md"), "w") as f:

@@ -50,8 +50,8 @@ class Sockets:
 
 
 class Rig:
-    def __init__(self, tmp_path):
-        self.db = open_core(tmp_path / "hive.db")
+    def __init__(self, tmp_path, database):
+        self.db = open_core(database)
         self.layout = Layout(tmp_path / "hive")
         self.layout.makedirs()
         self.backend, self.hub = RecordingBackend(), RecordingHub()
@@ -72,8 +72,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path):
-    r = Rig(tmp_path)
+def rig(tmp_path, db_url):
+    r = Rig(tmp_path, db_url)
     yield r
     r.db.close()
 
@@ -224,8 +224,8 @@ def test_the_manager_hears_once_per_applied_commit_that_an_agent_runs_behind_it(
     assert not rig.row()["needs_update"] and len(needs_update()) == 2
 
 
-def test_an_agent_already_behind_when_the_core_starts_is_not_news_again(tmp_path):
-    r = Rig(tmp_path)
+def test_an_agent_already_behind_when_the_core_starts_is_not_news_again(tmp_path, db_url):
+    r = Rig(tmp_path, db_url)
     try:
         Agent.update(running_sha="1" * 40).where(Agent.name == "a").execute()
         fresh = Lifecycle(r.layout, r.backend, r.broker, r.hub, HarnessCommand("/hyperhive.pyz"), Sockets(), Repos(),

@@ -1,6 +1,6 @@
 """An agent's row as the pages see it, and the dashboard's stream: each change shows at once, never later.
 
-On the core built in-process over a real sqlite file with a recording
+On the core built in-process over a real database of each engine with a recording
 backend (tests/test_dashboard.py's Dash): a turn that ended well stamps
 `last_turn_at`; `set_status` and a fired reminder publish the changed row at
 once (not at the next pass of the 2 s watch, which would hide a missing
@@ -19,8 +19,8 @@ def rows_published(sub, name):
     return [e["container"] for e in heard(sub) if e["kind"] == "container_state_changed" and e["container"]["name"] == name]
 
 
-def test_a_good_turn_stamps_last_turn_at_and_publishes_the_row(tmp_path):
-    dash = Dash(tmp_path)
+def test_a_good_turn_stamps_last_turn_at_and_publishes_the_row(tmp_path, db_url):
+    dash = Dash(tmp_path, db_url)
     dash.spawn("alice")
     agent = dash.core.surfaces.dispatcher("agent", "alice")
     dash.core.broker.send(wire.OPERATOR, "alice", "hi")
@@ -32,8 +32,8 @@ def test_a_good_turn_stamps_last_turn_at_and_publishes_the_row(tmp_path):
     assert dash.get("/api/state").json()["containers"][1]["last_turn_at"] == row["last_turn_at"]
 
 
-def test_a_status_line_and_a_fired_reminder_publish_the_row_at_once(tmp_path):
-    dash = Dash(tmp_path)
+def test_a_status_line_and_a_fired_reminder_publish_the_row_at_once(tmp_path, db_url):
+    dash = Dash(tmp_path, db_url)
     dash.spawn("alice")
     agent = dash.core.surfaces.dispatcher("agent", "alice")
     sub = dash.core.hub.subscribe()
@@ -51,8 +51,8 @@ def reminder_due(reminder):
     return parse_when(reminder["due_at"])
 
 
-def test_an_agent_mid_operation_is_not_failed_though_its_harness_is_down(tmp_path):
-    dash = Dash(tmp_path)
+def test_an_agent_mid_operation_is_not_failed_though_its_harness_is_down(tmp_path, db_url):
+    dash = Dash(tmp_path, db_url)
     dash.spawn("alice")
     dash.backend.up.discard("alice")  # down, and meant to run: failed ...
     lifecycle = dash.core.lifecycle

@@ -1,4 +1,10 @@
-"""The databases: WAL mode, the partial index the pop uses, idempotent migrations."""
+"""The databases: WAL mode, the partial index the pop uses, idempotent migrations.
+
+Idempotent migrations run on both engines (`db_url`); the rest is sqlite's own and runs on sqlite only:
+its WAL and checkpoints, its query plans, the harness's own file (always sqlite), and files that older
+versions of hyperhive wrote, in the exact DDL they wrote (tests/test_contract.py migrates an older
+table on both engines).
+"""
 
 import sqlite3
 
@@ -19,16 +25,19 @@ def test_core_db_is_wal_with_the_undelivered_partial_index(tmp_path):
         assert "message_undelivered" in plan, plan
 
 
-def test_migrations_are_idempotent_and_keep_rows(tmp_path):
-    path = tmp_path / "hive.db"
-    db = schema.open_core(path)
+def test_migrations_are_idempotent_and_keep_rows(db_url):
+    db = schema.open_core(db_url)
     schema.Message.create(sender="operator", recipient="a", body="kept")
     db.close()
     for _ in range(2):
-        schema.open_core(path).close()
-    con = sqlite3.connect(path)
-    assert con.execute("select body from message").fetchall() == [("kept",)]
-    assert con.execute("select value from meta where key='schema_version'").fetchone() == (str(schema.SCHEMA_VERSION),)
+        schema.open_core(db_url).close()
+    db = schema.open_core(db_url)
+    try:
+        assert list(schema.Message.select(schema.Message.body).tuples()) == [("kept",)]
+        assert list(schema.Meta.select(schema.Meta.key, schema.Meta.value).tuples()) == [
+            ("schema_version", str(schema.SCHEMA_VERSION))]
+    finally:
+        db.close()
 
 
 def test_background_checkpoint_folds_the_wal(tmp_path):

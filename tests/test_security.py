@@ -1008,9 +1008,9 @@ def test_login_refuses_every_token_but_a_fresh_one_once(rig):
 
 
 @pytest.fixture
-def web_auth(tmp_path):
-    """The dashboard's WSGI app on a real sqlite file, its clocks the test's; (app, auth, wall clock)."""
-    db = open_core(tmp_path / "hive.db")
+def web_auth(db_url):
+    """The dashboard's WSGI app on a real database of each engine, its clocks the test's; (app, auth, wall clock)."""
+    db = open_core(db_url)
     wall, tick = Clock(1_800_000_000.0), Clock(1000.0)
     auth = Auth(clock=wall, tick=tick)
     app = Dashboard(views=None, hub=None, dispatch=None, auth=auth).app

@@ -203,10 +203,12 @@ class Questions:
 
     def agent_destroyed(self, name):
         """Close what a destroyed agent leaves open: questions to it (their askers are told) and its own."""
-        for q in list(Question.select().where(Question.answered_at.is_null() & (Question.target == name))):
+        for q in list(Question.select().where(Question.answered_at.is_null() & (Question.target == name))
+                      .order_by(Question.id)):
             self._close(q, f"[cancelled: {name} was destroyed before answering]", CORE,
                         f"Your question {q.id} to {name} was cancelled: {name} was destroyed before answering.")
-        for q in list(Question.select().where(Question.answered_at.is_null() & (Question.asker == name))):
+        for q in list(Question.select().where(Question.answered_at.is_null() & (Question.asker == name))
+                      .order_by(Question.id)):
             self._close(q, f"[cancelled: {name} was destroyed]", CORE, None, note=f"closed: its asker {name} "
                         "was destroyed")
 
