@@ -54,11 +54,11 @@ class Broker:
         self.db = open_core(url)
 
     def schema(self, url):
-        from hyperhive.core.broker import _INSERT, _POP_PG
+        from hyperhive.core.broker import _INSERT_PG, _POP_PG
         from hyperhive.schema import sql
 
         self._open(url)
-        statements = {"insert": sql(_INSERT), "pop": sql(_POP_PG)}
+        statements = {"insert": sql(_INSERT_PG), "pop": sql(_POP_PG)}
         self.db.close()
         self.db = None
         return statements

@@ -147,6 +147,10 @@ class Database(pw.PostgresqlDatabase):
                 self.lost_at = None
                 log.warning("reconnected to the database after %.1f s", took)
 
+    def broken(self):
+        conn = self._state.conn
+        return conn is None or bool(conn.closed)
+
     def lost(self, e, quiet=False):
         """The connection is no more (or is mid-statement for nobody): closed, and opened again by the next
         statement. `quiet`: a statement its greenlet gave up on, not a lost server."""
@@ -169,7 +173,8 @@ class Database(pw.PostgresqlDatabase):
             try:
                 return super().execute_sql(sql, params)
             except (pw.OperationalError, pw.InterfaceError) as e:
-                self.lost(e)
+                if self.broken():  # a deadlock or a cancelled statement leaves the connection as it was
+                    self.lost(e)
                 raise unavailable(e, "run a statement") from None
             except BaseException as e:
                 if not isinstance(e, pw.DatabaseError):  # a timeout or a kill mid-statement

@@ -291,8 +291,9 @@ def add_missing_columns(db, model):
         if field.column_name not in have:
             assert field.null or field.default is not None, f"{field.name} needs null=True or a default to be added"
             kind = db._field_types.get(field.field_type, field.field_type)
+            default = field.default() if callable(field.default) else field.default  # the rows there now get it
             db.execute_sql(f'ALTER TABLE "{model._meta.table_name}" ADD COLUMN "{field.column_name}" {kind}'
-                           + ("" if field.null else f" DEFAULT {field.db_value(field.default)!r}"))
+                           + ("" if field.null else f" DEFAULT {field.db_value(default)!r}"))
 
 
 def migrate(db, tables, indexes, statements=()):

@@ -517,30 +517,41 @@ def test_a_long_poll_on_one_core_wakes_at_a_send_through_another(pg_url):
         core_db.close()
 
 
-@pytest.mark.xfail(strict=True, reason="Broker.senders says its counts include every message up to the highest id, "
-                   "as if ids grew in commit order; on PostgreSQL another core's send can take a lower id and commit "
-                   "later, so a page counts it neither in the snapshot nor from the live `sent` events above "
-                   "`senders_through` (Broker.flow's `after` skips it the same way). Fixed by ordering message "
-                   "commits by id (as eventlog orders its appends) or by a bound that does not trust the id.")
-def test_the_sender_counts_miss_no_message_another_core_commits_late(pg_url):
+def test_message_ids_grow_in_commit_order_across_cores_so_the_sender_counts_miss_none(pg_url):
+    """senders_through and flow's `after` trust that ids grow in commit order: another core's send still
+    uncommitted holds the next send back, so the later send takes the higher id."""
+    import gevent
     import psycopg2
+
+    from hyperhive.core.broker import _INSERT_PG
+    from hyperhive.schema import sql
 
     open_core(pg_url)
     other = psycopg2.connect(pg_url)  # another core, its send begun and not yet committed
+    watcher = psycopg2.connect(pg_url)
+    watcher.autocommit = True
     try:
         b = Broker(RecordingHub())
         with other.cursor() as cur:
-            cur.execute("INSERT INTO message (sender, recipient, body, sent_at, delivered_at, redelivered, file_refs) "
-                        "VALUES ('slow', 'operator', 'late', 0, 0, FALSE, '[]') RETURNING id")
+            cur.execute(sql(_INSERT_PG), ("slow", wire.OPERATOR, "late", 0, 0, None, "[]"))
             (late,) = cur.fetchone()
-        b.send("quick", wire.OPERATOR, "early")
-        counts, through = b.senders(wire.OPERATOR)
+        quick = gevent.spawn(b.send, "quick", wire.OPERATOR, "early")
+
+        def held_back():
+            with watcher.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+                return cur.fetchone()[0] == 1
+
+        green_wait(held_back, "the quick send to wait for the slow one's commit")
+        assert not quick.ready()
         other.commit()
-        counted = {s["name"]: s["unread"] for s in counts}
-        assert counted.get("slow") == 1 or late > through, \
-            f"message {late} is below senders_through={through} and was not counted: {counted}"
+        early = quick.get(timeout=10)
+        assert early > late
+        counts, through = b.senders(wire.OPERATOR)
+        assert through == early and {s["name"]: s["unread"] for s in counts} == {"quick": 1, "slow": 1}
     finally:
         other.close()
+        watcher.close()
         core_db.close()
 
 

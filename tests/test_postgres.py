@@ -113,3 +113,19 @@ def test_the_listener_hears_notices_and_after_a_restart_comes_back_by_itself_and
     said = [r.getMessage() for r in caplog.records]
     assert any("lost the connection the other cores' notices come on" in m for m in said), said
     assert any("listening for the other cores' notices again after" in m for m in said), said
+
+
+def test_a_statement_the_server_refuses_leaves_the_connection_as_it_was(db, pg_url, caplog):
+    caplog.set_level(logging.WARNING, logger="hyperhive.postgres")
+    (pid,) = db.execute_sql("SELECT pg_backend_pid()").fetchone()
+    db.execute_sql("SET lock_timeout = '100ms'")
+    other = psycopg2.connect(pg_url)
+    try:
+        other.cursor().execute("LOCK TABLE node IN ACCESS EXCLUSIVE MODE")  # held: other's transaction is open
+        with pytest.raises(wire.HiveError) as e:
+            db.execute_sql("SELECT count(*) FROM node")
+        assert e.value.code == "unavailable" and "lock timeout" in str(e.value), str(e.value)
+    finally:
+        other.close()
+    assert db.execute_sql("SELECT pg_backend_pid()").fetchone() == (pid,)  # the same connection
+    assert not [r for r in caplog.records if "lost the connection" in r.getMessage()]
