@@ -168,6 +168,7 @@ class Node(CoreModel):
     heartbeat_at = pw.BigIntegerField(default=now_ms)
     pid = pw.IntegerField(null=True)
     host = pw.CharField(default="")
+    place = pw.TextField(default="")  # host:state dir of the core beating as it (that dir's lock holds one core)
 
 
 class Command(CoreModel):

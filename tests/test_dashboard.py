@@ -24,7 +24,8 @@ ORIGIN = "http://127.0.0.1:7000"
 
 
 def heard(sub):
-    """What a hub subscription has been sent so far."""
+    """What a hub subscription has been sent so far (a log's publisher delivers what it queued first)."""
+    sub.fanout.flush(timeout=10)
     out = []
     while sub.queue.qsize():
         out.append(sub.queue.get_nowait())
@@ -62,6 +63,7 @@ class Dash:
 
     def spawn(self, name):
         self.core.lifecycle.spawn(name)
+        self.core.hub.flush(timeout=10)  # its events are delivered: a test reads the hub's seq after
 
 
 @pytest.fixture
@@ -145,6 +147,7 @@ def test_posts_must_come_from_the_dashboard_itself(dash):
 def test_state_is_the_whole_snapshot(dash):
     dash.spawn("alice")
     dash.core.broker.send("alice", wire.OPERATOR, "**done**")
+    dash.core.hub.flush(timeout=10)
     res = dash.get("/api/state")
     assert res.status == 200 and res.headers["cache-control"] == "no-store"
     state = res.json()

@@ -173,6 +173,17 @@ def test_a_silent_node_is_refused_with_how_long_and_its_agents_messages_wait_for
         wait_until(lambda: not silent_on(n1, "n2"), 20, "n1 to show n2 live again")
 
 
+def test_a_second_core_under_a_live_nodes_name_is_refused_and_a_crashed_one_starts_again(tmp_path, pg_url):
+    with started(node(tmp_path, pg_url, "n1")) as (n1,):
+        other = Hive(tmp_path / "elsewhere", env=KEY, extra_args=ARGS, database=pg_url, node="n1").start(wait=False)
+        assert other.proc.wait(60) == 1
+        assert "is live as node 'n1'" in other.log() and "pick another --node" in other.log()
+        # the same state dir after a crash is the same node, though its last heartbeat looks alive
+        n1.kill9()
+        n1.start()
+        assert n1.call("list")["agents"] == ["manager"]
+
+
 def test_approvals_and_questions_are_hive_wide_and_carried_out_where_they_were_made(hive3):
     n1, n2, n3 = hive3
     n1.spawn("a")
@@ -373,7 +384,8 @@ def test_postgresql_restarted_under_load_every_core_reconnects_by_itself_and_kee
             for h in hives:
                 log = h.log()
                 assert "lost the connection to the database" in log and "reconnected to the database" in log, h.node
-                assert "listening for the other cores' notices again" in log, h.node
+                wait_until(lambda h=h: "listening for the other cores' notices again" in h.log(), 30,
+                           f"{h.node}'s listener to say it is back")
             # the notices came back too: a send on n1 still wakes c on n3
             n1.call("send", to="c", body="FAKE: send operator c after the restart")
             wait_until(lambda: "c after the restart" in inbox_bodies(n2), 30, "c woken across nodes after it")

@@ -80,7 +80,7 @@ from hyperhive.core.surfaces import Surfaces
 from hyperhive.core.sweeps import Sweeper
 from hyperhive.core.views import Views
 from hyperhive.fanout import Fanout
-from hyperhive.schema import checkpoint, database_path, is_postgres, open_core
+from hyperhive.schema import checkpoint, core_db, database_path, is_postgres, open_core
 
 log = logging.getLogger("hive-c0re")
 SWEEP_SECONDS = 3600.0
@@ -231,6 +231,8 @@ class Core:
         self.url = None  # the dashboard's, once it serves
         self.stopping = Event()
         # a hive of several cores hears the others through PostgreSQL; on sqlite this core is the hive
+        if is_postgres() and database is None:
+            database = core_db.obj.url
         self.notices = Notices(database if is_postgres() else None)
         if is_postgres():
             from hyperhive.core.eventlog import EventLog
@@ -238,7 +240,8 @@ class Core:
             self.hub = EventLog(events.DASHBOARD, self.notices, database, shown=renderer.event_shown)
         else:
             self.hub = Fanout(events.DASHBOARD, shown=renderer.event_shown)
-        self.nodes = Nodes(node or default_name(), self.notices, clock=clock, url=lambda: self.url)
+        self.nodes = Nodes(node or default_name(layout.state_dir), self.notices, clock=clock, url=lambda: self.url,
+                           state_dir=layout.state_dir)
         self.references = References(layout, backend)
         self.broker = Broker(self.hub, refs_of=self.references.file_refs, clock=clock)
         self.notices.on(notices.MESSAGE, self.broker.wake)
@@ -353,6 +356,8 @@ class Core:
         gevent.killall(self.loops)
         self.notices.stop()
         if is_postgres():
+            if not self.hub.flush(timeout=5):
+                log.warning("the last dashboard events did not reach the hive's log within 5 s; the pages miss them")
             self.hub.close()
 
 

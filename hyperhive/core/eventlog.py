@@ -21,6 +21,7 @@ import json
 import logging
 
 import gevent
+from gevent.event import Event
 from gevent.lock import Semaphore
 from gevent.queue import Empty, Full, Queue
 
@@ -52,6 +53,8 @@ class EventLog(Fanout):
         self._reading = Semaphore()
         self._queue = Queue(QUEUED_MAX)
         self._dropped = 0
+        self._unwritten = 0  # published, not yet appended
+        self._written = Event()  # set while nothing waits to be appended
         notices_.on(notices.EVENT, lambda payload: self.catch_up())
         notices_.caught_up(self.catch_up)
         self._writer = gevent.spawn(self._write)
@@ -60,6 +63,8 @@ class EventLog(Fanout):
         assert kind in self.kinds, kind
         try:
             self._queue.put_nowait((now_ms(), kind, json.dumps(data)))
+            self._unwritten += 1
+            self._written.clear()
         except Full:
             self._dropped += 1
             if self._dropped in (1, 100) or self._dropped % 10000 == 0:
@@ -86,6 +91,9 @@ class EventLog(Fanout):
                     log.warning("appending %d event(s) to the hive's log failed (%s); trying again",
                                 len(batch), str(e).splitlines()[0] if str(e) else type(e).__name__)
                     gevent.sleep(RETRY_SECONDS)
+            self._unwritten -= len(batch)
+            if not self._unwritten:
+                self._written.set()
             self.catch_up()
 
     def catch_up(self):
@@ -100,6 +108,14 @@ class EventLog(Fanout):
                     self.deliver({"seq": seq, "kind": kind, **json.loads(data)})
                 if len(rows) < BATCH:
                     return
+
+    def flush(self, timeout=None):
+        """Wait until every event published so far is appended and delivered here (a graceful stop's last
+        events reach the other nodes' pages); False when `timeout` passed first."""
+        if self._unwritten and not self._written.wait(timeout):
+            return False
+        self.catch_up()
+        return True
 
     def close(self):
         self._writer.kill()

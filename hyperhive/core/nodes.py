@@ -73,8 +73,10 @@ def silence(seconds):
 class Nodes:
     """This core (`name`) among the hive's; `dispatcher(surface, caller)` runs a command it is handed."""
 
-    def __init__(self, name, notices_, clock=time.time, url=lambda: None):
+    def __init__(self, name, notices_, clock=time.time, url=lambda: None, state_dir=""):
         self.name = wire.check_name(name, "node name")
+        # a core started again on its state dir (after a crash: the row still looks alive) is the same node
+        self.place = f"{socket.gethostname()}:{os.path.abspath(state_dir) if state_dir else ''}"
         self.notices, self.clock, self.url = notices_, clock, url
         self.dispatcher = None  # set by the core once its surfaces are built
         self.hub = None  # the dashboards' (set by the core): a change in the nodes' liveness is shown
@@ -94,20 +96,22 @@ class Nodes:
         """Beat for the first time, refusing a name another live core beats under."""
         other = Node.get_or_none(Node.name == self.name)
         me = (os.getpid(), socket.gethostname())
-        if other is not None and (other.pid, other.host) != me and self.alive(other):
+        if other is not None and other.place != self.place and self.alive(other):
             raise wire.HiveError(f"another core (pid {other.pid} on {other.host}) is live as node {self.name!r}: its "
                                  f"last heartbeat was {silence((self._now() - other.heartbeat_at) / 1000)} ago; pick "
                                  "another --node, or stop that core first", "conflict")
         if not is_postgres():
-            live = [n.name for n in Node.select().where(Node.name != self.name) if self.alive(n)]
+            live = [n.name for n in Node.select().where(Node.name != self.name)
+                    if self.alive(n) and n.place != self.place]
             if live:
                 raise wire.HiveError(f"this sqlite database is in use by the live core of node {live[0]}; sqlite "
                                      "serves one core, so several need --database postgresql://…", "conflict")
         now = self._now()
-        (Node.insert(name=self.name, url=self.url(), started_at=now, heartbeat_at=now, pid=me[0], host=me[1])
+        (Node.insert(name=self.name, url=self.url(), started_at=now, heartbeat_at=now, pid=me[0], host=me[1],
+                     place=self.place)
          .on_conflict(conflict_target=[Node.name],
                       update={Node.url: self.url(), Node.started_at: now, Node.heartbeat_at: now, Node.pid: me[0],
-                              Node.host: me[1]}).execute())
+                              Node.host: me[1], Node.place: self.place}).execute())
         # agents of a hive from before nodes (or made while none claimed them) are this node's; on sqlite the
         # one core is the hive, whatever name it ran under before
         if is_postgres():
