@@ -269,5 +269,9 @@ def main(argv):
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
     except KeyboardInterrupt:
-        pass  # claude sends SIGINT when its turn ends, or died: a normal exit either way
+        # claude sends SIGINT when its turn ends, or died: a normal exit either way, and at once. The
+        # signal may have landed inside stdin's read, with its lock held, or beside a tool call's thread:
+        # the interpreter's own shutdown could wait on either for good, so it is skipped
+        sys.stderr.flush()
+        os._exit(0)
     return 0
