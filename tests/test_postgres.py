@@ -50,13 +50,19 @@ def test_the_hub_runs_while_the_server_works_on_a_statement(db):
     assert len(ticks) >= 10, len(ticks)  # a blocking driver would leave the ticker at 1
 
 
-def test_a_connection_the_server_dropped_is_refused_once_as_unavailable_then_opened_again(db, pg_url, caplog):
-    caplog.set_level(logging.WARNING, logger="hyperhive.postgres")
+def drop_connection(db, pg_url):
+    """The server ends db's connection (as a restart or an administrator would); returns its backend pid."""
     (pid,) = db.execute_sql("SELECT pg_backend_pid()").fetchone()
     other = psycopg2.connect(pg_url)
     other.autocommit = True
     other.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
     other.close()
+    return pid
+
+
+def test_a_connection_the_server_dropped_is_refused_once_as_unavailable_then_opened_again(db, pg_url, caplog):
+    caplog.set_level(logging.WARNING, logger="hyperhive.postgres")
+    pid = drop_connection(db, pg_url)
     with pytest.raises(wire.HiveError) as e:
         db.execute_sql("SELECT 1")
     assert e.value.code == "unavailable" and "reconnects by itself" in str(e.value), str(e.value)
@@ -68,11 +74,7 @@ def test_a_connection_the_server_dropped_is_refused_once_as_unavailable_then_ope
 
 
 def test_a_transaction_begun_on_a_dropped_connection_is_refused_as_unavailable_and_the_next_one_runs(db, pg_url):
-    (pid,) = db.execute_sql("SELECT pg_backend_pid()").fetchone()
-    other = psycopg2.connect(pg_url)
-    other.autocommit = True
-    other.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
-    other.close()
+    drop_connection(db, pg_url)
     with pytest.raises(wire.HiveError) as e:
         with schema.core_db.atomic():
             db.execute_sql("SELECT 1")
