@@ -221,6 +221,26 @@ def test_approvals_and_questions_are_hive_wide_and_carried_out_where_they_were_m
     assert "b runs on node n2" in said, said
 
 
+def test_a_tool_call_waiting_on_one_node_is_allowed_from_another_nodes_cli(hive3):
+    n1, n2, _ = hive3
+    n2.spawn("b")
+    got = {}
+
+    def ask():
+        got.update(n2.agent_call("b", "ask_tool_use", tool="Bash", input={"command": "git push"}, tool_use_id="tu1",
+                                 rule="Bash(git push:*)", wait_seconds=60, timeout=90))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    [aid] = wait_until(lambda: [a["id"] for a in n1.call("pending")["approvals"] if a["kind"] == "tool_use"], 20,
+                       "b's call pending, as n1 lists it")
+    assert n1.call("approve", id=aid)["approval"]["status"] == "approved"
+    asking.join(90)
+    # the long-poll on n2 woke on the decision, which n2 carried out
+    assert got["approval"]["status"] == "approved" and got["approval"]["id"] == aid
+    assert n1.db_rows("SELECT node, asked_by FROM command") == [("n2", "n1")]
+
+
 def test_an_agents_reminders_fire_on_its_own_node_once_each(hive3):
     n1, n2, n3 = hive3
     n3.spawn("c")
