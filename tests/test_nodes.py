@@ -431,12 +431,17 @@ def test_a_node_cut_off_the_network_is_shown_silent_and_comes_back_by_itself(tmp
                      node(tmp_path, cluster.url("hive", host="10.203.31.1"), "n3", prefix=ns.wrap([]))) as (n1, n3):
             n3.spawn("c")
             ns.cut()
+            cut_at = time.monotonic()
             wait_until(lambda: silent_on(n1, "n3"), 40, "n1 to show n3 silent")
+            silent_after = time.monotonic() - cut_at
             said = refused(lambda: n1.call("restart", name="c"), "unavailable")
             assert "node n3, which has been silent for" in said, said
             n1.call("send", to="c", body="FAKE: send operator c is back on the network")
             ns.heal()
+            healed_at = time.monotonic()
             wait_until(lambda: "c is back on the network" in inbox_bodies(n1), 90, "c's answer after the heal")
+            print(f"partition of n3: shown silent {silent_after:.1f} s after the cut; the message sent meanwhile "
+                  f"answered {time.monotonic() - healed_at:.1f} s after the heal")
             wait_until(lambda: not silent_on(n1, "n3"), 30, "n1 to show n3 live again")
             # it noticed by itself, said so, and came back by itself
             log = n3.log()
