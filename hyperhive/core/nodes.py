@@ -196,6 +196,7 @@ class Nodes:
             self.notices.tell(notices.COMMAND, node)
             while True:
                 done.wait(CHECK_SECONDS)
+                done.clear()  # set again by the next answer (or reconnect); never a loop without a wait
                 row = Command.get_by_id(command.id)
                 if row.done_at is not None:
                     return json.loads(row.answer)
