@@ -159,6 +159,8 @@ def test_ping_crosses_two_nodes_of_one_postgresql_hive(tmp_path, pg_url):
                 if h.proc is not None:
                     h.stop()
             finally:
+                if h.proc is not None and h.proc.poll() is None:  # it did not stop: never left running
+                    h.proc.kill()
                 kill_harnesses(h.state_dir)
         mock.stop()
     assert mock.unknown == [] and mock.brain_errors == []

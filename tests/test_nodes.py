@@ -43,6 +43,9 @@ def started(*hives):
                 if h.proc is not None and h.proc.poll() is None:
                     h.stop()
             finally:
+                if h.proc is not None and h.proc.poll() is None:  # it did not stop: never left running
+                    h.proc.kill()
+                    h.proc.wait(10)
                 kill_harnesses(h.state_dir)
 
 
