@@ -303,6 +303,9 @@ def test_every_dashboard_shows_every_node_and_agent_and_the_same_events_under_th
     with pytest.raises(urllib.error.HTTPError) as e:
         opener.open(urllib.request.Request(f"{n1.url}/agent/b/", headers={"Cookie": n1.cookie()}), timeout=30)
     assert e.value.code == 307 and e.value.headers["Location"] == f"{n2.url}/agent/b/"
+    # its data is that node's too: asked here, the answer says where
+    status, answer = n1.dashboard("GET", "/agent/b/api/state")
+    assert status == 409 and answer["code"] == "conflict" and f"{n2.url}/agent/b/" in answer["error"], answer
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

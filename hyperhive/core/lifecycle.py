@@ -66,6 +66,13 @@ class Lifecycle:
         query = Agent.select().order_by(Agent.name)
         return query if self.node is None else query.where(Agent.node == self.node)
 
+    def elsewhere(self, name):
+        """(node, its dashboard URL or None) when the agent runs on another node of the hive, else None."""
+        agent = Agent.get_or_none(Agent.name == name)
+        if agent is None or self.node is None or agent.node in (None, self.node):
+            return None
+        return agent.node, next((n["url"] for n in self.nodes_rows() if n["name"] == agent.node), None)
+
     def forget_names(self, _=None):
         self._names = None
 

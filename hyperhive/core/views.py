@@ -86,13 +86,7 @@ class Views:
 
     def elsewhere(self, name):
         """(node, its dashboard URL or None) when the agent runs on another node of the hive, else None."""
-        from hyperhive.schema import Agent
-
-        agent = Agent.get_or_none(Agent.name == name)
-        if agent is None or self.lifecycle.node is None or agent.node in (None, self.lifecycle.node):
-            return None
-        url = next((n["url"] for n in self.lifecycle.nodes_rows() if n["name"] == agent.node), None)
-        return agent.node, url
+        return self.lifecycle.elsewhere(name)
 
     def here(self, name):
         """Refuse (conflict) what only the node that runs the agent has: its page, its log, its config."""
