@@ -198,6 +198,7 @@ def test_the_stream_carries_every_event_with_its_seq(dash):
 def test_history_backfills_the_message_flow(dash):
     dash.spawn("alice")
     ids = [dash.core.broker.send(wire.OPERATOR, "alice", f"m{i}") for i in range(5)]
+    dash.core.hub.flush(timeout=10)
     whole = dash.get("/dashboard/history").json()
     assert whole["seq"] == dash.core.hub.seq and whole["epoch"] == dash.dashboard.epoch
     assert [e["message"]["id"] for e in whole["events"]] == ids

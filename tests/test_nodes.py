@@ -377,8 +377,9 @@ def test_a_node_killed_mid_send_loses_nothing_committed_and_its_leased_messages_
         # back: b's harness starts again, puts its leased message back (redelivered) and answers it
         n2.start()
         wait_until(lambda: "b answered after all" in inbox_bodies(n1), 60, "b's leased message handled once back")
-        assert n1.db_rows("SELECT redelivered, acked_at IS NOT NULL FROM message WHERE recipient = 'b'") == [
-            (True, True)]
+        # its turn acks after its answer went out
+        wait_until(lambda: n1.db_rows("SELECT redelivered, acked_at IS NOT NULL FROM message WHERE recipient = 'b'")
+                   == [(True, True)], 20, "b's redelivered message acked")
         print(f"kill -9 of n2 mid-send: {len(answered)} sends answered ok, all {len(answered)} stored; "
               f"{len(sender.errors)} refused")
 
