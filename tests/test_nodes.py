@@ -251,8 +251,8 @@ def test_an_agents_reminders_fire_on_its_own_node_once_each(hive3):
     ids = [n3.agent_call("c", "remind", message=f"note {i}", in_seconds=1 + i)["id"] for i in range(5)]
     wait_until(lambda: n1.db_rows("SELECT count(*) FROM message WHERE recipient = 'c' AND sender = 'reminder' "
                                   "AND body LIKE '%[reminder]%'") == [(5,)], 40, "five reminders delivered")
-    for i in ids:  # the node that runs c fired each one; the others none
-        assert f"reminder {i} delivered to c" in n3.log()
+    for i in ids:  # the node that runs c fired each one (it logs just after the commit); the others none
+        wait_until(lambda i=i: f"reminder {i} delivered to c" in n3.log(), 10, f"n3 to log reminder {i}")
         assert f"reminder {i} delivered" not in n1.log() + n2.log()
 
 
@@ -444,12 +444,13 @@ def test_a_node_cut_off_the_network_is_shown_silent_and_comes_back_by_itself(tmp
             said = refused(lambda: n1.call("restart", name="c"), "unavailable")
             assert "node n3, which has been silent for" in said, said
             n1.call("send", to="c", body="FAKE: send operator c is back on the network")
+            # n3 notices by itself (a statement's bytes unanswered past tcp_user_timeout), before the heal
+            wait_until(lambda: "lost the connection to the database" in n3.log(), 30, "n3 to notice the cut")
             ns.heal()
             healed_at = time.monotonic()
             wait_until(lambda: "c is back on the network" in inbox_bodies(n1), 90, "c's answer after the heal")
             print(f"partition of n3: shown silent {silent_after:.1f} s after the cut; the message sent meanwhile "
                   f"answered {time.monotonic() - healed_at:.1f} s after the heal")
             wait_until(lambda: not silent_on(n1, "n3"), 30, "n1 to show n3 live again")
-            # it noticed by itself, said so, and came back by itself
-            log = n3.log()
-            assert "lost the connection to the database" in log and "reconnected to the database" in log, log[-3000:]
+            # it came back by itself, and said so
+            assert "reconnected to the database" in n3.log(), n3.log()[-3000:]
