@@ -359,13 +359,19 @@ def running(h):
     try:
         yield h
     finally:
-        try:
+        put_down(h)
+
+
+def put_down(h):
+    """Stop a Hive's core (killed if it does not stop: never left running) and kill every harness it left."""
+    try:
+        if h.proc is not None and h.proc.poll() is None:
             h.stop()
-        finally:
-            if h.proc is not None and h.proc.poll() is None:  # it did not stop: never left running
-                h.proc.kill()
-                h.proc.wait(10)
-            kill_harnesses(h.state_dir)
+    finally:
+        if h.proc is not None and h.proc.poll() is None:
+            h.proc.kill()
+            h.proc.wait(10)
+        kill_harnesses(h.state_dir)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from conftest import ROOT, Hive, kill_harnesses, wait_until
+from conftest import ROOT, Hive, kill_harnesses, put_down, wait_until
 from hyperhive import wire
 from mockapi import MockAnthropic, last_user_text, text, tool_result_text, tool_results, tool_use
 
@@ -155,13 +155,7 @@ def test_ping_crosses_two_nodes_of_one_postgresql_hive(tmp_path, pg_url):
     finally:
         brain.hold.set()
         for h in nodes:
-            try:
-                if h.proc is not None:
-                    h.stop()
-            finally:
-                if h.proc is not None and h.proc.poll() is None:  # it did not stop: never left running
-                    h.proc.kill()
-                kill_harnesses(h.state_dir)
+            put_down(h)
         mock.stop()
     assert mock.unknown == [] and mock.brain_errors == []
 

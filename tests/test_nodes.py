@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Hive, kill_harnesses, wait_until
+from conftest import Hive, kill_harnesses, put_down, wait_until
 from hyperhive import jsonline, wire
 
 KEY = {"ANTHROPIC_API_KEY": "test-key"}
@@ -39,14 +39,7 @@ def started(*hives):
         yield hives
     finally:
         for h in hives:
-            try:
-                if h.proc is not None and h.proc.poll() is None:
-                    h.stop()
-            finally:
-                if h.proc is not None and h.proc.poll() is None:  # it did not stop: never left running
-                    h.proc.kill()
-                    h.proc.wait(10)
-                kill_harnesses(h.state_dir)
+            put_down(h)
 
 
 @pytest.fixture
