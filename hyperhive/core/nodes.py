@@ -147,15 +147,6 @@ class Nodes:
                  "silent_seconds": max(0, (now - n.heartbeat_at) // 1000), "started_at": wire.iso(n.started_at),
                  "heartbeat_at": wire.iso(n.heartbeat_at)} for n in Node.select().order_by(Node.name)]
 
-    def mine(self, name):
-        """Whether an agent runs on this node (an agent no node has yet is taken to be)."""
-        agent = Agent.get_or_none(Agent.name == name)
-        return agent is None or agent.node in (None, self.name)
-
-    def owner(self, name):
-        agent = Agent.get_or_none(Agent.name == name)
-        return agent.node if agent is not None else None
-
     def check_up(self, node, what):
         """Refuse `what` (`unavailable`) when `node` is down, saying for how long."""
         row = Node.get_or_none(Node.name == node)

@@ -395,9 +395,10 @@ class Surfaces:
 
     def _config_here(self, name):
         """A config change is proposed in this node's repos: refuse one for another node's agent, saying so."""
-        if self.nodes is not None and not self.nodes.mine(name):
-            raise wire.HiveError(f"{name} runs on node {self.nodes.owner(name)}, and the config repos this node keeps "
-                                 f"are of node {self.nodes.name}'s agents only; a change to {name}'s config is "
+        other = self.lifecycle.elsewhere(name)
+        if other is not None:
+            raise wire.HiveError(f"{name} runs on node {other[0]}, and the config repos this node keeps "
+                                 f"are of node {self.lifecycle.node}'s agents only; a change to {name}'s config is "
                                  "proposed on its own node (docs/architecture.md, A hive across hosts)", "conflict")
 
     def do_update(self, caller, description):
